@@ -1,0 +1,22 @@
+"""Exceptions with messages a community worker or administrator can act on.
+
+Raised where the problem is known, printed once at the CLI edge
+(``cli.py`` turns them into exit status 1).
+"""
+
+
+class SyncdbError(Exception):
+    """Refused input or a failed operation; the message says what to do."""
+
+
+class SchemaError(SyncdbError):
+    """A schema file is wrong. Names the file, table and column."""
+
+    def __init__(self, path, message, table=None, column=None):
+        self.path, self.table, self.column = str(path), table, column
+        where = [self.path]
+        if table:
+            where.append(f"table '{table}'")
+        if column:
+            where.append(f"column '{column}'")
+        super().__init__(f"{', '.join(where)}: {message}")

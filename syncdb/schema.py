@@ -1,0 +1,317 @@
+"""Load and check the domain schemas (``schemas/<domain>.toml``).
+
+A domain is one declarative file: its tables, their columns, natural keys,
+owner columns and per-column conflict policies. Adding a domain is adding a
+file; nothing here knows the names of the shipped domains. The format is
+documented in docs/schemas.md, and a test fails when a keyword below is not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import codes
+from .errors import SchemaError
+
+# Where the shipped schemas live; SYNCDB_SCHEMAS or --schemas points elsewhere.
+DEFAULT_SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+
+DOMAIN_KEYWORDS = {
+    "label": "Chinese name of the domain, shown in Datasette",
+    "version": "schema version, a positive integer; raise it when a table changes",
+    "description": "free text for people",
+    "tables": "the tables, one [tables.NAME] section each",
+    "codes": "code tables of this domain, one [codes.NAME] section each",
+}
+TABLE_KEYWORDS = {
+    "label": "Chinese name of the table",
+    "description": "free text for people",
+    "key": "the natural key: a list of column names; records sync by it, never by rowid",
+    "owner": "the column naming the community that owns a record (community_code)",
+    "policy": "default conflict policy of the table's columns",
+    "columns": "the columns, in order, as NAME = { … } inline tables",
+}
+COLUMN_KEYWORDS = {
+    "type": "text, integer, real or date (ISO 8601, YYYY-MM-DD)",
+    "label": "Chinese name of the column",
+    "description": "free text for people",
+    "required": "true if the value may not be empty (key columns always are)",
+    "sensitive": "true to encrypt the value at the office and mask it in Datasette",
+    "validator": "name of a validator: id_number, community_code, phone",
+    "codes": "name of a code table the value must come from",
+    "policy": "conflict policy of this column, overriding the table's",
+    "matches": "for an id_number column: the columns its embedded birth_date and sex must agree with",
+}
+TYPES = {"text": "TEXT", "integer": "INTEGER", "real": "REAL", "date": "TEXT"}
+VALIDATORS = ("id_number", "community_code", "phone")
+MATCHES = ("birth_date", "sex")
+# The built-in conflict policies (contract 3). Plugins may register more;
+# pass their names to load_domains(extra_policies=…).
+POLICIES = ("lww", "owner", "office", "prefer_non_null", "max", "min", "manual")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    label: str
+    policy: str
+    required: bool = False
+    sensitive: bool = False
+    validator: str | None = None
+    codes: str | None = None
+    matches: dict = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Table:
+    domain: str
+    name: str
+    label: str
+    key: tuple[str, ...]
+    owner: str
+    columns: dict[str, Column]
+    description: str = ""
+
+    @property
+    def qualified(self) -> str:
+        """``domain.table``, as messages and bundles name a table."""
+        return f"{self.domain}.{self.name}"
+
+    @property
+    def sensitive_columns(self) -> list[str]:
+        return [c.name for c in self.columns.values() if c.sensitive]
+
+    def create_sql(self) -> str:
+        """DDL of the table in a community working database.
+
+        The natural key is a UNIQUE constraint over an ordinary rowid table:
+        local apps keep whatever rowids they like, syncdb never relies on them.
+        """
+        cols = []
+        for c in self.columns.values():
+            not_null = " NOT NULL" if c.required else ""
+            cols.append(f"  [{c.name}] {TYPES[c.type]}{not_null}")
+        key = ", ".join(f"[{k}]" for k in self.key)
+        cols.append(f"  UNIQUE ({key})")
+        return f"CREATE TABLE IF NOT EXISTS [{self.name}] (\n" + ",\n".join(cols) + "\n)"
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    label: str
+    version: int
+    tables: dict[str, Table]
+    codes: dict[str, dict[str, str]]
+    path: Path
+    description: str = ""
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the schema's meaning (not its comments or layout).
+
+        Bundles carry it so the office can tell which schema a change was
+        written under.
+        """
+        doc = {
+            "name": self.name,
+            "version": self.version,
+            "tables": {
+                t.name: {
+                    "key": t.key,
+                    "owner": t.owner,
+                    "columns": [[c.name, c.type, c.required, c.sensitive] for c in t.columns.values()],
+                }
+                for t in self.tables.values()
+            },
+        }
+        canonical = json.dumps(doc, sort_keys=True, ensure_ascii=False).encode()
+        return hashlib.sha256(canonical).hexdigest()
+
+    def code_table(self, name: str) -> dict[str, str]:
+        return self.codes.get(name) or codes.NATIONAL[name]
+
+
+def schemas_dir(directory: str | os.PathLike | None = None) -> Path:
+    """The folder to read schemas from: the argument, $SYNCDB_SCHEMAS, or the shipped ones."""
+    return Path(directory or os.environ.get("SYNCDB_SCHEMAS") or DEFAULT_SCHEMAS)
+
+
+def load_domains(directory=None, extra_policies=()) -> dict[str, Domain]:
+    """Load every ``*.toml`` in the schemas folder, keyed by domain name."""
+    folder = schemas_dir(directory)
+    if not folder.is_dir():
+        raise SchemaError(folder, "no such schemas folder; point --schemas or SYNCDB_SCHEMAS at one")
+    domains = {}
+    for path in sorted(folder.glob("*.toml")):
+        domain = load_domain(path, extra_policies)
+        domains[domain.name] = domain
+    if not domains:
+        raise SchemaError(folder, "holds no *.toml schema file")
+    return domains
+
+
+def load_domain(path, extra_policies=()) -> Domain:
+    """Load and check one schema file; every complaint names file, table and column."""
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise SchemaError(path, f"is not valid TOML: {e}")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SchemaError(path, f"cannot be read: {e}")
+    name = path.stem
+    if not name.isidentifier() or not name.isascii():
+        raise SchemaError(path, "the file name is the domain name and must be a plain identifier, like huji.toml")
+    _unknown_keys(path, doc, DOMAIN_KEYWORDS)
+    label = _text(path, doc, "label", required=True)
+    version = doc.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise SchemaError(path, "'version' must be a positive integer")
+    domain_codes = _load_codes(path, doc.get("codes", {}))
+    known_codes = set(codes.NATIONAL) | set(domain_codes)
+    policies = set(POLICIES) | set(extra_policies)
+    raw_tables = doc.get("tables")
+    if not isinstance(raw_tables, dict) or not raw_tables:
+        raise SchemaError(path, "declares no tables; add a [tables.NAME] section")
+    tables = {
+        tname: _load_table(path, name, tname, raw, known_codes, policies)
+        for tname, raw in raw_tables.items()
+    }
+    return Domain(name, label, version, tables, domain_codes, path, doc.get("description", ""))
+
+
+def _load_table(path, domain, name, raw, known_codes, policies) -> Table:
+    if not isinstance(raw, dict):
+        raise SchemaError(path, "must be a [tables.NAME] section", table=name)
+    if not name.isidentifier():
+        raise SchemaError(path, "table names must be plain identifiers", table=name)
+    _unknown_keys(path, raw, TABLE_KEYWORDS, table=name)
+    label = _text(path, raw, "label", required=True, table=name)
+    default_policy = raw.get("policy", "lww")
+    _check_policy(path, default_policy, policies, table=name)
+    raw_columns = raw.get("columns")
+    if not isinstance(raw_columns, dict) or not raw_columns:
+        raise SchemaError(path, "declares no columns", table=name)
+    key = raw.get("key")
+    if isinstance(key, str):
+        key = [key]
+    if not isinstance(key, list) or not key or not all(isinstance(k, str) for k in key):
+        raise SchemaError(path, "'key' must be a list of column names, like key = [\"id_number\"]", table=name)
+    for k in key:
+        if k not in raw_columns:
+            raise SchemaError(path, "is named in 'key' but is not a column of the table", table=name, column=k)
+    owner = raw.get("owner")
+    if not isinstance(owner, str):
+        raise SchemaError(path, "'owner' must name the column holding the owning community, like owner = \"community_code\"", table=name)
+    if owner not in raw_columns:
+        raise SchemaError(path, "is named as 'owner' but is not a column of the table", table=name, column=owner)
+    columns = {}
+    for cname, craw in raw_columns.items():
+        columns[cname] = _load_column(
+            path, name, cname, craw, default_policy, known_codes, policies,
+            in_key=cname in key, all_columns=raw_columns,
+        )
+    return Table(domain, name, label, tuple(key), owner, columns, raw.get("description", ""))
+
+
+def _load_column(path, table, name, raw, default_policy, known_codes, policies, in_key, all_columns) -> Column:
+    def fail(message):
+        raise SchemaError(path, message, table=table, column=name)
+
+    if not isinstance(raw, dict):
+        fail("must be an inline table, like name = { type = \"text\", label = \"姓名\" }")
+    if not name.isidentifier():
+        fail("column names must be plain identifiers")
+    _unknown_keys(path, raw, COLUMN_KEYWORDS, table=table, column=name)
+    ctype = raw.get("type", "text")
+    if ctype not in TYPES:
+        fail(f"unknown type '{ctype}'; use one of {', '.join(TYPES)}")
+    label = _text(path, raw, "label", required=True, table=table, column=name)
+    policy = raw.get("policy", default_policy)
+    _check_policy(path, policy, policies, table=table, column=name)
+    for flag in ("required", "sensitive"):
+        if not isinstance(raw.get(flag, False), bool):
+            fail(f"'{flag}' must be true or false")
+    validator = raw.get("validator")
+    if validator is not None and validator not in VALIDATORS:
+        fail(f"unknown validator '{validator}'; use one of {', '.join(VALIDATORS)}")
+    code_table = raw.get("codes")
+    if code_table is not None and code_table not in known_codes:
+        fail(f"unknown code table '{code_table}'; declare it under [codes.{code_table}] or use one of {', '.join(sorted(known_codes))}")
+    matches = raw.get("matches", {})
+    if matches:
+        if validator != "id_number":
+            fail("'matches' only applies to a column with validator = \"id_number\"")
+        if not isinstance(matches, dict):
+            fail("'matches' must be an inline table, like { birth_date = \"birth_date\", sex = \"sex\" }")
+        for what, other in matches.items():
+            if what not in MATCHES:
+                fail(f"'matches' knows {', '.join(MATCHES)}, not '{what}'")
+            if other not in all_columns:
+                fail(f"'matches' names '{other}', which is not a column of the table")
+    return Column(
+        name=name,
+        type=ctype,
+        label=label,
+        policy=policy,
+        required=bool(raw.get("required", False)) or in_key,
+        sensitive=raw.get("sensitive", False),
+        validator=validator,
+        codes=code_table,
+        matches=dict(matches),
+        description=raw.get("description", ""),
+    )
+
+
+def _load_codes(path, raw) -> dict[str, dict[str, str]]:
+    if not isinstance(raw, dict):
+        raise SchemaError(path, "'codes' must hold [codes.NAME] sections")
+    tables = {}
+    for name, entries in raw.items():
+        if not isinstance(entries, dict) or not entries:
+            raise SchemaError(path, f"code table '{name}' must map codes to Chinese names, like 01 = \"汉族\"")
+        for code, meaning in entries.items():
+            if not isinstance(meaning, str):
+                raise SchemaError(path, f"code table '{name}': code '{code}' must map to a name in quotes")
+        tables[name] = dict(entries)
+    return tables
+
+
+def _check_policy(path, policy, policies, table=None, column=None):
+    if policy not in policies:
+        raise SchemaError(
+            path, f"unknown conflict policy '{policy}'; use one of {', '.join(sorted(policies))}",
+            table=table, column=column,
+        )
+
+
+def _unknown_keys(path, raw, allowed, table=None, column=None):
+    for key in raw:
+        if key not in allowed:
+            raise SchemaError(
+                path, f"unknown keyword '{key}'; allowed here: {', '.join(allowed)}",
+                table=table, column=column,
+            )
+
+
+def _text(path, raw, key, required=False, table=None, column=None):
+    value = raw.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or not value.strip():
+        raise SchemaError(path, f"'{key}' must be a non-empty string", table=table, column=column)
+    return value
+
+
+def all_tables(domains: dict[str, Domain]):
+    """Every table of every domain, in a stable order."""
+    for domain in domains.values():
+        yield from domain.tables.values()
