@@ -139,3 +139,136 @@ def demo(directory, communities, residents, schemas):
 
     run_demo(directory, communities=communities, residents=residents,
              domains=load_domains(schemas), echo=click.echo)
+
+
+def _secret(confirm=False):
+    from .crypto import Secret
+
+    return Secret.from_environment(confirm=confirm)
+
+
+@cli.group(cls=Group)
+def office():
+    """Set up the street office store and enrol communities."""
+
+
+@office.command(name="init")
+@click.argument("store", type=click.Path(file_okay=False))
+@click.option("--suite", type=click.Choice(["std", "gm"]), default="std", show_default=True,
+              help="std: AES-256-GCM and SHA-256; gm: SM4-GCM and SM3 (商用密码).")
+@click.option("--code", default="office", show_default=True,
+              help="The street office's own code, e.g. its 9-digit 街道 code.")
+def office_init(store, suite, code):
+    """Create the office store and its keys; print the office public key file.
+
+    The keys are sealed under SYNCDB_PASSPHRASE (or a prompt) or SYNCDB_KEY_FILE.
+
+    Example: SYNCDB_PASSPHRASE=… syncdb office init /srv/office --suite std
+    """
+    from . import office as office_lib
+
+    pub = office_lib.init(store, _secret(confirm=True), suite, code)
+    click.echo(f"Office store created in {store}")
+    click.echo(f"Give every community this public key file: {pub}")
+
+
+@office.command(name="enroll")
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@click.argument("code")
+@click.argument("pubkey_file", type=click.Path(dir_okay=False, exists=True))
+def office_enroll(store, code, pubkey_file):
+    """Accept bundles signed by this community's key.
+
+    Example: syncdb office enroll /srv/office 441900003001 441900003001.pub.json
+    """
+    from . import office as office_lib
+
+    key = office_lib.enroll(store, code, pubkey_file)
+    click.echo(f"Community {code} enrolled (key {key.id})")
+
+
+@cli.group(cls=Group)
+def community():
+    """Set up a community folder for sync."""
+
+
+@community.command(name="init")
+@click.argument("workdir", type=click.Path(file_okay=False))
+@click.option("--code", required=True, help="The community's 12-digit code, e.g. 441900003001.")
+@click.option("--office-key", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="The office.pub.json written by `syncdb office init`.")
+@schemas_option
+def community_init(workdir, code, office_key, schemas):
+    """Create the community's keys and set up change capture on its working databases.
+
+    Writes CODE.pub.json into WORKDIR: carry it to the office for `office enroll`.
+
+    Example: syncdb community init C:\\社区数据 --code 441900003001 --office-key office.pub.json
+    """
+    from . import community as community_lib
+
+    pub = community_lib.init(workdir, code, office_key, load_domains(schemas), _secret(confirm=True))
+    click.echo(f"Capture is set up in {workdir}")
+    click.echo(f"Take this public key file to the street office: {pub}")
+
+
+@cli.command()
+@click.argument("workdir", type=click.Path(file_okay=False, exists=True))
+@click.option("--to", "url", help="The office ingest URL, e.g. http://office.example:8765")
+@click.option("--outbox", type=click.Path(file_okay=False),
+              help="A folder (a USB stick) to copy the bundles into instead.")
+@click.option("--retries", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Retries per bundle on connection errors and 5xx answers.")
+@schemas_option
+def push(workdir, url, outbox, retries, schemas):
+    """Send what changed since the last acknowledged bundle.
+
+    Makes a new bundle from the changes captured since the last push, then
+    sends every bundle the office has not acknowledged, to a URL or a folder.
+    Bundles stay in the community's outbox until the office acknowledges them.
+
+    Example: syncdb push C:\\社区数据 --to http://192.0.2.10:8765
+    """
+    from . import community as community_lib
+    from . import transport
+
+    if bool(url) == bool(outbox):
+        raise click.UsageError("give exactly one of --to URL or --outbox DIR")
+    result = community_lib.export(workdir, load_domains(schemas), _secret(),
+                                  notify=lambda m: click.echo(f"Note: {m}", err=True))
+    if result.sequence:
+        click.echo(f"Bundle {result.sequence}: {result.changes} change(s) {_counts(result.counts)}")
+    else:
+        click.echo("No new changes since the last push.")
+    if outbox:
+        copied = transport.push_to_folder(workdir, outbox)
+        click.echo(f"Copied {len(copied)} unacknowledged bundle(s) to {outbox}")
+    else:
+        report = transport.push_to_url(workdir, url, retries=retries, echo=click.echo)
+        click.echo(report.summary())
+        if not report.ok:
+            sys.exit(1)
+
+
+def _counts(counts):
+    parts = []
+    for table, ops in counts.items():
+        done = ", ".join(f"{n} {op}" for op, n in ops.items() if n)
+        parts.append(f"{table}: {done}")
+    return "(" + "; ".join(parts) + ")" if parts else ""
+
+
+@cli.command()
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8765, show_default=True, help="Port to listen on.")
+@click.option("--max-bundle-mb", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Refuse uploads larger than this.")
+def serve(store, host, port, max_bundle_mb):
+    """Run the office ingest service that `syncdb push --to` sends to.
+
+    Example: syncdb serve /srv/office --host 0.0.0.0 --port 8765
+    """
+    from . import server
+
+    server.serve(store, host=host, port=port, max_body=max_bundle_mb * 1024 * 1024)

@@ -1,0 +1,306 @@
+"""The community side: set-up, the state of what was sent, and making bundles.
+
+A community folder holds the working databases and a ``.syncdb`` folder:
+
+    .syncdb/config.json       code, office key id
+    .syncdb/keyring.json      the community's secret keys, sealed
+    .syncdb/office.pub.json   the office public key, to encrypt to
+    .syncdb/state.db          what was last sent (the shadow), HLC, sequence numbers
+    .syncdb/outbox/           bundles not yet acknowledged by the office
+    CODE.pub.json             the community public key, to carry to the office
+
+The shadow holds every row as last sent, with each cell's version (the HLC
+of the change that set it): the difference between a working database and
+its shadow is exactly what to send, and each cell's shadow version is the
+base version the office checks for conflicts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import bundle, capture, workdir
+from .crypto import Keyring, PublicKey, Secret
+from .errors import SyncdbError
+from .files import write_atomic
+from .hlc import Clock, Stamp
+from .schema import Domain, Table
+from .validate import VALIDATORS, Invalid
+
+STATE_DIR = ".syncdb"
+
+
+@dataclass
+class ExportResult:
+    sequence: int | None  # None when there was nothing to send
+    path: Path | None
+    changes: int
+    counts: dict = field(default_factory=dict)
+    full_compares: dict = field(default_factory=dict)  # domain -> why
+
+
+def state_dir(workdir_path) -> Path:
+    return Path(workdir_path) / STATE_DIR
+
+
+def outbox_dir(workdir_path) -> Path:
+    return state_dir(workdir_path) / "outbox"
+
+
+def init(workdir_path, code: str, office_key_file, domains: dict[str, Domain], secret: Secret) -> Path:
+    """Set up capture and keys in a community folder; return the public key file path."""
+    try:
+        VALIDATORS["community_code"](code)
+    except Invalid as e:
+        raise SyncdbError(f"community code {code!r}: {e}") from None
+    folder = Path(workdir_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    office_key = PublicKey.read(office_key_file)
+    if office_key.role != "office":
+        raise SyncdbError(f"{office_key_file} is a {office_key.role} key, not the office key; "
+                          "use the office.pub.json that `syncdb office init` wrote")
+    sdir = state_dir(folder)
+    if (sdir / "keyring.json").exists():
+        raise SyncdbError(f"{folder} is already set up for community "
+                          f"{read_config(folder).get('code')}; nothing was changed")
+    sdir.mkdir(exist_ok=True)
+    outbox_dir(folder).mkdir(exist_ok=True)
+    ring = Keyring.generate("community", code, office_key.suite)
+    ring.save(sdir / "keyring.json", secret)
+    write_atomic(sdir / "office.pub.json", office_key.to_json().encode())
+    write_atomic(sdir / "config.json", json.dumps(
+        {"code": code, "office_key": office_key.id}, indent=2).encode())
+    found = [d for d in domains.values() if workdir.db_path(folder, d.name).exists()]
+    # A domain whose database appears later is picked up by its first push.
+    for domain in found:
+        conn = workdir.connect(workdir.db_path(folder, domain.name))
+        try:
+            capture.install(conn, domain)
+        finally:
+            conn.close()
+    _state(folder).close()
+    pub = folder / f"{code}.pub.json"
+    write_atomic(pub, ring.public.to_json().encode())
+    return pub
+
+
+def read_config(workdir_path) -> dict:
+    path = state_dir(workdir_path) / "config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SyncdbError(f"{workdir_path} is not a community folder set up for sync; "
+                          "run `syncdb community init` there first") from None
+
+
+def _state(workdir_path) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(state_dir(workdir_path) / "state.db"), isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.executescript("""
+        CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
+        CREATE TABLE IF NOT EXISTS shadow (
+            tbl TEXT NOT NULL, key TEXT NOT NULL, row TEXT NOT NULL, versions TEXT NOT NULL,
+            PRIMARY KEY (tbl, key)) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS sources (
+            domain TEXT PRIMARY KEY, capture_id TEXT, generation INTEGER);
+        CREATE TABLE IF NOT EXISTS bundles (
+            sequence INTEGER PRIMARY KEY, file TEXT NOT NULL, changes INTEGER NOT NULL,
+            created TEXT NOT NULL, acknowledged TEXT);
+    """)
+    return conn
+
+
+def _meta(conn, name, default=None):
+    row = conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+    return default if row is None else row[0]
+
+
+def _set_meta(conn, name, value):
+    conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, str(value)))
+
+
+def _diff(table: Table, key_json: str, current: dict | None, shadow: tuple | None):
+    """The change that turns the shadow row into the current row, or None."""
+    old_row = json.loads(shadow[0]) if shadow else None
+    versions = json.loads(shadow[1]) if shadow else {}
+    key = dict(zip(table.key, json.loads(key_json)))
+    if current is None and old_row is None:
+        return None
+    if current is None:
+        return {"table": table.qualified, "op": "delete", "key": key, "cells": {},
+                "base": {c: v for c, v in versions.items() if v}}
+    if old_row is None:
+        # A new row: its empty cells are simply absent, and no cell has a base.
+        cells = {c: v for c, v in current.items() if c not in table.key and v is not None}
+        return {"table": table.qualified, "op": "insert", "key": key, "cells": cells, "base": {}}
+    cells = {c: v for c, v in current.items() if c not in table.key
+             and (old_row.get(c) != v or type(old_row.get(c)) is not type(v))}
+    if not cells:
+        return None
+    return {"table": table.qualified, "op": "update", "key": key, "cells": cells,
+            "base": {c: versions[c] for c in cells if versions.get(c)}}
+
+
+def _changes_of(conn, state, domain: Domain, full_reason):
+    """Yield (ms, table, key_json, change) for one working database; and the last log seq."""
+    out = []
+    if full_reason:
+        last_seq = conn.execute(f"SELECT coalesce(max(seq), 0) FROM {capture.LOG}").fetchone()[0] \
+            if capture.meta(conn) else 0
+        now = int(time.time() * 1000)
+        for table in domain.tables.values():
+            seen = set()
+            for key_json, row in capture.all_rows(conn, table):
+                seen.add(key_json)
+                shadow = state.execute("SELECT row, versions FROM shadow WHERE tbl = ? AND key = ?",
+                                       (table.qualified, key_json)).fetchone()
+                change = _diff(table, key_json, row, shadow)
+                if change:
+                    out.append((now, table, key_json, change))
+            for key_json, srow, sversions in state.execute(
+                    "SELECT key, row, versions FROM shadow WHERE tbl = ?", (table.qualified,)).fetchall():
+                if key_json not in seen:
+                    out.append((now, table, key_json, _diff(table, key_json, None, (srow, sversions))))
+        return last_seq, out
+    last_seq, logged = capture.logged_keys(conn, domain)
+    for tname, keys in logged.items():
+        table = domain.tables[tname]
+        for key_json, ms in keys.items():
+            current = capture.read_row(conn, table, json.loads(key_json))
+            shadow = state.execute("SELECT row, versions FROM shadow WHERE tbl = ? AND key = ?",
+                                   (table.qualified, key_json)).fetchone()
+            change = _diff(table, key_json, current, shadow)
+            if change:
+                out.append((ms, table, key_json, change))
+    return last_seq, out
+
+
+def export(workdir_path, domains: dict[str, Domain], secret: Secret, notify=lambda message: None) -> ExportResult:
+    """Turn what changed since the last push into the next bundle in the outbox.
+
+    Crash-safe in every step: the bundle file is written before the state
+    that remembers it is committed, and an orphan bundle from a crash
+    between the two is removed here before anything else.
+    """
+    folder = Path(workdir_path)
+    config = read_config(folder)
+    code = config["code"]
+    ring = Keyring.load(state_dir(folder) / "keyring.json", secret)
+    office_key = PublicKey.read(state_dir(folder) / "office.pub.json")
+    state = _state(folder)
+    try:
+        next_seq = int(_meta(state, "next_sequence", 1))
+        _remove_orphans(folder, code, next_seq)
+        clock = Clock(code, Stamp.parse(_meta(state, "hlc")) if _meta(state, "hlc") else None)
+
+        collected, cleanups, full_compares = [], [], {}
+        for domain in domains.values():
+            path = workdir.db_path(folder, domain.name)
+            if not path.exists():
+                continue
+            conn = workdir.connect(path)
+            expected = state.execute("SELECT capture_id, generation FROM sources WHERE domain = ?",
+                                     (domain.name,)).fetchone()
+            expected = None if expected is None else {"capture_id": expected[0], "generation": expected[1]}
+            reason = capture.needs_full_compare(conn, domain, expected)
+            if reason:
+                full_compares[domain.name] = reason
+                notify(f"{domain.name}.db: {reason}; comparing every row with what was last sent")
+                capture.install(conn, domain)
+            last_seq, changes = _changes_of(conn, state, domain, reason)
+            collected.extend(changes)
+            current = capture.meta(conn)
+            cleanups.append((domain, conn, last_seq, current["capture_id"], int(current["generation"])))
+
+        # Stamp in the order the PC clock saw the writes; the HLC keeps them monotonic.
+        collected.sort(key=lambda item: item[0])
+        for ms, _, _, change in collected:
+            change["hlc"] = str(clock.tick(ms))
+
+        result = ExportResult(None, None, len(collected), full_compares=full_compares)
+        if collected:
+            path = outbox_dir(folder) / bundle.file_name(code, next_seq)
+            header = bundle.write(
+                path,
+                {"origin": code, "sequence": next_seq, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                 "schemas": {d.name: {"version": d.version, "fingerprint": d.fingerprint}
+                             for d in domains.values()}},
+                (change for _, _, _, change in collected), ring, office_key)
+            result = ExportResult(next_seq, path, len(collected), header["counts"], full_compares)
+
+        with state:
+            state.execute("BEGIN IMMEDIATE")
+            for _, table, key_json, change in collected:
+                _apply_to_shadow(state, table, key_json, change)
+            for domain, _, _, capture_id, generation in cleanups:
+                state.execute("INSERT OR REPLACE INTO sources VALUES (?, ?, ?)",
+                              (domain.name, capture_id, generation + 1))
+            _set_meta(state, "hlc", clock.last)
+            if collected:
+                _set_meta(state, "next_sequence", next_seq + 1)
+                state.execute("INSERT INTO bundles VALUES (?, ?, ?, ?, NULL)",
+                              (next_seq, result.path.name, len(collected), time.strftime("%Y-%m-%dT%H:%M:%S")))
+        for domain, conn, last_seq, _, generation in cleanups:
+            capture.clear_log(conn, last_seq, generation + 1)
+            conn.close()
+        return result
+    finally:
+        state.close()
+
+
+def _apply_to_shadow(state, table: Table, key_json: str, change: dict) -> None:
+    old = state.execute("SELECT row, versions FROM shadow WHERE tbl = ? AND key = ?",
+                        (table.qualified, key_json)).fetchone()
+    if change["op"] == "delete":
+        state.execute("DELETE FROM shadow WHERE tbl = ? AND key = ?", (table.qualified, key_json))
+        return
+    row = json.loads(old[0]) if old else {}
+    versions = json.loads(old[1]) if old else {}
+    row.update(change["key"])
+    row.update(change["cells"])
+    for column in change["cells"]:
+        versions[column] = change["hlc"]
+    state.execute("INSERT OR REPLACE INTO shadow VALUES (?, ?, ?, ?)", (
+        table.qualified, key_json, json.dumps(row, ensure_ascii=False), json.dumps(versions)))
+
+
+def _remove_orphans(folder: Path, code: str, next_seq: int) -> None:
+    """A bundle numbered at or past next_sequence was written by a run that crashed
+    before remembering it; it was never sent, and its changes will be sent again."""
+    for path in outbox_dir(folder).glob(f"*{bundle.SUFFIX}"):
+        try:
+            seq = int(path.stem.rsplit("-", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        if seq >= next_seq:
+            path.unlink()
+
+
+def pending(workdir_path) -> list[Path]:
+    """Bundles in the outbox not yet acknowledged by the office, in sequence order."""
+    state = _state(workdir_path)
+    try:
+        rows = state.execute("SELECT file FROM bundles WHERE acknowledged IS NULL ORDER BY sequence").fetchall()
+    finally:
+        state.close()
+    return [outbox_dir(workdir_path) / name for (name,) in rows]
+
+
+def acknowledge(workdir_path, sequence: int) -> None:
+    """The office holds this bundle: stop sending it, and remove it from the outbox."""
+    state = _state(workdir_path)
+    try:
+        with state:
+            row = state.execute("SELECT file FROM bundles WHERE sequence = ?", (sequence,)).fetchone()
+            state.execute("UPDATE bundles SET acknowledged = ? WHERE sequence = ? AND acknowledged IS NULL",
+                          (time.strftime("%Y-%m-%dT%H:%M:%S"), sequence))
+    finally:
+        state.close()
+    if row:
+        (outbox_dir(workdir_path) / row[0]).unlink(missing_ok=True)
