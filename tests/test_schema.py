@@ -1,0 +1,133 @@
+import shutil
+import sqlite3
+
+import pytest
+from click.testing import CliRunner
+
+from syncdb import workdir
+from syncdb.cli import cli
+from syncdb.errors import SchemaError
+from syncdb.schema import DEFAULT_SCHEMAS, load_domain, load_domains
+
+DESIGN_COLUMNS = {
+    "huji.households": ["household_no", "household_type", "head_id_number", "address", "community_code"],
+    "huji.persons": ["id_number", "name", "sex", "ethnicity", "birth_date", "household_no", "relationship",
+                     "marital_status", "phone", "address", "community_code", "status"],
+    "shebao.enrolments": ["id_number", "insurance_type", "status", "start_date", "end_date", "employer",
+                          "monthly_base", "community_code"],
+    "minzheng.benefits": ["id_number", "benefit_type", "status", "monthly_amount", "start_date", "end_date",
+                          "community_code"],
+}
+
+
+def test_shipped_domains_carry_the_designed_tables():
+    domains = load_domains()
+    assert {"huji", "shebao", "minzheng", "liudong"} <= set(domains)
+    for qualified, columns in DESIGN_COLUMNS.items():
+        domain, table = qualified.split(".")
+        t = domains[domain].tables[table]
+        assert list(t.columns)[: len(columns)] == columns or set(columns) <= set(t.columns)
+        assert t.owner == "community_code"
+    assert domains["shebao"].tables["enrolments"].key == ("id_number", "insurance_type")
+    assert domains["minzheng"].tables["benefits"].key == ("id_number", "benefit_type")
+    assert set(domains["minzheng"].code_table("benefit_type")) == {"dibao", "tekun", "disability", "elderly", "veteran"}
+    persons = domains["huji"].tables["persons"]
+    assert persons.key == ("id_number",)
+    assert {"id_number", "name", "phone", "address"} <= set(persons.sensitive_columns)
+    assert persons.columns["id_number"].required  # key columns always are
+    assert domains["huji"].code_table("person_status").keys() == {"normal", "moved_out", "deceased"}
+
+
+def test_a_new_domain_is_just_a_file(tmp_path):
+    """liudong.toml ships as a plain file; copying only it gives a working domain."""
+    folder = tmp_path / "schemas"
+    folder.mkdir()
+    shutil.copy(DEFAULT_SCHEMAS / "liudong.toml", folder)
+    domains = load_domains(folder)
+    assert list(domains) == ["liudong"]
+    assert domains["liudong"].tables["rentals"].key == ("house_id",)
+    workdir.create(tmp_path / "c", domains)
+    conn = sqlite3.connect(tmp_path / "c" / "liudong.db")
+    assert {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")} == {"rentals", "migrants"}
+
+
+def test_fingerprint_is_stable_and_tracks_meaning(tmp_path):
+    original = load_domain(DEFAULT_SCHEMAS / "huji.toml")
+    text = (DEFAULT_SCHEMAS / "huji.toml").read_text(encoding="utf-8")
+    (tmp_path / "huji.toml").write_text("# a comment\n" + text, encoding="utf-8")
+    assert load_domain(tmp_path / "huji.toml").fingerprint == original.fingerprint
+    (tmp_path / "huji.toml").write_text(text.replace('sensitive = true, required = true, policy = "manual"',
+                                                     'required = true, policy = "manual"'), encoding="utf-8")
+    assert load_domain(tmp_path / "huji.toml").fingerprint != original.fingerprint
+
+
+BASE = """
+label = "测试"
+version = 1
+[tables.things]
+label = "东西"
+key = ["thing_id"]
+owner = "community_code"
+[tables.things.columns]
+thing_id = { type = "text", label = "编号" }
+community_code = { type = "text", label = "社区代码", validator = "community_code" }
+"""
+
+
+@pytest.mark.parametrize("change, table, column, words", [
+    (('thing_id = { type = "text", label = "编号" }', 'thing_id = { type = "text", label = "编号", policy = "newest" }'),
+     "things", "thing_id", "unknown conflict policy 'newest'"),
+    (('key = ["thing_id"]', 'key = ["thing_no"]'), "things", "thing_no", "not a column"),
+    (('owner = "community_code"', 'owner = "community"'), "things", "community", "'owner'"),
+    (('type = "text", label = "编号"', 'type = "txt", label = "编号"'), "things", "thing_id", "unknown type 'txt'"),
+    (('label = "编号"', 'label = "编号", codes = "colours"'), "things", "thing_id", "unknown code table 'colours'"),
+    (('label = "编号"', 'label = "编号", validator = "isbn"'), "things", "thing_id", "unknown validator 'isbn'"),
+    (('label = "编号"', 'label = "编号", sensitve = true'), "things", "thing_id", "unknown keyword 'sensitve'"),
+    (('label = "编号"', 'label = "编号", matches = { sex = "sex" }'), "things", "thing_id", "'matches' only applies"),
+    (('label = "东西"', 'label = "东西"\npolicy = "coinflip"'), "things", None, "unknown conflict policy 'coinflip'"),
+    (('version = 1', 'version = "one"'), None, None, "'version' must be a positive integer"),
+    (('label = "测试"', ''), None, None, "'label' must be a non-empty string"),
+])
+def test_schema_mistakes_name_file_table_and_column(tmp_path, change, table, column, words):
+    path = tmp_path / "things.toml"
+    old, new = change
+    assert old in BASE
+    path.write_text(BASE.replace(old, new, 1), encoding="utf-8")
+    with pytest.raises(SchemaError) as e:
+        load_domain(path)
+    message = str(e.value)
+    assert str(path) in message and words in message
+    if table:
+        assert f"table '{table}'" in message
+    if column:
+        assert f"column '{column}'" in message
+
+
+def test_broken_toml_names_the_file(tmp_path):
+    (tmp_path / "bad.toml").write_text("label = \n", encoding="utf-8")
+    with pytest.raises(SchemaError, match="bad.toml.*not valid TOML"):
+        load_domains(tmp_path)
+
+
+def test_empty_schemas_folder_is_refused(tmp_path):
+    with pytest.raises(SchemaError, match="no \\*.toml"):
+        load_domains(tmp_path)
+
+
+def test_extra_policies_from_plugins_are_accepted(tmp_path):
+    path = tmp_path / "things.toml"
+    path.write_text(BASE.replace('label = "编号" }', 'label = "编号", policy = "transfer" }', 1), encoding="utf-8")
+    with pytest.raises(SchemaError):
+        load_domain(path)
+    assert load_domain(path, extra_policies=["transfer"]).tables["things"].columns["thing_id"].policy == "transfer"
+
+
+def test_schemas_check_command(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["schemas", "check"])
+    assert result.exit_code == 0, result.output
+    assert "huji.toml: huji (户籍)" in result.output
+    (tmp_path / "things.toml").write_text(BASE.replace('key = ["thing_id"]', 'key = ["nope"]'), encoding="utf-8")
+    result = runner.invoke(cli, ["schemas", "check", "--schemas", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "table 'things', column 'nope'" in result.output
