@@ -127,10 +127,13 @@ class Domain:
                 t.name: {
                     "key": t.key,
                     "owner": t.owner,
-                    "columns": [[c.name, c.type, c.required, c.sensitive] for c in t.columns.values()],
+                    "columns": [[c.name, c.type, c.required, c.sensitive, c.validator, c.codes, c.matches]
+                                for c in t.columns.values()],
                 }
                 for t in self.tables.values()
             },
+            # A new code (say, a new benefit type) changes what the office accepts.
+            "codes": {name: sorted(table) for name, table in self.codes.items()},
         }
         canonical = json.dumps(doc, sort_keys=True, ensure_ascii=False).encode()
         return hashlib.sha256(canonical).hexdigest()

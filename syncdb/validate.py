@@ -1,0 +1,427 @@
+"""Check records against the schemas and the national standards.
+
+Two layers: ``check_record`` is the pure per-record logic (the office runs it
+on every incoming record, so it does no I/O), and ``validate_paths`` streams
+the rows of community working databases through it, naming community, table,
+key and field for each problem found.
+
+ID numbers follow GB 11643 (公民身份号码) through python-stdnum's
+``stdnum.cn.ric``: the check character and the birth date are strict, the
+region code only warns, because region codes are retired and added over the
+years while the numbers people carry stay valid.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import math
+import re
+import sqlite3
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from stdnum.cn import ric
+from stdnum.exceptions import ValidationError
+
+from .errors import SyncdbError
+from .schema import Column, Domain, Table
+from .workdir import db_path
+
+ERROR, WARNING = "error", "warning"
+
+
+class Invalid(ValueError):
+    """A value breaks its standard; the message says how."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one field of a record."""
+
+    severity: str  # 'error' | 'warning'
+    field: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A problem located in a working database: who, where, which record, why."""
+
+    severity: str
+    community: str
+    table: str  # qualified, like 'huji.persons'
+    key: str  # natural key values joined with '/'
+    field: str
+    why: str
+    path: str
+
+    def __str__(self) -> str:
+        why = self.why if self.severity == ERROR else f"warning: {self.why}"
+        # Table-level findings have no key or field; '-' keeps five columns.
+        parts = (self.community, self.table, self.key or "-", self.field or "-", why)
+        return " / ".join(parts)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------- validators
+
+# 公民身份号码 birth dates before this are typing mistakes, not people.
+EARLIEST_BIRTH_YEAR = 1880
+_ID_FORMAT = re.compile(r"[0-9]{17}[0-9X]")
+
+
+def id_number(value: str) -> list[str]:
+    """Check an 18-character 公民身份号码 (GB 11643); return warnings, raise Invalid."""
+    if value != value.strip():
+        # It is a natural key: ' 1101…' and '1101…' would be two people.
+        raise Invalid(f"has spaces around it: {value!r}; store the 18 characters only")
+    if len(value) == 15 and value.isdigit():
+        raise Invalid("is an old 15-digit number; store the 18-character number from the current ID card")
+    if len(value) != 18:
+        raise Invalid(f"must be 18 characters, got {len(value)}{_fullwidth_hint(value)}")
+    if value[-1] == "x" and _ID_FORMAT.fullmatch(value[:-1] + "X"):
+        # GB 11643 writes the check character 10 as capital X; with 'x' the
+        # same person would sync as a second natural key.
+        raise Invalid("ends in lowercase 'x'; use capital 'X'")
+    if not _ID_FORMAT.fullmatch(value):
+        raise Invalid(f"must be 17 digits and a final digit or X, got {value!r}{_fullwidth_hint(value)}")
+    # The date first: when it is impossible, saying so helps more than the
+    # check character it also breaks.
+    try:
+        born = ric.get_birth_date(value)
+    except ValidationError:
+        raise Invalid(f"birth date {value[6:14]} in the number is not a real date") from None
+    if born > datetime.date.today():
+        raise Invalid(f"birth date {born.isoformat()} in the number is in the future")
+    if born.year < EARLIEST_BIRTH_YEAR:
+        raise Invalid(f"birth date {born.isoformat()} in the number is before {EARLIEST_BIRTH_YEAR}")
+    expected = ric.calc_check_digit(value)
+    if value[-1] != expected:
+        raise Invalid(f"wrong check character: expected {expected}, got {value[-1]}")
+    if not _region_known(value[:10]):
+        return [
+            f"region code {value[:6]} not found for birth year {born.year}; "
+            "region codes are retired and added, the number stays valid"
+        ]
+    return []
+
+
+@functools.lru_cache(maxsize=8192)
+def _region_known(region_and_year: str) -> bool:
+    # stdnum's answer depends only on the region code and the birth year, so
+    # a cache keyed on them spares the numdb look-up for most residents.
+    try:
+        ric.get_birth_place(region_and_year + "01010000")
+    except ValidationError:
+        return False
+    return True
+
+
+# GB/T 2260 province-level codes (省级行政区划代码).
+PROVINCES = {
+    "11": "北京市", "12": "天津市", "13": "河北省", "14": "山西省", "15": "内蒙古自治区",
+    "21": "辽宁省", "22": "吉林省", "23": "黑龙江省",
+    "31": "上海市", "32": "江苏省", "33": "浙江省", "34": "安徽省", "35": "福建省",
+    "36": "江西省", "37": "山东省",
+    "41": "河南省", "42": "湖北省", "43": "湖南省", "44": "广东省", "45": "广西壮族自治区",
+    "46": "海南省",
+    "50": "重庆市", "51": "四川省", "52": "贵州省", "53": "云南省", "54": "西藏自治区",
+    "61": "陕西省", "62": "甘肃省", "63": "青海省", "64": "宁夏回族自治区", "65": "新疆维吾尔自治区",
+    "71": "台湾省", "81": "香港特别行政区", "82": "澳门特别行政区",
+}
+
+
+def community_code(value: str) -> list[str]:
+    """Check a 12-digit 统计用区划代码: county (6) + street (3) + community (3)."""
+    if not re.fullmatch(r"[0-9]{12}", value):
+        raise Invalid(
+            f"must be 12 digits (统计用区划代码: 6-digit county, 3-digit street, "
+            f"3-digit community, like 441900003001), got {value!r}{_fullwidth_hint(value)}"
+        )
+    if value[:2] not in PROVINCES:
+        raise Invalid(f"starts with {value[:2]}, which is no province code (11 北京市 … 82 澳门特别行政区)")
+    return []
+
+
+_MOBILE = re.compile(r"1[3-9][0-9]{9}")
+# Area codes are 010, 02x or 0xxx (3 to 9 after the 0); local numbers never
+# start with 0 or 1, which keeps mobiles with a stray leading 0 out.
+_LANDLINE = re.compile(r"0(?:10|2[0-9]|[3-9][0-9]{2})[2-9][0-9]{6,7}")
+_EXTENSION = re.compile(r"(?P<number>.*?)\s*(?:转|分机|ext\.?|x|#)\s*(?P<ext>[0-9]{1,6})", re.IGNORECASE)
+_SEPARATORS = re.compile(r"[\s\-()（）]+")
+
+
+def phone(value: str) -> list[str]:
+    """Check a mainland mobile (1[3-9] + 9 digits) or a landline with area code.
+
+    Spaces, dashes and brackets are tolerated, as are a +86 prefix and an
+    extension (0769-22123456-801, 0769-22123456 转 801).
+    """
+    number, extension = value.strip(), None
+    if m := _EXTENSION.fullmatch(number):
+        number, extension = m["number"], m["ext"]
+    groups = [g for g in _SEPARATORS.split(number) if g]
+    if groups and groups[0] in ("+86", "0086", "86"):
+        groups = groups[1:]
+    digits = "".join(groups)
+    if digits.startswith("+86"):
+        digits = digits[3:]
+    if _MOBILE.fullmatch(digits) and extension is None:
+        return []
+    if _LANDLINE.fullmatch(digits):
+        return []
+    # 0769-22123456-801: a last short group after a full landline is an extension.
+    if extension is None and len(groups) >= 3 and len(groups[-1]) <= 6 and _LANDLINE.fullmatch("".join(groups[:-1])):
+        return []
+    raise Invalid(
+        f"{value!r} is neither a mobile number (11 digits, 13x–19x) nor a landline "
+        f"with its area code (like 0769-22123456){_fullwidth_hint(value)}"
+    )
+
+
+def _fullwidth_hint(value: str) -> str:
+    # Chinese input methods in full-width mode (全角) type look-alike digits.
+    if unicodedata.normalize("NFKC", value) != value:
+        return " (it holds full-width characters 全角; retype it in half-width 半角)"
+    return ""
+
+
+# Names as schemas use them in ``validator = "…"`` (schema.VALIDATORS).
+VALIDATORS = {
+    "id_number": id_number,
+    "community_code": community_code,
+    "phone": phone,
+}
+
+# ---------------------------------------------------------------- records
+
+# The standards behind the national code tables, for messages.
+STANDARDS = {
+    "sex": "GB/T 2261.1",
+    "marital_status": "GB/T 2261.2",
+    "ethnicity": "GB 3304",
+    "relationship": "GB/T 4761",
+}
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
+# Stricter than float(), which also takes '1_000', 'nan' and 'infinity'.
+_REAL = re.compile(r"\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*")
+
+
+def check_record(table: Table, record: dict, domain: Domain) -> list[Problem]:
+    """Every problem of one record (column name → value) against its table.
+
+    Pure and fast: the office runs it on each incoming record. A column
+    absent from ``record`` counts as empty.
+    """
+    problems = []
+    for column in table.columns.values():
+        problems.extend(_check_value(column, record.get(column.name), record, domain))
+    return problems
+
+
+def _check_value(column: Column, value, record: dict, domain: Domain) -> list[Problem]:
+    name = column.name
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if column.required:
+            return [Problem(ERROR, name, "required value is missing")]
+        return []
+    if isinstance(value, bytes):
+        return [Problem(ERROR, name, f"holds binary data ({len(value)} bytes), expected {column.type}")]
+    text = value if isinstance(value, str) else str(value)
+    why = _type_error(column.type, value, text)
+    if why:
+        return [Problem(ERROR, name, why)]
+    problems = []
+    if column.validator:
+        try:
+            warnings = VALIDATORS[column.validator](text)
+        except Invalid as e:
+            return [Problem(ERROR, name, str(e))]
+        problems.extend(Problem(WARNING, name, w) for w in warnings)
+        if column.matches:
+            problems.extend(_check_matches(column, text, record))
+    if column.codes:
+        table = domain.code_table(column.codes)
+        if text not in table:
+            problems.append(Problem(ERROR, name, _unknown_code(column.codes, text, table, domain)))
+    return problems
+
+
+def _type_error(ctype: str, value, text: str) -> str | None:
+    if ctype == "integer":
+        if isinstance(value, bool) or not (
+            isinstance(value, int)
+            or (isinstance(value, float) and value.is_integer())
+            or (isinstance(value, str) and _INTEGER.fullmatch(value))
+        ):
+            return f"expected a whole number, got {text!r}"
+    elif ctype == "real":
+        if isinstance(value, bool) or not (
+            (isinstance(value, (int, float)) and math.isfinite(value))
+            or (isinstance(value, str) and _REAL.fullmatch(value))
+        ):
+            return f"expected a number, got {text!r}"
+    elif ctype == "date":
+        if not _ISO_DATE.fullmatch(text):
+            return f"expected a date as YYYY-MM-DD, got {text!r}"
+        try:
+            datetime.date.fromisoformat(text)
+        except ValueError:
+            return f"{text} is not a real date"
+    return None
+
+
+def _check_matches(column: Column, number: str, record: dict) -> list[Problem]:
+    """The ID number's embedded birth date and sex against the record's own columns."""
+    problems = []
+    birth_column = column.matches.get("birth_date")
+    if birth_column:
+        recorded = record.get(birth_column)
+        born = f"{number[6:10]}-{number[10:12]}-{number[12:14]}"
+        # A malformed birth_date is reported by its own type check.
+        if isinstance(recorded, str) and _ISO_DATE.fullmatch(recorded) and recorded != born:
+            problems.append(Problem(
+                ERROR, birth_column, f"ID number says born {born} but {birth_column} is {recorded}"))
+    sex_column = column.matches.get("sex")
+    if sex_column:
+        recorded = str(record.get(sex_column))
+        # The 17th digit is odd for men, even for women (GB 11643); codes 1
+        # and 2 of GB/T 2261.1. 0 and 9 (unknown, unstated) cannot disagree.
+        said = "1" if int(number[16]) % 2 else "2"
+        if recorded in ("1", "2") and recorded != said:
+            sexes = {"1": "male", "2": "female"}
+            problems.append(Problem(
+                ERROR, sex_column,
+                f"ID number says {sexes[said]} ({said}, 17th digit {number[16]}) "
+                f"but {sex_column} is {recorded} ({sexes[recorded]})"))
+    return problems
+
+
+def _unknown_code(name: str, value: str, table: dict[str, str], domain: Domain) -> str:
+    hint = ""
+    by_meaning = {meaning: code for code, meaning in table.items()}
+    if value in by_meaning:
+        hint = f"; that is the name, store its code '{by_meaning[value]}'"
+    elif value.isdigit() and value.zfill(len(next(iter(table)))) in table:
+        # A program that stored the code as a number lost its leading zero.
+        hint = f"; codes keep their leading zeros: '{value.zfill(len(next(iter(table))))}'"
+    standard = "" if name in domain.codes else STANDARDS.get(name, "")
+    where = f"{standard}: " if standard else ""
+    return f"unknown {name} code '{value}' ({where}{_some_codes(table)}){hint}"
+
+
+def _some_codes(table: dict[str, str]) -> str:
+    """A few valid codes: all of a short table, the runs of a long numeric one."""
+    items = list(table.items())
+    if len(items) <= 8:
+        return ", ".join(f"{c} {m}" for c, m in items)
+    runs: list[list[tuple[str, str]]] = []
+    for code, meaning in items:
+        if runs and code.isdigit() and runs[-1][-1][0].isdigit() and int(code) == int(runs[-1][-1][0]) + 1:
+            runs[-1].append((code, meaning))
+        else:
+            runs.append([(code, meaning)])
+    if len(runs) > 4:
+        (first, fm), (last, lm) = items[0], items[-1]
+        return f"{first} {fm} … {last} {lm}"
+    shown = []
+    for run in runs:
+        if len(run) >= 3:
+            shown.append(f"{run[0][0]} {run[0][1]} … {run[-1][0]} {run[-1][1]}")
+        else:
+            shown.extend(code for code, _ in run)
+    return ", ".join(shown)
+
+
+# ---------------------------------------------------------------- databases
+
+def validate_paths(paths: Iterable, domains: dict[str, Domain]) -> Iterator[Finding]:
+    """Check working database files, or community folders holding them.
+
+    A folder contributes every ``<domain>.db`` it holds for the loaded
+    domains. Rows are streamed, never loaded whole.
+    """
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            files = [db_path(path, name) for name in domains if db_path(path, name).is_file()]
+            if not files:
+                names = ", ".join(f"{name}.db" for name in domains)
+                raise SyncdbError(
+                    f"{path}: holds no working database ({names}); "
+                    "give a community folder or the database files themselves")
+            for file in files:
+                yield from validate_file(file, domains[file.stem])
+        elif path.is_file():
+            domain = domains.get(path.stem)
+            if domain is None:
+                names = ", ".join(f"{name}.db" for name in domains)
+                raise SyncdbError(
+                    f"{path}: no schema for domain '{path.stem}'; working databases are "
+                    f"named after their domain ({names}), or point --schemas at the folder declaring it")
+            yield from validate_file(path, domain)
+        else:
+            raise SyncdbError(f"{path}: no such file or folder")
+
+
+def validate_file(path, domain: Domain) -> Iterator[Finding]:
+    """Check one working database against its domain, table by table."""
+    path = Path(path)
+    conn = _open_read_only(path)
+    try:
+        for table in domain.tables.values():
+            yield from _validate_table(conn, path, table, domain)
+    except sqlite3.DatabaseError as e:
+        raise SyncdbError(
+            f"{path}: cannot be read ({e}); check it with `sqlite3 {path.name} 'PRAGMA integrity_check'` "
+            "or restore it from a backup") from e
+    finally:
+        conn.close()
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        # SQLite opens anything lazily; the first read tells a database from other files.
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as e:
+        conn.close()
+        raise SyncdbError(
+            f"{path}: is not an SQLite database ({e}); give the community's working database "
+            f"({path.stem}.db as its programs write it) or the folder holding it") from e
+    return conn
+
+
+def _validate_table(conn: sqlite3.Connection, path: Path, table: Table, domain: Domain) -> Iterator[Finding]:
+    present = {row[1].lower() for row in conn.execute(f"PRAGMA table_info([{table.name}])")}
+    if not present:
+        yield Finding(ERROR, "?", table.qualified, "", "",
+                      f"table '{table.name}' is missing from {path}; is this the community's "
+                      f"{domain.name} database? `syncdb community init` creates the tables", str(path))
+        return
+    columns = [c for c in table.columns if c.lower() in present]
+    missing = [c for c in table.columns if c.lower() not in present]
+    for column in missing:
+        yield Finding(ERROR, "?", table.qualified, "", column,
+                      f"column '{column}' is missing from table '{table.name}' in {path}; "
+                      "add it (ALTER TABLE … ADD COLUMN) so the records can sync", str(path))
+    # A missing column was reported once above, not again for every row.
+    skip = set(missing)
+    select = ", ".join(f"[{c}]" for c in columns)
+    for row in conn.execute(f"SELECT {select} FROM [{table.name}]"):
+        record = dict(zip(columns, row))
+        problems = [p for p in check_record(table, record, domain) if p.field not in skip]
+        if not problems:
+            continue
+        community = record.get(table.owner)
+        community = "?" if community is None or not str(community).strip() else str(community)
+        key = "/".join("?" if record.get(k) is None else str(record.get(k)) for k in table.key)
+        for p in problems:
+            yield Finding(p.severity, community, table.qualified, key, p.field, p.why, str(path))
