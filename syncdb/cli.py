@@ -13,7 +13,7 @@ import click
 
 from . import __version__
 from .errors import SyncdbError
-from .schema import load_domains
+from .schema import load_domains as _load_domains
 
 schemas_option = click.option(
     "--schemas",
@@ -21,6 +21,13 @@ schemas_option = click.option(
     envvar="SYNCDB_SCHEMAS",
     help="Folder of domain schema files (default: the shipped schemas/).",
 )
+
+
+def load_domains(schemas):
+    """The schemas, checked against the built-in policies and those plugins add."""
+    from .plugins import extra_policies
+
+    return _load_domains(schemas, extra_policies=extra_policies())
 
 
 class Group(click.Group):
@@ -245,7 +252,7 @@ def push(workdir, url, outbox, retries, schemas):
         click.echo(f"Copied {len(copied)} unacknowledged bundle(s) to {outbox}")
     else:
         report = transport.push_to_url(workdir, url, retries=retries, echo=click.echo)
-        click.echo(report.summary())
+        click.echo(report.summary(), err=not report.ok)
         if not report.ok:
             sys.exit(1)
 
@@ -272,3 +279,81 @@ def serve(store, host, port, max_bundle_mb):
     from . import server
 
     server.serve(store, host=host, port=port, max_body=max_bundle_mb * 1024 * 1024)
+
+
+@cli.command()
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@click.argument("paths", nargs=-1, type=click.Path(exists=True))
+@schemas_option
+def merge(store, paths, schemas):
+    """Merge bundle files or folders into the office store.
+
+    Bundles are verified and received into the inbox first (exactly as if
+    pushed), then every bundle whose predecessors are applied is merged, one
+    transaction each. With no PATHS, merges what the inbox already holds.
+
+    Example: syncdb merge /srv/office /media/usb/outbox
+    """
+    from . import merge as merge_lib
+
+    with click.progressbar(length=1, label="Merging", show_pos=True, file=sys.stderr) as bar:
+        def progress(done, total, name):
+            bar.length = total
+            bar.update(1)
+
+        summary = merge_lib.merge(store, paths, _secret(), load_domains(schemas), progress=progress)
+    for line in summary.lines():
+        click.echo(line)
+    if summary.refused or summary.rejected:
+        sys.exit(1)
+
+
+@cli.group(cls=Group)
+def conflicts():
+    """List the conflicts the rules left for a person."""
+
+
+@conflicts.command(name="list")
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@click.option("--all", "show_all", is_flag=True, help="Closed conflicts too.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@schemas_option
+def conflicts_list(store, show_all, fmt, schemas):
+    """List open conflicts: table, record, column, kind and candidates.
+
+    Example: syncdb conflicts list /srv/office
+    """
+    from .conflicts import list_conflicts
+
+    for item in list_conflicts(store, _secret(), load_domains(schemas), include_closed=show_all):
+        if fmt == "json":
+            click.echo(json.dumps(item, ensure_ascii=False))
+        else:
+            candidates = "; ".join(f"{c['origin']}: {c['value']!r}{' (deleted)' if c['deleted'] else ''}"
+                                   for c in item["candidates"])
+            click.echo(f"#{item['id']} [{item['status']}] {item['table']} {item['record']} "
+                       f"{item['column']} ({item['kind']}): {candidates}; provisional {item['winner']}")
+
+
+@cli.group(cls=Group)
+def audit():
+    """Check the tamper-evident audit ledger."""
+
+
+@audit.command(name="verify")
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@schemas_option
+def audit_verify(store, schemas):
+    """Check every audit ledger entry against its seal; exit 1 naming the first bad one.
+
+    Example: syncdb audit verify /srv/office
+    """
+    from . import audit as audit_lib
+    from .merge import open_store
+
+    st = open_store(store, _secret(), load_domains(schemas))
+    try:
+        count = audit_lib.verify(st)
+    finally:
+        st.conn.close()
+    click.echo(f"audit ledger intact: {count} entries")

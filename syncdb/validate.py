@@ -117,7 +117,8 @@ def _region_known(region_and_year: str) -> bool:
     # a cache keyed on them spares the numdb look-up for most residents.
     try:
         ric.get_birth_place(region_and_year + "01010000")
-    except ValidationError:
+    except (ValidationError, KeyError):
+        # stdnum raises KeyError for a known province with an unknown county.
         return False
     return True
 

@@ -1,0 +1,374 @@
+"""The merge engine: apply bundles from the inbox to the shared store.
+
+Per cell, the store keeps its *frontier*: the versions no received change has
+named as its base. A change whose base is the cell's one current version
+replaces it (a clean apply). Otherwise the frontier holds several concurrent
+versions — a conflict — and a policy picks the provisional winner from that
+set. The frontier is "every version received, less every version some change
+was based on", so it, the winners and the open conflicts are the same in
+whatever order the bundles arrive. A base not yet seen is remembered in
+``dominated`` so that version, arriving later, does not come back.
+
+Each bundle is applied in one transaction together with its line in the
+``applied`` ledger: applied once, or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import audit, bundle, office
+from .crypto import Secret
+from .plugins import manager
+from .rules import Candidate, Decision
+from .schema import Domain, Table
+from .store import Store, id_columns, mask, table_name
+from .validate import check_record
+
+
+@dataclass
+class Summary:
+    received: int = 0
+    duplicates: int = 0
+    refused: list = field(default_factory=list)  # (file, message)
+    applied: int = 0  # bundles
+    held: list = field(default_factory=list)  # (bundle name, missing sequence)
+    changes: int = 0
+    rejected: list = field(default_factory=list)  # printable lines
+    opened: int = 0
+    closed: int = 0
+
+    def lines(self) -> list[str]:
+        out = [f"bundles: {self.received} received, {self.duplicates} already held, "
+               f"{len(self.refused)} refused, {self.applied} applied, {len(self.held)} held",
+               f"changes: {self.changes} applied, {len(self.rejected)} rejected record(s)",
+               f"conflicts: {self.opened} opened, {self.closed} closed"]
+        out += [f"refused {name}: {why}" for name, why in self.refused]
+        out += [f"held {name}: waiting for bundle {missing} from that community" for name, missing in self.held]
+        out += [f"rejected {line}" for line in self.rejected]
+        return out
+
+
+def open_store(store_dir, secret: Secret, domains: dict[str, Domain]) -> Store:
+    return Store(office.connect(store_dir), office.load_keyring(store_dir, secret), domains)
+
+
+def merge(store_dir, paths, secret: Secret, domains: dict[str, Domain], progress=None) -> Summary:
+    """Receive bundle files or folders (if any) into the inbox, then apply all that can be."""
+    summary = Summary()
+    for path, outcome in office.receive_files(store_dir, paths):
+        if isinstance(outcome, office.Refused):
+            summary.refused.append((path.name, str(outcome)))
+        elif outcome.status == "duplicate":
+            summary.duplicates += 1
+        else:
+            summary.received += 1
+    store = open_store(store_dir, secret, domains)
+    try:
+        apply_inbox(store, Path(store_dir), summary, progress)
+    finally:
+        store.conn.close()
+    return summary
+
+
+def apply_inbox(store: Store, store_dir: Path, summary: Summary, progress=None) -> Summary:
+    """Apply every inbox bundle whose predecessors are applied; hold the others."""
+    conn = store.conn
+    last = dict(conn.execute("SELECT origin, max(sequence) FROM applied GROUP BY origin"))
+    waiting = {}
+    for origin, sequence, name in conn.execute("SELECT origin, sequence, file FROM received ORDER BY origin, sequence"):
+        if sequence > last.get(origin, 0):
+            waiting.setdefault(origin, []).append((sequence, name))
+    total = sum(len(v) for v in waiting.values())
+    done = 0
+    for origin, queue in sorted(waiting.items()):
+        for sequence, name in queue:
+            expected = last.get(origin, 0) + 1
+            if sequence != expected:
+                summary.held.extend((n, expected) for s, n in queue if s >= sequence)
+                break
+            apply_bundle(store, office.inbox_dir(store_dir) / name, summary)
+            last[origin] = sequence
+            done += 1
+            if progress:
+                progress(done, total, name)
+    return summary
+
+
+def apply_bundle(store: Store, path: Path, summary: Summary) -> None:
+    conn = store.conn
+    keys = office.enrolled_keys(conn)
+    header = bundle.open_verified(path, keys.get)
+    name = path.name
+    ledger = audit.Ledger(store)
+    merger = _Merger(store, ledger, name, header.origin, header.sequence)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        with open(path, "rb") as f:
+            for change in bundle.changes(f, store.keyring):
+                merger.apply(change)
+        (digest,) = conn.execute("SELECT sha256 FROM received WHERE origin = ? AND sequence = ?",
+                                 (header.origin, header.sequence)).fetchone()
+        conn.execute("INSERT INTO applied VALUES (?, ?, ?, ?, ?, ?)", (
+            header.origin, header.sequence, digest, time.strftime("%Y-%m-%dT%H:%M:%S"),
+            merger.changes, len(merger.rejected)))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        ledger.reset()
+        raise
+    summary.applied += 1
+    summary.changes += merger.changes
+    summary.rejected += merger.rejected
+    summary.opened += merger.opened
+    summary.closed += merger.closed
+
+
+class _Row:
+    """One stored row while a change is applied to it: its cells' frontiers."""
+
+    def __init__(self, store: Store, table: Table, key: bytes):
+        self.store, self.table, self.key = store, table, key
+        self.name = table_name(table)
+        conn = store.conn
+        cursor = conn.execute(f"SELECT * FROM [{self.name}] WHERE _key = ?", (key,))
+        found = cursor.fetchone()
+        self.exists = found is not None
+        self.stored = dict(zip([d[0] for d in cursor.description], found)) if found else {}
+        non_key = [c for c in table.columns if c not in table.key]
+        self.versions = _unpack_versions(self.stored.get("_versions"), non_key)
+        self.frontiers: dict[str, list[Candidate]] = {}
+        for col, version, origin, value, deleted in conn.execute(
+                "SELECT col, version, origin, value, deleted FROM frontier WHERE tbl = ? AND key = ?",
+                (table.qualified, key)):
+            value = store.plain(table, col, value, key)
+            self.frontiers.setdefault(col, []).append(Candidate(value, version, origin, bool(deleted)))
+        self.dominated = {(c, v) for c, v in conn.execute(
+            "SELECT col, version FROM dominated WHERE tbl = ? AND key = ?", (table.qualified, key))}
+        self.new_dominated = []
+        self.touched = set()
+        self.winners: dict[str, Candidate] = {}
+
+    def candidates(self, col: str) -> list[Candidate]:
+        if col in self.frontiers:
+            return self.frontiers[col]
+        version = self.versions.get(col)
+        if not version:
+            return []
+        deleted = version.startswith("~")
+        version = version.lstrip("~")
+        value = self.store.plain(self.table, col, self.stored.get(col), self.key)
+        return [Candidate(value, version, _origin(version), deleted)]
+
+    def offer(self, col: str, candidate: Candidate, base: str | None) -> None:
+        """Add a version to the cell's frontier, retiring the version it was based on."""
+        frontier = list(self.candidates(col))
+        if base:
+            kept = [c for c in frontier if c.version != base]
+            if len(kept) == len(frontier) and (col, base) not in self.dominated:
+                self.dominated.add((col, base))
+                self.new_dominated.append((col, base))
+            frontier = kept
+        if (col, candidate.version) not in self.dominated and all(c.version != candidate.version for c in frontier):
+            frontier.append(candidate)
+        self.frontiers[col] = sorted(frontier, key=lambda c: c.version)
+        self.touched.add(col)
+
+    def winner(self, col: str) -> Candidate | None:
+        if col in self.winners:
+            return self.winners[col]
+        frontier = self.candidates(col)
+        return max(frontier, key=lambda c: c.version) if frontier else None
+
+    def owner(self):
+        owner_col = self.table.owner
+        frontier = self.candidates(owner_col)
+        live = [c for c in frontier if c.live]
+        return max(live, key=lambda c: c.version).value if live else None
+
+
+def _origin(version: str) -> str:
+    return version.split(".", 2)[2]
+
+
+class _Merger:
+    def __init__(self, store: Store, ledger: audit.Ledger, bundle_name: str, origin: str, sequence: int):
+        self.store, self.ledger = store, ledger
+        self.bundle_name, self.origin, self.sequence = bundle_name, origin, sequence
+        self.hook = manager().hook
+        self.changes = 0
+        self.rejected: list[str] = []
+        self.opened = self.closed = 0
+
+    def apply(self, change: dict) -> None:
+        store = self.store
+        table = store.table(change["table"])
+        key_values = [change["key"].get(k) for k in table.key]
+        key = store.blind_key(table, key_values)
+        problems = self._problems(table, change)
+        if problems:
+            shown = "/".join(mask(v) if table.columns[k].sensitive else str(v)
+                             for k, v in zip(table.key, key_values))
+            for p in problems:
+                line = f"{self.origin} / {table.qualified} / {shown} / {p.field} / {p.why}"
+                self.rejected.append(line)
+                store.conn.execute(
+                    "INSERT INTO rejected (origin, sequence, tbl, key, shown_key, field, why, at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (self.origin, self.sequence, table.qualified, key, shown, p.field, p.why,
+                     time.strftime("%Y-%m-%dT%H:%M:%S")))
+            return
+        row = _Row(store, table, key)
+        hlc = change["hlc"]
+        origin = _origin(hlc)
+        op = change["op"]
+        base = change.get("base") or {}
+        old = dict(row.versions)
+        non_key = [c for c in table.columns if c not in table.key]
+        if op == "update":
+            for col, value in change["cells"].items():
+                if col in table.columns and col not in table.key:
+                    row.offer(col, Candidate(value, hlc, origin), base.get(col))
+        else:
+            deleted = op == "delete"
+            for col in non_key:
+                value = None if deleted else change["cells"].get(col)
+                row.offer(col, Candidate(value, hlc, origin, deleted), base.get(col))
+        self._resolve(row, hlc)
+        self._write(row, key_values)
+        self.ledger.append(self.bundle_name, origin, hlc, table.qualified, key, op, {
+            "cells": {c: [old.get(c), row.winners[c].version if c in row.winners else None]
+                      for c in sorted(row.touched)},
+        })
+        self.changes += 1
+
+    def _problems(self, table: Table, change: dict):
+        if change["op"] == "delete":
+            return []
+        domain = self.store.domains[table.domain]
+        record = dict(change["key"])
+        record.update(change["cells"])
+        problems = check_record(table, record, domain)
+        if change["op"] == "update":
+            # A partial record: only judge the cells it carries.
+            problems = [p for p in problems if p.field in record]
+        return [p for p in problems if p.severity == "error"]
+
+    def _resolve(self, row: _Row, hlc: str) -> None:
+        table = row.table
+        # Rules may look across the row, so every cell in conflict is decided again.
+        cols = set(row.touched) | {c for c, f in row.frontiers.items() if len(f) > 1}
+        for col in sorted(cols):
+            frontier = row.candidates(col)
+            if len(frontier) == 1:
+                row.winners[col] = frontier[0]
+                self._close(row, col, f"closed by {hlc}")
+                continue
+            decision: Decision = self.hook.resolve_conflict(table=table, column=col, candidates=frontier, row=row)
+            row.winners[col] = decision.winner
+            if decision.review:
+                self._open(row, col, frontier, decision)
+            else:
+                self._close(row, col, f"settled by {decision.rule}")
+
+    def _open(self, row: _Row, col: str, frontier, decision: Decision) -> None:
+        store, table = self.store, row.table
+        candidates = json.dumps([{
+            "version": c.version, "origin": c.origin, "deleted": c.deleted,
+            "value": _sealed_text(store.stored(table, col, c.value, row.key)),
+        } for c in frontier], ensure_ascii=False)
+        existing = store.conn.execute(
+            "SELECT id, candidates FROM conflicts WHERE tbl = ? AND key = ? AND col = ? AND status = 'open'",
+            (table.qualified, row.key, col)).fetchone()
+        if existing:
+            store.conn.execute("UPDATE conflicts SET candidates = ?, winner = ?, rule = ?, kind = ? WHERE id = ?",
+                               (candidates, decision.winner.version, decision.rule, decision.kind, existing[0]))
+            return
+        store.conn.execute(
+            "INSERT INTO conflicts (tbl, key, col, kind, candidates, winner, rule, status, opened) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'open', ?)",
+            (table.qualified, row.key, col, decision.kind, candidates, decision.winner.version,
+             decision.rule, time.strftime("%Y-%m-%dT%H:%M:%S")))
+        self.opened += 1
+
+    def _close(self, row: _Row, col: str, note: str) -> None:
+        cursor = self.store.conn.execute(
+            "UPDATE conflicts SET status = 'closed', closed = ?, note = ? "
+            "WHERE tbl = ? AND key = ? AND col = ? AND status = 'open'",
+            (time.strftime("%Y-%m-%dT%H:%M:%S"), note, row.table.qualified, row.key, col))
+        self.closed += cursor.rowcount
+
+    def _write(self, row: _Row, key_values: list) -> None:
+        store, table, key = self.store, row.table, row.key
+        conn = store.conn
+        values = {}
+        versions = {}
+        for col in table.columns:
+            if col in table.key:
+                continue
+            winner = row.winners.get(col)
+            if winner is None:
+                if row.exists:
+                    values[col] = row.stored.get(col)
+                if col in row.versions:
+                    versions[col] = row.versions[col]
+                continue
+            values[col] = None if winner.deleted else store.stored(table, col, winner.value, key)
+            versions[col] = ("~" if winner.deleted else "") + winner.version
+        for col, value in zip(table.key, key_values):
+            values[col] = store.stored(table, col, value, key)
+        for col in id_columns(table):
+            if col in table.key:
+                values[f"{col}__bi"] = store.blind_id(key_values[table.key.index(col)])
+            elif col in row.winners:
+                winner = row.winners[col]
+                values[f"{col}__bi"] = store.blind_id(winner.value) if winner.live else None
+            else:
+                values[f"{col}__bi"] = row.stored.get(f"{col}__bi")
+        exists = any(not v.startswith("~") for v in versions.values())
+        values["_versions"] = _pack_versions(versions, [c for c in table.columns if c not in table.key])
+        values["_exists"] = 1 if exists else 0
+        values["_key"] = key
+        cols = list(values)
+        conn.execute(
+            f"INSERT OR REPLACE INTO [{row.name}] ({', '.join(f'[{c}]' for c in cols)}) "
+            f"VALUES ({', '.join('?' * len(cols))})", [values[c] for c in cols])
+        for col in row.touched | set(row.frontiers):
+            conn.execute("DELETE FROM frontier WHERE tbl = ? AND key = ? AND col = ?", (table.qualified, key, col))
+            frontier = row.candidates(col)
+            if len(frontier) > 1:
+                conn.executemany("INSERT INTO frontier VALUES (?, ?, ?, ?, ?, ?, ?)", [
+                    (table.qualified, key, col, c.version, c.origin,
+                     store.stored(table, col, c.value, key), int(c.deleted)) for c in frontier])
+        conn.executemany("INSERT OR IGNORE INTO dominated VALUES (?, ?, ?, ?)",
+                         [(table.qualified, key, col, v) for col, v in row.new_dominated])
+
+
+def _pack_versions(versions: dict, columns) -> str:
+    """Store the most common version once as "*", the others by column, and "-" the unset."""
+    if not versions:
+        return "{}"
+    counts = {}
+    for v in versions.values():
+        counts[v] = counts.get(v, 0) + 1
+    common = max(counts, key=lambda v: (counts[v], v))
+    packed = {"*": common}
+    packed.update({c: v for c, v in versions.items() if v != common})
+    unset = [c for c in columns if c not in versions]
+    if unset:
+        packed["-"] = unset
+    return json.dumps(packed, separators=(",", ":"))
+
+
+def _unpack_versions(text: str | None, columns) -> dict:
+    packed = json.loads(text or "{}")
+    default = packed.pop("*", None)
+    unset = set(packed.pop("-", ()))
+    return {c: packed.get(c, default) for c in columns if c not in unset and packed.get(c, default)}
+
+
+def _sealed_text(value):
+    return value.hex() if isinstance(value, bytes) else value

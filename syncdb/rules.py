@@ -1,0 +1,93 @@
+"""The built-in conflict policies, registered like any plugin (``trylast``).
+
+A policy sees the set of concurrent versions of one cell (its candidates)
+and picks a winner. Every policy is a function of that set alone — never of
+the order the versions arrived in — which is what makes the merged store the
+same whatever order the communities' bundles come in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .hookspecs import hookimpl
+
+
+@dataclass(frozen=True)
+class Candidate:
+    value: object
+    version: str  # HLC stamp text; ends with the origin's code
+    origin: str
+    deleted: bool = False  # a delete's tombstone
+
+    @property
+    def live(self) -> bool:
+        return not self.deleted
+
+
+@dataclass(frozen=True)
+class Decision:
+    winner: Candidate
+    review: bool  # queue it for a person
+    rule: str  # who decided, for the audit ledger
+    kind: str = "value"  # value | update-delete | duplicate-registration | …
+
+
+def latest(candidates) -> Candidate:
+    """Last writer wins: the highest HLC, ties broken by the community code inside it."""
+    return max(candidates, key=lambda c: c.version)
+
+
+def _update_vs_delete(candidates) -> bool:
+    return any(c.deleted for c in candidates) and any(c.live for c in candidates)
+
+
+def _ordered(candidates, reverse):
+    """max/min by value; empty values lose; equal values fall back to the latest."""
+    present = [c for c in candidates if c.live and c.value is not None]
+    if not present:
+        return latest(candidates)
+    pick = max if reverse else min
+    best = pick(_sortable(c.value) for c in present)
+    return latest(c for c in present if _sortable(c.value) == best)
+
+
+def _sortable(value):
+    # Numbers before text, so a cell mixing them still has a total order.
+    return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
+
+
+def decide(policy: str, column: str, candidates: list[Candidate], row) -> Decision:
+    if len({(c.deleted, repr(c.value)) for c in candidates}) == 1:
+        # The same value reached by several sides is agreement, not a conflict.
+        return Decision(latest(candidates), False, f"builtin:{policy}", "same-value")
+    if policy == "owner":
+        owner = row.owner()
+        mine = [c for c in candidates if c.origin == owner]
+        winner = latest(mine or candidates)
+    elif policy == "office":
+        ours = [c for c in candidates if c.origin == row.office_code]
+        winner = latest(ours or candidates)
+    elif policy == "prefer_non_null":
+        present = [c for c in candidates if c.live and c.value is not None]
+        winner = latest(present or candidates)
+    elif policy == "max":
+        winner = _ordered(candidates, reverse=True)
+    elif policy == "min":
+        winner = _ordered(candidates, reverse=False)
+    else:  # lww, manual, and any unknown policy fall back to the latest
+        winner = latest(candidates)
+    if _update_vs_delete(candidates):
+        # Never a silent drop: a person decides between the edit and the delete.
+        return Decision(winner, True, f"builtin:{policy}", "update-delete")
+    return Decision(winner, policy == "manual", f"builtin:{policy}")
+
+
+@hookimpl
+def conflict_policies():
+    return ["lww", "owner", "office", "prefer_non_null", "max", "min", "manual"]
+
+
+@hookimpl(trylast=True)
+def resolve_conflict(table, column, candidates, row):
+    return decide(table.columns[column].policy, column, candidates, row)

@@ -1,0 +1,241 @@
+"""Sample communities: realistic, valid and deterministic working databases.
+
+``generate`` writes huji.db, shebao.db and minzheng.db for one community:
+households and their members (sample_people.py), valid ID numbers
+(sample_ids.py), social security enrolments and civil affairs benefits (here).
+The same code, seed and resident count give byte-identical files: Faker is
+seeded once to fill pools of names, streets and companies, one seeded Random
+makes every other choice, and rows go in in the order they were made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sqlite3
+from datetime import date, timedelta
+from pathlib import Path
+
+from . import validate, workdir
+from .errors import SyncdbError
+from .sample_ids import Regions
+from .sample_people import TODAY, Community, Household, Person, Pools, age, birthday, years
+
+DOMAINS = ("huji", "shebao", "minzheng")
+COLUMNS = {
+    "huji.households": ("household_no", "household_type", "head_id_number", "address", "community_code"),
+    "huji.persons": ("id_number", "name", "sex", "ethnicity", "birth_date", "household_no", "relationship",
+                     "marital_status", "phone", "address", "community_code", "status"),
+    "shebao.enrolments": ("id_number", "insurance_type", "status", "start_date", "end_date", "employer",
+                          "monthly_base", "community_code"),
+    "minzheng.benefits": ("id_number", "benefit_type", "status", "monthly_amount", "start_date", "end_date",
+                          "community_code"),
+}
+# When the schemes began, so that no enrolment starts before its scheme existed.
+EMPLOYEE_SCHEMES = date(1995, 1, 1)  # 城镇职工养老保险, unified in 1995–97
+RESIDENT_MEDICAL = date(2007, 7, 1)  # 城镇居民医保 pilots
+RESIDENT_PENSION = date(2009, 10, 1)  # 新农保 / 城乡居民养老保险
+ELDERLY_ALLOWANCE = date(2010, 1, 1)  # 高龄津贴
+DISABILITY_SUBSIDY = date(2016, 1, 1)  # 残疾人两项补贴
+
+
+def generate(directory, code: str, residents: int, seed: int, domains: dict) -> dict[str, int]:
+    """Write a sample community's working databases into ``directory``.
+
+    Returns the number of rows written per table, keyed ``domain.table``.
+    Refuses a code that is not 12 digits starting with a province, and a
+    folder whose working databases already hold records.
+    """
+    try:
+        # The validator's own rule, so that no sample record can fail it.
+        validate.community_code(code)
+    except validate.Invalid as e:
+        raise SyncdbError(f"community code {e}") from None
+    if residents < 1:
+        raise SyncdbError(f"a sample community needs at least one resident, not {residents}")
+    wanted = {d: domains[d] for d in DOMAINS if d in domains}
+    if not wanted:
+        raise SyncdbError(f"the schemas declare none of the domains {', '.join(DOMAINS)}; nothing to generate")
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise SyncdbError(f"{directory} is a file; give a folder for the sample community")
+    _refuse_data(directory, wanted)
+
+    # hash() of a str changes from run to run; a digest does not.
+    code_hash = int.from_bytes(hashlib.sha256(code.encode()).digest()[:8], "big")
+    rng = random.Random(seed ^ code_hash)
+    pools = Pools.from_faker(seed)
+    community = Community(code, rng, pools, Regions())
+    households = []
+    placed = 0
+    while placed < residents:
+        household = community.household(residents - placed)
+        households.append(household)
+        placed += len(household.members)
+
+    rows = {
+        "huji.households": [
+            (h.number, h.type, h.head.id_number, h.address, code) for h in households
+        ],
+        "huji.persons": [
+            (p.id_number, p.name, p.sex, p.ethnicity, p.birth.isoformat(), h.number, p.relationship,
+             p.marital, p.phone, h.address, code, p.status)
+            for h in households for p in h.members
+        ],
+        "shebao.enrolments": [row for h in households for p in h.members
+                              for row in _enrolments(p, h, code, rng, pools.companies)],
+        "minzheng.benefits": _benefits(households, code, rng),
+    }
+    workdir.create(directory, wanted)
+    counts = {}
+    for domain in wanted:
+        tables = {name: table_rows for name, table_rows in rows.items() if name.startswith(domain + ".")}
+        _write(workdir.db_path(directory, domain), tables)
+        counts.update((name, len(table_rows)) for name, table_rows in tables.items())
+    return counts
+
+
+def _refuse_data(directory: Path, domains: dict) -> None:
+    """Never write sample data over someone's records."""
+    for domain in domains:
+        path = workdir.db_path(directory, domain)
+        if not path.exists() or path.stat().st_size == 0:
+            continue
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                tables = [r[0] for r in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+                held = sum(conn.execute(f"SELECT count(*) FROM [{t}]").fetchone()[0] for t in tables)
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as e:
+            raise SyncdbError(f"{path} exists and is not an empty working database ({e}); "
+                              "write the sample community into a new folder")
+        if held:
+            raise SyncdbError(f"{path} already holds {held} record(s); sample data is never written over "
+                              f"existing data: choose a new folder, e.g. {directory}-sample")
+
+
+def _write(path: Path, tables: dict[str, list[tuple]]) -> None:
+    conn = workdir.connect(path)
+    try:
+        # A fresh file that nobody else has open: skip the rollback journal and
+        # fsyncs while filling it. Neither setting outlives this connection.
+        conn.execute("PRAGMA journal_mode = MEMORY")
+        conn.execute("PRAGMA synchronous = OFF")
+        conn.execute("BEGIN")
+        for qualified, rows in tables.items():
+            columns = COLUMNS[qualified]
+            names = ", ".join(f"[{c}]" for c in columns)
+            marks = ", ".join("?" * len(columns))
+            conn.executemany(f"INSERT INTO [{qualified.split('.')[1]}] ({names}) VALUES ({marks})", rows)
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA journal_mode = DELETE")
+    finally:
+        conn.close()
+
+
+def _between(rng: random.Random, first: date, last: date) -> date:
+    return first + timedelta(days=rng.randint(0, max(0, (last - first).days)))
+
+
+def _ended(rng, start: date, status: str) -> tuple[str, str | None]:
+    """The status and, for an ended row only, an end date between start and today."""
+    if status != "ended":
+        return status, None
+    return status, _between(rng, max(start, TODAY - years(3)), TODAY).isoformat()
+
+
+def _enrolments(person: Person, household: Household, code: str, rng: random.Random,
+                companies: list[str]) -> list[tuple]:
+    """One person's 参保登记: employee or resident schemes by age, or none."""
+    years_old = age(person.birth)
+    retirement = 60 if person.sex == "1" else 55
+    if years_old < 18:
+        if rng.random() < 0.05:
+            return []
+        start = max(person.birth + timedelta(days=rng.randint(0, 120)), RESIDENT_MEDICAL)
+        plan = [("medical_resident", "active", min(start, TODAY), None, None)]
+    else:
+        r = rng.random()
+        employee = r < (0.62 if years_old < retirement else 0.55)
+        resident = not employee and r < (0.9 if years_old < retirement else 0.97)
+        if employee:
+            plan = _employee(person, household, rng, companies, retired=years_old >= retirement)
+        elif resident:
+            plan = _resident(person, rng, years_old)
+        else:
+            return []
+    if person.status == "deceased" or (person.status == "moved_out" and rng.random() < 0.6):
+        plan = [(kind, "ended", start, None, None) for kind, _, start, _, _ in plan]
+    rows = []
+    for kind, status, start, employer, base in plan:
+        status, end = _ended(rng, start, status)
+        rows.append((person.id_number, kind, status, start.isoformat(), end, employer, base, code))
+    return rows
+
+
+def _employee(person, household, rng, companies, retired) -> list[tuple]:
+    first = max(birthday(person.birth, 18), EMPLOYEE_SCHEMES)
+    if retired:
+        last = max(first, min(birthday(person.birth, 60 if person.sex == "1" else 55), TODAY))
+        start = _between(rng, first, last)
+        employer = rng.choice(companies) if rng.random() < 0.7 else None
+        return [("pension_employee", "retired", start, employer, None),
+                ("medical_employee", "retired", start, employer, None)]
+    start = _between(rng, first, min(first + years(8), TODAY))
+    employer = household.employer or rng.choice(companies)
+    # Bases cluster a little above the local floor; rounded to 100 yuan.
+    base = float(min(30000, max(4000, round(rng.lognormvariate(8.9, 0.45), -2))))
+    status = rng.choices(["active", "suspended", "ended"], [92, 6, 2])[0]
+    kinds = ["pension_employee", "medical_employee"]
+    kinds += [k for k in ("unemployment", "injury") if rng.random() < 0.75]
+    return [(kind, status, start, employer, base) for kind in kinds]
+
+
+def _resident(person, rng, years_old) -> list[tuple]:
+    plan = [("medical_resident", "active", _between(rng, max(person.birth, RESIDENT_MEDICAL), TODAY), None, None)]
+    if years_old < 23 and rng.random() < 0.7:
+        return plan  # students: medical insurance only
+    status = "retired" if years_old >= 60 else rng.choices(["active", "suspended"], [92, 8])[0]
+    start = _between(rng, max(birthday(person.birth, 16), RESIDENT_PENSION), TODAY)
+    return [("pension_resident", status, start, None, None)] + plan
+
+
+def _benefits(households: list[Household], code: str, rng: random.Random) -> list[tuple]:
+    """民政待遇: 高龄津贴 for all 80+, 低保 by household, 特困 for some who live alone, and a few more."""
+    rows = []
+
+    def grant(person, kind, amount, start, status="active"):
+        status, end = _ended(rng, start, status)
+        rows.append((person.id_number, kind, status, float(amount), start.isoformat(), end, code))
+
+    for household in households:
+        dibao = household.type == "family" and rng.random() < 0.03
+        dibao_start = _between(rng, TODAY - years(8), TODAY)
+        dibao_status = rng.choices(["active", "suspended", "ended"], [90, 4, 6])[0]
+        alone = len(household.members) == 1
+        for person in household.members:
+            years_old = age(person.birth)
+            if person.status == "moved_out":
+                continue
+            if years_old >= 80:
+                amount = 100 if years_old < 90 else 200 if years_old < 95 else 300 if years_old < 100 else 500
+                start = max(birthday(person.birth, 80), ELDERLY_ALLOWANCE)
+                grant(person, "elderly", amount, start, "ended" if person.status == "deceased" else "active")
+            if person.status != "normal":
+                continue
+            if dibao:
+                grant(person, "dibao", rng.randrange(600, 1210, 10), max(dibao_start, person.birth), dibao_status)
+            elif alone and years_old >= 60 and rng.random() < 0.12:
+                start = _between(rng, max(birthday(person.birth, 60), TODAY - years(10)), TODAY)
+                grant(person, "tekun", rng.randrange(1300, 1910, 10), start)
+            if rng.random() < 0.015:
+                start = _between(rng, max(person.birth, DISABILITY_SUBSIDY), TODAY)
+                grant(person, "disability", rng.randrange(100, 310, 10), start,
+                      rng.choices(["active", "suspended"], [95, 5])[0])
+            if years_old >= 35 and rng.random() < (0.012 if person.sex == "1" else 0.0015):
+                start = _between(rng, max(birthday(person.birth, 20), date(1995, 1, 1)), TODAY)
+                grant(person, "veteran", rng.randrange(800, 3610, 10), start)
+    return rows

@@ -1,0 +1,229 @@
+"""The office ingest service: where `syncdb push --to URL` sends its bundles.
+
+A plain ASGI application, run by uvicorn (which does all of HTTP):
+
+    POST /v1/bundles                           body: the bundle file's bytes
+    GET  /v1/communities/{code}/acknowledged   the highest N such that 1..N are held
+    GET  /health                               {"status": "ok"}
+
+Every answer is JSON. A bundle is answered 201 when it is new, 200 when the
+office already holds the same bytes (so a push that lost its answer can
+simply send again), and a refusal names its reason with a status the
+community side can act on: 4xx means "do not send this again as it is", 5xx
+means "try again later".
+
+Only the bundle's header fields (community, sequence number) and refusal
+reasons are logged; request bodies never are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+
+from . import bundle, office
+from .errors import SyncdbError
+
+log = logging.getLogger("syncdb.server")
+
+# The status for each refusal reason (bundle.BundleError / office.Refused .reason).
+STATUS_FOR_REASON = {
+    "unenrolled": 403,
+    "bad-signature": 403,
+    "wrong-recipient": 403,
+    "truncated": 400,
+    "garbled": 400,
+    "tampered": 400,
+    "unsupported": 400,
+    "wrong-kind": 400,
+    "invalid": 400,
+    "replay": 409,
+}
+
+ACKNOWLEDGED_PATH = re.compile(r"^/v1/communities/([^/]+)/acknowledged$")
+
+
+def app(store, max_body: int = 256 * 2**20):
+    """The ingest service for the office store at ``store``, as an ASGI callable."""
+    store = Path(store)
+    # Fail at start-up, not at the first push, when STORE is not an office store.
+    office.connect(store).close()
+    # One bundle at a time: office.receive checks "already received?" and then
+    # writes, so two uploads of one sequence number must not interleave.
+    receiving = asyncio.Lock()
+
+    async def application(scope, receive, send):
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        started = False
+
+        async def tracked_send(message):
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await _route(scope, receive, tracked_send)
+        except Exception:
+            log.exception("unexpected error answering %s %s from %s", scope["method"], scope["path"],
+                          _client(scope))
+            if not started:
+                await _server_error(send)
+
+    async def _route(scope, receive, send):
+        path, method = scope["path"], scope["method"]
+
+        if path == "/health":
+            if method not in ("GET", "HEAD"):
+                return await _method_not_allowed(send, "GET")
+            return await _json(send, 200, {"status": "ok"})
+
+        match = ACKNOWLEDGED_PATH.match(path)
+        if match:
+            if method not in ("GET", "HEAD"):
+                return await _method_not_allowed(send, "GET")
+            code = match.group(1)
+            held = await asyncio.to_thread(office.acknowledged, store, code)
+            return await _json(send, 200, {"code": code, "acknowledged": held})
+
+        if path == "/v1/bundles":
+            if method != "POST":
+                return await _method_not_allowed(send, "POST")
+            return await _post_bundle(scope, receive, send)
+
+        await _json(send, 404, {"error": "not-found",
+                                "message": f"no such address {path!r} at this office ingest service; "
+                                           "push to the service's base URL, e.g. http://office:8765"})
+
+    async def _post_bundle(scope, receive, send):
+        client = _client(scope)
+        length = _header(scope, b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                return await _json(send, 400, {"error": "bad-request",
+                                               "message": "the Content-Length header is not a number"})
+            if int(length) > max_body:
+                log.warning("refused an upload of %s bytes from %s: over the %s limit",
+                            length, client, _size(max_body))
+                return await _too_large(send)
+
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                log.info("%s went away in the middle of an upload; nothing was kept", client)
+                return
+            body += message.get("body", b"")
+            if len(body) > max_body:
+                # Stop here: uvicorn discards what the client still sends.
+                log.warning("refused an upload from %s: over the %s limit", client, _size(max_body))
+                return await _too_large(send)
+            if not message.get("more_body", False):
+                break
+
+        try:
+            async with receiving:
+                receipt = await asyncio.to_thread(office.receive, store, bytes(body),
+                                                  source=f"http from {client}")
+        except bundle.BundleError as e:
+            status = STATUS_FOR_REASON.get(e.reason, 400)
+            log.warning("refused a bundle from %s (%s): %s", client, e.reason, e)
+            return await _json(send, status, {"error": e.reason, "message": str(e)})
+        except SyncdbError as e:
+            log.error("could not keep a bundle from %s: %s", client, e)
+            return await _server_error(send)
+
+        log.info("%s bundle %s #%d from %s", receipt.status, receipt.origin, receipt.sequence, client)
+        answer = receipt.as_dict()
+        if receipt.status == "duplicate":
+            answer["message"] = "already have it"
+            return await _json(send, 200, answer)
+        answer["message"] = "received; it will be merged into the store"
+        return await _json(send, 201, answer)
+
+    return application
+
+
+def serve(store, host: str = "127.0.0.1", port: int = 8765, max_body: int = 256 * 2**20) -> None:
+    """Run the ingest service with uvicorn until interrupted; logs go to stderr."""
+    import uvicorn
+
+    application = app(store, max_body=max_body)
+    log_config = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(message)s"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain",
+                                "stream": "ext://sys.stderr"}},
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+            "syncdb": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+        },
+    }
+    print(f"Serving the office store {store} on http://{host}:{port} "
+          f"(bundles up to {_size(max_body)})", file=sys.stderr, flush=True)
+    # Our own log line per bundle replaces the access log; bodies are never logged.
+    # limit_concurrency bounds memory: each upload is held whole (up to max_body)
+    # until it is verified; past the limit clients get 503 and retry later.
+    uvicorn.run(application, host=host, port=port, log_config=log_config, access_log=False,
+                limit_concurrency=32, server_header=False)
+
+
+async def _lifespan(receive, send):
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _json(send, status: int, doc: dict, headers=()):
+    body = json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _method_not_allowed(send, allowed: str):
+    await _json(send, 405, {"error": "method-not-allowed", "message": f"use {allowed} here"},
+                headers=[(b"allow", allowed.encode())])
+
+
+async def _too_large(send):
+    await _json(send, 413, {"error": "too-large",
+                            "message": "the bundle is larger than this office accepts; ask the data "
+                                       "administrator to raise `syncdb serve --max-bundle-mb`, or carry "
+                                       "it on a USB stick with `syncdb push --outbox`"})
+
+
+async def _server_error(send):
+    await _json(send, 500, {"error": "server-error",
+                            "message": "the office could not finish this request because of an error on "
+                                       "its side; nothing was acknowledged, so push again later, and ask "
+                                       "the data administrator to look at the office log"})
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1").strip()
+    return None
+
+
+def _client(scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "unknown"
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:g} MB" if n >= 2**20 else f"{n} bytes"

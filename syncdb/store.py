@@ -1,0 +1,158 @@
+"""The office's shared store: one SQLite database (WAL) in the store folder.
+
+Each schema table ``domain.table`` is the SQLite table ``domain__table``:
+
+    _key          16-byte keyed blind index (HMAC) of the natural key: rows are
+                  found by it, so no merge ever needs a plaintext key on disk
+    <columns>     plain values, or for a sensitive column an AEAD-sealed value
+    <col>__bi     blind index of a sensitive ID-number column, for equality look-ups
+    _versions     JSON: the version (HLC) of each cell; "*" holds the row's most
+                  common one, "~" before a version marks a delete's tombstone
+    _exists       0 once the row is deleted (kept as a tombstone for late edits)
+
+Beside them: ``frontier`` (the concurrent versions of cells in conflict),
+``dominated`` (versions superseded before they arrived), ``conflicts`` (the
+queue), ``applied`` (the bundle ledger), ``rejected`` (invalid records) and
+``ledger`` (the audit ledger, see audit.py). A sealed value carries its key
+id, so ``keys rotate`` can re-encrypt row by row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+
+from .crypto import Keyring
+from .errors import SyncdbError
+from .schema import Domain, Table
+
+SEALED_FORMAT = 1
+
+STORE_TABLES = """
+CREATE TABLE IF NOT EXISTS frontier (
+    tbl TEXT NOT NULL, key BLOB NOT NULL, col TEXT NOT NULL, version TEXT NOT NULL,
+    origin TEXT NOT NULL, value, deleted INTEGER NOT NULL,
+    PRIMARY KEY (tbl, key, col, version)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dominated (
+    tbl TEXT NOT NULL, key BLOB NOT NULL, col TEXT NOT NULL, version TEXT NOT NULL,
+    PRIMARY KEY (tbl, key, col, version)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS conflicts (
+    id INTEGER PRIMARY KEY, tbl TEXT NOT NULL, key BLOB NOT NULL, col TEXT NOT NULL,
+    kind TEXT NOT NULL, candidates TEXT NOT NULL, winner TEXT NOT NULL, rule TEXT NOT NULL,
+    status TEXT NOT NULL, opened TEXT NOT NULL, closed TEXT, note TEXT);
+CREATE UNIQUE INDEX IF NOT EXISTS conflicts_open ON conflicts (tbl, key, col) WHERE status = 'open';
+CREATE TABLE IF NOT EXISTS applied (
+    origin TEXT NOT NULL, sequence INTEGER NOT NULL, sha256 TEXT NOT NULL, applied TEXT NOT NULL,
+    changes INTEGER NOT NULL, rejected INTEGER NOT NULL, PRIMARY KEY (origin, sequence));
+CREATE TABLE IF NOT EXISTS rejected (
+    id INTEGER PRIMARY KEY, origin TEXT NOT NULL, sequence INTEGER NOT NULL, tbl TEXT NOT NULL,
+    key BLOB NOT NULL, shown_key TEXT NOT NULL, field TEXT NOT NULL, why TEXT NOT NULL, at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ledger (
+    id INTEGER PRIMARY KEY, at TEXT NOT NULL, bundle TEXT NOT NULL, origin TEXT NOT NULL,
+    hlc TEXT NOT NULL, tbl TEXT NOT NULL, key BLOB NOT NULL, op TEXT NOT NULL,
+    detail TEXT NOT NULL, mac BLOB NOT NULL);
+"""
+
+
+def table_name(table: Table) -> str:
+    return f"{table.domain}__{table.name}"
+
+
+def id_columns(table: Table) -> list[str]:
+    """Sensitive ID-number columns, which get a blind index for look-ups by ID."""
+    return [c.name for c in table.columns.values() if c.sensitive and c.validator == "id_number"]
+
+
+def create_sql(table: Table) -> list[str]:
+    cols = ["[_key] BLOB PRIMARY KEY"]
+    for c in table.columns.values():
+        cols.append(f"[{c.name}] {'BLOB' if c.sensitive else ''}".rstrip())
+    for name in id_columns(table):
+        cols.append(f"[{name}__bi] BLOB")
+    cols += ["[_versions] TEXT NOT NULL", "[_exists] INTEGER NOT NULL"]
+    name = table_name(table)
+    sql = [f"CREATE TABLE IF NOT EXISTS [{name}] ({', '.join(cols)}) WITHOUT ROWID"]
+    for col in id_columns(table):
+        sql.append(f"CREATE INDEX IF NOT EXISTS [{name}_{col}__bi] ON [{name}] ([{col}__bi])")
+    return sql
+
+
+class Store:
+    """An open store: its connection, keys and schemas, and the value crypto."""
+
+    def __init__(self, conn: sqlite3.Connection, keyring: Keyring, domains: dict[str, Domain]):
+        self.conn = conn
+        self.keyring = keyring
+        self.domains = domains
+        self.suite = keyring.suite
+        self.tables = {t.qualified: t for d in domains.values() for t in d.tables.values()}
+        self.office_code = keyring.public.code
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in STORE_TABLES.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            for table in self.tables.values():
+                for statement in create_sql(table):
+                    conn.execute(statement)
+
+    def table(self, qualified: str) -> Table:
+        try:
+            return self.tables[qualified]
+        except KeyError:
+            raise SyncdbError(f"table {qualified} is not in the office's schemas; "
+                              "add its schema file at the office first") from None
+
+    # Blind indexes: 16 bytes of HMAC under the index key, with a domain-separating label.
+    def blind_key(self, table: Table, key_values: list) -> bytes:
+        text = json.dumps([table.qualified, key_values], ensure_ascii=False, separators=(",", ":"))
+        return self.suite.mac(self.keyring.index_key, b"key|" + text.encode())[:16]
+
+    def blind_id(self, value) -> bytes | None:
+        if value is None:
+            return None
+        return self.suite.mac(self.keyring.index_key, b"id|" + str(value).encode())[:16]
+
+    # Sealed values: format byte, key id byte, nonce, ciphertext+tag; bound to their cell by the AAD.
+    def seal(self, value, table: Table, column: str, key: bytes) -> bytes | None:
+        if value is None:
+            return None
+        key_id = self.keyring.data_key_id
+        nonce = os.urandom(12)
+        plaintext = json.dumps(value, ensure_ascii=False).encode()
+        aad = f"{table.qualified}|{column}|".encode() + key
+        return bytes([SEALED_FORMAT, int(key_id)]) + nonce + self.suite.seal(
+            self.keyring.data_keys[key_id], nonce, plaintext, aad)
+
+    def open(self, sealed, table: Table, column: str, key: bytes):
+        if sealed is None:
+            return None
+        sealed = bytes(sealed)
+        if sealed[0] != SEALED_FORMAT:
+            raise SyncdbError(f"a sealed value in {table.qualified}.{column} has an unknown format")
+        data_key = self.keyring.data_keys.get(str(sealed[1]))
+        if data_key is None:
+            raise SyncdbError(f"a value in {table.qualified}.{column} is sealed under data key "
+                              f"{sealed[1]}, which this keyring does not hold")
+        aad = f"{table.qualified}|{column}|".encode() + key
+        return json.loads(self.suite.open(data_key, sealed[2:14], sealed[14:], aad))
+
+    def stored(self, table: Table, column: str, value, key: bytes):
+        """The value as the store keeps it: sealed if the column is sensitive."""
+        return self.seal(value, table, column, key) if table.columns[column].sensitive else value
+
+    def plain(self, table: Table, column: str, value, key: bytes):
+        return self.open(value, table, column, key) if table.columns[column].sensitive else value
+
+
+def mask(value: str | None) -> str:
+    """Show enough of a key to find it, not enough to read it: 110105********002X."""
+    if value is None:
+        return ""
+    text = str(value)
+    if len(text) >= 15:
+        return text[:6] + "*" * (len(text) - 10) + text[-4:]
+    if len(text) >= 3:
+        return text[0] + "*" * (len(text) - 2) + text[-1]
+    return "*" * len(text)
