@@ -15,14 +15,17 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sqlite3
 import threading
 import time
 from pathlib import Path
 
-from . import community, office, server, transport
+from . import community, merge, office, server, transport, workdir
+from .conflicts import list_conflicts
 from .crypto import Secret
 from .errors import SyncdbError
 from .sample import generate
+from .store import mask
 
 MARKER = ".syncdb-demo"
 STREET = "441900003"  # a street office (街道) in 东莞市
@@ -101,15 +104,55 @@ def run_demo(directory, communities: int, residents: int, domains: dict, echo=pr
         folders[code] = folder
         echo(f"   {code}: " + ", ".join(f"{t} {c}" for t, c in counts.items()) + "; enrolled")
 
-    echo("== Nightly push over HTTP to the office ingest service")
     with _Server(store) as ingest:
-        for code, folder in folders.items():
-            result = community.export(folder, sample_domains, secret)
-            report = transport.push_to_url(folder, ingest.url, echo=lambda m: None)
-            echo(f"   {code}: bundle {result.sequence} with {result.changes} changes; {report.summary()}")
-            if not report.ok:
-                raise SyncdbError(f"the demo push from {code} failed: {report.error}")
+        echo("== Night 1: every community pushes over HTTP to the office ingest service")
+        _push_all(folders, sample_domains, secret, ingest.url, echo)
+        _merge(store, secret, domains, echo)
 
-    inbox = sorted(p.name for p in office.inbox_dir(store).iterdir())
-    echo(f"== Office inbox holds {len(inbox)} bundle(s): {', '.join(inbox)}")
+        echo("== Day 2: a resident moves from one community to another, and a third registers them too")
+        _stage_transfer(list(folders.values()), echo)
+        echo("== Night 2: push and merge again")
+        _push_all(folders, sample_domains, secret, ingest.url, echo)
+        _merge(store, secret, domains, echo)
+
+    open_conflicts = list_conflicts(store, secret, domains)
+    echo(f"== {len(open_conflicts)} open conflict(s) for the data administrator (syncdb conflicts list):")
+    for item in open_conflicts:
+        sides = "; ".join(f"{c['origin']} says {c['value']}" for c in item["candidates"])
+        echo(f"   #{item['id']} {item['table']} {item['record']} {item['column']} ({item['kind']}): {sides}")
+    echo(f"Try: SYNCDB_KEY_FILE={key_file} syncdb conflicts list {store}")
     return {"store": store, "communities": folders}
+
+
+def _push_all(folders, domains, secret, url, echo):
+    for code, folder in folders.items():
+        result = community.export(folder, domains, secret)
+        report = transport.push_to_url(folder, url, echo=lambda m: None)
+        made = f"bundle {result.sequence} with {result.changes} changes" if result.sequence else "no changes"
+        echo(f"   {code}: {made}; {report.summary()}")
+        if not report.ok:
+            raise SyncdbError(f"the demo push from {code} failed: {report.error}")
+
+
+def _merge(store, secret, domains, echo):
+    summary = merge.merge(store, [], secret, domains)
+    for line in summary.lines():
+        echo(f"   {line}")
+
+
+def _stage_transfer(folders: list[Path], echo) -> None:
+    """Community 1 marks a resident moved out; community 2 registers them; community 3 too."""
+    first = workdir.connect(workdir.db_path(folders[0], "huji"))
+    first.row_factory = sqlite3.Row
+    resident = dict(first.execute(
+        "SELECT * FROM persons WHERE status = 'normal' AND relationship != '02' ORDER BY id_number LIMIT 1").fetchone())
+    first.execute("UPDATE persons SET status = 'moved_out' WHERE id_number = ?", (resident["id_number"],))
+    first.close()
+    shown = mask(resident["id_number"])
+    echo(f"   {folders[0].name}: {shown} marked moved_out")
+    for folder in folders[1:3]:
+        row = dict(resident, community_code=folder.name, household_no=None, relationship=None)
+        conn = workdir.connect(workdir.db_path(folder, "huji"))
+        conn.execute(f"INSERT INTO persons ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+        conn.close()
+        echo(f"   {folder.name}: {shown} registered")

@@ -143,7 +143,7 @@ def test_transfer_in_either_order_opens_nothing(tmp_path, domains):
     w.push(a)
     w.insert(b, person(7, b, name="居民7", phone="13900000007"))
     w.push(b)
-    w.freeze_empty_store() if not hasattr(w, "empty") else None
+    w.freeze_empty_store()
     results = []
     for order in ([0, 1, 2], [2, 0, 1], [0, 2, 1]):
         store = merge_in_order(w, [w.bundles[i] for i in order], f"order-{''.join(map(str, order))}")
@@ -276,3 +276,30 @@ def test_merge_is_order_independent(tmp_path_factory, domains, ops, seed):
     results = [snapshot(merge_in_order(w, order, f"o{i}"), domains) for i, order in enumerate(orders)]
     for other in results[1:]:
         assert other == results[0]
+
+
+def test_audit_verify_finds_an_entry_edited_or_deleted_by_hand(tmp_path, domains):
+    from click.testing import CliRunner
+
+    from syncdb.cli import cli
+
+    w = World(tmp_path, domains)
+    for n in range(3):
+        w.insert(CODES[0], person(n, CODES[0]))
+    w.push(CODES[0])
+    merge.merge(w.store, w.bundles, SECRET, domains)
+    key_file = tmp_path / "key"
+    key_file.write_bytes(SECRET.key_file_bytes)
+    env = {"SYNCDB_KEY_FILE": str(key_file)}
+    runner = CliRunner()
+    ok = runner.invoke(cli, ["audit", "verify", str(w.store)], env=env)
+    assert ok.exit_code == 0 and "3 entries" in ok.output
+    conn = sqlite3.connect(w.store / "store.db")
+    conn.execute("UPDATE ledger SET hlc = '000000000000001.000000.441900003001' WHERE id = 2")
+    conn.commit()
+    bad = runner.invoke(cli, ["audit", "verify", str(w.store)], env=env)
+    assert bad.exit_code == 1 and "entry 2" in bad.output and "edited" in bad.output
+    conn.execute("DELETE FROM ledger WHERE id = 2")
+    conn.commit()
+    gone = runner.invoke(cli, ["audit", "verify", str(w.store)], env=env)
+    assert gone.exit_code == 1 and "entry 2 is missing" in gone.output
