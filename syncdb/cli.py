@@ -357,3 +357,37 @@ def audit_verify(store, schemas):
     finally:
         st.conn.close()
     click.echo(f"audit ledger intact: {count} entries")
+
+
+@cli.command(name="export")
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@click.argument("table")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True,
+              help="csv (with a UTF-8 BOM for Excel) or json (one object per line).")
+@click.option("--where", multiple=True, metavar="COLUMN=VALUE", help="Keep only rows where COLUMN equals VALUE.")
+@click.option("-o", "--output", type=click.File("w", encoding="utf-8", lazy=True), default="-",
+              help="File to write (default: standard output).")
+@schemas_option
+def export_table(store, table, fmt, where, output, schemas):
+    """Export a table of the store, decrypted, for a keyholder.
+
+    TABLE is domain.table, e.g. huji.persons. Mind where the output goes:
+    it holds the plaintext of sensitive columns.
+
+    Example: syncdb export /srv/office huji.persons --where status=normal -o persons.csv
+    """
+    from . import export as export_lib
+
+    filters = {}
+    for item in where:
+        column, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"'{item}' is not COLUMN=VALUE", param_hint="--where")
+        filters[column.strip()] = value.strip()
+    domains = load_domains(schemas)
+    domain, _, name = table.partition(".")
+    if domain not in domains or name not in domains[domain].tables:
+        raise click.BadParameter(f"no table {table}; use domain.table, e.g. huji.persons", param_hint="TABLE")
+    columns = list(domains[domain].tables[name].columns)
+    count = export_lib.write(export_lib.rows(store, _secret(), domains, table, filters), columns, fmt, output)
+    click.echo(f"{count} row(s) exported", err=True)

@@ -303,3 +303,27 @@ def test_audit_verify_finds_an_entry_edited_or_deleted_by_hand(tmp_path, domains
     conn.commit()
     gone = runner.invoke(cli, ["audit", "verify", str(w.store)], env=env)
     assert gone.exit_code == 1 and "entry 2 is missing" in gone.output
+
+
+def test_export_decrypts_for_a_keyholder_with_a_bom(tmp_path, domains):
+    from click.testing import CliRunner
+
+    from syncdb.cli import cli
+
+    w = World(tmp_path, domains)
+    w.insert(CODES[0], person(1, CODES[0], phone="13800138000"))
+    w.insert(CODES[0], person(2, CODES[0], status="moved_out"))
+    w.push(CODES[0])
+    merge.merge(w.store, w.bundles, SECRET, domains)
+    key_file = tmp_path / "key"
+    key_file.write_bytes(SECRET.key_file_bytes)
+    out = tmp_path / "persons.csv"
+    result = CliRunner().invoke(cli, ["export", str(w.store), "huji.persons", "--where", "status=normal",
+                                      "-o", str(out)], env={"SYNCDB_KEY_FILE": str(key_file)})
+    assert result.exit_code == 0, result.output
+    data = out.read_bytes()
+    assert data.startswith("\ufeff".encode())
+    text = data.decode("utf-8-sig")
+    assert id_number(1) in text and "居民1" in text and "13800138000" in text and id_number(2) not in text
+    bad = CliRunner().invoke(cli, ["export", str(w.store), "huji.nothing"], env={"SYNCDB_KEY_FILE": str(key_file)})
+    assert bad.exit_code == 2
