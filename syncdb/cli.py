@@ -391,3 +391,25 @@ def export_table(store, table, fmt, where, output, schemas):
     columns = list(domains[domain].tables[name].columns)
     count = export_lib.write(export_lib.rows(store, _secret(), domains, table, filters), columns, fmt, output)
     click.echo(f"{count} row(s) exported", err=True)
+
+
+@cli.group(cls=Group)
+def keys():
+    """Manage the office keys."""
+
+
+@keys.command(name="rotate")
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@schemas_option
+def keys_rotate(store, schemas):
+    """Re-encrypt every sensitive value under a new data key, resumably.
+
+    Run it again after an interruption: it finishes the rotation it started.
+
+    Example: syncdb keys rotate /srv/office
+    """
+    from . import keys as keys_lib
+
+    counts = keys_lib.rotate(store, _secret(), load_domains(schemas))
+    for what, n in counts.items():
+        click.echo(f"{what}: {n} re-encrypted")

@@ -327,3 +327,26 @@ def test_export_decrypts_for_a_keyholder_with_a_bom(tmp_path, domains):
     assert id_number(1) in text and "居民1" in text and "13800138000" in text and id_number(2) not in text
     bad = CliRunner().invoke(cli, ["export", str(w.store), "huji.nothing"], env={"SYNCDB_KEY_FILE": str(key_file)})
     assert bad.exit_code == 2
+
+
+def test_keys_rotate_reencrypts_without_losing_a_record(tmp_path, domains):
+    from syncdb import keys
+
+    w = World(tmp_path, domains)
+    for n in range(5):
+        w.insert(CODES[0], person(n, CODES[0], phone=f"1380013800{n}"))
+    w.insert(CODES[1], person(1, CODES[1]))  # a duplicate registration: candidates in the queue
+    w.push(CODES[0])
+    w.push(CODES[1])
+    merge.merge(w.store, w.bundles, SECRET, domains)
+    before = snapshot(w.store, domains)
+    counts = keys.rotate(w.store, SECRET, domains)
+    assert counts["huji.persons"] == 5
+    assert snapshot(w.store, domains) == before
+    ring = office.load_keyring(w.store, SECRET)
+    assert ring.data_key_id == "2" and set(ring.data_keys) == {"1", "2"}
+    conn = sqlite3.connect(w.store / "store.db")
+    assert {bytes(v)[1] for (v,) in conn.execute("SELECT name FROM huji__persons")} == {2}
+    # Run again: nothing left under the old key, so it makes a new one and moves everything once more.
+    assert keys.rotate(w.store, SECRET, domains)["huji.persons"] == 5
+    assert snapshot(w.store, domains) == before

@@ -1,0 +1,116 @@
+"""``syncdb keys rotate``: re-encrypt the store under a new data key.
+
+The new key is added to the keyring (and made current) before any value is
+touched; then every sealed value still under an older key is re-sealed, in
+batches of one transaction each. A sealed value names its key, so a rotation
+that was interrupted simply continues where it stopped when run again.
+Old keys stay in the keyring: backups made before the rotation need them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from . import office
+from .crypto import Secret
+from .merge import open_store
+from .store import table_name
+
+BATCH = 2000
+
+
+def rotate(store_dir, secret: Secret, domains, resume_only=False, progress=None) -> dict:
+    ring = office.load_keyring(store_dir, secret)
+    if not resume_only and not _unfinished(store_dir, secret, domains, ring.data_key_id):
+        new_id = str(max(int(k) for k in ring.data_keys) + 1)
+        if int(new_id) > 255:
+            raise ValueError("no more data key ids")
+        ring.data_keys[new_id] = os.urandom(ring.suite.key_size)
+        ring.data_key_id = new_id
+        ring.save(office.keyring_path(store_dir), secret)
+    store = open_store(store_dir, secret, domains)
+    current = int(store.keyring.data_key_id)
+    counts = {}
+    try:
+        for table in store.tables.values():
+            sensitive = table.sensitive_columns
+            if not sensitive:
+                continue
+            name = table_name(table)
+            done = 0
+            while True:
+                stale = " OR ".join(f"(typeof([{c}]) = 'blob' AND unicode(substr([{c}], 2, 1)) != {current})"
+                                    for c in sensitive)
+                batch = store.conn.execute(
+                    f"SELECT _key, {', '.join(f'[{c}]' for c in sensitive)} FROM [{name}] WHERE {stale} LIMIT {BATCH}"
+                ).fetchall()
+                if not batch:
+                    break
+                store.conn.execute("BEGIN IMMEDIATE")
+                for key, *values in batch:
+                    sealed = [store.seal(store.open(v, table, c, key), table, c, key)
+                              for c, v in zip(sensitive, values)]
+                    store.conn.execute(
+                        f"UPDATE [{name}] SET {', '.join(f'[{c}] = ?' for c in sensitive)} WHERE _key = ?",
+                        sealed + [key])
+                store.conn.execute("COMMIT")
+                done += len(batch)
+                if progress:
+                    progress(table.qualified, done)
+            counts[table.qualified] = done
+        counts["frontier"] = _reseal_frontier(store, current)
+        counts["conflicts"] = _reseal_conflicts(store, current)
+    finally:
+        store.conn.close()
+    return counts
+
+
+def _unfinished(store_dir, secret, domains, key_id) -> bool:
+    """Is there a rotation to key_id still to finish? Then continue it, make no new key."""
+    store = open_store(store_dir, secret, domains)
+    try:
+        if key_id == "1":
+            return False
+        for table in store.tables.values():
+            for c in table.sensitive_columns:
+                if store.conn.execute(
+                        f"SELECT 1 FROM [{table_name(table)}] WHERE typeof([{c}]) = 'blob' "
+                        f"AND unicode(substr([{c}], 2, 1)) != ? LIMIT 1", (int(key_id),)).fetchone():
+                    return True
+        return False
+    finally:
+        store.conn.close()
+
+
+def _reseal_frontier(store, current) -> int:
+    rows = store.conn.execute("SELECT tbl, key, col, version, value FROM frontier WHERE typeof(value) = 'blob'").fetchall()
+    store.conn.execute("BEGIN IMMEDIATE")
+    n = 0
+    for tbl, key, col, version, value in rows:
+        table = store.table(tbl)
+        if table.columns[col].sensitive and bytes(value)[1] != current:
+            store.conn.execute("UPDATE frontier SET value = ? WHERE tbl = ? AND key = ? AND col = ? AND version = ?",
+                               (store.seal(store.open(value, table, col, key), table, col, key), tbl, key, col, version))
+            n += 1
+    store.conn.execute("COMMIT")
+    return n
+
+
+def _reseal_conflicts(store, current) -> int:
+    rows = store.conn.execute("SELECT id, tbl, key, col, candidates FROM conflicts").fetchall()
+    store.conn.execute("BEGIN IMMEDIATE")
+    n = 0
+    for cid, tbl, key, col, candidates in rows:
+        table = store.table(tbl)
+        if not table.columns[col].sensitive:
+            continue
+        items = json.loads(candidates)
+        for item in items:
+            if item["value"] is not None and bytes.fromhex(item["value"])[1] != current:
+                plain = store.open(bytes.fromhex(item["value"]), table, col, key)
+                item["value"] = store.seal(plain, table, col, key).hex()
+                n += 1
+        store.conn.execute("UPDATE conflicts SET candidates = ? WHERE id = ?", (json.dumps(items), cid))
+    store.conn.execute("COMMIT")
+    return n
