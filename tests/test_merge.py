@@ -350,3 +350,26 @@ def test_keys_rotate_reencrypts_without_losing_a_record(tmp_path, domains):
     # Run again: nothing left under the old key, so it makes a new one and moves everything once more.
     assert keys.rotate(w.store, SECRET, domains)["huji.persons"] == 5
     assert snapshot(w.store, domains) == before
+
+
+def test_the_gm_suite_merges_end_to_end(tmp_path, domains):
+    """office init --suite gm: SM4-GCM bundles and store values, HMAC-SM3 indexes and ledger."""
+    store = tmp_path / "office"
+    office.init(store, SECRET, suite_name="gm")
+    folder = tmp_path / CODES[0]
+    workdir.create(folder, {"huji": domains["huji"]})
+    conn = sqlite3.connect(folder / "huji.db")
+    row = person(3, CODES[0])
+    conn.execute(f"INSERT INTO persons ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+    conn.commit()
+    community.init(folder, CODES[0], store / "office.pub.json", {"huji": domains["huji"]}, SECRET)
+    office.enroll(store, CODES[0], folder / f"{CODES[0]}.pub.json")
+    result = community.export(folder, {"huji": domains["huji"]}, SECRET)
+    summary = merge.merge(store, [result.path], SECRET, domains)
+    assert summary.changes == 1
+    st_ = merge.open_store(store, SECRET, domains)
+    assert st_.suite.name == "gm" and audit.verify(st_) == 1
+    (sealed,) = st_.conn.execute("SELECT name FROM huji__persons").fetchone()
+    assert len(st_.keyring.data_keys["1"]) == 16
+    assert st_.open(sealed, st_.table("huji.persons"), "name", st_.conn.execute(
+        "SELECT _key FROM huji__persons").fetchone()[0]) == "居民3"
