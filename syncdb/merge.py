@@ -146,6 +146,9 @@ class _Row:
                 (table.qualified, key)):
             value = store.plain(table, col, value, key)
             self.frontiers.setdefault(col, []).append(Candidate(value, version, origin, bool(deleted)))
+        self.had_frontier = set(self.frontiers)
+        self.open_conflicts = {c for (c,) in conn.execute(
+            "SELECT col FROM conflicts WHERE tbl = ? AND key = ? AND status = 'open'", (table.qualified, key))}
         self.dominated = {(c, v) for c, v in conn.execute(
             "SELECT col, version FROM dominated WHERE tbl = ? AND key = ?", (table.qualified, key))}
         self.new_dominated = []
@@ -239,10 +242,17 @@ class _Merger:
                 row.offer(col, Candidate(value, hlc, origin, deleted), base.get(col))
         self._resolve(row, hlc)
         self._write(row, key_values)
-        self.ledger.append(self.bundle_name, origin, hlc, table.qualified, key, op, {
-            "cells": {c: [old.get(c), row.winners[c].version if c in row.winners else None]
-                      for c in sorted(row.touched)},
-        })
+        # Compact: the cells touched; their old versions where they had one; and
+        # the resulting version only where it is not this change's own stamp.
+        detail = {"cells": sorted(row.touched)}
+        olds = {c: old[c] for c in detail["cells"] if old.get(c)}
+        kept = {c: row.winners[c].version for c in detail["cells"]
+                if c in row.winners and row.winners[c].version != hlc}
+        if olds:
+            detail["old"] = olds
+        if kept:
+            detail["kept"] = kept
+        self.ledger.append(self.bundle_name, origin, hlc, table.qualified, key, op, detail)
         self.changes += 1
 
     def _problems(self, table: Table, change: dict):
@@ -295,6 +305,8 @@ class _Merger:
         self.opened += 1
 
     def _close(self, row: _Row, col: str, note: str) -> None:
+        if col not in row.open_conflicts:
+            return
         cursor = self.store.conn.execute(
             "UPDATE conflicts SET status = 'closed', closed = ?, note = ? "
             "WHERE tbl = ? AND key = ? AND col = ? AND status = 'open'",
@@ -337,14 +349,16 @@ class _Merger:
             f"INSERT OR REPLACE INTO [{row.name}] ({', '.join(f'[{c}]' for c in cols)}) "
             f"VALUES ({', '.join('?' * len(cols))})", [values[c] for c in cols])
         for col in row.touched | set(row.frontiers):
-            conn.execute("DELETE FROM frontier WHERE tbl = ? AND key = ? AND col = ?", (table.qualified, key, col))
+            if col in row.had_frontier:
+                conn.execute("DELETE FROM frontier WHERE tbl = ? AND key = ? AND col = ?", (table.qualified, key, col))
             frontier = row.candidates(col)
             if len(frontier) > 1:
                 conn.executemany("INSERT INTO frontier VALUES (?, ?, ?, ?, ?, ?, ?)", [
                     (table.qualified, key, col, c.version, c.origin,
                      store.stored(table, col, c.value, key), int(c.deleted)) for c in frontier])
-        conn.executemany("INSERT OR IGNORE INTO dominated VALUES (?, ?, ?, ?)",
-                         [(table.qualified, key, col, v) for col, v in row.new_dominated])
+        if row.new_dominated:
+            conn.executemany("INSERT OR IGNORE INTO dominated VALUES (?, ?, ?, ?)",
+                             [(table.qualified, key, col, v) for col, v in row.new_dominated])
 
 
 def _pack_versions(versions: dict, columns) -> str:
