@@ -215,13 +215,19 @@ class _Merger:
         if problems:
             shown = "/".join(mask(v) if table.columns[k].sensitive else str(v)
                              for k, v in zip(table.key, key_values))
+            record = dict(change["key"], **change["cells"])
             for p in problems:
-                line = f"{self.origin} / {table.qualified} / {shown} / {p.field} / {p.why}"
+                why = p.why
+                for col in table.sensitive_columns:
+                    # A message may quote the bad value; never keep a sensitive one in the clear.
+                    if record.get(col) not in (None, ""):
+                        why = why.replace(str(record[col]), mask(record[col]))
+                line = f"{self.origin} / {table.qualified} / {shown} / {p.field} / {why}"
                 self.rejected.append(line)
                 store.conn.execute(
                     "INSERT INTO rejected (origin, sequence, tbl, key, shown_key, field, why, at) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (self.origin, self.sequence, table.qualified, key, shown, p.field, p.why,
+                    (self.origin, self.sequence, table.qualified, key, shown, p.field, why,
                      time.strftime("%Y-%m-%dT%H:%M:%S")))
             return
         row = _Row(store, table, key)

@@ -1,0 +1,290 @@
+"""What change capture and bundles cost, measured on this machine in this run.
+
+    .venv/bin/python bench/capture.py          # full size, a few minutes at most
+    .venv/bin/python bench/capture.py --quick  # smaller sizes, for a quick look
+
+a. write throughput of a working database with capture triggers and without
+b. time to export 100 changes from a big database and from a small one
+c. bundle bytes per changed row against zlib-compressed JSON lines of the same rows
+
+Nothing here asserts a time: the script prints each figure, its goal and
+PASS or MISS. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sqlite3
+import sys
+import tempfile
+import time
+import zlib
+from datetime import date, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from stdnum.cn import ric  # noqa: E402
+
+from syncdb import capture, community, office, sample, schema, workdir  # noqa: E402
+from syncdb.crypto import Secret  # noqa: E402
+
+CODE = "441900003001"
+SEED = 20240601
+REPEATS = 3
+# The same on both sides of every comparison: what a community PC would sensibly run.
+PRAGMAS = ("PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL")
+
+DOMAINS = schema.load_domains()
+HUJI = {"huji": DOMAINS["huji"]}
+PERSONS = DOMAINS["huji"].tables["persons"]
+COLUMNS = list(PERSONS.columns)
+INSERT_PERSON = (f"INSERT INTO persons ({', '.join(COLUMNS)}) "
+                 f"VALUES ({', '.join('?' for _ in COLUMNS)})")
+
+
+def best_of(repeats: int, run) -> float:
+    """The fastest of ``repeats`` runs: the figure least disturbed by the rest of the machine."""
+    return min(run() for _ in range(repeats))
+
+
+def sample_persons(n: int, folder: Path) -> list[tuple]:
+    """``n`` realistic residents (syncdb.sample: Faker zh_CN names, valid ID numbers) as row tuples."""
+    sample.generate(folder, CODE, n, SEED, HUJI)
+    conn = sqlite3.connect(workdir.db_path(folder, "huji"))
+    try:
+        return conn.execute(f"SELECT {', '.join(COLUMNS)} FROM persons ORDER BY rowid LIMIT ?", (n,)).fetchall()
+    finally:
+        conn.close()
+
+
+def new_id_number(rng: random.Random, taken) -> str:
+    """A valid 公民身份号码 of a baby born this year, not yet in ``taken``."""
+    while True:
+        born = date(2025, 1, 1) + timedelta(days=rng.randint(0, 364))
+        body = f"441900{born:%Y%m%d}{rng.randint(1, 995):03d}"
+        number = body + ric.calc_check_digit(body + "0")
+        if not taken(number):
+            return number
+
+
+def phone(rng: random.Random) -> str:
+    return f"1{rng.choice('3578')}{rng.randint(0, 999_999_999):09d}"
+
+
+# ---------------------------------------------------------------- a. write throughput
+
+def write_run(folder: Path, rows: list[tuple], with_capture: bool, batch: int = 100) -> tuple[float, float]:
+    """Seconds for len(rows) single-row inserts, then as many single-row updates, in batches."""
+    path = folder / f"w-{with_capture}-{time.perf_counter_ns()}.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for pragma in PRAGMAS:
+        conn.execute(pragma)
+    if with_capture:
+        capture.install(conn, DOMAINS["huji"])  # the tables, the log and the triggers
+    else:
+        for table in DOMAINS["huji"].tables.values():
+            conn.execute(table.create_sql())
+    rng = random.Random(SEED)
+    updates = [(phone(rng), row[9] + "之一", row[0]) for row in rows]  # a new phone and address
+
+    start = time.perf_counter()
+    for i in range(0, len(rows), batch):
+        conn.execute("BEGIN")
+        for row in rows[i:i + batch]:
+            conn.execute(INSERT_PERSON, row)
+        conn.execute("COMMIT")
+    inserted = time.perf_counter() - start
+
+    start = time.perf_counter()
+    for i in range(0, len(updates), batch):
+        conn.execute("BEGIN")
+        for values in updates[i:i + batch]:
+            conn.execute("UPDATE persons SET phone = ?, address = ? WHERE id_number = ?", values)
+        conn.execute("COMMIT")
+    updated = time.perf_counter() - start
+    if with_capture:
+        logged = conn.execute(f"SELECT count(*) FROM {capture.LOG}").fetchone()[0]
+        assert logged == 2 * len(rows), logged
+    conn.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return inserted, updated
+
+
+def bench_writes(tmp: Path, n: int) -> dict:
+    rows = sample_persons(n, tmp / "pool-a")
+    times = {True: ([], []), False: ([], [])}
+    for _ in range(REPEATS):
+        for with_capture in (False, True):  # interleaved, so drift in the machine hits both alike
+            ins, upd = write_run(tmp, rows, with_capture)
+            times[with_capture][0].append(ins)
+            times[with_capture][1].append(upd)
+    return {
+        "n": n,
+        "insert": {w: n / min(times[w][0]) for w in (False, True)},
+        "update": {w: n / min(times[w][1]) for w in (False, True)},
+    }
+
+
+# ---------------------------------------------------------------- b. export cost vs database size
+
+class Office:
+    def __init__(self, tmp: Path):
+        self.secret = Secret(key_file_bytes=os.urandom(32))
+        self.public_key = office.init(tmp / "office", self.secret)
+
+
+def community_with(tmp: Path, name: str, residents: int, the_office: Office) -> tuple[Path, Secret]:
+    folder = tmp / name
+    sample.generate(folder, CODE, residents, SEED, HUJI)
+    secret = Secret(key_file_bytes=os.urandom(32))
+    community.init(folder, CODE, the_office.public_key, HUJI, secret)
+    return folder, secret
+
+
+def make_100_changes(folder: Path, rng: random.Random) -> None:
+    """70 updates, 20 inserts and 10 deletes of residents, by another program (plain sqlite3)."""
+    conn = sqlite3.connect(workdir.db_path(folder, "huji"), isolation_level=None)
+    picked = [r[0] for r in conn.execute("SELECT id_number FROM persons ORDER BY random() LIMIT 80")]
+    template = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM persons LIMIT 1").fetchone()
+
+    def taken(number):
+        return conn.execute("SELECT 1 FROM persons WHERE id_number = ?", (number,)).fetchone() is not None
+
+    conn.execute("BEGIN")
+    for number in picked[:70]:
+        conn.execute("UPDATE persons SET phone = ? WHERE id_number = ?", (phone(rng), number))
+    for _ in range(20):
+        row = list(template)
+        row[0] = new_id_number(rng, taken)
+        row[4] = f"{row[0][6:10]}-{row[0][10:12]}-{row[0][12:14]}"
+        row[2] = "1" if int(row[0][16]) % 2 else "2"  # GB 11643: odd for men
+        row[6], row[7], row[8] = "20" if row[2] == "1" else "30", "10", None  # a child, unmarried, no phone
+        conn.execute(INSERT_PERSON, row)
+    for number in picked[70:80]:
+        conn.execute("DELETE FROM persons WHERE id_number = ?", (number,))
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def rows_in(folder: Path) -> int:
+    conn = sqlite3.connect(workdir.db_path(folder, "huji"))
+    try:
+        return sum(conn.execute(f"SELECT count(*) FROM [{t}]").fetchone()[0] for t in DOMAINS["huji"].tables)
+    finally:
+        conn.close()
+
+
+def bench_export(tmp: Path, the_office: Office, big: int, small: int) -> dict:
+    out = {}
+    for name, residents in (("small", small), ("big", big)):
+        folder, secret = community_with(tmp, name, residents, the_office)
+        start = time.perf_counter()
+        first = community.export(folder, HUJI, secret)  # the first, full push: not timed in the figure
+        first_push = time.perf_counter() - start
+        rng = random.Random(SEED)
+
+        def one_round():
+            make_100_changes(folder, rng)
+            start = time.perf_counter()
+            result = community.export(folder, HUJI, secret)
+            elapsed = time.perf_counter() - start
+            assert result.changes == 100, result
+            return elapsed
+
+        out[name] = {"residents": residents, "rows": rows_in(folder), "first_push": first_push,
+                     "first_changes": first.changes, "seconds": best_of(REPEATS, one_round)}
+    return out
+
+
+# ---------------------------------------------------------------- c. bundle size
+
+def bench_bytes(tmp: Path, the_office: Office, sizes: list[int]) -> dict:
+    pool = sample_persons(max(sizes), tmp / "pool-c")
+    out = {}
+    for n in sizes:
+        folder = tmp / f"bytes-{n}"
+        workdir.create(folder, HUJI)
+        secret = Secret(key_file_bytes=os.urandom(32))
+        community.init(folder, CODE, the_office.public_key, HUJI, secret)
+        conn = sqlite3.connect(workdir.db_path(folder, "huji"), isolation_level=None)
+        conn.execute("BEGIN")
+        conn.executemany(INSERT_PERSON, pool[:n])
+        conn.execute("COMMIT")
+        conn.close()
+        result = community.export(folder, HUJI, secret)
+        assert result.changes == n, result
+        lines = b"".join(json.dumps(dict(zip(COLUMNS, row)), ensure_ascii=False, separators=(",", ":")).encode()
+                         + b"\n" for row in pool[:n])
+        out[n] = {"bundle": result.path.stat().st_size, "zlib_json": len(zlib.compress(lines, 9))}
+    return out
+
+
+# ---------------------------------------------------------------- report
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a quick look")
+    args = parser.parse_args(argv)
+    writes, big, small, sizes = (5_000, 50_000, 2_000, [100, 10_000]) if args.quick \
+        else (20_000, 200_000, 2_000, [100, 10_000])
+
+    print(f"syncdb capture benchmark{' (--quick)' if args.quick else ''}: Python {platform.python_version()}, "
+          f"SQLite {sqlite3.sqlite_version}, {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs")
+    print(f"PRAGMAs on every working database: {'; '.join(p.removeprefix('PRAGMA ') for p in PRAGMAS)}; "
+          f"best of {REPEATS} runs")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="syncdb-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        print(f"a. {writes:,} single-row inserts (100 a transaction), then {writes:,} single-row updates …",
+              flush=True)
+        w = bench_writes(tmp, writes)
+        the_office = Office(tmp)
+        print(f"b. exporting 100 changes from {small:,} and from {big:,} residents …", flush=True)
+        e = bench_export(tmp, the_office, big, small)
+        print(f"c. bundle size for {' and '.join(f'{n:,}' for n in sizes)} new rows …", flush=True)
+        b = bench_bytes(tmp, the_office, sizes)
+
+    table = []
+    for op in ("insert", "update"):
+        plain, captured = w[op][False], w[op][True]
+        ratio = plain / captured
+        table.append((f"a. {op}s without capture", f"{plain:,.0f} rows/s", "", ""))
+        table.append((f"a. {op}s with capture", f"{captured:,.0f} rows/s", "", ""))
+        table.append((f"a. {op} slowdown with capture", f"{ratio:.2f}×", "≤ 1.50×", verdict(ratio <= 1.5)))
+    s, g = e["small"], e["big"]
+    table.append((f"b. export 100 changes, {s['rows']:,} rows", f"{s['seconds']:.3f} s", "", ""))
+    table.append((f"b. export 100 changes, {g['rows']:,} rows", f"{g['seconds']:.3f} s", "", ""))
+    ratio = g["seconds"] / s["seconds"]
+    table.append(("b. big / small", f"{ratio:.2f}×", "≤ 1.50×", verdict(ratio <= 1.5)))
+    for n, sizes_n in b.items():
+        per_bundle, per_zlib = sizes_n["bundle"] / n, sizes_n["zlib_json"] / n
+        ratio = per_bundle / per_zlib
+        table.append((f"c. {n:,} new rows: bundle", f"{per_bundle:,.1f} B/row", "", ""))
+        table.append((f"c. {n:,} new rows: zlib -9 JSON lines", f"{per_zlib:,.1f} B/row", "", ""))
+        table.append((f"c. {n:,} new rows: bundle / zlib JSON", f"{ratio:.2f}×", "≤ 1.20×", verdict(ratio <= 1.2)))
+
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    print()
+    print(f"{'measure':<{widths[0]}}  {'figure':>{widths[1]}}  {'goal':<{widths[2]}}  result")
+    for row in table:
+        print(f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}".rstrip())
+    print()
+    print("For comparison: cr-sqlite's triggers make writes about 2.5× slower.")
+    print(f"b. first full push (not in the figures): {s['first_changes']:,} changes in {s['first_push']:.1f} s; "
+          f"{g['first_changes']:,} changes in {g['first_push']:.1f} s")
+    print(f"Finished in {time.perf_counter() - started:.0f} s.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
