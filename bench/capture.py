@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stdnum.cn import ric  # noqa: E402
 
-from syncdb import capture, community, office, sample, schema, workdir  # noqa: E402
+from syncdb import capture, community, office, schema, workdir  # noqa: E402
 from syncdb.crypto import Secret  # noqa: E402
+from syncdb.sample_people import ETHNICITIES, ETHNICITY_WEIGHTS, Pools  # noqa: E402
 
 CODE = "441900003001"
 SEED = 20240601
@@ -52,24 +53,56 @@ def best_of(repeats: int, run) -> float:
     return min(run() for _ in range(repeats))
 
 
-def sample_persons(n: int, folder: Path) -> list[tuple]:
-    """``n`` realistic residents (syncdb.sample: Faker zh_CN names, valid ID numbers) as row tuples."""
-    sample.generate(folder, CODE, n, SEED, HUJI)
-    conn = sqlite3.connect(workdir.db_path(folder, "huji"))
-    try:
-        return conn.execute(f"SELECT {', '.join(COLUMNS)} FROM persons ORDER BY rowid LIMIT ?", (n,)).fetchall()
-    finally:
-        conn.close()
+class Residents:
+    """Realistic residents as persons rows, quickly and for any count.
 
+    Names, streets and phone prefixes come from the pools ``syncdb.sample``
+    fills with Faker (zh_CN), ethnicities follow its census weights; ID numbers
+    are valid (GB 11643 check character) and distinct by construction. This is
+    not ``sample.generate``: that builds whole families and slows down far past
+    the 50,000 residents a community has, while (b) wants 200,000 rows.
+    """
 
-def new_id_number(rng: random.Random, taken) -> str:
-    """A valid 公民身份号码 of a baby born this year, not yet in ``taken``."""
-    while True:
-        born = date(2025, 1, 1) + timedelta(days=rng.randint(0, 364))
-        body = f"441900{born:%Y%m%d}{rng.randint(1, 995):03d}"
-        number = body + ric.calc_check_digit(body + "0")
-        if not taken(number):
-            return number
+    REGIONS = ["441900", "441302", "445202", "440306", "430524", "360731", "450881",
+               "522121", "511623", "420106", "110105", "410526"]
+
+    def __init__(self, seed: int = SEED):
+        self.rng = random.Random(seed)
+        self.pools = Pools.from_faker(seed)
+        self.taken: set[str] = set()
+        self.household = 0
+
+    def id_number(self, born: date, sex: str) -> str:
+        while True:
+            order = self.rng.randrange(1, 498) * 2 + (sex == "1")  # odd for men, even for women
+            body = f"{self.rng.choice(self.REGIONS)}{born:%Y%m%d}{order:03d}"
+            number = body + ric.calc_check_digit(body + "0")  # stdnum wants the check place filled
+            if number not in self.taken:
+                self.taken.add(number)
+                return number
+
+    def rows(self, n: int) -> list[tuple]:
+        rng, pools, out = self.rng, self.pools, []
+        while len(out) < n:
+            self.household += 1
+            household_no = f"{CODE[6:]}{self.household:06d}"
+            address = f"{pools.city}{rng.choice(pools.streets)}{rng.randint(1, 400)}号"
+            if rng.random() < 0.65:
+                address += f"{rng.randint(1, 30)}栋{rng.randint(1, 33)}{rng.randint(1, 6):02d}室"
+            for member in range(min(rng.choice([1, 2, 2, 3, 3, 3, 4, 4, 5]), n - len(out))):
+                sex = rng.choice("12")
+                years_old = rng.randint(0, 95) if member >= 2 else rng.randint(20, 95)
+                born = date(2025, 1, 1) - timedelta(days=round(years_old * 365.25) + rng.randint(0, 364))
+                name = rng.choice(pools.surnames) + rng.choice(
+                    pools.male_names if sex == "1" else pools.female_names)
+                relationship = ["02", "10"][member] if member < 2 else rng.choice(["20", "22", "23", "30", "32"])
+                marital = "10" if years_old < 20 else rng.choices(["20", "10", "30", "40"], [70, 15, 8, 7])[0]
+                phone = (rng.choice(pools.phone_prefixes) + f"{rng.randrange(10**8):08d}"
+                         if years_old >= 18 and rng.random() < 0.9 else None)
+                status = rng.choices(["normal", "moved_out", "deceased"], [97, 2, 1])[0]
+                out.append((self.id_number(born, sex), name, sex, rng.choices(ETHNICITIES, ETHNICITY_WEIGHTS)[0],
+                            born.isoformat(), household_no, relationship, marital, phone, address, CODE, status))
+        return out
 
 
 def phone(rng: random.Random) -> str:
@@ -117,7 +150,7 @@ def write_run(folder: Path, rows: list[tuple], with_capture: bool, batch: int = 
 
 
 def bench_writes(tmp: Path, n: int) -> dict:
-    rows = sample_persons(n, tmp / "pool-a")
+    rows = Residents().rows(n)
     times = {True: ([], []), False: ([], [])}
     for _ in range(REPEATS):
         for with_capture in (False, True):  # interleaved, so drift in the machine hits both alike
@@ -139,33 +172,29 @@ class Office:
         self.public_key = office.init(tmp / "office", self.secret)
 
 
-def community_with(tmp: Path, name: str, residents: int, the_office: Office) -> tuple[Path, Secret]:
+def community_with(tmp: Path, name: str, residents: int, the_office: Office):
+    """A community folder whose huji.db holds ``residents`` persons, set up for sync."""
     folder = tmp / name
-    sample.generate(folder, CODE, residents, SEED, HUJI)
+    workdir.create(folder, HUJI)
+    people = Residents()
+    conn = sqlite3.connect(workdir.db_path(folder, "huji"), isolation_level=None)
+    conn.execute("BEGIN")
+    conn.executemany(INSERT_PERSON, people.rows(residents))
+    conn.execute("COMMIT")
+    conn.close()
     secret = Secret(key_file_bytes=os.urandom(32))
     community.init(folder, CODE, the_office.public_key, HUJI, secret)
-    return folder, secret
+    return folder, secret, people
 
 
-def make_100_changes(folder: Path, rng: random.Random) -> None:
+def make_100_changes(folder: Path, people: Residents, rng: random.Random) -> None:
     """70 updates, 20 inserts and 10 deletes of residents, by another program (plain sqlite3)."""
     conn = sqlite3.connect(workdir.db_path(folder, "huji"), isolation_level=None)
     picked = [r[0] for r in conn.execute("SELECT id_number FROM persons ORDER BY random() LIMIT 80")]
-    template = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM persons LIMIT 1").fetchone()
-
-    def taken(number):
-        return conn.execute("SELECT 1 FROM persons WHERE id_number = ?", (number,)).fetchone() is not None
-
     conn.execute("BEGIN")
     for number in picked[:70]:
         conn.execute("UPDATE persons SET phone = ? WHERE id_number = ?", (phone(rng), number))
-    for _ in range(20):
-        row = list(template)
-        row[0] = new_id_number(rng, taken)
-        row[4] = f"{row[0][6:10]}-{row[0][10:12]}-{row[0][12:14]}"
-        row[2] = "1" if int(row[0][16]) % 2 else "2"  # GB 11643: odd for men
-        row[6], row[7], row[8] = "20" if row[2] == "1" else "30", "10", None  # a child, unmarried, no phone
-        conn.execute(INSERT_PERSON, row)
+    conn.executemany(INSERT_PERSON, people.rows(20))
     for number in picked[70:80]:
         conn.execute("DELETE FROM persons WHERE id_number = ?", (number,))
     conn.execute("COMMIT")
@@ -183,14 +212,14 @@ def rows_in(folder: Path) -> int:
 def bench_export(tmp: Path, the_office: Office, big: int, small: int) -> dict:
     out = {}
     for name, residents in (("small", small), ("big", big)):
-        folder, secret = community_with(tmp, name, residents, the_office)
+        folder, secret, people = community_with(tmp, name, residents, the_office)
         start = time.perf_counter()
         first = community.export(folder, HUJI, secret)  # the first, full push: not timed in the figure
         first_push = time.perf_counter() - start
         rng = random.Random(SEED)
 
         def one_round():
-            make_100_changes(folder, rng)
+            make_100_changes(folder, people, rng)
             start = time.perf_counter()
             result = community.export(folder, HUJI, secret)
             elapsed = time.perf_counter() - start
@@ -205,7 +234,7 @@ def bench_export(tmp: Path, the_office: Office, big: int, small: int) -> dict:
 # ---------------------------------------------------------------- c. bundle size
 
 def bench_bytes(tmp: Path, the_office: Office, sizes: list[int]) -> dict:
-    pool = sample_persons(max(sizes), tmp / "pool-c")
+    pool = Residents().rows(max(sizes))
     out = {}
     for n in sizes:
         folder = tmp / f"bytes-{n}"
