@@ -30,7 +30,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives import serialization
 
-from .crypto import Keyring, PublicKey, b64, suite, unb64
+from .crypto import SUITES, Keyring, PublicKey, b64, suite, unb64
 from .errors import SyncdbError
 from .files import disk_error, fsync_dir
 
@@ -258,6 +258,9 @@ def changes(f: BinaryIO, keyring: Keyring) -> Iterator[dict]:
     """
     header, payload_len = read_header(f)
     enc = header["encryption"]
+    if header.fields.get("compression") != "zlib" or enc.get("kem") != "x25519-hkdf" or enc.get("suite") not in SUITES:
+        raise BundleError("this bundle uses a compression, key agreement or cipher suite this syncdb "
+                          "does not know; upgrade syncdb at the office", "unsupported")
     s = suite(enc["suite"])
     ephemeral = unb64(enc["ephemeral"])
     if header["recipient"] != keyring.public.id:
@@ -271,6 +274,8 @@ def changes(f: BinaryIO, keyring: Keyring) -> Iterator[dict]:
     buffer = b""
     while remaining > 0:
         (sealed_len,) = struct.unpack(">I", _read_exact(f, 4, "payload"))
+        if sealed_len > enc.get("chunk_size", CHUNK_SIZE) + 16:
+            raise BundleError("a payload chunk is larger than the header allows; the file is damaged", "garbled")
         sealed = _read_exact(f, sealed_len, "payload")
         remaining -= 4 + sealed_len
         last = remaining == 0

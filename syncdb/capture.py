@@ -59,7 +59,7 @@ def install(conn: sqlite3.Connection, domain: Domain) -> str:
         for table in domain.tables.values():
             conn.execute(table.create_sql())
         conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {LOG} (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+            f"CREATE TABLE IF NOT EXISTS {LOG} (seq INTEGER PRIMARY KEY, "
             "tbl TEXT NOT NULL, key TEXT NOT NULL, old_key TEXT, ms INTEGER NOT NULL)")
         conn.execute(f"CREATE TABLE IF NOT EXISTS {META} (name TEXT PRIMARY KEY, value TEXT)")
         conn.execute(f"INSERT OR IGNORE INTO {META} VALUES ('capture_id', ?)", (uuid.uuid4().hex,))

@@ -52,8 +52,11 @@ class Clock:
         wall = now_ms() if wall_ms is None else wall_ms
         if wall > self.last.ms:
             self.last = Stamp(wall, 0, self.node)
-        else:
+        elif self.last.counter < 10**_COUNTER_WIDTH - 1:
             self.last = Stamp(self.last.ms, self.last.counter + 1, self.node)
+        else:
+            # The text is fixed width: borrow the next millisecond rather than overflow.
+            self.last = Stamp(self.last.ms + 1, 0, self.node)
         return self.last
 
     def observe(self, remote: Stamp | str) -> None:

@@ -122,10 +122,16 @@ class IdNumbers:
     def __init__(self, code: str):
         self.slot = (int(code[9:12]) + 83 * int(code[:9])) % self.SLOTS
         self.taken: dict[tuple[str, date, str], int] = {}
+        self.earlier: dict[tuple[str, date, str], date] = {}
 
     def issue(self, region: str, birth: date, sex: str) -> tuple[str, date]:
+        # Remember where the free day was, so a crowded date is walked once, not every time.
+        path = []
         while (k := self.taken.get((region, birth, sex), 0)) >= 2:
-            birth -= timedelta(days=1)
+            path.append(birth)
+            birth = self.earlier.get((region, birth, sex), birth - timedelta(days=1))
+        for full in path:
+            self.earlier[region, full, sex] = birth
         self.taken[region, birth, sex] = k + 1
         order = 2 * (k * self.SLOTS + self.slot) + 2 + (sex == "1")
         body = f"{region}{birth:%Y%m%d}{order:03d}"

@@ -75,7 +75,7 @@ class Community:
                     "INSERT INTO persons (id_number, name, sex, ethnicity, birth_date, household_no, "
                     "relationship, marital_status, phone, address, community_code, status) "
                     "VALUES (?, ?, ?, '01', ?, ?, '02', '20', ?, ?, ?, 'normal')",
-                    (body + ric.calc_check_digit(body), f"居民{i}", "1" if i % 2 else "2",
+                    (body + ric.calc_check_digit(body + "0"), f"居民{i}", "1" if i % 2 else "2",
                      f"{birth[:4]}-{birth[4:6]}-{birth[6:]}", f"H{self.code[-3:]}{i:05d}",
                      f"138{i:08d}", f"东莞市某街道{i}号", self.code))
         conn.close()

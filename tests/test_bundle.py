@@ -678,8 +678,6 @@ def test_stamps_increase_when_the_pc_clock_jumps(tmp_path):
     assert update_b["base"] == {"name": changes2[[c["key"]["id_number"] for c in changes2].index(B)]["hlc"]}
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="hlc.Clock.tick lets the 6-digit counter reach 1000000; stamps then lose their order")
 def test_stamps_stay_fixed_width_when_the_counter_runs_out(tmp_path):
     site = Site(tmp_path)
     site.init()
