@@ -1,21 +1,36 @@
 """The audit ledger: append-only, tamper-evident.
 
-Every applied change and every resolution is one ledger row. Each row carries
-an HMAC, under a key derived from the office keyring, over the previous row's
-HMAC and its own content: editing, deleting or reordering a row by hand breaks
-the chain from there on, and ``syncdb audit verify`` names the first bad row.
-The ledger holds versions and blind indexes, never a plaintext value.
+Every applied change and every resolution is recorded. The changes of one
+bundle form one ledger entry (a block; a bundle of more than 10,000 changes
+forms several): its columns say which bundle, from which community, how many
+changes; its body is the zlib-compressed list of the changes — HLC, table,
+blind key, operation, and the cells' old and new
+versions. Each entry carries an HMAC, under a key derived from the office
+keyring, over the previous entry's HMAC and its own content, and the chain's
+head is sealed in ``ledger_head`` in the same transaction: editing, deleting
+or reordering any entry by hand — the last one included — breaks the chain,
+and ``syncdb audit verify`` names the first bad entry. The ledger holds
+versions and blind indexes, never a plaintext value.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import zlib
 
 from .errors import SyncdbError
 
 GENESIS = b"\x00" * 32
-COLUMNS = ("id", "at", "bundle", "origin", "hlc", "tbl", "key", "op", "detail")
+COLUMNS = ("id", "at", "bundle", "origin", "changes", "body")
+
+LEDGER_TABLES = """
+CREATE TABLE IF NOT EXISTS ledger (
+    id INTEGER PRIMARY KEY, at TEXT NOT NULL, bundle TEXT NOT NULL, origin TEXT NOT NULL,
+    changes INTEGER NOT NULL, body BLOB NOT NULL, mac BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS ledger_head (
+    one INTEGER PRIMARY KEY CHECK (one = 1), id INTEGER NOT NULL, mac BLOB NOT NULL, seal BLOB NOT NULL);
+"""
 
 
 def audit_key(store) -> bytes:
@@ -27,46 +42,91 @@ def _content(row: tuple) -> bytes:
     return json.dumps(values, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+def _seal_head(store, key: bytes, entry_id: int, mac: bytes) -> bytes:
+    return store.suite.mac(key, b"head|" + str(entry_id).encode() + b"|" + mac)
+
+
 class Ledger:
-    """Appends to the ledger inside the caller's transaction."""
+    """Records the changes of one bundle as blocks of at most BLOCK changes.
 
-    def __init__(self, store):
-        self.store = store
+    Changes are compressed as they come, so memory stays small however large
+    the bundle. Call ``commit`` inside the caller's transaction, so the blocks
+    and the changes they record are stored together or not at all.
+    """
+
+    BLOCK = 10_000
+
+    def __init__(self, store, bundle: str, origin: str):
+        self.store, self.bundle, self.origin = store, bundle, origin
         self.key = audit_key(store)
-        self._last = None
+        self._start()
 
-    def _previous(self) -> tuple[int, bytes]:
-        if self._last is None:
-            row = self.store.conn.execute("SELECT id, mac FROM ledger ORDER BY id DESC LIMIT 1").fetchone()
-            self._last = (row[0], bytes(row[1])) if row else (0, GENESIS)
-        return self._last
+    def _start(self) -> None:
+        self.compressor = zlib.compressobj(6)
+        self.body = b""
+        self.count = 0
 
-    def reset(self) -> None:
-        """Forget the cached chain head (after a rollback)."""
-        self._last = None
+    def append(self, hlc: str, tbl: str, key: bytes, op: str, detail: dict) -> None:
+        line = json.dumps([hlc, tbl, key.hex(), op, detail], ensure_ascii=False, separators=(",", ":"))
+        self.body += self.compressor.compress(line.encode() + b"\n")
+        self.count += 1
+        if self.count >= self.BLOCK:
+            self.commit()
 
-    def append(self, bundle: str, origin: str, hlc: str, tbl: str, key: bytes, op: str, detail: dict) -> None:
-        last_id, last_mac = self._previous()
-        row = (last_id + 1, time.strftime("%Y-%m-%dT%H:%M:%S"), bundle, origin, hlc, tbl, key, op,
-               json.dumps(detail, ensure_ascii=False, separators=(",", ":"), sort_keys=True))
+    def commit(self) -> int | None:
+        """Write the block collected so far (if any); return its entry id."""
+        if not self.count:
+            return None
+        conn = self.store.conn
+        last = conn.execute("SELECT id, mac FROM ledger ORDER BY id DESC LIMIT 1").fetchone()
+        last_id, last_mac = (last[0], bytes(last[1])) if last else (0, GENESIS)
+        body = self.body + self.compressor.flush()
+        row = (last_id + 1, time.strftime("%Y-%m-%dT%H:%M:%S"), self.bundle, self.origin, self.count, body)
         mac = self.store.suite.mac(self.key, last_mac + _content(row))
-        self.store.conn.execute("INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row + (mac,))
-        self._last = (row[0], mac)
+        conn.execute("INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?)", row + (mac,))
+        conn.execute("INSERT OR REPLACE INTO ledger_head VALUES (1, ?, ?, ?)",
+                     (row[0], mac, _seal_head(self.store, self.key, row[0], mac)))
+        self._start()
+        return row[0]
+
+
+def entries(body: bytes) -> list[dict]:
+    """The changes recorded in one ledger entry's body."""
+    text = zlib.decompress(bytes(body)).decode()
+    return [dict(zip(("hlc", "table", "key", "op", "detail"), json.loads(line)))
+            for line in text.split("\n") if line]
 
 
 def verify(store) -> int:
-    """Walk the chain; return the number of entries, or raise naming the first bad one."""
+    """Walk the chain; return the number of changes recorded, or raise naming the first bad entry."""
     key = audit_key(store)
     previous_mac, expected_id = GENESIS, 1
-    count = 0
+    changes = 0
     cursor = store.conn.execute(f"SELECT {', '.join(COLUMNS)}, mac FROM ledger ORDER BY id")
     for *row, mac in cursor:
         if row[0] != expected_id:
             raise SyncdbError(f"audit ledger entry {expected_id} is missing (the next entry is {row[0]}): "
                               "entries were deleted by hand")
         if store.suite.mac(key, previous_mac + _content(tuple(row))) != bytes(mac):
-            raise SyncdbError(f"audit ledger entry {row[0]} (bundle {row[2]}, {row[5]}) does not match its "
-                              "seal: it was edited, reordered or replaced by hand")
+            raise SyncdbError(f"audit ledger entry {row[0]} (bundle {row[2]} from {row[3]}) does not match "
+                              "its seal: it was edited, reordered or replaced by hand")
+        try:
+            if len(entries(row[5])) != row[4]:
+                raise ValueError
+        except (zlib.error, ValueError, UnicodeDecodeError):
+            raise SyncdbError(f"audit ledger entry {row[0]} (bundle {row[2]}) has a damaged body") from None
         previous_mac, expected_id = bytes(mac), expected_id + 1
-        count += 1
-    return count
+        changes += row[4]
+    head = store.conn.execute("SELECT id, mac, seal FROM ledger_head").fetchone()
+    last_id = expected_id - 1
+    if head is None:
+        if last_id:
+            raise SyncdbError("the audit ledger's sealed head is missing: it was deleted by hand")
+        return changes
+    head_id, head_mac, seal = head[0], bytes(head[1]), bytes(head[2])
+    if _seal_head(store, key, head_id, head_mac) != seal:
+        raise SyncdbError("the audit ledger's sealed head was edited by hand")
+    if head_id != last_id or head_mac != previous_mac:
+        raise SyncdbError(f"audit ledger entries after entry {last_id} are missing "
+                          f"(the sealed head says the last is {head_id}): they were deleted by hand")
+    return changes

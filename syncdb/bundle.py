@@ -7,7 +7,7 @@
     payload      chunks: u32 BE sealed_len, then sealed_len bytes (AEAD ciphertext + tag)
     signature    64 bytes Ed25519 over magic ‖ header_len ‖ header ‖ payload_len ‖ SHA-512(payload)
 
-The payload is zlib-compressed JSON lines, one change a line, cut into chunks
+The payload is zlib-compressed JSON lines (with the preset dictionary ZDICT), one change a line, cut into chunks
 of at most CHUNK_SIZE bytes and sealed chunk by chunk (the STREAM
 construction): a chunk's nonce is its index, its associated data says
 whether it is the last, so a reader authenticates each chunk before it uses
@@ -40,6 +40,19 @@ CHUNK_SIZE = 64 * 1024
 SIGNATURE_SIZE = 64
 MAX_HEADER = 1 << 20
 SUFFIX = ".bundle"
+COMPRESSION = "zlib-d1"
+# A preset dictionary (RFC 1950 FDICT) of the strings every payload repeats:
+# change keywords and the shipped schemas' column names. Part of the format:
+# it never changes under this name. A nightly bundle of a hundred changes
+# shrinks by about a tenth; a domain added later still compresses, just less.
+ZDICT = (
+    '"base":{},"cells":{"address":"community_code":"household_no":"relationship":"marital_status":'
+    '"ethnicity":"01","birth_date":"phone":"name":"sex":"1","2","status":"normal","moved_out","deceased",'
+    '"insurance_type":"start_date":"end_date":"employer":"monthly_base":"benefit_type":"monthly_amount":'
+    '"household_type":"family","head_id_number":"active","retired","pension_employee","medical_resident",'
+    '{"base":{"name":"0017","hlc":"0017","key":{"id_number":"op":"update","op":"insert","op":"delete",'
+    '"table":"huji.persons","table":"huji.households","table":"shebao.enrolments","table":"minzheng.benefits",'
+).encode()
 
 
 class BundleError(SyncdbError):
@@ -126,7 +139,7 @@ def write(path, fields: dict, changes: Iterable[dict], signer: Keyring, recipien
                 payload_len += len(framed)
                 index += 1
 
-            compressor = zlib.compressobj(9)
+            compressor = zlib.compressobj(9, zdict=ZDICT)
             for change in changes:
                 total += 1
                 table_counts = counts.setdefault(change["table"], {"insert": 0, "update": 0, "delete": 0})
@@ -158,7 +171,7 @@ def write(path, fields: dict, changes: Iterable[dict], signer: Keyring, recipien
             "hlc": {"min": hlc_min, "max": hlc_max},
             "recipient": recipient.id,
             "signer": signer.public.id,
-            "compression": "zlib",
+            "compression": COMPRESSION,
             "encryption": {"suite": s.name, "kem": "x25519-hkdf", "ephemeral": b64(ephemeral),
                            "chunk_size": CHUNK_SIZE},
         }
@@ -258,7 +271,7 @@ def changes(f: BinaryIO, keyring: Keyring) -> Iterator[dict]:
     """
     header, payload_len = read_header(f)
     enc = header["encryption"]
-    if header.fields.get("compression") != "zlib" or enc.get("kem") != "x25519-hkdf" or enc.get("suite") not in SUITES:
+    if header.fields.get("compression") != COMPRESSION or enc.get("kem") != "x25519-hkdf" or enc.get("suite") not in SUITES:
         raise BundleError("this bundle uses a compression, key agreement or cipher suite this syncdb "
                           "does not know; upgrade syncdb at the office", "unsupported")
     s = suite(enc["suite"])
@@ -268,7 +281,7 @@ def changes(f: BinaryIO, keyring: Keyring) -> Iterator[dict]:
                           f"office's key {keyring.public.id}; it was made for another office "
                           "or before the office key changed", "wrong-recipient")
     key = _chunk_key(keyring.agree(ephemeral), ephemeral, keyring.public.x25519, s.name)
-    decompressor = zlib.decompressobj()
+    decompressor = zlib.decompressobj(zdict=ZDICT)
     remaining = payload_len
     index = 0
     buffer = b""

@@ -353,10 +353,11 @@ def audit_verify(store, schemas):
 
     st = open_store(store, _secret(), load_domains(schemas))
     try:
-        count = audit_lib.verify(st)
+        changes = audit_lib.verify(st)
+        entries = st.conn.execute("SELECT count(*) FROM ledger").fetchone()[0]
     finally:
         st.conn.close()
-    click.echo(f"audit ledger intact: {count} entries")
+    click.echo(f"audit ledger intact: {entries} entries recording {changes} changes")
 
 
 @cli.command(name="export")

@@ -103,13 +103,14 @@ def apply_bundle(store: Store, path: Path, summary: Summary) -> None:
     keys = office.enrolled_keys(conn)
     header = bundle.open_verified(path, keys.get)
     name = path.name
-    ledger = audit.Ledger(store)
+    ledger = audit.Ledger(store, name, header.origin)
     merger = _Merger(store, ledger, name, header.origin, header.sequence)
     try:
         conn.execute("BEGIN IMMEDIATE")
         with open(path, "rb") as f:
             for change in bundle.changes(f, store.keyring):
                 merger.apply(change)
+        ledger.commit()
         (digest,) = conn.execute("SELECT sha256 FROM received WHERE origin = ? AND sequence = ?",
                                  (header.origin, header.sequence)).fetchone()
         conn.execute("INSERT INTO applied VALUES (?, ?, ?, ?, ?, ?)", (
@@ -118,7 +119,6 @@ def apply_bundle(store: Store, path: Path, summary: Summary) -> None:
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
-        ledger.reset()
         raise
     summary.applied += 1
     summary.changes += merger.changes
@@ -130,7 +130,8 @@ def apply_bundle(store: Store, path: Path, summary: Summary) -> None:
 class _Row:
     """One stored row while a change is applied to it: its cells' frontiers."""
 
-    def __init__(self, store: Store, table: Table, key: bytes):
+    def __init__(self, store: Store, table: Table, key: bytes, special: bool):
+        """``special``: the key has frontier, conflict or dominated entries to read."""
         self.store, self.table, self.key = store, table, key
         self.name = table_name(table)
         conn = store.conn
@@ -141,16 +142,19 @@ class _Row:
         non_key = [c for c in table.columns if c not in table.key]
         self.versions = _unpack_versions(self.stored.get("_versions"), non_key)
         self.frontiers: dict[str, list[Candidate]] = {}
-        for col, version, origin, value, deleted in conn.execute(
-                "SELECT col, version, origin, value, deleted FROM frontier WHERE tbl = ? AND key = ?",
-                (table.qualified, key)):
-            value = store.plain(table, col, value, key)
-            self.frontiers.setdefault(col, []).append(Candidate(value, version, origin, bool(deleted)))
+        self.open_conflicts: set[str] = set()
+        self.dominated: set[tuple[str, str]] = set()
+        if special:
+            for col, version, origin, value, deleted in conn.execute(
+                    "SELECT col, version, origin, value, deleted FROM frontier WHERE tbl = ? AND key = ?",
+                    (table.qualified, key)):
+                value = store.plain(table, col, value, key)
+                self.frontiers.setdefault(col, []).append(Candidate(value, version, origin, bool(deleted)))
+            self.open_conflicts = {c for (c,) in conn.execute(
+                "SELECT col FROM conflicts WHERE tbl = ? AND key = ? AND status = 'open'", (table.qualified, key))}
+            self.dominated = {(c, v) for c, v in conn.execute(
+                "SELECT col, version FROM dominated WHERE tbl = ? AND key = ?", (table.qualified, key))}
         self.had_frontier = set(self.frontiers)
-        self.open_conflicts = {c for (c,) in conn.execute(
-            "SELECT col FROM conflicts WHERE tbl = ? AND key = ? AND status = 'open'", (table.qualified, key))}
-        self.dominated = {(c, v) for c, v in conn.execute(
-            "SELECT col, version FROM dominated WHERE tbl = ? AND key = ?", (table.qualified, key))}
         self.new_dominated = []
         self.touched = set()
         self.winners: dict[str, Candidate] = {}
@@ -202,6 +206,10 @@ class _Merger:
         self.store, self.ledger = store, ledger
         self.bundle_name, self.origin, self.sequence = bundle_name, origin, sequence
         self.hook = manager().hook
+        # Rows with conflict state are few; only they need the side tables read.
+        self.special = {(t, bytes(k)) for t, k in store.conn.execute(
+            "SELECT tbl, key FROM frontier UNION SELECT tbl, key FROM dominated "
+            "UNION SELECT tbl, key FROM conflicts WHERE status = 'open'")}
         self.changes = 0
         self.rejected: list[str] = []
         self.opened = self.closed = 0
@@ -230,7 +238,7 @@ class _Merger:
                     (self.origin, self.sequence, table.qualified, key, shown, p.field, why,
                      time.strftime("%Y-%m-%dT%H:%M:%S")))
             return
-        row = _Row(store, table, key)
+        row = _Row(store, table, key, (table.qualified, key) in self.special)
         hlc = change["hlc"]
         origin = _origin(hlc)
         op = change["op"]
@@ -258,7 +266,7 @@ class _Merger:
             detail["old"] = olds
         if kept:
             detail["kept"] = kept
-        self.ledger.append(self.bundle_name, origin, hlc, table.qualified, key, op, detail)
+        self.ledger.append(hlc, table.qualified, key, op, detail)
         self.changes += 1
 
     def _problems(self, table: Table, change: dict):
@@ -296,13 +304,13 @@ class _Merger:
             "version": c.version, "origin": c.origin, "deleted": c.deleted,
             "value": _sealed_text(store.stored(table, col, c.value, row.key)),
         } for c in frontier], ensure_ascii=False)
-        existing = store.conn.execute(
-            "SELECT id, candidates FROM conflicts WHERE tbl = ? AND key = ? AND col = ? AND status = 'open'",
-            (table.qualified, row.key, col)).fetchone()
-        if existing:
-            store.conn.execute("UPDATE conflicts SET candidates = ?, winner = ?, rule = ?, kind = ? WHERE id = ?",
-                               (candidates, decision.winner.version, decision.rule, decision.kind, existing[0]))
+        if col in row.open_conflicts:
+            store.conn.execute(
+                "UPDATE conflicts SET candidates = ?, winner = ?, rule = ?, kind = ? "
+                "WHERE tbl = ? AND key = ? AND col = ? AND status = 'open'",
+                (candidates, decision.winner.version, decision.rule, decision.kind, table.qualified, row.key, col))
             return
+        self.special.add((table.qualified, row.key))
         store.conn.execute(
             "INSERT INTO conflicts (tbl, key, col, kind, candidates, winner, rule, status, opened) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, 'open', ?)",
@@ -359,10 +367,12 @@ class _Merger:
                 conn.execute("DELETE FROM frontier WHERE tbl = ? AND key = ? AND col = ?", (table.qualified, key, col))
             frontier = row.candidates(col)
             if len(frontier) > 1:
+                self.special.add((table.qualified, key))
                 conn.executemany("INSERT INTO frontier VALUES (?, ?, ?, ?, ?, ?, ?)", [
                     (table.qualified, key, col, c.version, c.origin,
                      store.stored(table, col, c.value, key), int(c.deleted)) for c in frontier])
         if row.new_dominated:
+            self.special.add((table.qualified, key))
             conn.executemany("INSERT OR IGNORE INTO dominated VALUES (?, ?, ?, ?)",
                              [(table.qualified, key, col, v) for col, v in row.new_dominated])
 

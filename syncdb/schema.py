@@ -115,7 +115,7 @@ class Domain:
 
     @property
     def fingerprint(self) -> str:
-        """SHA-256 of the schema's meaning (not its comments or layout).
+        """SHA-256 of the schema's meaning (not its comments or layout), first 16 hex digits.
 
         Bundles carry it so the office can tell which schema a change was
         written under.
@@ -136,7 +136,8 @@ class Domain:
             "codes": {name: sorted(table) for name, table in self.codes.items()},
         }
         canonical = json.dumps(doc, sort_keys=True, ensure_ascii=False).encode()
-        return hashlib.sha256(canonical).hexdigest()
+        # 64 bits tell two schemas apart; every bundle header carries one per domain.
+        return hashlib.sha256(canonical).hexdigest()[:16]
 
     def code_table(self, name: str) -> dict[str, str]:
         return self.codes.get(name) or codes.NATIONAL[name]

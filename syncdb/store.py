@@ -23,6 +23,7 @@ import json
 import os
 import sqlite3
 
+from .audit import LEDGER_TABLES
 from .crypto import Keyring
 from .errors import SyncdbError
 from .schema import Domain, Table
@@ -48,11 +49,7 @@ CREATE TABLE IF NOT EXISTS applied (
 CREATE TABLE IF NOT EXISTS rejected (
     id INTEGER PRIMARY KEY, origin TEXT NOT NULL, sequence INTEGER NOT NULL, tbl TEXT NOT NULL,
     key BLOB NOT NULL, shown_key TEXT NOT NULL, field TEXT NOT NULL, why TEXT NOT NULL, at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS ledger (
-    id INTEGER PRIMARY KEY, at TEXT NOT NULL, bundle TEXT NOT NULL, origin TEXT NOT NULL,
-    hlc TEXT NOT NULL, tbl TEXT NOT NULL, key BLOB NOT NULL, op TEXT NOT NULL,
-    detail TEXT NOT NULL, mac BLOB NOT NULL);
-"""
+""" + LEDGER_TABLES
 
 
 def table_name(table: Table) -> str:

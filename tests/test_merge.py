@@ -286,23 +286,42 @@ def test_audit_verify_finds_an_entry_edited_or_deleted_by_hand(tmp_path, domains
     w = World(tmp_path, domains)
     for n in range(3):
         w.insert(CODES[0], person(n, CODES[0]))
-    w.push(CODES[0])
+        w.push(CODES[0])  # one bundle, so one ledger entry, per resident
     merge.merge(w.store, w.bundles, SECRET, domains)
     key_file = tmp_path / "key"
     key_file.write_bytes(SECRET.key_file_bytes)
     env = {"SYNCDB_KEY_FILE": str(key_file)}
     runner = CliRunner()
-    ok = runner.invoke(cli, ["audit", "verify", str(w.store)], env=env)
-    assert ok.exit_code == 0 and "3 entries" in ok.output
-    conn = sqlite3.connect(w.store / "store.db")
-    conn.execute("UPDATE ledger SET hlc = '000000000000001.000000.441900003001' WHERE id = 2")
-    conn.commit()
-    bad = runner.invoke(cli, ["audit", "verify", str(w.store)], env=env)
-    assert bad.exit_code == 1 and "entry 2" in bad.output and "edited" in bad.output
-    conn.execute("DELETE FROM ledger WHERE id = 2")
-    conn.commit()
-    gone = runner.invoke(cli, ["audit", "verify", str(w.store)], env=env)
-    assert gone.exit_code == 1 and "entry 2 is missing" in gone.output
+
+    def verify(store):
+        return runner.invoke(cli, ["audit", "verify", str(store)], env=env)
+
+    ok = verify(w.store)
+    assert ok.exit_code == 0 and "3 entries recording 3 changes" in ok.output
+    copies = iter(range(100))
+
+    def tamper(*statements):
+        """A copy of the store, edited by hand with a plain sqlite3 connection."""
+        store = tmp_path / f"tampered-{next(copies)}"
+        shutil.copytree(w.store, store)
+        conn = sqlite3.connect(store / "store.db")
+        for statement in statements:
+            conn.execute(statement)
+        conn.commit()
+        conn.close()
+        return verify(store)
+
+    edited = tamper("UPDATE ledger SET origin = '441900003002' WHERE id = 2")
+    assert edited.exit_code == 1 and "entry 2" in edited.output and "edited" in edited.output
+    deleted = tamper("DELETE FROM ledger WHERE id = 2")
+    assert deleted.exit_code == 1 and "entry 2 is missing" in deleted.output
+    last = tamper("DELETE FROM ledger WHERE id = 3")
+    assert last.exit_code == 1 and "after entry 2 are missing" in last.output
+    swapped = tamper("UPDATE ledger SET id = 9 WHERE id = 1", "UPDATE ledger SET id = 1 WHERE id = 2",
+                     "UPDATE ledger SET id = 2 WHERE id = 9")
+    assert swapped.exit_code == 1 and "entry 1" in swapped.output
+    head = tamper("UPDATE ledger_head SET id = 2")
+    assert head.exit_code == 1 and "head" in head.output
 
 
 def test_export_decrypts_for_a_keyholder_with_a_bom(tmp_path, domains):
