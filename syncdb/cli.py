@@ -335,6 +335,28 @@ def conflicts_list(store, show_all, fmt, schemas):
                        f"{item['column']} ({item['kind']}): {candidates}; provisional {item['winner']}")
 
 
+@conflicts.command(name="resolve")
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@click.argument("conflict_id", type=int)
+@click.option("--keep", metavar="ORIGIN", help="Keep the candidate from this community (or with this version).")
+@click.option("--value", help="Set this value instead of any candidate.")
+@schemas_option
+def conflicts_resolve(store, conflict_id, keep, value, schemas):
+    """Settle an open conflict with an office resolution.
+
+    The resolution is a change signed by the office, merged like any other and
+    recorded in the audit ledger; it wins over every candidate it settles.
+
+    Example: syncdb conflicts resolve /srv/office 12 --keep 441900003002
+    """
+    from .resolve import resolve_conflict
+
+    if (keep is None) == (value is None):
+        raise click.UsageError("give exactly one of --keep ORIGIN or --value TEXT")
+    summary = resolve_conflict(store, _secret(), load_domains(schemas), conflict_id, keep=keep, value=value)
+    click.echo(f"conflict #{conflict_id} resolved; conflicts closed: {summary.closed}")
+
+
 @cli.group(cls=Group)
 def audit():
     """Check the tamper-evident audit ledger."""

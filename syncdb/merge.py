@@ -100,8 +100,7 @@ def apply_inbox(store: Store, store_dir: Path, summary: Summary, progress=None) 
 
 def apply_bundle(store: Store, path: Path, summary: Summary) -> None:
     conn = store.conn
-    keys = office.enrolled_keys(conn)
-    header = bundle.open_verified(path, keys.get)
+    header = bundle.open_verified(path, office.signer_keys(conn, store.keyring.public).get)
     name = path.name
     ledger = audit.Ledger(store, name, header.origin)
     merger = _Merger(store, ledger, name, header.origin, header.sequence)
@@ -170,14 +169,18 @@ class _Row:
         value = self.store.plain(self.table, col, self.stored.get(col), self.key)
         return [Candidate(value, version, _origin(version), deleted)]
 
-    def offer(self, col: str, candidate: Candidate, base: str | None) -> None:
-        """Add a version to the cell's frontier, retiring the version it was based on."""
+    def offer(self, col: str, candidate: Candidate, base) -> None:
+        """Add a version to the cell's frontier, retiring the version(s) it was based on.
+
+        A community's change has one base version per cell; an office
+        resolution is based on every candidate it settles, so a list.
+        """
         frontier = list(self.candidates(col))
-        if base:
-            kept = [c for c in frontier if c.version != base]
-            if len(kept) == len(frontier) and (col, base) not in self.dominated:
-                self.dominated.add((col, base))
-                self.new_dominated.append((col, base))
+        for version in ([base] if isinstance(base, str) else base or []):
+            kept = [c for c in frontier if c.version != version]
+            if len(kept) == len(frontier) and (col, version) not in self.dominated:
+                self.dominated.add((col, version))
+                self.new_dominated.append((col, version))
             frontier = kept
         if (col, candidate.version) not in self.dominated and all(c.version != candidate.version for c in frontier):
             frontier.append(candidate)

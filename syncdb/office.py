@@ -104,6 +104,8 @@ def enroll(store, code: str, public_key_file) -> PublicKey:
         VALIDATORS["community_code"](code)
     except Invalid as e:
         raise SyncdbError(f"community code {code!r}: {e}") from None
+    if code == PublicKey.read(public_key_path(store)).code:
+        raise SyncdbError(f"{code} is the office's own code; a community needs its own")
     key = PublicKey.read(public_key_file)
     if key.role != "community":
         raise SyncdbError(f"{public_key_file} is an {key.role} key; enrol the community's CODE.pub.json")
@@ -124,12 +126,20 @@ def enrolled_keys(conn: sqlite3.Connection) -> dict[str, PublicKey]:
             conn.execute("SELECT code, public_key FROM communities")}
 
 
+def signer_keys(conn: sqlite3.Connection, office_key: PublicKey) -> dict[str, PublicKey]:
+    """Who may sign bundles for this store: the enrolled communities, and the office itself
+    (its resolutions travel as bundles too, so they merge like any change)."""
+    keys = enrolled_keys(conn)
+    keys[office_key.code] = office_key
+    return keys
+
+
 def receive(store, data: bytes, source: str = "upload") -> Receipt:
     """Verify one bundle and keep it durably in the inbox. Raises Refused."""
     store = Path(store)
     conn = connect(store)
     try:
-        keys = enrolled_keys(conn)
+        keys = signer_keys(conn, PublicKey.read(public_key_path(store)))
         try:
             header = bundle.verify(io.BytesIO(data), keys.get)
         except bundle.BundleError as e:

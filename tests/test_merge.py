@@ -74,6 +74,27 @@ class World:
             self.bundles.append(kept)
         return result
 
+    def office_edit(self, n, phone):
+        """The office, having merged what was pushed so far, corrects a resident's phone."""
+        from syncdb import resolve
+
+        merge.merge(self.store, self.bundles, SECRET, self.all_domains)
+        st_ = merge.open_store(self.store, SECRET, self.all_domains)
+        table = st_.table("huji.persons")
+        exists = st_.conn.execute("SELECT 1 FROM huji__persons WHERE _key = ? AND _exists = 1",
+                                  (st_.blind_key(table, [id_number(n)]),)).fetchone()
+        st_.conn.close()
+        if not exists:
+            return
+        before = set(office.inbox_dir(self.store).glob("office-*.bundle"))
+        resolve.office_edit(self.store, SECRET, self.all_domains, [
+            {"table": "huji.persons", "key": {"id_number": id_number(n)}, "cells": {"phone": phone}}])
+        (made,) = set(office.inbox_dir(self.store).glob("office-*.bundle")) - before
+        kept = self.root / "bundles" / made.name
+        kept.parent.mkdir(exist_ok=True)
+        shutil.copy(made, kept)
+        self.bundles.append(kept)
+
     def fresh_store(self, name):
         """A copy of the empty office store with the same keys and enrolments."""
         target = self.root / name
@@ -239,15 +260,16 @@ def test_raw_bytes_of_the_store_hold_no_sensitive_value(tmp_path, domains):
     assert leaks == []
 
 
-OPS = st.lists(st.tuples(st.integers(0, 2), st.sampled_from(["register", "edit", "move", "delete", "push"]),
-                         st.integers(0, 2)), min_size=3, max_size=12)
+# Weighted by repetition: registrations and edits are what most nights hold.
+KINDS = ["register"] * 3 + ["edit"] * 2 + ["push"] * 2 + ["move", "delete", "office"]
+OPS = st.lists(st.tuples(st.integers(0, 2), st.sampled_from(KINDS), st.integers(0, 2)), min_size=6, max_size=30)
 
 
-@settings(max_examples=int(os.environ.get("SYNCDB_HYPOTHESIS_EXAMPLES", "12")), deadline=None,
+@settings(max_examples=int(os.environ.get("SYNCDB_HYPOTHESIS_EXAMPLES", "25")), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(ops=OPS, seed=st.integers(0, 1000))
 def test_merge_is_order_independent(tmp_path_factory, domains, ops, seed):
-    """Random histories from three communities give one store, whatever the arrival order."""
+    """Random histories from three communities and the office give one store, whatever the arrival order."""
     w = World(tmp_path_factory.mktemp("w"), domains)
     w.freeze_empty_store()
     held = {code: set() for code in CODES}
@@ -267,6 +289,12 @@ def test_merge_is_order_independent(tmp_path_factory, domains, ops, seed):
             held[code].discard(pid)
         elif op == "push":
             w.push(code)
+        elif op == "office":
+            w.office_edit(n, f"0769-2200{who}{n:03d}")
+    from hypothesis import event
+
+    event(f"office bundles: {sum(p.name.startswith('office') for p in w.bundles) > 0}")
+    event(f"bundles: {min(len(w.bundles), 6)}{'+' if len(w.bundles) > 6 else ''}")
     rng = random.Random(seed)
     orders = [list(w.bundles), list(reversed(w.bundles))]
     for _ in range(2):
@@ -392,3 +420,38 @@ def test_the_gm_suite_merges_end_to_end(tmp_path, domains):
     assert len(st_.keyring.data_keys["1"]) == 16
     assert st_.open(sealed, st_.table("huji.persons"), "name", st_.conn.execute(
         "SELECT _key FROM huji__persons").fetchone()[0]) == "居民3"
+
+
+def test_an_office_resolution_settles_a_conflict_in_any_order(tmp_path, domains):
+    from syncdb import resolve
+
+    w = World(tmp_path, domains)
+    w.freeze_empty_store()
+    a, b = CODES[0], CODES[1]
+    w.insert(a, person(4, a))
+    w.insert(b, person(4, b))
+    w.push(a)
+    w.push(b)
+    merge.merge(w.store, w.bundles, SECRET, domains)
+    ((conflict_id, kind),) = sqlite3.connect(w.store / "store.db").execute(
+        "SELECT id, kind FROM conflicts WHERE status = 'open'").fetchall()
+    assert kind == "duplicate-registration"
+    summary = resolve.resolve_conflict(w.store, SECRET, domains, conflict_id, keep=b)
+    assert summary.closed == 1 and summary.applied == 1
+    rows, conflicts = snapshot(w.store, domains)
+    assert conflicts == set()
+    assert audit.verify(merge.open_store(w.store, SECRET, domains)) == 3
+    (office_bundle,) = office.inbox_dir(w.store).glob("office-*.bundle")
+    # The resolution travels as a bundle: merged first or last elsewhere, the same store.
+    for i, order in enumerate(([office_bundle] + w.bundles, w.bundles + [office_bundle])):
+        assert snapshot(merge_in_order(w, order, f"resolved-{i}"), domains) == (rows, conflicts)
+
+
+def test_office_edit_refuses_an_unknown_record(tmp_path, domains):
+    from syncdb import resolve
+    from syncdb.errors import SyncdbError
+
+    w = World(tmp_path, domains)
+    with pytest.raises(SyncdbError, match="no record"):
+        resolve.office_edit(w.store, SECRET, domains, [
+            {"table": "huji.persons", "key": {"id_number": id_number(1)}, "cells": {"phone": "13800000000"}}])

@@ -1,0 +1,136 @@
+"""Office edits and conflict resolutions.
+
+The office changes a record the same way a community does: with a bundle,
+signed by the office key, received into the inbox and merged. Each cell it
+changes is based on *every* version the cell's frontier holds, so a
+resolution settles the conflict in any order of arrival, and the ledger
+records it like any other change. Later, `pull` carries these bundles back
+to the communities that own the records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from . import bundle, office
+from .crypto import Secret
+from .errors import SyncdbError
+from .hlc import Clock, Stamp
+from .merge import Summary, _Row, apply_inbox, open_store
+from .schema import Domain
+from .store import Store, table_name
+
+OFFICE_STATE = """
+CREATE TABLE IF NOT EXISTS office_clock (one INTEGER PRIMARY KEY CHECK (one = 1), hlc TEXT NOT NULL)
+"""
+
+
+def office_edit(store_dir, secret: Secret, domains: dict[str, Domain], edits: list[dict]) -> Summary:
+    """Apply edits made at the office: ``{"table", "key": {…}, "cells": {…}}``, or ``"delete": True``."""
+    store = open_store(store_dir, secret, domains)
+    try:
+        changes = [_change(store, edit) for edit in edits]
+        path = _write_office_bundle(store, Path(store_dir), changes)
+    finally:
+        store.conn.close()
+    try:
+        office.receive(store_dir, path.read_bytes(), source="office")
+    finally:
+        path.unlink(missing_ok=True)
+    summary = Summary()
+    store = open_store(store_dir, secret, domains)
+    try:
+        apply_inbox(store, Path(store_dir), summary)
+    finally:
+        store.conn.close()
+    return summary
+
+
+def _clock(store: Store) -> Clock:
+    store.conn.execute(OFFICE_STATE)
+    row = store.conn.execute("SELECT hlc FROM office_clock").fetchone()
+    return Clock(store.office_code, Stamp.parse(row[0]) if row else None)
+
+
+def _change(store: Store, edit: dict) -> dict:
+    table = store.table(edit["table"])
+    key_values = [edit["key"][k] for k in table.key]
+    key = store.blind_key(table, key_values)
+    row = _Row(store, table, key, special=True)
+    if not row.exists:
+        raise SyncdbError(f"{table.qualified} has no record with that key; the office edits only "
+                          "records a community has sent")
+    deleting = bool(edit.get("delete"))
+    columns = [c for c in table.columns if c not in table.key] if deleting else list(edit["cells"])
+    for column in columns:
+        if column not in table.columns or column in table.key:
+            raise SyncdbError(f"{table.qualified} has no editable column '{column}'")
+    clock = _clock(store)
+    for column in table.columns:
+        for candidate in row.candidates(column) if column not in table.key else []:
+            clock.observe(candidate.version)
+    stamp = str(clock.tick())
+    store.conn.execute("INSERT OR REPLACE INTO office_clock VALUES (1, ?)", (stamp,))
+    return {
+        "table": table.qualified, "op": "delete" if deleting else "update",
+        "key": dict(zip(table.key, key_values)),
+        "cells": {} if deleting else dict(edit["cells"]),
+        "base": {c: [cand.version for cand in row.candidates(c)] for c in columns},
+        "hlc": stamp,
+    }
+
+
+def _write_office_bundle(store: Store, folder: Path, changes: list[dict]) -> Path:
+    code = store.office_code
+    (last,) = store.conn.execute("SELECT coalesce(max(sequence), 0) FROM received WHERE origin = ?",
+                                 (code,)).fetchone()
+    path = folder / f".{bundle.file_name(code, last + 1)}.{os.getpid()}"
+    bundle.write(path, {"origin": code, "sequence": last + 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        "schemas": {d.name: {"version": d.version, "fingerprint": d.fingerprint}
+                                    for d in store.domains.values()}},
+                 changes, store.keyring, store.keyring.public)
+    return path
+
+
+def resolve_conflict(store_dir, secret: Secret, domains: dict[str, Domain], conflict_id: int,
+                     keep: str | None = None, value=None) -> Summary:
+    """Settle one open conflict: keep the candidate from an origin (or with a version), or set a value."""
+    if (keep is None) == (value is None):
+        raise SyncdbError("say which value wins: keep a candidate (--keep ORIGIN) or give one (--value TEXT)")
+    store = open_store(store_dir, secret, domains)
+    try:
+        found = store.conn.execute("SELECT tbl, key, col, candidates, status FROM conflicts WHERE id = ?",
+                                   (conflict_id,)).fetchone()
+        if found is None:
+            raise SyncdbError(f"there is no conflict #{conflict_id}; see `syncdb conflicts list`")
+        tbl, key, col, candidates, status = found
+        if status != "open":
+            raise SyncdbError(f"conflict #{conflict_id} is already {status}")
+        table = store.table(tbl)
+        key = bytes(key)
+        stored = store.conn.execute(
+            f"SELECT {', '.join(f'[{k}]' for k in table.key)} FROM [{table_name(table)}] WHERE _key = ?",
+            (key,)).fetchone()
+        key_values = {k: store.plain(table, k, v, key) for k, v in zip(table.key, stored)}
+        edit = {"table": tbl, "key": key_values}
+        if keep is not None:
+            chosen = [c for c in json.loads(candidates) if keep in (c["origin"], c["version"])]
+            if len(chosen) != 1:
+                origins = ", ".join(c["origin"] for c in json.loads(candidates))
+                raise SyncdbError(f"--keep {keep} names {len(chosen)} of the candidates ({origins}); "
+                                  "name one origin, or a version when an origin has several")
+            if chosen[0]["deleted"]:
+                edit["delete"] = True
+            else:
+                sealed = chosen[0]["value"]
+                plain = store.plain(table, col, bytes.fromhex(sealed) if table.columns[col].sensitive
+                                    and sealed is not None else sealed, key)
+                edit["cells"] = {col: plain}
+        else:
+            edit["cells"] = {col: value}
+    finally:
+        store.conn.close()
+    return office_edit(store_dir, secret, domains, [edit])
