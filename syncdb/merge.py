@@ -35,7 +35,7 @@ class Summary:
     duplicates: int = 0
     refused: list = field(default_factory=list)  # (file, message)
     applied: int = 0  # bundles
-    held: list = field(default_factory=list)  # (bundle name, missing sequence)
+    held: list = field(default_factory=list)  # (bundle name, why it waits)
     changes: int = 0
     rejected: list = field(default_factory=list)  # printable lines
     opened: int = 0
@@ -47,7 +47,7 @@ class Summary:
                f"changes: {self.changes} applied, {len(self.rejected)} rejected record(s)",
                f"conflicts: {self.opened} opened, {self.closed} closed"]
         out += [f"refused {name}: {why}" for name, why in self.refused]
-        out += [f"held {name}: waiting for bundle {missing} from that community" for name, missing in self.held]
+        out += [f"held {name}: {why}" for name, why in self.held]
         out += [f"rejected {line}" for line in self.rejected]
         return out
 
@@ -88,14 +88,44 @@ def apply_inbox(store: Store, store_dir: Path, summary: Summary, progress=None) 
         for sequence, name in queue:
             expected = last.get(origin, 0) + 1
             if sequence != expected:
-                summary.held.extend((n, expected) for s, n in queue if s >= sequence)
+                summary.held.extend((n, f"waiting for bundle {expected} from {origin}")
+                                    for s, n in queue if s >= sequence)
                 break
-            apply_bundle(store, office.inbox_dir(store_dir) / name, summary)
+            path = office.inbox_dir(store_dir) / name
+            mismatch = schema_mismatch(store, path)
+            if mismatch:
+                # Kept in the inbox, applied by the first merge after the schemas agree.
+                summary.held.extend((n, mismatch) for s, n in queue if s >= sequence)
+                break
+            apply_bundle(store, path, summary)
             last[origin] = sequence
             done += 1
             if progress:
                 progress(done, total, name)
     return summary
+
+
+def schema_mismatch(store: Store, path: Path) -> str | None:
+    """Why the office cannot apply this bundle under its own schemas, or None.
+
+    Only the domains the bundle has changes for are compared: a change
+    written under another schema could name columns the office does not
+    keep, and applying it would drop them.
+    """
+    with open(path, "rb") as f:
+        header, _ = bundle.read_header(f)
+    written = header.fields.get("schemas", {})
+    for domain in sorted({table.split(".")[0] for table in header["counts"]}):
+        ours = store.domains.get(domain)
+        theirs = written.get(domain, {})
+        if ours is None:
+            return (f"it has changes for domain '{domain}', which the office has no schema for; "
+                    f"add schemas/{domain}.toml at the office and merge again")
+        if theirs.get("fingerprint") != ours.fingerprint:
+            return (f"{header.origin} wrote '{domain}' under schema version {theirs.get('version')} "
+                    f"({theirs.get('fingerprint')}), the office has version {ours.version} "
+                    f"({ours.fingerprint}); bring both to the same schemas/{domain}.toml and merge again")
+    return None
 
 
 def apply_bundle(store: Store, path: Path, summary: Summary) -> None:

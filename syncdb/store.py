@@ -93,6 +93,18 @@ class Store:
             for table in self.tables.values():
                 for statement in create_sql(table):
                     conn.execute(statement)
+                self._add_new_columns(table)
+
+    def _add_new_columns(self, table: Table) -> None:
+        """A column added to a schema file is added to the store; nothing is ever dropped."""
+        name = table_name(table)
+        present = {row[1] for row in self.conn.execute(f"PRAGMA table_info([{name}])")}
+        for c in table.columns.values():
+            if c.name not in present:
+                self.conn.execute(f"ALTER TABLE [{name}] ADD COLUMN [{c.name}] {'BLOB' if c.sensitive else ''}")
+        for col in id_columns(table):
+            if f"{col}__bi" not in present:
+                self.conn.execute(f"ALTER TABLE [{name}] ADD COLUMN [{col}__bi] BLOB")
 
     def table(self, qualified: str) -> Table:
         try:

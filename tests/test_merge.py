@@ -455,3 +455,29 @@ def test_office_edit_refuses_an_unknown_record(tmp_path, domains):
     with pytest.raises(SyncdbError, match="no record"):
         resolve.office_edit(w.store, SECRET, domains, [
             {"table": "huji.persons", "key": {"id_number": id_number(1)}, "cells": {"phone": "13800000000"}}])
+
+
+def test_a_bundle_written_under_another_schema_is_held_not_lost(tmp_path, domains):
+    from syncdb.schema import DEFAULT_SCHEMAS, load_domains as load
+
+    w = World(tmp_path, domains)
+    w.insert(CODES[0], person(5, CODES[0]))
+    w.push(CODES[0])
+    # The office's huji schema has a column more than the community's.
+    office_schemas = tmp_path / "office-schemas"
+    shutil.copytree(DEFAULT_SCHEMAS, office_schemas)
+    toml = office_schemas / "huji.toml"
+    toml.write_text(toml.read_text(encoding="utf-8").replace(
+        'status         = {', 'note           = { type = "text", label = "备注" }\nstatus         = {'), encoding="utf-8")
+    newer = load(office_schemas, extra_policies=extra_policies())
+    summary = merge.merge(w.store, w.bundles, SECRET, newer)
+    assert summary.applied == 0 and summary.changes == 0
+    ((name, why),) = summary.held
+    assert "schema version 1" in why and "huji.toml" in why
+    # Once the community writes under the same schema (here: the office goes back), the inbox merges.
+    assert merge.merge(w.store, [], SECRET, domains).changes == 1
+    # And a store opened under the newer schema gains the new column, keeping every row.
+    merge.open_store(w.store, SECRET, newer).conn.close()
+    conn = sqlite3.connect(w.store / "store.db")
+    assert "note" in {r[1] for r in conn.execute("PRAGMA table_info(huji__persons)")}
+    assert conn.execute("SELECT count(*) FROM huji__persons").fetchone()[0] == 1
