@@ -22,6 +22,7 @@ from pathlib import Path
 
 from . import community, merge, office, server, transport, workdir
 from .conflicts import list_conflicts
+from .resolve import resolve_conflict
 from .crypto import Secret
 from .errors import SyncdbError
 from .sample import generate
@@ -120,7 +121,19 @@ def run_demo(directory, communities: int, residents: int, domains: dict, echo=pr
     for item in open_conflicts:
         sides = "; ".join(f"{c['origin']} says {c['value']}" for c in item["candidates"])
         echo(f"   #{item['id']} {item['table']} {item['record']} {item['column']} ({item['kind']}): {sides}")
-    echo(f"Try: SYNCDB_KEY_FILE={key_file} syncdb conflicts list {store}")
+    codes = list(folders)
+    for item in open_conflicts:
+        if item["kind"] == "duplicate-registration" and len(codes) > 1:
+            echo(f"== The data administrator settles #{item['id']}: the resident lives in {codes[1]} now")
+            echo(f"   syncdb conflicts resolve {store} {item['id']} --keep {codes[1]}")
+            summary = resolve_conflict(store, secret, domains, item["id"], keep=codes[1])
+            echo(f"   {summary.lines()[1]}; {summary.lines()[2]}")
+    left = list_conflicts(store, secret, domains)
+    echo(f"== {len(left)} open conflict(s) left; the audit ledger records every change and the resolution")
+    echo(f"Look around: export SYNCDB_KEY_FILE={key_file}")
+    echo(f"   syncdb conflicts list {store} --all")
+    echo(f"   syncdb audit verify {store}")
+    echo(f"   syncdb export {store} huji.persons --where status=normal | head")
     return {"store": store, "communities": folders}
 
 

@@ -125,10 +125,18 @@ def resolve_conflict(store_dir, secret: Secret, domains: dict[str, Domain], conf
             if chosen[0]["deleted"]:
                 edit["delete"] = True
             else:
+                # Keeping a community's side keeps its record: every cell of the row in
+                # conflict takes that community's version, not only the queued one.
+                origin = chosen[0]["origin"]
+                row = _Row(store, table, key, special=True)
+                edit["cells"] = {}
+                for column in table.columns:
+                    mine = [c for c in row.candidates(column) if c.origin == origin and c.live]
+                    if column not in table.key and len(row.candidates(column)) > 1 and mine:
+                        edit["cells"][column] = max(mine, key=lambda c: c.version).value
                 sealed = chosen[0]["value"]
-                plain = store.plain(table, col, bytes.fromhex(sealed) if table.columns[col].sensitive
-                                    and sealed is not None else sealed, key)
-                edit["cells"] = {col: plain}
+                edit["cells"][col] = store.plain(table, col, bytes.fromhex(sealed) if table.columns[col].sensitive
+                                                 and sealed is not None else sealed, key)
         else:
             edit["cells"] = {col: value}
     finally:

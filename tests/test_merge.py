@@ -440,6 +440,8 @@ def test_an_office_resolution_settles_a_conflict_in_any_order(tmp_path, domains)
     assert summary.closed == 1 and summary.applied == 1
     rows, conflicts = snapshot(w.store, domains)
     assert conflicts == set()
+    # Keeping b's registration keeps b's record, its community code included.
+    assert dict(next(iter(rows.values()))[1])["community_code"] == b
     assert audit.verify(merge.open_store(w.store, SECRET, domains)) == 3
     (office_bundle,) = office.inbox_dir(w.store).glob("office-*.bundle")
     # The resolution travels as a bundle: merged first or last elsewhere, the same store.
