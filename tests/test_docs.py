@@ -224,7 +224,7 @@ def _invocations(text):
                 break  # one command a line; later words are its arguments
 
 
-@pytest.mark.parametrize("page", ["README.md", "docs/schemas.md"])
+@pytest.mark.parametrize("page", ["README.md", "docs/schemas.md", "docs/merge.md"])
 def test_examples_use_real_commands_and_options(page):
     text = (ROOT / page).read_text(encoding="utf-8")
     seen = 0
@@ -285,3 +285,24 @@ def test_links_resolve(page, target):
     assert file.exists(), f"{page} links to {target}, which does not exist"
     if anchor and file.suffix == ".md":
         assert anchor in anchors(file), f"{page} links to {target}: {name} has no such heading"
+
+
+def _hookspecs():
+    from syncdb import hookspecs
+
+    return [name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "syncdb_spec")]
+
+
+@pytest.mark.parametrize("hook", _hookspecs())
+def test_plugin_hooks_are_documented(hook):
+    text = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
+    assert f"### `{hook}(" in text, f"hook {hook} has no section in docs/plugins.md"
+
+
+def test_every_hook_is_found():
+    assert {"resolve_conflict", "conflict_policies"} <= set(_hookspecs())
+
+
+@pytest.mark.parametrize("policy", schema.POLICIES)
+def test_policies_are_explained_in_merge_md(policy):
+    assert f"`{policy}`" in (ROOT / "docs" / "merge.md").read_text(encoding="utf-8")
