@@ -271,14 +271,22 @@ def _counts(counts):
 @click.option("--port", type=int, default=8765, show_default=True, help="Port to listen on.")
 @click.option("--max-bundle-mb", type=click.IntRange(min=1), default=256, show_default=True,
               help="Refuse uploads larger than this.")
-def serve(store, host, port, max_bundle_mb):
+@click.option("--merge/--no-merge", "merging", default=True, show_default=True,
+              help="Merge accepted bundles into the store (needs the office passphrase or key file); "
+                   "with --no-merge they wait in the inbox for `syncdb merge`.")
+@schemas_option
+def serve(store, host, port, max_bundle_mb, merging, schemas):
     """Run the office ingest service that `syncdb push --to` sends to.
 
-    Example: syncdb serve /srv/office --host 0.0.0.0 --port 8765
+    Accepted bundles are kept in the inbox, acknowledged, then merged.
+
+    Example: SYNCDB_KEY_FILE=/root/office.key syncdb serve /srv/office --host 0.0.0.0 --port 8765
     """
     from . import server
 
-    server.serve(store, host=host, port=port, max_body=max_bundle_mb * 1024 * 1024)
+    secret = _secret() if merging else None
+    server.serve(store, host=host, port=port, max_body=max_bundle_mb * 1024 * 1024,
+                 secret=secret, domains=load_domains(schemas) if merging else None)
 
 
 @cli.command()

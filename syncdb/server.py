@@ -12,8 +12,13 @@ simply send again), and a refusal names its reason with a status the
 community side can act on: 4xx means "do not send this again as it is", 5xx
 means "try again later".
 
-Only the bundle's header fields (community, sequence number) and refusal
-reasons are logged; request bodies never are.
+With a merger (``syncdb serve`` has one unless ``--no-merge``), every
+accepted bundle is merged into the store soon after it is acknowledged, one
+merge at a time; the acknowledgment itself only waits for the bundle to be
+safe in the inbox.
+
+Only the bundle's header fields (community, sequence number), refusal
+reasons and merge summaries (keys masked) are logged; request bodies never are.
 """
 
 from __future__ import annotations
@@ -47,18 +52,39 @@ STATUS_FOR_REASON = {
 ACKNOWLEDGED_PATH = re.compile(r"^/v1/communities/([^/]+)/acknowledged$")
 
 
-def app(store, max_body: int = 256 * 2**20):
-    """The ingest service for the office store at ``store``, as an ASGI callable."""
+def app(store, max_body: int = 256 * 2**20, merger=None):
+    """The ingest service for the office store at ``store``, as an ASGI callable.
+
+    ``merger``, if given, is called (in a worker thread, never two at once)
+    after each accepted bundle and once at start-up, to merge the inbox.
+    """
     store = Path(store)
     # Fail at start-up, not at the first push, when STORE is not an office store.
     office.connect(store).close()
     # One bundle at a time: office.receive checks "already received?" and then
     # writes, so two uploads of one sequence number must not interleave.
     receiving = asyncio.Lock()
+    merging = asyncio.Lock()
+    tasks = set()
+
+    async def merge_inbox():
+        async with merging:
+            try:
+                await asyncio.to_thread(merger)
+            except Exception:
+                # The bundles stay in the inbox; the next bundle or `syncdb merge` retries.
+                log.exception("merging the inbox failed; the bundles wait in the inbox")
+
+    def merge_soon():
+        if merger is None:
+            return
+        task = asyncio.get_running_loop().create_task(merge_inbox())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     async def application(scope, receive, send):
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await _lifespan(receive, send, on_startup=merge_soon)
             return
         if scope["type"] != "http":
             return
@@ -146,16 +172,33 @@ def app(store, max_body: int = 256 * 2**20):
             answer["message"] = "already have it"
             return await _json(send, 200, answer)
         answer["message"] = "received; it will be merged into the store"
-        return await _json(send, 201, answer)
+        await _json(send, 201, answer)
+        merge_soon()
 
     return application
 
 
-def serve(store, host: str = "127.0.0.1", port: int = 8765, max_body: int = 256 * 2**20) -> None:
-    """Run the ingest service with uvicorn until interrupted; logs go to stderr."""
+def serve(store, host: str = "127.0.0.1", port: int = 8765, max_body: int = 256 * 2**20,
+          secret=None, domains=None) -> None:
+    """Run the ingest service with uvicorn until interrupted; logs go to stderr.
+
+    With ``secret`` and ``domains`` it also merges what it accepts.
+    """
     import uvicorn
 
-    application = app(store, max_body=max_body)
+    merger = None
+    if secret is not None:
+        from . import merge as merge_lib
+
+        merge_lib.open_store(store, secret, domains).conn.close()  # a wrong key fails now, not later
+
+        def merger():
+            summary = merge_lib.merge(store, [], secret, domains)
+            if summary.applied or summary.held:
+                for line in summary.lines():
+                    log.info("merge: %s", line)
+
+    application = app(store, max_body=max_body, merger=merger)
     log_config = {
         "version": 1,
         "disable_existing_loggers": False,
@@ -176,10 +219,12 @@ def serve(store, host: str = "127.0.0.1", port: int = 8765, max_body: int = 256 
                 limit_concurrency=32, server_header=False)
 
 
-async def _lifespan(receive, send):
+async def _lifespan(receive, send, on_startup=None):
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            if on_startup:
+                on_startup()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
