@@ -6,6 +6,7 @@ import io
 import json
 import os
 import random
+import re
 import sqlite3
 import struct
 import tempfile
@@ -29,6 +30,7 @@ from syncdb.bundle import BundleError
 from syncdb.crypto import Keyring, PublicKey, Secret
 from syncdb.hlc import Stamp
 
+ROOT = Path(__file__).resolve().parent.parent
 CODE = "441900003001"
 SUITES = ["std", "gm"]
 KEYS = {s: (Keyring.generate("office", "office", s), Keyring.generate("community", CODE, s)) for s in SUITES}
@@ -105,6 +107,33 @@ def resign(data: bytes, frames: list[bytes], suite="std") -> bytes:
     before_payload = bundle.MAGIC + struct.pack(">I", len(header)) + header + struct.pack(">Q", len(payload))
     signature = KEYS[suite][1].sign(before_payload + hashlib.sha512(payload).digest())
     return before_payload + payload + signature
+
+
+def reheader(data: bytes, suite="std", **fields) -> bytes:
+    """The bundle with header fields replaced (the same payload), signed again by the real community key.
+
+    ``encryption`` is merged, not replaced. Like ``resign``, this is what a writer
+    holding the community's key could make: the refusals it meets are the reader's
+    own checks, not the signature's.
+    """
+    parts = layout(data)
+    header = json.loads(parts["header"])
+    header.update({k: v for k, v in fields.items() if k != "encryption"})
+    header["encryption"].update(fields.get("encryption", {}))
+    raw = json.dumps(header, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+    payload = data[parts["payload_start"]:parts["signature_start"]]
+    before_payload = bundle.MAGIC + struct.pack(">I", len(raw)) + raw + struct.pack(">Q", len(payload))
+    signature = KEYS[suite][1].sign(before_payload + hashlib.sha512(payload).digest())
+    return before_payload + payload + signature
+
+
+def documented_dictionary() -> bytes:
+    """The preset dictionary as docs/bundle-format.md quotes it, byte for byte."""
+    doc = (ROOT / "docs" / "bundle-format.md").read_text(encoding="utf-8")
+    section = doc[doc.index("### The zlib stream: `zlib-d1`"):]
+    section = section[:section.index("\n### ")]
+    (quoted,) = re.findall(r"^```text\n(.*?)\n```", section, re.M | re.S)
+    return quoted.encode("ascii")
 
 
 def chunks(data: bytes) -> list[bytes]:
@@ -199,18 +228,18 @@ def test_header_fields():
          "cells": {}, "base": {}, "hlc": stamp(9, 1)},
     ]
     data = write(changes, "gm", sequence=7, created="2026-06-30T02:00:00+0800",
-                 schemas={"huji": {"version": 1, "fingerprint": "ab" * 32}}, acknowledged=3)
+                 schemas={"huji": {"version": 1, "fingerprint": "ab" * 8}}, acknowledged=3)
     header = verify(data, "gm")
     assert json.loads(layout(data)["header"]) == header.fields
     assert header.raw == layout(data)["header"]
     assert header.fields == {
         "format": 1, "kind": "changes", "origin": CODE, "relay": [], "sequence": 7,
         "created": "2026-06-30T02:00:00+0800",
-        "schemas": {"huji": {"version": 1, "fingerprint": "ab" * 32}},
+        "schemas": {"huji": {"version": 1, "fingerprint": "ab" * 8}},
         "counts": {"huji.persons": {"insert": 0, "update": 1, "delete": 1}}, "changes": 2,
         "hlc": {"min": stamp(9, 1), "max": stamp(9, 2)},
         "recipient": office_ring.public.id, "signer": community_ring.public.id,
-        "compression": "zlib",
+        "compression": "zlib-d1",
         "encryption": {"suite": "gm", "kem": "x25519-hkdf", "ephemeral": header["encryption"]["ephemeral"],
                        "chunk_size": bundle.CHUNK_SIZE},
         "acknowledged": 3,
@@ -265,7 +294,20 @@ def test_a_reader_written_from_the_doc_reads_bundles(suite):
         stream += chunk
         index += 1
     assert index >= 2 and fields["encryption"]["chunk_size"] == 65536
-    lines = zlib.decompress(stream).split(b"\n")
+    # zlib-d1: a zlib stream with the preset dictionary the doc quotes in full.
+    assert fields["compression"] == "zlib-d1"
+    dictionary = documented_dictionary()
+    assert dictionary == bundle.ZDICT and len(dictionary) == 594
+    assert zlib.adler32(dictionary) == 0xFEC3CA77
+    assert hashlib.sha256(dictionary).hexdigest() == "614c32c8a2d078ffaa4cdd2a2a798d8a1847044c98fa14b845243ceef64a52b9"
+    cmf, flg = stream[0], stream[1]
+    assert cmf & 0x0F == 8 and (cmf * 256 + flg) % 31 == 0 and flg & 0x20  # deflate, FDICT set
+    assert stream[:6] == bytes.fromhex("78F9FEC3CA77")  # ... and DICTID, the dictionary's Adler-32
+    with pytest.raises(zlib.error):  # without the dictionary zlib stops at Z_NEED_DICT
+        zlib.decompress(stream)
+    inflater = zlib.decompressobj(zdict=dictionary)
+    lines = (inflater.decompress(stream) + inflater.flush()).split(b"\n")
+    assert inflater.eof and not inflater.unused_data
     assert lines[-1] == b""
     assert [json.loads(line) for line in lines[:-1]] == changes
 
@@ -478,6 +520,32 @@ def test_unknown_format_is_unsupported():
     with pytest.raises(BundleError) as refused:
         verify(data)
     assert refused.value.reason == "unsupported"
+
+
+def test_compression_without_the_dictionary_is_unsupported(small_bundle):
+    """A header saying "zlib" (no preset dictionary), validly signed, is refused before any chunk is read."""
+    data = reheader(small_bundle, compression="zlib")
+    assert json.loads(layout(data)["header"])["compression"] == "zlib"
+    verify(data)  # the signature holds: the refusal is the reader's
+    got, refused = read_until_refused(data)
+    assert got == [] and refused.reason == "unsupported"
+    for other in ("zlib-d2", "ZLIB-D1", "", None):
+        got, refused = read_until_refused(reheader(small_bundle, compression=other))
+        assert got == [] and refused.reason == "unsupported"
+
+
+def test_chunk_larger_than_chunk_size_is_garbled(multi_chunk_bundle):
+    """A sealed_len over chunk_size + 16 is refused before the frame is read."""
+    changes, data = multi_chunk_bundle
+    assert read(reheader(data)) == changes  # re-signing alone changes nothing
+    # The first chunk holds chunk_size bytes: one byte less in the header and its frame is too large.
+    got, refused = read_until_refused(reheader(data, encryption={"chunk_size": bundle.CHUNK_SIZE - 1}))
+    assert got == [] and refused.reason == "garbled"
+    # A frame claiming 4 GiB: refused at its length, not read.
+    frames = chunks(data)
+    huge = struct.pack(">I", 0xFFFFFFFF) + frames[0][4:]
+    got, refused = read_until_refused(resign(data, [huge, *frames[1:]]))
+    assert got == [] and refused.reason == "garbled"
 
 
 # ------------------------------------------------------------------ capture → export → bundle, end to end
