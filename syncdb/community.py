@@ -136,9 +136,11 @@ def _diff(table: Table, key_json: str, current: dict | None, shadow: tuple | Non
         return {"table": table.qualified, "op": "delete", "key": key, "cells": {},
                 "base": {c: v for c, v in versions.items() if v}}
     if old_row is None:
-        # A new row: its empty cells are simply absent, and no cell has a base.
+        # A new row: its empty cells are simply absent. A row deleted before and
+        # entered again is based on the delete, so the office sees no conflict.
         cells = {c: v for c, v in current.items() if c not in table.key and v is not None}
-        return {"table": table.qualified, "op": "insert", "key": key, "cells": cells, "base": {}}
+        return {"table": table.qualified, "op": "insert", "key": key, "cells": cells,
+                "base": {c: v for c, v in versions.items() if v}}
     cells = {c: v for c, v in current.items() if c not in table.key
              and (old_row.get(c) != v or type(old_row.get(c)) is not type(v))}
     if not cells:
@@ -257,14 +259,20 @@ def export(workdir_path, domains: dict[str, Domain], secret: Secret, notify=lamb
 def _apply_to_shadow(state, table: Table, key_json: str, change: dict) -> None:
     old = state.execute("SELECT row, versions FROM shadow WHERE tbl = ? AND key = ?",
                         (table.qualified, key_json)).fetchone()
+    non_key = [c for c in table.columns if c not in table.key]
     if change["op"] == "delete":
-        state.execute("DELETE FROM shadow WHERE tbl = ? AND key = ?", (table.qualified, key_json))
+        # Kept as a tombstone (row null): a later insert of the same key is based on it.
+        state.execute("INSERT OR REPLACE INTO shadow VALUES (?, ?, 'null', ?)", (
+            table.qualified, key_json, json.dumps({c: change["hlc"] for c in non_key})))
         return
-    row = json.loads(old[0]) if old else {}
+    row = (json.loads(old[0]) if old else None) or {}
     versions = json.loads(old[1]) if old else {}
     row.update(change["key"])
     row.update(change["cells"])
-    for column in change["cells"]:
+    # An insert sets every cell, the empty ones too (the office versions them all),
+    # so a later delete or update names the right base for each.
+    changed = non_key if change["op"] == "insert" else change["cells"]
+    for column in changed:
         versions[column] = change["hlc"]
     state.execute("INSERT OR REPLACE INTO shadow VALUES (?, ?, ?, ?)", (
         table.qualified, key_json, json.dumps(row, ensure_ascii=False), json.dumps(versions)))

@@ -483,3 +483,71 @@ def test_a_bundle_written_under_another_schema_is_held_not_lost(tmp_path, domain
     conn = sqlite3.connect(w.store / "store.db")
     assert "note" in {r[1] for r in conn.execute("PRAGMA table_info(huji__persons)")}
     assert conn.execute("SELECT count(*) FROM huji__persons").fetchone()[0] == 1
+
+
+def _open_conflicts(store):
+    conn = sqlite3.connect(store / "store.db")
+    try:
+        return conn.execute("SELECT col, kind FROM conflicts WHERE status = 'open' ORDER BY col").fetchall()
+    finally:
+        conn.close()
+
+
+def test_update_against_delete_is_queued_never_dropped(tmp_path, domains):
+    from syncdb import resolve
+
+    w = World(tmp_path, domains)
+    a = CODES[0]
+    w.insert(a, person(6, a))
+    w.push(a)
+    merge.merge(w.store, w.bundles, SECRET, domains)
+    # The office corrects the phone while the community, not knowing, deletes the resident.
+    resolve.office_edit(w.store, SECRET, domains, [
+        {"table": "huji.persons", "key": {"id_number": id_number(6)}, "cells": {"phone": "13800138006"}}])
+    w.sql(a, "DELETE FROM persons")
+    w.push(a)
+    summary = merge.merge(w.store, w.bundles[-1:], SECRET, domains)
+    assert summary.opened == 1
+    assert _open_conflicts(w.store) == [("phone", "update-delete")]
+    listed = __import__("syncdb.conflicts", fromlist=["x"]).list_conflicts(w.store, SECRET, domains)
+    (item,) = listed
+    assert sorted((c["origin"], c["deleted"], c["value"]) for c in item["candidates"]) == [
+        (a, True, None), ("office", False, "13800138006")]
+
+
+def test_the_same_value_reached_concurrently_is_no_conflict(tmp_path, domains):
+    from syncdb import resolve
+
+    w = World(tmp_path, domains)
+    a = CODES[0]
+    w.insert(a, person(7, a))
+    w.push(a)
+    merge.merge(w.store, w.bundles, SECRET, domains)
+    resolve.office_edit(w.store, SECRET, domains, [
+        {"table": "huji.persons", "key": {"id_number": id_number(7)}, "cells": {"name": "王小明"}}])
+    w.sql(a, "UPDATE persons SET name = '王小明'")  # name is a manual column: a real difference would be queued
+    w.push(a)
+    summary = merge.merge(w.store, w.bundles[-1:], SECRET, domains)
+    assert summary.changes == 1 and summary.opened == 0 and _open_conflicts(w.store) == []
+    w.sql(a, "UPDATE persons SET name = '王晓明'")
+    resolve.office_edit(w.store, SECRET, domains, [
+        {"table": "huji.persons", "key": {"id_number": id_number(7)}, "cells": {"name": "王小名"}}])
+    w.push(a)
+    merge.merge(w.store, w.bundles[-1:], SECRET, domains)
+    assert _open_conflicts(w.store) == [("name", "value")]
+
+
+def test_a_resident_deleted_and_entered_again_is_no_conflict(tmp_path, domains):
+    w = World(tmp_path, domains)
+    a = CODES[0]
+    w.insert(a, person(8, a))
+    w.push(a)
+    w.sql(a, "DELETE FROM persons")
+    w.push(a)
+    w.insert(a, person(8, a, phone="13800138008"))
+    w.push(a)
+    summary = merge.merge(w.store, w.bundles, SECRET, domains)
+    assert summary.changes == 3 and summary.opened == 0
+    rows, conflicts = snapshot(w.store, domains)
+    ((exists, values),) = rows.values()
+    assert exists == 1 and dict(values)["phone"] == "13800138008" and conflicts == set()
