@@ -97,7 +97,16 @@ def apply_inbox(store: Store, store_dir: Path, summary: Summary, progress=None) 
                 # Kept in the inbox, applied by the first merge after the schemas agree.
                 summary.held.extend((n, mismatch) for s, n in queue if s >= sequence)
                 break
-            apply_bundle(store, path, summary)
+            try:
+                apply_bundle(store, path, summary)
+            except bundle.BundleError as e:
+                # Verified when it arrived, so the office's own copy was damaged since:
+                # nothing of it is applied, the other communities go on.
+                office.quarantine_copy(store_dir, path, e)
+                summary.refused.append((name, f"the inbox copy no longer verifies ({e}); it is kept in "
+                                              "the inbox and copied to quarantine: restore it from a "
+                                              "backup of the store folder, then merge again"))
+                break
             last[origin] = sequence
             done += 1
             if progress:

@@ -194,6 +194,16 @@ def _refuse(store, data, header, reason, message, source="upload"):
     raise Refused(message, reason)
 
 
+def quarantine_copy(store, path: Path, error: bundle.BundleError) -> None:
+    """Copy a damaged inbox bundle to quarantine with the reason beside it."""
+    qdir = quarantine_dir(store)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    write_atomic(qdir / f"{stamp}-inbox-{path.name}", path.read_bytes())
+    write_atomic(qdir / f"{stamp}-inbox-{path.name}.reason.json", json.dumps(
+        {"reason": error.reason, "message": str(error), "source": f"inbox {path.name}"},
+        ensure_ascii=False, indent=2).encode())
+
+
 def receive_files(store, paths) -> list[tuple[Path, Receipt | Refused]]:
     """Receive bundle files or folders of them (a USB stick, a copied outbox)."""
     results = []

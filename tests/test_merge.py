@@ -551,3 +551,23 @@ def test_a_resident_deleted_and_entered_again_is_no_conflict(tmp_path, domains):
     rows, conflicts = snapshot(w.store, domains)
     ((exists, values),) = rows.values()
     assert exists == 1 and dict(values)["phone"] == "13800138008" and conflicts == set()
+
+
+def test_a_damaged_inbox_copy_is_quarantined_and_the_others_merge(tmp_path, domains):
+    w = World(tmp_path, domains)
+    w.insert(CODES[0], person(1, CODES[0]))
+    w.insert(CODES[1], person(2, CODES[1]))
+    w.push(CODES[0])
+    w.push(CODES[1])
+    for path in w.bundles:
+        office.receive(w.store, path.read_bytes())
+    damaged = office.inbox_dir(w.store) / w.bundles[0].name
+    data = bytearray(damaged.read_bytes())
+    data[-100] ^= 1  # inside the payload: the signature no longer holds
+    damaged.write_bytes(bytes(data))
+    summary = merge.merge(w.store, [], SECRET, domains)
+    assert summary.applied == 1 and summary.changes == 1
+    ((name, why),) = summary.refused
+    assert name == damaged.name and "restore it from a backup" in why
+    assert any(p.name.endswith(f"inbox-{damaged.name}.reason.json") for p in office.quarantine_dir(w.store).iterdir())
+    assert damaged.exists()
