@@ -26,25 +26,34 @@ _NOW_MS = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
 
 
 def _trigger_names(table: Table) -> list[str]:
-    return [f"_syncdb_{table.name}_{op}" for op in ("insert", "update", "delete")]
+    return [f"_syncdb_{table.name}_{op}" for op in ("insert", "update", "delete", "rekey")]
 
 
 def _key_json(prefix: str, table: Table) -> str:
+    # A one-column key is logged as its bare value (the log's key column has no
+    # type, so an integer stays an integer): one function call less per write.
+    if len(table.key) == 1:
+        return f"{prefix}.[{table.key[0]}]"
     return "json_array(" + ", ".join(f"{prefix}.[{k}]" for k in table.key) + ")"
 
 
 def trigger_sql(table: Table) -> list[str]:
-    ins, upd, dele = _trigger_names(table)
+    ins, upd, dele, rekey = _trigger_names(table)
     new_key, old_key = _key_json("NEW", table), _key_json("OLD", table)
+    key_cols = ", ".join(f"[{k}]" for k in table.key)
     key_moved = " OR ".join(f"OLD.[{k}] IS NOT NEW.[{k}]" for k in table.key)
+
+    def log(key):
+        return f"INSERT INTO {LOG}(tbl, key, ms) VALUES ('{table.name}', {key}, {_NOW_MS});"
+
     return [
-        f"CREATE TRIGGER IF NOT EXISTS [{ins}] AFTER INSERT ON [{table.name}] BEGIN "
-        f"INSERT INTO {LOG}(tbl, key, ms) VALUES ('{table.name}', {new_key}, {_NOW_MS}); END",
-        f"CREATE TRIGGER IF NOT EXISTS [{upd}] AFTER UPDATE ON [{table.name}] BEGIN "
-        f"INSERT INTO {LOG}(tbl, key, old_key, ms) VALUES ('{table.name}', {new_key}, "
-        f"CASE WHEN {key_moved} THEN {old_key} END, {_NOW_MS}); END",
-        f"CREATE TRIGGER IF NOT EXISTS [{dele}] AFTER DELETE ON [{table.name}] BEGIN "
-        f"INSERT INTO {LOG}(tbl, key, ms) VALUES ('{table.name}', {old_key}, {_NOW_MS}); END",
+        f"CREATE TRIGGER IF NOT EXISTS [{ins}] AFTER INSERT ON [{table.name}] BEGIN {log(new_key)} END",
+        f"CREATE TRIGGER IF NOT EXISTS [{upd}] AFTER UPDATE ON [{table.name}] BEGIN {log(new_key)} END",
+        f"CREATE TRIGGER IF NOT EXISTS [{dele}] AFTER DELETE ON [{table.name}] BEGIN {log(old_key)} END",
+        # A natural key changed: the old key is gone too. Its own trigger keeps the
+        # common update to one small row.
+        f"CREATE TRIGGER IF NOT EXISTS [{rekey}] AFTER UPDATE OF {key_cols} ON [{table.name}] "
+        f"WHEN {key_moved} BEGIN {log(old_key)} END",
     ]
 
 
@@ -60,7 +69,7 @@ def install(conn: sqlite3.Connection, domain: Domain) -> str:
             conn.execute(table.create_sql())
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS {LOG} (seq INTEGER PRIMARY KEY, "
-            "tbl TEXT NOT NULL, key TEXT NOT NULL, old_key TEXT, ms INTEGER NOT NULL)")
+            "tbl TEXT NOT NULL, key NOT NULL, ms INTEGER NOT NULL)")
         conn.execute(f"CREATE TABLE IF NOT EXISTS {META} (name TEXT PRIMARY KEY, value TEXT)")
         conn.execute(f"INSERT OR IGNORE INTO {META} VALUES ('capture_id', ?)", (uuid.uuid4().hex,))
         conn.execute(f"INSERT OR IGNORE INTO {META} VALUES ('generation', '0')")
@@ -105,15 +114,14 @@ def logged_keys(conn: sqlite3.Connection, domain: Domain) -> tuple[int, dict[str
     """Keys named in the log since it was last cleared: {table: {key_json: latest ms}}, and the last seq."""
     keys: dict[str, dict[str, int]] = {name: {} for name in domain.tables}
     last = 0
-    for seq, tbl, key, old_key, ms in conn.execute(f"SELECT seq, tbl, key, old_key, ms FROM {LOG} ORDER BY seq"):
+    for seq, tbl, key, ms in conn.execute(f"SELECT seq, tbl, key, ms FROM {LOG} ORDER BY seq"):
         last = seq
         if tbl not in keys:
             continue  # a table no longer in the schema
-        for k in (key, old_key):
-            if k is not None:
-                # Normalise the JSON so the same key logged twice is one entry.
-                k = json.dumps(json.loads(k), ensure_ascii=False)
-                keys[tbl][k] = max(ms, keys[tbl].get(k, ms))
+        # The shadow's form of a key: JSON of the list of key values.
+        values = [key] if len(domain.tables[tbl].key) == 1 else json.loads(key)
+        k = json.dumps(values, ensure_ascii=False)
+        keys[tbl][k] = max(ms, keys[tbl].get(k, ms))
     return last, keys
 
 
