@@ -28,7 +28,7 @@ from . import bundle, capture, workdir
 from .crypto import Keyring, PublicKey, Secret
 from .errors import SyncdbError
 from .files import write_atomic
-from .hlc import Clock, Stamp
+from .hlc import Clock, Stamp, pack_versions, unpack_versions
 from .schema import Domain, Table
 from .validate import VALIDATORS, Invalid
 
@@ -128,7 +128,7 @@ def _set_meta(conn, name, value):
 def _diff(table: Table, key_json: str, current: dict | None, shadow: tuple | None):
     """The change that turns the shadow row into the current row, or None."""
     old_row = json.loads(shadow[0]) if shadow else None
-    versions = json.loads(shadow[1]) if shadow else {}
+    versions = unpack_versions(shadow[1], [c for c in table.columns if c not in table.key]) if shadow else {}
     key = dict(zip(table.key, json.loads(key_json)))
     if current is None and old_row is None:
         return None
@@ -263,10 +263,10 @@ def _apply_to_shadow(state, table: Table, key_json: str, change: dict) -> None:
     if change["op"] == "delete":
         # Kept as a tombstone (row null): a later insert of the same key is based on it.
         state.execute("INSERT OR REPLACE INTO shadow VALUES (?, ?, 'null', ?)", (
-            table.qualified, key_json, json.dumps({c: change["hlc"] for c in non_key})))
+            table.qualified, key_json, pack_versions({c: change["hlc"] for c in non_key}, non_key)))
         return
     row = (json.loads(old[0]) if old else None) or {}
-    versions = json.loads(old[1]) if old else {}
+    versions = unpack_versions(old[1], non_key) if old else {}
     row.update(change["key"])
     row.update(change["cells"])
     # An insert sets every cell, the empty ones too (the office versions them all),
@@ -275,7 +275,7 @@ def _apply_to_shadow(state, table: Table, key_json: str, change: dict) -> None:
     for column in changed:
         versions[column] = change["hlc"]
     state.execute("INSERT OR REPLACE INTO shadow VALUES (?, ?, ?, ?)", (
-        table.qualified, key_json, json.dumps(row, ensure_ascii=False), json.dumps(versions)))
+        table.qualified, key_json, json.dumps(row, ensure_ascii=False), pack_versions(versions, non_key)))
 
 
 def _remove_orphans(folder: Path, code: str, next_seq: int) -> None:

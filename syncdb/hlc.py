@@ -9,6 +9,7 @@ in SQL — orders them by (milliseconds, counter, node).
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
@@ -65,3 +66,28 @@ class Clock:
             remote = Stamp.parse(remote)
         if (remote.ms, remote.counter) > (self.last.ms, self.last.counter):
             self.last = Stamp(remote.ms, remote.counter, self.node)
+
+
+# A row's cell versions, as stored at the office (_versions) and in a community's
+# shadow: most cells share one version, so it is written once.
+def pack_versions(versions: dict, columns) -> str:
+    """Store the most common version once as "*", the others by column, and "-" the unset."""
+    if not versions:
+        return "{}"
+    counts = {}
+    for v in versions.values():
+        counts[v] = counts.get(v, 0) + 1
+    common = max(counts, key=lambda v: (counts[v], v))
+    packed = {"*": common}
+    packed.update({c: v for c, v in versions.items() if v != common})
+    unset = [c for c in columns if c not in versions]
+    if unset:
+        packed["-"] = unset
+    return json.dumps(packed, separators=(",", ":"))
+
+
+def unpack_versions(text: str | None, columns) -> dict:
+    packed = json.loads(text or "{}")
+    default = packed.pop("*", None)
+    unset = set(packed.pop("-", ()))
+    return {c: packed.get(c, default) for c in columns if c not in unset and packed.get(c, default)}

@@ -23,6 +23,7 @@ from pathlib import Path
 from . import audit, bundle, office
 from .crypto import Secret
 from .plugins import manager
+from .hlc import pack_versions, unpack_versions
 from .rules import Candidate, Decision
 from .schema import Domain, Table
 from .store import Store, id_columns, mask, table_name
@@ -178,7 +179,7 @@ class _Row:
         self.exists = found is not None
         self.stored = dict(zip([d[0] for d in cursor.description], found)) if found else {}
         non_key = [c for c in table.columns if c not in table.key]
-        self.versions = _unpack_versions(self.stored.get("_versions"), non_key)
+        self.versions = unpack_versions(self.stored.get("_versions"), non_key)
         self.frontiers: dict[str, list[Candidate]] = {}
         self.open_conflicts: set[str] = set()
         self.dominated: set[tuple[str, str]] = set()
@@ -397,7 +398,7 @@ class _Merger:
             else:
                 values[f"{col}__bi"] = row.stored.get(f"{col}__bi")
         exists = any(not v.startswith("~") for v in versions.values())
-        values["_versions"] = _pack_versions(versions, [c for c in table.columns if c not in table.key])
+        values["_versions"] = pack_versions(versions, [c for c in table.columns if c not in table.key])
         values["_exists"] = 1 if exists else 0
         values["_key"] = key
         cols = list(values)
@@ -417,29 +418,6 @@ class _Merger:
             self.special.add((table.qualified, key))
             conn.executemany("INSERT OR IGNORE INTO dominated VALUES (?, ?, ?, ?)",
                              [(table.qualified, key, col, v) for col, v in row.new_dominated])
-
-
-def _pack_versions(versions: dict, columns) -> str:
-    """Store the most common version once as "*", the others by column, and "-" the unset."""
-    if not versions:
-        return "{}"
-    counts = {}
-    for v in versions.values():
-        counts[v] = counts.get(v, 0) + 1
-    common = max(counts, key=lambda v: (counts[v], v))
-    packed = {"*": common}
-    packed.update({c: v for c, v in versions.items() if v != common})
-    unset = [c for c in columns if c not in versions]
-    if unset:
-        packed["-"] = unset
-    return json.dumps(packed, separators=(",", ":"))
-
-
-def _unpack_versions(text: str | None, columns) -> dict:
-    packed = json.loads(text or "{}")
-    default = packed.pop("*", None)
-    unset = set(packed.pop("-", ()))
-    return {c: packed.get(c, default) for c in columns if c not in unset and packed.get(c, default)}
 
 
 def _sealed_text(value):
