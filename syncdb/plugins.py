@@ -13,8 +13,9 @@ from pathlib import Path
 import pluggy
 
 from . import hookspecs, rules
+from .schema import shipped
 
-DEFAULT_PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
+DEFAULT_PLUGINS = shipped("plugins")
 
 _manager = None
 

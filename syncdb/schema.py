@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,15 @@ from pathlib import Path
 from . import codes
 from .errors import SchemaError
 
+def shipped(folder: str) -> Path:
+    """A folder shipped with syncdb: beside the package in a checkout, else where pip put it."""
+    checkout = Path(__file__).resolve().parent.parent / folder
+    installed = Path(sys.prefix) / "share" / "syncdb" / folder
+    return checkout if checkout.is_dir() or not installed.is_dir() else installed
+
+
 # Where the shipped schemas live; SYNCDB_SCHEMAS or --schemas points elsewhere.
-DEFAULT_SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+DEFAULT_SCHEMAS = shipped("schemas")
 
 DOMAIN_KEYWORDS = {
     "label": "Chinese name of the domain, shown in Datasette",

@@ -131,3 +131,19 @@ def test_schemas_check_command(tmp_path):
     result = runner.invoke(cli, ["schemas", "check", "--schemas", str(tmp_path)])
     assert result.exit_code == 1
     assert "table 'things', column 'nope'" in result.output
+
+
+@pytest.mark.slow
+def test_a_wheel_ships_the_schemas_and_plugins(tmp_path):
+    """`pip install .` (not editable) must find the shipped domains and the transfer rule."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = DEFAULT_SCHEMAS.parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                    "-w", str(tmp_path), str(root)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("syncdb-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for expected in ("schemas/huji.toml", "schemas/liudong.toml", "plugins/transfer.py"):
+        assert any(n.endswith(f".data/data/share/syncdb/{expected}") for n in names), expected
