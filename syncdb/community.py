@@ -30,7 +30,7 @@ from .errors import SyncdbError
 from .files import write_atomic
 from .hlc import Clock, Stamp, pack_versions, unpack_versions
 from .schema import Domain, Table
-from .validate import VALIDATORS, Invalid
+from .validate import VALIDATORS, Invalid, check_record
 
 STATE_DIR = ".syncdb"
 
@@ -42,6 +42,7 @@ class ExportResult:
     changes: int
     counts: dict = field(default_factory=dict)
     full_compares: dict = field(default_factory=dict)  # domain -> why
+    held: list = field(default_factory=list)  # "table / key / field: why" of records not sent until fixed
 
 
 def state_dir(workdir_path) -> Path:
@@ -107,6 +108,8 @@ def _state(workdir_path) -> sqlite3.Connection:
         CREATE TABLE IF NOT EXISTS shadow (
             tbl TEXT NOT NULL, key TEXT NOT NULL, row TEXT NOT NULL, versions TEXT NOT NULL,
             PRIMARY KEY (tbl, key)) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS held (
+            tbl TEXT NOT NULL, key TEXT NOT NULL, why TEXT NOT NULL, PRIMARY KEY (tbl, key)) WITHOUT ROWID;
         CREATE TABLE IF NOT EXISTS sources (
             domain TEXT PRIMARY KEY, capture_id TEXT, generation INTEGER);
         CREATE TABLE IF NOT EXISTS bundles (
@@ -149,37 +152,52 @@ def _diff(table: Table, key_json: str, current: dict | None, shadow: tuple | Non
             "base": {c: versions[c] for c in cells if versions.get(c)}}
 
 
-def _changes_of(conn, state, domain: Domain, full_reason):
-    """Yield (ms, table, key_json, change) for one working database; and the last log seq."""
+def _changes_of(conn, state, domain: Domain, full_reason, vetted: dict):
+    """(ms, table, key_json, change) for one working database, and the last log seq.
+
+    A record that fails validation is not sent: it is held back (``vetted``
+    collects table/key → why, or None once it passes) and looked at again at
+    every push until it is fixed, so the office never gets half a record.
+    """
     out = []
+
+    def consider(ms, table, key_json, current):
+        shadow = state.execute("SELECT row, versions FROM shadow WHERE tbl = ? AND key = ?",
+                               (table.qualified, key_json)).fetchone()
+        change = _diff(table, key_json, current, shadow)
+        if current is not None:
+            errors = [p for p in check_record(table, current, domain) if p.severity == "error"]
+            vetted[(table.qualified, key_json)] = "; ".join(f"{p.field}: {p.why}" for p in errors) or None
+            if errors:
+                return
+        else:
+            vetted[(table.qualified, key_json)] = None
+        if change:
+            out.append((ms, table, key_json, change))
+
+    now = int(time.time() * 1000)
     if full_reason:
         last_seq = conn.execute(f"SELECT coalesce(max(seq), 0) FROM {capture.LOG}").fetchone()[0] \
             if capture.meta(conn) else 0
-        now = int(time.time() * 1000)
         for table in domain.tables.values():
             seen = set()
             for key_json, row in capture.all_rows(conn, table):
                 seen.add(key_json)
-                shadow = state.execute("SELECT row, versions FROM shadow WHERE tbl = ? AND key = ?",
-                                       (table.qualified, key_json)).fetchone()
-                change = _diff(table, key_json, row, shadow)
-                if change:
-                    out.append((now, table, key_json, change))
+                consider(now, table, key_json, row)
             for key_json, srow, sversions in state.execute(
                     "SELECT key, row, versions FROM shadow WHERE tbl = ?", (table.qualified,)).fetchall():
                 if key_json not in seen:
-                    out.append((now, table, key_json, _diff(table, key_json, None, (srow, sversions))))
+                    consider(now, table, key_json, None)
         return last_seq, out
     last_seq, logged = capture.logged_keys(conn, domain)
+    for tname, key_json in state.execute("SELECT tbl, key FROM held").fetchall():
+        domain_name, _, table_name = tname.partition(".")
+        if domain_name == domain.name and table_name in logged:
+            logged[table_name].setdefault(key_json, now)
     for tname, keys in logged.items():
         table = domain.tables[tname]
         for key_json, ms in keys.items():
-            current = capture.read_row(conn, table, json.loads(key_json))
-            shadow = state.execute("SELECT row, versions FROM shadow WHERE tbl = ? AND key = ?",
-                                   (table.qualified, key_json)).fetchone()
-            change = _diff(table, key_json, current, shadow)
-            if change:
-                out.append((ms, table, key_json, change))
+            consider(ms, table, key_json, capture.read_row(conn, table, json.loads(key_json)))
     return last_seq, out
 
 
@@ -201,7 +219,7 @@ def export(workdir_path, domains: dict[str, Domain], secret: Secret, notify=lamb
         _remove_orphans(folder, code, next_seq)
         clock = Clock(code, Stamp.parse(_meta(state, "hlc")) if _meta(state, "hlc") else None)
 
-        collected, cleanups, full_compares = [], [], {}
+        collected, cleanups, full_compares, vetted = [], [], {}, {}
         for domain in domains.values():
             path = workdir.db_path(folder, domain.name)
             if not path.exists():
@@ -215,7 +233,7 @@ def export(workdir_path, domains: dict[str, Domain], secret: Secret, notify=lamb
                 full_compares[domain.name] = reason
                 notify(f"{domain.name}.db: {reason}; comparing every row with what was last sent")
                 capture.install(conn, domain)
-            last_seq, changes = _changes_of(conn, state, domain, reason)
+            last_seq, changes = _changes_of(conn, state, domain, reason, vetted)
             collected.extend(changes)
             current = capture.meta(conn)
             cleanups.append((domain, conn, last_seq, current["capture_id"], int(current["generation"])))
@@ -225,7 +243,11 @@ def export(workdir_path, domains: dict[str, Domain], secret: Secret, notify=lamb
         for ms, _, _, change in collected:
             change["hlc"] = str(clock.tick(ms))
 
-        result = ExportResult(None, None, len(collected), full_compares=full_compares)
+        held = [f"{tbl} / {' / '.join(map(str, json.loads(key_json)))} / {why}"
+                for (tbl, key_json), why in sorted(vetted.items()) if why]
+        for line in held:
+            notify(f"not sent until fixed: {line}")
+        result = ExportResult(None, None, len(collected), full_compares=full_compares, held=held)
         if collected:
             path = outbox_dir(folder) / bundle.file_name(code, next_seq)
             header = bundle.write(
@@ -234,12 +256,17 @@ def export(workdir_path, domains: dict[str, Domain], secret: Secret, notify=lamb
                  "schemas": {d.name: {"version": d.version, "fingerprint": d.fingerprint}
                              for d in domains.values()}},
                 (change for _, _, _, change in collected), ring, office_key)
-            result = ExportResult(next_seq, path, len(collected), header["counts"], full_compares)
+            result = ExportResult(next_seq, path, len(collected), header["counts"], full_compares, held)
 
         with state:
             state.execute("BEGIN IMMEDIATE")
             for _, table, key_json, change in collected:
                 _apply_to_shadow(state, table, key_json, change)
+            for (tbl, key_json), why in vetted.items():
+                if why:
+                    state.execute("INSERT OR REPLACE INTO held VALUES (?, ?, ?)", (tbl, key_json, why))
+                else:
+                    state.execute("DELETE FROM held WHERE tbl = ? AND key = ?", (tbl, key_json))
             for domain, _, _, capture_id, generation in cleanups:
                 state.execute("INSERT OR REPLACE INTO sources VALUES (?, ?, ?)",
                               (domain.name, capture_id, generation + 1))

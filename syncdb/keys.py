@@ -40,7 +40,8 @@ def rotate(store_dir, secret: Secret, domains, resume_only=False, progress=None)
             name = table_name(table)
             done = 0
             while True:
-                stale = " OR ".join(f"(typeof([{c}]) = 'blob' AND unicode(substr([{c}], 2, 1)) != {current})"
+                # Compare the key-id byte as bytes: unicode() of a lone byte >= 0xC0 is not its value.
+                stale = " OR ".join(f"(typeof([{c}]) = 'blob' AND substr([{c}], 2, 1) != x'{current:02x}')"
                                     for c in sensitive)
                 batch = store.conn.execute(
                     f"SELECT _key, {', '.join(f'[{c}]' for c in sensitive)} FROM [{name}] WHERE {stale} LIMIT {BATCH}"
@@ -76,7 +77,7 @@ def _unfinished(store_dir, secret, domains, key_id) -> bool:
             for c in table.sensitive_columns:
                 if store.conn.execute(
                         f"SELECT 1 FROM [{table_name(table)}] WHERE typeof([{c}]) = 'blob' "
-                        f"AND unicode(substr([{c}], 2, 1)) != ? LIMIT 1", (int(key_id),)).fetchone():
+                        f"AND substr([{c}], 2, 1) != ? LIMIT 1", (bytes([int(key_id)]),)).fetchone():
                     return True
         return False
     finally:

@@ -27,7 +27,7 @@ from .hlc import pack_versions, unpack_versions
 from .rules import Candidate, Decision
 from .schema import Domain, Table
 from .store import Store, id_columns, mask, table_name
-from .validate import check_record
+from .validate import Problem, check_record
 
 
 @dataclass
@@ -108,6 +108,12 @@ def apply_inbox(store: Store, store_dir: Path, summary: Summary, progress=None) 
                                               "the inbox and copied to quarantine: restore it from a "
                                               "backup of the store folder, then merge again"))
                 break
+            except Exception as e:
+                # A fault in a rule or plugin holds this community's queue, not everybody's.
+                summary.held.extend((n, f"merging it failed ({type(e).__name__}: {e}); nothing of it was "
+                                        "applied. Fix the cause (see the office log) and merge again")
+                                    for s, n in queue if s >= sequence)
+                break
             last[origin] = sequence
             done += 1
             if progress:
@@ -136,6 +142,16 @@ def schema_mismatch(store: Store, path: Path) -> str | None:
                     f"({theirs.get('fingerprint')}), the office has version {ours.version} "
                     f"({ours.fingerprint}); bring both to the same schemas/{domain}.toml and merge again")
     return None
+
+
+def _without_sensitive(why: str, table: Table, record: dict) -> str:
+    """A validator may quote the bad value; never keep a sensitive one in the clear."""
+    for col in table.sensitive_columns:
+        value = record.get(col)
+        if value not in (None, ""):
+            for shown in (repr(value), json.dumps(value, ensure_ascii=False), str(value)):
+                why = why.replace(shown, repr(mask(value)))
+    return why
 
 
 def apply_bundle(store: Store, path: Path, summary: Summary) -> None:
@@ -172,6 +188,7 @@ class _Row:
     def __init__(self, store: Store, table: Table, key: bytes, special: bool):
         """``special``: the key has frontier, conflict or dominated entries to read."""
         self.store, self.table, self.key = store, table, key
+        self.office_code = store.office_code  # for policies and rules that favour the office
         self.name = table_name(table)
         conn = store.conn
         cursor = conn.execute(f"SELECT * FROM [{self.name}] WHERE _key = ?", (key,))
@@ -264,24 +281,14 @@ class _Merger:
         key = store.blind_key(table, key_values)
         problems = self._problems(table, change)
         if problems:
-            shown = "/".join(mask(v) if table.columns[k].sensitive else str(v)
-                             for k, v in zip(table.key, key_values))
-            record = dict(change["key"], **change["cells"])
-            for p in problems:
-                why = p.why
-                for col in table.sensitive_columns:
-                    # A message may quote the bad value; never keep a sensitive one in the clear.
-                    if record.get(col) not in (None, ""):
-                        why = why.replace(str(record[col]), mask(record[col]))
-                line = f"{self.origin} / {table.qualified} / {shown} / {p.field} / {why}"
-                self.rejected.append(line)
-                store.conn.execute(
-                    "INSERT INTO rejected (origin, sequence, tbl, key, shown_key, field, why, at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (self.origin, self.sequence, table.qualified, key, shown, p.field, why,
-                     time.strftime("%Y-%m-%dT%H:%M:%S")))
-            return
+            return self._reject(table, key, key_values, change, problems)
         row = _Row(store, table, key, (table.qualified, key) in self.special)
+        if change["op"] == "update" and not row.exists and self.origin != store.office_code:
+            # Never build a record out of one community's changed cell: the rest would be
+            # empty. (An office edit may arrive before what it settles; that is expected.)
+            return self._reject(table, key, key_values, change, [Problem(
+                "error", "-", "the office holds no record with this key to update; "
+                              "the community should send the whole record again")])
         hlc = change["hlc"]
         origin = _origin(hlc)
         op = change["op"]
@@ -311,6 +318,19 @@ class _Merger:
             detail["kept"] = kept
         self.ledger.append(hlc, table.qualified, key, op, detail)
         self.changes += 1
+
+    def _reject(self, table: Table, key: bytes, key_values: list, change: dict, problems) -> None:
+        shown = "/".join(mask(v) if table.columns[k].sensitive else str(v)
+                         for k, v in zip(table.key, key_values))
+        record = dict(change["key"], **change["cells"])
+        for p in problems:
+            why = _without_sensitive(p.why, table, record)
+            self.rejected.append(f"{self.origin} / {table.qualified} / {shown} / {p.field} / {why}")
+            self.store.conn.execute(
+                "INSERT INTO rejected (origin, sequence, tbl, key, shown_key, field, why, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (self.origin, self.sequence, table.qualified, key, shown, p.field, why,
+                 time.strftime("%Y-%m-%dT%H:%M:%S")))
 
     def _problems(self, table: Table, change: dict):
         if change["op"] == "delete":

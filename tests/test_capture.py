@@ -163,3 +163,26 @@ def test_hlc_never_runs_backwards():
     assert Stamp.parse(str(first)) == first
     with pytest.raises(ValueError):
         Stamp.parse("yesterday")
+
+
+def test_an_invalid_record_waits_at_the_community_until_fixed(setup):
+    domains, secret, folder, ring, _ = setup
+    bad = person("110105194912310011", "王五", sex="1")
+    bad["ethnicity"] = "57"
+    insert(folder / "huji.db", **bad)
+    notes = []
+    result = community.export(folder, domains, secret, notify=notes.append)
+    assert result.sequence is None and result.changes == 0
+    (line,) = result.held
+    assert "huji.persons / 110105194912310011 / ethnicity: unknown ethnicity code '57'" in line
+    assert any("not sent until fixed" in n for n in notes)
+    # Nothing else touches the row: the next push looks at it again all the same.
+    assert community.export(folder, domains, secret).held == [line]
+    conn = sqlite3.connect(folder / "huji.db")
+    conn.execute("UPDATE persons SET ethnicity = '01' WHERE id_number = '110105194912310011'")
+    conn.commit()
+    fixed = community.export(folder, domains, secret)
+    assert fixed.held == [] and fixed.changes == 1
+    (change,) = changes_of(fixed.path, ring)
+    # The whole record goes, as an insert: the office never saw half of it.
+    assert change["op"] == "insert" and change["cells"]["name"] == "王五" and change["cells"]["ethnicity"] == "01"

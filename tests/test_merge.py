@@ -223,12 +223,23 @@ def test_manual_column_and_update_against_delete_are_queued(tmp_path, domains):
 
 
 def test_invalid_record_is_rejected_and_the_rest_applies(tmp_path, domains):
+    """A community validates before sending, but the office checks again (an older syncdb,
+    another code table): the bad record is rejected, the rest of the bundle applies."""
+    from syncdb import bundle
+    from syncdb.crypto import Keyring, PublicKey
+
     w = World(tmp_path, domains)
     a = CODES[0]
-    w.insert(a, person(10, a))
-    w.insert(a, person(11, a, ethnicity="57"))
-    w.push(a)
-    summary = merge.merge(w.store, w.bundles, SECRET, domains)
+    ring = Keyring.load(community.state_dir(w.folders[a]) / "keyring.json", SECRET)
+    good, bad = person(10, a), person(11, a, ethnicity="57")
+    changes = [{"table": "huji.persons", "op": "insert", "key": {"id_number": row.pop("id_number")},
+                "cells": row, "base": {}, "hlc": f"001700000000000.00000{n}.{a}"}
+               for n, row in enumerate((good, bad))]
+    path = tmp_path / bundle.file_name(a, 1)
+    bundle.write(path, {"origin": a, "sequence": 1, "schemas": {
+        "huji": {"version": 1, "fingerprint": domains["huji"].fingerprint}}},
+        changes, ring, PublicKey.read(w.store / "office.pub.json"))
+    summary = merge.merge(w.store, [path], SECRET, domains)
     assert summary.changes == 1
     (line,) = summary.rejected
     assert line.startswith(f"{a} / huji.persons / ") and "/ ethnicity / unknown ethnicity code '57'" in line
@@ -571,3 +582,65 @@ def test_a_damaged_inbox_copy_is_quarantined_and_the_others_merge(tmp_path, doma
     assert name == damaged.name and "restore it from a backup" in why
     assert any(p.name.endswith(f"inbox-{damaged.name}.reason.json") for p in office.quarantine_dir(w.store).iterdir())
     assert damaged.exists()
+
+
+def test_an_office_policy_column_merges_without_error(tmp_path, domains):
+    from syncdb.schema import DEFAULT_SCHEMAS, load_domains as load
+
+    folder = tmp_path / "schemas"
+    shutil.copytree(DEFAULT_SCHEMAS, folder)
+    toml = folder / "huji.toml"
+    toml.write_text(toml.read_text(encoding="utf-8").replace(
+        'validator = "phone", policy = "prefer_non_null"', 'validator = "phone", policy = "office"'), encoding="utf-8")
+    changed = load(folder, extra_policies=extra_policies())
+    assert changed["huji"].tables["persons"].columns["phone"].policy == "office"
+    w = World(tmp_path / "w", changed)
+    w.insert(CODES[0], person(3, CODES[0], phone="13800000001"))
+    w.insert(CODES[1], person(3, CODES[1], phone="13800000002"))
+    w.push(CODES[0])
+    w.push(CODES[1])
+    summary = merge.merge(w.store, w.bundles, SECRET, changed)
+    assert summary.applied == 2 and summary.held == []
+
+
+def test_a_quoted_sensitive_value_never_reaches_the_store_in_clear(tmp_path, domains):
+    from syncdb import bundle
+    from syncdb.crypto import Keyring, PublicKey
+
+    w = World(tmp_path, domains)
+    a = CODES[0]
+    ring = Keyring.load(community.state_dir(w.folders[a]) / "keyring.json", SECRET)
+    typed = id_number(12) + "\n"  # typed with a newline: the validator quotes it with repr()
+    row = person(12, a)
+    del row["id_number"]
+    change = {"table": "huji.persons", "op": "insert", "key": {"id_number": typed}, "cells": row, "base": {},
+              "hlc": f"001700000000000.000000.{a}"}
+    path = tmp_path / bundle.file_name(a, 1)
+    bundle.write(path, {"origin": a, "sequence": 1, "schemas": {
+        "huji": {"version": 1, "fingerprint": domains["huji"].fingerprint}}},
+        [change], ring, PublicKey.read(w.store / "office.pub.json"))
+    summary = merge.merge(w.store, [path], SECRET, domains)
+    assert len(summary.rejected) == 1 and id_number(12) not in summary.rejected[0]
+    blobs = b"".join(p.read_bytes() for p in w.store.rglob("*") if p.is_file())
+    assert id_number(12).encode() not in blobs
+
+
+def test_keys_rotate_past_key_id_191(tmp_path, domains):
+    from syncdb import keys
+
+    w = World(tmp_path, domains)
+    w.insert(CODES[0], person(1, CODES[0]))
+    w.push(CODES[0])
+    merge.merge(w.store, w.bundles, SECRET, domains)
+    ring = office.load_keyring(w.store, SECRET)
+    for n in range(2, 200):
+        ring.data_keys[str(n)] = os.urandom(32)
+    ring.data_key_id = "199"
+    ring.save(office.keyring_path(w.store), SECRET)
+    before = snapshot(w.store, domains)
+    # Key 199 is current but the values are under key 1: a rotation to finish, not a new key.
+    assert keys.rotate(w.store, SECRET, domains)["huji.persons"] == 1
+    assert office.load_keyring(w.store, SECRET).data_key_id == "199"
+    assert keys.rotate(w.store, SECRET, domains)["huji.persons"] == 1
+    assert office.load_keyring(w.store, SECRET).data_key_id == "200"
+    assert snapshot(w.store, domains) == before
