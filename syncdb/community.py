@@ -218,6 +218,7 @@ def export(workdir_path, domains: dict[str, Domain], secret: Secret, notify=lamb
         next_seq = int(_meta(state, "next_sequence", 1))
         _remove_orphans(folder, code, next_seq)
         clock = Clock(code, Stamp.parse(_meta(state, "hlc")) if _meta(state, "hlc") else None)
+        _follow_schema_changes(state, domains)
 
         collected, cleanups, full_compares, vetted = [], [], {}, {}
         for domain in domains.values():
@@ -303,6 +304,25 @@ def _apply_to_shadow(state, table: Table, key_json: str, change: dict) -> None:
         versions[column] = change["hlc"]
     state.execute("INSERT OR REPLACE INTO shadow VALUES (?, ?, ?, ?)", (
         table.qualified, key_json, json.dumps(row, ensure_ascii=False), pack_versions(versions, non_key)))
+
+
+def _follow_schema_changes(state, domains: dict[str, Domain]) -> None:
+    """A column added to a schema was never covered by a shadow row's shared version:
+    mark it unset in every shadow row of that table, once."""
+    with state:
+        state.execute("BEGIN IMMEDIATE")
+        for domain in domains.values():
+            for table in domain.tables.values():
+                non_key = [c for c in table.columns if c not in table.key]
+                known = _meta(state, f"columns:{table.qualified}")
+                if known is not None and json.loads(known) != non_key:
+                    before = [c for c in non_key if c in json.loads(known)]
+                    rows = state.execute("SELECT key, versions FROM shadow WHERE tbl = ?",
+                                         (table.qualified,)).fetchall()
+                    state.executemany("UPDATE shadow SET versions = ? WHERE tbl = ? AND key = ?", [
+                        (pack_versions(unpack_versions(text, before), non_key), table.qualified, key)
+                        for key, text in rows])
+                _set_meta(state, f"columns:{table.qualified}", json.dumps(non_key))
 
 
 def _remove_orphans(folder: Path, code: str, next_seq: int) -> None:

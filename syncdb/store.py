@@ -25,12 +25,14 @@ import sqlite3
 
 from .audit import LEDGER_TABLES
 from .crypto import Keyring
+from .hlc import pack_versions, unpack_versions
 from .errors import SyncdbError
 from .schema import Domain, Table
 
 SEALED_FORMAT = 1
 
 STORE_TABLES = """
+CREATE TABLE IF NOT EXISTS store_columns (tbl TEXT PRIMARY KEY, columns TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS frontier (
     tbl TEXT NOT NULL, key BLOB NOT NULL, col TEXT NOT NULL, version TEXT NOT NULL,
     origin TEXT NOT NULL, value, deleted INTEGER NOT NULL,
@@ -99,9 +101,18 @@ class Store:
         """A column added to a schema file is added to the store; nothing is ever dropped."""
         name = table_name(table)
         present = {row[1] for row in self.conn.execute(f"PRAGMA table_info([{name}])")}
-        for c in table.columns.values():
-            if c.name not in present:
-                self.conn.execute(f"ALTER TABLE [{name}] ADD COLUMN [{c.name}] {'BLOB' if c.sensitive else ''}")
+        for c in (c for c in table.columns.values() if c.name not in present):
+            self.conn.execute(f"ALTER TABLE [{name}] ADD COLUMN [{c.name}] {'BLOB' if c.sensitive else ''}")
+        # Rows written under another column list: their shared version ("*") never
+        # covered a column new since, so mark such columns unset, once.
+        non_key = [c for c in table.columns if c not in table.key]
+        known = self.conn.execute("SELECT columns FROM store_columns WHERE tbl = ?", (table.qualified,)).fetchone()
+        if known and json.loads(known[0]) != non_key:
+            before = [c for c in non_key if c in json.loads(known[0])]
+            rows = self.conn.execute(f"SELECT _key, _versions FROM [{name}]").fetchall()
+            self.conn.executemany(f"UPDATE [{name}] SET _versions = ? WHERE _key = ?", [
+                (pack_versions(unpack_versions(text, before), non_key), key) for key, text in rows])
+        self.conn.execute("INSERT OR REPLACE INTO store_columns VALUES (?, ?)", (table.qualified, json.dumps(non_key)))
         for col in id_columns(table):
             if f"{col}__bi" not in present:
                 self.conn.execute(f"ALTER TABLE [{name}] ADD COLUMN [{col}__bi] BLOB")

@@ -1,6 +1,7 @@
 """The merge engine: clean applies, conflicts, transfers, order independence, the ledger."""
 
 import itertools
+import json
 import os
 import random
 import shutil
@@ -494,6 +495,9 @@ def test_a_bundle_written_under_another_schema_is_held_not_lost(tmp_path, domain
     conn = sqlite3.connect(w.store / "store.db")
     assert "note" in {r[1] for r in conn.execute("PRAGMA table_info(huji__persons)")}
     assert conn.execute("SELECT count(*) FROM huji__persons").fetchone()[0] == 1
+    # No version was ever written for the new column: it is marked unset, not given the row's.
+    (versions,) = conn.execute("SELECT _versions FROM huji__persons").fetchone()
+    assert json.loads(versions)["-"] == ["note"]
 
 
 def _open_conflicts(store):
