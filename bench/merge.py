@@ -38,7 +38,7 @@ from syncdb.crypto import Secret  # noqa: E402
 from syncdb.plugins import extra_policies  # noqa: E402
 from syncdb.sample import generate  # noqa: E402
 from syncdb.schema import load_domains  # noqa: E402
-from syncdb.store import id_columns, table_name  # noqa: E402
+from syncdb.store import table_name  # noqa: E402
 
 SECRET = Secret(key_file_bytes=b"k" * 32)  # a key file, not a passphrase: no scrypt in the figures
 CODES = ["441900003001", "441900003002", "441900003003", "441900003004"]

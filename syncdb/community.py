@@ -18,7 +18,6 @@ base version the office checks for conflicts.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from dataclasses import dataclass, field

@@ -50,8 +50,7 @@ def rotate(store_dir, secret: Secret, domains, resume_only=False, progress=None)
                     break
                 store.conn.execute("BEGIN IMMEDIATE")
                 for key, *values in batch:
-                    sealed = [store.seal(store.open(v, table, c, key), table, c, key)
-                              for c, v in zip(sensitive, values)]
+                    sealed = [_reseal(store, v, table, c, key) for c, v in zip(sensitive, values)]
                     store.conn.execute(
                         f"UPDATE [{name}] SET {', '.join(f'[{c}] = ?' for c in sensitive)} WHERE _key = ?",
                         sealed + [key])
@@ -84,6 +83,11 @@ def _unfinished(store_dir, secret, domains, key_id) -> bool:
         store.conn.close()
 
 
+def _reseal(store, sealed, table, column, key) -> bytes:
+    """The same value, sealed again under the current data key."""
+    return store.seal(store.open(sealed, table, column, key), table, column, key)
+
+
 def _reseal_frontier(store, current) -> int:
     rows = store.conn.execute("SELECT tbl, key, col, version, value FROM frontier WHERE typeof(value) = 'blob'").fetchall()
     store.conn.execute("BEGIN IMMEDIATE")
@@ -92,7 +96,7 @@ def _reseal_frontier(store, current) -> int:
         table = store.table(tbl)
         if table.columns[col].sensitive and bytes(value)[1] != current:
             store.conn.execute("UPDATE frontier SET value = ? WHERE tbl = ? AND key = ? AND col = ? AND version = ?",
-                               (store.seal(store.open(value, table, col, key), table, col, key), tbl, key, col, version))
+                               (_reseal(store, value, table, col, key), tbl, key, col, version))
             n += 1
     store.conn.execute("COMMIT")
     return n
@@ -109,8 +113,7 @@ def _reseal_conflicts(store, current) -> int:
         items = json.loads(candidates)
         for item in items:
             if item["value"] is not None and bytes.fromhex(item["value"])[1] != current:
-                plain = store.open(bytes.fromhex(item["value"]), table, col, key)
-                item["value"] = store.seal(plain, table, col, key).hex()
+                item["value"] = _reseal(store, bytes.fromhex(item["value"]), table, col, key).hex()
                 n += 1
         store.conn.execute("UPDATE conflicts SET candidates = ? WHERE id = ?", (json.dumps(items), cid))
     store.conn.execute("COMMIT")

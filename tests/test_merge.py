@@ -1,6 +1,5 @@
 """The merge engine: clean applies, conflicts, transfers, order independence, the ledger."""
 
-import itertools
 import json
 import os
 import random
@@ -95,6 +94,19 @@ class World:
         kept.parent.mkdir(exist_ok=True)
         shutil.copy(made, kept)
         self.bundles.append(kept)
+
+    def signed_bundle(self, code, changes, sequence=1):
+        """A bundle made by hand and signed with the community's key: what an older syncdb,
+        or a community with other code tables, could send past its own checks."""
+        from syncdb import bundle
+        from syncdb.crypto import Keyring, PublicKey
+
+        ring = Keyring.load(community.state_dir(self.folders[code]) / "keyring.json", SECRET)
+        path = self.root / bundle.file_name(code, sequence)
+        bundle.write(path, {"origin": code, "sequence": sequence, "schemas": {
+            "huji": {"version": 1, "fingerprint": self.domains["huji"].fingerprint}}},
+            changes, ring, PublicKey.read(self.store / "office.pub.json"))
+        return path
 
     def fresh_store(self, name):
         """A copy of the empty office store with the same keys and enrolments."""
@@ -226,20 +238,13 @@ def test_manual_column_and_update_against_delete_are_queued(tmp_path, domains):
 def test_invalid_record_is_rejected_and_the_rest_applies(tmp_path, domains):
     """A community validates before sending, but the office checks again (an older syncdb,
     another code table): the bad record is rejected, the rest of the bundle applies."""
-    from syncdb import bundle
-    from syncdb.crypto import Keyring, PublicKey
-
     w = World(tmp_path, domains)
     a = CODES[0]
-    ring = Keyring.load(community.state_dir(w.folders[a]) / "keyring.json", SECRET)
     good, bad = person(10, a), person(11, a, ethnicity="57")
-    changes = [{"table": "huji.persons", "op": "insert", "key": {"id_number": row.pop("id_number")},
-                "cells": row, "base": {}, "hlc": f"001700000000000.00000{n}.{a}"}
-               for n, row in enumerate((good, bad))]
-    path = tmp_path / bundle.file_name(a, 1)
-    bundle.write(path, {"origin": a, "sequence": 1, "schemas": {
-        "huji": {"version": 1, "fingerprint": domains["huji"].fingerprint}}},
-        changes, ring, PublicKey.read(w.store / "office.pub.json"))
+    path = w.signed_bundle(a, [
+        {"table": "huji.persons", "op": "insert", "key": {"id_number": row.pop("id_number")},
+         "cells": row, "base": {}, "hlc": f"001700000000000.00000{n}.{a}"}
+        for n, row in enumerate((good, bad))])
     summary = merge.merge(w.store, [path], SECRET, domains)
     assert summary.changes == 1
     (line,) = summary.rejected
@@ -258,7 +263,6 @@ def test_raw_bytes_of_the_store_hold_no_sensitive_value(tmp_path, domains):
     community.init(folder, CODES[0], store / "office.pub.json", sample_domains, SECRET)
     office.enroll(store, CODES[0], folder / f"{CODES[0]}.pub.json")
     community.export(folder, sample_domains, SECRET)
-    conn = sqlite3.connect(f"file:{tmp_path}/b.db?mode=memory", uri=True)
     merge.merge(store, [community.outbox_dir(folder)], SECRET, domains)
     secrets = set()
     for db, cols in (("huji.db", ("id_number", "name", "phone", "address")), ("shebao.db", ("employer",))):
@@ -524,8 +528,9 @@ def test_update_against_delete_is_queued_never_dropped(tmp_path, domains):
     summary = merge.merge(w.store, w.bundles[-1:], SECRET, domains)
     assert summary.opened == 1
     assert _open_conflicts(w.store) == [("phone", "update-delete")]
-    listed = __import__("syncdb.conflicts", fromlist=["x"]).list_conflicts(w.store, SECRET, domains)
-    (item,) = listed
+    from syncdb.conflicts import list_conflicts
+
+    (item,) = list_conflicts(w.store, SECRET, domains)
     assert sorted((c["origin"], c["deleted"], c["value"]) for c in item["candidates"]) == [
         (a, True, None), ("office", False, "13800138006")]
 
@@ -608,21 +613,13 @@ def test_an_office_policy_column_merges_without_error(tmp_path, domains):
 
 
 def test_a_quoted_sensitive_value_never_reaches_the_store_in_clear(tmp_path, domains):
-    from syncdb import bundle
-    from syncdb.crypto import Keyring, PublicKey
-
     w = World(tmp_path, domains)
     a = CODES[0]
-    ring = Keyring.load(community.state_dir(w.folders[a]) / "keyring.json", SECRET)
     typed = id_number(12) + "\n"  # typed with a newline: the validator quotes it with repr()
     row = person(12, a)
     del row["id_number"]
-    change = {"table": "huji.persons", "op": "insert", "key": {"id_number": typed}, "cells": row, "base": {},
-              "hlc": f"001700000000000.000000.{a}"}
-    path = tmp_path / bundle.file_name(a, 1)
-    bundle.write(path, {"origin": a, "sequence": 1, "schemas": {
-        "huji": {"version": 1, "fingerprint": domains["huji"].fingerprint}}},
-        [change], ring, PublicKey.read(w.store / "office.pub.json"))
+    path = w.signed_bundle(a, [{"table": "huji.persons", "op": "insert", "key": {"id_number": typed},
+                                "cells": row, "base": {}, "hlc": f"001700000000000.000000.{a}"}])
     summary = merge.merge(w.store, [path], SECRET, domains)
     assert len(summary.rejected) == 1 and id_number(12) not in summary.rejected[0]
     blobs = b"".join(p.read_bytes() for p in w.store.rglob("*") if p.is_file())
