@@ -284,7 +284,10 @@ def serve(store, host, port, max_bundle_mb, merging, schemas):
     """
     from . import server
 
-    secret = _secret() if merging else None
+    try:
+        secret = _secret() if merging else None
+    except SyncdbError as e:
+        raise SyncdbError(f"{e}; or run `syncdb serve --no-merge` to only receive bundles") from None
     server.serve(store, host=host, port=port, max_body=max_bundle_mb * 1024 * 1024,
                  secret=secret, domains=load_domains(schemas) if merging else None)
 
