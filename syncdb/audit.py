@@ -22,6 +22,7 @@ import zlib
 from .errors import SyncdbError
 
 GENESIS = b"\x00" * 32
+_LINE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 COLUMNS = ("id", "at", "bundle", "origin", "changes", "body")
 
 LEDGER_TABLES = """
@@ -64,14 +65,21 @@ class Ledger:
     def _start(self) -> None:
         self.compressor = zlib.compressobj(6)
         self.body = b""
+        self.lines: list[str] = []
         self.count = 0
 
     def append(self, hlc: str, tbl: str, key: bytes, op: str, detail: dict) -> None:
-        line = json.dumps([hlc, tbl, key.hex(), op, detail], ensure_ascii=False, separators=(",", ":"))
-        self.body += self.compressor.compress(line.encode() + b"\n")
+        self.lines.append(_LINE([hlc, tbl, key.hex(), op, detail]))
         self.count += 1
+        if len(self.lines) >= 500:
+            self._compress()
         if self.count >= self.BLOCK:
             self.commit()
+
+    def _compress(self) -> None:
+        self.lines.append("")
+        self.body += self.compressor.compress("\n".join(self.lines).encode())
+        self.lines = []
 
     def commit(self) -> int | None:
         """Write the block collected so far (if any); return its entry id."""
@@ -80,6 +88,8 @@ class Ledger:
         conn = self.store.conn
         last = conn.execute("SELECT id, mac FROM ledger ORDER BY id DESC LIMIT 1").fetchone()
         last_id, last_mac = (last[0], bytes(last[1])) if last else (0, GENESIS)
+        if self.lines:
+            self._compress()
         body = self.body + self.compressor.flush()
         row = (last_id + 1, time.strftime("%Y-%m-%dT%H:%M:%S"), self.bundle, self.origin, self.count, body)
         mac = self.store.suite.mac(self.key, last_mac + _content(row))

@@ -70,6 +70,9 @@ class Clock:
 
 # A row's cell versions, as stored at the office (_versions) and in a community's
 # shadow: most cells share one version, so it is written once.
+_PACKED_TEXT = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def pack_versions(versions: dict, columns) -> str:
     """Store the most common version once as "*", the others by column, and "-" the unset."""
     if not versions:
@@ -83,7 +86,7 @@ def pack_versions(versions: dict, columns) -> str:
     unset = [c for c in columns if c not in versions]
     if unset:
         packed["-"] = unset
-    return json.dumps(packed, separators=(",", ":"))
+    return _PACKED_TEXT(packed)
 
 
 def unpack_versions(text: str | None, columns) -> dict:

@@ -26,7 +26,7 @@ from .plugins import manager
 from .hlc import pack_versions, unpack_versions
 from .rules import Candidate, Decision
 from .schema import Domain, Table
-from .store import Store, id_columns, mask, table_name
+from .store import Store, id_columns, mask, table_name, write_columns
 from .validate import Problem, check_record
 
 
@@ -163,8 +163,7 @@ def apply_bundle(store: Store, path: Path, summary: Summary) -> None:
     try:
         conn.execute("BEGIN IMMEDIATE")
         with open(path, "rb") as f:
-            for change in bundle.changes(f, store.keyring):
-                merger.apply(change)
+            merger.apply_all(bundle.changes(f, store.keyring))
         ledger.commit()
         (digest,) = conn.execute("SELECT sha256 FROM received WHERE origin = ? AND sequence = ?",
                                  (header.origin, header.sequence)).fetchone()
@@ -182,21 +181,29 @@ def apply_bundle(store: Store, path: Path, summary: Summary) -> None:
     summary.closed += merger.closed
 
 
+_READ = object()
+
+
 class _Row:
     """One stored row while a change is applied to it: its cells' frontiers."""
 
-    def __init__(self, store: Store, table: Table, key: bytes, special: bool):
-        """``special``: the key has frontier, conflict or dominated entries to read."""
+    def __init__(self, store: Store, table: Table, key: bytes, special: bool, stored=_READ):
+        """``special``: the key has frontier, conflict or dominated entries to read.
+
+        ``stored``: the row as stored (column -> value), None when there is
+        none, or left out to read it now.
+        """
         self.store, self.table, self.key = store, table, key
         self.office_code = store.office_code  # for policies and rules that favour the office
         self.name = table_name(table)
         conn = store.conn
-        cursor = conn.execute(f"SELECT * FROM [{self.name}] WHERE _key = ?", (key,))
-        found = cursor.fetchone()
-        self.exists = found is not None
-        self.stored = dict(zip([d[0] for d in cursor.description], found)) if found else {}
-        non_key = [c for c in table.columns if c not in table.key]
-        self.versions = unpack_versions(self.stored.get("_versions"), non_key)
+        if stored is _READ:
+            cursor = conn.execute(f"SELECT * FROM [{self.name}] WHERE _key = ?", (key,))
+            found = cursor.fetchone()
+            stored = dict(zip([d[0] for d in cursor.description], found)) if found else None
+        self.exists = stored is not None
+        self.stored = stored or {}
+        self.versions = unpack_versions(self.stored.get("_versions"), table.non_key)
         self.frontiers: dict[str, list[Candidate]] = {}
         self.open_conflicts: set[str] = set()
         self.dominated: set[tuple[str, str]] = set()
@@ -232,6 +239,13 @@ class _Row:
         A community's change has one base version per cell; an office
         resolution is based on every candidate it settles, so a list.
         """
+        if col not in self.frontiers and (base is None or (isinstance(base, str) and base)):
+            # The common cases, without opening the stored value: an empty cell
+            # given its first value, or a clean apply onto the cell's one version.
+            if (self.versions.get(col) or "").lstrip("~") == (base or ""):
+                self.frontiers[col] = [] if (col, candidate.version) in self.dominated else [candidate]
+                self.touched.add(col)
+                return
         frontier = list(self.candidates(col))
         for version in ([base] if isinstance(base, str) else base or []):
             kept = [c for c in frontier if c.version != version]
@@ -262,6 +276,8 @@ def _origin(version: str) -> str:
 
 
 class _Merger:
+    BATCH = 500
+
     def __init__(self, store: Store, ledger: audit.Ledger, bundle_name: str, origin: str, sequence: int):
         self.store, self.ledger = store, ledger
         self.bundle_name, self.origin, self.sequence = bundle_name, origin, sequence
@@ -273,16 +289,62 @@ class _Merger:
         self.changes = 0
         self.rejected: list[str] = []
         self.opened = self.closed = 0
+        self.rows: dict = {}  # (table, key) -> the stored row, for the batch being applied
+        self.pending: dict = {}  # table -> key -> the row to write at the end of the batch
 
-    def apply(self, change: dict) -> None:
+    def apply_all(self, changes) -> None:
+        """Apply changes in order, in batches: rows are read and written per batch."""
+        batch = []
+        for change in changes:
+            batch.append(change)
+            if len(batch) >= self.BATCH:
+                self._apply_batch(batch)
+                batch = []
+        if batch:
+            self._apply_batch(batch)
+
+    def _apply_batch(self, batch: list[dict]) -> None:
         store = self.store
-        table = store.table(change["table"])
-        key_values = [change["key"].get(k) for k in table.key]
-        key = store.blind_key(table, key_values)
+        prepared = []
+        wanted: dict[str, set] = {}
+        for change in batch:
+            table = store.table(change["table"])
+            key_values = [change["key"].get(k) for k in table.key]
+            key = store.blind_key(table, key_values)
+            prepared.append((change, table, key_values, key))
+            wanted.setdefault(table.qualified, set()).add(key)
+        # The batch's rows, read at once; a write updates this copy and waits for _flush.
+        self.rows = {}
+        for qualified, keys in wanted.items():
+            name = table_name(store.tables[qualified])
+            keys = list(keys)
+            for i in range(0, len(keys), 500):
+                part = keys[i:i + 500]
+                cursor = store.conn.execute(
+                    f"SELECT * FROM [{name}] WHERE _key IN ({', '.join('?' * len(part))})", part)
+                names = [d[0] for d in cursor.description]
+                for found in cursor:
+                    stored = dict(zip(names, found))
+                    self.rows[qualified, stored["_key"]] = stored
+        for change, table, key_values, key in prepared:
+            self.apply(change, table, key_values, key)
+        self._flush()
+
+    def _flush(self) -> None:
+        for qualified, rows in self.pending.items():
+            table = self.store.tables[qualified]
+            cols = write_columns(table)
+            self.store.conn.executemany(
+                f"INSERT OR REPLACE INTO [{table_name(table)}] ({', '.join(f'[{c}]' for c in cols)}) "
+                f"VALUES ({', '.join('?' * len(cols))})", [[v.get(c) for c in cols] for v in rows.values()])
+        self.pending = {}
+
+    def apply(self, change: dict, table: Table, key_values: list, key: bytes) -> None:
+        store = self.store
         problems = self._problems(table, change)
         if problems:
             return self._reject(table, key, key_values, change, problems)
-        row = _Row(store, table, key, (table.qualified, key) in self.special)
+        row = _Row(store, table, key, (table.qualified, key) in self.special, self.rows.get((table.qualified, key)))
         if change["op"] == "update" and not row.exists and self.origin != store.office_code:
             # Never build a record out of one community's changed cell: the rest would be
             # empty. (An office edit may arrive before what it settles; that is expected.)
@@ -294,7 +356,7 @@ class _Merger:
         op = change["op"]
         base = change.get("base") or {}
         old = dict(row.versions)
-        non_key = [c for c in table.columns if c not in table.key]
+        non_key = table.non_key
         if op == "update":
             for col, value in change["cells"].items():
                 if col in table.columns and col not in table.key:
@@ -393,38 +455,37 @@ class _Merger:
     def _write(self, row: _Row, key_values: list) -> None:
         store, table, key = self.store, row.table, row.key
         conn = store.conn
+        stored, winners = row.stored, row.winners
         values = {}
         versions = {}
-        for col in table.columns:
-            if col in table.key:
-                continue
-            winner = row.winners.get(col)
+        for col in table.non_key:
+            winner = winners.get(col)
             if winner is None:
                 if row.exists:
-                    values[col] = row.stored.get(col)
+                    values[col] = stored.get(col)
                 if col in row.versions:
                     versions[col] = row.versions[col]
                 continue
             values[col] = None if winner.deleted else store.stored(table, col, winner.value, key)
             versions[col] = ("~" if winner.deleted else "") + winner.version
         for col, value in zip(table.key, key_values):
-            values[col] = store.stored(table, col, value, key)
-        for col in id_columns(table):
+            # The key is the same plaintext: what is stored (sealed) for it stays.
+            values[col] = stored[col] if stored.get(col) is not None else store.stored(table, col, value, key)
+        for col in table.id_columns:
+            index = f"{col}__bi"
             if col in table.key:
-                values[f"{col}__bi"] = store.blind_id(key_values[table.key.index(col)])
-            elif col in row.winners:
-                winner = row.winners[col]
-                values[f"{col}__bi"] = store.blind_id(winner.value) if winner.live else None
+                values[index] = stored.get(index) or store.blind_id(key_values[table.key.index(col)])
+            elif col in winners:
+                winner = winners[col]
+                values[index] = store.blind_id(winner.value) if winner.live else None
             else:
-                values[f"{col}__bi"] = row.stored.get(f"{col}__bi")
+                values[index] = stored.get(index)
         exists = any(not v.startswith("~") for v in versions.values())
-        values["_versions"] = pack_versions(versions, [c for c in table.columns if c not in table.key])
+        values["_versions"] = pack_versions(versions, table.non_key)
         values["_exists"] = 1 if exists else 0
         values["_key"] = key
-        cols = list(values)
-        conn.execute(
-            f"INSERT OR REPLACE INTO [{row.name}] ({', '.join(f'[{c}]' for c in cols)}) "
-            f"VALUES ({', '.join('?' * len(cols))})", [values[c] for c in cols])
+        self.rows[table.qualified, key] = values
+        self.pending.setdefault(table.qualified, {})[key] = values
         for col in row.touched | set(row.frontiers):
             if col in row.had_frontier:
                 conn.execute("DELETE FROM frontier WHERE tbl = ? AND key = ? AND col = ?", (table.qualified, key, col))

@@ -9,12 +9,14 @@ same whatever order the communities' bundles come in.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .hookspecs import hookimpl
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
+    """One version of a cell. A named tuple: the merge makes one per changed cell."""
+
     value: object
     version: str  # HLC stamp text; ends with the origin's code
     origin: str

@@ -14,6 +14,7 @@ import os
 import sys
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from . import codes
@@ -87,14 +88,26 @@ class Table:
     columns: dict[str, Column]
     description: str = ""
 
-    @property
+    # Cached (the merge asks for them for every change); a frozen dataclass
+    # still lets cached_property fill in the instance's __dict__.
+    @cached_property
     def qualified(self) -> str:
         """``domain.table``, as messages and bundles name a table."""
         return f"{self.domain}.{self.name}"
 
-    @property
+    @cached_property
     def sensitive_columns(self) -> list[str]:
         return [c.name for c in self.columns.values() if c.sensitive]
+
+    @cached_property
+    def id_columns(self) -> list[str]:
+        """Sensitive ID-number columns: the office keeps a blind index of them for look-ups by ID."""
+        return [c.name for c in self.columns.values() if c.sensitive and c.validator == "id_number"]
+
+    @cached_property
+    def non_key(self) -> list[str]:
+        """The columns outside the natural key, in schema order."""
+        return [c for c in self.columns if c not in self.key]
 
     def create_sql(self) -> str:
         """DDL of the table in a community working database.

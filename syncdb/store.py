@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from functools import cached_property
 
 from .audit import LEDGER_TABLES
 from .crypto import Keyring
@@ -30,6 +31,9 @@ from .errors import SyncdbError
 from .schema import Domain, Table
 
 SEALED_FORMAT = 1
+# Built once: json.dumps with arguments builds an encoder on every call.
+_KEY_TEXT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_VALUE_TEXT = json.JSONEncoder(ensure_ascii=False).encode
 
 STORE_TABLES = """
 CREATE TABLE IF NOT EXISTS store_columns (tbl TEXT PRIMARY KEY, columns TEXT NOT NULL);
@@ -60,7 +64,14 @@ def table_name(table: Table) -> str:
 
 def id_columns(table: Table) -> list[str]:
     """Sensitive ID-number columns, which get a blind index for look-ups by ID."""
-    return [c.name for c in table.columns.values() if c.sensitive and c.validator == "id_number"]
+    return table.id_columns
+
+
+
+def write_columns(table: Table) -> list[str]:
+    """Every column of a store row, as the merge writes it."""
+    return (["_key"] + list(table.columns) + [f"{c}__bi" for c in id_columns(table)]
+            + ["_versions", "_exists"])
 
 
 def create_sql(table: Table) -> list[str]:
@@ -87,6 +98,9 @@ class Store:
         self.suite = keyring.suite
         self.tables = {t.qualified: t for d in domains.values() for t in d.tables.values()}
         self.office_code = keyring.public.code
+        self._sealers: dict = {}  # data key id -> (value prefix, bound AEAD)
+        self._openers: dict = {}
+        self._aads: dict = {}
         with conn:
             conn.execute("BEGIN IMMEDIATE")
             for statement in STORE_TABLES.split(";"):
@@ -126,24 +140,29 @@ class Store:
 
     # Blind indexes: 16 bytes of HMAC under the index key, with a domain-separating label.
     def blind_key(self, table: Table, key_values: list) -> bytes:
-        text = json.dumps([table.qualified, key_values], ensure_ascii=False, separators=(",", ":"))
-        return self.suite.mac(self.keyring.index_key, b"key|" + text.encode())[:16]
+        return self._index_mac(b"key|" + _KEY_TEXT([table.qualified, key_values]).encode())[:16]
 
     def blind_id(self, value) -> bytes | None:
         if value is None:
             return None
-        return self.suite.mac(self.keyring.index_key, b"id|" + str(value).encode())[:16]
+        return self._index_mac(b"id|" + str(value).encode())[:16]
+
+    @cached_property
+    def _index_mac(self):
+        return self.suite.keyed_mac(self.keyring.index_key)
 
     # Sealed values: format byte, key id byte, nonce, ciphertext+tag; bound to their cell by the AAD.
     def seal(self, value, table: Table, column: str, key: bytes) -> bytes | None:
         if value is None:
             return None
         key_id = self.keyring.data_key_id
+        sealer = self._sealers.get(key_id)
+        if sealer is None:
+            sealer = self._sealers[key_id] = (
+                bytes([SEALED_FORMAT, int(key_id)]), self.suite.sealer(self.keyring.data_keys[key_id]))
+        prefix, seal = sealer
         nonce = os.urandom(12)
-        plaintext = json.dumps(value, ensure_ascii=False).encode()
-        aad = f"{table.qualified}|{column}|".encode() + key
-        return bytes([SEALED_FORMAT, int(key_id)]) + nonce + self.suite.seal(
-            self.keyring.data_keys[key_id], nonce, plaintext, aad)
+        return prefix + nonce + seal(nonce, _VALUE_TEXT(value).encode(), self._aad(table, column) + key)
 
     def open(self, sealed, table: Table, column: str, key: bytes):
         if sealed is None:
@@ -151,12 +170,21 @@ class Store:
         sealed = bytes(sealed)
         if sealed[0] != SEALED_FORMAT:
             raise SyncdbError(f"a sealed value in {table.qualified}.{column} has an unknown format")
-        data_key = self.keyring.data_keys.get(str(sealed[1]))
-        if data_key is None:
-            raise SyncdbError(f"a value in {table.qualified}.{column} is sealed under data key "
-                              f"{sealed[1]}, which this keyring does not hold")
-        aad = f"{table.qualified}|{column}|".encode() + key
-        return json.loads(self.suite.open(data_key, sealed[2:14], sealed[14:], aad))
+        opener = self._openers.get(sealed[1])
+        if opener is None:
+            data_key = self.keyring.data_keys.get(str(sealed[1]))
+            if data_key is None:
+                raise SyncdbError(f"a value in {table.qualified}.{column} is sealed under data key "
+                                  f"{sealed[1]}, which this keyring does not hold")
+            opener = self._openers[sealed[1]] = self.suite.opener(data_key)
+        return json.loads(opener(sealed[2:14], sealed[14:], self._aad(table, column) + key))
+
+    def _aad(self, table: Table, column: str) -> bytes:
+        try:
+            return self._aads[table.qualified, column]
+        except KeyError:
+            prefix = self._aads[table.qualified, column] = f"{table.qualified}|{column}|".encode()
+            return prefix
 
     def stored(self, table: Table, column: str, value, key: bytes):
         """The value as the store keeps it: sealed if the column is sensitive."""
