@@ -158,10 +158,16 @@ def apply_bundle(store: Store, path: Path, summary: Summary) -> None:
     conn = store.conn
     header = bundle.open_verified(path, office.signer_keys(conn, store.keyring.public).get)
     name = path.name
-    ledger = audit.Ledger(store, name, header.origin)
-    merger = _Merger(store, ledger, name, header.origin, header.sequence)
     try:
         conn.execute("BEGIN IMMEDIATE")
+        (done,) = conn.execute("SELECT coalesce(max(sequence), 0) FROM applied WHERE origin = ?",
+                               (header.origin,)).fetchone()
+        if done >= header.sequence:
+            # Another merge (serve's, or a second `syncdb merge`) applied it meanwhile.
+            conn.execute("ROLLBACK")
+            return
+        ledger = audit.Ledger(store, name, header.origin)
+        merger = _Merger(store, ledger, name, header.origin, header.sequence)
         with open(path, "rb") as f:
             merger.apply_all(bundle.changes(f, store.keyring))
         ledger.commit()
@@ -172,7 +178,8 @@ def apply_bundle(store: Store, path: Path, summary: Summary) -> None:
             merger.changes, len(merger.rejected)))
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     summary.applied += 1
     summary.changes += merger.changes

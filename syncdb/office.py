@@ -147,34 +147,39 @@ def receive(store, data: bytes, source: str = "upload") -> Receipt:
         if header.kind != "changes":
             _refuse(store, data, header, "wrong-kind",
                     f"a '{header.kind}' bundle is for a community, not for the office", source)
-        digest = hashlib.sha256(data).hexdigest()
-        name = bundle.file_name(header.origin, header.sequence)
         # One receiver at a time per store (serve and merge may both run): the
         # check, the inbox file and its record go together.
         conn.execute("BEGIN IMMEDIATE")
         try:
-            seen = conn.execute("SELECT sha256 FROM received WHERE origin = ? AND sequence = ?",
-                                (header.origin, header.sequence)).fetchone()
-            if seen and seen[0] == digest:
-                conn.execute("COMMIT")
-                return Receipt(header.origin, header.sequence, "duplicate", inbox_dir(store) / name)
-            if seen:
-                _refuse(store, data, header, "replay",
-                        f"community {header.origin} already sent a different bundle numbered "
-                        f"{header.sequence}: this is a replay or a fork (two copies of the community "
-                        "folder pushing). Keep the community's outbox as it is and call the data administrator",
-                        source)
-            path = write_atomic(inbox_dir(store) / name, data)
-            # The bundle is on disk before it is acknowledged; only then is it recorded.
-            conn.execute("INSERT INTO received VALUES (?, ?, ?, ?, ?)",
-                         (header.origin, header.sequence, digest, name, time.strftime("%Y-%m-%dT%H:%M:%S")))
+            receipt = keep(conn, store, data, header, source)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return Receipt(header.origin, header.sequence, "accepted", path)
+        return receipt
     finally:
         conn.close()
+
+
+def keep(conn, store: Path, data: bytes, header, source: str) -> Receipt:
+    """Put a verified bundle in the inbox and record it; the caller holds an IMMEDIATE transaction."""
+    digest = hashlib.sha256(data).hexdigest()
+    name = bundle.file_name(header.origin, header.sequence)
+    seen = conn.execute("SELECT sha256 FROM received WHERE origin = ? AND sequence = ?",
+                        (header.origin, header.sequence)).fetchone()
+    if seen and seen[0] == digest:
+        return Receipt(header.origin, header.sequence, "duplicate", inbox_dir(store) / name)
+    if seen:
+        _refuse(store, data, header, "replay",
+                f"community {header.origin} already sent a different bundle numbered "
+                f"{header.sequence}: this is a replay or a fork (two copies of the community "
+                "folder pushing). Keep the community's outbox as it is and call the data administrator",
+                source)
+    path = write_atomic(inbox_dir(store) / name, data)
+    # The bundle is on disk before it is acknowledged; only then is it recorded.
+    conn.execute("INSERT INTO received VALUES (?, ?, ?, ?, ?)",
+                 (header.origin, header.sequence, digest, name, time.strftime("%Y-%m-%dT%H:%M:%S")))
+    return Receipt(header.origin, header.sequence, "accepted", path)
 
 
 def _refuse(store, data, header, reason, message, source="upload"):

@@ -10,6 +10,7 @@ to the communities that own the records.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -31,15 +32,26 @@ CREATE TABLE IF NOT EXISTS office_clock (one INTEGER PRIMARY KEY CHECK (one = 1)
 def office_edit(store_dir, secret: Secret, domains: dict[str, Domain], edits: list[dict]) -> Summary:
     """Apply edits made at the office: ``{"table", "key": {…}, "cells": {…}}``, or ``"delete": True``."""
     store = open_store(store_dir, secret, domains)
+    conn = store.conn
+    path = None
     try:
+        # One office edit at a time: the bases, the office clock, the bundle's
+        # sequence number and its place in the inbox are taken together.
+        conn.execute("BEGIN IMMEDIATE")
         changes = [_change(store, edit) for edit in edits]
         path = _write_office_bundle(store, Path(store_dir), changes)
+        data = path.read_bytes()
+        header = bundle.verify(io.BytesIO(data), office.signer_keys(conn, store.keyring.public).get)
+        office.keep(conn, Path(store_dir), data, header, "office")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
     finally:
-        store.conn.close()
-    try:
-        office.receive(store_dir, path.read_bytes(), source="office")
-    finally:
-        path.unlink(missing_ok=True)
+        conn.close()
+        if path is not None:
+            path.unlink(missing_ok=True)
     summary = Summary()
     store = open_store(store_dir, secret, domains)
     try:

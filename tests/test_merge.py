@@ -645,3 +645,44 @@ def test_keys_rotate_past_key_id_191(tmp_path, domains):
     assert keys.rotate(w.store, SECRET, domains)["huji.persons"] == 1
     assert office.load_keyring(w.store, SECRET).data_key_id == "200"
     assert snapshot(w.store, domains) == before
+
+
+def test_office_edits_made_at_the_same_time_both_apply(tmp_path, domains):
+    """Two administrators settling records at once: each edit gets its own bundle number."""
+    import threading
+
+    from syncdb import resolve
+
+    w = World(tmp_path, domains)
+    a = CODES[0]
+    for n in range(8):
+        w.insert(a, person(n, a))
+    w.push(a)
+    merge.merge(w.store, w.bundles, SECRET, domains)
+    errors = []
+
+    def edit(numbers):
+        try:
+            for n in numbers:
+                resolve.office_edit(w.store, SECRET, domains, [
+                    {"table": "huji.persons", "key": {"id_number": id_number(n)},
+                     "cells": {"phone": f"1380013{n:04d}"}}])
+        except Exception as e:  # reported below, with the thread's failure
+            errors.append(e)
+
+    threads = [threading.Thread(target=edit, args=(range(k, 8, 2),)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    conn = sqlite3.connect(w.store / "store.db")
+    assert [s for (s,) in conn.execute("SELECT sequence FROM applied WHERE origin = 'office' ORDER BY sequence")] \
+        == list(range(1, 9))
+    conn.close()
+    st_ = merge.open_store(w.store, SECRET, domains)
+    table = st_.table("huji.persons")
+    phones = sorted(st_.plain(table, "phone", v, k) for k, v in st_.conn.execute("SELECT _key, phone FROM huji__persons"))
+    assert phones == [f"1380013{n:04d}" for n in range(8)]
+    assert audit.verify(st_) == 16  # 8 registrations, 8 office edits
+    st_.conn.close()
