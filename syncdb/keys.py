@@ -78,6 +78,16 @@ def _unfinished(store_dir, secret, domains, key_id) -> bool:
                         f"SELECT 1 FROM [{table_name(table)}] WHERE typeof([{c}]) = 'blob' "
                         f"AND substr([{c}], 2, 1) != ? LIMIT 1", (bytes([int(key_id)]),)).fetchone():
                     return True
+        # The queue's side tables are re-sealed last: a rotation stopped there is unfinished too.
+        current = bytes([int(key_id)])
+        if store.conn.execute("SELECT 1 FROM frontier WHERE typeof(value) = 'blob' "
+                              "AND substr(value, 2, 1) != ? LIMIT 1", (current,)).fetchone():
+            return True
+        for tbl, col, candidates in store.conn.execute("SELECT tbl, col, candidates FROM conflicts"):
+            if tbl in store.tables and store.table(tbl).columns[col].sensitive and any(
+                    item["value"] is not None and bytes.fromhex(item["value"])[1:2] != current
+                    for item in json.loads(candidates)):
+                return True
         return False
     finally:
         store.conn.close()

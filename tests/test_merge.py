@@ -415,6 +415,43 @@ def test_keys_rotate_reencrypts_without_losing_a_record(tmp_path, domains):
     assert snapshot(w.store, domains) == before
 
 
+def test_keys_rotate_stopped_in_the_conflict_queue_is_finished_not_restarted(tmp_path, domains, monkeypatch):
+    from syncdb import keys
+
+    from syncdb import resolve
+
+    w = World(tmp_path, domains)
+    a = CODES[0]
+    w.insert(a, person(7, a))
+    w.push(a)
+    merge.merge(w.store, w.bundles, SECRET, domains)
+    # The office and the community change the name (sensitive, manual) at once: sealed candidates in the queue.
+    resolve.office_edit(w.store, SECRET, domains, [
+        {"table": "huji.persons", "key": {"id_number": id_number(7)}, "cells": {"name": "王小名"}}])
+    w.sql(a, "UPDATE persons SET name = '王晓明'")
+    w.push(a)
+    merge.merge(w.store, w.bundles[-1:], SECRET, domains)
+    assert _open_conflicts(w.store) == [("name", "value")]
+    before = snapshot(w.store, domains)
+
+    def stopped(*args):
+        raise KeyboardInterrupt  # the administrator pressed Ctrl-C, or the power went
+
+    monkeypatch.setattr(keys, "_reseal_conflicts", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        keys.rotate(w.store, SECRET, domains)
+    monkeypatch.undo()
+    counts = keys.rotate(w.store, SECRET, domains)
+    assert office.load_keyring(w.store, SECRET).data_key_id == "2"  # finished, no third key
+    assert counts["conflicts"] > 0 and counts["huji.persons"] == 0
+    conn = sqlite3.connect(w.store / "store.db")
+    (candidates,) = conn.execute("SELECT candidates FROM conflicts").fetchone()
+    assert [bytes.fromhex(item["value"])[1] for item in json.loads(candidates)] == [2, 2]
+    assert {bytes(v)[1] for (v,) in conn.execute("SELECT value FROM frontier")} == {2}
+    conn.close()
+    assert snapshot(w.store, domains) == before
+
+
 def test_the_gm_suite_merges_end_to_end(tmp_path, domains):
     """office init --suite gm: SM4-GCM bundles and store values, HMAC-SM3 indexes and ledger."""
     store = tmp_path / "office"
