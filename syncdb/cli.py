@@ -307,10 +307,10 @@ def merge(store, paths, schemas):
     """
     from . import merge as merge_lib
 
-    with click.progressbar(length=1, label="Merging", show_pos=True, file=sys.stderr) as bar:
+    with click.progressbar(length=1, label="Merging changes", show_pos=True, file=sys.stderr) as bar:
         def progress(done, total, name):
-            bar.length = total
-            bar.update(1)
+            bar.length = max(total, 1)
+            bar.update(done - bar.pos)
 
         summary = merge_lib.merge(store, paths, _secret(), load_domains(schemas), progress=progress)
     for line in summary.lines():

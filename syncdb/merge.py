@@ -83,23 +83,36 @@ def apply_inbox(store: Store, store_dir: Path, summary: Summary, progress=None) 
     for origin, sequence, name in conn.execute("SELECT origin, sequence, file FROM received ORDER BY origin, sequence"):
         if sequence > last.get(origin, 0):
             waiting.setdefault(origin, []).append((sequence, name))
-    total = sum(len(v) for v in waiting.values())
+    # Progress counts changes, from the bundle headers: one bundle can hold a whole community.
+    sizes = {name: _size(office.inbox_dir(store_dir) / name) for queue in waiting.values() for _, name in queue}
+    total = sum(sizes.values())
     done = 0
+
+    def hold(queue, sequence, why):
+        nonlocal total
+        for s, n in queue:
+            if s >= sequence:
+                summary.held.append((n, why(n)))
+                total -= sizes[n]
+
     for origin, queue in sorted(waiting.items()):
         for sequence, name in queue:
             expected = last.get(origin, 0) + 1
             if sequence != expected:
-                summary.held.extend((n, f"waiting for bundle {expected} from {origin}")
-                                    for s, n in queue if s >= sequence)
+                hold(queue, sequence, lambda n: f"waiting for bundle {expected} from {origin}")
                 break
             path = office.inbox_dir(store_dir) / name
             mismatch = schema_mismatch(store, path)
             if mismatch:
                 # Kept in the inbox, applied by the first merge after the schemas agree.
-                summary.held.extend((n, mismatch) for s, n in queue if s >= sequence)
+                hold(queue, sequence, lambda n: mismatch)
                 break
+
+            def on_batch(n, name=name, before=done):
+                if progress:
+                    progress(before + n, total, name)
             try:
-                apply_bundle(store, path, summary)
+                apply_bundle(store, path, summary, on_batch)
             except bundle.BundleError as e:
                 # Verified when it arrived, so the office's own copy was damaged since:
                 # nothing of it is applied, the other communities go on.
@@ -107,18 +120,28 @@ def apply_inbox(store: Store, store_dir: Path, summary: Summary, progress=None) 
                 summary.refused.append((name, f"the inbox copy no longer verifies ({e}); it is kept in "
                                               "the inbox and copied to quarantine: restore it from a "
                                               "backup of the store folder, then merge again"))
+                total -= sizes[name]
                 break
             except Exception as e:
                 # A fault in a rule or plugin holds this community's queue, not everybody's.
-                summary.held.extend((n, f"merging it failed ({type(e).__name__}: {e}); nothing of it was "
-                                        "applied. Fix the cause (see the office log) and merge again")
-                                    for s, n in queue if s >= sequence)
+                hold(queue, sequence, lambda n: f"merging it failed ({type(e).__name__}: {e}); nothing of it "
+                                                "was applied. Fix the cause (see the office log) and merge again")
                 break
             last[origin] = sequence
-            done += 1
+            done += sizes[name]
             if progress:
                 progress(done, total, name)
     return summary
+
+
+def _size(path: Path) -> int:
+    """How many changes a bundle says it holds (0 if its header cannot be read: reported later)."""
+    try:
+        with open(path, "rb") as f:
+            header, _ = bundle.read_header(f)
+        return int(header.fields.get("changes", 0))
+    except (OSError, ValueError, bundle.BundleError):
+        return 0
 
 
 def schema_mismatch(store: Store, path: Path) -> str | None:
@@ -154,7 +177,8 @@ def _without_sensitive(why: str, table: Table, record: dict) -> str:
     return why
 
 
-def apply_bundle(store: Store, path: Path, summary: Summary) -> None:
+def apply_bundle(store: Store, path: Path, summary: Summary, on_batch=None) -> None:
+    """Apply one bundle in one transaction; ``on_batch(n)`` is told the changes done so far."""
     conn = store.conn
     header = bundle.open_verified(path, office.signer_keys(conn, store.keyring.public).get)
     name = path.name
@@ -167,7 +191,7 @@ def apply_bundle(store: Store, path: Path, summary: Summary) -> None:
             conn.execute("ROLLBACK")
             return
         ledger = audit.Ledger(store, name, header.origin)
-        merger = _Merger(store, ledger, name, header.origin, header.sequence)
+        merger = _Merger(store, ledger, name, header.origin, header.sequence, on_batch)
         with open(path, "rb") as f:
             merger.apply_all(bundle.changes(f, store.keyring))
         ledger.commit()
@@ -285,8 +309,10 @@ def _origin(version: str) -> str:
 class _Merger:
     BATCH = 500
 
-    def __init__(self, store: Store, ledger: audit.Ledger, bundle_name: str, origin: str, sequence: int):
-        self.store, self.ledger = store, ledger
+    def __init__(self, store: Store, ledger: audit.Ledger, bundle_name: str, origin: str, sequence: int,
+                 on_batch=None):
+        self.store, self.ledger, self.on_batch = store, ledger, on_batch
+        self.seen = 0
         self.bundle_name, self.origin, self.sequence = bundle_name, origin, sequence
         self.hook = manager().hook
         # Rows with conflict state are few; only they need the side tables read.
@@ -336,6 +362,9 @@ class _Merger:
         for change, table, key_values, key in prepared:
             self.apply(change, table, key_values, key)
         self._flush()
+        self.seen += len(batch)
+        if self.on_batch:
+            self.on_batch(self.seen)
 
     def _flush(self) -> None:
         for qualified, rows in self.pending.items():

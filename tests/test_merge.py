@@ -723,3 +723,46 @@ def test_office_edits_made_at_the_same_time_both_apply(tmp_path, domains):
     assert phones == [f"1380013{n:04d}" for n in range(8)]
     assert audit.verify(st_) == 16  # 8 registrations, 8 office edits
     st_.conn.close()
+
+
+def test_merge_progress_counts_changes_within_a_bundle(tmp_path, domains, monkeypatch):
+    w = World(tmp_path, domains)
+    for n in range(12):
+        w.insert(CODES[0], person(n, CODES[0]))
+    w.push(CODES[0])
+    monkeypatch.setattr(merge._Merger, "BATCH", 5)
+    calls = []
+    summary = merge.merge(w.store, w.bundles, SECRET, domains, progress=lambda d, t, name: calls.append((d, t)))
+    assert summary.changes == 12
+    assert calls == [(5, 12), (10, 12), (12, 12), (12, 12)]  # per batch, then the bundle done
+
+
+@pytest.mark.parametrize("batch", [1, 2, 500])
+def test_changes_to_one_record_within_a_bundle_apply_in_order(tmp_path, domains, monkeypatch, batch):
+    """Rows are read and written per batch: a later change in the same batch sees the earlier one."""
+    w = World(tmp_path, domains)
+    a = CODES[0]
+    w.insert(a, person(1, a))  # only to enroll the community's key and make its folder
+    row = person(3, a)
+    key = {"id_number": row.pop("id_number")}
+    first, second, third = (f"00170000000000{n}.000000.{a}" for n in (1, 2, 3))
+    path = w.signed_bundle(a, [
+        {"table": "huji.persons", "op": "insert", "key": key, "cells": row, "base": {}, "hlc": first},
+        {"table": "huji.persons", "op": "update", "key": key, "cells": {"phone": "13800138003"},
+         "base": {"phone": first}, "hlc": second},
+        {"table": "huji.persons", "op": "update", "key": key, "cells": {"phone": "13800138033"},
+         "base": {"phone": first}, "hlc": third},  # concurrent with the second: both stay as candidates
+    ])
+    monkeypatch.setattr(merge._Merger, "BATCH", batch)
+    summary = merge.merge(w.store, [path], SECRET, domains)
+    assert summary.changes == 3 and summary.rejected == []
+    st_ = merge.open_store(w.store, SECRET, domains)
+    table = st_.table("huji.persons")
+    k = st_.blind_key(table, [key["id_number"]])
+    (phone, versions) = st_.conn.execute("SELECT phone, _versions FROM huji__persons WHERE _key = ?", (k,)).fetchone()
+    assert st_.plain(table, "phone", phone, k) == "13800138033"  # lww: the later stamp
+    assert json.loads(versions)["phone"] == third
+    frontier = st_.conn.execute("SELECT version FROM frontier WHERE key = ? AND col = 'phone' ORDER BY version",
+                                (k,)).fetchall()
+    assert [v for (v,) in frontier] == [second, third]
+    st_.conn.close()
