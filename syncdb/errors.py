@@ -20,3 +20,7 @@ class SchemaError(SyncdbError):
         if column:
             where.append(f"column '{column}'")
         super().__init__(f"{', '.join(where)}: {message}")
+
+
+class DiskFull(SyncdbError):
+    """The disk ran out of space; nothing was lost, the same command finishes once space is freed."""

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import sqlite3
 from pathlib import Path
 
-from .errors import SyncdbError
+from .errors import DiskFull, SyncdbError
 
 
 def write_atomic(path, data: bytes, mode: int = 0o644) -> Path:
@@ -51,8 +53,40 @@ def fsync_dir(folder) -> None:
 def disk_error(e: OSError, path) -> SyncdbError:
     """Turn an OSError into a message that says what to do."""
     if e.errno == errno.ENOSPC:
-        return SyncdbError(f"the disk is full while writing {path}; free some space and run again "
-                           "(nothing was lost: the previous state is untouched)")
+        return DiskFull(f"the disk is full while writing {path}; free some space and run again "
+                        "(nothing was lost: the previous state is untouched)")
     if e.errno in (errno.EACCES, errno.EPERM):
         return SyncdbError(f"no permission to write {path}; run as the user that owns the folder")
     return SyncdbError(f"cannot write {path}: {e.strerror or e}")
+
+
+# Below this much free space, an I/O error from SQLite is taken for a full disk:
+# SQLite reports one when it cannot even grow its -shm or -wal file.
+NEARLY_FULL = 1 << 20
+
+
+def is_disk_full(e: Exception, path=None) -> bool:
+    """Did ``e`` (an OSError or an sqlite3 error) come from a full disk at ``path``?"""
+    if isinstance(e, OSError):
+        return e.errno == errno.ENOSPC
+    code = getattr(e, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL:
+        return True
+    if code is not None and code & 0xFF == sqlite3.SQLITE_IOERR and path is not None:
+        try:
+            return shutil.disk_usage(path).free < NEARLY_FULL
+        except OSError:
+            return False
+    return False
+
+
+def storage_error(e: Exception, path, then: str = "run the same command again") -> SyncdbError:
+    """A message for an OSError or sqlite3 error met while using the files at ``path``."""
+    if is_disk_full(e, path):
+        return DiskFull(f"the disk holding {path} is full; free some space there, then {then}. "
+                        "Nothing was lost: every step is kept whole or not at all")
+    if isinstance(e, OSError):
+        return disk_error(e, path)
+    return SyncdbError(f"SQLite could not use the database in {path} ({e}); check that the disk is "
+                       f"present and healthy and that this user may write there, then {then}. "
+                       "Nothing was lost: every step is kept whole or not at all")

@@ -16,12 +16,14 @@ Each bundle is applied in one transaction together with its line in the
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import audit, bundle, office
 from .crypto import Secret
+from .files import is_disk_full, storage_error
 from .plugins import manager
 from .hlc import pack_versions, unpack_versions
 from .rules import Candidate, Decision
@@ -54,7 +56,13 @@ class Summary:
 
 
 def open_store(store_dir, secret: Secret, domains: dict[str, Domain]) -> Store:
-    return Store(office.connect(store_dir), office.load_keyring(store_dir, secret), domains)
+    keyring = office.load_keyring(store_dir, secret)
+    conn = office.connect(store_dir)
+    try:
+        return Store(conn, keyring, domains)
+    except sqlite3.Error as e:
+        conn.close()
+        raise storage_error(e, store_dir) from None
 
 
 def merge(store_dir, paths, secret: Secret, domains: dict[str, Domain], progress=None) -> Summary:
@@ -121,6 +129,15 @@ def apply_inbox(store: Store, store_dir: Path, summary: Summary, progress=None) 
                                               "the inbox and copied to quarantine: restore it from a "
                                               "backup of the store folder, then merge again"))
                 total -= sizes[name]
+                break
+            except (OSError, sqlite3.Error) as e:
+                if is_disk_full(e, store_dir):
+                    # Every other bundle would fail the same way: stop here.
+                    raise storage_error(e, store_dir, then=f"run `syncdb merge {store_dir}` again (merging "
+                                        f"{name} stopped, nothing of it was applied, and the bundles wait "
+                                        "in the inbox)") from None
+                hold(queue, sequence, lambda n: f"merging it failed ({type(e).__name__}: {e}); nothing of it "
+                                                "was applied. Fix the cause (see the office log) and merge again")
                 break
             except Exception as e:
                 # A fault in a rule or plugin holds this community's queue, not everybody's.

@@ -25,7 +25,7 @@ from pathlib import Path
 from . import bundle
 from .crypto import Keyring, PublicKey, Secret
 from .errors import SyncdbError
-from .files import write_atomic
+from .files import storage_error, write_atomic
 from .validate import VALIDATORS, Invalid
 
 
@@ -65,9 +65,13 @@ def connect(store) -> sqlite3.Connection:
     if not path.exists():
         raise SyncdbError(f"{store} is not an office store; create one with `syncdb office init {store}`")
     conn = sqlite3.connect(str(path), isolation_level=None, timeout=30)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = FULL")
-    conn.execute("PRAGMA busy_timeout = 30000")
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA busy_timeout = 30000")
+    except sqlite3.Error as e:
+        conn.close()
+        raise storage_error(e, store) from None
     return conn
 
 
@@ -149,12 +153,15 @@ def receive(store, data: bytes, source: str = "upload") -> Receipt:
                     f"a '{header.kind}' bundle is for a community, not for the office", source)
         # One receiver at a time per store (serve and merge may both run): the
         # check, the inbox file and its record go together.
-        conn.execute("BEGIN IMMEDIATE")
         try:
+            conn.execute("BEGIN IMMEDIATE")
             receipt = keep(conn, store, data, header, source)
             conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
+        except BaseException as e:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(e, (OSError, sqlite3.Error)):
+                raise storage_error(e, store) from None
             raise
         return receipt
     finally:

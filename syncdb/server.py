@@ -10,7 +10,8 @@ Every answer is JSON. A bundle is answered 201 when it is new, 200 when the
 office already holds the same bytes (so a push that lost its answer can
 simply send again), and a refusal names its reason with a status the
 community side can act on: 4xx means "do not send this again as it is", 5xx
-means "try again later".
+means "try again later" — 507 (the office's disk is full) at the next push,
+not within this one.
 
 With a merger (``syncdb serve`` has one unless ``--no-merge``), every
 accepted bundle is merged into the store soon after it is acknowledged, one
@@ -31,7 +32,7 @@ import sys
 from pathlib import Path
 
 from . import bundle, office
-from .errors import SyncdbError
+from .errors import DiskFull, SyncdbError
 
 log = logging.getLogger("syncdb.server")
 
@@ -162,6 +163,11 @@ def app(store, max_body: int = 256 * 2**20, merger=None):
             status = STATUS_FOR_REASON.get(e.reason, 400)
             log.warning("refused a bundle from %s (%s): %s", client, e.reason, e)
             return await _json(send, status, {"error": e.reason, "message": str(e)})
+        except DiskFull as e:
+            log.error("could not keep a bundle from %s: %s", client, e)
+            return await _json(send, 507, {
+                "error": "disk-full",
+                "message": "the office's disk is full, so it could not keep the bundle; nothing was acknowledged"})
         except SyncdbError as e:
             log.error("could not keep a bundle from %s: %s", client, e)
             return await _server_error(send)

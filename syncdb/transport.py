@@ -36,6 +36,8 @@ ADVICE = {
     "replay": "keep this folder's outbox as it is and call the data administrator",
     "unsupported": "the office runs an older syncdb; ask the data administrator to upgrade it",
     "too-large": "carry the bundles on a USB stick with `syncdb push --outbox DIR` instead",
+    "disk-full": "nothing is lost: they go at the next push, once the street office has freed space; "
+                 "tell its data administrator",
 }
 DEFAULT_ADVICE = "keep this folder's outbox as it is and call the street office's data administrator"
 MAX_DELAY = 60.0
@@ -132,7 +134,8 @@ def _post(http, endpoint, data, base, left, retries, backoff, timeout, echo) -> 
             problem = _why(e)
         else:
             answer = _json(response)
-            if response.status_code < 500 and response.status_code not in (408, 429):
+            if (response.status_code < 500 and response.status_code not in (408, 429)) \
+                    or response.status_code == 507:  # a full disk at the office: trying again soon won't help
                 return response.status_code, answer
             answered = problem = f"HTTP {response.status_code}"
             if answer and answer.get("message"):
