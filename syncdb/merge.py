@@ -56,13 +56,15 @@ class Summary:
 
 
 def open_store(store_dir, secret: Secret, domains: dict[str, Domain]) -> Store:
-    keyring = office.load_keyring(store_dir, secret)
     conn = office.connect(store_dir)
     try:
-        return Store(conn, keyring, domains)
+        return Store(conn, office.load_keyring(store_dir, secret), domains)
     except sqlite3.Error as e:
         conn.close()
         raise storage_error(e, store_dir) from None
+    except BaseException:
+        conn.close()
+        raise
 
 
 def merge(store_dir, paths, secret: Secret, domains: dict[str, Domain], progress=None) -> Summary:
