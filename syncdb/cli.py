@@ -7,12 +7,14 @@ printed once here and exit with status 1; usage errors exit with 2.
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 
 import click
 
 from . import __version__
 from .errors import SyncdbError
+from .files import storage_error
 from .schema import load_domains as _load_domains
 
 schemas_option = click.option(
@@ -38,6 +40,11 @@ class Group(click.Group):
             return super().invoke(ctx)
         except SyncdbError as e:
             raise click.ClickException(str(e)) from e
+        except (OSError, sqlite3.OperationalError) as e:
+            # What no command turned into a message of its own: a disk full, failing
+            # or read-only under a file it uses. Still one line, and what to do.
+            where = getattr(e, "filename", None) or "a folder this command uses"
+            raise click.ClickException(str(storage_error(e, where))) from e
 
 
 @click.group(cls=Group)

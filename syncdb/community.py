@@ -26,7 +26,7 @@ from pathlib import Path
 from . import bundle, capture, workdir
 from .crypto import Keyring, PublicKey, Secret
 from .errors import SyncdbError
-from .files import write_atomic
+from .files import storage_error, write_atomic
 from .hlc import Clock, Stamp, pack_versions, unpack_versions
 from .schema import Domain, Table
 from .validate import VALIDATORS, Invalid, check_record
@@ -205,9 +205,16 @@ def export(workdir_path, domains: dict[str, Domain], secret: Secret, notify=lamb
 
     Crash-safe in every step: the bundle file is written before the state
     that remembers it is committed, and an orphan bundle from a crash
-    between the two is removed here before anything else.
+    between the two is removed here before anything else. A full disk
+    stops it the same way, with a message that says so.
     """
-    folder = Path(workdir_path)
+    try:
+        return _export(Path(workdir_path), domains, secret, notify)
+    except (OSError, sqlite3.Error) as e:
+        raise storage_error(e, workdir_path, then="run `syncdb push` again") from None
+
+
+def _export(folder: Path, domains: dict[str, Domain], secret: Secret, notify) -> ExportResult:
     config = read_config(folder)
     code = config["code"]
     ring = Keyring.load(state_dir(folder) / "keyring.json", secret)

@@ -181,3 +181,36 @@ def test_serve_on_a_full_disk_answers_507_and_the_push_keeps_its_bundle(
     done = run(["push", str(c.path), "--to", server.url], syncdb_env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert c.pending() == []
+
+
+def test_push_from_a_community_whose_own_disk_is_full_loses_no_change(
+        small_disk, tmp_path, domains, syncdb_env, syncdb_secret, office_store):
+    """The community PC's disk fills up between two evenings: push stops clearly, then catches up."""
+    from conftest import Community
+    from syncdb import community as community_lib, workdir
+
+    disk = small_disk("community-disk", "16m")
+    code = "441900003001"
+    folder = disk.path / "shequ"
+    workdir.create(folder, domains)
+    pub = community_lib.init(folder, code, office_store / "office.pub.json", domains, syncdb_secret)
+    office.enroll(office_store, code, pub)
+    c = Community(folder, code, office_store, domains, syncdb_secret)
+    c.add_persons(200)
+    usb = tmp_path / "usb"
+    assert run(["push", str(folder), "--outbox", str(usb)], syncdb_env).returncode == 0
+    c.add_persons(100)  # the day's work, written before the disk filled up
+    disk.fill(leave=20_000)
+
+    failed = run(["push", str(folder), "--outbox", str(usb)], syncdb_env)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    message = " ".join(failed.stderr.split())
+    assert f"the disk holding {folder} is full; free some space there, then run `syncdb push` again" \
+        in message, message
+
+    disk.free()
+    done = run(["push", str(folder), "--outbox", str(usb)], syncdb_env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = merge.merge(office_store, [usb], syncdb_secret, domains)
+    assert summary.rejected == [] and summary.refused == []
+    assert len(store_rows(office_store, syncdb_secret, domains)) == 300
