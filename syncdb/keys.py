@@ -43,12 +43,15 @@ def rotate(store_dir, secret: Secret, domains, resume_only=False, progress=None)
                 # Compare the key-id byte as bytes: unicode() of a lone byte >= 0xC0 is not its value.
                 stale = " OR ".join(f"(typeof([{c}]) = 'blob' AND substr([{c}], 2, 1) != x'{current:02x}')"
                                     for c in sensitive)
+                # Read inside the write transaction: a merge committing in between
+                # would otherwise be overwritten with the values read before it.
+                store.conn.execute("BEGIN IMMEDIATE")
                 batch = store.conn.execute(
                     f"SELECT _key, {', '.join(f'[{c}]' for c in sensitive)} FROM [{name}] WHERE {stale} LIMIT {BATCH}"
                 ).fetchall()
                 if not batch:
+                    store.conn.execute("COMMIT")
                     break
-                store.conn.execute("BEGIN IMMEDIATE")
                 for key, *values in batch:
                     sealed = [_reseal(store, v, table, c, key) for c, v in zip(sensitive, values)]
                     store.conn.execute(
@@ -80,9 +83,10 @@ def _unfinished(store_dir, secret, domains, key_id) -> bool:
                     return True
         # The queue's side tables are re-sealed last: a rotation stopped there is unfinished too.
         current = bytes([int(key_id)])
-        if store.conn.execute("SELECT 1 FROM frontier WHERE typeof(value) = 'blob' "
-                              "AND substr(value, 2, 1) != ? LIMIT 1", (current,)).fetchone():
-            return True
+        for tbl, col in store.conn.execute("SELECT DISTINCT tbl, col FROM frontier WHERE typeof(value) = 'blob' "
+                                           "AND substr(value, 2, 1) != ?", (current,)).fetchall():
+            if tbl in store.tables and store.table(tbl).columns[col].sensitive:
+                return True
         for tbl, col, candidates in store.conn.execute("SELECT tbl, col, candidates FROM conflicts"):
             if tbl in store.tables and store.table(tbl).columns[col].sensitive and any(
                     item["value"] is not None and bytes.fromhex(item["value"])[1:2] != current
@@ -99,8 +103,8 @@ def _reseal(store, sealed, table, column, key) -> bytes:
 
 
 def _reseal_frontier(store, current) -> int:
-    rows = store.conn.execute("SELECT tbl, key, col, version, value FROM frontier WHERE typeof(value) = 'blob'").fetchall()
     store.conn.execute("BEGIN IMMEDIATE")
+    rows = store.conn.execute("SELECT tbl, key, col, version, value FROM frontier WHERE typeof(value) = 'blob'").fetchall()
     n = 0
     for tbl, key, col, version, value in rows:
         table = store.table(tbl)
@@ -113,8 +117,8 @@ def _reseal_frontier(store, current) -> int:
 
 
 def _reseal_conflicts(store, current) -> int:
-    rows = store.conn.execute("SELECT id, tbl, key, col, candidates FROM conflicts").fetchall()
     store.conn.execute("BEGIN IMMEDIATE")
+    rows = store.conn.execute("SELECT id, tbl, key, col, candidates FROM conflicts").fetchall()
     n = 0
     for cid, tbl, key, col, candidates in rows:
         table = store.table(tbl)

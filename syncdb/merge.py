@@ -524,8 +524,11 @@ class _Merger:
             values[col] = None if winner.deleted else store.stored(table, col, winner.value, key)
             versions[col] = ("~" if winner.deleted else "") + winner.version
         for col, value in zip(table.key, key_values):
-            # The key is the same plaintext: what is stored (sealed) for it stays.
-            values[col] = stored[col] if stored.get(col) is not None else store.stored(table, col, value, key)
+            # The key is the same plaintext: what is stored (sealed) for it stays, unless
+            # the schema has made the column sensitive since it was stored in the clear.
+            kept = stored.get(col)
+            values[col] = kept if kept is not None and isinstance(kept, bytes) == table.columns[col].sensitive \
+                else store.stored(table, col, value, key)
         for col in table.id_columns:
             index = f"{col}__bi"
             if col in table.key:
