@@ -391,13 +391,17 @@ def audit_verify(store, schemas):
     from . import audit as audit_lib
     from .merge import open_store
 
+    from .publish import verify_views
+
     st = open_store(store, _secret(), load_domains(schemas))
     try:
         changes = audit_lib.verify(st)
         entries = st.conn.execute("SELECT count(*) FROM ledger").fetchone()[0]
+        views = verify_views(st)
     finally:
         st.conn.close()
     click.echo(f"audit ledger intact: {entries} entries recording {changes} changes")
+    click.echo(f"page-view log intact: {views} views of plaintext")
 
 
 @cli.command(name="export")
@@ -454,3 +458,81 @@ def keys_rotate(store, schemas):
     counts = keys_lib.rotate(store, _secret(), load_domains(schemas))
     for what, n in counts.items():
         click.echo(f"{what}: {n} re-encrypted")
+
+
+@cli.command()
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8001, show_default=True, help="Port to listen on.")
+@click.option("--refresh", type=click.FloatRange(min=1), default=30, show_default=True,
+              help="Seconds between looks at the store for newly merged data.")
+@click.option("--title", help="The site's title (default 街道办人口数据).")
+@click.option("--session-hours", type=click.FloatRange(min=0, min_open=True), default=8, show_default=True,
+              help="How long a sign-in lasts.")
+@schemas_option
+def publish(store, host, port, refresh, title, session_hours, schemas):
+    """Serve the store read-only in Datasette, for the office's staff.
+
+    Decrypts into memory only: a masked database for every signed-in member
+    of staff, a plaintext one for the view-pii role (each view logged). Needs
+    the office passphrase or key file, and staff accounts (`syncdb users add`).
+
+    Example: syncdb publish /srv/office --host 0.0.0.0 --port 8001
+    """
+    from .publish import serve as serve_lib
+
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    serve_lib(store, _secret(), load_domains(schemas), host=host, port=port, refresh_seconds=refresh,
+              title=title, session_hours=session_hours, ready=lambda url: click.echo(f"Publishing {store} at {url} (Ctrl-C to stop)", err=True))
+
+
+@cli.group(cls=Group)
+def users():
+    """Staff accounts for `syncdb publish`."""
+
+
+@users.command(name="add")
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@click.argument("name")
+@click.option("--role", "roles", multiple=True, type=click.Choice(["view-pii", "admin"]),
+              help="view-pii: may see plaintext (every view is logged); admin: may run SQL. Repeatable.")
+@click.password_option(prompt="Password for the new account",
+                       help="Prompted for (twice) when not given; at least 8 characters.")
+def users_add(store, name, roles, password):
+    """Add a member of staff, or give one a new password and roles.
+
+    Example: syncdb users add /srv/office wangfang --role view-pii
+    """
+    from .publish import add_user
+
+    add_user(store, name, password, roles)
+    click.echo(f"{name}: {', '.join(sorted(roles)) or 'masked data only'}")
+
+
+@users.command(name="list")
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+def users_list(store):
+    """List staff accounts and their roles.
+
+    Example: syncdb users list /srv/office
+    """
+    from .publish import read_users
+
+    for name, user in sorted(read_users(store).items()):
+        click.echo(f"{name}\t{', '.join(user['roles']) or '-'}\tadded {user['added']}")
+
+
+@users.command(name="remove")
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@click.argument("name")
+def users_remove(store, name):
+    """Remove a staff account; its signed-in sessions end at once.
+
+    Example: syncdb users remove /srv/office wangfang
+    """
+    from .publish import remove_user
+
+    remove_user(store, name)
+    click.echo(f"removed {name}")

@@ -169,3 +169,80 @@ def office_server(tmp_path, office_store, syncdb_env):
     yield start
     for server in servers:
         server.kill()
+
+
+# --- real `syncdb publish` (Datasette) processes on 127.0.0.1 --------------------------------
+
+STAFF = {  # name: (password, roles)
+    "wangfang": ("pw-wangfang-1", ["view-pii"]),
+    "lilei": ("pw-lilei-1", []),
+    "zhaomin": ("pw-zhaomin-1", ["admin"]),
+}
+
+
+class Publisher:
+    """`syncdb publish` as a subprocess; sign_in() gives a requests.Session with its cookie."""
+
+    def __init__(self, store: Path, env: dict, log: Path, extra=()):
+        self.store, self.env, self.log_path = store, env, log
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [SYNCDB, "publish", str(store), "--host", "127.0.0.1", "--port", str(self.port), *extra]
+        with open(log, "ab") as out:
+            self.process = subprocess.Popen(args, env=env, stdout=out, stderr=out)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"syncdb publish exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if requests.get(f"{self.url}/-/login", timeout=0.5).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"syncdb publish did not answer within 60 s:\n{self.log()}")
+
+    def sign_in(self, name: str, password: str | None = None) -> requests.Session:
+        session = requests.Session()
+        page = session.get(f"{self.url}/-/login")
+        token = page.text.split('name="csrftoken" value="', 1)[1].split('"', 1)[0]
+        answer = session.post(f"{self.url}/-/login", allow_redirects=False, data={
+            "csrftoken": token, "username": name, "password": password or STAFF[name][0], "next": "/"})
+        assert answer.status_code == 302, answer.text
+        return session
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def add_staff(store: Path, env: dict) -> None:
+    """The STAFF accounts, added with `syncdb users add` as an administrator would."""
+    for name, (password, roles) in STAFF.items():
+        args = [SYNCDB, "users", "add", str(store), name, "--password", password]
+        for role in roles:
+            args += ["--role", role]
+        subprocess.run(args, env=env, check=True, capture_output=True)
+
+
+@pytest.fixture
+def publisher(tmp_path, syncdb_env):
+    """publisher(store, *extra_args) → a started Publisher (staff accounts added); always stopped."""
+    started = []
+
+    def start(store: Path, *extra) -> Publisher:
+        add_staff(store, syncdb_env)
+        p = Publisher(store, syncdb_env, tmp_path / f"publish-{len(started)}.log", extra)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()

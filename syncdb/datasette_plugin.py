@@ -1,0 +1,291 @@
+"""The Datasette plugin behind ``syncdb publish`` (see publish.py for the why).
+
+Only hooks that Datasette 1.0 keeps are used: ``startup``, ``register_routes``,
+``render_cell`` and ``asgi_wrapper``. The publishing context (store folder,
+keyring, schemas) is handed over as ``datasette._syncdb`` by ``serve()``,
+never through metadata, which Datasette shows at ``/-/metadata``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlencode
+
+from datasette import hookimpl
+from datasette.utils import baseconv
+from datasette.utils.asgi import Request, Response
+from itsdangerous import BadSignature
+from markupsafe import Markup, escape
+
+from . import office, publish
+from .crypto import Keyring
+from .store import Store
+
+log = logging.getLogger("syncdb.publish")
+
+PUBLIC_PATHS = ("/-/login", "/-/static/", "/-/static-plugins/", "/favicon.ico")
+
+
+@dataclass
+class Context:
+    store_dir: Path
+    keyring: Keyring
+    domains: dict
+    refresh_seconds: float = 30.0
+    session_hours: float = publish.SESSION_HOURS
+    signature: tuple | None = None
+    loaded_at: str = ""
+    tasks: set = field(default_factory=set)
+
+    def store(self) -> Store:
+        """A connection of its own for the calling thread."""
+        return Store(office.connect(self.store_dir), self.keyring, self.domains)
+
+
+def _context(datasette) -> Context:
+    return datasette._syncdb
+
+
+# ---------------------------------------------------------------- loading the in-memory databases
+
+def _decrypt(ctx: Context):
+    store = ctx.store()
+    try:
+        return publish.signature(store), publish.decrypt(store)
+    finally:
+        store.conn.close()
+
+
+async def reload(datasette) -> None:
+    ctx = _context(datasette)
+    signature, published = await asyncio.to_thread(_decrypt, ctx)
+    for name, which in ((publish.MASKED_DB, "masked"), (publish.PLAIN_DB, "plain")):
+        db = datasette.databases.get(name) or datasette.add_memory_database(name)
+        await db.execute_write_fn(lambda conn, which=which: publish.load(conn, published, which), block=True)
+    ctx.signature = signature
+    ctx.loaded_at = time.strftime("%Y-%m-%d %H:%M:%S")
+    log.info("published %d tables (%d records) from %s", len(published),
+             sum(len(p.plain) for p in published), ctx.store_dir)
+
+
+async def _follow_merges(datasette) -> None:
+    """Reload after each merge; a failure is logged and tried again at the next tick."""
+    ctx = _context(datasette)
+    while True:
+        await asyncio.sleep(ctx.refresh_seconds)
+        try:
+            signature = await asyncio.to_thread(_signature, ctx)
+            if signature != ctx.signature:
+                await reload(datasette)
+        except Exception:
+            log.exception("reloading the published data failed; the pages show the data loaded at %s",
+                          ctx.loaded_at)
+
+
+def _signature(ctx: Context) -> tuple:
+    store = ctx.store()
+    try:
+        return publish.signature(store)
+    finally:
+        store.conn.close()
+
+
+@hookimpl
+def startup(datasette):
+    if getattr(datasette, "_syncdb", None) is None:
+        return None
+
+    async def inner():
+        if "_memory" in datasette.databases:
+            datasette.remove_database("_memory")  # Datasette's empty default: nothing to publish there
+        await reload(datasette)
+        task = asyncio.get_running_loop().create_task(_follow_merges(datasette))
+        _context(datasette).tasks.add(task)
+    return inner
+
+
+# ---------------------------------------------------------------- who is asking
+
+def actor_of(datasette, request: Request) -> dict | None:
+    """The signed-in actor from the ds_actor cookie, honouring its expiry, as Datasette does."""
+    cookie = request.cookies.get("ds_actor")
+    if not cookie:
+        return None
+    try:
+        decoded = datasette.unsign(cookie, "actor")
+    except BadSignature:
+        return None
+    if not isinstance(decoded, dict) or "a" not in decoded:
+        return None
+    expires = decoded.get("e")
+    if not expires or time.time() > baseconv.base62.decode(expires):
+        return None  # our sessions always carry an expiry
+    actor = decoded["a"]
+    # An account removed (or its roles changed) counts from the next page on, not the next sign-in.
+    user = publish.read_users(_context(datasette).store_dir).get(actor.get("id"))
+    if user is None or user["roles"] != actor.get("roles"):
+        return None
+    return actor
+
+
+def sees_plaintext(actor: dict | None) -> bool:
+    return bool(actor) and "view-pii" in (actor.get("roles") or [])
+
+
+def _shows_plaintext(path: str, actor) -> bool:
+    if path == f"/{publish.PLAIN_DB}" or path.startswith((f"/{publish.PLAIN_DB}/", f"/{publish.PLAIN_DB}.")):
+        return True
+    return sees_plaintext(actor) and path.startswith(("/-/person/", "/-/conflicts"))
+
+
+@hookimpl
+def asgi_wrapper(datasette):
+    def wrap(app):
+        async def guarded(scope, receive, send):
+            if scope["type"] != "http" or getattr(datasette, "_syncdb", None) is None:
+                return await app(scope, receive, send)
+            path = scope["path"]
+            request = Request(scope, receive)
+            actor = actor_of(datasette, request)
+            if actor is None and not path.startswith(PUBLIC_PATHS):
+                target = path + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
+                response = Response.redirect("/-/login?" + urlencode({"next": target}))
+                return await response.asgi_send(send)
+            if not _shows_plaintext(path, actor):
+                return await app(scope, receive, send)
+            refused = False
+
+            async def logged_first(message):
+                # The view is on record before a byte of it is sent; if it cannot be
+                # recorded, it is not shown.
+                nonlocal refused
+                if refused:
+                    return
+                if message["type"] == "http.response.start" and message["status"] == 200:
+                    try:
+                        await asyncio.to_thread(_log_view, _context(datasette), actor["id"], path,
+                                                scope.get("query_string", b"").decode("latin-1"))
+                    except Exception:
+                        log.exception("could not record a view of plaintext by %s; the page was not shown",
+                                      actor["id"])
+                        refused = True
+                        response = Response.text("这次查看无法记入访问日志，因此没有显示。请联系数据管理员。", status=503)
+                        return await response.asgi_send(send)
+                await send(message)
+            await app(scope, receive, logged_first)
+        return guarded
+    return wrap
+
+
+def _log_view(ctx: Context, actor: str, path: str, query: str) -> None:
+    store = ctx.store()
+    try:
+        publish.log_view(store, actor, publish.shown_page(store, path, query))
+    finally:
+        store.conn.close()
+
+
+# ---------------------------------------------------------------- pages
+
+def _safe_next(value: str | None) -> str:
+    # Only a path on this site: never an open redirect.
+    return value if value and value.startswith("/") and not value.startswith("//") else "/"
+
+
+async def login(datasette, request):
+    ctx = _context(datasette)
+    error = None
+    next_path = _safe_next(request.args.get("next"))
+    if request.method == "POST":
+        form = await request.post_vars()
+        next_path = _safe_next(form.get("next"))
+        actor = await asyncio.to_thread(publish.check_password, ctx.store_dir, form.get("username", ""),
+                                        form.get("password", ""))
+        if actor:
+            response = Response.redirect(next_path)
+            expires = baseconv.base62.encode(int(time.time() + ctx.session_hours * 3600))
+            response.set_cookie("ds_actor", datasette.sign({"a": actor, "e": expires}, "actor"),
+                                httponly=True, samesite="lax")
+            log.info("%s signed in", actor["id"])
+            return response
+        await asyncio.sleep(1)  # slow down guessing
+        error = "用户名或密码不正确"
+    html = await datasette.render_template("syncdb_login.html", {
+        "error": error, "next": next_path, "hours": f"{ctx.session_hours:g}"}, request=request)
+    return Response.html(html, status=403 if error else 200)
+
+
+async def person(datasette, request):
+    token = request.url_vars["token"]
+    actor = actor_of(datasette, request)
+    plain = sees_plaintext(actor)
+    db = datasette.get_database(publish.PLAIN_DB if plain else publish.MASKED_DB)
+    sections = []
+    for name in await db.table_names():
+        columns = [c for c in await db.table_columns(name)]
+        if publish.PERSON_COLUMN not in columns:
+            continue
+        result = await db.execute(f"SELECT * FROM [{name}] WHERE [{publish.PERSON_COLUMN}] = ?", [token])
+        rows = [dict(r) for r in result.rows]
+        if rows:
+            shown = [c for c in columns if c != publish.PERSON_COLUMN]
+            sections.append({"table": name, "columns": shown, "rows": [[r[c] for c in shown] for r in rows],
+                             "url": datasette.urls.table(db.name, name) + "?"
+                             + urlencode({publish.PERSON_COLUMN: token})})
+    html = await datasette.render_template("syncdb_person.html", {
+        "sections": sections, "plaintext": plain, "token": token}, request=request)
+    return Response.html(html, status=200 if sections else 404)
+
+
+async def sync(datasette, request):
+    ctx = _context(datasette)
+
+    def read():
+        store = ctx.store()
+        try:
+            return publish.sync_status(store)
+        finally:
+            store.conn.close()
+    rows = await asyncio.to_thread(read)
+    html = await datasette.render_template("syncdb_sync.html", {
+        "rows": rows, "loaded_at": ctx.loaded_at}, request=request)
+    return Response.html(html)
+
+
+async def conflicts(datasette, request):
+    ctx = _context(datasette)
+    plain = sees_plaintext(actor_of(datasette, request))
+
+    def read():
+        store = ctx.store()
+        try:
+            return publish.open_conflicts(store, plaintext=plain)
+        finally:
+            store.conn.close()
+    items = await asyncio.to_thread(read)
+    html = await datasette.render_template("syncdb_conflicts.html", {
+        "items": items, "plaintext": plain}, request=request)
+    return Response.html(html)
+
+
+@hookimpl
+def register_routes(datasette):
+    if getattr(datasette, "_syncdb", None) is None:
+        return []
+    return [
+        (r"^/-/login$", login),
+        (r"^/-/person/(?P<token>[0-9a-f]{32})$", person),
+        (r"^/-/sync$", sync),
+        (r"^/-/conflicts$", conflicts),
+    ]
+
+
+@hookimpl
+def render_cell(value, column, table, database, datasette):
+    if column == publish.PERSON_COLUMN and isinstance(value, str) and len(value) == 32:
+        return Markup(f'<a href="/-/person/{escape(value)}">查看</a>')
+    return None

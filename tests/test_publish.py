@@ -1,0 +1,231 @@
+"""`syncdb publish`: real Datasette on 127.0.0.1, over HTTP, with staff signed in."""
+
+import json
+import re
+import sqlite3
+import subprocess
+import time
+
+import pytest
+import requests
+
+from conftest import SYNCDB
+from syncdb import merge
+from syncdb.publish import MASKED_DB, PLAIN_DB, PERSON_COLUMN, mask_value
+from syncdb.schema import Column
+
+PERSONS = "户籍_人员"
+PERSONS_PATH = "~E6~88~B7~E7~B1~8D_~E4~BA~BA~E5~91~98"  # Datasette's tilde-encoding of 户籍_人员
+CODES = ["441900003001", "441900003002"]
+
+
+def _persons(path):
+    conn = sqlite3.connect(path / "huji.db")
+    rows = conn.execute("SELECT id_number, name, phone, address FROM persons").fetchall()
+    conn.close()
+    return rows
+
+
+@pytest.fixture
+def office(office_store, make_community, domains, syncdb_secret):
+    """Two communities merged; the second registers one of the first's residents too (a conflict)."""
+    a, b = make_community(CODES[0]), make_community(CODES[1])
+    a.add_persons(6)
+    b.next_person = 6  # b's first resident is a's sixth: a duplicate registration
+    b.add_persons(3)
+    bundles = [a.export().path, b.export().path]
+    summary = merge.merge(office_store, bundles, syncdb_secret, domains)
+    assert summary.opened > 0
+    secrets = {value for c in (a, b) for row in _persons(c.path) for value in row}
+    return office_store, a, b, secrets
+
+
+def rows(session, url):
+    answer = session.get(url)
+    assert answer.status_code == 200, answer.text[:300]
+    return answer.json()
+
+
+def test_everything_needs_a_sign_in(office, publisher):
+    store, *_ = office
+    site = publisher(store)
+    for path in ("/", f"/{MASKED_DB}", f"/{MASKED_DB}/{PERSONS_PATH}.json", f"/{PLAIN_DB}.json",
+                 "/-/sync", "/-/conflicts", "/-/person/" + "0" * 32, "/-/metadata.json"):
+        answer = requests.get(site.url + path, allow_redirects=False)
+        assert answer.status_code == 302, path
+        assert answer.headers["location"].startswith("/-/login?next="), path
+    page = requests.get(site.url + "/-/login")
+    assert "登录" in page.text and "用户名" in page.text
+
+
+def test_a_wrong_password_is_refused_and_a_session_expires(office, publisher):
+    store, *_ = office
+    site = publisher(store, "--session-hours", "0.001")  # 3.6 seconds
+    session = requests.Session()
+    page = session.get(f"{site.url}/-/login")
+    token = page.text.split('name="csrftoken" value="', 1)[1].split('"', 1)[0]
+    wrong = session.post(f"{site.url}/-/login", data={"csrftoken": token, "username": "lilei", "password": "nope"},
+                         allow_redirects=False)
+    assert wrong.status_code == 403 and "用户名或密码不正确" in wrong.text
+    assert "ds_actor" not in session.cookies
+    signed_in = site.sign_in("lilei")
+    assert signed_in.get(f"{site.url}/", allow_redirects=False).status_code == 200
+    time.sleep(4)
+    assert signed_in.get(f"{site.url}/", allow_redirects=False).status_code == 302
+
+
+def test_staff_without_view_pii_see_masked_values_on_every_path(office, publisher):
+    store, a, b, secrets = office
+    site = publisher(store)
+    li = site.sign_in("lilei")
+    data = rows(li, f"{site.url}/{MASKED_DB}/{PERSONS_PATH}.json?_shape=array")
+    assert len(data) == 8  # 6 + 3, one of them registered twice
+    assert set(data[0]) >= {"公民身份号码", "姓名", "联系电话", "住址", PERSON_COLUMN}
+    for row in data:
+        assert re.fullmatch(r"441900\*{8}\d{3}[\dX]", row["公民身份号码"]), row
+        assert re.fullmatch(r"居\*", row["姓名"]) or re.fullmatch(r"居\*\d", row["姓名"]), row
+        assert re.fullmatch(r"138\*{4}\d{4}", row["联系电话"]), row
+    # No path leaks what the mask hides: sort, facet, filter by a real ID, CSV, the plaintext database, SQL.
+    real_id = next(iter(_persons(a.path)))[0]
+    paths = [f"/{MASKED_DB}/{PERSONS_PATH}.json?_sort=公民身份号码&_facet=姓名",
+             f"/{MASKED_DB}/{PERSONS_PATH}.csv?_size=max",
+             f"/{MASKED_DB}/{PERSONS_PATH}.json?公民身份号码={real_id}",
+             f"/{MASKED_DB}/{PERSONS_PATH}",
+             "/-/conflicts", "/-/sync"]
+    for path in paths:
+        answer = li.get(site.url + path)
+        assert answer.status_code == 200, path
+        # (A filter's own value is echoed back to whoever typed it: that is not the store's data.)
+        assert not [s for s in secrets - {real_id} if s in answer.content.decode("utf-8")], path
+    assert li.get(f"{site.url}/{MASKED_DB}/{PERSONS_PATH}.json?公民身份号码={real_id}&_shape=array").json() == []
+    for path in (f"/{PLAIN_DB}", f"/{PLAIN_DB}/{PERSONS_PATH}.json", f"/{PLAIN_DB}/{PERSONS_PATH}.csv",
+                 f"/{MASKED_DB}.json?sql=select+1", f"/{PLAIN_DB}.json?sql=select+1"):
+        assert li.get(site.url + path).status_code == 403, path
+    assert li.get(f"{site.url}/{MASKED_DB}.db").status_code in (403, 404)  # no whole-file download
+
+
+def test_view_pii_sees_plaintext_and_every_view_is_logged_without_plaintext(
+        office, publisher, syncdb_env, syncdb_secret, domains):
+    store, a, b, secrets = office
+    site = publisher(store)
+    wang = site.sign_in("wangfang")
+    data = rows(wang, f"{site.url}/{PLAIN_DB}/{PERSONS_PATH}.json?_shape=array")
+    ids = {row["公民身份号码"] for row in data}
+    assert ids == {r[0] for c in (a, b) for r in _persons(c.path)}
+    real_id = sorted(ids)[0]
+    token = next(row[PERSON_COLUMN] for row in data if row["公民身份号码"] == real_id)
+    rows(wang, f"{site.url}/{PLAIN_DB}/{PERSONS_PATH}.json?公民身份号码={real_id}")
+    person = wang.get(f"{site.url}/-/person/{token}")
+    assert person.status_code == 200 and real_id in person.text and "访问日志" in person.text
+    conflicts = wang.get(f"{site.url}/-/conflicts")
+    assert conflicts.status_code == 200
+    # The masked pages and lilei's views are not logged; wangfang's plaintext pages are, four of them.
+    li = site.sign_in("lilei")
+    assert real_id not in li.get(f"{site.url}/-/person/{token}").text
+    conn = sqlite3.connect(store / "store.db")
+    views = conn.execute("SELECT actor, page FROM page_views ORDER BY id").fetchall()
+    conn.close()
+    assert [actor for actor, _ in views] == ["wangfang"] * 4
+    assert views[0][1] == f"/{PLAIN_DB}/{PERSONS_PATH.replace('~', '%')}.json?_shape=array" or \
+        views[0][1] == f"/{PLAIN_DB}/{PERSONS}.json?_shape=array"
+    assert views[1][1].startswith(f"/{PLAIN_DB}/{PERSONS}.json?公民身份号码=#")
+    assert not [s for s in secrets for _, page in views if s in page]
+    # Tamper-evident, like the audit ledger.
+    ok = subprocess.run([SYNCDB, "audit", "verify", str(store)], env=syncdb_env, capture_output=True, text=True)
+    assert ok.returncode == 0 and "page-view log intact: 4 views" in ok.stdout, ok.stdout + ok.stderr
+    conn = sqlite3.connect(store / "store.db")
+    conn.execute("UPDATE page_views SET actor = 'someone' WHERE id = 2")
+    conn.commit()
+    conn.close()
+    bad = subprocess.run([SYNCDB, "audit", "verify", str(store)], env=syncdb_env, capture_output=True, text=True)
+    assert bad.returncode == 1 and "page-view log entry 2" in bad.stderr
+
+
+def test_pages_for_the_office_person_conflicts_sync(office, publisher):
+    store, a, b, secrets = office
+    site = publisher(store)
+    li = site.sign_in("lilei")
+    sync = li.get(f"{site.url}/-/sync")
+    assert sync.status_code == 200 and all(code in sync.text for code in CODES)
+    conflicts = li.get(f"{site.url}/-/conflicts")
+    assert "duplicate-registration" in conflicts.text and "户籍_人员" in conflicts.text
+    # The person page joins the domains by ID number.
+    data = rows(li, f"{site.url}/{MASKED_DB}/{PERSONS_PATH}.json?_shape=array")
+    person = li.get(f"{site.url}/-/person/{data[0][PERSON_COLUMN]}")
+    assert person.status_code == 200 and "户籍_人员" in person.text and "敏感信息已脱敏" in person.text
+    assert li.get(f"{site.url}/-/person/{'0' * 32}").status_code == 404
+    table = li.get(f"{site.url}/{MASKED_DB}/{PERSONS_PATH}")
+    assert "/-/person/" in table.text and "查看" in table.text
+
+
+def test_a_merge_shows_up_without_a_restart(office, publisher, syncdb_secret, domains):
+    store, a, b, secrets = office
+    site = publisher(store, "--refresh", "1")
+    li = site.sign_in("lilei")
+    before = len(rows(li, f"{site.url}/{MASKED_DB}/{PERSONS_PATH}.json?_shape=array"))
+    a.next_person = 20  # past b's residents, so two new people
+    a.add_persons(2)
+    merge.merge(store, [a.export().path], syncdb_secret, domains)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if len(rows(li, f"{site.url}/{MASKED_DB}/{PERSONS_PATH}.json?_shape=array")) == before + 2:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the new records did not appear within 15 s")
+
+
+def test_nothing_can_be_written_through_the_site(office, publisher):
+    store, *_ = office
+    site = publisher(store)
+    admin = site.sign_in("zhaomin")
+    ok = admin.get(f"{site.url}/{MASKED_DB}.json", params={"sql": "select count(*) as n from [户籍_人员]"})
+    assert ok.status_code == 200 and ok.json()["rows"] == [[8]]
+    write = admin.get(f"{site.url}/{MASKED_DB}.json", params={"sql": "delete from [户籍_人员]"})
+    assert write.status_code == 400
+    assert admin.get(f"{site.url}/{MASKED_DB}.json", params={"sql": "select count(*) from [户籍_人员]"}).json()["rows"] == [[8]]
+
+
+def test_the_store_folder_holds_no_plaintext_after_publishing(office, publisher):
+    store, a, b, secrets = office
+    site = publisher(store)
+    wang = site.sign_in("wangfang")
+    real_id = next(iter(_persons(a.path)))[0]
+    rows(wang, f"{site.url}/{PLAIN_DB}/{PERSONS_PATH}.json?公民身份号码={real_id}")
+    wang.get(f"{site.url}/-/conflicts")
+    site.stop()
+    blobs = b"".join(p.read_bytes() for p in store.rglob("*") if p.is_file())
+    leaked = [s for s in secrets if s.encode() in blobs]
+    assert leaked == []
+
+
+def test_publish_without_staff_accounts_says_how_to_add_one(office_store, syncdb_env):
+    result = subprocess.run([SYNCDB, "publish", str(office_store), "--port", "1"], env=syncdb_env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "syncdb users add" in result.stderr
+
+
+def test_users_add_list_remove(office_store, syncdb_env):
+    def users(*args, input=None):
+        return subprocess.run([SYNCDB, "users", *args], env=syncdb_env, capture_output=True, text=True, input=input)
+
+    assert users("add", str(office_store), "chen", "--role", "view-pii", input="long-enough\nlong-enough\n").returncode == 0
+    assert users("add", str(office_store), "zhou", "--password", "short").returncode == 1
+    listed = users("list", str(office_store))
+    assert "chen\tview-pii" in listed.stdout
+    raw = (office_store / "publish-users.json").read_bytes()
+    assert b"long-enough" not in raw
+    assert users("remove", str(office_store), "chen").returncode == 0
+    assert "chen" not in users("list", str(office_store)).stdout
+
+
+@pytest.mark.parametrize("column, value, shown", [
+    (Column("id_number", "text", "公民身份号码", "lww", sensitive=True, validator="id_number"),
+     "11010519491231002X", "110105********002X"),
+    (Column("name", "text", "姓名", "lww", sensitive=True), "张小明", "张*明"),
+    (Column("name", "text", "姓名", "lww", sensitive=True), "张三", "张*"),
+    (Column("phone", "text", "联系电话", "lww", sensitive=True, validator="phone"), "13800000000", "138****0000"),
+    (Column("address", "text", "住址", "lww", sensitive=True), "广东省东莞市某街道1号", "广东省东莞******"),
+])
+def test_masks(column, value, shown):
+    assert mask_value(column, value) == shown
