@@ -143,16 +143,28 @@ def sample(directory, code, residents, seed, schemas):
               help="How many sample communities to build.")
 @click.option("--residents", type=click.IntRange(min=1), default=2000, show_default=True,
               help="Residents per community.")
+@click.option("--publish/--no-publish", "publishing", default=True, show_default=True,
+              help="Then serve the result in Datasette until Ctrl-C.")
+@click.option("--port", type=int, default=8001, show_default=True, help="Port for the published site.")
 @schemas_option
-def demo(directory, communities, residents, schemas):
-    """Build a sample street office with its communities and run the nightly cycle.
+def demo(directory, communities, residents, publishing, port, schemas):
+    """Build a sample street office with its communities, run two nightly cycles, publish the result.
 
     Example: syncdb demo demo-office --communities 3 --residents 2000
     """
     from .demo import run_demo
 
-    run_demo(directory, communities=communities, residents=residents,
-             domains=load_domains(schemas), echo=click.echo)
+    domains = load_domains(schemas)
+    made = run_demo(directory, communities=communities, residents=residents, domains=domains, echo=click.echo)
+    if publishing:
+        import logging
+
+        from .publish import serve as serve_lib
+
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+        serve_lib(made["store"], made["secret"], domains, host="127.0.0.1", port=port,
+                  ready=lambda url: click.echo(f"== Published read-only at {url} — sign in with an account "
+                                               "above; Ctrl-C to stop"))
 
 
 def _secret(confirm=False):

@@ -13,6 +13,7 @@ from the data; the demo keeps one key file beside it so it can run unattended.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import sqlite3
@@ -20,9 +21,9 @@ import threading
 import time
 from pathlib import Path
 
-from . import community, merge, office, server, transport, workdir
+from . import community, merge, office, publish, server, transport, workdir
 from .conflicts import list_conflicts
-from .resolve import resolve_conflict
+from .resolve import office_edit, resolve_conflict
 from .crypto import Secret
 from .errors import SyncdbError
 from .sample import generate
@@ -112,6 +113,8 @@ def run_demo(directory, communities: int, residents: int, domains: dict, echo=pr
 
         echo("== Day 2: a resident moves from one community to another, and a third registers them too")
         _stage_transfer(list(folders.values()), echo)
+        echo("== Day 2: the office corrects a resident's name while the community changes it too")
+        _stage_concurrent_edit(store, secret, domains, list(folders.values())[0], echo)
         echo("== Night 2: push and merge again")
         _push_all(folders, sample_domains, secret, ingest.url, echo)
         _merge(store, secret, domains, echo)
@@ -130,11 +133,32 @@ def run_demo(directory, communities: int, residents: int, domains: dict, echo=pr
             echo(f"   {summary.lines()[1]}; {summary.lines()[2]}")
     left = list_conflicts(store, secret, domains)
     echo(f"== {len(left)} open conflict(s) left; the audit ledger records every change and the resolution")
+    staff = {"staff": ("", []), "pii": ("", ["view-pii"])}
+    for name, (_, roles) in list(staff.items()):
+        password = secrets.token_urlsafe(9)
+        publish.add_user(store, name, password, roles)
+        staff[name] = (password, roles)
     echo(f"Look around: export SYNCDB_KEY_FILE={key_file}")
     echo(f"   syncdb conflicts list {store} --all")
     echo(f"   syncdb audit verify {store}")
     echo(f"   syncdb export {store} huji.persons --where status=normal | head")
-    return {"store": store, "communities": folders}
+    echo(f"   syncdb publish {store}")
+    echo("Staff accounts for the published site (syncdb users list):")
+    for name, (password, roles) in staff.items():
+        echo(f"   {name} / {password}   ({', '.join(roles) or 'masked values only'})")
+    return {"store": store, "communities": folders, "secret": secret, "staff": staff}
+
+
+def _stage_concurrent_edit(store, secret, domains, folder: Path, echo) -> None:
+    """A name (a manual column) changed at the office and at the community before either hears."""
+    conn = workdir.connect(workdir.db_path(folder, "huji"))
+    (id_number, name) = conn.execute(
+        "SELECT id_number, name FROM persons WHERE status = 'normal' ORDER BY id_number DESC LIMIT 1").fetchone()
+    office_edit(store, secret, domains, [
+        {"table": "huji.persons", "key": {"id_number": id_number}, "cells": {"name": name + "华"}}])
+    conn.execute("UPDATE persons SET name = ? WHERE id_number = ?", (name + "明", id_number))
+    conn.close()
+    echo(f"   {mask(id_number)}: the office writes {mask(name + '华')}, {folder.name} writes {mask(name + '明')}")
 
 
 def _push_all(folders, domains, secret, url, echo):

@@ -390,7 +390,8 @@ def serve(store_dir, secret: Secret, domains, host: str = "127.0.0.1", port: int
 
     async def main():
         await ds.invoke_startup()  # decrypt before the first page, not during it
-        server = uvicorn.Server(uvicorn.Config(ds.app(), host=host, port=port, log_level="info"))
+        # No access log: a query string can carry an ID number, and logs end up on disk.
+        server = uvicorn.Server(uvicorn.Config(ds.app(), host=host, port=port, log_level="info", access_log=False))
         if ready:
             ready(f"http://{host}:{port}/")
         await server.serve()
