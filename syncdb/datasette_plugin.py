@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,8 @@ class Context:
     signature: tuple | None = None
     loaded_at: str = ""
     tasks: set = field(default_factory=set)
+    writers: list = field(default_factory=list)  # connections that fill the in-memory databases
+    filling: threading.Lock = field(default_factory=threading.Lock)
 
     def store(self) -> Store:
         """A connection of its own for the calling thread."""
@@ -52,24 +56,32 @@ def _context(datasette) -> Context:
 
 # ---------------------------------------------------------------- loading the in-memory databases
 
-def _decrypt(ctx: Context):
-    store = ctx.store()
-    try:
-        return publish.signature(store), publish.decrypt(store)
-    finally:
-        store.conn.close()
+def _fill(ctx: Context) -> tuple[tuple, int]:
+    """Decrypt the store into the in-memory databases (in a worker thread, one at a time)."""
+    with ctx.filling:
+        if not ctx.writers:
+            # Kept open for the life of the process: a shared in-memory database
+            # lives only while some connection to it is open.
+            ctx.writers = [sqlite3.connect(publish.memory_uri(name), uri=True, isolation_level=None,
+                                           check_same_thread=False)
+                           for name in (publish.MASKED_DB, publish.PLAIN_DB)]
+        store = ctx.store()
+        try:
+            signature = publish.signature(store)
+            return signature, publish.fill(store, *ctx.writers)
+        finally:
+            store.conn.close()
 
 
 async def reload(datasette) -> None:
     ctx = _context(datasette)
-    signature, published = await asyncio.to_thread(_decrypt, ctx)
-    for name, which in ((publish.MASKED_DB, "masked"), (publish.PLAIN_DB, "plain")):
-        db = datasette.databases.get(name) or datasette.add_memory_database(name)
-        await db.execute_write_fn(lambda conn, which=which: publish.load(conn, published, which), block=True)
+    for name in (publish.MASKED_DB, publish.PLAIN_DB):
+        if name not in datasette.databases:
+            datasette.add_memory_database(name)
+    signature, records = await asyncio.to_thread(_fill, ctx)
     ctx.signature = signature
     ctx.loaded_at = time.strftime("%Y-%m-%d %H:%M:%S")
-    log.info("published %d tables (%d records) from %s", len(published),
-             sum(len(p.plain) for p in published), ctx.store_dir)
+    log.info("published %d records from %s", records, ctx.store_dir)
 
 
 async def _follow_merges(datasette) -> None:

@@ -25,7 +25,6 @@ import hmac
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import office
@@ -70,62 +69,73 @@ def published_name(domain: Domain, table: Table) -> str:
     return f"{domain.label}_{table.label}"
 
 
-@dataclass
-class Published:
-    """One table as staff see it: labels, then the masked and the plain rows."""
-
-    name: str
-    table: Table
-    columns: list[str]  # Chinese labels, then PERSON_COLUMN where the table has an ID column
-    masked: list[tuple]
-    plain: list[tuple]
-
-
 def person_column(table: Table) -> str | None:
     """The ID-number column whose blind index links a record to the person page."""
     ids = table.id_columns
     return ids[0] if ids else None
 
 
-def decrypt(store: Store) -> list[Published]:
-    """Every live record of every table, decrypted in memory."""
-    out = []
+def memory_uri(name: str) -> str:
+    """The URI Datasette opens a named in-memory database with (shared by every connection of the process)."""
+    return f"file:{name}?mode=memory&cache=shared"
+
+
+CHUNK = 2000
+
+
+def fill(store: Store, masked, plain) -> int:
+    """Decrypt every live record into the two in-memory databases; return how many.
+
+    ``masked`` and ``plain`` are connections (isolation_level=None) to them.
+
+    Streams in chunks, so memory holds the published databases and one chunk,
+    never a Python copy of the store. Each table is built under a new name and
+    swapped in at the end, so pages keep the old data until the new is whole.
+    """
+    records = 0
+    built = []
     for domain in store.domains.values():
         for table in domain.tables.values():
+            name = published_name(domain, table)
             names = list(table.columns)
             linked = person_column(table)
             labels = [table.columns[c].label for c in names] + ([PERSON_COLUMN] if linked else [])
-            select = ", ".join(f"[{c}]" for c in names)
+            select = ", ".join(f"[{c}]" for c in names) + (f", [{linked}__bi]" if linked else "")
+            for conn in (masked, plain):
+                conn.execute(f"DROP TABLE IF EXISTS [_new_{name}]")
+                conn.execute(f"CREATE TABLE [_new_{name}] ({', '.join(f'[{c}]' for c in labels)})")
+            insert = f"INSERT INTO [_new_{name}] VALUES ({', '.join('?' * len(labels))})"
+            cursor = store.conn.execute(f"SELECT _key, {select} FROM [{table_name(table)}] WHERE _exists = 1")
+            while True:
+                chunk = cursor.fetchmany(CHUNK)
+                if not chunk:
+                    break
+                shown, hidden = [], []
+                for key, *values in chunk:
+                    row = [store.plain(table, c, v, key) for c, v in zip(names, values)]
+                    masked_row = [mask_value(table.columns[c], v) if table.columns[c].sensitive else v
+                                  for c, v in zip(names, row)]
+                    if linked:
+                        token = bytes(values[-1]).hex() if values[-1] is not None else None
+                        row.append(token)
+                        masked_row.append(token)
+                    shown.append(row)
+                    hidden.append(masked_row)
+                for conn, rows in ((plain, shown), (masked, hidden)):
+                    conn.execute("BEGIN")
+                    conn.executemany(insert, rows)
+                    conn.execute("COMMIT")
+                records += len(chunk)
+            built.append((name, linked))
+    for conn in (masked, plain):
+        conn.execute("BEGIN IMMEDIATE")
+        for name, linked in built:
+            conn.execute(f"DROP TABLE IF EXISTS [{name}]")
+            conn.execute(f"ALTER TABLE [_new_{name}] RENAME TO [{name}]")
             if linked:
-                select += f", [{linked}__bi]"
-            masked, plain = [], []
-            for key, *values in store.conn.execute(
-                    f"SELECT _key, {select} FROM [{table_name(table)}] WHERE _exists = 1"):
-                row = [store.plain(table, c, v, key) for c, v in zip(names, values)]
-                hidden = [mask_value(table.columns[c], v) if table.columns[c].sensitive else v
-                          for c, v in zip(names, row)]
-                if linked:
-                    token = bytes(values[-1]).hex() if values[-1] is not None else None
-                    row.append(token)
-                    hidden.append(token)
-                plain.append(tuple(row))
-                masked.append(tuple(hidden))
-            out.append(Published(published_name(domain, table), table, labels, masked, plain))
-    return out
-
-
-def load(conn, published: list[Published], which: str) -> None:
-    """Replace the tables of an in-memory database with ``which`` ("masked" or "plain") rows."""
-    conn.execute("BEGIN")
-    for p in published:
-        conn.execute(f"DROP TABLE IF EXISTS [{p.name}]")
-        cols = ", ".join(f"[{c}]" for c in p.columns)
-        conn.execute(f"CREATE TABLE [{p.name}] ({cols})")
-        if PERSON_COLUMN in p.columns:
-            conn.execute(f"CREATE INDEX [{p.name}_{PERSON_COLUMN}] ON [{p.name}] ([{PERSON_COLUMN}])")
-        conn.executemany(f"INSERT INTO [{p.name}] VALUES ({', '.join('?' * len(p.columns))})",
-                         getattr(p, which))
-    conn.execute("COMMIT")
+                conn.execute(f"CREATE INDEX [{name}_{PERSON_COLUMN}] ON [{name}] ([{PERSON_COLUMN}])")
+        conn.execute("COMMIT")
+    return records
 
 
 def metadata(domains: dict[str, Domain], title: str) -> dict:
@@ -334,12 +344,6 @@ def open_conflicts(store: Store, plaintext: bool) -> list[dict]:
         out.append({"id": cid, "table": published_name(domain, table), "record": _record_label(store, table, key),
                     "column": column.label, "kind": kind, "rule": rule, "opened": opened, "candidates": items})
     return out
-
-
-def open_for_publishing(store_dir, secret: Secret, domains) -> Store:
-    store = open_store(store_dir, secret, domains)
-    store.conn.execute(PAGE_VIEWS)
-    return store
 
 
 def signature(store: Store) -> tuple:
