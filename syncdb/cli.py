@@ -340,7 +340,7 @@ def merge(store, paths, schemas):
 
 @cli.group(cls=Group)
 def conflicts():
-    """List the conflicts the rules left for a person."""
+    """List, show, review and settle the conflicts the rules left for a person."""
 
 
 @conflicts.command(name="list")
@@ -363,6 +363,105 @@ def conflicts_list(store, show_all, fmt, schemas):
                                    for c in item["candidates"])
             click.echo(f"#{item['id']} [{item['status']}] {item['table']} {item['record']} "
                        f"{item['column']} ({item['kind']}): {candidates}; provisional {item['winner']}")
+
+
+def _when(version: str) -> str:
+    """An HLC stamp's wall-clock part, as the office's local time."""
+    import time
+
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(version.split(".")[0]) / 1000))
+    except (ValueError, IndexError, OverflowError, OSError):
+        return version
+
+
+def _show(store, item) -> None:
+    click.echo(f"#{item['id']} [{item['status']}] {item['table']} {item['record']} · {item['column']} "
+               f"{item['label']} ({item['kind']})")
+    click.echo(f"opened {item['opened']}; provisional winner by {item['rule']}: {item['winner']}")
+    if item["status"] != "open":
+        click.echo(f"{item['status']} {item['closed']}: {item['note']}")
+    click.echo("candidates:")
+    for n, c in enumerate(item["candidates"], start=1):
+        shown = "(deleted)" if c["deleted"] else repr(c["value"])
+        click.echo(f"  {n}) {c['origin']:<14} {_when(c['version'])}  {shown}   [{c['version']}]")
+    if item["record_cells"]:
+        click.echo("the record in the store now:")
+        for cell in item["record_cells"]:
+            click.echo(f"  {cell['label']} ({cell['column']}): {cell['value'] if cell['value'] is not None else ''}")
+    for other in item["others_open"]:
+        click.echo(f"also open on this record: #{other['id']} ({other['column']})")
+
+
+@conflicts.command(name="show")
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@click.argument("conflict_id", type=int)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@schemas_option
+def conflicts_show(store, conflict_id, fmt, schemas):
+    """Show one conflict in full: each candidate with its origin and time, and the record as stored.
+
+    Example: syncdb conflicts show /srv/office 12
+    """
+    from .conflicts import show_conflict
+
+    item = show_conflict(store, _secret(), load_domains(schemas), conflict_id)
+    if fmt == "json":
+        click.echo(json.dumps(item, ensure_ascii=False, indent=2))
+        return
+    _show(store, item)
+    if item["status"] == "open":
+        click.echo("settle it with one of:")
+        for c in item["candidates"]:
+            click.echo(f"  syncdb conflicts resolve {store} {conflict_id} --keep {c['origin']}")
+        click.echo(f"  syncdb conflicts resolve {store} {conflict_id} --value TEXT")
+
+
+@conflicts.command(name="review")
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@schemas_option
+def conflicts_review(store, schemas):
+    """Walk through the open conflicts one by one and settle each, or skip it.
+
+    For each: type a candidate's number to keep it, v to type a value, s to
+    skip, q to stop. Each answer is an office resolution, as with `resolve`.
+
+    Example: syncdb conflicts review /srv/office
+    """
+    from .conflicts import list_conflicts, show_conflict
+    from .resolve import resolve_conflict
+
+    secret, domains = _secret(), load_domains(schemas)
+    queue = [item["id"] for item in list_conflicts(store, secret, domains)]
+    if not queue:
+        click.echo("No open conflicts.")
+        return
+    settled = skipped = 0
+    for n, conflict_id in enumerate(queue, start=1):
+        item = show_conflict(store, secret, domains, conflict_id)
+        if item["status"] != "open":
+            continue  # settled along with an earlier one (--keep keeps a whole record)
+        click.echo(f"\n({n} of {len(queue)})")
+        _show(store, item)
+        choices = [str(i) for i in range(1, len(item["candidates"]) + 1)]
+        answer = click.prompt(f"keep {'/'.join(choices)}, v = type a value, s = skip, q = quit",
+                              type=click.Choice(choices + ["v", "s", "q"]), show_choices=False)
+        if answer == "q":
+            break
+        if answer == "s":
+            skipped += 1
+            continue
+        if answer == "v":
+            summary = resolve_conflict(store, secret, domains, conflict_id,
+                                       value=click.prompt(f"value for {item['label']}"))
+        else:
+            summary = resolve_conflict(store, secret, domains, conflict_id,
+                                       keep=item["candidates"][int(answer) - 1]["version"])
+        settled += 1
+        for line in summary.lines()[1:]:
+            click.echo(f"  {line}")
+    left = len(list_conflicts(store, secret, domains))
+    click.echo(f"\n{settled} settled, {skipped} skipped; {left} still open")
 
 
 @conflicts.command(name="resolve")

@@ -1,0 +1,64 @@
+"""`syncdb conflicts show` and `syncdb conflicts review`, as the data administrator uses them."""
+
+import pytest
+from click.testing import CliRunner
+
+from syncdb import merge, resolve
+from syncdb.cli import cli
+from test_merge import CODES, SECRET, World, id_number, person
+
+
+@pytest.fixture
+def queued(tmp_path, domains):
+    """Two residents whose names the office and the community changed at once: two open conflicts."""
+    w = World(tmp_path, domains)
+    a = CODES[0]
+    for n in (7, 8):
+        w.insert(a, person(n, a))
+    w.push(a)
+    merge.merge(w.store, w.bundles, SECRET, domains)
+    for n in (7, 8):
+        resolve.office_edit(w.store, SECRET, domains, [
+            {"table": "huji.persons", "key": {"id_number": id_number(n)}, "cells": {"name": f"办公室{n}"}}])
+        w.sql(a, "UPDATE persons SET name = ? WHERE id_number = ?", (f"社区{n}", id_number(n)))
+    w.push(a)
+    assert merge.merge(w.store, w.bundles[-1:], SECRET, domains).opened == 2
+    key_file = tmp_path / "key"
+    key_file.write_bytes(SECRET.key_file_bytes)
+    return w, {"SYNCDB_KEY_FILE": str(key_file)}
+
+
+def run(env, *args, input=None):
+    return CliRunner().invoke(cli, list(args), env=env, input=input)
+
+
+def names(w, domains):
+    st = merge.open_store(w.store, SECRET, domains)
+    try:
+        table = st.table("huji.persons")
+        return sorted(st.plain(table, "name", v, k) for k, v in st.conn.execute("SELECT _key, name FROM huji__persons"))
+    finally:
+        st.conn.close()
+
+
+def test_show_gives_every_candidate_the_record_and_the_commands(queued):
+    w, env = queued
+    shown = run(env, "conflicts", "show", str(w.store), "1")
+    assert shown.exit_code == 0, shown.output
+    assert "'办公室7'" in shown.output and "'社区7'" in shown.output
+    assert "姓名 (name)" in shown.output and "公民身份号码 (id_number): " + id_number(7) in shown.output
+    assert f"syncdb conflicts resolve {w.store} 1 --keep office" in shown.output
+    missing = run(env, "conflicts", "show", str(w.store), "99")
+    assert missing.exit_code == 1 and "there is no conflict #99" in missing.output
+
+
+def test_review_keeps_a_candidate_types_a_value_or_skips(queued, domains):
+    w, env = queued
+    first = run(env, "conflicts", "review", str(w.store), input="2\ns\n")
+    assert first.exit_code == 0, first.output
+    assert "1 settled, 1 skipped; 1 still open" in first.output
+    second = run(env, "conflicts", "review", str(w.store), input="v\n王芳\n")
+    assert second.exit_code == 0, second.output
+    assert "1 settled, 0 skipped; 0 still open" in second.output
+    assert names(w, domains) == ["王芳", "社区7"]
+    assert run(env, "conflicts", "review", str(w.store)).output.strip() == "No open conflicts."
