@@ -132,16 +132,12 @@ def apply_inbox(store: Store, store_dir: Path, summary: Summary, progress=None) 
                                               "backup of the store folder, then merge again"))
                 total -= sizes[name]
                 break
-            except (OSError, sqlite3.Error) as e:
-                if is_disk_full(e, store_dir):
+            except Exception as e:
+                if isinstance(e, (OSError, sqlite3.Error)) and is_disk_full(e, store_dir):
                     # Every other bundle would fail the same way: stop here.
                     raise storage_error(e, store_dir, then=f"run `syncdb merge {store_dir}` again (merging "
                                         f"{name} stopped, nothing of it was applied, and the bundles wait "
                                         "in the inbox)") from None
-                hold(queue, sequence, lambda n: f"merging it failed ({type(e).__name__}: {e}); nothing of it "
-                                                "was applied. Fix the cause (see the office log) and merge again")
-                break
-            except Exception as e:
                 # A fault in a rule or plugin holds this community's queue, not everybody's.
                 hold(queue, sequence, lambda n: f"merging it failed ({type(e).__name__}: {e}); nothing of it "
                                                 "was applied. Fix the cause (see the office log) and merge again")
