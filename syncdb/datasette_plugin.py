@@ -9,7 +9,9 @@ never through metadata, which Datasette shows at ``/-/metadata``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import re
 import sqlite3
 import threading
 import time
@@ -18,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from datasette import hookimpl
-from datasette.utils import baseconv
+from datasette.utils import baseconv, tilde_decode
 from datasette.utils.asgi import Request, Response
 from itsdangerous import BadSignature
 from markupsafe import Markup, escape
@@ -32,6 +34,52 @@ log = logging.getLogger("syncdb.publish")
 PUBLIC_PATHS = ("/-/login", "/-/static/", "/-/static-plugins/", "/favicon.ico")
 
 
+class Gate:
+    """Pages read while no schema change is under way; a schema change waits for the pages in flight.
+
+    Lives on the event loop; the thread that fills the databases takes it
+    through ``exclusive()``.
+    """
+
+    def __init__(self):
+        self.readers = 0
+        self.writer = False
+        self.changed = asyncio.Condition()
+        self.loop = None
+
+    @contextlib.asynccontextmanager
+    async def reading(self):
+        async with self.changed:
+            await self.changed.wait_for(lambda: not self.writer)
+            self.readers += 1
+        try:
+            yield
+        finally:
+            async with self.changed:
+                self.readers -= 1
+                self.changed.notify_all()
+
+    async def _take(self):
+        async with self.changed:
+            await self.changed.wait_for(lambda: not self.writer)
+            self.writer = True  # from here no new page starts
+            await self.changed.wait_for(lambda: self.readers == 0)
+
+    async def _give(self):
+        async with self.changed:
+            self.writer = False
+            self.changed.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        """For a worker thread: hold the databases alone for a moment."""
+        asyncio.run_coroutine_threadsafe(self._take(), self.loop).result()
+        try:
+            yield
+        finally:
+            asyncio.run_coroutine_threadsafe(self._give(), self.loop).result()
+
+
 @dataclass
 class Context:
     store_dir: Path
@@ -43,6 +91,7 @@ class Context:
     loaded_at: str = ""
     tasks: set = field(default_factory=set)
     writers: list = field(default_factory=list)  # connections that fill the in-memory databases
+    gate: Gate = field(default_factory=Gate)
     filling: threading.Lock = field(default_factory=threading.Lock)
 
     def store(self) -> Store:
@@ -68,13 +117,14 @@ def _fill(ctx: Context) -> tuple[tuple, int]:
         store = ctx.store()
         try:
             signature = publish.signature(store)
-            return signature, publish.fill(store, *ctx.writers)
+            return signature, publish.fill(store, *ctx.writers, exclusive=ctx.gate.exclusive)
         finally:
             store.conn.close()
 
 
 async def reload(datasette) -> None:
     ctx = _context(datasette)
+    ctx.gate.loop = asyncio.get_running_loop()
     for name in (publish.MASKED_DB, publish.PLAIN_DB):
         if name not in datasette.databases:
             datasette.add_memory_database(name)
@@ -139,7 +189,7 @@ def actor_of(datasette, request: Request) -> dict | None:
     actor = decoded["a"]
     # An account removed (or its roles changed) counts from the next page on, not the next sign-in.
     user = publish.read_users(_context(datasette).store_dir).get(actor.get("id"))
-    if user is None or user["roles"] != actor.get("roles"):
+    if user is None or user["roles"] != actor.get("roles") or user.get("epoch", "") != actor.get("epoch"):
         return None
     return actor
 
@@ -148,10 +198,23 @@ def sees_plaintext(actor: dict | None) -> bool:
     return bool(actor) and "view-pii" in (actor.get("roles") or [])
 
 
+MASKED_PAGES = ("/-/login", "/-/logout", "/-/sync", "/-/static/", "/-/static-plugins/", "/-/actor",
+                "/-/databases", "/-/metadata", "/-/versions", "/-/plugins", "/-/settings", "/favicon.ico")
+
+
 def _shows_plaintext(path: str, actor) -> bool:
-    if path == f"/{publish.PLAIN_DB}" or path.startswith((f"/{publish.PLAIN_DB}/", f"/{publish.PLAIN_DB}.")):
+    """Fail closed: for someone who may see plaintext, every page is logged unless it is
+    known to show none — however its address is spelled (Datasette tilde-decodes names)."""
+    if not sees_plaintext(actor):
+        return False  # permissions keep the plaintext database from them
+    if path == "/" or path.startswith(MASKED_PAGES):
+        return False
+    first = re.sub(r"\.\w+$", "", path.split("/")[1])
+    try:
+        first = tilde_decode(first)
+    except Exception:
         return True
-    return sees_plaintext(actor) and path.startswith(("/-/person/", "/-/conflicts"))
+    return first != publish.MASKED_DB
 
 
 @hookimpl
@@ -167,30 +230,34 @@ def asgi_wrapper(datasette):
                 target = path + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
                 response = Response.redirect("/-/login?" + urlencode({"next": target}))
                 return await response.asgi_send(send)
-            if not _shows_plaintext(path, actor):
-                return await app(scope, receive, send)
-            refused = False
-
-            async def logged_first(message):
-                # The view is on record before a byte of it is sent; if it cannot be
-                # recorded, it is not shown.
-                nonlocal refused
-                if refused:
-                    return
-                if message["type"] == "http.response.start" and message["status"] == 200:
-                    try:
-                        await asyncio.to_thread(_log_view, _context(datasette), actor["id"], path,
-                                                scope.get("query_string", b"").decode("latin-1"))
-                    except Exception:
-                        log.exception("could not record a view of plaintext by %s; the page was not shown",
-                                      actor["id"])
-                        refused = True
-                        response = Response.text("这次查看无法记入访问日志，因此没有显示。请联系数据管理员。", status=503)
-                        return await response.asgi_send(send)
-                await send(message)
-            await app(scope, receive, logged_first)
+            async with _context(datasette).gate.reading():
+                return await _serve(datasette, app, scope, receive, send, path, actor)
         return guarded
     return wrap
+
+
+async def _serve(datasette, app, scope, receive, send, path, actor):
+    """Serve a signed-in request; a page showing plaintext goes on record before a byte is sent."""
+    if not _shows_plaintext(path, actor):
+        return await app(scope, receive, send)
+    refused = False
+
+    async def logged_first(message):
+        # If the view cannot be recorded, it is not shown.
+        nonlocal refused
+        if refused:
+            return
+        if message["type"] == "http.response.start" and message["status"] == 200:
+            try:
+                await asyncio.to_thread(_log_view, _context(datasette), actor["id"], path,
+                                        scope.get("query_string", b"").decode("latin-1"))
+            except Exception:
+                log.exception("could not record a view of plaintext by %s; the page was not shown", actor["id"])
+                refused = True
+                response = Response.text("这次查看无法记入访问日志，因此没有显示。请联系数据管理员。", status=503)
+                return await response.asgi_send(send)
+        await send(message)
+    await app(scope, receive, logged_first)
 
 
 def _log_view(ctx: Context, actor: str, path: str, query: str) -> None:
@@ -204,8 +271,12 @@ def _log_view(ctx: Context, actor: str, path: str, query: str) -> None:
 # ---------------------------------------------------------------- pages
 
 def _safe_next(value: str | None) -> str:
-    # Only a path on this site: never an open redirect.
-    return value if value and value.startswith("/") and not value.startswith("//") else "/"
+    # Only a path on this site: never an open redirect (browsers read /\host and //host as another site).
+    if not value or not value.startswith("/") or value.startswith("//"):
+        return "/"
+    if any(c == "\\" or ord(c) < 32 or c.isspace() for c in value):
+        return "/"
+    return value
 
 
 async def login(datasette, request):
@@ -213,6 +284,10 @@ async def login(datasette, request):
     error = None
     next_path = _safe_next(request.args.get("next"))
     if request.method == "POST":
+        if "ds_csrftoken" not in request.cookies:
+            # Datasette checks the form's token only against a cookie; a cross-site form
+            # sends none, so without one the sign-in is refused.
+            return Response.html("请重新打开登录页面再登录。", status=403)
         form = await request.post_vars()
         next_path = _safe_next(form.get("next"))
         actor = await asyncio.to_thread(publish.check_password, ctx.store_dir, form.get("username", ""),

@@ -20,6 +20,7 @@ replaced by their blind index so the log itself holds no plaintext.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -75,6 +76,16 @@ def person_column(table: Table) -> str | None:
     return ids[0] if ids else None
 
 
+def birth_date_columns(table: Table) -> set[str]:
+    """Columns holding the birth date an ID number carries: masked to the year.
+
+    The ID mask hides exactly the eight birth-date digits, so a full date
+    beside it would give the whole number back.
+    """
+    return {c.matches["birth_date"] for c in table.columns.values()
+            if c.sensitive and c.validator == "id_number" and c.matches.get("birth_date")}
+
+
 def memory_uri(name: str) -> str:
     """The URI Datasette opens a named in-memory database with (shared by every connection of the process)."""
     return f"file:{name}?mode=memory&cache=shared"
@@ -83,10 +94,13 @@ def memory_uri(name: str) -> str:
 CHUNK = 2000
 
 
-def fill(store: Store, masked, plain) -> int:
+def fill(store: Store, masked, plain, exclusive=contextlib.nullcontext) -> int:
     """Decrypt every live record into the two in-memory databases; return how many.
 
     ``masked`` and ``plain`` are connections (isolation_level=None) to them.
+    ``exclusive()`` is held while the schema changes: an in-memory database's
+    connections share one cache, where a page reading during a CREATE, DROP or
+    RENAME would fail with "table is locked" instead of waiting.
 
     Streams in chunks, so memory holds the published databases and one chunk,
     never a Python copy of the store. Each table is built under a new name and
@@ -99,11 +113,13 @@ def fill(store: Store, masked, plain) -> int:
             name = published_name(domain, table)
             names = list(table.columns)
             linked = person_column(table)
+            born = birth_date_columns(table)
             labels = [table.columns[c].label for c in names] + ([PERSON_COLUMN] if linked else [])
             select = ", ".join(f"[{c}]" for c in names) + (f", [{linked}__bi]" if linked else "")
-            for conn in (masked, plain):
-                conn.execute(f"DROP TABLE IF EXISTS [_new_{name}]")
-                conn.execute(f"CREATE TABLE [_new_{name}] ({', '.join(f'[{c}]' for c in labels)})")
+            with exclusive():
+                for conn in (masked, plain):
+                    conn.execute(f"DROP TABLE IF EXISTS [_new_{name}]")
+                    conn.execute(f"CREATE TABLE [_new_{name}] ({', '.join(f'[{c}]' for c in labels)})")
             insert = f"INSERT INTO [_new_{name}] VALUES ({', '.join('?' * len(labels))})"
             cursor = store.conn.execute(f"SELECT _key, {select} FROM [{table_name(table)}] WHERE _exists = 1")
             while True:
@@ -113,7 +129,8 @@ def fill(store: Store, masked, plain) -> int:
                 shown, hidden = [], []
                 for key, *values in chunk:
                     row = [store.plain(table, c, v, key) for c, v in zip(names, values)]
-                    masked_row = [mask_value(table.columns[c], v) if table.columns[c].sensitive else v
+                    masked_row = [mask_value(table.columns[c], v) if table.columns[c].sensitive
+                                  else (v[:4] if c in born and isinstance(v, str) else v)
                                   for c, v in zip(names, row)]
                     if linked:
                         token = bytes(values[-1]).hex() if values[-1] is not None else None
@@ -127,14 +144,18 @@ def fill(store: Store, masked, plain) -> int:
                     conn.execute("COMMIT")
                 records += len(chunk)
             built.append((name, linked))
-    for conn in (masked, plain):
-        conn.execute("BEGIN IMMEDIATE")
-        for name, linked in built:
-            conn.execute(f"DROP TABLE IF EXISTS [{name}]")
-            conn.execute(f"ALTER TABLE [_new_{name}] RENAME TO [{name}]")
-            if linked:
-                conn.execute(f"CREATE INDEX [{name}_{PERSON_COLUMN}] ON [{name}] ([{PERSON_COLUMN}])")
-        conn.execute("COMMIT")
+    generation = os.urandom(4).hex()  # an index keeps its name through the RENAME: one name per build
+    with exclusive():
+        for conn in (masked, plain):
+            for name, linked in built:
+                if linked:
+                    conn.execute(f"CREATE INDEX [{name}_{PERSON_COLUMN}_{generation}] ON [_new_{name}] "
+                                 f"([{PERSON_COLUMN}])")
+            conn.execute("BEGIN IMMEDIATE")
+            for name, linked in built:
+                conn.execute(f"DROP TABLE IF EXISTS [{name}]")
+                conn.execute(f"ALTER TABLE [_new_{name}] RENAME TO [{name}]")
+            conn.execute("COMMIT")
     return records
 
 
@@ -197,8 +218,9 @@ def add_user(store_dir, name: str, password: str, roles=()) -> None:
     office.connect(store_dir).close()  # an office store, or say so
     users = read_users(store_dir)
     salt = os.urandom(16)
+    # A new epoch with every new password or roles: sessions signed in before end at their next page.
     users[name] = {"salt": salt.hex(), "hash": _hash(password, salt).hex(), "roles": sorted(set(roles)),
-                   "added": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                   "epoch": os.urandom(8).hex(), "added": time.strftime("%Y-%m-%dT%H:%M:%S")}
     write_atomic(users_path(store_dir), json.dumps({"users": users}, ensure_ascii=False, indent=2).encode(), 0o600)
 
 
@@ -218,7 +240,7 @@ def check_password(store_dir, name: str, password: str) -> dict | None:
         return None
     if not hmac.compare_digest(_hash(password, bytes.fromhex(user["salt"])), bytes.fromhex(user["hash"])):
         return None
-    return {"id": name, "roles": user["roles"]}
+    return {"id": name, "roles": user["roles"], "epoch": user.get("epoch", "")}
 
 
 # ---------------------------------------------------------------- the page-view log
@@ -264,8 +286,9 @@ def verify_views(store: Store) -> int:
 
 
 # Query parameters that only shape a page; every other value (a filter, a search,
-# a _where clause) may quote a sensitive value and is logged as its blind index.
-SHAPING = {"_shape", "_size", "_sort", "_sort_desc", "_next", "_facet", "_col", "_nocol", "_labels", "_nofacet"}
+# a _where clause, _next: the sort value to continue from) may quote a sensitive
+# value and is logged as its blind index.
+SHAPING = {"_shape", "_size", "_sort", "_sort_desc", "_facet", "_col", "_nocol", "_labels", "_nofacet"}
 
 
 def shown_page(store: Store, path: str, query: str) -> str:

@@ -231,3 +231,93 @@ def test_users_add_list_remove(office_store, syncdb_env):
 ])
 def test_masks(column, value, shown):
     assert mask_value(column, value) == shown
+
+
+def test_pages_keep_answering_while_merged_data_is_swapped_in(office, publisher, syncdb_secret, domains):
+    """The in-memory databases share one cache: a page must wait for a schema change, never fail on it."""
+    import threading
+
+    store, a, b, secrets = office
+    site = publisher(store, "--refresh", "1")
+    li = site.sign_in("lilei")
+    statuses = []
+    stop = threading.Event()
+
+    def read():
+        while not stop.is_set():
+            statuses.append(li.get(f"{site.url}/{MASKED_DB}/{PERSONS_PATH}.json?_shape=array&_size=5").status_code)
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        a.next_person = 100
+        for _ in range(4):
+            a.add_persons(300)
+            merge.merge(store, [a.export().path], syncdb_secret, domains)
+            time.sleep(1.5)  # a refresh tick, and the reload it starts
+    finally:
+        stop.set()
+        reader.join()
+    assert len(statuses) > 100 and [s for s in statuses if s != 200] == []
+    assert rows(li, f"{site.url}/{MASKED_DB}/{PERSONS_PATH}.json?_size=1")["filtered_table_rows_count"] == 8 + 1200
+
+
+def test_a_masked_id_and_the_birth_date_beside_it_do_not_give_the_number_back(office, publisher):
+    """The ID mask hides the eight birth-date digits; the masked database shows only the year."""
+    store, a, b, secrets = office
+    site = publisher(store)
+    li = site.sign_in("lilei")
+    for row in rows(li, f"{site.url}/{MASKED_DB}/{PERSONS_PATH}.json?_shape=array"):
+        assert re.fullmatch(r"19\d\d", row["出生日期"]), row
+    wang = site.sign_in("wangfang")
+    full = rows(wang, f"{site.url}/{PLAIN_DB}/{PERSONS_PATH}.json?_shape=array")
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d", row["出生日期"]) for row in full)
+
+
+def test_every_spelling_of_a_plaintext_page_is_logged_and_the_log_keeps_no_sort_value(office, publisher):
+    store, a, b, secrets = office
+    site = publisher(store)
+    wang = site.sign_in("wangfang")
+
+    def views():
+        conn = sqlite3.connect(store / "store.db")
+        try:
+            return [page for (page,) in conn.execute("SELECT page FROM page_views ORDER BY id")]
+        finally:
+            conn.close()
+    # Datasette tilde-decodes a database name: ~5F is "_".
+    answer = wang.get(f"{site.url}/renkou~5Fmingwen/{PERSONS_PATH}.json?_shape=array&_size=1")
+    assert answer.status_code == 200 and answer.json()[0]["公民身份号码"] in secrets
+    assert len(views()) == 1
+    # A next-page link carries the last row's sort value: an ID number when sorted by it.
+    first = wang.get(f"{site.url}/{PLAIN_DB}/{PERSONS_PATH}.json", params={"_sort": "公民身份号码", "_size": 2}).json()
+    assert first["next"] and wang.get(first["next_url"]).status_code == 200
+    logged = views()
+    assert len(logged) == 3 and "_next=#" in logged[-1]
+    assert not [s for s in secrets for page in logged if s in page]
+
+
+def test_sign_in_refuses_a_cross_site_form_and_never_redirects_off_site(office, publisher):
+    store, *_ = office
+    site = publisher(store)
+    # A cross-site form carries no cookie of this site, so no CSRF cookie to check the token against.
+    bare = requests.post(f"{site.url}/-/login", data={"username": "lilei", "password": "pw-lilei-1"},
+                         allow_redirects=False)
+    assert bare.status_code == 403 and "ds_actor" not in bare.cookies
+    for target in ("/\\evil.example/x", "//evil.example/x", "https://evil.example/", "/\tevil"):
+        session = requests.Session()
+        page = session.get(f"{site.url}/-/login")
+        token = page.text.split('name="csrftoken" value="', 1)[1].split('"', 1)[0]
+        answer = session.post(f"{site.url}/-/login", allow_redirects=False, data={
+            "csrftoken": token, "username": "lilei", "password": "pw-lilei-1", "next": target})
+        assert answer.status_code == 302 and answer.headers["location"] == "/", target
+
+
+def test_a_new_password_ends_the_sessions_signed_in_with_the_old(office, publisher, syncdb_env):
+    store, *_ = office
+    site = publisher(store)
+    li = site.sign_in("lilei")
+    assert li.get(f"{site.url}/", allow_redirects=False).status_code == 200
+    subprocess.run([SYNCDB, "users", "add", str(store), "lilei", "--password", "a-new-password"],
+                   env=syncdb_env, check=True, capture_output=True)
+    assert li.get(f"{site.url}/", allow_redirects=False).status_code == 302
+    assert site.sign_in("lilei", "a-new-password").get(f"{site.url}/", allow_redirects=False).status_code == 200
