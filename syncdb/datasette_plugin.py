@@ -1,7 +1,7 @@
 """The Datasette plugin behind ``syncdb publish`` (see publish.py for the why).
 
-Only hooks that Datasette 1.0 keeps are used: ``startup``, ``register_routes``,
-``render_cell`` and ``asgi_wrapper``. The publishing context (store folder,
+Only hooks that Datasette 1.0 keeps are used: ``startup``, ``prepare_connection``,
+``register_routes``, ``render_cell`` and ``asgi_wrapper``. The publishing context (store folder,
 keyring, schemas) is handed over as ``datasette._syncdb`` by ``serve()``,
 never through metadata, which Datasette shows at ``/-/metadata``.
 """
@@ -38,8 +38,13 @@ class Gate:
     """Pages read while no schema change is under way; a schema change waits for the pages in flight.
 
     Lives on the event loop; the thread that fills the databases takes it
-    through ``exclusive()``.
+    through ``exclusive()``. A page that never finishes (a client that stops
+    reading) must not freeze the site: the schema change waits at most
+    ``patience`` seconds, then gives up until the next refresh, and the
+    pages go on with the data they have.
     """
+
+    patience = 5.0
 
     def __init__(self):
         self.readers = 0
@@ -63,7 +68,13 @@ class Gate:
         async with self.changed:
             await self.changed.wait_for(lambda: not self.writer)
             self.writer = True  # from here no new page starts
-            await self.changed.wait_for(lambda: self.readers == 0)
+            try:
+                await asyncio.wait_for(self.changed.wait_for(lambda: self.readers == 0), self.patience)
+            except asyncio.TimeoutError:
+                self.writer = False
+                self.changed.notify_all()
+                raise TimeoutError(f"pages still open after {self.patience:g} s; the new data waits "
+                                   "for the next refresh") from None
 
     async def _give(self):
         async with self.changed:
@@ -114,6 +125,8 @@ def _fill(ctx: Context) -> tuple[tuple, int]:
             ctx.writers = [sqlite3.connect(publish.memory_uri(name), uri=True, isolation_level=None,
                                            check_same_thread=False)
                            for name in (publish.MASKED_DB, publish.PLAIN_DB)]
+            for conn in ctx.writers:
+                conn.execute("PRAGMA temp_store = MEMORY")
         store = ctx.store()
         try:
             signature = publish.signature(store)
@@ -230,10 +243,17 @@ def asgi_wrapper(datasette):
                 target = path + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
                 response = Response.redirect("/-/login?" + urlencode({"next": target}))
                 return await response.asgi_send(send)
+            if not _reads_published(path):
+                return await _serve(datasette, app, scope, receive, send, path, actor)
             async with _context(datasette).gate.reading():
                 return await _serve(datasette, app, scope, receive, send, path, actor)
         return guarded
     return wrap
+
+
+def _reads_published(path: str) -> bool:
+    """Does this page query the in-memory databases? (Sign-in, sync status and conflicts read none.)"""
+    return not path.startswith("/-/") or path.startswith("/-/person/")
 
 
 async def _serve(datasette, app, scope, receive, send, path, actor):
@@ -369,6 +389,13 @@ def register_routes(datasette):
         (r"^/-/sync$", sync),
         (r"^/-/conflicts$", conflicts),
     ]
+
+
+@hookimpl
+def prepare_connection(conn, database, datasette):
+    if getattr(datasette, "_syncdb", None) is not None and database in (publish.MASKED_DB, publish.PLAIN_DB):
+        # A big sort spills to temporary files unless told otherwise: plaintext on a disk.
+        conn.execute("PRAGMA temp_store = MEMORY")
 
 
 @hookimpl

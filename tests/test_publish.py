@@ -321,3 +321,49 @@ def test_a_new_password_ends_the_sessions_signed_in_with_the_old(office, publish
                    env=syncdb_env, check=True, capture_output=True)
     assert li.get(f"{site.url}/", allow_redirects=False).status_code == 302
     assert site.sign_in("lilei", "a-new-password").get(f"{site.url}/", allow_redirects=False).status_code == 200
+
+
+def test_a_client_that_never_sends_its_sign_in_does_not_freeze_the_site(office, publisher, syncdb_secret, domains):
+    import socket
+
+    store, a, b, secrets = office
+    site = publisher(store, "--refresh", "1")
+    li = site.sign_in("lilei")
+    stalled = socket.create_connection(("127.0.0.1", site.port))
+    try:
+        stalled.sendall(b"POST /-/login HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: ds_csrftoken=x\r\n"
+                        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 50\r\n\r\n")
+        a.next_person = 50
+        a.add_persons(2)
+        merge.merge(store, [a.export().path], syncdb_secret, domains)
+        time.sleep(3)  # two refresh ticks: the reload runs while the sign-in is still open
+        started = time.monotonic()
+        count = li.get(f"{site.url}/{MASKED_DB}/{PERSONS_PATH}.json?_size=1", timeout=10).json()
+        assert time.monotonic() - started < 5
+        assert count["filtered_table_rows_count"] == 10
+        assert requests.get(f"{site.url}/-/login", timeout=10).status_code == 200
+    finally:
+        stalled.close()
+
+
+def test_a_schema_change_gives_up_on_a_page_that_never_ends():
+    """The gate's patience: a reader that never leaves delays the new data, not every other page."""
+    import asyncio
+
+    from syncdb.datasette_plugin import Gate
+
+    async def scenario():
+        gate = Gate()
+        gate.patience = 0.3
+        gate.loop = asyncio.get_running_loop()
+        stuck = gate.reading()
+        await stuck.__aenter__()  # a page whose client stopped reading
+
+        def reload():
+            with gate.exclusive():
+                pass
+        with pytest.raises(TimeoutError):
+            await asyncio.to_thread(reload)
+        async with gate.reading():  # other pages go on
+            pass
+    asyncio.run(scenario())
