@@ -276,6 +276,29 @@ def push(workdir, url, outbox, retries, schemas):
             sys.exit(1)
 
 
+@cli.command()
+@click.argument("workdir", type=click.Path(file_okay=False, exists=True))
+@click.option("--from", "url", help="The office's address, e.g. http://192.0.2.10:8765 (what push --to uses).")
+@click.option("--inbox", type=click.Path(file_okay=False, exists=True),
+              help="A folder (a USB stick) holding a copy of the office's outbound/CODE folder.")
+@schemas_option
+def pull(workdir, url, inbox, schemas):
+    """Apply the office's resolutions to the records this community owns.
+
+    A value changed here since the last push is kept, not overwritten: it
+    goes to the office at the next push.
+
+    Example: syncdb pull D:\\shequ --from http://192.0.2.10:8765
+    """
+    from .pull import pull as pull_lib
+
+    if bool(url) == bool(inbox):
+        raise click.UsageError("give exactly one of --from URL or --inbox DIR")
+    report = pull_lib(workdir, load_domains(schemas), _secret(), url=url, inbox=inbox)
+    for line in report.lines():
+        click.echo(line)
+
+
 def _counts(counts):
     parts = []
     for table, ops in counts.items():

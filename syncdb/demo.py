@@ -23,6 +23,8 @@ from pathlib import Path
 
 from . import community, merge, office, publish, server, transport, workdir
 from .conflicts import list_conflicts
+from .outbound import outbound_dir
+from .pull import pull
 from .resolve import office_edit, resolve_conflict
 from .crypto import Secret
 from .errors import SyncdbError
@@ -131,6 +133,11 @@ def run_demo(directory, communities: int, residents: int, domains: dict, echo=pr
             echo(f"   syncdb conflicts resolve {store} {item['id']} --keep {codes[1]}")
             summary = resolve_conflict(store, secret, domains, item["id"], keep=codes[1])
             echo(f"   {summary.lines()[1]}; {summary.lines()[2]}")
+            for code in summary.sent_back:
+                echo(f"== {code} owns the record now and pulls the settlement (syncdb pull --inbox …)")
+                report = pull(folders[code], sample_domains, secret, inbox=str(outbound_dir(store, code)))
+                for line in report.lines():
+                    echo(f"   {line}")
     left = list_conflicts(store, secret, domains)
     echo(f"== {len(left)} open conflict(s) left; the audit ledger records every change and the resolution")
     staff = {"staff": ("", []), "pii": ("", ["view-pii"])}

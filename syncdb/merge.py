@@ -43,6 +43,7 @@ class Summary:
     rejected: list = field(default_factory=list)  # printable lines
     opened: int = 0
     closed: int = 0
+    sent_back: dict = field(default_factory=dict)  # community -> resolutions bundle made for it
 
     def lines(self) -> list[str]:
         out = [f"bundles: {self.received} received, {self.duplicates} already held, "

@@ -4,6 +4,8 @@ A plain ASGI application, run by uvicorn (which does all of HTTP):
 
     POST /v1/bundles                           body: the bundle file's bytes
     GET  /v1/communities/{code}/acknowledged   the highest N such that 1..N are held
+    GET  /v1/communities/{code}/outbound       {"bundles": [1, 2, …]}: the office's resolutions for it
+    GET  /v1/communities/{code}/outbound/{n}   one of them, the bundle file's bytes (`syncdb pull`)
     GET  /health                               {"status": "ok"}
 
 Every answer is JSON. A bundle is answered 201 when it is new, 200 when the
@@ -31,7 +33,7 @@ import re
 import sys
 from pathlib import Path
 
-from . import bundle, office
+from . import bundle, office, outbound
 from .errors import DiskFull, SyncdbError
 
 log = logging.getLogger("syncdb.server")
@@ -51,6 +53,9 @@ STATUS_FOR_REASON = {
 }
 
 ACKNOWLEDGED_PATH = re.compile(r"^/v1/communities/([^/]+)/acknowledged$")
+# The office's resolutions for a community (`syncdb pull`): signed by the office and
+# encrypted to that community, so they are safe to hand to whoever asks.
+OUTBOUND_PATH = re.compile(r"^/v1/communities/([0-9A-Za-z_-]+)/outbound(?:/([0-9]+))?$")
 
 
 def app(store, max_body: int = 256 * 2**20, merger=None):
@@ -119,6 +124,24 @@ def app(store, max_body: int = 256 * 2**20, merger=None):
             code = match.group(1)
             held = await asyncio.to_thread(office.acknowledged, store, code)
             return await _json(send, 200, {"code": code, "acknowledged": held})
+
+        match = OUTBOUND_PATH.match(path)
+        if match:
+            if method not in ("GET", "HEAD"):
+                return await _method_not_allowed(send, "GET")
+            code, sequence = match.group(1), match.group(2)
+            if sequence is None:
+                waiting = await asyncio.to_thread(outbound.available, store, code)
+                return await _json(send, 200, {"code": code, "bundles": waiting})
+            found = await asyncio.to_thread(outbound.path_of, store, code, int(sequence))
+            if found is None or not found.exists():
+                return await _json(send, 404, {"error": "not-found",
+                                               "message": f"no resolutions bundle {sequence} for {code}"})
+            data = await asyncio.to_thread(found.read_bytes)
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/octet-stream"),
+                                    (b"content-length", str(len(data)).encode())]})
+            return await send({"type": "http.response.body", "body": data})
 
         if path == "/v1/bundles":
             if method != "POST":

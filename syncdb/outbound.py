@@ -1,0 +1,84 @@
+"""What the office sends back: its resolutions and edits, to the community that owns each record.
+
+After an office edit (``syncdb conflicts resolve``, ``review``) is merged,
+each changed record's owner — the value of its table's ``owner`` column, a
+community code — gets the change in a bundle of kind ``"resolutions"``,
+signed by the office and encrypted to that community's enrolled key, in
+``STORE/outbound/CODE/``. ``syncdb pull`` fetches them (from ``serve`` or a
+copy of that folder) and applies them in sequence.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from . import bundle, office
+from .store import Store, table_name
+
+OUTBOUND_TABLE = """
+CREATE TABLE IF NOT EXISTS outbound (
+    code TEXT NOT NULL, sequence INTEGER NOT NULL, file TEXT NOT NULL, made TEXT NOT NULL,
+    changes INTEGER NOT NULL, PRIMARY KEY (code, sequence))
+"""
+
+
+def outbound_dir(store_dir, code: str) -> Path:
+    return Path(store_dir) / "outbound" / code
+
+
+def owner_of(store: Store, table, key_values: list) -> str | None:
+    """The community that owns a record, as the store holds it now."""
+    key = store.blind_key(table, key_values)
+    row = store.conn.execute(f"SELECT [{table.owner}] FROM [{table_name(table)}] WHERE _key = ?", (key,)).fetchone()
+    return None if row is None else store.plain(table, table.owner, row[0], key)
+
+
+def send_back(store: Store, store_dir, changes: list[dict]) -> dict[str, int]:
+    """Write one resolutions bundle per owning community; return code -> sequence."""
+    conn = store.conn
+    conn.execute(OUTBOUND_TABLE)
+    enrolled = office.enrolled_keys(conn)
+    by_owner: dict[str, list[dict]] = {}
+    for change in changes:
+        table = store.table(change["table"])
+        owner = owner_of(store, table, [change["key"][k] for k in table.key])
+        if owner in enrolled:
+            by_owner.setdefault(owner, []).append(change)
+    made = {}
+    for code, owned in sorted(by_owner.items()):
+        (last,) = conn.execute("SELECT coalesce(max(sequence), 0) FROM outbound WHERE code = ?", (code,)).fetchone()
+        sequence = last + 1
+        folder = outbound_dir(store_dir, code)
+        folder.mkdir(parents=True, exist_ok=True)
+        name = bundle.file_name(store.office_code, sequence, kind="resolutions")
+        # The file first, then its record: a crash between leaves a file the next one overwrites.
+        bundle.write(folder / name, {
+            "kind": "resolutions", "origin": store.office_code, "sequence": sequence,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "schemas": {d.name: {"version": d.version, "fingerprint": d.fingerprint} for d in store.domains.values()},
+        }, owned, store.keyring, enrolled[code])
+        conn.execute("INSERT INTO outbound VALUES (?, ?, ?, ?, ?)",
+                     (code, sequence, name, time.strftime("%Y-%m-%dT%H:%M:%S"), len(owned)))
+        made[code] = sequence
+    return made
+
+
+def available(store_dir, code: str) -> list[int]:
+    """The sequence numbers of the resolutions bundles waiting for ``code``."""
+    conn = office.connect(store_dir)
+    try:
+        conn.execute(OUTBOUND_TABLE)
+        return [s for (s,) in conn.execute("SELECT sequence FROM outbound WHERE code = ? ORDER BY sequence", (code,))]
+    finally:
+        conn.close()
+
+
+def path_of(store_dir, code: str, sequence: int) -> Path | None:
+    conn = office.connect(store_dir)
+    try:
+        conn.execute(OUTBOUND_TABLE)
+        row = conn.execute("SELECT file FROM outbound WHERE code = ? AND sequence = ?", (code, sequence)).fetchone()
+    finally:
+        conn.close()
+    return None if row is None else outbound_dir(store_dir, code) / row[0]

@@ -1,0 +1,106 @@
+"""`syncdb pull`: the office's resolutions back to the community that owns the record."""
+
+import sqlite3
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import OfficeServer
+from syncdb import merge, outbound, resolve
+from syncdb.cli import cli
+from syncdb.pull import pull
+from test_merge import CODES, SECRET, World, _open_conflicts, id_number, person
+
+
+def local(w, code, n, column):
+    conn = sqlite3.connect(w.folders[code] / "huji.db")
+    try:
+        return conn.execute(f"SELECT {column} FROM persons WHERE id_number = ?", (id_number(n),)).fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def settled(tmp_path, domains):
+    """Resident 7 of community A: the office and A changed the name at once; the office settled it."""
+    w = World(tmp_path, domains)
+    a = CODES[0]
+    w.insert(a, person(7, a))
+    w.push(a)
+    merge.merge(w.store, w.bundles, SECRET, domains)
+    resolve.office_edit(w.store, SECRET, domains, [
+        {"table": "huji.persons", "key": {"id_number": id_number(7)}, "cells": {"name": "王小名"}}])
+    w.sql(a, "UPDATE persons SET name = '王晓明'")
+    w.push(a)
+    merge.merge(w.store, w.bundles[-1:], SECRET, domains)
+    (conflict,) = [c for c in __import__("syncdb.conflicts", fromlist=["x"]).list_conflicts(w.store, SECRET, domains)]
+    summary = resolve.resolve_conflict(w.store, SECRET, domains, conflict["id"], value="王晓名")
+    assert summary.sent_back == {a: 2}  # the office's first edit went to A too
+    return w, a
+
+
+def test_a_resolution_reaches_the_owner_and_the_next_edit_merges_cleanly(settled, domains):
+    w, a = settled
+    report = pull(w.folders[a], w.domains, SECRET, inbox=str(outbound.outbound_dir(w.store, a)))
+    assert report.applied == [1, 2] and report.kept == []
+    assert local(w, a, 7, "name") == "王晓名"
+    # What was pulled is not sent back as a change of A's own.
+    assert w.push(a).path is None
+    # The next local edit is based on the resolution: no conflict at the office.
+    w.sql(a, "UPDATE persons SET phone = '13800138007'")
+    w.push(a)
+    summary = merge.merge(w.store, w.bundles[-1:], SECRET, domains)
+    assert summary.changes == 1 and summary.opened == 0 and _open_conflicts(w.store) == []
+    # Pulling again finds nothing new.
+    again = pull(w.folders[a], w.domains, SECRET, inbox=str(outbound.outbound_dir(w.store, a)))
+    assert again.applied == [] and again.lines() == ["Nothing new from the office."]
+
+
+def test_a_value_changed_here_since_the_last_push_is_kept(settled):
+    w, a = settled
+    w.sql(a, "UPDATE persons SET name = '王小明'")  # typed in after the last push, not yet sent
+    report = pull(w.folders[a], w.domains, SECRET, inbox=str(outbound.outbound_dir(w.store, a)))
+    assert report.applied == [1, 2] and any("/ name" in line for line in report.kept)
+    assert local(w, a, 7, "name") == "王小明"
+    assert w.push(a).path is not None  # it goes to the office at the next push
+
+
+def test_pull_over_http_from_serve(settled, tmp_path):
+    w, a = settled
+    key_file = tmp_path / "office.key"
+    key_file.write_bytes(SECRET.key_file_bytes)
+    import os
+    env = {k: v for k, v in os.environ.items() if k != "SYNCDB_PASSPHRASE"}
+    env["SYNCDB_KEY_FILE"] = str(key_file)
+    server = OfficeServer(w.store, env, tmp_path / "serve.log").start()
+    try:
+        result = CliRunner().invoke(cli, ["pull", str(w.folders[a]), "--from", server.url],
+                                    env={"SYNCDB_KEY_FILE": str(key_file)})
+        assert result.exit_code == 0, result.output
+        assert "Applied 2 bundle(s) of resolutions from the office: " in result.output
+        assert local(w, a, 7, "name") == "王晓名"
+    finally:
+        server.kill()
+
+
+def test_a_tampered_or_missing_resolutions_bundle_changes_nothing(settled, tmp_path):
+    w, a = settled
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    second = sorted(outbound.outbound_dir(w.store, a).iterdir())[1]
+    (stick / second.name).write_bytes(second.read_bytes())
+    with pytest.raises(Exception, match="resolutions 1 for .* are missing"):
+        pull(w.folders[a], w.domains, SECRET, inbox=str(stick))
+    first = sorted(outbound.outbound_dir(w.store, a).iterdir())[0]
+    data = bytearray(first.read_bytes())
+    data[-5] ^= 1
+    (stick / first.name).write_bytes(bytes(data))
+    with pytest.raises(Exception, match="refused"):
+        pull(w.folders[a], w.domains, SECRET, inbox=str(stick))
+    assert local(w, a, 7, "name") == "王晓明"
+
+
+def test_only_the_owner_gets_it(settled):
+    w, a = settled
+    for code in CODES[1:]:
+        assert outbound.available(w.store, code) == []
