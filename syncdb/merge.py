@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import audit, bundle, office
+from . import audit, bundle, office, outbound
 from .crypto import Secret
 from .files import is_disk_full, storage_error
 from .plugins import manager
@@ -208,8 +208,17 @@ def apply_bundle(store: Store, path: Path, summary: Summary, on_batch=None) -> N
             return
         ledger = audit.Ledger(store, name, header.origin)
         merger = _Merger(store, ledger, name, header.origin, header.sequence, on_batch)
+        made = {}
         with open(path, "rb") as f:
-            merger.apply_all(bundle.changes(f, store.keyring))
+            if header.origin == store.office_code:
+                # An office resolution or edit (a few changes): it also goes to the communities
+                # that own the records, recorded in this same transaction so none is ever lost.
+                changes = list(bundle.changes(f, store.keyring))
+                owners = [outbound.owner_of(store, store.table(c["table"]), c) for c in changes]
+                merger.apply_all(changes)
+                made = outbound.send_back(store, path.parent.parent, changes, owners, merger.rejected_keys)
+            else:
+                merger.apply_all(bundle.changes(f, store.keyring))
         ledger.commit()
         (digest,) = conn.execute("SELECT sha256 FROM received WHERE origin = ? AND sequence = ?",
                                  (header.origin, header.sequence)).fetchone()
@@ -221,6 +230,9 @@ def apply_bundle(store: Store, path: Path, summary: Summary, on_batch=None) -> N
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+    if made:
+        outbound.finish(path.parent.parent)
+        summary.sent_back.update(made)
     summary.applied += 1
     summary.changes += merger.changes
     summary.rejected += merger.rejected
@@ -337,6 +349,7 @@ class _Merger:
             "UNION SELECT tbl, key FROM conflicts WHERE status = 'open'")}
         self.changes = 0
         self.rejected: list[str] = []
+        self.rejected_keys: set = set()  # (table, blind key) of records rejected here
         self.opened = self.closed = 0
         self.rows: dict = {}  # (table, key) -> the stored row, for the batch being applied
         self.pending: dict = {}  # table -> key -> the row to write at the end of the batch
@@ -460,6 +473,7 @@ class _Merger:
         self.changes += 1
 
     def _reject(self, table: Table, key: bytes, key_values: list, change: dict, problems) -> None:
+        self.rejected_keys.add((table.qualified, key))
         shown = "/".join(mask(v) if table.columns[k].sensitive else str(v)
                          for k, v in zip(table.key, key_values))
         record = dict(change["key"], **change["cells"])

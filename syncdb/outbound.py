@@ -1,8 +1,9 @@
 """What the office sends back: its resolutions and edits, to the community that owns each record.
 
-After an office edit (``syncdb conflicts resolve``, ``review``) is merged,
-each changed record's owner — the value of its table's ``owner`` column, a
-community code — gets the change in a bundle of kind ``"resolutions"``,
+When an office edit (``syncdb conflicts resolve``, ``review``) is merged,
+in the same transaction, each changed record's owner — the value of its
+table's ``owner`` column, a community code, before and after the edit —
+gets the change in a bundle of kind ``"resolutions"``,
 signed by the office and encrypted to that community's enrolled key, in
 ``STORE/outbound/CODE/``. ``syncdb pull`` fetches them (from ``serve`` or a
 copy of that folder) and applies them in sequence.
@@ -10,6 +11,7 @@ copy of that folder) and applies them in sequence.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -27,23 +29,33 @@ def outbound_dir(store_dir, code: str) -> Path:
     return Path(store_dir) / "outbound" / code
 
 
-def owner_of(store: Store, table, key_values: list) -> str | None:
-    """The community that owns a record, as the store holds it now."""
-    key = store.blind_key(table, key_values)
+def owner_of(store: Store, table, change: dict) -> str | None:
+    """The community that owns the record a change is about, as the store holds it now."""
+    key = store.blind_key(table, [change["key"].get(k) for k in table.key])
     row = store.conn.execute(f"SELECT [{table.owner}] FROM [{table_name(table)}] WHERE _key = ?", (key,)).fetchone()
     return None if row is None else store.plain(table, table.owner, row[0], key)
 
 
-def send_back(store: Store, store_dir, changes: list[dict]) -> dict[str, int]:
-    """Write one resolutions bundle per owning community; return code -> sequence."""
+def send_back(store: Store, store_dir, changes: list[dict], owners_before: list, rejected: set) -> dict[str, int]:
+    """Queue one resolutions bundle per community concerned; return code -> sequence.
+
+    Call inside the transaction that merges the office's bundle, with the
+    owners read before it: a record goes to the community that owned it
+    before the edit (so a delete, or a move to another community, reaches
+    it) and to the one that owns it after. A change the merge rejected goes
+    nowhere. The files keep a pending name until ``finish`` runs after the
+    commit, so no copy of the folder ever holds a bundle the office did not
+    record.
+    """
     conn = store.conn
     conn.execute(OUTBOUND_TABLE)
     enrolled = office.enrolled_keys(conn)
     by_owner: dict[str, list[dict]] = {}
-    for change in changes:
+    for change, before in zip(changes, owners_before):
         table = store.table(change["table"])
-        owner = owner_of(store, table, [change["key"][k] for k in table.key])
-        if owner in enrolled:
+        if (table.qualified, store.blind_key(table, [change["key"].get(k) for k in table.key])) in rejected:
+            continue
+        for owner in sorted({before, owner_of(store, table, change)} & set(enrolled)):
             by_owner.setdefault(owner, []).append(change)
     made = {}
     for code, owned in sorted(by_owner.items()):
@@ -52,8 +64,7 @@ def send_back(store: Store, store_dir, changes: list[dict]) -> dict[str, int]:
         folder = outbound_dir(store_dir, code)
         folder.mkdir(parents=True, exist_ok=True)
         name = bundle.file_name(store.office_code, sequence, kind="resolutions")
-        # The file first, then its record: a crash between leaves a file the next one overwrites.
-        bundle.write(folder / name, {
+        bundle.write(folder / _pending(name), {
             "kind": "resolutions", "origin": store.office_code, "sequence": sequence,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "schemas": {d.name: {"version": d.version, "fingerprint": d.fingerprint} for d in store.domains.values()},
@@ -64,8 +75,26 @@ def send_back(store: Store, store_dir, changes: list[dict]) -> dict[str, int]:
     return made
 
 
+def _pending(name: str) -> str:
+    return f".{name}.pending"
+
+
+def finish(store_dir) -> None:
+    """Give every recorded bundle its final name (after the commit; again after a crash)."""
+    conn = office.connect(store_dir)
+    try:
+        conn.execute(OUTBOUND_TABLE)
+        for code, name in conn.execute("SELECT code, file FROM outbound").fetchall():
+            pending = outbound_dir(store_dir, code) / _pending(name)
+            if pending.exists():
+                os.replace(pending, outbound_dir(store_dir, code) / name)
+    finally:
+        conn.close()
+
+
 def available(store_dir, code: str) -> list[int]:
     """The sequence numbers of the resolutions bundles waiting for ``code``."""
+    finish(store_dir)
     conn = office.connect(store_dir)
     try:
         conn.execute(OUTBOUND_TABLE)

@@ -10,7 +10,9 @@ applied whole or not at all:
   so the next local edit is based on the resolution and merges cleanly;
 - a cell changed here since the last push keeps the local value: it goes to
   the office at the next push, where it meets the resolution as a new
-  conflict. Nothing entered here is ever overwritten unseen.
+  conflict. So does a cell whose last push the office had not yet merged
+  when it decided (the resolution is not based on it). Nothing entered here
+  is ever overwritten unseen.
 
 The writes pass the capture triggers like any other; at the next push the
 comparison with the shadow finds nothing new in them, so nothing is sent back.
@@ -32,7 +34,7 @@ from .community import _apply_to_shadow, _meta, _set_meta, _state, read_config, 
 from .crypto import Keyring, PublicKey, Secret
 from .errors import SyncdbError
 from .files import storage_error
-from .hlc import Clock, Stamp
+from .hlc import Clock, Stamp, unpack_versions
 from .schema import Domain
 
 
@@ -41,6 +43,7 @@ class PullReport:
     applied: list[int] = field(default_factory=list)  # sequences applied
     cells: int = 0  # cells set to the office's value
     kept: list[str] = field(default_factory=list)  # cells kept because changed here since the last push
+    older: int = 0  # cells the office set before it had this PC's last value for them
     missing: list[str] = field(default_factory=list)  # records not (or no longer) here
 
     def lines(self) -> list[str]:
@@ -48,6 +51,9 @@ class PullReport:
             return ["Nothing new from the office."]
         out = [f"Applied {len(self.applied)} bundle(s) of resolutions from the office: {self.cells} value(s) set"]
         out += [f"kept the local value of {line}: it goes to the office at the next push" for line in self.kept]
+        if self.older:
+            out.append(f"{self.older} value(s) left as they are: the office set them before it had this "
+                       "PC's last push, and settles them there")
         out += [f"not here: {line}" for line in self.missing]
         return out
 
@@ -159,12 +165,25 @@ def _apply_change(conn, state, table, change, report) -> None:
         report.missing.append(f"{table.qualified} / {shown}")
         return
 
+    versions = unpack_versions(shadow[1], table.non_key)
+    bases = change.get("base") or {}
+
     def unsent(col):
         return sent.get(col) != current.get(col) or type(sent.get(col)) is not type(current.get(col))
 
+    def unseen(col):
+        # The office decided without the value last sent from here (that push had not
+        # reached it yet): taking its value could drop ours; the merge settles it there.
+        mine = versions.get(col)
+        theirs = bases.get(col) or []
+        return mine is not None and mine not in ([theirs] if isinstance(theirs, str) else theirs)
+
     if change["op"] == "delete":
-        if any(unsent(c) for c in table.columns if c not in table.key):
+        if any(unsent(c) for c in table.non_key):
             report.kept.append(f"{table.qualified} / {shown} (the office deleted it)")
+            return
+        if any(unseen(c) for c in table.non_key):
+            report.older += 1
             return
         where = " AND ".join(f"[{k}] IS ?" for k in table.key)
         conn.execute(f"DELETE FROM [{table.name}] WHERE {where}", key_values)
@@ -177,6 +196,8 @@ def _apply_change(conn, state, table, change, report) -> None:
             continue
         if unsent(col):
             report.kept.append(f"{table.qualified} / {shown} / {col}")
+        elif unseen(col):
+            report.older += 1
         else:
             cells[col] = value
     if not cells:

@@ -21,7 +21,6 @@ from .crypto import Secret
 from .errors import SyncdbError
 from .hlc import Clock, Stamp
 from .merge import Summary, _Row, apply_inbox, open_store
-from .outbound import send_back
 from .schema import Domain
 from .store import Store, table_name
 
@@ -56,17 +55,7 @@ def office_edit(store_dir, secret: Secret, domains: dict[str, Domain], edits: li
     summary = Summary()
     store = open_store(store_dir, secret, domains)
     try:
-        apply_inbox(store, Path(store_dir), summary)
-        if store.conn.execute("SELECT 1 FROM applied WHERE origin = ? AND sequence = ?",
-                              (store.office_code, header.sequence)).fetchone():
-            # Merged: now the owning communities can have it (`syncdb pull`).
-            store.conn.execute("BEGIN IMMEDIATE")
-            try:
-                summary.sent_back = send_back(store, store_dir, changes)
-                store.conn.execute("COMMIT")
-            except BaseException:
-                store.conn.execute("ROLLBACK")
-                raise
+        apply_inbox(store, Path(store_dir), summary)  # also queues it for the owning communities
     finally:
         store.conn.close()
     return summary

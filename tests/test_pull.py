@@ -104,3 +104,99 @@ def test_only_the_owner_gets_it(settled):
     w, a = settled
     for code in CODES[1:]:
         assert outbound.available(w.store, code) == []
+
+
+# --- from an adversarial read: each failed before the fix -------------------------------------
+
+def _office_value(w, domains, n, column):
+    st = merge.open_store(w.store, SECRET, domains)
+    try:
+        table = st.table("huji.persons")
+        key = st.blind_key(table, [id_number(n)])
+        value, exists = st.conn.execute(f"SELECT [{column}], _exists FROM huji__persons WHERE _key = ?",
+                                        (key,)).fetchone()
+        return st.plain(table, column, value, key), exists
+    finally:
+        st.conn.close()
+
+
+@pytest.fixture
+def registered(tmp_path, domains):
+    w = World(tmp_path, domains)
+    a = CODES[0]
+    w.insert(a, person(7, a, phone="13800138000"))
+    w.push(a)
+    merge.merge(w.store, w.bundles, SECRET, domains)
+    return w, a
+
+
+def _pull(w, code):
+    return pull(w.folders[code], w.domains, SECRET, inbox=str(outbound.outbound_dir(w.store, code)))
+
+
+def test_an_office_value_the_merge_rejected_is_not_sent(registered, domains):
+    w, a = registered
+    summary = resolve.office_edit(w.store, SECRET, domains, [
+        {"table": "huji.persons", "key": {"id_number": id_number(7)}, "cells": {"phone": "abc"}}])
+    assert summary.rejected and summary.sent_back == {}
+    assert _pull(w, a).applied == [] and local(w, a, 7, "phone") == "13800138000"
+
+
+def test_a_record_moved_to_another_community_reaches_both(registered, domains):
+    w, a = registered
+    b = CODES[1]
+    summary = resolve.office_edit(w.store, SECRET, domains, [
+        {"table": "huji.persons", "key": {"id_number": id_number(7)}, "cells": {"community_code": b}}])
+    assert summary.sent_back == {a: 1, b: 1}
+    assert _pull(w, a).cells == 1 and local(w, a, 7, "community_code") == b
+    assert _pull(w, b).missing  # b does not hold the record (yet): said, nothing else
+
+
+def test_an_office_delete_reaches_the_owner(registered, domains):
+    w, a = registered
+    summary = resolve.office_edit(w.store, SECRET, domains, [
+        {"table": "huji.persons", "key": {"id_number": id_number(7)}, "delete": True}])
+    assert summary.sent_back == {a: 1}
+    _pull(w, a)
+    conn = sqlite3.connect(w.folders[a] / "huji.db")
+    assert conn.execute("SELECT count(*) FROM persons").fetchone() == (0,)
+    conn.close()
+    assert w.push(a).path is None  # the delete is not sent back as the community's own
+
+
+def test_a_value_whose_push_the_office_had_not_merged_is_not_overwritten(registered, domains):
+    w, a = registered
+    w.sql(a, "UPDATE persons SET phone = '13911112222'")
+    w.push(a)  # on its way, not merged yet
+    resolve.office_edit(w.store, SECRET, domains, [
+        {"table": "huji.persons", "key": {"id_number": id_number(7)}, "cells": {"phone": None}}])
+    report = _pull(w, a)
+    assert report.older == 1 and local(w, a, 7, "phone") == "13911112222"
+    merge.merge(w.store, w.bundles[-1:], SECRET, domains)
+    assert _office_value(w, domains, 7, "phone")[0] == local(w, a, 7, "phone")  # no silent divergence
+
+
+def test_a_crash_while_queueing_loses_nothing_and_a_copy_never_holds_an_unrecorded_bundle(
+        registered, domains, monkeypatch, tmp_path):
+    w, a = registered
+
+    def cut(*args, **kwargs):
+        raise KeyboardInterrupt  # the power goes while the office's resolution is being queued
+    monkeypatch.setattr(outbound, "send_back", cut)
+    with pytest.raises(KeyboardInterrupt):
+        resolve.office_edit(w.store, SECRET, domains, [
+            {"table": "huji.persons", "key": {"id_number": id_number(7)}, "cells": {"address": "地址一"}}])
+    monkeypatch.undo()
+    assert _office_value(w, domains, 7, "address")[0] is None  # merge and queue: both or neither
+    assert merge.merge(w.store, [], SECRET, domains).sent_back == {a: 1}  # the next merge does both
+    # Between the commit and the final name, a copy of the folder holds nothing to apply.
+    monkeypatch.setattr(outbound, "finish", lambda store_dir: None)
+    resolve.office_edit(w.store, SECRET, domains, [
+        {"table": "huji.persons", "key": {"id_number": id_number(7)}, "cells": {"phone": "13700137000"}}])
+    monkeypatch.undo()
+    stick = tmp_path / "stick"
+    import shutil
+    shutil.copytree(outbound.outbound_dir(w.store, a), stick)
+    assert pull(w.folders[a], w.domains, SECRET, inbox=str(stick)).applied == [1]
+    assert outbound.available(w.store, a) == [1, 2]  # finishes the second's name
+    assert _pull(w, a).applied == [2] and local(w, a, 7, "phone") == "13700137000"
