@@ -83,6 +83,7 @@ def merge(store_dir, paths, secret: Secret, domains: dict[str, Domain], progress
         apply_inbox(store, Path(store_dir), summary, progress)
     finally:
         store.conn.close()
+    outbound.finish(store_dir)  # resolutions queued by a run that stopped before naming them
     return summary
 
 
@@ -219,6 +220,9 @@ def apply_bundle(store: Store, path: Path, summary: Summary, on_batch=None) -> N
                 made = outbound.send_back(store, path.parent.parent, changes, owners, merger.rejected_keys)
             else:
                 merger.apply_all(bundle.changes(f, store.keyring))
+                if merger.lost:
+                    made = outbound.send_back(store, path.parent.parent, merger.lost, [header.origin] * len(merger.lost),
+                                              set(), settled=False)
         ledger.commit()
         (digest,) = conn.execute("SELECT sha256 FROM received WHERE origin = ? AND sequence = ?",
                                  (header.origin, header.sequence)).fetchone()
@@ -350,6 +354,7 @@ class _Merger:
         self.changes = 0
         self.rejected: list[str] = []
         self.rejected_keys: set = set()  # (table, blind key) of records rejected here
+        self.lost: list[dict] = []  # cells where this community's value lost to the office's, as changes
         self.opened = self.closed = 0
         self.rows: dict = {}  # (table, key) -> the stored row, for the batch being applied
         self.pending: dict = {}  # table -> key -> the row to write at the end of the batch
@@ -414,6 +419,7 @@ class _Merger:
                 and (table.qualified, key) not in self.special:
             return self._insert_new(table, key, key_values, change)
         row = _Row(store, table, key, (table.qualified, key) in self.special, stored)
+        row.key_values = key_values
         if change["op"] == "update" and not row.exists and self.origin != store.office_code:
             # Never build a record out of one community's changed cell: the rest would be
             # empty. (An office edit may arrive before what it settles; that is expected.)
@@ -514,6 +520,14 @@ class _Merger:
                 self._open(row, col, frontier, decision)
             else:
                 self._close(row, col, f"settled by {decision.rule}")
+                winner = decision.winner
+                if (winner.origin == self.store.office_code != self.origin and winner.live
+                        and winner.version != hlc and any(c.version == hlc for c in frontier)):
+                    # This community's value lost to the office's without a person looking:
+                    # the office's goes back to it (`syncdb pull`), or the two would differ unseen.
+                    self.lost.append({"table": table.qualified, "op": "update", "hlc": winner.version,
+                                      "key": dict(zip(table.key, row.key_values)),
+                                      "cells": {col: winner.value}, "base": {col: [hlc]}})
 
     def _open(self, row: _Row, col: str, frontier, decision: Decision) -> None:
         store, table = self.store, row.table

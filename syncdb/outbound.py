@@ -36,14 +36,16 @@ def owner_of(store: Store, table, change: dict) -> str | None:
     return None if row is None else store.plain(table, table.owner, row[0], key)
 
 
-def send_back(store: Store, store_dir, changes: list[dict], owners_before: list, rejected: set) -> dict[str, int]:
+def send_back(store: Store, store_dir, changes: list[dict], owners_before: list, rejected: set,
+              settled: bool = True) -> dict[str, int]:
     """Queue one resolutions bundle per community concerned; return code -> sequence.
 
     Call inside the transaction that merges the office's bundle, with the
     owners read before it: a record goes to the community that owned it
     before the edit (so a delete, or a move to another community, reaches
-    it) and to the one that owns it after. A change the merge rejected goes
-    nowhere. The files keep a pending name until ``finish`` runs after the
+    it), to the one that owns it after, and (``settled``) to every community
+    whose version of a cell it settles — they hold the record too. A change
+    the merge rejected goes nowhere. The files keep a pending name until ``finish`` runs after the
     commit, so no copy of the folder ever holds a bundle the office did not
     record.
     """
@@ -55,8 +57,13 @@ def send_back(store: Store, store_dir, changes: list[dict], owners_before: list,
         table = store.table(change["table"])
         if (table.qualified, store.blind_key(table, [change["key"].get(k) for k in table.key])) in rejected:
             continue
-        for owner in sorted({before, owner_of(store, table, change)} & set(enrolled)):
-            by_owner.setdefault(owner, []).append(change)
+        concerned = {before}
+        if settled:
+            concerned.add(owner_of(store, table, change))
+            for versions in (change.get("base") or {}).values():
+                concerned.update(v.split(".", 2)[2] for v in ([versions] if isinstance(versions, str) else versions))
+        for code in sorted(concerned & set(enrolled)):
+            by_owner.setdefault(code, []).append(change)
     made = {}
     for code, owned in sorted(by_owner.items()):
         (last,) = conn.execute("SELECT coalesce(max(sequence), 0) FROM outbound WHERE code = ?", (code,)).fetchone()
@@ -81,13 +88,21 @@ def _pending(name: str) -> str:
 
 def finish(store_dir) -> None:
     """Give every recorded bundle its final name (after the commit; again after a crash)."""
+    for code, name in _recorded(store_dir, "SELECT code, file FROM outbound"):
+        pending = outbound_dir(store_dir, code) / _pending(name)
+        try:
+            os.replace(pending, outbound_dir(store_dir, code) / name)
+        except FileNotFoundError:
+            pass  # named already (by this process earlier, or by serve at the same moment)
+
+
+def _recorded(store_dir, sql: str, params=()) -> list[tuple]:
+    """Rows of the outbound table; none before the first resolution (and no write to find out)."""
     conn = office.connect(store_dir)
     try:
-        conn.execute(OUTBOUND_TABLE)
-        for code, name in conn.execute("SELECT code, file FROM outbound").fetchall():
-            pending = outbound_dir(store_dir, code) / _pending(name)
-            if pending.exists():
-                os.replace(pending, outbound_dir(store_dir, code) / name)
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'outbound'").fetchone():
+            return []
+        return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
 
@@ -95,19 +110,10 @@ def finish(store_dir) -> None:
 def available(store_dir, code: str) -> list[int]:
     """The sequence numbers of the resolutions bundles waiting for ``code``."""
     finish(store_dir)
-    conn = office.connect(store_dir)
-    try:
-        conn.execute(OUTBOUND_TABLE)
-        return [s for (s,) in conn.execute("SELECT sequence FROM outbound WHERE code = ? ORDER BY sequence", (code,))]
-    finally:
-        conn.close()
+    return [s for (s,) in _recorded(store_dir, "SELECT sequence FROM outbound WHERE code = ? ORDER BY sequence",
+                                    (code,))]
 
 
 def path_of(store_dir, code: str, sequence: int) -> Path | None:
-    conn = office.connect(store_dir)
-    try:
-        conn.execute(OUTBOUND_TABLE)
-        row = conn.execute("SELECT file FROM outbound WHERE code = ? AND sequence = ?", (code, sequence)).fetchone()
-    finally:
-        conn.close()
-    return None if row is None else outbound_dir(store_dir, code) / row[0]
+    rows = _recorded(store_dir, "SELECT file FROM outbound WHERE code = ? AND sequence = ?", (code, sequence))
+    return outbound_dir(store_dir, code) / rows[0][0] if rows else None

@@ -200,3 +200,60 @@ def test_a_crash_while_queueing_loses_nothing_and_a_copy_never_holds_an_unrecord
     assert pull(w.folders[a], w.domains, SECRET, inbox=str(stick)).applied == [1]
     assert outbound.available(w.store, a) == [1, 2]  # finishes the second's name
     assert _pull(w, a).applied == [2] and local(w, a, 7, "phone") == "13700137000"
+
+
+# --- from a second adversarial read -----------------------------------------------------------
+
+def _edit(w, domains, cells):
+    return resolve.office_edit(w.store, SECRET, domains, [
+        {"table": "huji.persons", "key": {"id_number": id_number(7)}, "cells": cells}])
+
+
+def test_a_value_that_lost_to_the_office_by_rule_comes_back(registered, domains):
+    """lww: the office decided later than a push still on its way; the rule picks the office's value."""
+    w, a = registered
+    w.sql(a, "UPDATE persons SET address = '社区新址'")
+    w.push(a)  # on its way
+    _edit(w, domains, {"address": "办事处址"})
+    summary = merge.merge(w.store, w.bundles[-1:], SECRET, domains)
+    assert summary.opened == 0 and summary.sent_back == {a: 2}
+    _pull(w, a)
+    assert local(w, a, 7, "address") == _office_value(w, domains, 7, "address")[0] == "办事处址"
+    assert w.push(a).path is None
+
+
+def test_a_kept_local_value_that_then_loses_by_rule_comes_back(registered, domains):
+    """prefer_non_null: the community blanked the phone, the office set it; the office's wins."""
+    w, a = registered
+    w.sql(a, "UPDATE persons SET phone = NULL")  # typed, not pushed
+    _edit(w, domains, {"phone": "13911112222"})
+    assert _pull(w, a).kept  # not overwritten unseen
+    w.push(a)
+    merge.merge(w.store, w.bundles[-1:], SECRET, domains)
+    _pull(w, a)
+    assert local(w, a, 7, "phone") == _office_value(w, domains, 7, "phone")[0] == "13911112222"
+
+
+def test_every_community_whose_version_a_resolution_settles_gets_it(registered, domains):
+    from syncdb.conflicts import list_conflicts
+
+    w, a = registered
+    b = CODES[1]
+    w.insert(b, person(7, a, phone="13800138000", name="居民七"))  # b holds the same record, another name
+    w.push(b)
+    merge.merge(w.store, w.bundles[-1:], SECRET, domains)
+    (registration,) = list_conflicts(w.store, SECRET, domains)  # a duplicate registration
+    summary = resolve.resolve_conflict(w.store, SECRET, domains, registration["id"], keep=a)
+    assert set(summary.sent_back) == {a, b}
+    _pull(w, b)
+    assert local(w, b, 7, "name") == local(w, a, 7, "name") == _office_value(w, domains, 7, "name")[0]
+
+
+def test_a_merge_names_resolutions_a_stopped_run_left_pending(registered, domains, monkeypatch):
+    w, a = registered
+    monkeypatch.setattr(outbound, "finish", lambda store_dir: None)  # killed between commit and naming
+    _edit(w, domains, {"address": "办事处址"})
+    monkeypatch.undo()
+    assert [p.name for p in outbound.outbound_dir(w.store, a).iterdir()] == [".office-r00000001.bundle.pending"]
+    merge.merge(w.store, [], SECRET, domains)  # a plain merge, nothing new to apply
+    assert [p.name for p in outbound.outbound_dir(w.store, a).iterdir()] == ["office-r00000001.bundle"]
