@@ -134,7 +134,7 @@ def run_demo(directory, communities: int, residents: int, domains: dict, echo=pr
             summary = resolve_conflict(store, secret, domains, item["id"], keep=codes[1])
             echo(f"   {summary.lines()[1]}; {summary.lines()[2]}")
             for code in summary.sent_back:
-                echo(f"== {code} owns the record now and pulls the settlement (syncdb pull --inbox …)")
+                echo(f"== {code} holds the record and pulls the settlement (syncdb pull --inbox …)")
                 report = pull(folders[code], sample_domains, secret, inbox=str(outbound_dir(store, code)))
                 for line in report.lines():
                     echo(f"   {line}")
