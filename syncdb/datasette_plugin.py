@@ -354,7 +354,7 @@ async def sync(datasette, request):
     def read():
         store = ctx.store()
         try:
-            return publish.sync_status(store)
+            return publish.sync_status(store, ctx.store_dir)
         finally:
             store.conn.close()
     rows = await asyncio.to_thread(read)

@@ -28,7 +28,7 @@ from .plugins import manager
 from .hlc import pack_versions, unpack_versions
 from .rules import Candidate, Decision
 from .schema import Domain, Table
-from .store import Store, id_columns, mask, table_name, write_columns
+from .store import Store, mask, table_name, write_columns
 from .validate import Problem, check_record
 
 
@@ -100,31 +100,32 @@ def apply_inbox(store: Store, store_dir: Path, summary: Summary, progress=None) 
     total = sum(sizes.values())
     done = 0
 
-    def hold(queue, sequence, why):
+    def hold(queue, sequence, why: str):
+        """Hold this bundle of the queue and every later one, saying why."""
         nonlocal total
         for s, n in queue:
             if s >= sequence:
-                summary.held.append((n, why(n)))
+                summary.held.append((n, why))
                 total -= sizes[n]
 
     for origin, queue in sorted(waiting.items()):
         for sequence, name in queue:
             expected = last.get(origin, 0) + 1
             if sequence != expected:
-                hold(queue, sequence, lambda n: f"waiting for bundle {expected} from {origin}")
+                hold(queue, sequence, f"waiting for bundle {expected} from {origin}")
                 break
             path = office.inbox_dir(store_dir) / name
             mismatch = schema_mismatch(store, path)
             if mismatch:
                 # Kept in the inbox, applied by the first merge after the schemas agree.
-                hold(queue, sequence, lambda n: mismatch)
+                hold(queue, sequence, mismatch)
                 break
 
             def on_batch(n, name=name, before=done):
                 if progress:
                     progress(before + n, total, name)
             try:
-                apply_bundle(store, path, summary, on_batch)
+                apply_bundle(store, path, summary, on_batch, store_dir)
             except bundle.BundleError as e:
                 # Verified when it arrived, so the office's own copy was damaged since:
                 # nothing of it is applied, the other communities go on.
@@ -141,8 +142,8 @@ def apply_inbox(store: Store, store_dir: Path, summary: Summary, progress=None) 
                                         f"{name} stopped, nothing of it was applied, and the bundles wait "
                                         "in the inbox)") from None
                 # A fault in a rule or plugin holds this community's queue, not everybody's.
-                hold(queue, sequence, lambda n: f"merging it failed ({type(e).__name__}: {e}); nothing of it "
-                                                "was applied. Fix the cause (see the office log) and merge again")
+                hold(queue, sequence, f"merging it failed ({type(e).__name__}: {e}); nothing of it was applied. "
+                                      "Fix the cause (see the office log) and merge again")
                 break
             last[origin] = sequence
             done += sizes[name]
@@ -194,8 +195,9 @@ def _without_sensitive(why: str, table: Table, record: dict) -> str:
     return why
 
 
-def apply_bundle(store: Store, path: Path, summary: Summary, on_batch=None) -> None:
+def apply_bundle(store: Store, path: Path, summary: Summary, on_batch=None, store_dir=None) -> None:
     """Apply one bundle in one transaction; ``on_batch(n)`` is told the changes done so far."""
+    store_dir = Path(store_dir) if store_dir is not None else path.parent.parent  # STORE/inbox/NAME
     conn = store.conn
     header = bundle.open_verified(path, office.signer_keys(conn, store.keyring.public).get)
     name = path.name
@@ -217,12 +219,11 @@ def apply_bundle(store: Store, path: Path, summary: Summary, on_batch=None) -> N
                 changes = list(bundle.changes(f, store.keyring))
                 owners = [outbound.owner_of(store, store.table(c["table"]), c) for c in changes]
                 merger.apply_all(changes)
-                made = outbound.send_back(store, path.parent.parent, changes, owners, merger.rejected_keys)
+                made = outbound.send_back(store, store_dir, changes, owners, merger.rejected_keys)
             else:
                 merger.apply_all(bundle.changes(f, store.keyring))
                 if merger.lost:
-                    made = outbound.send_back(store, path.parent.parent, merger.lost, [header.origin] * len(merger.lost),
-                                              set(), settled=False)
+                    made = outbound.send_to(store, store_dir, header.origin, merger.lost)
         ledger.commit()
         (digest,) = conn.execute("SELECT sha256 FROM received WHERE origin = ? AND sequence = ?",
                                  (header.origin, header.sequence)).fetchone()
@@ -235,7 +236,7 @@ def apply_bundle(store: Store, path: Path, summary: Summary, on_batch=None) -> N
             conn.execute("ROLLBACK")
         raise
     if made:
-        outbound.finish(path.parent.parent)
+        outbound.finish(store_dir)
         summary.sent_back.update(made)
     summary.applied += 1
     summary.changes += merger.changes

@@ -36,36 +36,47 @@ def owner_of(store: Store, table, change: dict) -> str | None:
     return None if row is None else store.plain(table, table.owner, row[0], key)
 
 
-def send_back(store: Store, store_dir, changes: list[dict], owners_before: list, rejected: set,
-              settled: bool = True) -> dict[str, int]:
-    """Queue one resolutions bundle per community concerned; return code -> sequence.
+def send_back(store: Store, store_dir, changes: list[dict], owners_before: list, rejected: set) -> dict[str, int]:
+    """Queue an office bundle's changes for every community concerned; return code -> sequence.
 
     Call inside the transaction that merges the office's bundle, with the
     owners read before it: a record goes to the community that owned it
     before the edit (so a delete, or a move to another community, reaches
-    it), to the one that owns it after, and (``settled``) to every community
-    whose version of a cell it settles — they hold the record too. A change
-    the merge rejected goes nowhere. The files keep a pending name until ``finish`` runs after the
-    commit, so no copy of the folder ever holds a bundle the office did not
-    record.
+    it), to the one that owns it after, and to every community whose version
+    of a cell it settles — they hold the record too. A change the merge
+    rejected goes nowhere.
     """
-    conn = store.conn
-    conn.execute(OUTBOUND_TABLE)
-    enrolled = office.enrolled_keys(conn)
-    by_owner: dict[str, list[dict]] = {}
+    by_code: dict[str, list[dict]] = {}
     for change, before in zip(changes, owners_before):
         table = store.table(change["table"])
         if (table.qualified, store.blind_key(table, [change["key"].get(k) for k in table.key])) in rejected:
             continue
-        concerned = {before}
-        if settled:
-            concerned.add(owner_of(store, table, change))
-            for versions in (change.get("base") or {}).values():
-                concerned.update(v.split(".", 2)[2] for v in ([versions] if isinstance(versions, str) else versions))
-        for code in sorted(concerned & set(enrolled)):
-            by_owner.setdefault(code, []).append(change)
+        concerned = {before, owner_of(store, table, change)}
+        for versions in (change.get("base") or {}).values():
+            concerned.update(v.split(".", 2)[2] for v in ([versions] if isinstance(versions, str) else versions))
+        for code in concerned - {None}:
+            by_code.setdefault(code, []).append(change)
+    return _queue(store, store_dir, by_code)
+
+
+def send_to(store: Store, store_dir, code: str, changes: list[dict]) -> dict[str, int]:
+    """Queue changes for one community (the office's values that beat its own by a rule)."""
+    return _queue(store, store_dir, {code: changes})
+
+
+def _queue(store: Store, store_dir, by_code: dict[str, list[dict]]) -> dict[str, int]:
+    """One resolutions bundle per enrolled community, inside the caller's transaction.
+
+    The files keep a pending name until ``finish`` runs after the commit, so
+    no copy of the folder ever holds a bundle the office did not record.
+    """
+    conn = store.conn
+    conn.execute(OUTBOUND_TABLE)
+    enrolled = office.enrolled_keys(conn)
     made = {}
-    for code, owned in sorted(by_owner.items()):
+    for code, owned in sorted(by_code.items()):
+        if code not in enrolled:
+            continue  # the office itself, or a code no longer enrolled
         (last,) = conn.execute("SELECT coalesce(max(sequence), 0) FROM outbound WHERE code = ?", (code,)).fetchone()
         sequence = last + 1
         folder = outbound_dir(store_dir, code)

@@ -32,7 +32,6 @@ from . import office
 from .crypto import Secret
 from .errors import SyncdbError
 from .files import write_atomic
-from .merge import open_store
 from .schema import Column, Domain, Table
 from .store import Store, mask, table_name
 
@@ -310,12 +309,12 @@ def shown_page(store: Store, path: str, query: str) -> str:
 
 # ---------------------------------------------------------------- office pages
 
-def sync_status(store: Store) -> list[dict]:
+def sync_status(store: Store, store_dir) -> list[dict]:
     """Per community: last bundle applied, when, what waits, what was refused."""
     conn = store.conn
     now = time.time()
     refused: dict[str, int] = {}
-    for reason in office.quarantine_dir(Path(store_dir_of(store))).glob("*.reason.json"):
+    for reason in office.quarantine_dir(store_dir).glob("*.reason.json"):
         try:
             origin = json.loads(reason.read_text(encoding="utf-8")).get("origin", "unknown")
         except (OSError, ValueError):
@@ -337,11 +336,6 @@ def sync_status(store: Store) -> list[dict]:
                     "waiting": (received[0] or 0) - (applied[0] or 0), "changes": applied[2],
                     "rejected": applied[3], "refused": refused.get(code, 0)})
     return out
-
-
-def store_dir_of(store: Store) -> str:
-    (path,) = [row[2] for row in store.conn.execute("PRAGMA database_list") if row[1] == "main"]
-    return str(Path(path).parent)
 
 
 def open_conflicts(store: Store, plaintext: bool) -> list[dict]:

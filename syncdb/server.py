@@ -55,7 +55,7 @@ STATUS_FOR_REASON = {
 ACKNOWLEDGED_PATH = re.compile(r"^/v1/communities/([^/]+)/acknowledged$")
 # The office's resolutions for a community (`syncdb pull`): signed by the office and
 # encrypted to that community, so they are safe to hand to whoever asks.
-OUTBOUND_PATH = re.compile(r"^/v1/communities/([0-9A-Za-z_-]+)/outbound(?:/([0-9]+))?$")
+OUTBOUND_PATH = re.compile(r"^/v1/communities/([0-9A-Za-z_-]+)/outbound(?:/([0-9]{1,9}))?$")
 
 
 def app(store, max_body: int = 256 * 2**20, merger=None):
