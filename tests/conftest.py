@@ -118,6 +118,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_answering(process: subprocess.Popen, url: str, seconds: float, log) -> None:
+    """Until ``url`` answers 200; fail with the process's log if it exits or takes longer."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{' '.join(process.args[:2])} exited with {process.returncode}:\n{log()}")
+        try:
+            if requests.get(url, timeout=0.5).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing answered {url} within {seconds:g} s:\n{log()}")
+
+
 class OfficeServer:
     """`syncdb serve` as a subprocess; kill() is SIGKILL, start() again uses the same port."""
 
@@ -134,17 +149,8 @@ class OfficeServer:
             args += ["--max-bundle-mb", str(self.max_bundle_mb)]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(args, env=self.env, stdout=log, stderr=log)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"syncdb serve exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if requests.get(f"{self.url}/health", timeout=0.5).status_code == 200:
-                    return self
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"syncdb serve did not answer /health within 20 s:\n{self.log()}")
+        wait_until_answering(self.process, f"{self.url}/health", 20, self.log)
+        return self
 
     def kill(self) -> None:
         if self.process and self.process.poll() is None:
@@ -190,17 +196,7 @@ class Publisher:
         args = [SYNCDB, "publish", str(store), "--host", "127.0.0.1", "--port", str(self.port), *extra]
         with open(log, "ab") as out:
             self.process = subprocess.Popen(args, env=env, stdout=out, stderr=out)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"syncdb publish exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if requests.get(f"{self.url}/-/login", timeout=0.5).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"syncdb publish did not answer within 60 s:\n{self.log()}")
+        wait_until_answering(self.process, f"{self.url}/-/login", 60, self.log)
 
     def sign_in(self, name: str, password: str | None = None) -> requests.Session:
         session = requests.Session()

@@ -3,7 +3,7 @@
 import pytest
 from click.testing import CliRunner
 
-from syncdb import merge, resolve
+from syncdb import merge
 from syncdb.cli import cli
 from test_merge import CODES, SECRET, World, id_number, person
 
@@ -13,16 +13,8 @@ def queued(tmp_path, domains):
     """Two residents whose names the office and the community changed at once: two open conflicts."""
     w = World(tmp_path, domains)
     a = CODES[0]
-    for n in (7, 8):
-        w.insert(a, person(n, a))
-    w.push(a)
-    merge.merge(w.store, w.bundles, SECRET, domains)
-    for n in (7, 8):
-        resolve.office_edit(w.store, SECRET, domains, [
-            {"table": "huji.persons", "key": {"id_number": id_number(n)}, "cells": {"name": f"办公室{n}"}}])
-        w.sql(a, "UPDATE persons SET name = ? WHERE id_number = ?", (f"社区{n}", id_number(n)))
-    w.push(a)
-    assert merge.merge(w.store, w.bundles[-1:], SECRET, domains).opened == 2
+    w.register(a, person(7, a), person(8, a))
+    assert [w.both_rename(a, n, f"办公室{n}", f"社区{n}").opened for n in (7, 8)] == [1, 1]
     key_file = tmp_path / "key"
     key_file.write_bytes(SECRET.key_file_bytes)
     return w, {"SYNCDB_KEY_FILE": str(key_file)}

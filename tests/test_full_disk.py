@@ -7,7 +7,6 @@ do, loses nothing, and the next run after space is freed finishes the work.
 
 import errno
 import os
-import sqlite3
 import subprocess
 
 import pytest

@@ -65,6 +65,27 @@ class World:
         self.sql(code, f"INSERT INTO persons ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                  list(row.values()))
 
+    def register(self, code, *rows):
+        """Residents entered at a community, pushed, and merged at the office."""
+        for row in rows:
+            self.insert(code, row)
+        self.push(code)
+        return merge.merge(self.store, self.bundles[-1:], SECRET, self.all_domains)
+
+    def office_sets(self, n, **cells):
+        """The office edits resident ``n`` (signed by the office, merged at once)."""
+        from syncdb import resolve
+
+        return resolve.office_edit(self.store, SECRET, self.all_domains, [
+            {"table": "huji.persons", "key": {"id_number": id_number(n)}, "cells": cells}])
+
+    def both_rename(self, code, n, at_office, at_community):
+        """The office and the community rename resident ``n`` before either hears of the other."""
+        self.office_sets(n, name=at_office)
+        self.sql(code, "UPDATE persons SET name = ? WHERE id_number = ?", (at_community, id_number(n)))
+        self.push(code)
+        return merge.merge(self.store, self.bundles[-1:], SECRET, self.all_domains)
+
     def push(self, code):
         result = community.export(self.folders[code], self.domains, SECRET)
         if result.path:
@@ -136,7 +157,6 @@ def snapshot(store_dir, domains):
         conflicts = set()
         for tbl, key, col, kind, candidates in st_.conn.execute(
                 "SELECT tbl, key, col, kind, candidates FROM conflicts WHERE status = 'open'"):
-            import json
             conflicts.add((tbl, key, col, kind, frozenset(c["version"] for c in json.loads(candidates))))
         return rows, conflicts
     finally:
@@ -418,19 +438,11 @@ def test_keys_rotate_reencrypts_without_losing_a_record(tmp_path, domains):
 def test_keys_rotate_stopped_in_the_conflict_queue_is_finished_not_restarted(tmp_path, domains, monkeypatch):
     from syncdb import keys
 
-    from syncdb import resolve
-
     w = World(tmp_path, domains)
     a = CODES[0]
-    w.insert(a, person(7, a))
-    w.push(a)
-    merge.merge(w.store, w.bundles, SECRET, domains)
+    w.register(a, person(7, a))
     # The office and the community change the name (sensitive, manual) at once: sealed candidates in the queue.
-    resolve.office_edit(w.store, SECRET, domains, [
-        {"table": "huji.persons", "key": {"id_number": id_number(7)}, "cells": {"name": "王小名"}}])
-    w.sql(a, "UPDATE persons SET name = '王晓明'")
-    w.push(a)
-    merge.merge(w.store, w.bundles[-1:], SECRET, domains)
+    w.both_rename(a, 7, "王小名", "王晓明")
     assert _open_conflicts(w.store) == [("name", "value")]
     before = snapshot(w.store, domains)
 
@@ -550,16 +562,11 @@ def _open_conflicts(store):
 
 
 def test_update_against_delete_is_queued_never_dropped(tmp_path, domains):
-    from syncdb import resolve
-
     w = World(tmp_path, domains)
     a = CODES[0]
-    w.insert(a, person(6, a))
-    w.push(a)
-    merge.merge(w.store, w.bundles, SECRET, domains)
+    w.register(a, person(6, a))
     # The office corrects the phone while the community, not knowing, deletes the resident.
-    resolve.office_edit(w.store, SECRET, domains, [
-        {"table": "huji.persons", "key": {"id_number": id_number(6)}, "cells": {"phone": "13800138006"}}])
+    w.office_sets(6, phone="13800138006")
     w.sql(a, "DELETE FROM persons")
     w.push(a)
     summary = merge.merge(w.store, w.bundles[-1:], SECRET, domains)
@@ -573,24 +580,13 @@ def test_update_against_delete_is_queued_never_dropped(tmp_path, domains):
 
 
 def test_the_same_value_reached_concurrently_is_no_conflict(tmp_path, domains):
-    from syncdb import resolve
-
     w = World(tmp_path, domains)
     a = CODES[0]
-    w.insert(a, person(7, a))
-    w.push(a)
-    merge.merge(w.store, w.bundles, SECRET, domains)
-    resolve.office_edit(w.store, SECRET, domains, [
-        {"table": "huji.persons", "key": {"id_number": id_number(7)}, "cells": {"name": "王小明"}}])
-    w.sql(a, "UPDATE persons SET name = '王小明'")  # name is a manual column: a real difference would be queued
-    w.push(a)
-    summary = merge.merge(w.store, w.bundles[-1:], SECRET, domains)
+    w.register(a, person(7, a))
+    # name is a manual column: a real difference would be queued
+    summary = w.both_rename(a, 7, "王小明", "王小明")
     assert summary.changes == 1 and summary.opened == 0 and _open_conflicts(w.store) == []
-    w.sql(a, "UPDATE persons SET name = '王晓明'")
-    resolve.office_edit(w.store, SECRET, domains, [
-        {"table": "huji.persons", "key": {"id_number": id_number(7)}, "cells": {"name": "王小名"}}])
-    w.push(a)
-    merge.merge(w.store, w.bundles[-1:], SECRET, domains)
+    w.both_rename(a, 7, "王小名", "王晓明")
     assert _open_conflicts(w.store) == [("name", "value")]
 
 

@@ -1,6 +1,5 @@
 """`syncdb publish`: real Datasette on 127.0.0.1, over HTTP, with staff signed in."""
 
-import json
 import re
 import sqlite3
 import subprocess

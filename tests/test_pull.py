@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from conftest import OfficeServer
 from syncdb import merge, outbound, resolve
 from syncdb.cli import cli
+from syncdb.conflicts import list_conflicts
 from syncdb.pull import pull
 from test_merge import CODES, SECRET, World, _open_conflicts, id_number, person
 
@@ -25,15 +26,9 @@ def settled(tmp_path, domains):
     """Resident 7 of community A: the office and A changed the name at once; the office settled it."""
     w = World(tmp_path, domains)
     a = CODES[0]
-    w.insert(a, person(7, a))
-    w.push(a)
-    merge.merge(w.store, w.bundles, SECRET, domains)
-    resolve.office_edit(w.store, SECRET, domains, [
-        {"table": "huji.persons", "key": {"id_number": id_number(7)}, "cells": {"name": "王小名"}}])
-    w.sql(a, "UPDATE persons SET name = '王晓明'")
-    w.push(a)
-    merge.merge(w.store, w.bundles[-1:], SECRET, domains)
-    (conflict,) = [c for c in __import__("syncdb.conflicts", fromlist=["x"]).list_conflicts(w.store, SECRET, domains)]
+    w.register(a, person(7, a))
+    w.both_rename(a, 7, "王小名", "王晓明")
+    (conflict,) = list_conflicts(w.store, SECRET, domains)
     summary = resolve.resolve_conflict(w.store, SECRET, domains, conflict["id"], value="王晓名")
     assert summary.sent_back == {a: 2}  # the office's first edit went to A too
     return w, a
@@ -79,6 +74,10 @@ def test_pull_over_http_from_serve(settled, tmp_path):
         assert result.exit_code == 0, result.output
         assert "Applied 2 bundle(s) of resolutions from the office: " in result.output
         assert local(w, a, 7, "name") == "王晓名"
+        # A number past any sequence is a plain 404, not a server error.
+        import requests
+        assert requests.get(f"{server.url}/v1/communities/{a}/outbound/99999999999999999999").status_code == 404
+        assert requests.get(f"{server.url}/v1/communities/{a}/outbound/9").status_code == 404
     finally:
         server.kill()
 
@@ -124,9 +123,7 @@ def _office_value(w, domains, n, column):
 def registered(tmp_path, domains):
     w = World(tmp_path, domains)
     a = CODES[0]
-    w.insert(a, person(7, a, phone="13800138000"))
-    w.push(a)
-    merge.merge(w.store, w.bundles, SECRET, domains)
+    w.register(a, person(7, a, phone="13800138000"))
     return w, a
 
 
@@ -136,8 +133,7 @@ def _pull(w, code):
 
 def test_an_office_value_the_merge_rejected_is_not_sent(registered, domains):
     w, a = registered
-    summary = resolve.office_edit(w.store, SECRET, domains, [
-        {"table": "huji.persons", "key": {"id_number": id_number(7)}, "cells": {"phone": "abc"}}])
+    summary = w.office_sets(7, phone="abc")
     assert summary.rejected and summary.sent_back == {}
     assert _pull(w, a).applied == [] and local(w, a, 7, "phone") == "13800138000"
 
@@ -145,8 +141,7 @@ def test_an_office_value_the_merge_rejected_is_not_sent(registered, domains):
 def test_a_record_moved_to_another_community_reaches_both(registered, domains):
     w, a = registered
     b = CODES[1]
-    summary = resolve.office_edit(w.store, SECRET, domains, [
-        {"table": "huji.persons", "key": {"id_number": id_number(7)}, "cells": {"community_code": b}}])
+    summary = w.office_sets(7, community_code=b)
     assert summary.sent_back == {a: 1, b: 1}
     assert _pull(w, a).cells == 1 and local(w, a, 7, "community_code") == b
     assert _pull(w, b).missing  # b does not hold the record (yet): said, nothing else
@@ -168,8 +163,7 @@ def test_a_value_whose_push_the_office_had_not_merged_is_not_overwritten(registe
     w, a = registered
     w.sql(a, "UPDATE persons SET phone = '13911112222'")
     w.push(a)  # on its way, not merged yet
-    resolve.office_edit(w.store, SECRET, domains, [
-        {"table": "huji.persons", "key": {"id_number": id_number(7)}, "cells": {"phone": None}}])
+    w.office_sets(7, phone=None)
     report = _pull(w, a)
     assert report.older == 1 and local(w, a, 7, "phone") == "13911112222"
     merge.merge(w.store, w.bundles[-1:], SECRET, domains)
@@ -184,15 +178,13 @@ def test_a_crash_while_queueing_loses_nothing_and_a_copy_never_holds_an_unrecord
         raise KeyboardInterrupt  # the power goes while the office's resolution is being queued
     monkeypatch.setattr(outbound, "send_back", cut)
     with pytest.raises(KeyboardInterrupt):
-        resolve.office_edit(w.store, SECRET, domains, [
-            {"table": "huji.persons", "key": {"id_number": id_number(7)}, "cells": {"address": "地址一"}}])
+        w.office_sets(7, address="地址一")
     monkeypatch.undo()
     assert _office_value(w, domains, 7, "address")[0] is None  # merge and queue: both or neither
     assert merge.merge(w.store, [], SECRET, domains).sent_back == {a: 1}  # the next merge does both
     # Between the commit and the final name, a copy of the folder holds nothing to apply.
     monkeypatch.setattr(outbound, "finish", lambda store_dir: None)
-    resolve.office_edit(w.store, SECRET, domains, [
-        {"table": "huji.persons", "key": {"id_number": id_number(7)}, "cells": {"phone": "13700137000"}}])
+    w.office_sets(7, phone="13700137000")
     monkeypatch.undo()
     stick = tmp_path / "stick"
     import shutil
@@ -204,17 +196,12 @@ def test_a_crash_while_queueing_loses_nothing_and_a_copy_never_holds_an_unrecord
 
 # --- from a second adversarial read -----------------------------------------------------------
 
-def _edit(w, domains, cells):
-    return resolve.office_edit(w.store, SECRET, domains, [
-        {"table": "huji.persons", "key": {"id_number": id_number(7)}, "cells": cells}])
-
-
 def test_a_value_that_lost_to_the_office_by_rule_comes_back(registered, domains):
     """lww: the office decided later than a push still on its way; the rule picks the office's value."""
     w, a = registered
     w.sql(a, "UPDATE persons SET address = '社区新址'")
     w.push(a)  # on its way
-    _edit(w, domains, {"address": "办事处址"})
+    w.office_sets(7, address="办事处址")
     summary = merge.merge(w.store, w.bundles[-1:], SECRET, domains)
     assert summary.opened == 0 and summary.sent_back == {a: 2}
     _pull(w, a)
@@ -226,7 +213,7 @@ def test_a_kept_local_value_that_then_loses_by_rule_comes_back(registered, domai
     """prefer_non_null: the community blanked the phone, the office set it; the office's wins."""
     w, a = registered
     w.sql(a, "UPDATE persons SET phone = NULL")  # typed, not pushed
-    _edit(w, domains, {"phone": "13911112222"})
+    w.office_sets(7, phone="13911112222")
     assert _pull(w, a).kept  # not overwritten unseen
     w.push(a)
     merge.merge(w.store, w.bundles[-1:], SECRET, domains)
@@ -252,7 +239,7 @@ def test_every_community_whose_version_a_resolution_settles_gets_it(registered, 
 def test_a_merge_names_resolutions_a_stopped_run_left_pending(registered, domains, monkeypatch):
     w, a = registered
     monkeypatch.setattr(outbound, "finish", lambda store_dir: None)  # killed between commit and naming
-    _edit(w, domains, {"address": "办事处址"})
+    w.office_sets(7, address="办事处址")
     monkeypatch.undo()
     assert [p.name for p in outbound.outbound_dir(w.store, a).iterdir()] == [".office-r00000001.bundle.pending"]
     merge.merge(w.store, [], SECRET, domains)  # a plain merge, nothing new to apply
