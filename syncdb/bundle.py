@@ -17,9 +17,11 @@ fresh ephemeral key and the recipient's key, through HKDF.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -30,15 +32,32 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives import serialization
 
-from .crypto import SUITES, Keyring, PublicKey, b64, suite, unb64
+from .crypto import SUITES, Keyring, PublicKey, b64, suite
 from .errors import SyncdbError
 from .files import disk_error, fsync_dir
+from .limits import DEFAULT as DEFAULT_LIMITS
+from .limits import RANGES, Limits
 
 MAGIC = b"\x89SYNCDB\n"
 FORMAT = 1
 CHUNK_SIZE = 64 * 1024
 SIGNATURE_SIZE = 64
-MAX_HEADER = 1 << 20
+# A header is a few hundred bytes: 64 KiB holds any real one and keeps a hostile one small.
+MAX_HEADER = 64 * 1024
+MAX_CHUNK = 1 << 20  # the largest encryption.chunk_size a reader takes (syncdb writes 64 KiB)
+INFLATE_BLOCK = 64 * 1024  # decompressed bytes produced at a time
+KINDS = ("changes", "resolutions")
+OPS = ("insert", "update", "delete")
+# Community codes are 12 digits; the office's own code is chosen at `office init`.
+CODE_PATTERN = re.compile(r"[0-9A-Za-z_-]{1,32}")
+STAMP_PATTERN = re.compile(r"[0-9]{15}\.[0-9]{6}\.[0-9A-Za-z_-]{1,32}")  # hlc.py's stamps
+KEY_ID_PATTERN = re.compile(r"[0-9a-f]{16}")
+MAX_SEQUENCE = 2**53  # a JSON number every reader holds exactly
+MAX_CHANGES = RANGES["max_changes"][1]  # the most any office may take in one bundle
+NAME_LEN = 128  # a table, domain or column name
+MAX_KEY_COLUMNS = 16
+MAX_COLUMNS = 512
+MAX_BASES = 1024  # versions one office resolution may settle in one cell
 SUFFIX = ".bundle"
 COMPRESSION = "zlib-d1"
 # A preset dictionary (RFC 1950 FDICT) of the strings every payload repeats:
@@ -208,28 +227,136 @@ def _read_exact(f: BinaryIO, n: int, what: str) -> bytes:
 
 
 def read_header(f: BinaryIO) -> tuple[Header, int]:
-    """Read the clear header. Returns it and the payload length; nothing is verified yet."""
+    """Read the clear header, every field typed and range-checked. Returns it and the payload length.
+
+    Nothing is verified yet: the fields are safe to use, not to trust.
+    """
     magic = f.read(len(MAGIC))
     if magic != MAGIC:
         raise BundleError("this is not a syncdb bundle (wrong magic bytes); "
                           "check that the right file was copied and not opened in another program", "garbled")
     (hlen,) = struct.unpack(">I", _read_exact(f, 4, "header length"))
     if hlen > MAX_HEADER:
-        raise BundleError("the bundle header is impossibly large; the file is damaged", "garbled")
+        raise BundleError(f"the bundle header is {hlen:,} bytes, more than a header can be "
+                          f"({MAX_HEADER:,}); the file is damaged", "garbled")
     raw = _read_exact(f, hlen, "header")
-    try:
-        fields = json.loads(raw)
-        if fields["format"] != FORMAT:
-            raise BundleError(f"bundle format {fields['format']} is not supported by this syncdb "
-                              f"(it reads format {FORMAT}); upgrade syncdb at the office", "unsupported")
-        for name in ("origin", "sequence", "kind", "encryption"):
-            fields[name]
-    except BundleError:
-        raise
-    except (ValueError, KeyError, TypeError):
-        raise BundleError("the bundle header is garbled; the file is damaged", "garbled") from None
+    fields = _parse_header(raw)
     (payload_len,) = struct.unpack(">Q", _read_exact(f, 8, "payload length"))
     return Header(fields, raw), payload_len
+
+
+def _parse_header(raw: bytes) -> dict:
+    try:
+        fields = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack
+        fields = None
+    if not isinstance(fields, dict):
+        raise BundleError("the bundle header is garbled (not a JSON object); the file is damaged", "garbled")
+    version = fields.get("format")
+    if type(version) is int and version != FORMAT:
+        raise BundleError(f"bundle format {version} is not supported by this syncdb "
+                          f"(it reads format {FORMAT}); upgrade syncdb at the office", "unsupported")
+    problem = _header_problem(fields)
+    if problem:
+        raise BundleError(f"the bundle header is garbled ({problem}); the file is damaged "
+                          "or was not written by syncdb", "garbled")
+    if fields["kind"] not in KINDS:
+        raise BundleError(f"this is a bundle of kind {_shown(fields['kind'])}, which this syncdb does not "
+                          "know; upgrade syncdb", "unsupported")
+    return fields
+
+
+def _header_problem(h: dict) -> str | None:
+    """What is wrong with the header's fields (a short phrase naming one), or None."""
+    for name, ok in _HEADER_FIELDS:
+        if name not in h:
+            return f"'{name}' is missing"
+        if not ok(h[name]):
+            return f"'{name}' is {_shown(h[name])}"
+    if "acknowledged" in h and not _is_int(h["acknowledged"], 0, MAX_SEQUENCE):
+        return f"'acknowledged' is {_shown(h['acknowledged'])}"
+    counted = sum(n for ops in h["counts"].values() for n in ops.values())
+    if counted != h["changes"]:
+        return f"'changes' is {h['changes']} but the counts add up to {counted}"
+    if (h["changes"] == 0) != (h["hlc"]["min"] is None):
+        return "'hlc' must be null exactly when there are no changes"
+    return None
+
+
+def _is_int(v, low: int, high: int) -> bool:
+    return type(v) is int and low <= v <= high  # not bool, not float
+
+
+def _is_name(v) -> bool:
+    return isinstance(v, str) and 0 < len(v) <= NAME_LEN
+
+
+def _is_code(v) -> bool:
+    return isinstance(v, str) and CODE_PATTERN.fullmatch(v) is not None
+
+
+def _is_stamp(v) -> bool:
+    return isinstance(v, str) and STAMP_PATTERN.fullmatch(v) is not None
+
+
+def _is_counts(v) -> bool:
+    return isinstance(v, dict) and all(
+        _is_name(table) and "." in table.strip(".") and isinstance(ops, dict) and set(ops) == set(OPS)
+        and all(_is_int(n, 0, MAX_CHANGES) for n in ops.values())
+        for table, ops in v.items())
+
+
+def _is_schemas(v) -> bool:
+    return isinstance(v, dict) and all(
+        _is_name(domain) and isinstance(about, dict)
+        and (_is_int(about.get("version"), 0, MAX_SEQUENCE) or _is_short(about.get("version")))
+        and _is_short(about.get("fingerprint"))
+        for domain, about in v.items())
+
+
+def _is_short(v) -> bool:
+    return isinstance(v, str) and len(v) <= 64
+
+
+def _is_hlc_range(v) -> bool:
+    if not isinstance(v, dict) or set(v) != {"min", "max"}:
+        return False
+    if v["min"] is None and v["max"] is None:
+        return True
+    # Strings here; each change's own stamp is checked for its form, and to lie within them.
+    return _is_short(v["min"]) and _is_short(v["max"]) and v["min"] <= v["max"]
+
+
+def _is_encryption(v) -> bool:
+    # The values of suite and kem are judged by changes() (unsupported); here only their types.
+    return (isinstance(v, dict) and _is_short(v.get("suite")) and _is_short(v.get("kem"))
+            and _is_short(v.get("ephemeral")) and _is_int(v.get("chunk_size"), 1, MAX_CHUNK))
+
+
+_HEADER_FIELDS = (
+    ("kind", _is_short),
+    ("origin", _is_code),
+    ("sequence", lambda v: _is_int(v, 1, MAX_SEQUENCE)),
+    ("relay", lambda v: isinstance(v, list) and len(v) <= 16 and all(map(_is_code, v))),
+    ("created", _is_short),
+    ("schemas", _is_schemas),
+    ("counts", _is_counts),
+    ("changes", lambda v: _is_int(v, 0, MAX_CHANGES)),
+    ("hlc", _is_hlc_range),
+    ("recipient", lambda v: isinstance(v, str) and KEY_ID_PATTERN.fullmatch(v) is not None),
+    ("signer", lambda v: isinstance(v, str) and KEY_ID_PATTERN.fullmatch(v) is not None),
+    ("encryption", _is_encryption),
+)
+
+
+def _shown(v) -> str:
+    """A hostile value, short enough to put in a message or a log."""
+    if isinstance(v, dict):
+        return "a JSON object"
+    if isinstance(v, list):
+        return "a JSON list"
+    text = json.dumps(v, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def verify(f: BinaryIO, lookup_key) -> Header:
@@ -264,49 +391,175 @@ def verify(f: BinaryIO, lookup_key) -> Header:
     return header
 
 
-def changes(f: BinaryIO, keyring: Keyring) -> Iterator[dict]:
-    """Decrypt and decompress the payload, one change at a time.
+def changes(f: BinaryIO, keyring: Keyring, limits: Limits | None = None) -> Iterator[dict]:
+    """Decrypt and decompress the payload, one checked change at a time.
 
     Call ``verify`` first: this checks each chunk's tag, not the signature.
+    Memory stays within ``limits`` (the defaults if None) whatever the
+    payload holds: it is inflated a block at a time, a line longer than
+    ``max_line`` is refused before it is whole, and the payload must agree
+    with its header (each change well formed, counted, within the HLC range).
+    A refusal can come after changes were yielded: apply a bundle in one
+    transaction and roll back on BundleError.
     """
+    caps = limits or DEFAULT_LIMITS
     header, payload_len = read_header(f)
     enc = header["encryption"]
-    if header.fields.get("compression") != COMPRESSION or enc.get("kem") != "x25519-hkdf" or enc.get("suite") not in SUITES:
+    if header.fields.get("compression") != COMPRESSION or enc["kem"] != "x25519-hkdf" or enc["suite"] not in SUITES:
         raise BundleError("this bundle uses a compression, key agreement or cipher suite this syncdb "
                           "does not know; upgrade syncdb at the office", "unsupported")
-    s = suite(enc["suite"])
-    ephemeral = unb64(enc["ephemeral"])
     if header["recipient"] != keyring.public.id:
         raise BundleError(f"this bundle is encrypted to key {header['recipient']}, not to this "
                           f"office's key {keyring.public.id}; it was made for another office "
                           "or before the office key changed", "wrong-recipient")
-    key = _chunk_key(keyring.agree(ephemeral), ephemeral, keyring.public.x25519, s.name)
+    if header["changes"] > caps.max_changes:
+        raise _too_large(f"{header['changes']:,} changes", f"{caps.max_changes:,} changes")
+    try:
+        ephemeral = base64.b64decode(enc["ephemeral"], validate=True)
+        key = _chunk_key(keyring.agree(ephemeral), ephemeral, keyring.public.x25519, enc["suite"])
+    except ValueError:
+        raise BundleError("the bundle header's ephemeral key is not a key; the file is damaged", "garbled") from None
+    lines = _Lines(header, caps, lists_allowed=header.kind != "changes" or header.origin == keyring.public.code)
     decompressor = zlib.decompressobj(zdict=ZDICT)
+    for chunk in _opened_chunks(f, payload_len, key, ephemeral, suite(enc["suite"]), enc["chunk_size"]):
+        while True:
+            try:
+                # At most one block of output at a time: a small chunk may inflate to gigabytes.
+                out = decompressor.decompress(chunk, INFLATE_BLOCK)
+            except zlib.error:
+                raise BundleError("the payload's compressed stream is damaged", "garbled") from None
+            chunk = decompressor.unconsumed_tail
+            yield from lines.feed(out)
+            if not chunk and len(out) < INFLATE_BLOCK:
+                break  # this chunk is used up (a full block may have more to come, even with no input)
+    if not decompressor.eof or decompressor.unused_data:
+        raise BundleError("the payload's compressed stream is cut short or has bytes after its end; "
+                          "the file is damaged", "garbled")
+    lines.finish()
+
+
+def _opened_chunks(f: BinaryIO, payload_len: int, key: bytes, ephemeral: bytes, s, chunk_size: int):
+    """Each payload chunk, authenticated and decrypted, in order."""
     remaining = payload_len
     index = 0
-    buffer = b""
     while remaining > 0:
         (sealed_len,) = struct.unpack(">I", _read_exact(f, 4, "payload"))
-        if sealed_len > enc.get("chunk_size", CHUNK_SIZE) + 16:
+        if sealed_len > chunk_size + 16:
             raise BundleError("a payload chunk is larger than the header allows; the file is damaged", "garbled")
         sealed = _read_exact(f, sealed_len, "payload")
         remaining -= 4 + sealed_len
         last = remaining == 0
         try:
-            chunk = s.open(key, _chunk_nonce(index), sealed, _chunk_aad(ephemeral, index, last))
+            yield s.open(key, _chunk_nonce(index), sealed, _chunk_aad(ephemeral, index, last))
         except InvalidTag:
             raise BundleError(f"payload chunk {index} does not decrypt: the bundle was altered or "
                               "cut short, or is not for this office's key", "tampered") from None
         index += 1
-        buffer += decompressor.decompress(chunk)
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            yield json.loads(line)
     if remaining < 0:
         raise BundleError("the payload chunks overrun the payload length; the file is damaged", "garbled")
-    buffer += decompressor.flush()
-    if buffer.strip():
-        raise BundleError("the payload ends in the middle of a change; the file is damaged", "garbled")
+
+
+def _too_large(what: str, cap: str) -> BundleError:
+    return BundleError(f"the bundle holds more than this office takes ({what}; the limit is {cap}); "
+                       "a current syncdb splits large exports to fit, so upgrade syncdb at the community "
+                       "and push again, or ask the data administrator to raise the office's limits "
+                       "(STORE/limits.json)", "too-large")
+
+
+class _Lines:
+    """Cuts inflated bytes into change lines and checks each against the header and the caps."""
+
+    def __init__(self, header: Header, caps: Limits, lists_allowed: bool):
+        self.caps, self.lists_allowed = caps, lists_allowed
+        self.expected = header["counts"]
+        self.total = header["changes"]
+        self.low, self.high = header["hlc"]["min"], header["hlc"]["max"]
+        self.seen: dict[str, dict[str, int]] = {}
+        self.count = 0
+        self.size = 0
+        self.pending = bytearray()  # the start of a line whose end has not come yet
+
+    def feed(self, data: bytes) -> Iterator[dict]:
+        self.size += len(data)
+        if self.size > self.caps.max_payload:
+            raise _too_large(f"over {self.caps.max_payload:,} bytes of changes once decompressed",
+                             f"{self.caps.max_payload:,} bytes")
+        buffer = self.pending
+        buffer += data
+        start = 0
+        while (end := buffer.find(b"\n", start)) >= 0:
+            line = bytes(buffer[start:end])
+            start = end + 1
+            yield self.check(line)
+        del buffer[:start]
+        if len(buffer) > self.caps.max_line:
+            raise self.line_too_long()
+
+    def line_too_long(self) -> BundleError:
+        return _too_large(f"change {self.count + 1} is over {self.caps.max_line:,} bytes",
+                          f"{self.caps.max_line:,} bytes for one change")
+
+    def check(self, line: bytes) -> dict:
+        if len(line) + 1 > self.caps.max_line:
+            raise self.line_too_long()
+        self.count += 1
+        where = f"change {self.count} of the payload"
+        try:
+            change = json.loads(line.decode("utf-8"))
+        except (ValueError, RecursionError):
+            raise BundleError(f"{where} is not a JSON line; the file is damaged", "garbled") from None
+        problem = _change_problem(change, self.lists_allowed)
+        if problem:
+            raise BundleError(f"{where} is not a valid change ({problem}); the bundle is damaged "
+                              "or was not written by syncdb", "garbled")
+        table, op = change["table"], change["op"]
+        ops = self.seen.setdefault(table, dict.fromkeys(OPS, 0))
+        ops[op] += 1
+        if self.count > self.total or ops[op] > self.expected.get(table, {}).get(op, 0):
+            raise BundleError(f"{where} is one more {op} for {_shown(table)} than the header counts; "
+                              "the bundle was not written by syncdb", "garbled")
+        if not self.low <= change["hlc"] <= self.high:
+            raise BundleError(f"{where} has an HLC stamp outside the header's range; "
+                              "the bundle was not written by syncdb", "garbled")
+        return change
+
+    def finish(self) -> None:
+        if self.pending:
+            raise BundleError("the payload ends in the middle of a change; the file is damaged", "garbled")
+        if self.count != self.total:
+            raise BundleError(f"the payload holds {self.count} changes but its header counts {self.total}; "
+                              "the bundle was not written by syncdb", "garbled")
+
+
+def _change_problem(change, lists_allowed: bool) -> str | None:
+    """What is wrong with one decoded change line (a short phrase), or None."""
+    if not isinstance(change, dict):
+        return "not a JSON object"
+    for name in ("table", "op", "key", "cells", "base", "hlc"):
+        if name not in change:
+            return f"'{name}' is missing"
+    if not _is_name(change["table"]):
+        return f"'table' is {_shown(change['table'])}"
+    if change["op"] not in OPS:
+        return f"'op' is {_shown(change['op'])}"
+    if not _is_stamp(change["hlc"]):
+        return f"'hlc' is {_shown(change['hlc'])}"
+    for part, most in (("key", MAX_KEY_COLUMNS), ("cells", MAX_COLUMNS)):
+        values = change[part]
+        if not isinstance(values, dict) or len(values) > most or (part == "key" and not values):
+            return f"'{part}' is {_shown(values)}"
+        for name, value in values.items():
+            if not _is_name(name) or not (value is None or isinstance(value, (str, int, float))):
+                return f"'{part}' has {_shown(name)}: {_shown(value)}"
+    base = change["base"]
+    if not isinstance(base, dict) or len(base) > MAX_COLUMNS:
+        return f"'base' is {_shown(base)}"
+    for name, version in base.items():
+        ok = _is_stamp(version) or (lists_allowed and isinstance(version, list)
+                                    and 0 < len(version) <= MAX_BASES and all(map(_is_stamp, version)))
+        if not _is_name(name) or not ok:
+            return f"'base' has {_shown(name)}: {_shown(version)}"
+    return None
 
 
 def open_verified(path, lookup_key) -> Header:

@@ -260,10 +260,17 @@ def push(workdir, url, outbox, retries, schemas):
 
     if bool(url) == bool(outbox):
         raise click.UsageError("give exactly one of --to URL or --outbox DIR")
+    if url:
+        transport.learn_limits(workdir, url)  # so the export makes bundles the office will take
     result = community_lib.export(workdir, load_domains(schemas), _secret(),
                                   notify=lambda m: click.echo(f"Note: {m}", err=True))
+    if len(result.bundles) > 1:  # split to fit the office's limits
+        for sequence, _, changes in result.bundles:
+            click.echo(f"Bundle {sequence}: {changes} change(s)")
     if result.sequence:
-        click.echo(f"Bundle {result.sequence}: {result.changes} change(s) {_counts(result.counts)}")
+        first, last = result.bundles[0][0], result.bundles[-1][0]
+        made = f"Bundle {first}" if first == last else f"Bundles {first}-{last}"
+        click.echo(f"{made}: {result.changes} change(s) {_counts(result.counts)}")
     else:
         click.echo("No new changes since the last push.")
     if outbox:

@@ -7,6 +7,7 @@ A community folder holds the working databases and a ``.syncdb`` folder:
     .syncdb/office.pub.json   the office public key, to encrypt to
     .syncdb/state.db          what was last sent (the shadow), HLC, sequence numbers
     .syncdb/outbox/           bundles not yet acknowledged by the office
+    .syncdb/limits.json       the office's caps on one bundle, as last learnt from it (limits.py)
     CODE.pub.json             the community public key, to carry to the office
 
 The shadow holds every row as last sent, with each cell's version (the HLC
@@ -23,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import bundle, capture, workdir
+from . import bundle, capture, limits, workdir
 from .crypto import Keyring, PublicKey, Secret
 from .errors import SyncdbError
 from .files import storage_error, write_atomic
@@ -36,12 +37,23 @@ STATE_DIR = ".syncdb"
 
 @dataclass
 class ExportResult:
-    sequence: int | None  # None when there was nothing to send
+    sequence: int | None  # the first bundle made; None when there was nothing to send
     path: Path | None
     changes: int
     counts: dict = field(default_factory=dict)
     full_compares: dict = field(default_factory=dict)  # domain -> why
     held: list = field(default_factory=list)  # "table / key / field: why" of records not sent until fixed
+    bundles: list = field(default_factory=list)  # (sequence, path, changes) of each bundle made, in order
+
+    def add(self, sequence: int, path: Path, changes: int, counts: dict) -> None:
+        """One more bundle of this export; ``sequence`` and ``path`` name the first."""
+        if not self.bundles:
+            self.sequence, self.path = sequence, path
+        self.bundles.append((sequence, path, changes))
+        for table, ops in counts.items():
+            mine = self.counts.setdefault(table, dict.fromkeys(ops, 0))
+            for op, n in ops.items():
+                mine[op] = mine.get(op, 0) + n
 
 
 def state_dir(workdir_path) -> Path:
@@ -147,8 +159,10 @@ def _diff(table: Table, key_json: str, current: dict | None, shadow: tuple | Non
              and (old_row.get(c) != v or type(old_row.get(c)) is not type(v))}
     if not cells:
         return None
+    # The owner cell's version goes with every update, changed or not: it says whose record
+    # this community changes, and it is a base even for a column the schema added later.
     return {"table": table.qualified, "op": "update", "key": key, "cells": cells,
-            "base": {c: versions[c] for c in cells if versions.get(c)}}
+            "base": {c: versions[c] for c in (*cells, table.owner) if versions.get(c)}}
 
 
 def _changes_of(conn, state, domain: Domain, full_reason, vetted: dict):
@@ -200,21 +214,24 @@ def _changes_of(conn, state, domain: Domain, full_reason, vetted: dict):
     return last_seq, out
 
 
-def export(workdir_path, domains: dict[str, Domain], secret: Secret, notify=lambda message: None) -> ExportResult:
-    """Turn what changed since the last push into the next bundle in the outbox.
+def export(workdir_path, domains: dict[str, Domain], secret: Secret, notify=lambda message: None,
+           caps: limits.Limits | None = None) -> ExportResult:
+    """Turn what changed since the last push into the next bundle(s) in the outbox.
 
-    Crash-safe in every step: the bundle file is written before the state
-    that remembers it is committed, and an orphan bundle from a crash
-    between the two is removed here before anything else. A full disk
+    Bundles stay within ``caps`` (default: the office's as last learnt, see
+    ``office_limits``): a large export becomes several bundles in sequence.
+    Crash-safe in every step: the bundle files are written before the state
+    that remembers them is committed, and orphan bundles from a crash
+    between the two are removed here before anything else. A full disk
     stops it the same way, with a message that says so.
     """
     try:
-        return _export(Path(workdir_path), domains, secret, notify)
+        return _export(Path(workdir_path), domains, secret, notify, caps or office_limits(workdir_path))
     except (OSError, sqlite3.Error) as e:
         raise storage_error(e, workdir_path, then="run `syncdb push` again") from None
 
 
-def _export(folder: Path, domains: dict[str, Domain], secret: Secret, notify) -> ExportResult:
+def _export(folder: Path, domains: dict[str, Domain], secret: Secret, notify, caps: limits.Limits) -> ExportResult:
     config = read_config(folder)
     code = config["code"]
     ring = Keyring.load(state_dir(folder) / "keyring.json", secret)
@@ -250,20 +267,23 @@ def _export(folder: Path, domains: dict[str, Domain], secret: Secret, notify) ->
         for ms, _, _, change in collected:
             change["hlc"] = str(clock.tick(ms))
 
+        collected = _within_limits(collected, caps, vetted)
         held = [f"{tbl} / {' / '.join(map(str, json.loads(key_json)))} / {why}"
                 for (tbl, key_json), why in sorted(vetted.items()) if why]
         for line in held:
             notify(f"not sent until fixed: {line}")
         result = ExportResult(None, None, len(collected), full_compares=full_compares, held=held)
-        if collected:
-            path = outbox_dir(folder) / bundle.file_name(code, next_seq)
+        # Every bundle is written before the state that remembers them is committed.
+        for index, part in enumerate(_split(collected, caps)):
+            sequence = next_seq + index
+            path = outbox_dir(folder) / bundle.file_name(code, sequence)
             header = bundle.write(
                 path,
-                {"origin": code, "sequence": next_seq, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                {"origin": code, "sequence": sequence, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                  "schemas": {d.name: {"version": d.version, "fingerprint": d.fingerprint}
                              for d in domains.values()}},
-                (change for _, _, _, change in collected), ring, office_key)
-            result = ExportResult(next_seq, path, len(collected), header["counts"], full_compares, held)
+                (change for _, _, _, change in part), ring, office_key)
+            result.add(sequence, path, len(part), header["counts"])
 
         with state:
             state.execute("BEGIN IMMEDIATE")
@@ -278,16 +298,65 @@ def _export(folder: Path, domains: dict[str, Domain], secret: Secret, notify) ->
                 state.execute("INSERT OR REPLACE INTO sources VALUES (?, ?, ?)",
                               (domain.name, capture_id, generation + 1))
             _set_meta(state, "hlc", clock.last)
-            if collected:
-                _set_meta(state, "next_sequence", next_seq + 1)
-                state.execute("INSERT INTO bundles VALUES (?, ?, ?, ?, NULL)",
-                              (next_seq, result.path.name, len(collected), time.strftime("%Y-%m-%dT%H:%M:%S")))
+            if result.bundles:
+                _set_meta(state, "next_sequence", result.bundles[-1][0] + 1)
+                state.executemany("INSERT INTO bundles VALUES (?, ?, ?, ?, NULL)", [
+                    (sequence, path.name, n, time.strftime("%Y-%m-%dT%H:%M:%S"))
+                    for sequence, path, n in result.bundles])
         for domain, conn, last_seq, _, generation in cleanups:
             capture.clear_log(conn, last_seq, generation + 1)
             conn.close()
         return result
     finally:
         state.close()
+
+
+def _within_limits(collected: list, caps: limits.Limits, vetted: dict) -> list:
+    """The changes the office will take; a record with a value or a line over its caps is
+    held back like an invalid one (``vetted``), told to the worker, and sent once shortened."""
+    kept = []
+    for item in collected:
+        _, table, key_json, change = item
+        why = limits.fits(change, caps)
+        if why:
+            vetted[(table.qualified, key_json)] = why
+        else:
+            kept.append(item)
+    return kept
+
+
+def _split(collected: list, caps: limits.Limits) -> list[list]:
+    """Cut the changes, in order, into bundles within the office's caps on changes and payload size.
+
+    Each change is a whole record, so every bundle holds whole records; a
+    first export of a large community becomes several bundles, none too big
+    for the office to take.
+    """
+    parts, part, size = [], [], 0
+    for item in collected:
+        n = len(limits.line_bytes(item[3]))
+        if part and (len(part) >= caps.max_changes or size + n > caps.max_payload):
+            parts.append(part)
+            part, size = [], 0
+        part.append(item)
+        size += n
+    if part:
+        parts.append(part)
+    return parts
+
+
+def office_limits(workdir_path) -> limits.Limits:
+    """The office's caps as last learnt from it (``remember_office_limits``), else the defaults."""
+    try:
+        return limits.load(state_dir(workdir_path))
+    except SyncdbError:
+        return limits.DEFAULT  # a damaged copy: the defaults are what every office starts with
+
+
+def remember_office_limits(workdir_path, caps: limits.Limits) -> None:
+    """Keep the office's caps in .syncdb/limits.json, for the exports to follow (a USB push too)."""
+    if caps != office_limits(workdir_path):
+        limits.save(state_dir(workdir_path), caps)
 
 
 def _apply_to_shadow(state, table: Table, key_json: str, change: dict) -> None:

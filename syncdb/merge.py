@@ -71,15 +71,17 @@ def open_store(store_dir, secret: Secret, domains: dict[str, Domain]) -> Store:
 def merge(store_dir, paths, secret: Secret, domains: dict[str, Domain], progress=None) -> Summary:
     """Receive bundle files or folders (if any) into the inbox, then apply all that can be."""
     summary = Summary()
-    for path, outcome in office.receive_files(store_dir, paths):
-        if isinstance(outcome, office.Refused):
-            summary.refused.append((path.name, str(outcome)))
-        elif outcome.status == "duplicate":
-            summary.duplicates += 1
-        else:
-            summary.received += 1
+    # Unlock the keyring first: a wrong passphrase or key file must change nothing,
+    # not even take the bundles into the inbox.
     store = open_store(store_dir, secret, domains)
     try:
+        for path, outcome in office.receive_files(store_dir, paths):
+            if isinstance(outcome, office.Refused):
+                summary.refused.append((path.name, str(outcome)))
+            elif outcome.status == "duplicate":
+                summary.duplicates += 1
+            else:
+                summary.received += 1
         apply_inbox(store, Path(store_dir), summary, progress)
     finally:
         store.conn.close()

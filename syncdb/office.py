@@ -3,8 +3,9 @@
     STORE/keyring.json      the office's secret keys, sealed (passphrase or key file)
     STORE/office.pub.json   the office public key, for every community
     STORE/store.db          the shared store (see store.py)
+    STORE/limits.json       the caps on one bundle (limits.py; defaults when absent)
     STORE/inbox/            bundles received and verified, waiting to be merged
-    STORE/quarantine/       refused bundle files, each with a .reason.json beside it
+    STORE/quarantine/       a small record (.reason.json) of each refused bundle, not its bytes
 
 A bundle is received once: the same bytes again are "already have it"; other
 bytes under a sequence number already received are a replay or a fork and
@@ -17,15 +18,18 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from . import bundle
+from . import bundle, limits
 from .crypto import Keyring, PublicKey, Secret
 from .errors import SyncdbError
-from .files import storage_error, write_atomic
+from .files import disk_error, fsync_dir, storage_error, write_atomic
 from .validate import VALIDATORS, Invalid
 
 
@@ -95,6 +99,7 @@ def init(store, secret: Secret, suite_name: str = "std", code: str = "office") -
     ring = Keyring.generate("office", code, suite_name)
     ring.save(keyring_path(folder), secret)
     write_atomic(public_key_path(folder), ring.public.to_json().encode())
+    limits.save(folder, limits.DEFAULT)  # there to be seen and edited; absent means the same
     conn = sqlite3.connect(str(folder / "store.db"), isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.executescript(OFFICE_TABLES)
@@ -140,22 +145,34 @@ def signer_keys(conn: sqlite3.Connection, office_key: PublicKey) -> dict[str, Pu
 
 def receive(store, data: bytes, source: str = "upload") -> Receipt:
     """Verify one bundle and keep it durably in the inbox. Raises Refused."""
+    return receive_file(store, io.BytesIO(data), source)
+
+
+def receive_file(store, f: BinaryIO, source: str = "upload") -> Receipt:
+    """``receive`` from a seekable binary file (an upload spooled to disk, a bundle on a USB stick).
+
+    Everything that can be known without the office's secret key is checked
+    before anything is kept: signature, kind, recipient and the office's caps.
+    """
     store = Path(store)
+    caps = limits.load(store)
     conn = connect(store)
     try:
-        keys = signer_keys(conn, PublicKey.read(public_key_path(store)))
+        office_key = PublicKey.read(public_key_path(store))
+        keys = signer_keys(conn, office_key)
         try:
-            header = bundle.verify(io.BytesIO(data), keys.get)
+            f.seek(0)
+            header = bundle.verify(f, keys.get)
         except bundle.BundleError as e:
-            _refuse(store, data, None, e.reason, str(e), source)
-        if header.kind != "changes":
-            _refuse(store, data, header, "wrong-kind",
-                    f"a '{header.kind}' bundle is for a community, not for the office", source)
+            _refuse(store, f, None, e.reason, str(e), source)
+        unfit = _unfit(header, office_key, caps)
+        if unfit:
+            _refuse(store, f, header, *unfit, source)
         # One receiver at a time per store (serve and merge may both run): the
         # check, the inbox file and its record go together.
         try:
             conn.execute("BEGIN IMMEDIATE")
-            receipt = keep(conn, store, data, header, source)
+            receipt = keep(conn, store, f, header, source)
             conn.execute("COMMIT")
         except BaseException as e:
             if conn.in_transaction:
@@ -168,50 +185,145 @@ def receive(store, data: bytes, source: str = "upload") -> Receipt:
         conn.close()
 
 
-def keep(conn, store: Path, data: bytes, header, source: str) -> Receipt:
+def _unfit(header: bundle.Header, office_key: PublicKey, caps: limits.Limits) -> tuple[str, str] | None:
+    """(reason, message) when a verified bundle is not for this office's inbox, else None."""
+    if header.kind != "changes":
+        return "wrong-kind", f"a '{header.kind}' bundle is for a community, not for the office"
+    if header["recipient"] != office_key.id:
+        # Refused now, not at the merge: stored, it would be acknowledged, the community would
+        # delete its only copy, and the office could never read it.
+        return "wrong-recipient", (
+            f"{header.origin} encrypted bundle {header.sequence} to key {header['recipient']}, not to this "
+            f"office's key {office_key.id}: the community was set up with another office's key "
+            "(its .syncdb/office.pub.json), or before this office's key changed, and this office cannot "
+            "read it. Nothing was kept and the community keeps its bundles; give the community this "
+            "office's office.pub.json and set it up again (`syncdb community init`)")
+    if header["changes"] > caps.max_changes:
+        return "too-large", (
+            f"bundle {header.sequence} from {header.origin} holds {header['changes']:,} changes, more than the "
+            f"{caps.max_changes:,} this office takes in one bundle; a current syncdb splits large exports "
+            "to fit, or the data administrator may raise max_changes in STORE/limits.json")
+    return None
+
+
+def keep(conn, store: Path, data: bytes | BinaryIO, header, source: str) -> Receipt:
     """Put a verified bundle in the inbox and record it; the caller holds an IMMEDIATE transaction."""
-    digest = hashlib.sha256(data).hexdigest()
+    f = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    digest, _ = _digest(f)
     name = bundle.file_name(header.origin, header.sequence)
     seen = conn.execute("SELECT sha256 FROM received WHERE origin = ? AND sequence = ?",
                         (header.origin, header.sequence)).fetchone()
     if seen and seen[0] == digest:
         return Receipt(header.origin, header.sequence, "duplicate", inbox_dir(store) / name)
     if seen:
-        _refuse(store, data, header, "replay",
+        _refuse(store, f, header, "replay",
                 f"community {header.origin} already sent a different bundle numbered "
                 f"{header.sequence}: this is a replay or a fork (two copies of the community "
                 "folder pushing). Keep the community's outbox as it is and call the data administrator",
                 source)
-    path = write_atomic(inbox_dir(store) / name, data)
+    path = _copy_atomic(f, inbox_dir(store) / name)
     # The bundle is on disk before it is acknowledged; only then is it recorded.
     conn.execute("INSERT INTO received VALUES (?, ?, ?, ?, ?)",
                  (header.origin, header.sequence, digest, name, time.strftime("%Y-%m-%dT%H:%M:%S")))
     return Receipt(header.origin, header.sequence, "accepted", path)
 
 
-def _refuse(store, data, header, reason, message, source="upload"):
-    """Quarantine the refused bytes with the reason beside them, then raise.
+def _digest(f: BinaryIO) -> tuple[str, int]:
+    """SHA-256 (hex) and size of the whole file, read in blocks."""
+    f.seek(0)
+    digest, size = hashlib.sha256(), 0
+    while block := f.read(1 << 20):
+        digest.update(block)
+        size += len(block)
+    return digest.hexdigest(), size
 
-    The store database is not touched: the quarantine folder is the record.
+
+def _copy_atomic(f: BinaryIO, path: Path) -> Path:
+    """Copy the whole file to ``path`` durably (see files.write_atomic), a block at a time."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        f.seek(0)
+        with open(tmp, "wb") as out:
+            while block := f.read(1 << 20):
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise disk_error(e, path) from None
+    return path
+
+
+# Refusals are kept as small records, never the refused bytes: anyone who can reach
+# the ingest endpoint can be refused, and must not be able to fill the office's disk.
+QUARANTINE_PER_SENDER = 100
+QUARANTINE_HEADER = 4096  # characters of a refused bundle's header kept in its record
+_RECORD_NAME = re.compile(r"[0-9]{8}T[0-9]{6}\.[0-9]{6}-(?P<sender>[0-9A-Za-z_]+)-(?:[0-9]+|x)-[0-9a-f]{12}\.reason\.json")
+
+
+def _refuse(store, f: BinaryIO, header, reason, message, source="upload"):
+    """Record the refusal in quarantine, then raise Refused.
+
+    The record holds the header (a verified one, or the claimed one
+    truncated), the bytes' digest and size, the reason and the source: enough
+    to recognise the bundle and to say why, bounded per sender. The sender is
+    the verified origin, or "unknown": an unverified origin is only a claim,
+    and counting it would let anyone open any number of senders. The store
+    database is not touched.
     """
-    stamp = time.strftime("%Y%m%dT%H%M%S")
+    digest, size = _digest(f)
     origin = header.origin if header else "unknown"
+    sender = origin if re.fullmatch(r"[0-9A-Za-z_]+", origin) else "unknown"
     sequence = header.sequence if header else None
-    name = f"{stamp}-{origin}-{sequence if sequence is not None else 'x'}-{hashlib.sha256(data).hexdigest()[:12]}"
+    now = time.time()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(now)) + f".{int(now * 1e6) % 1_000_000:06d}"
+    name = f"{stamp}-{sender}-{sequence if sequence is not None else 'x'}-{digest[:12]}.reason.json"
+    record = {"reason": reason, "message": message, "source": source, "origin": origin, "sequence": sequence,
+              "sha256": digest, "size": size, "header": _header_text(f, header),
+              "refused": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now))}
     qdir = quarantine_dir(store)
-    write_atomic(qdir / f"{name}.bundle", data)
-    write_atomic(qdir / f"{name}.reason.json", json.dumps(
-        {"reason": reason, "message": message, "source": source, "origin": origin, "sequence": sequence},
-        ensure_ascii=False, indent=2).encode())
+    qdir.mkdir(exist_ok=True)
+    write_atomic(qdir / name, json.dumps(record, ensure_ascii=False, indent=2).encode())
+    _prune(qdir, sender)
     raise Refused(message, reason)
 
 
+def _header_text(f: BinaryIO, header) -> str | None:
+    """The header as it came (the verified one, or the bytes where a header would be), truncated."""
+    if header is not None:
+        raw = header.raw
+    else:
+        f.seek(0)
+        start = f.read(12)
+        if len(start) < 12 or start[:8] != bundle.MAGIC:
+            return None
+        raw = f.read(min(int.from_bytes(start[8:12], "big"), QUARANTINE_HEADER))
+    return raw[:QUARANTINE_HEADER].decode("utf-8", "replace")
+
+
+def _prune(qdir: Path, sender: str) -> None:
+    """Keep the latest QUARANTINE_PER_SENDER records of one sender."""
+    mine = sorted(p.name for p in qdir.glob(f"*-{sender}-*.reason.json")
+                  if (m := _RECORD_NAME.fullmatch(p.name)) and m["sender"] == sender)
+    for name in mine[:-QUARANTINE_PER_SENDER]:
+        (qdir / name).unlink(missing_ok=True)
+
+
 def quarantine_copy(store, path: Path, error: bundle.BundleError) -> None:
-    """Copy a damaged inbox bundle to quarantine with the reason beside it."""
+    """Copy a damaged inbox bundle to quarantine with the reason beside it.
+
+    Unlike a refused upload, this copy is kept whole: the bytes are the
+    office's own, verified and within its caps when received, and a person
+    needs them to find out what damaged the inbox. It is bounded too: one
+    copy per inbox bundle, the same name each time a merge meets it again.
+    """
     qdir = quarantine_dir(store)
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    write_atomic(qdir / f"{stamp}-inbox-{path.name}", path.read_bytes())
-    write_atomic(qdir / f"{stamp}-inbox-{path.name}.reason.json", json.dumps(
+    qdir.mkdir(exist_ok=True)
+    with open(path, "rb") as f:
+        _copy_atomic(f, qdir / f"inbox-{path.name}")
+    write_atomic(qdir / f"inbox-{path.name}.reason.json", json.dumps(
         {"reason": error.reason, "message": str(error), "source": f"inbox {path.name}"},
         ensure_ascii=False, indent=2).encode())
 
@@ -221,9 +333,12 @@ def receive_files(store, paths) -> list[tuple[Path, Receipt | Refused]]:
     results = []
     for path in _bundle_files(paths):
         try:
-            results.append((path, receive(store, path.read_bytes(), source=str(path))))
+            with open(path, "rb") as f:
+                results.append((path, receive_file(store, f, source=str(path))))
         except Refused as e:
             results.append((path, e))
+        except OSError as e:
+            results.append((path, Refused(f"cannot read {path}: {e.strerror}", "unreadable")))
     return results
 
 

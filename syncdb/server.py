@@ -3,6 +3,8 @@
 A plain ASGI application, run by uvicorn (which does all of HTTP):
 
     POST /v1/bundles                           body: the bundle file's bytes
+    GET  /v1/limits                            the office's caps on one bundle (limits.py), and
+                                               max_bundle, the largest upload it takes, in bytes
     GET  /v1/communities/{code}/acknowledged   the highest N such that 1..N are held
     GET  /v1/communities/{code}/outbound       {"bundles": [1, 2, …]}: the office's resolutions for it
     GET  /v1/communities/{code}/outbound/{n}   one of them, the bundle file's bytes (`syncdb pull`)
@@ -31,10 +33,12 @@ import json
 import logging
 import re
 import sys
+import tempfile
 from pathlib import Path
 
-from . import bundle, office, outbound
+from . import bundle, limits, office, outbound
 from .errors import DiskFull, SyncdbError
+from .files import is_disk_full
 
 log = logging.getLogger("syncdb.server")
 
@@ -50,7 +54,10 @@ STATUS_FOR_REASON = {
     "wrong-kind": 400,
     "invalid": 400,
     "replay": 409,
+    "too-large": 413,
 }
+# Uploads up to this size are held in memory; larger ones are spooled to the store's disk.
+SPOOL_IN_MEMORY = 1 << 20
 
 ACKNOWLEDGED_PATH = re.compile(r"^/v1/communities/([^/]+)/acknowledged$")
 # The office's resolutions for a community (`syncdb pull`): signed by the office and
@@ -65,8 +72,10 @@ def app(store, max_body: int = 256 * 2**20, merger=None):
     after each accepted bundle and once at start-up, to merge the inbox.
     """
     store = Path(store)
-    # Fail at start-up, not at the first push, when STORE is not an office store.
+    # Fail at start-up, not at the first push, when STORE is not an office store
+    # or its limits.json is wrong.
     office.connect(store).close()
+    limits.load(store)
     # One bundle at a time: office.receive checks "already received?" and then
     # writes, so two uploads of one sequence number must not interleave.
     receiving = asyncio.Lock()
@@ -143,6 +152,12 @@ def app(store, max_body: int = 256 * 2**20, merger=None):
                                     (b"content-length", str(len(data)).encode())]})
             return await send({"type": "http.response.body", "body": data})
 
+        if path == "/v1/limits":
+            if method not in ("GET", "HEAD"):
+                return await _method_not_allowed(send, "GET")
+            caps = await asyncio.to_thread(limits.load, store)
+            return await _json(send, 200, dict(caps.as_dict(), max_bundle=max_body))
+
         if path == "/v1/bundles":
             if method != "POST":
                 return await _method_not_allowed(send, "POST")
@@ -164,36 +179,42 @@ def app(store, max_body: int = 256 * 2**20, merger=None):
                             length, client, _size(max_body))
                 return await _too_large(send)
 
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                log.info("%s went away in the middle of an upload; nothing was kept", client)
-                return
-            body += message.get("body", b"")
-            if len(body) > max_body:
-                # Stop here: uvicorn discards what the client still sends.
-                log.warning("refused an upload from %s: over the %s limit", client, _size(max_body))
-                return await _too_large(send)
-            if not message.get("more_body", False):
-                break
-
-        try:
-            async with receiving:
-                receipt = await asyncio.to_thread(office.receive, store, bytes(body),
-                                                  source=f"http from {client}")
-        except bundle.BundleError as e:
-            status = STATUS_FOR_REASON.get(e.reason, 400)
-            log.warning("refused a bundle from %s (%s): %s", client, e.reason, e)
-            return await _json(send, status, {"error": e.reason, "message": str(e)})
-        except DiskFull as e:
-            log.error("could not keep a bundle from %s: %s", client, e)
-            return await _json(send, 507, {
-                "error": "disk-full",
-                "message": "the office's disk is full, so it could not keep the bundle; nothing was acknowledged"})
-        except SyncdbError as e:
-            log.error("could not keep a bundle from %s: %s", client, e)
-            return await _server_error(send)
+        # Spooled: a small bundle stays in memory, a large one goes to an anonymous file in the
+        # store folder, so memory holds at most a megabyte of each upload whatever max_body is.
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, dir=store, prefix=".upload-") as body:
+            size = 0
+            try:
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        log.info("%s went away in the middle of an upload; nothing was kept", client)
+                        return
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > max_body:
+                        # Stop here: uvicorn discards what the client still sends.
+                        log.warning("refused an upload from %s: over the %s limit", client, _size(max_body))
+                        return await _too_large(send)
+                    body.write(chunk)
+                    if not message.get("more_body", False):
+                        break
+                async with receiving:
+                    receipt = await asyncio.to_thread(office.receive_file, store, body,
+                                                      source=f"http from {client}")
+            except bundle.BundleError as e:
+                status = STATUS_FOR_REASON.get(e.reason, 400)
+                log.warning("refused a bundle from %s (%s): %s", client, e.reason, e)
+                return await _json(send, status, {"error": e.reason, "message": str(e)})
+            except (DiskFull, OSError) as e:
+                if isinstance(e, OSError) and not is_disk_full(e):
+                    raise
+                log.error("could not keep a bundle from %s: %s", client, e)
+                return await _json(send, 507, {
+                    "error": "disk-full",
+                    "message": "the office's disk is full, so it could not keep the bundle; nothing was acknowledged"})
+            except SyncdbError as e:
+                log.error("could not keep a bundle from %s: %s", client, e)
+                return await _server_error(send)
 
         log.info("%s bundle %s #%d from %s", receipt.status, receipt.origin, receipt.sequence, client)
         answer = receipt.as_dict()
@@ -242,8 +263,8 @@ def serve(store, host: str = "127.0.0.1", port: int = 8765, max_body: int = 256 
     print(f"Serving the office store {store} on http://{host}:{port} "
           f"(bundles up to {_size(max_body)})", file=sys.stderr, flush=True)
     # Our own log line per bundle replaces the access log; bodies are never logged.
-    # limit_concurrency bounds memory: each upload is held whole (up to max_body)
-    # until it is verified; past the limit clients get 503 and retry later.
+    # limit_concurrency bounds the uploads in flight (each holds at most SPOOL_IN_MEMORY
+    # in memory, the rest spooled to disk); past the limit clients get 503 and retry later.
     uvicorn.run(application, host=host, port=port, log_config=log_config, access_log=False,
                 limit_concurrency=32, server_header=False)
 

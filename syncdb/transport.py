@@ -11,6 +11,7 @@ stay in the outbox and are copied again until the office has them.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import random
@@ -22,7 +23,7 @@ from typing import Callable
 
 import requests
 
-from . import bundle, community
+from . import bundle, community, limits
 from .errors import SyncdbError
 from .files import write_atomic
 
@@ -32,10 +33,15 @@ ADVICE = {
                   "(`syncdb office enroll`), then push again",
     "bad-signature": "this folder's key is not the one the office enrolled; ask the data administrator "
                      "to enrol the CODE.pub.json of this folder, or push from the folder that was enrolled",
-    "wrong-recipient": "the office key changed; get the current office.pub.json from the data administrator",
+    "wrong-recipient": "this community was set up with another office's key (or before the office key "
+                       "changed), so this office cannot read its bundles; they stay in the outbox. Ask the "
+                       "data administrator for this office's office.pub.json and to set this folder up "
+                       "again with it (`syncdb community init`)",
     "replay": "keep this folder's outbox as it is and call the data administrator",
     "unsupported": "the office runs an older syncdb; ask the data administrator to upgrade it",
-    "too-large": "carry the bundles on a USB stick with `syncdb push --outbox DIR` instead",
+    "too-large": "upgrade syncdb here (it makes bundles to fit the office's limits), or ask the data "
+                 "administrator to raise the office's limits (STORE/limits.json, `syncdb serve "
+                 "--max-bundle-mb`)",
     "disk-full": "nothing is lost: they go at the next push, once the street office has freed space; "
                  "tell its data administrator",
 }
@@ -108,6 +114,35 @@ def push_to_url(workdir, url: str, *, retries: int = 5, backoff: float = 0.5, ti
                 echo(f"sent {path.name} ({_size(len(data))}): accepted")
     report.pending = community.pending(workdir)
     return report
+
+
+def learn_limits(workdir, url: str, timeout: float = 10) -> limits.Limits | None:
+    """Ask the office at ``url`` for its caps (GET /v1/limits) and remember them for the exports.
+
+    Returns them, or None when the office does not say (no line, an older
+    office): the export then uses what it last learnt, or the defaults.
+    """
+    try:
+        response = requests.get(f"{url.rstrip('/')}/v1/limits", timeout=timeout)
+    except requests.RequestException:
+        return None
+    answer = _json(response) if response.status_code == 200 else None
+    if answer is None:
+        return None
+    try:
+        caps = limits.from_dict({k: v for k, v in answer.items() if k in limits.DEFAULT.as_dict()})
+    except SyncdbError:
+        return None
+    max_bundle = answer.get("max_bundle")
+    if type(max_bundle) is int and max_bundle > 0:
+        # A bundle is its payload compressed (never more than a hair larger) plus a header and
+        # framing: keep the payload a little under the office's upload limit.
+        fit = max(limits.RANGES["max_payload"][0], max_bundle * 99 // 100 - 128 * limits.KiB)
+        caps = dataclasses.replace(caps, max_payload=min(caps.max_payload, fit))
+        if caps.max_line > caps.max_payload:
+            caps = dataclasses.replace(caps, max_line=caps.max_payload)
+    community.remember_office_limits(workdir, caps)
+    return caps
 
 
 def _read_bundle(path: Path) -> bytes:
