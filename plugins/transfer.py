@@ -1,42 +1,50 @@
 """Resident transfer between communities (户口迁移), a domain rule for huji.persons.
 
+Which community holds a resident that more than one community has registered:
+
 - Community A marks a resident ``moved_out`` and community B registers the
-  same ID number: a transfer. B's record wins every cell, with no conflict
-  for a person to look at, whichever bundle arrives first.
+  same ID number: a transfer. B holds the record and its versions win every
+  cell, with no conflict for a person to look at, whichever bundle arrives
+  first. A's own copy stays aside; A may edit or delete it without touching B's.
 - Both communities hold the resident as ``normal`` at once: a duplicate
-  registration, queued for review on the status cell. When one side later
-  marks the resident moved out, it becomes a transfer and the conflict
-  closes by itself.
+  registration. The older registration keeps the record; the status cell, and
+  every ``manual`` column on which the two disagree, is queued for a person.
+  When one side later marks the resident moved out, it becomes a transfer and
+  the conflicts close by themselves.
+- Nobody holds them as normal any more (moved on, deceased): the copy whose
+  status changed last holds the record, with nothing to queue.
+
+A community never gets a resident by editing another community's record: the
+merge refuses that before any rule is asked (docs/merge.md, "trust model").
 """
 
 from syncdb.hookspecs import hookimpl
-from syncdb.rules import Decision, latest
+from syncdb.rules import Holding
 
 TABLE = "huji.persons"
 
 
-def _latest_status_by_community(row):
-    by_origin = {}
-    for candidate in row.candidates("status"):
-        if candidate.origin not in by_origin or candidate.version > by_origin[candidate.origin].version:
-            by_origin[candidate.origin] = candidate
-    return by_origin
+def _status_of(row, community):
+    """The status the community's own copy of the record says (its latest version)."""
+    mine = [c for c in row.candidates("status") if c.origin == community]
+    if not mine:
+        return None
+    latest = max(mine, key=lambda c: c.version)
+    return latest.value if latest.live else None
 
 
 @hookimpl
-def resolve_conflict(table, column, candidates, row):
+def record_holder(table, claims, row):
     if table.qualified != TABLE:
         return None
-    by_origin = _latest_status_by_community(row)
-    if len(by_origin) < 2:
-        return None  # edits within one community: the column's own policy decides
-    registered = sorted(o for o, c in by_origin.items() if c.live and c.value == "normal")
+    registered = sorted(code for code in claims if _status_of(row, code) == "normal")
     if len(registered) == 1:
-        mine = [c for c in candidates if c.origin == registered[0]]
-        if mine:
-            return Decision(latest(mine), review=False, rule="plugin:transfer", kind="transfer")
-        return None
+        return Holding(registered[0], duplicate=False, rule="plugin:transfer")
     if len(registered) > 1:
-        return Decision(latest(candidates), review=column == "status", rule="plugin:transfer",
-                        kind="duplicate-registration")
-    return None
+        oldest = min(registered, key=lambda code: (claims[code].version, code))
+        return Holding(oldest, duplicate=True, rule="plugin:transfer", review=("status",))
+    # Nobody holds them as normal (moved on, or deceased): the copy that changed last.
+    def last_change(code):
+        mine = [c.version for c in row.candidates("status") if c.origin == code]
+        return (max(mine) if mine else "", code)
+    return Holding(max(claims, key=last_change), duplicate=False, rule="plugin:transfer")

@@ -25,8 +25,8 @@ from . import audit, bundle, office, outbound
 from .crypto import Secret
 from .files import is_disk_full, storage_error
 from .plugins import manager
-from .hlc import pack_versions, unpack_versions
-from .rules import Candidate, Decision
+from .hlc import Stamp, pack_versions, unpack_versions
+from .rules import Candidate, Decision, latest
 from .schema import Domain, Table
 from .store import Store, mask, table_name, write_columns
 from .validate import Problem, check_record
@@ -44,6 +44,7 @@ class Summary:
     opened: int = 0
     closed: int = 0
     sent_back: dict = field(default_factory=dict)  # community -> resolutions bundle made for it
+    set_aside: list = field(default_factory=list)  # printable lines: changes to records another community holds
 
     def lines(self) -> list[str]:
         out = [f"bundles: {self.received} received, {self.duplicates} already held, "
@@ -53,6 +54,7 @@ class Summary:
         out += [f"refused {name}: {why}" for name, why in self.refused]
         out += [f"held {name}: {why}" for name, why in self.held]
         out += [f"rejected {line}" for line in self.rejected]
+        out += [f"set aside {line}" for line in self.set_aside]
         return out
 
 
@@ -212,7 +214,10 @@ def apply_bundle(store: Store, path: Path, summary: Summary, on_batch=None, stor
             conn.execute("ROLLBACK")
             return
         ledger = audit.Ledger(store, name, header.origin)
-        merger = _Merger(store, ledger, name, header.origin, header.sequence, on_batch)
+        (floor,) = conn.execute("SELECT coalesce(max(hlc), '') FROM origin_clock WHERE origin = ?",
+                                (header.origin,)).fetchone()
+        merger = _Merger(store, ledger, name, header.origin, header.sequence, on_batch,
+                         floor=floor, relayed=bool(header.fields.get("relay")))
         made = {}
         with open(path, "rb") as f:
             if header.origin == store.office_code:
@@ -227,6 +232,8 @@ def apply_bundle(store: Store, path: Path, summary: Summary, on_batch=None, stor
                 if merger.lost:
                     made = outbound.send_to(store, store_dir, header.origin, merger.lost)
         ledger.commit()
+        if merger.last_hlc > floor:
+            conn.execute("INSERT OR REPLACE INTO origin_clock VALUES (?, ?)", (header.origin, merger.last_hlc))
         (digest,) = conn.execute("SELECT sha256 FROM received WHERE origin = ? AND sequence = ?",
                                  (header.origin, header.sequence)).fetchone()
         conn.execute("INSERT INTO applied VALUES (?, ?, ?, ?, ?, ?)", (
@@ -245,6 +252,7 @@ def apply_bundle(store: Store, path: Path, summary: Summary, on_batch=None, stor
     summary.rejected += merger.rejected
     summary.opened += merger.opened
     summary.closed += merger.closed
+    summary.set_aside += merger.set_aside
 
 
 _READ = object()
@@ -284,6 +292,7 @@ class _Row:
             self.dominated = {(c, v) for c, v in conn.execute(
                 "SELECT col, version FROM dominated WHERE tbl = ? AND key = ?", (table.qualified, key))}
         self.had_frontier = set(self.frontiers)
+        self._holding = None  # worked out once the change's versions are offered
         self.new_dominated = []
         self.touched = set()
         self.winners: dict[str, Candidate] = {}
@@ -319,7 +328,13 @@ class _Row:
                 self.dominated.add((col, version))
                 self.new_dominated.append((col, version))
             frontier = kept
-        if (col, candidate.version) not in self.dominated and all(c.version != candidate.version for c in frontier):
+        # One node's stamps are ordered: its later version supersedes its own earlier ones,
+        # named as base or not. So a cell holds at most one version per origin, and no
+        # bundle can grow a frontier (and the cost of every later change to it) without bound.
+        superseded = any(c.origin == candidate.origin and c.version > candidate.version for c in frontier)
+        frontier = [c for c in frontier if c.origin != candidate.origin or c.version >= candidate.version]
+        if (col, candidate.version) not in self.dominated and not superseded \
+                and all(c.version != candidate.version for c in frontier):
             frontier.append(candidate)
         self.frontiers[col] = sorted(frontier, key=lambda c: c.version)
         self.touched.add(col)
@@ -331,10 +346,56 @@ class _Row:
         return max(frontier, key=lambda c: c.version) if frontier else None
 
     def owner(self):
-        owner_col = self.table.owner
-        frontier = self.candidates(owner_col)
-        live = [c for c in frontier if c.live]
-        return max(live, key=lambda c: c.version).value if live else None
+        """The community holding the record (None once those who held it deleted it)."""
+        return self.holding().holder
+
+    def claimed_by(self) -> set:
+        """Every community with a claim on the record, live or deleted: its own versions of the
+        owner cell, and the communities the office's versions name."""
+        codes = set()
+        for c in self.candidates(self.table.owner):
+            codes.add(c.origin)
+            if c.origin == self.office_code and c.live:
+                codes.add(c.value)
+        return codes
+
+    def claims(self) -> dict:
+        """Community code -> its live claim: the latest owner-cell version naming it."""
+        claims = {}
+        for c in self.candidates(self.table.owner):
+            if c.live and c.value not in (None, "") and (c.value not in claims or c.version > claims[c.value].version):
+                claims[c.value] = c
+        return claims
+
+    def holding(self) -> "_Holding":
+        """Who holds the record, and so whose versions may win its cells (docs/merge.md, trust model).
+
+        A function of the owner cell's versions (and, through the rules, the
+        other cells' versions) alone, so it is the same in any arrival order.
+        """
+        if self._holding is None:
+            claims = self.claims()
+            if not claims:
+                # Deleted by those who held it: only they (and the office) decide its cells.
+                gone = frozenset(c.origin for c in self.candidates(self.table.owner))
+                self._holding = _Holding(None, gone, False, "", ())
+            elif len(claims) == 1:
+                (holder,) = claims
+                self._holding = _Holding(holder, frozenset([holder]), False, "", ())
+            else:
+                h = manager().hook.record_holder(table=self.table, claims=claims, row=self)
+                self._holding = _Holding(h.holder, frozenset([h.holder]), h.duplicate, h.rule,
+                                         (self.table.owner,) if not h.review else tuple(h.review))
+        return self._holding
+
+
+@dataclass(frozen=True)
+class _Holding:
+    holder: str | None
+    eligible: frozenset  # the communities whose versions may win a cell (the office's always may)
+    duplicate: bool
+    rule: str
+    review: tuple  # columns queued while the claims stand against each other
 
 
 def _origin(version: str) -> str:
@@ -345,10 +406,15 @@ class _Merger:
     BATCH = 500
 
     def __init__(self, store: Store, ledger: audit.Ledger, bundle_name: str, origin: str, sequence: int,
-                 on_batch=None):
+                 on_batch=None, floor: str = "", relayed: bool = False):
+        """``floor``: the origin's latest stamp applied before; ``relayed``: the bundle names a relay."""
         self.store, self.ledger, self.on_batch = store, ledger, on_batch
         self.seen = 0
         self.bundle_name, self.origin, self.sequence = bundle_name, origin, sequence
+        self.from_office = origin == store.office_code
+        self.floor, self.relayed = floor, relayed
+        self.last_hlc = floor
+        self.set_aside: list[str] = []
         self.hook = manager().hook
         # Rows with conflict state are few; only they need the side tables read.
         self.special = {(t, bytes(k)) for t, k in store.conn.execute(
@@ -414,25 +480,27 @@ class _Merger:
 
     def apply(self, change: dict, table: Table, key_values: list, key: bytes) -> None:
         store = self.store
+        refusal = None if self.from_office else self._refusal(table, change)
+        if refusal:
+            return self._reject(table, key, key_values, change, [Problem("error", refusal[0], refusal[1])])
         problems = self._problems(table, change)
         if problems:
             return self._reject(table, key, key_values, change, problems)
+        self.last_hlc = max(self.last_hlc, change["hlc"])
         stored = self.rows.get((table.qualified, key))
         if stored is None and change["op"] == "insert" and not change.get("base") \
                 and (table.qualified, key) not in self.special:
             return self._insert_new(table, key, key_values, change)
         row = _Row(store, table, key, (table.qualified, key) in self.special, stored)
         row.key_values = key_values
-        if change["op"] == "update" and not row.exists and self.origin != store.office_code:
-            # Never build a record out of one community's changed cell: the rest would be
-            # empty. (An office edit may arrive before what it settles; that is expected.)
-            return self._reject(table, key, key_values, change, [Problem(
-                "error", "-", "the office holds no record with this key to update; "
-                              "the community should send the whole record again")])
         hlc = change["hlc"]
         origin = _origin(hlc)
         op = change["op"]
         base = change.get("base") or {}
+        if not self.from_office:
+            why = self._not_held(row, op, base)
+            if why:
+                return self._reject(table, key, key_values, change, [Problem("error", "-", why)])
         old = dict(row.versions)
         non_key = table.non_key
         if op == "update":
@@ -445,6 +513,11 @@ class _Merger:
                 value = None if deleted else change["cells"].get(col)
                 row.offer(col, Candidate(value, hlc, origin, deleted), base.get(col))
         self._resolve(row, hlc)
+        holding = row._holding  # worked out only where a cell has concurrent versions
+        if holding is not None and not self.from_office and self.origin not in holding.eligible:
+            self.set_aside.append(f"{self.origin} / {table.qualified} / {self._shown(table, key_values)} / "
+                                  f"the record is held by {holding.holder or 'nobody'}: "
+                                  "this community's version is kept aside and not shown")
         self._write(row, key_values)
         # Compact: the cells touched; their old versions where they had one; and
         # the resulting version only where it is not this change's own stamp.
@@ -481,10 +554,69 @@ class _Merger:
         self.ledger.append(hlc, table.qualified, key, "insert", {"cells": sorted(table.non_key)})
         self.changes += 1
 
+    def _refusal(self, table: Table, change: dict) -> tuple[str, str] | None:
+        """(field, why) when a community may not make this change at all, else None.
+
+        Decided from the change alone, never from what the store holds, so the
+        same bundles are refused the same way in any arrival order.
+        """
+        hlc = change["hlc"]
+        try:
+            node = Stamp.parse(hlc).node
+        except (ValueError, AttributeError):
+            return "-", "its time stamp is not a syncdb stamp; the bundle was not made by syncdb"
+        if self.relayed:
+            return "-", "it came through a relay, which this office does not accept yet"
+        if node != self.origin:
+            return "-", (f"it is stamped as community {node}'s change but signed by {self.origin}: "
+                         "a community sends only its own changes")
+        if hlc <= self.floor:
+            return "-", (f"its time stamp is not later than those of the bundles {self.origin} sent before; "
+                         "a community's clock never runs backwards (was the community folder restored "
+                         "from a backup?)")
+        owner = table.owner
+        if change["op"] != "delete" and owner in change["cells"] and change["cells"][owner] != self.origin:
+            return owner, (f"it files the record under community {change['cells'][owner]}; "
+                           f"community {self.origin} may file records only under its own code")
+        base = change.get("base") or {}
+        for version in base.values():
+            if not isinstance(version, str):
+                return "-", "its base versions are not stamps; the bundle was not made by syncdb"
+            made_by = _origin(version) if version.count(".") >= 2 else ""
+            if made_by not in (self.origin, self.store.office_code):
+                return "-", (f"it changes community {made_by or '?'}'s version of the record: a community "
+                             "changes only records it holds; a resident who moved in is registered anew")
+        if change["op"] != "insert" and not base:
+            return "-", ("it changes a record without naming the version it changes; a community "
+                         "changes only records it holds")
+        return None
+
+    def _not_held(self, row: _Row, op: str, base: dict) -> str | None:
+        """Why this community may not change this stored record, or None.
+
+        A community updates and deletes only records it has a claim on (it
+        registered them, or the office gave them to it), and only they may
+        build on an office decision. A claim is made or retired only by the
+        community itself or by the office, never by a third community, so
+        this does not depend on the order other communities' bundles arrive in.
+        """
+        office_based = any(_origin(v) == self.store.office_code for v in base.values())
+        if op == "insert" and not office_based:
+            return None  # a registration: the rules decide who holds a record two register
+        if self.origin in row.claimed_by() and (op != "update" or row.exists or row.versions):
+            return None
+        # One message whether the record is missing or another's, so the refusal reads the same in
+        # any arrival order. (Never build a record out of one changed cell: the rest would be empty.)
+        return (f"community {self.origin} holds no record with this key at the office: a community changes "
+                "only records it registered (a resident who moved in is registered anew); if its "
+                "registration was rejected, fix that and the whole record is sent again")
+
+    def _shown(self, table: Table, key_values: list) -> str:
+        return "/".join(mask(v) if table.columns[k].sensitive else str(v) for k, v in zip(table.key, key_values))
+
     def _reject(self, table: Table, key: bytes, key_values: list, change: dict, problems) -> None:
         self.rejected_keys.add((table.qualified, key))
-        shown = "/".join(mask(v) if table.columns[k].sensitive else str(v)
-                         for k, v in zip(table.key, key_values))
+        shown = self._shown(table, key_values)
         record = dict(change["key"], **change["cells"])
         for p in problems:
             why = _without_sensitive(p.why, table, record)
@@ -511,12 +643,23 @@ class _Merger:
         table = row.table
         # Rules may look across the row, so every cell in conflict is decided again.
         cols = set(row.touched) | {c for c, f in row.frontiers.items() if len(f) > 1}
+        holding = row.holding() if any(len(row.candidates(c)) > 1 for c in cols) else None
         for col in sorted(cols):
             frontier = row.candidates(col)
-            if len(frontier) == 1:
-                row.winners[col] = frontier[0]
+            eligible = frontier if holding is None else [
+                c for c in frontier if c.origin in holding.eligible or c.origin == self.store.office_code]
+            if holding is not None and holding.duplicate and self._queued_as_duplicate(row, col, holding):
+                winner = latest(eligible or frontier)
+                row.winners[col] = winner
+                self._open(row, col, frontier, Decision(winner, True, holding.rule, "duplicate-registration"))
+                continue
+            if len(eligible) <= 1:
+                # Versions of those who do not hold the record never win and are never queued.
+                if eligible:
+                    row.winners[col] = eligible[0]
                 self._close(row, col, f"closed by {hlc}")
                 continue
+            frontier = eligible
             decision: Decision = self.hook.resolve_conflict(table=table, column=col, candidates=frontier, row=row)
             row.winners[col] = decision.winner
             if decision.review:
@@ -531,6 +674,21 @@ class _Merger:
                     self.lost.append({"table": table.qualified, "op": "update", "hlc": winner.version,
                                       "key": dict(zip(table.key, row.key_values)),
                                       "cells": {col: winner.value}, "base": {col: [hlc]}})
+
+    @staticmethod
+    def _queued_as_duplicate(row: _Row, col: str, holding: _Holding) -> bool:
+        """While two communities hold the record, a person decides the holding rule's columns,
+        and every ``manual`` column on which the claimants' copies disagree."""
+        if col in holding.review:
+            return True
+        if row.table.columns[col].policy != "manual":
+            return False
+        claimants = set(row.claims())
+        latest_by = {}
+        for c in row.candidates(col):
+            if c.origin in claimants and (c.origin not in latest_by or c.version > latest_by[c.origin].version):
+                latest_by[c.origin] = c
+        return len({(c.deleted, repr(c.value)) for c in latest_by.values()}) > 1
 
     def _open(self, row: _Row, col: str, frontier, decision: Decision) -> None:
         store, table = self.store, row.table

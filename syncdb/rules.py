@@ -35,6 +35,16 @@ class Decision:
     kind: str = "value"  # value | update-delete | duplicate-registration | …
 
 
+@dataclass(frozen=True)
+class Holding:
+    """Who holds a record several communities claim (see the ``record_holder`` hook)."""
+
+    holder: str
+    duplicate: bool  # the claims stand against each other: a person decides
+    rule: str
+    review: tuple = ()  # columns queued besides the owner column while it is a duplicate
+
+
 def latest(candidates) -> Candidate:
     """Last writer wins: the highest HLC, ties broken by the community code inside it."""
     return max(candidates, key=lambda c: c.version)
@@ -93,3 +103,11 @@ def conflict_policies():
 @hookimpl(trylast=True)
 def resolve_conflict(table, column, candidates, row):
     return decide(table.columns[column].policy, column, candidates, row)
+
+
+@hookimpl(trylast=True)
+def record_holder(table, claims, row):
+    """Two communities registering the same record: the older claim holds it until a person
+    decides, so a newcomer never overwrites the cells of a record another community holds."""
+    holder = min(claims, key=lambda code: (claims[code].version, code))
+    return Holding(holder, duplicate=True, rule="builtin:oldest-claim")

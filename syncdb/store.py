@@ -13,7 +13,8 @@ Each schema table ``domain.table`` is the SQLite table ``domain__table``:
 Beside them: ``frontier`` (the concurrent versions of cells in conflict),
 ``dominated`` (versions superseded before they arrived), ``conflicts`` (the
 queue), ``applied`` (the bundle ledger), ``rejected`` (invalid records) and
-``ledger`` (the audit ledger, see audit.py). A sealed value carries its key
+``ledger`` (the audit ledger, see audit.py), and ``origin_clock`` (each
+community's latest applied stamp: its next bundle's stamps must be later). A sealed value carries its key
 id, so ``keys rotate`` can re-encrypt row by row.
 """
 
@@ -52,6 +53,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS conflicts_open ON conflicts (tbl, key, col) WH
 CREATE TABLE IF NOT EXISTS applied (
     origin TEXT NOT NULL, sequence INTEGER NOT NULL, sha256 TEXT NOT NULL, applied TEXT NOT NULL,
     changes INTEGER NOT NULL, rejected INTEGER NOT NULL, PRIMARY KEY (origin, sequence));
+CREATE TABLE IF NOT EXISTS origin_clock (origin TEXT PRIMARY KEY, hlc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rejected (
     id INTEGER PRIMARY KEY, origin TEXT NOT NULL, sequence INTEGER NOT NULL, tbl TEXT NOT NULL,
     key BLOB NOT NULL, shown_key TEXT NOT NULL, field TEXT NOT NULL, why TEXT NOT NULL, at TEXT NOT NULL);

@@ -226,10 +226,14 @@ def test_every_community_whose_version_a_resolution_settles_gets_it(registered, 
 
     w, a = registered
     b = CODES[1]
-    w.insert(b, person(7, a, phone="13800138000", name="居民七"))  # b holds the same record, another name
+    w.insert(b, person(7, b, phone="13800138000", name="居民七"))  # b registers the same resident, another name
     w.push(b)
     merge.merge(w.store, w.bundles[-1:], SECRET, domains)
-    (registration,) = list_conflicts(w.store, SECRET, domains)  # a duplicate registration
+    # A duplicate registration, queued on the status and on the name (a manual column) they disagree on.
+    queued = list_conflicts(w.store, SECRET, domains)
+    assert sorted((c["kind"], c["column"]) for c in queued) == [
+        ("duplicate-registration", "name"), ("duplicate-registration", "status")]
+    (registration,) = [c for c in queued if c["column"] == "status"]
     summary = resolve.resolve_conflict(w.store, SECRET, domains, registration["id"], keep=a)
     assert set(summary.sent_back) == {a, b}
     _pull(w, b)

@@ -1,0 +1,203 @@
+"""The store's trust model (docs/merge.md): a bundle's signer is the origin of its changes,
+and a community changes only the records it holds (issue #8, items 1 and 4).
+
+Each attack is a bundle signed with community C's own key, as a thief of that key could
+make it; the office must hold every record A owns exactly as before, queue what a person
+must decide, and refuse the same things in any arrival order.
+"""
+
+import itertools
+
+from syncdb import audit, merge
+from syncdb.hlc import Stamp
+from test_merge import CODES, SECRET, World, _open_conflicts, id_number, merge_in_order, person, snapshot
+
+A, B, C = CODES
+PERSONS = "huji.persons"
+
+
+def stamp(ms: int, node: str) -> str:
+    return str(Stamp(ms, 0, node))
+
+
+def a_holds(tmp_path, domains, *numbers):
+    """An office where community A has registered residents ``numbers`` (and C has pushed once)."""
+    w = World(tmp_path, domains)
+    w.register(A, *(person(n, A, phone=f"1380000{n:04d}") for n in numbers))
+    return w
+
+
+def records(w, domains):
+    rows, _ = snapshot(w.store, domains)
+    return {dict(cells)["id_number"]: (exists, dict(cells)) for exists, cells in rows.values()}
+
+
+def a_versions(w, domains, n):
+    """The versions A's resident ``n`` has at the office, as a thief could guess or learn them."""
+    st = merge.open_store(w.store, SECRET, domains)
+    try:
+        table = st.table(PERSONS)
+        key = st.blind_key(table, [id_number(n)])
+        (text,) = st.conn.execute("SELECT _versions FROM huji__persons WHERE _key = ?", (key,)).fetchone()
+        from syncdb.hlc import unpack_versions
+        return unpack_versions(text, table.non_key)
+    finally:
+        st.conn.close()
+
+
+def attack(w, changes, sequence=1):
+    return merge.merge(w.store, [w.signed_bundle(C, changes, sequence)], SECRET, w.all_domains)
+
+
+def change(op, n, cells=None, base=None, hlc=None, node=C):
+    return {"table": PERSONS, "op": op, "key": {"id_number": id_number(n)}, "cells": cells or {},
+            "base": base or {}, "hlc": hlc or stamp(2_000_000_000_000 + n, node)}
+
+
+def test_item1_a_community_cannot_move_anothers_resident_into_itself(tmp_path, domains):
+    w = a_holds(tmp_path, domains, 1)
+    before = records(w, domains)
+    versions = a_versions(w, domains, 1)
+    summary = attack(w, [change("update", 1, {"community_code": C, "address": "别处1号"},
+                                base={"community_code": versions["community_code"], "address": versions["address"]})])
+    assert records(w, domains) == before
+    assert summary.changes == 0 and _open_conflicts(w.store) == []
+    (line,) = summary.rejected
+    assert line.startswith(f"{C} / {PERSONS} / ") and f"changes community {A}'s version" in line
+    assert id_number(1) not in line  # masked
+
+
+def test_item1_re_registering_anothers_resident_never_overwrites_and_queues_the_name(tmp_path, domains):
+    w = a_holds(tmp_path, domains, 2)
+    before = records(w, domains)
+    row = person(2, C, name="冒名", phone="13999999999", address="别处2号")
+    row.pop("id_number")
+    summary = attack(w, [change("insert", 2, row)])
+    after = records(w, domains)
+    assert after == before  # A's name, phone, address and community code all stand
+    queued = {(c["kind"], c["column"]) for c in _conflicts(w)}
+    # A person decides: the duplicate registration, and the manual name the two disagree on.
+    assert queued == {("duplicate-registration", "status"), ("duplicate-registration", "name")}
+    assert summary.rejected == []
+
+
+def _conflicts(w):
+    from syncdb.conflicts import list_conflicts
+    return list_conflicts(w.store, SECRET, w.all_domains)
+
+
+def test_item1_a_community_cannot_file_a_new_record_under_anothers_code(tmp_path, domains):
+    w = a_holds(tmp_path, domains, 3)
+    row = person(4, A)
+    row.pop("id_number")
+    summary = attack(w, [change("insert", 4, row)])
+    assert id_number(4) not in records(w, domains)
+    (line,) = summary.rejected
+    assert "/ community_code / " in line and f"under community {A}" in line
+
+
+def test_item1_deletes_stamped_as_another_community_are_refused(tmp_path, domains):
+    w = a_holds(tmp_path, domains, 5, 6, 7)
+    before = records(w, domains)
+    summary = attack(w, [change("delete", n, base=a_versions(w, domains, n), node=A) for n in (5, 6, 7)])
+    assert records(w, domains) == before
+    assert len(summary.rejected) == 3 and all(f"stamped as community {A}" in line for line in summary.rejected)
+
+
+def test_item1_deletes_stamped_as_the_thief_open_nothing_and_delete_nothing(tmp_path, domains):
+    w = a_holds(tmp_path, domains, 8, 9)
+    before = records(w, domains)
+    fake = stamp(1_000_000_000_000, C)  # a version of C's own that never was
+    summary = attack(w, [change("delete", 8), change("delete", 9, base={"name": fake})])
+    assert records(w, domains) == before
+    assert _open_conflicts(w.store) == []
+    no_base, made_up = summary.rejected
+    assert "without naming the version" in no_base and f"{C} holds no record with this key" in made_up
+
+
+def test_item1_a_transfer_still_moves_the_resident_with_no_conflict(tmp_path, domains):
+    """The rule that alone may move ownership: A marks the resident moved out, B registers them."""
+    w = a_holds(tmp_path, domains, 10)
+    w.sql(A, "UPDATE persons SET status = 'moved_out'")
+    w.push(A)
+    w.register(B, person(10, B, phone="13912345678"))
+    merge.merge(w.store, w.bundles, SECRET, domains)
+    (exists, cells) = records(w, domains)[id_number(10)]
+    assert cells["community_code"] == B and cells["phone"] == "13912345678" and cells["status"] == "normal"
+    assert _open_conflicts(w.store) == []
+    # A tidies its own copy away: B's record stays, and nobody is asked about it.
+    w.sql(A, "DELETE FROM persons WHERE id_number = ?", (id_number(10),))
+    w.push(A)
+    summary = merge.merge(w.store, w.bundles[-1:], SECRET, domains)
+    assert summary.rejected == [] and _open_conflicts(w.store) == []
+    assert records(w, domains)[id_number(10)] == (exists, cells)
+
+
+def test_item1_refusals_and_store_are_the_same_in_any_arrival_order(tmp_path, domains):
+    w = World(tmp_path, domains)
+    w.freeze_empty_store()
+    w.insert(A, person(11, A))
+    w.insert(A, person(12, A))
+    w.push(A)
+    w.insert(B, person(13, B))
+    w.push(B)
+    w.sql(A, "UPDATE persons SET phone = '13700000011' WHERE id_number = ?", (id_number(11),))
+    w.push(A)
+    row = person(12, C, name="冒名")
+    row.pop("id_number")
+    hostile = w.signed_bundle(C, [
+        change("insert", 12, row),
+        change("update", 13, {"community_code": C}, base={"name": stamp(1, C)}),
+        change("delete", 11, base={"phone": stamp(2, B)}),
+        change("delete", 11, node=A),
+    ])
+    bundles = [*w.bundles, hostile]
+    results = []
+    for i, order in enumerate(itertools.permutations(range(len(bundles)))):
+        if i % 5:
+            continue  # 24 orders, every fifth: enough to put the hostile bundle in every place
+        store = merge_in_order(w, [bundles[j] for j in order], f"o{i}")
+        st = merge.open_store(store, SECRET, domains)
+        refused = sorted(st.conn.execute("SELECT origin, shown_key, field, why FROM rejected").fetchall())
+        assert audit.verify(st) > 0
+        st.conn.close()
+        results.append((snapshot(store, domains), refused))
+    for r in results[1:]:
+        assert r[1] == results[0][1]
+        assert r[0][1] == results[0][0][1]
+        assert r[0][0] == results[0][0][0]
+    assert len(results[0][1]) == 3
+
+
+def test_item4_many_updates_of_one_cell_keep_one_version_per_community(tmp_path, domains):
+    """n updates of one cell with no base used to pile up as n concurrent versions, each later
+    change paying for all of them (quadratic). A community's versions are ordered: one stays."""
+    w = World(tmp_path, domains)
+    row = person(14, C)
+    row.pop("id_number")
+    changes = [change("insert", 14, row, hlc=stamp(2_000_000_000_000, C))]
+    changes += [change("update", 14, {"phone": f"139{i:08d}"}, base={"name": stamp(1_000_000_000_000 + i, C)},
+                       hlc=stamp(2_000_000_000_001 + i, C)) for i in range(2000)]
+    summary = attack(w, changes)
+    assert summary.changes == 2001 and summary.rejected == []
+    st = merge.open_store(w.store, SECRET, domains)
+    try:
+        (frontier,) = st.conn.execute("SELECT count(*) FROM frontier").fetchone()
+        assert frontier == 0
+    finally:
+        st.conn.close()
+    assert records(w, domains)[id_number(14)][1]["phone"] == "13900001999"
+
+
+def test_item4_a_bundle_stamped_before_the_communitys_last_is_refused(tmp_path, domains):
+    """A community's stamps only move forward, so its versions of a cell arrive in order and
+    supersession is the same in any arrival order."""
+    w = World(tmp_path, domains)
+    row = person(15, C)
+    row.pop("id_number")
+    attack(w, [change("insert", 15, dict(row), hlc=stamp(2_000_000_000_000, C))])
+    other = person(16, C)
+    other.pop("id_number")
+    summary = attack(w, [change("insert", 16, other, hlc=stamp(1_999_999_999_999, C))], sequence=2)
+    (line,) = summary.rejected
+    assert "not later than" in line and id_number(16) not in records(w, domains)
