@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import sqlite3
 import threading
@@ -25,7 +26,7 @@ from datasette.utils.asgi import Request, Response
 from itsdangerous import BadSignature
 from markupsafe import Markup, escape
 
-from . import office, publish
+from . import office, publish, signin
 from .crypto import Keyring
 from .store import Store
 
@@ -104,6 +105,7 @@ class Context:
     writers: list = field(default_factory=list)  # connections that fill the in-memory databases
     gate: Gate = field(default_factory=Gate)
     filling: threading.Lock = field(default_factory=threading.Lock)
+    signin: signin.SignIn | None = None  # sessions and the sign-in throttle (publish.db)
 
     def store(self) -> Store:
         """A connection of its own for the calling thread."""
@@ -185,8 +187,8 @@ def startup(datasette):
 
 # ---------------------------------------------------------------- who is asking
 
-def actor_of(datasette, request: Request) -> dict | None:
-    """The signed-in actor from the ds_actor cookie, honouring its expiry, as Datasette does."""
+def _session(datasette, request: Request) -> tuple[dict, str] | None:
+    """(actor, session id) from the signed ds_actor cookie, honouring its expiry, as Datasette does."""
     cookie = request.cookies.get("ds_actor")
     if not cookie:
         return None
@@ -194,12 +196,23 @@ def actor_of(datasette, request: Request) -> dict | None:
         decoded = datasette.unsign(cookie, "actor")
     except BadSignature:
         return None
-    if not isinstance(decoded, dict) or "a" not in decoded:
+    if not isinstance(decoded, dict) or not isinstance(decoded.get("a"), dict) or not decoded.get("s"):
         return None
     expires = decoded.get("e")
     if not expires or time.time() > baseconv.base62.decode(expires):
         return None  # our sessions always carry an expiry
-    actor = decoded["a"]
+    return decoded["a"], str(decoded["s"])
+
+
+def actor_of(datasette, request: Request) -> dict | None:
+    """The signed-in actor: a valid cookie whose session is still open at the server."""
+    found = _session(datasette, request)
+    if found is None:
+        return None
+    actor, sid = found
+    # A copied cookie is worth nothing once its session is signed out.
+    if _context(datasette).signin.session_account(sid) != actor.get("id"):
+        return None
     # An account removed (or its roles changed) counts from the next page on, not the next sign-in.
     user = publish.read_users(_context(datasette).store_dir).get(actor.get("id"))
     if user is None or user["roles"] != actor.get("roles") or user.get("epoch", "") != actor.get("epoch"):
@@ -299,9 +312,17 @@ def _safe_next(value: str | None) -> str:
     return value
 
 
+def _peer(request: Request) -> str:
+    """The client's address as the socket has it (publish trusts no proxy header)."""
+    client = request.scope.get("client")
+    return str(client[0]) if client else ""
+
+
 async def login(datasette, request):
     ctx = _context(datasette)
     error = None
+    status = 200
+    headers = {}
     next_path = _safe_next(request.args.get("next"))
     if request.method == "POST":
         if "ds_csrftoken" not in request.cookies:
@@ -310,20 +331,66 @@ async def login(datasette, request):
             return Response.html("请重新打开登录页面再登录。", status=403)
         form = await request.post_vars()
         next_path = _safe_next(form.get("next"))
-        actor = await asyncio.to_thread(publish.check_password, ctx.store_dir, form.get("username", ""),
-                                        form.get("password", ""))
-        if actor:
-            response = Response.redirect(next_path)
-            expires = baseconv.base62.encode(int(time.time() + ctx.session_hours * 3600))
-            response.set_cookie("ds_actor", datasette.sign({"a": actor, "e": expires}, "actor"),
-                                httponly=True, samesite="lax")
-            log.info("%s signed in", actor["id"])
-            return response
-        await asyncio.sleep(1)  # slow down guessing
-        error = "用户名或密码不正确"
+        name = form.get("username", "")
+        attempt = await asyncio.to_thread(ctx.signin.admit, name, _peer(request))
+        if attempt.wait:
+            # The same words whether the account exists or not; the password is not even checked.
+            error = f"登录失败次数过多，请 {signin.wait_text(attempt.wait)}后再试。"
+            status, headers = 429, {"Retry-After": str(math.ceil(attempt.wait))}
+        else:
+            actor = await asyncio.to_thread(publish.check_password, ctx.store_dir, name, form.get("password", ""))
+            if actor:
+                return await _signed_in(datasette, ctx, attempt, actor, next_path)
+            error, status = await _failed(ctx, attempt, name), 403
     html = await datasette.render_template("syncdb_login.html", {
         "error": error, "next": next_path, "hours": f"{ctx.session_hours:g}"}, request=request)
-    return Response.html(html, status=403 if error else 200)
+    return Response.html(html, status=status, headers=headers)
+
+
+async def _signed_in(datasette, ctx: Context, attempt, actor: dict, next_path: str) -> Response:
+    expires = time.time() + ctx.session_hours * 3600
+
+    def record():
+        ctx.signin.succeeded(attempt)
+        return ctx.signin.start_session(actor["id"], expires)
+    sid = await asyncio.to_thread(record)
+    response = Response.redirect(next_path)
+    cookie = {"a": actor, "e": baseconv.base62.encode(int(expires)), "s": sid}
+    response.set_cookie("ds_actor", datasette.sign(cookie, "actor"), httponly=True, samesite="lax")
+    log.info("%s signed in", actor["id"])
+    return response
+
+
+async def _failed(ctx: Context, attempt, name: str) -> str:
+    """Record a wrong password; log any lock-out it causes; the words for the page."""
+    # Only a real account's name is written: a name typed by mistake may be anything.
+    known = name if name in await asyncio.to_thread(publish.read_users, ctx.store_dir) else ""
+    lockouts = await asyncio.to_thread(ctx.signin.failed, attempt, known)
+    for lockout in lockouts:
+        who = f"account {lockout.account}" if lockout.kind == "account" and lockout.account else \
+            "an unknown account name" if lockout.kind == "account" else f"address {lockout.address}"
+        log.warning("sign-in locked for %d s: %s after %d failed tries (the last from %s)",
+                    lockout.seconds, who, lockout.failures, lockout.address or "an unknown address")
+    await asyncio.sleep(1)  # slow down guessing, without holding up anyone else's page
+    if lockouts:
+        return (f"用户名或密码不正确。失败次数过多，请 "
+                f"{signin.wait_text(max(lockout.seconds for lockout in lockouts))}后再试。")
+    return "用户名或密码不正确"
+
+
+async def logout(datasette, request):
+    """Sign out: the session ends at the server, so a copy of the cookie is worthless from now on."""
+    if request.method == "POST":
+        found = _session(datasette, request)
+        if found is not None:
+            await asyncio.to_thread(_context(datasette).signin.end_session, found[1])
+            log.info("%s signed out", found[0].get("id"))
+        response = Response.redirect("/-/login")
+        response.set_cookie("ds_actor", "", expires=0, max_age=0)
+        return response
+    html = await datasette.render_template("syncdb_logout.html", {
+        "actor": actor_of(datasette, request)}, request=request)
+    return Response.html(html)
 
 
 async def person(datasette, request):
@@ -385,6 +452,7 @@ def register_routes(datasette):
         return []
     return [
         (r"^/-/login$", login),
+        (r"^/-/logout$", logout),
         (r"^/-/person/(?P<token>[0-9a-f]{32})$", person),
         (r"^/-/sync$", sync),
         (r"^/-/conflicts$", conflicts),

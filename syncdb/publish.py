@@ -13,7 +13,8 @@ reveal what a mask hides: permissions decide which database a person may
 open at all. Tables and columns carry their Chinese labels from the schemas.
 
 Staff sign in with a name and password (``syncdb users add``); sessions
-expire. Every page that shows plaintext is written to the ``page_views`` log
+are held at the server (signin.py), end at sign-out and expire, and repeated
+wrong passwords lock the account name and the address out for a while. Every page that shows plaintext is written to the ``page_views`` log
 in the store, chained by HMAC like the audit ledger, with filter values
 replaced by their blind index so the log itself holds no plaintext.
 """
@@ -270,7 +271,16 @@ def log_view(store: Store, actor: str, page: str) -> None:
 
 
 def verify_views(store: Store) -> int:
-    """Walk the page-view chain; return its length or raise naming the first bad entry."""
+    """Walk the page-view chain; return its length or raise naming the first bad entry.
+
+    The sign-in lock-outs publish records beside the store are walked too, so
+    ``syncdb audit verify`` vouches for everything publish logs.
+    """
+    from .signin import verify_lockouts
+
+    main = store.conn.execute("PRAGMA database_list").fetchone()[2]
+    if main:
+        verify_lockouts(Path(main).parent, store.keyring)
     key = store.suite.derive(store.keyring.index_key, b"", b"syncdb page views")
     store.conn.execute(PAGE_VIEWS)
     previous = b"\0" * 32
@@ -378,6 +388,7 @@ def make_datasette(store_dir, secret: Secret, domains, refresh_seconds: float = 
     from datasette.plugins import pm
 
     from . import datasette_plugin
+    from .signin import SignIn
 
     if pm.get_plugin("syncdb") is None:
         pm.register(datasette_plugin, name="syncdb")
@@ -395,7 +406,7 @@ def make_datasette(store_dir, secret: Secret, domains, refresh_seconds: float = 
         secret=os.urandom(32).hex(),
     )
     ds._syncdb = datasette_plugin.Context(Path(store_dir), keyring, domains, refresh_seconds,
-                                          session_hours=session_hours)
+                                          session_hours=session_hours, signin=SignIn(store_dir, keyring))
     return ds
 
 
@@ -412,7 +423,10 @@ def serve(store_dir, secret: Secret, domains, host: str = "127.0.0.1", port: int
     async def main():
         await ds.invoke_startup()  # decrypt before the first page, not during it
         # No access log: a query string can carry an ID number, and logs end up on disk.
-        server = uvicorn.Server(uvicorn.Config(ds.app(), host=host, port=port, log_level="info", access_log=False))
+        # No proxy headers: the sign-in throttle counts by the socket's peer, which a
+        # client cannot choose the way it chooses an X-Forwarded-For header.
+        server = uvicorn.Server(uvicorn.Config(ds.app(), host=host, port=port, log_level="info", access_log=False,
+                                               proxy_headers=False))
         if ready:
             ready(f"http://{host}:{port}/")
         await server.serve()
