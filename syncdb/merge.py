@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import audit, bundle, office, outbound
+from . import audit, bundle, limits, office, outbound
 from .crypto import Secret
 from .files import is_disk_full, storage_error
 from .plugins import manager
@@ -217,7 +217,8 @@ def apply_bundle(store: Store, path: Path, summary: Summary, on_batch=None, stor
         (floor,) = conn.execute("SELECT coalesce(max(hlc), '') FROM origin_clock WHERE origin = ?",
                                 (header.origin,)).fetchone()
         merger = _Merger(store, ledger, name, header.origin, header.sequence, on_batch,
-                         floor=floor, relayed=bool(header.fields.get("relay")))
+                         floor=floor, relayed=bool(header.fields.get("relay")),
+                         max_value=limits.load(store_dir).max_value)
         made = {}
         with open(path, "rb") as f:
             if header.origin == store.office_code:
@@ -406,13 +407,13 @@ class _Merger:
     BATCH = 500
 
     def __init__(self, store: Store, ledger: audit.Ledger, bundle_name: str, origin: str, sequence: int,
-                 on_batch=None, floor: str = "", relayed: bool = False):
+                 on_batch=None, floor: str = "", relayed: bool = False, max_value: int = limits.DEFAULT.max_value):
         """``floor``: the origin's latest stamp applied before; ``relayed``: the bundle names a relay."""
         self.store, self.ledger, self.on_batch = store, ledger, on_batch
         self.seen = 0
         self.bundle_name, self.origin, self.sequence = bundle_name, origin, sequence
         self.from_office = origin == store.office_code
-        self.floor, self.relayed = floor, relayed
+        self.floor, self.relayed, self.max_value = floor, relayed, max_value
         self.last_hlc = floor
         self.set_aside: list[str] = []
         self.hook = manager().hook
@@ -628,6 +629,9 @@ class _Merger:
                  time.strftime("%Y-%m-%dT%H:%M:%S")))
 
     def _problems(self, table: Table, change: dict):
+        too_big = limits.oversized(change, self.max_value)
+        if too_big:
+            return [Problem("error", name, why) for name, why in too_big]
         if change["op"] == "delete":
             return []
         domain = self.store.domains[table.domain]

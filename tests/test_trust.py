@@ -201,3 +201,27 @@ def test_item4_a_bundle_stamped_before_the_communitys_last_is_refused(tmp_path, 
     summary = attack(w, [change("insert", 16, other, hlc=stamp(1_999_999_999_999, C))], sequence=2)
     (line,) = summary.rejected
     assert "not later than" in line and id_number(16) not in records(w, domains)
+
+
+def test_item7_an_oversized_value_rejects_its_record_and_the_rest_applies(tmp_path, domains):
+    w = World(tmp_path, domains)
+    big, fine = person(17, C, name="名" * 40_000), person(18, C)  # 120 KB: over the value cap, within a line
+    changes = []
+    for n, row in ((17, big), (18, fine)):
+        row.pop("id_number")
+        changes.append(change("insert", n, row))
+    summary = attack(w, changes)
+    held = records(w, domains)
+    assert id_number(17) not in held and id_number(18) in held
+    (line,) = summary.rejected
+    assert "/ name /" in line and "名名名" not in line
+
+
+def test_item7_a_value_too_long_for_a_line_refuses_the_bundle_and_stores_nothing(tmp_path, domains):
+    w = World(tmp_path, domains)
+    row = person(19, C, address="址" * 2_000_000)  # a 6 MB address
+    row.pop("id_number")
+    summary = attack(w, [change("insert", 19, row)])
+    assert summary.applied == 0 and summary.changes == 0
+    assert records(w, domains) == {}
+    assert summary.held or summary.refused
