@@ -1,12 +1,24 @@
-"""What the office sends back: its resolutions and edits, to the community that owns each record.
+"""What the office sends back: its resolutions and edits, to the communities concerned.
 
 When an office edit (``syncdb conflicts resolve``, ``review``) is merged,
-in the same transaction, each changed record's owner — the value of its
-table's ``owner`` column, a community code, before and after the edit —
-gets the change in a bundle of kind ``"resolutions"``,
-signed by the office and encrypted to that community's enrolled key, in
-``STORE/outbound/CODE/``. ``syncdb pull`` fetches them (from ``serve`` or a
-copy of that folder) and applies them in sequence.
+in the same transaction, each community concerned gets its share of the
+change in a bundle of kind ``"resolutions"``, signed by the office and
+encrypted to that community's enrolled key, in ``STORE/outbound/CODE/``.
+``syncdb pull`` fetches them (from ``serve`` or a copy of that folder) and
+applies them in sequence.
+
+What a community may receive (``share``): a resolution carries to a
+community only what it owns or already sent.
+
+- The record's owner after the edit (its table's ``owner`` column) gets the
+  whole settled change: the record is its own.
+- Any other community concerned — the owner before a move, a community
+  whose version of a cell was settled (a duplicate registration; a record
+  it once owned) — gets the decision for the cells it held: a value only
+  where it equals one that community sent itself, and otherwise the cell's
+  name in ``"superseded"`` with the record's ``"owner"``, never the value.
+  The owner column's value is the decision itself ("the record belongs to
+  X") and goes to each of them. A delete carries no value and goes to all.
 """
 
 from __future__ import annotations
@@ -40,28 +52,88 @@ def send_back(store: Store, store_dir, changes: list[dict], owners_before: list,
     """Queue an office bundle's changes for every community concerned; return code -> sequence.
 
     Call inside the transaction that merges the office's bundle, with the
-    owners read before it: a record goes to the community that owned it
-    before the edit (so a delete, or a move to another community, reaches
-    it), to the one that owns it after, and to every community whose version
-    of a cell it settles — they hold the record too. A change the merge
-    rejected goes nowhere.
+    owners read before it (``owner_of``): a record concerns the community
+    that owned it before the edit (so a delete, or a move to another
+    community, reaches it), the one that owns it after, and every community
+    whose version of a cell it settles. Each gets only its ``share``. A
+    change the merge rejected goes nowhere.
     """
     by_code: dict[str, list[dict]] = {}
     for change, before in zip(changes, owners_before):
         table = store.table(change["table"])
         if (table.qualified, store.blind_key(table, [change["key"].get(k) for k in table.key])) in rejected:
             continue
-        concerned = {before, owner_of(store, table, change)}
+        after = owner_of(store, table, change)
+        concerned = {before, after}
         for versions in (change.get("base") or {}).values():
-            concerned.update(v.split(".", 2)[2] for v in ([versions] if isinstance(versions, str) else versions))
-        for code in concerned - {None}:
-            by_code.setdefault(code, []).append(change)
+            concerned.update(_origin(v) for v in _listed(versions))
+        for code in sorted(concerned - {None}):
+            part = share(table, change, code, owner_before=before, owner_after=after)
+            if part is not None:
+                by_code.setdefault(code, []).append(part)
     return _queue(store, store_dir, by_code)
 
 
 def send_to(store: Store, store_dir, code: str, changes: list[dict]) -> dict[str, int]:
-    """Queue changes for one community (the office's values that beat its own by a rule)."""
-    return _queue(store, store_dir, {code: changes})
+    """Queue changes for one community (the office's values that beat its own by a rule).
+
+    Each is cut to the community's ``share``: the office's value itself only
+    when the record is that community's own.
+    """
+    by_code: dict[str, list[dict]] = {}
+    for change in changes:
+        table = store.table(change["table"])
+        part = share(table, change, code, owner_before=None, owner_after=owner_of(store, table, change))
+        if part is not None:
+            by_code.setdefault(code, []).append(part)
+    return _queue(store, store_dir, by_code)
+
+
+def share(table, change: dict, code: str, owner_before: str | None, owner_after: str | None) -> dict | None:
+    """What of an office change community ``code`` may receive, or None for nothing.
+
+    The owner after the change gets it whole, and so does everyone for a
+    delete (it carries no value). Another community gets the cells it held —
+    every cell if it owned the record before, else those where one of its
+    versions is settled — each with its value only if the value is the same
+    as one of its own versions (the office change lists them in ``"equal"``,
+    see ``resolve``) or is the owner column (the decision itself). The rest
+    are listed in ``"superseded"`` with the new ``"owner"``: its pull learns
+    that its value lost without learning the one that won, so a duplicate
+    registration's name, say, never reaches the other community.
+    """
+    sent = {k: v for k, v in change.items() if k != "equal"}  # office-side bookkeeping only
+    if code == owner_after or change["op"] == "delete":
+        return sent
+    bases, equal = change.get("base") or {}, change.get("equal") or {}
+    cells, superseded = {}, []
+    for col, value in change["cells"].items():
+        mine = [v for v in _listed(bases.get(col)) if _origin(v) == code]
+        if not mine and code != owner_before:
+            continue  # never held by this community: not even that it changed
+        if col == table.owner or any(v in _listed(equal.get(col)) for v in mine):
+            cells[col] = value
+        else:
+            superseded.append(col)
+    if not cells and not superseded:
+        return None
+    sent["cells"] = cells
+    sent["base"] = {col: bases[col] for col in [*cells, *superseded] if col in bases}
+    if superseded:
+        sent["superseded"] = superseded
+        sent["owner"] = owner_after
+    return sent
+
+
+def _listed(versions) -> list[str]:
+    """A change's base for one cell: one version (a community's) or a list (the office's)."""
+    if not versions:
+        return []
+    return [versions] if isinstance(versions, str) else list(versions)
+
+
+def _origin(version: str) -> str:
+    return version.split(".", 2)[2]
 
 
 def _queue(store: Store, store_dir, by_code: dict[str, list[dict]]) -> dict[str, int]:

@@ -12,7 +12,17 @@ applied whole or not at all:
   the office at the next push, where it meets the resolution as a new
   conflict. So does a cell whose last push the office had not yet merged
   when it decided (the resolution is not based on it). Nothing entered here
-  is ever overwritten unseen.
+  is ever overwritten unseen;
+- a cell listed as ``"superseded"`` (the record is another community's and
+  the office did not keep this community's value; see ``outbound.share``)
+  keeps its local value, since the office never sends another community's
+  value here. Its shadow keeps the version this community sent, so the
+  next push sends nothing for it, and a later local edit of it reaches the
+  office as a concurrent edit that a rule or a person settles again, never
+  as a silent overwrite of the owner's value. The cell is listed in the
+  state database's ``superseded`` table and in the report, for a person to
+  act on (ask the owner to transfer the resident, or correct the record
+  here).
 
 The writes pass the capture triggers like any other; at the next push the
 comparison with the shadow finds nothing new in them, so nothing is sent back.
@@ -37,6 +47,12 @@ from .files import storage_error
 from .hlc import Clock, Stamp, unpack_versions
 from .schema import Domain
 
+SUPERSEDED_TABLE = """
+CREATE TABLE IF NOT EXISTS superseded (
+    tbl TEXT NOT NULL, key TEXT NOT NULL, col TEXT NOT NULL, owner TEXT, version TEXT NOT NULL,
+    pulled TEXT NOT NULL, PRIMARY KEY (tbl, key, col)) WITHOUT ROWID
+"""
+
 
 @dataclass
 class PullReport:
@@ -45,6 +61,7 @@ class PullReport:
     kept: list[str] = field(default_factory=list)  # cells kept because changed here since the last push
     older: int = 0  # cells the office set before it had this PC's last value for them
     missing: list[str] = field(default_factory=list)  # records not (or no longer) here
+    superseded: list[str] = field(default_factory=list)  # cells whose value here the office did not keep
 
     def lines(self) -> list[str]:
         if not self.applied:
@@ -55,6 +72,9 @@ class PullReport:
             out.append(f"{self.older} value(s) left as they are: the office set them before it had this "
                        "PC's last push, and settles them there")
         out += [f"not here: {line}" for line in self.missing]
+        out += [f"the office did not keep this PC's value of {line}; the value stays here and is not sent "
+                "again: if the resident lives here, ask that community to transfer them, otherwise remove "
+                "or correct the record here" for line in self.superseded]
         return out
 
 
@@ -120,6 +140,7 @@ def _apply(folder, state, domains, ring, office_key, data, sequence, report) -> 
         raise SyncdbError(f"the file given as resolutions bundle {sequence} is not one "
                           f"(kind {header.kind}, from {header.origin}, number {header.sequence}); nothing was applied")
     changes = list(bundle.changes(io.BytesIO(data), ring))
+    state.execute(SUPERSEDED_TABLE)
     tables = {t.qualified: t for d in domains.values() for t in d.tables.values()}
     clock = Clock(read_config(folder)["code"], Stamp.parse(_meta(state, "hlc")) if _meta(state, "hlc") else None)
     conns = {}
@@ -178,6 +199,20 @@ def _apply_change(conn, state, table, change, report) -> None:
         theirs = bases.get(col) or []
         return mine is not None and mine not in ([theirs] if isinstance(theirs, str) else theirs)
 
+    def settled(cols) -> list[str]:
+        """The cells the office's decision applies to here; the others reported."""
+        out = []
+        for col in cols:
+            if col not in table.columns or col in table.key:
+                continue
+            if unsent(col):
+                report.kept.append(f"{table.qualified} / {shown} / {col}")
+            elif unseen(col):
+                report.older += 1
+            else:
+                out.append(col)
+        return out
+
     if change["op"] == "delete":
         if any(unsent(c) for c in table.non_key):
             report.kept.append(f"{table.qualified} / {shown} (the office deleted it)")
@@ -188,18 +223,13 @@ def _apply_change(conn, state, table, change, report) -> None:
         where = " AND ".join(f"[{k}] IS ?" for k in table.key)
         conn.execute(f"DELETE FROM [{table.name}] WHERE {where}", key_values)
         _apply_to_shadow(state, table, key_json, change)
+        state.execute("DELETE FROM superseded WHERE tbl = ? AND key = ?", (table.qualified, key_json))
         report.cells += 1
         return
-    cells = {}
-    for col, value in change["cells"].items():
-        if col not in table.columns or col in table.key:
-            continue
-        if unsent(col):
-            report.kept.append(f"{table.qualified} / {shown} / {col}")
-        elif unseen(col):
-            report.older += 1
-        else:
-            cells[col] = value
+
+    cells = {col: change["cells"][col] for col in settled(change["cells"])}
+    lost = settled(change.get("superseded") or [])
+    _note_superseded(state, table, key_json, shown, change, lost, report)
     if not cells:
         return
     where = " AND ".join(f"[{k}] IS ?" for k in table.key)
@@ -209,4 +239,21 @@ def _apply_change(conn, state, table, change, report) -> None:
     stored = capture.read_row(conn, table, key_values)
     _apply_to_shadow(state, table, key_json, {"op": "update", "key": change["key"], "hlc": change["hlc"],
                                               "cells": {c: stored[c] for c in cells}})
+    state.executemany("DELETE FROM superseded WHERE tbl = ? AND key = ? AND col = ?",
+                      [(table.qualified, key_json, c) for c in cells])
     report.cells += len(cells)
+
+
+def _note_superseded(state, table, key_json, shown, change, cols, report) -> None:
+    """Record the cells whose local value the office settled against, for a person to act on.
+
+    Neither the working database nor the shadow changes: the value stays
+    as this community entered it, and stays based on its own version.
+    """
+    if not cols:
+        return
+    owner = change.get("owner")
+    state.executemany("INSERT OR REPLACE INTO superseded VALUES (?, ?, ?, ?, ?, datetime('now'))",
+                      [(table.qualified, key_json, col, owner, change["hlc"]) for col in cols])
+    whose = f"the record belongs to {owner}" if owner else "the record belongs to another community"
+    report.superseded.append(f"{table.qualified} / {shown} / {', '.join(cols)} ({whose})")

@@ -5,7 +5,7 @@ signed by the office key, received into the inbox and merged. Each cell it
 changes is based on *every* version the cell's frontier holds, so a
 resolution settles the conflict in any order of arrival, and the ledger
 records it like any other change. Later, `pull` carries these bundles back
-to the communities that own the records.
+to the communities concerned, each only its share (``outbound.share``).
 """
 
 from __future__ import annotations
@@ -86,13 +86,29 @@ def _change(store: Store, edit: dict) -> dict:
             clock.observe(candidate.version)
     stamp = str(clock.tick())
     store.conn.execute("INSERT OR REPLACE INTO office_clock VALUES (1, ?)", (stamp,))
+    cells = {} if deleting else dict(edit["cells"])
     return {
         "table": table.qualified, "op": "delete" if deleting else "update",
         "key": dict(zip(table.key, key_values)),
-        "cells": {} if deleting else dict(edit["cells"]),
+        "cells": cells,
         "base": {c: [cand.version for cand in row.candidates(c)] for c in columns},
+        "equal": _equal_versions(row, cells),
         "hlc": stamp,
     }
+
+
+def _equal_versions(row: _Row, cells: dict) -> dict[str, list[str]]:
+    """Per cell, the settled versions whose value is the one the office sets.
+
+    A community whose version is among them already has the value, so its
+    share of the resolution may carry it (``outbound.share``); to any other
+    community that is not the record's owner the value is never sent. A
+    version's value never changes, so this holds whenever the change is
+    merged. Versions only: the office's bundle carries no more plaintext.
+    """
+    return {col: [c.version for c in row.candidates(col)
+                  if c.live and type(c.value) is type(value) and c.value == value]
+            for col, value in cells.items()}
 
 
 def _write_office_bundle(store: Store, folder: Path, changes: list[dict]) -> Path:
