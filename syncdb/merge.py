@@ -647,7 +647,8 @@ class _Merger:
         table = row.table
         # Rules may look across the row, so every cell in conflict is decided again.
         cols = set(row.touched) | {c for c, f in row.frontiers.items() if len(f) > 1}
-        holding = row.holding() if any(len(row.candidates(c)) > 1 for c in cols) else None
+        # Every cell decided here is in row.frontiers (offered or in conflict): no value is opened to count.
+        holding = row.holding() if any(len(row.frontiers[c]) > 1 for c in cols) else None
         for col in sorted(cols):
             frontier = row.candidates(col)
             eligible = frontier if holding is None else [
