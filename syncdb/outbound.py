@@ -117,8 +117,8 @@ def share(table, change: dict, code: str, owner_before: str | None, owner_after:
             superseded.append(col)
     if not cells and not superseded:
         return None
-    sent["cells"] = cells
-    sent["base"] = {col: bases[col] for col in [*cells, *superseded] if col in bases}
+    cut = {"cells": cells, "base": {col: bases[col] for col in [*cells, *superseded] if col in bases}}
+    sent = {k: cut.get(k, v) for k, v in sent.items()}  # the documented key order stays
     if superseded:
         sent["superseded"] = superseded
         sent["owner"] = owner_after
