@@ -254,9 +254,9 @@ def _parse_header(raw: bytes) -> dict:
         raise BundleError("the bundle header is garbled (not a JSON object); the file is damaged", "garbled")
     version = fields.get("format")
     if type(version) is int and version != FORMAT:
-        raise BundleError(f"bundle format {version} is not supported by this syncdb "
+        raise BundleError(f"bundle format {_shown(version)} is not supported by this syncdb "
                           f"(it reads format {FORMAT}); upgrade syncdb at the office", "unsupported")
-    problem = _header_problem(fields)
+    problem = f"'format' is {_shown(version)}" if type(version) is not int else _header_problem(fields)
     if problem:
         raise BundleError(f"the bundle header is garbled ({problem}); the file is damaged "
                           "or was not written by syncdb", "garbled")
