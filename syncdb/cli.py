@@ -364,7 +364,8 @@ def merge(store, paths, schemas):
         summary = merge_lib.merge(store, paths, _secret(), load_domains(schemas), progress=progress)
     for line in summary.lines():
         click.echo(line)
-    if summary.refused or summary.rejected:
+    # A bundle held for a cause (not merely waiting for an earlier one) needs a person too.
+    if summary.refused or summary.rejected or summary.blocked:
         sys.exit(1)
 
 

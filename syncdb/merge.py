@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import audit, bundle, limits, office, outbound
 from .crypto import Secret
+from .errors import SyncdbError
 from .files import is_disk_full, storage_error
 from .plugins import manager
 from .hlc import Stamp, pack_versions, unpack_versions
@@ -39,6 +40,7 @@ class Summary:
     refused: list = field(default_factory=list)  # (file, message)
     applied: int = 0  # bundles
     held: list = field(default_factory=list)  # (bundle name, why it waits)
+    blocked: list = field(default_factory=list)  # names of the held that wait for a person, not a bundle
     changes: int = 0
     rejected: list = field(default_factory=list)  # printable lines
     opened: int = 0
@@ -104,35 +106,43 @@ def apply_inbox(store: Store, store_dir: Path, summary: Summary, progress=None) 
     total = sum(sizes.values())
     done = 0
 
-    def hold(queue, sequence, why: str):
+    def hold(queue, sequence, why: str, waiting: bool = False):
         """Hold this bundle of the queue and every later one, saying why."""
         nonlocal total
         for s, n in queue:
             if s >= sequence:
                 summary.held.append((n, why))
                 total -= sizes[n]
+        if not waiting:
+            summary.blocked.append(dict(queue)[sequence])
 
     for origin, queue in sorted(waiting.items()):
         for sequence, name in queue:
             expected = last.get(origin, 0) + 1
             if sequence != expected:
-                hold(queue, sequence, f"waiting for bundle {expected} from {origin}")
+                hold(queue, sequence, f"waiting for bundle {expected} from {origin}", waiting=True)
                 break
             path = office.inbox_dir(store_dir) / name
-            mismatch = schema_mismatch(store, path)
-            if mismatch:
-                # Kept in the inbox, applied by the first merge after the schemas agree.
-                hold(queue, sequence, mismatch)
-                break
 
             def on_batch(n, name=name, before=done):
                 if progress:
                     progress(before + n, total, name)
             try:
+                mismatch = schema_mismatch(store, path)
+                if mismatch:
+                    # Kept in the inbox, applied by the first merge after the schemas agree.
+                    hold(queue, sequence, mismatch)
+                    break
                 apply_bundle(store, path, summary, on_batch, store_dir)
             except bundle.BundleError as e:
-                # Verified when it arrived, so the office's own copy was damaged since:
-                # nothing of it is applied, the other communities go on.
+                # Nothing of it is applied; the other communities go on.
+                if _still_signed(store, path):
+                    # As its community signed it, yet it cannot be applied (taken in by an older
+                    # syncdb, or under caps the office has lowered since): held, never guessed at.
+                    hold(queue, sequence, f"it cannot be applied as community {origin} made it ({e}); "
+                                          "nothing of it was applied, and its later bundles wait behind it")
+                    break
+                # Verified when it arrived, so the office's own copy was damaged since.
                 office.quarantine_copy(store_dir, path, e)
                 summary.refused.append((name, f"the inbox copy no longer verifies ({e}); it is kept in "
                                               "the inbox and copied to quarantine: restore it from a "
@@ -154,6 +164,14 @@ def apply_inbox(store: Store, store_dir: Path, summary: Summary, progress=None) 
             if progress:
                 progress(done, total, name)
     return summary
+
+
+def _still_signed(store: Store, path: Path) -> bool:
+    try:
+        bundle.open_verified(path, office.signer_keys(store.conn, store.keyring.public).get)
+        return True
+    except (bundle.BundleError, SyncdbError):
+        return False
 
 
 def _size(path: Path) -> int:
@@ -216,20 +234,20 @@ def apply_bundle(store: Store, path: Path, summary: Summary, on_batch=None, stor
         ledger = audit.Ledger(store, name, header.origin)
         (floor,) = conn.execute("SELECT coalesce(max(hlc), '') FROM origin_clock WHERE origin = ?",
                                 (header.origin,)).fetchone()
+        caps = limits.load(store_dir)
         merger = _Merger(store, ledger, name, header.origin, header.sequence, on_batch,
-                         floor=floor, relayed=bool(header.fields.get("relay")),
-                         max_value=limits.load(store_dir).max_value)
+                         floor=floor, relayed=bool(header.fields.get("relay")), max_value=caps.max_value)
         made = {}
         with open(path, "rb") as f:
             if header.origin == store.office_code:
                 # An office resolution or edit (a few changes): it also goes to the communities
                 # that own the records, recorded in this same transaction so none is ever lost.
-                changes = list(bundle.changes(f, store.keyring))
+                changes = list(bundle.changes(f, store.keyring, caps))
                 owners = [outbound.owner_of(store, store.table(c["table"]), c) for c in changes]
                 merger.apply_all(changes)
                 made = outbound.send_back(store, store_dir, changes, owners, merger.rejected_keys)
             else:
-                merger.apply_all(bundle.changes(f, store.keyring))
+                merger.apply_all(bundle.changes(f, store.keyring, caps))
                 if merger.lost:
                     made = outbound.send_to(store, store_dir, header.origin, merger.lost)
         ledger.commit()

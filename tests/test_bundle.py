@@ -682,7 +682,8 @@ def test_capture_exports_exactly_what_changed(tmp_path):
         {"table": persons, "op": "insert", "key": {"id_number": D}, "cells": person_cells(d_row), "base": {}},
         # A had no phone, but its empty phone has a version too: the insert set it.
         {"table": persons, "op": "update", "key": {"id_number": A},
-         "cells": {"name": "王秀兰", "phone": "13912345678"}, "base": {"name": version[A], "phone": version[A]}},
+         "cells": {"name": "王秀兰", "phone": "13912345678"},
+         "base": {"name": version[A], "phone": version[A], "community_code": version[A]}},
         {"table": persons, "op": "delete", "key": {"id_number": B}, "cells": {},
          "base": {c: version[B] for c in PERSON_CELLS}},
         # A new natural key is another record: the old one goes, the new one comes.
@@ -691,7 +692,8 @@ def test_capture_exports_exactly_what_changed(tmp_path):
         {"table": persons, "op": "insert", "key": {"id_number": C_FIXED}, "cells": person_cells(rows[C]),
          "base": {}},
         {"table": "huji.households", "op": "update", "key": {"household_no": "4419000030010001"},
-         "cells": {"address": "广东省东莞市莞城街道运河路3号"}, "base": {"address": version["4419000030010001"]}},
+         "cells": {"address": "广东省东莞市莞城街道运河路3号"},
+         "base": {"address": version["4419000030010001"], "community_code": version["4419000030010001"]}},
     ]
     assert len(changes2) == len(expected)
     assert {k: without_hlc(v) for k, v in by_change(changes2).items()} == by_change(expected)
@@ -747,7 +749,8 @@ def test_stamps_increase_when_the_pc_clock_jumps(tmp_path):
     assert all(Stamp.parse(c["hlc"]).ms >= future for c in changes3 + changes4)
     # And base versions point at the stamps the office already has.
     update_b = by_change(changes3)[("huji.persons", "update", json.dumps({"id_number": B}))]
-    assert update_b["base"] == {"name": changes2[[c["key"]["id_number"] for c in changes2].index(B)]["hlc"]}
+    inserted_b = changes2[[c["key"]["id_number"] for c in changes2].index(B)]["hlc"]
+    assert update_b["base"] == {"name": inserted_b, "community_code": inserted_b}
 
 
 def test_stamps_stay_fixed_width_when_the_counter_runs_out(tmp_path):

@@ -77,7 +77,8 @@ def test_writes_through_any_connection_are_caught_and_netted(setup):
     (change,) = changes_of(result.path, ring)
     assert change["op"] == "update" and change["cells"] == {"name": "张五"}
     (original,) = changes_of(first.path, ring)
-    assert change["base"] == {"name": original["hlc"]}
+    # The owner cell's version travels with every update: it says whose record this is.
+    assert change["base"] == {"name": original["hlc"], "community_code": original["hlc"]}
     assert change["hlc"] > original["hlc"]
 
 

@@ -285,8 +285,10 @@ def test_a_payload_that_disagrees_with_its_header_is_refused_and_applies_nothing
     office.receive(office_store, data)
     office.receive(office_store, community.pending(a.path)[0].read_bytes())
     summary = merge.merge(office_store, [], syncdb_secret, domains)
-    assert [name for name, _ in summary.refused] == [f"{C}-00000001.bundle"], summary.lines()
-    assert "not written by syncdb" in summary.refused[0][1] or "damaged" in summary.refused[0][1]
+    # Signed as its community made it, so held (its community's later bundles wait), for a person.
+    assert summary.blocked == [f"{C}-00000001.bundle"], summary.lines()
+    ((_, why),) = summary.held
+    assert "not written by syncdb" in why or "damaged" in why
     assert office_rows(office_store, "SELECT origin FROM applied") == [(A,)]
     assert office_rows(office_store, f"SELECT count(*) FROM huji__persons WHERE community_code = '{C}'") == [(0,)]
 
