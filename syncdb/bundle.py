@@ -47,7 +47,8 @@ MAX_HEADER = 64 * 1024
 MAX_CHUNK = 1 << 20  # the largest encryption.chunk_size a reader takes (syncdb writes 64 KiB)
 INFLATE_BLOCK = 64 * 1024  # decompressed bytes produced at a time
 KINDS = ("changes", "resolutions")
-OPS = ("insert", "update", "delete")
+OPS = ("insert", "update", "delete")  # every table's counts name these three
+REKEY = "rekey"  # a natural key corrected: old key -> new key as one change (counted only when present)
 # Community codes are 12 digits; the office's own code is chosen at `office init`.
 CODE_PATTERN = re.compile(r"[0-9A-Za-z_-]{1,32}")
 STAMP_PATTERN = re.compile(r"[0-9]{15}\.[0-9]{6}\.[0-9A-Za-z_-]{1,32}")  # hlc.py's stamps
@@ -162,7 +163,7 @@ def write(path, fields: dict, changes: Iterable[dict], signer: Keyring, recipien
             for change in changes:
                 total += 1
                 table_counts = counts.setdefault(change["table"], {"insert": 0, "update": 0, "delete": 0})
-                table_counts[change["op"]] += 1
+                table_counts[change["op"]] = table_counts.get(change["op"], 0) + 1
                 stamp = change["hlc"]
                 hlc_min = stamp if hlc_min is None or stamp < hlc_min else hlc_min
                 hlc_max = stamp if hlc_max is None or stamp > hlc_max else hlc_max
@@ -301,7 +302,8 @@ def _is_stamp(v) -> bool:
 
 def _is_counts(v) -> bool:
     return isinstance(v, dict) and all(
-        _is_name(table) and "." in table.strip(".") and isinstance(ops, dict) and set(ops) == set(OPS)
+        _is_name(table) and "." in table.strip(".") and isinstance(ops, dict)
+        and set(OPS) <= set(ops) <= {*OPS, REKEY}
         and all(_is_int(n, 0, MAX_CHANGES) for n in ops.values())
         for table, ops in v.items())
 
@@ -513,7 +515,7 @@ class _Lines:
             raise BundleError(f"{where} is not a valid change ({problem}); the bundle is damaged "
                               "or was not written by syncdb", "garbled")
         table, op = change["table"], change["op"]
-        ops = self.seen.setdefault(table, dict.fromkeys(OPS, 0))
+        ops = self.seen.setdefault(table, dict.fromkeys((*OPS, REKEY), 0))
         ops[op] += 1
         if self.count > self.total or ops[op] > self.expected.get(table, {}).get(op, 0):
             raise BundleError(f"{where} is one more {op} for {_shown(table)} than the header counts; "
@@ -540,8 +542,16 @@ def _change_problem(change, lists_allowed: bool) -> str | None:
             return f"'{name}' is missing"
     if not _is_name(change["table"]):
         return f"'table' is {_shown(change['table'])}"
-    if change["op"] not in OPS:
+    if change["op"] not in OPS and change["op"] != REKEY:
         return f"'op' is {_shown(change['op'])}"
+    if change["op"] == REKEY:
+        new_key = change.get("new_key")
+        if not isinstance(new_key, dict) or not isinstance(change["key"], dict) \
+                or set(new_key) != set(change["key"]) or new_key == change["key"]:
+            return f"'new_key' is {_shown(new_key)}"
+        for name, value in new_key.items():
+            if not (value is None or isinstance(value, (str, int, float))):
+                return f"'new_key' has {_shown(name)}: {_shown(value)}"
     if not _is_stamp(change["hlc"]):
         return f"'hlc' is {_shown(change['hlc'])}"
     for part, most in (("key", MAX_KEY_COLUMNS), ("cells", MAX_COLUMNS)):

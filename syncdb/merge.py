@@ -275,6 +275,7 @@ def apply_bundle(store: Store, path: Path, summary: Summary, on_batch=None, stor
 
 
 _READ = object()
+_NEW = object()  # _Merger._check: a record the store has never seen, for the short path
 
 
 class _Row:
@@ -468,6 +469,8 @@ class _Merger:
             key = store.blind_key(table, key_values)
             prepared.append((change, table, key_values, key))
             wanted.setdefault(table.qualified, set()).add(key)
+            if change["op"] == bundle.REKEY:
+                wanted[table.qualified].add(store.blind_key(table, [change["new_key"].get(k) for k in table.key]))
         # The batch's rows, read at once; a write updates this copy and waits for _flush.
         self.rows = {}
         for qualified, keys in wanted.items():
@@ -498,28 +501,59 @@ class _Merger:
         self.pending = {}
 
     def apply(self, change: dict, table: Table, key_values: list, key: bytes) -> None:
-        store = self.store
-        refusal = None if self.from_office else self._refusal(table, change)
-        if refusal:
-            return self._reject(table, key, key_values, change, [Problem("error", refusal[0], refusal[1])])
-        problems = self._problems(table, change)
+        if change["op"] == bundle.REKEY:
+            return self._rekey(change, table, key_values, key)
+        checked = self._check(change, table, key_values, key)
+        if isinstance(checked, list):
+            return self._reject(table, key, key_values, change, checked)
+        self._apply(change, table, key_values, key, checked)
+
+    def _rekey(self, change: dict, table: Table, key_values: list, key: bytes) -> None:
+        """A corrected natural key: the old record's delete and the new record's insert, both or neither,
+        so a typo in the new key never costs the office the resident meanwhile."""
+        new_values = [change["new_key"].get(k) for k in table.key]
+        new_key = self.store.blind_key(table, new_values)
+        gone = {k: v for k, v in change.items() if k != "new_key"} | {"op": "delete", "cells": {}}
+        came = {k: v for k, v in change.items() if k != "new_key"} | {
+            "op": "insert", "key": change["new_key"], "base": {}}
+        first = self._check(gone, table, key_values, key)
+        second = self._check(came, table, new_values, new_key)
+        problems = [p for checked in (first, second) if isinstance(checked, list) for p in checked]
         if problems:
             return self._reject(table, key, key_values, change, problems)
-        self.last_hlc = max(self.last_hlc, change["hlc"])
+        self._apply(gone, table, key_values, key, first)
+        self._apply(came, table, new_values, new_key, second)
+
+    def _check(self, change: dict, table: Table, key_values: list, key: bytes):
+        """The problems that refuse this change (a list), or what to apply it to: the stored
+        row, or _NEW for a record the store has never seen."""
+        if not self.from_office:
+            refusal = self._refusal(table, change)
+            if refusal:
+                return [Problem("error", refusal[0], refusal[1])]
+        problems = self._problems(table, change)
+        if problems:
+            return problems
         stored = self.rows.get((table.qualified, key))
         if stored is None and change["op"] == "insert" and not change.get("base") \
                 and (table.qualified, key) not in self.special:
-            return self._insert_new(table, key, key_values, change)
-        row = _Row(store, table, key, (table.qualified, key) in self.special, stored)
+            return _NEW
+        row = _Row(self.store, table, key, (table.qualified, key) in self.special, stored)
         row.key_values = key_values
+        if not self.from_office:
+            why = self._not_held(row, change["op"], change.get("base") or {})
+            if why:
+                return [Problem("error", "-", why)]
+        return row
+
+    def _apply(self, change: dict, table: Table, key_values: list, key: bytes, row) -> None:
+        self.last_hlc = max(self.last_hlc, change["hlc"])
+        if row is _NEW:
+            return self._insert_new(table, key, key_values, change)
         hlc = change["hlc"]
         origin = _origin(hlc)
         op = change["op"]
         base = change.get("base") or {}
-        if not self.from_office:
-            why = self._not_held(row, op, base)
-            if why:
-                return self._reject(table, key, key_values, change, [Problem("error", "-", why)])
         old = dict(row.versions)
         non_key = table.non_key
         if op == "update":
@@ -636,9 +670,15 @@ class _Merger:
     def _reject(self, table: Table, key: bytes, key_values: list, change: dict, problems) -> None:
         self.rejected_keys.add((table.qualified, key))
         shown = self._shown(table, key_values)
-        record = dict(change["key"], **change["cells"])
+        records = [dict(change["key"], **change["cells"])]
+        if "new_key" in change:
+            new_values = [change["new_key"].get(k) for k in table.key]
+            shown += " -> " + self._shown(table, new_values)
+            records.append(dict(change["new_key"], **change["cells"]))
         for p in problems:
-            why = _without_sensitive(p.why, table, record)
+            why = p.why
+            for record in records:
+                why = _without_sensitive(why, table, record)
             self.rejected.append(f"{self.origin} / {table.qualified} / {shown} / {p.field} / {why}")
             self.store.conn.execute(
                 "INSERT INTO rejected (origin, sequence, tbl, key, shown_key, field, why, at) "

@@ -225,3 +225,30 @@ def test_item7_a_value_too_long_for_a_line_refuses_the_bundle_and_stores_nothing
     assert summary.applied == 0 and summary.changes == 0
     assert records(w, domains) == {}
     assert summary.held or summary.refused
+
+
+def rekey(w, code, old_n, new_id, sequence, ms):
+    versions = a_versions(w, w.all_domains, old_n)
+    row = person(old_n, code)
+    row.pop("id_number")
+    return merge.merge(w.store, [w.signed_bundle(code, [{
+        "table": PERSONS, "op": "rekey", "key": {"id_number": id_number(old_n)}, "new_key": {"id_number": new_id},
+        "cells": row, "base": versions, "hlc": stamp(ms, code)}], sequence)], SECRET, w.all_domains)
+
+
+def test_a_key_correction_moves_the_record_whole_or_not_at_all(tmp_path, domains):
+    """Issue #9 item 3, at the office: a rekey is the old record's delete and the new one's insert,
+    applied together; with an invalid new key (or from a community that does not hold it) neither."""
+    w = a_holds(tmp_path, domains, 20, 21)
+    summary = rekey(w, C, 20, id_number(30), 1, 2_000_000_000_000)  # not C's resident
+    assert summary.changes == 0 and "changes only records it holds" in summary.rejected[0]
+    bad = id_number(31)[:-1] + ("0" if id_number(31)[-1] != "0" else "1")  # a wrong check digit
+    summary = rekey(w, A, 20, bad, 2, 2_000_000_000_001)
+    assert summary.changes == 0 and len(summary.rejected) >= 1
+    assert bad not in " ".join(summary.rejected)  # the new key is masked too
+    assert records(w, domains)[id_number(20)][0] == 1
+    summary = rekey(w, A, 20, id_number(32), 3, 2_000_000_000_002)
+    assert summary.rejected == [] and summary.changes == 2
+    held = records(w, domains)
+    assert held[id_number(20)][0] == 0 and held[id_number(32)][0] == 1
+    assert held[id_number(32)][1]["name"] == "居民20" and held[id_number(32)][1]["community_code"] == A
