@@ -729,16 +729,22 @@ _huge_value("payload:5-MB-name", "name", 5)
 _huge_value("payload:20-MB-line", "address", 20)
 
 
-def _many_updates(arena, rng):
-    """n updates of one cell with no base, in one small bundle: a merge must not be quadratic in n."""
-    n = rng.choice(arena.persons[arena.C])
-    count = rng.randint(1000, 4000)
-    changes = [{"table": PERSONS, "op": "update", "key": {"id_number": id_number(n)},
-                "cells": {"phone": f"132{i:08d}"}, "base": {}, "hlc": arena.stamp(arena.C)} for i in range(count)]
-    return _payload(arena, "payload:many-updates-of-one-cell", changes, "either", detail=f"{count} updates")
+def _many_updates(kind: str, based: bool):
+    """n updates of one cell of C's own, in one small bundle, with no base or all on the same base:
+    n concurrent versions of one cell. A merge must not be quadratic in n."""
+    def make(arena, rng):
+        n = rng.choice(arena.persons[arena.C])
+        base = {"phone": arena.versions(PERSONS, (id_number(n),))["phone"]} if based else {}
+        count = rng.randint(1000, 4000)
+        changes = [{"table": PERSONS, "op": "update", "key": {"id_number": id_number(n)},
+                    "cells": {"phone": f"132{i:08d}"}, "base": base, "hlc": arena.stamp(arena.C)}
+                   for i in range(count)]
+        return _payload(arena, kind, changes, "either", detail=f"{count} updates")
+    _flat(kind, 0.05, make)
 
 
-_flat("payload:many-updates-of-one-cell", 0.05, _many_updates)
+_many_updates("payload:many-updates-of-one-cell", based=False)
+_many_updates("payload:many-updates-of-one-cell-same-base", based=True)
 
 
 def _bomb(kind: str, block: bytes):
