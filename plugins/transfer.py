@@ -7,7 +7,8 @@ Which community holds a resident that more than one community has registered:
   cell, with no conflict for a person to look at, whichever bundle arrives
   first. A's own copy stays aside; A may edit or delete it without touching B's.
 - Both communities hold the resident as ``normal`` at once: a duplicate
-  registration. The older registration keeps the record; the status cell, and
+  registration. The community the office gave the record to keeps it, else the
+  older registration; the status cell, and
   every ``manual`` column on which the two disagree, is queued for a person.
   When one side later marks the resident moved out, it becomes a transfer and
   the conflicts close by themselves.
@@ -24,9 +25,12 @@ from syncdb.rules import Holding
 TABLE = "huji.persons"
 
 
-def _status_of(row, community):
-    """The status the community's own copy of the record says (its latest version)."""
-    mine = [c for c in row.candidates("status") if c.origin == community]
+def _status_of(row, community, claims):
+    """The status of the community's copy of the record (its latest version); where the office
+    gave the record to it, the office's versions are that copy too."""
+    by_office = claims[community].origin == row.office_code
+    mine = [c for c in row.candidates("status")
+            if c.origin == community or (by_office and c.origin == row.office_code)]
     if not mine:
         return None
     latest = max(mine, key=lambda c: c.version)
@@ -37,12 +41,14 @@ def _status_of(row, community):
 def record_holder(table, claims, row):
     if table.qualified != TABLE:
         return None
-    registered = sorted(code for code in claims if _status_of(row, code) == "normal")
+    registered = sorted(code for code in claims if _status_of(row, code, claims) == "normal")
     if len(registered) == 1:
         return Holding(registered[0], duplicate=False, rule="plugin:transfer")
     if len(registered) > 1:
-        oldest = min(registered, key=lambda code: (claims[code].version, code))
-        return Holding(oldest, duplicate=True, rule="plugin:transfer", review=("status",))
+        # The office's decision holds against a registration made since; then the older one.
+        first = min(registered, key=lambda code: (claims[code].origin != row.office_code,
+                                                  claims[code].version, code))
+        return Holding(first, duplicate=True, rule="plugin:transfer", review=("status",))
     # Nobody holds them as normal (moved on, or deceased): the copy that changed last.
     def last_change(code):
         mine = [c.version for c in row.candidates("status") if c.origin == code]

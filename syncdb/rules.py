@@ -107,7 +107,8 @@ def resolve_conflict(table, column, candidates, row):
 
 @hookimpl(trylast=True)
 def record_holder(table, claims, row):
-    """Two communities registering the same record: the older claim holds it until a person
-    decides, so a newcomer never overwrites the cells of a record another community holds."""
-    holder = min(claims, key=lambda code: (claims[code].version, code))
+    """Two communities registering the same record: the one the office gave it to, else the older
+    claim, holds it until a person decides, so a newcomer never overwrites another's cells."""
+    # The office's decision holds against a claim made since it; then the older claim.
+    holder = min(claims, key=lambda code: (claims[code].origin != row.office_code, claims[code].version, code))
     return Holding(holder, duplicate=True, rule="builtin:oldest-claim")
