@@ -6,7 +6,10 @@ printed once here and exit with status 1; usage errors exit with 2.
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import shlex
 import sqlite3
 import sys
 
@@ -37,7 +40,11 @@ class Group(click.Group):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # a closed pipe shows here, not as a message at exit
+            return result
+        except BrokenPipeError:
+            _reader_gone()
         except SyncdbError as e:
             raise click.ClickException(str(e)) from e
         except (OSError, sqlite3.OperationalError) as e:
@@ -45,6 +52,16 @@ class Group(click.Group):
             # or read-only under a file it uses. Still one line, and what to do.
             where = getattr(e, "filename", None) or "a folder this command uses"
             raise click.ClickException(str(storage_error(e, where))) from e
+
+
+def _reader_gone():
+    """The reader of our output went away (`syncdb … | head`): stop without a word, with the status
+    141 of a command stopped by SIGPIPE, since what the command was doing may be unfinished."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
+    raise click.exceptions.Exit(141)
 
 
 @click.group(cls=Group)
@@ -202,15 +219,34 @@ def office_init(store, suite, code):
 @click.argument("store", type=click.Path(file_okay=False, exists=True))
 @click.argument("code")
 @click.argument("pubkey_file", type=click.Path(dir_okay=False, exists=True))
-def office_enroll(store, code, pubkey_file):
+@click.option("--name", help="The community's name as people write it, e.g. 岗贝社区 (shown beside its code).")
+def office_enroll(store, code, pubkey_file, name):
     """Accept bundles signed by this community's key.
 
-    Example: syncdb office enroll /srv/office 441900003001 441900003001.pub.json
+    Enrolling a community again replaces its key and keeps its name unless
+    --name gives a new one.
+
+    Example: syncdb office enroll /srv/office 441900003001 441900003001.pub.json --name 岗贝社区
     """
     from . import office as office_lib
 
-    key = office_lib.enroll(store, code, pubkey_file)
-    click.echo(f"Community {code} enrolled (key {key.id})")
+    key = office_lib.enroll(store, code, pubkey_file, name=name)
+    click.echo(f"Community {office_lib.label(code, office_lib.read_names(store))} enrolled (key {key.id})")
+
+
+@office.command(name="rename")
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@click.argument("code")
+@click.argument("name")
+def office_rename(store, code, name):
+    """Give an enrolled community a new name (its code stays what bundles are signed with).
+
+    Example: syncdb office rename /srv/office 441900003001 岗贝社区
+    """
+    from . import office as office_lib
+
+    before = office_lib.rename(store, code, name)
+    click.echo(f"Community {code}: {before or '(no name)'} -> {name.strip()}")
 
 
 @cli.group(cls=Group)
@@ -223,8 +259,11 @@ def community():
 @click.option("--code", required=True, help="The community's 12-digit code, e.g. 441900003001.")
 @click.option("--office-key", required=True, type=click.Path(dir_okay=False, exists=True),
               help="The office.pub.json written by `syncdb office init`.")
+@click.option("--create-tables", is_flag=True,
+              help="Create the schema's tables missing from the working databases, empty (and the "
+                   "databases, if the folder holds none). Without it such a folder is refused.")
 @schemas_option
-def community_init(workdir, code, office_key, schemas):
+def community_init(workdir, code, office_key, create_tables, schemas):
     """Create the community's keys and set up change capture on its working databases.
 
     Writes CODE.pub.json into WORKDIR: carry it to the office for `office enroll`.
@@ -233,9 +272,77 @@ def community_init(workdir, code, office_key, schemas):
     """
     from . import community as community_lib
 
-    pub = community_lib.init(workdir, code, office_key, load_domains(schemas), _secret(confirm=True))
+    pub = community_lib.init(workdir, code, office_key, load_domains(schemas), _secret(confirm=True),
+                             create_tables=create_tables)
     click.echo(f"Capture is set up in {workdir}")
     click.echo(f"Take this public key file to the street office: {pub}")
+
+
+class _Bar:
+    """A progress bar on stderr drawn at its first step: an error found before any work is printed alone."""
+
+    def __init__(self, label: str):
+        self.label, self.bar = label, None
+
+    def __enter__(self):
+        return self
+
+    def step(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(length=max(total, 1), label=self.label, show_pos=True, file=sys.stderr)
+            self.bar.__enter__()
+        self.bar.length = max(total, 1)
+        self.bar.update(done - self.bar.pos)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _ExportProgress:
+    """The push's progress on stderr: rows compared, then a bar over the changes put in bundles."""
+
+    STAGES = {"reading": "Comparing rows", "writing": "Writing bundles"}
+
+    def __init__(self):
+        self.bar = None
+        self.stage = None
+        self.shown = False  # a counter line is on screen, waiting for its newline
+
+    def __enter__(self):
+        return self
+
+    def __call__(self, stage: str, done: int, total: int | None) -> None:
+        if stage != self.stage:
+            self._end_line()
+            self.stage = stage
+        if total is None:
+            if sys.stderr.isatty():  # a counter redrawn in place; nothing in a log file
+                click.echo(f"\r{self.STAGES.get(stage, stage)}: {done:,} rows", nl=False, err=True)
+                self.shown = True
+            return
+        if self.bar is None:
+            self.bar = _Bar(self.STAGES.get(stage, stage))
+        self.bar.step(done, total)
+
+    def note(self, message: str) -> None:
+        self._end_line()
+        click.echo(message, err=True)
+
+    def _end_line(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.shown:
+            click.echo(err=True)
+            self.shown = False
+
+    def __exit__(self, *exc):
+        self._end_line()
 
 
 @cli.command()
@@ -245,8 +352,14 @@ def community_init(workdir, code, office_key, schemas):
               help="A folder (a USB stick) to copy the bundles into instead.")
 @click.option("--retries", type=click.IntRange(min=0), default=5, show_default=True,
               help="Retries per bundle on connection errors and 5xx answers.")
+@click.option("--confirm-deletes", is_flag=True,
+              help="Send the deletions a push held back: a table that is gone, or more than "
+                   "--hold-deletes-over of a table's records at once.")
+@click.option("--hold-deletes-over", type=click.IntRange(min=0, max=100), default=20, show_default=True,
+              metavar="PERCENT", help="Hold back a table's deletions when one push would delete more than "
+                                      "this share of its records (and more than 10).")
 @schemas_option
-def push(workdir, url, outbox, retries, schemas):
+def push(workdir, url, outbox, retries, confirm_deletes, hold_deletes_over, schemas):
     """Send what changed since the last acknowledged bundle.
 
     Makes a new bundle from the changes captured since the last push, then
@@ -260,10 +373,15 @@ def push(workdir, url, outbox, retries, schemas):
 
     if bool(url) == bool(outbox):
         raise click.UsageError("give exactly one of --to URL or --outbox DIR")
+    url = _office_url(url, "--to")
+    transport.tidy(workdir, outbox)  # what a killed push or pull left
     if url:
         transport.learn_limits(workdir, url)  # so the export makes bundles the office will take
-    result = community_lib.export(workdir, load_domains(schemas), _secret(),
-                                  notify=lambda m: click.echo(f"Note: {m}", err=True))
+    secret, domains = _secret(), load_domains(schemas)
+    with _ExportProgress() as progress:
+        result = community_lib.export(workdir, domains, secret, progress=progress,
+                                      notify=lambda m: progress.note(f"Note: {m}"),
+                                      confirm_deletes=confirm_deletes, delete_share=hold_deletes_over / 100)
     if len(result.bundles) > 1:  # split to fit the office's limits
         for sequence, _, changes in result.bundles:
             click.echo(f"Bundle {sequence}: {changes} change(s)")
@@ -274,13 +392,18 @@ def push(workdir, url, outbox, retries, schemas):
     else:
         click.echo("No new changes since the last push.")
     if outbox:
-        copied = transport.push_to_folder(workdir, outbox)
+        copied = transport.push_to_folder(workdir, outbox, echo=click.echo)
         click.echo(f"Copied {len(copied)} unacknowledged bundle(s) to {outbox}")
     else:
         report = transport.push_to_url(workdir, url, retries=retries, echo=click.echo)
         click.echo(report.summary(), err=not report.ok)
         if not report.ok:
             sys.exit(1)
+    if result.deletes_held:  # the rest went; these wait for a person
+        again = ["syncdb", "push", workdir, *(["--to", url] if url else ["--outbox", outbox]), "--confirm-deletes"]
+        for held in result.deletes_held:
+            click.echo(f"Held: {held.message(' '.join(shlex.quote(str(a)) for a in again))}", err=True)
+        sys.exit(1)
 
 
 @cli.command()
@@ -301,9 +424,85 @@ def pull(workdir, url, inbox, schemas):
 
     if bool(url) == bool(inbox):
         raise click.UsageError("give exactly one of --from URL or --inbox DIR")
-    report = pull_lib(workdir, load_domains(schemas), _secret(), url=url, inbox=inbox)
+    report = pull_lib(workdir, load_domains(schemas), _secret(), url=_office_url(url, "--from"), inbox=inbox)
     for line in report.lines():
         click.echo(line)
+
+
+def _office_url(url, option):
+    """The office's address checked, or a usage error naming the option; None stays None."""
+    from .transport import office_url
+
+    try:
+        return office_url(url) if url else None
+    except SyncdbError as e:
+        raise click.BadParameter(str(e), param_hint=option) from None
+
+
+@cli.command()
+@click.argument("workdir", type=click.Path(file_okay=False, exists=True))
+@click.option("--office", "url", required=True, help="The office's address, e.g. http://192.0.2.10:8765.")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False),
+              help="Append the run's lines to this file (default: WORKDIR/.syncdb/sync.log).")
+@click.option("--retries", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Retries per bundle on connection errors and 5xx answers.")
+@schemas_option
+def sync(workdir, url, log_path, retries, schemas):
+    """The nightly run for a scheduled task: push, then pull, one log, one exit status.
+
+    Every line goes to the log file too. Exit status 1 when the push or the
+    pull failed (each problem is repeated on stderr), 0 when both went well.
+    `syncdb schedule` prints how to run it every night.
+
+    Example: SYNCDB_KEY_FILE=/etc/syncdb/key syncdb sync /srv/shequ --office http://192.0.2.10:8765
+    """
+    from .nightly import sync as sync_lib
+
+    result = sync_lib(workdir, _office_url(url, "--office"), load_domains(schemas), _secret(), log_path=log_path,
+                      retries=retries, echo=click.echo)
+    for problem in result.problems:
+        click.echo(problem, err=True)
+    if not result.ok:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("workdir", type=click.Path(file_okay=False, exists=True))
+@click.option("--office", "url", required=True, help="The office's address, e.g. http://192.0.2.10:8765.")
+@click.option("--at", default="02:00", show_default=True, callback=lambda ctx, param, value: _time_of_day(value),
+              help="When to run, HH:MM local time.")
+def schedule(workdir, url, at):
+    """Print the commands that run `syncdb sync` every night: schtasks for Windows, a cron line.
+
+    Changes nothing: run the one for this machine yourself. The task needs
+    SYNCDB_KEY_FILE (a key file that seals the community's keyring), since
+    no one is there at night to type a passphrase.
+
+    Example: syncdb schedule C:\\社区数据 --office http://192.0.2.10:8765 --at 01:30
+    """
+    from .nightly import schedule_commands
+
+    made = schedule_commands(workdir, _office_url(url, "--office"), at=at)
+    key_file = os.environ.get("SYNCDB_KEY_FILE")
+    click.echo("Windows (Task Scheduler), in a command prompt:")
+    shown_key = key_file or "C:\\path\\to\\community.key"
+    click.echo(f'  setx SYNCDB_KEY_FILE "{shown_key}"')
+    click.echo(f"  {made['windows']}")
+    click.echo("Linux (cron), a line for `crontab -e`:")
+    click.echo(f"  {made['cron']}")
+    if not key_file:
+        click.echo("SYNCDB_KEY_FILE is not set here: put the key file's path in the lines above "
+                   "(a passphrase cannot be typed at night).", err=True)
+
+
+def _time_of_day(value):
+    from .nightly import parse_time
+
+    try:
+        parse_time(value)
+    except SyncdbError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
 
 
 def _counts(counts):
@@ -332,13 +531,22 @@ def serve(store, host, port, max_bundle_mb, merging, schemas):
     Example: SYNCDB_KEY_FILE=/root/office.key syncdb serve /srv/office --host 0.0.0.0 --port 8765
     """
     from . import server
+    from .publish import bind
 
+    bind(host, port).close()  # a port in use is one line and exit 1, not uvicorn's errors and exit 3
     try:
         secret = _secret() if merging else None
     except SyncdbError as e:
         raise SyncdbError(f"{e}; or run `syncdb serve --no-merge` to only receive bundles") from None
-    server.serve(store, host=host, port=port, max_body=max_bundle_mb * 1024 * 1024,
-                 secret=secret, domains=load_domains(schemas) if merging else None)
+    try:
+        server.serve(store, host=host, port=port, max_body=max_bundle_mb * 1024 * 1024,
+                     secret=secret, domains=load_domains(schemas) if merging else None)
+    except SystemExit as e:
+        if e.code in (0, None, 1, 2):
+            raise
+        # uvicorn's "startup failed" (3): the port was taken in the moment since the check above.
+        raise SyncdbError(f"the ingest service could not start on {host}:{port} (see the lines above); "
+                          "check that no other program uses the port, or choose another with --port") from None
 
 
 @cli.command()
@@ -352,18 +560,25 @@ def merge(store, paths, schemas):
     pushed), then every bundle whose predecessors are applied is merged, one
     transaction each. With no PATHS, merges what the inbox already holds.
 
+    Exit status 1 when a bundle was refused, a record rejected, or a bundle
+    held for any reason but waiting for an earlier one (a failed merge, a
+    schema the office lacks): a scheduled run sees the night that failed.
+
     Example: syncdb merge /srv/office /media/usb/outbox
     """
     from . import merge as merge_lib
 
-    with click.progressbar(length=1, label="Merging changes", show_pos=True, file=sys.stderr) as bar:
+    secret, domains = _secret(), load_domains(schemas)  # a passphrase prompt gets its line before the bar
+    with _Bar("Merging changes") as bar:
         def progress(done, total, name):
-            bar.length = max(total, 1)
-            bar.update(done - bar.pos)
+            bar.step(done, total)
 
-        summary = merge_lib.merge(store, paths, _secret(), load_domains(schemas), progress=progress)
+        summary = merge_lib.merge(store, paths, secret, domains, progress=progress)
+    from .office import named, read_names
+
+    names = read_names(store)
     for line in summary.lines():
-        click.echo(line)
+        click.echo(named(line, names))
     # A bundle held for a cause (not merely waiting for an earlier one) needs a person too.
     if summary.refused or summary.rejected or summary.blocked:
         sys.exit(1)
@@ -385,12 +600,16 @@ def conflicts_list(store, show_all, fmt, schemas):
     Example: syncdb conflicts list /srv/office
     """
     from .conflicts import list_conflicts
+    from .office import label, read_names
 
+    names = read_names(store)
     for item in list_conflicts(store, _secret(), load_domains(schemas), include_closed=show_all):
         if fmt == "json":
+            for c in item["candidates"]:
+                c["origin_name"] = names.get(c["origin"])
             click.echo(json.dumps(item, ensure_ascii=False))
         else:
-            candidates = "; ".join(f"{c['origin']}: {c['value']!r}{' (deleted)' if c['deleted'] else ''}"
+            candidates = "; ".join(f"{label(c['origin'], names)}: {c['value']!r}{' (deleted)' if c['deleted'] else ''}"
                                    for c in item["candidates"])
             click.echo(f"#{item['id']} [{item['status']}] {item['table']} {item['record']} "
                        f"{item['column']} ({item['kind']}): {candidates}; provisional {item['winner']}")
@@ -407,6 +626,9 @@ def _when(version: str) -> str:
 
 
 def _show(store, item) -> None:
+    from .office import label, read_names
+
+    names = read_names(store)
     click.echo(f"#{item['id']} [{item['status']}] {item['table']} {item['record']} · {item['column']} "
                f"{item['label']} ({item['kind']})")
     click.echo(f"opened {item['opened']}; provisional winner by {item['rule']}: {item['winner']}")
@@ -415,7 +637,7 @@ def _show(store, item) -> None:
     click.echo("candidates:")
     for n, c in enumerate(item["candidates"], start=1):
         shown = "(deleted)" if c["deleted"] else repr(c["value"])
-        click.echo(f"  {n}) {c['origin']:<14} {_when(c['version'])}  {shown}   [{c['version']}]")
+        click.echo(f"  {n}) {label(c['origin'], names):<14} {_when(c['version'])}  {shown}   [{c['version']}]")
     if item["record_cells"]:
         click.echo("the record in the store now:")
         for cell in item["record_cells"]:
@@ -527,6 +749,9 @@ def audit():
 @schemas_option
 def audit_verify(store, schemas):
     """Check every audit ledger entry against its seal; exit 1 naming the first bad one.
+
+    The ledger must also record every change of every bundle the store
+    applied: a ledger deleted whole, head and all, fails too.
 
     Example: syncdb audit verify /srv/office
     """
@@ -678,3 +903,147 @@ def users_remove(store, name):
 
     remove_user(store, name)
     click.echo(f"removed {name}")
+
+
+def _keyring_if_unattended(store):
+    """The office keyring when SYNCDB_KEY_FILE or SYNCDB_PASSPHRASE is set; None without asking anyone."""
+    import os
+
+    from . import office as office_lib
+
+    if not (os.environ.get("SYNCDB_KEY_FILE") or os.environ.get("SYNCDB_PASSPHRASE")):
+        return None
+    return office_lib.load_keyring(store, _secret())
+
+
+@cli.command()
+@click.argument("path", type=click.Path(file_okay=False, exists=True))
+@click.option("--ack", is_flag=True,
+              help="Office: mark the refusals and rejected records shown as seen, so that they stop making "
+                   "status exit 1 (held bundles, conflicts and key rotations need dealing with instead).")
+@click.option("--max-lag", type=click.FloatRange(min=0), default=48, show_default=True, metavar="HOURS",
+              help="Community: a bundle unacknowledged for longer than this needs a person.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@schemas_option
+def status(path, ack, max_lag, fmt, schemas):
+    """What needs a person, at the office (PATH is the STORE) or at a community (PATH is the WORKDIR).
+
+    Exits 1 when something needs a person, so a scheduled task can alert,
+    and 0 otherwise. Reads only (opens the databases read-only); with
+    SYNCDB_KEY_FILE or SYNCDB_PASSPHRASE set it also opens the office
+    keyring to check the key rotation and held bundles fully. --ack writes
+    STORE/status-ack.json and nothing else.
+
+    Example: syncdb status /srv/office
+    """
+    from pathlib import Path
+
+    from . import status as status_lib
+
+    domains = load_domains(schemas)
+    is_store = (Path(path) / "store.db").exists()
+    if ack and not is_store:
+        raise click.UsageError("--ack is for an office store: a community clears its alerts by fixing them")
+    keyring = _keyring_if_unattended(path) if is_store else None
+    report = status_lib.status(path, domains, keyring, max_lag_hours=max_lag)
+    if fmt == "json":
+        click.echo(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
+    else:
+        for line in report.lines():
+            click.echo(line)
+    if ack:
+        status_lib.acknowledge(path)
+        click.echo(f"Refusals and rejected records up to now are acknowledged ({path}/{status_lib.ACK_FILE}); "
+                   "new ones make status exit 1 again.", err=True)
+        report = status_lib.status(path, domains, keyring, max_lag_hours=max_lag)
+    sys.exit(1 if report.needs_person else 0)
+
+
+@cli.group(cls=Group)
+def bundles():
+    """List the office's bundles; skip or ask again for one that cannot be applied."""
+
+
+@bundles.command(name="list")
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@click.option("--code", help="Only this community's bundles.")
+@click.option("--all", "everything", is_flag=True, help="Every applied bundle, not only the last of each community.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@schemas_option
+def bundles_list(store, code, everything, fmt, schemas):
+    """Bundles received, applied, skipped and held, and why each held one waits.
+
+    Exits 1 when a bundle needs a person.
+
+    Example: syncdb bundles list /srv/office --code 441900003001
+    """
+    from . import bundles as bundles_lib
+    from . import office as office_lib
+
+    entries = bundles_lib.listing(store, load_domains(schemas), _keyring_if_unattended(store), code, everything)
+    names = office_lib.read_names(store)
+    for e in entries:
+        if fmt == "json":
+            click.echo(json.dumps(dict(e.as_dict(), name=names.get(e.origin)), ensure_ascii=False))
+            continue
+        done = f", {e.changes} change(s)" if e.state == "applied" else ""
+        when = f" applied {e.applied}" if e.applied else (f" received {e.received}" if e.received else "")
+        why = f": {e.why}" if e.why else ""
+        click.echo(f"{office_lib.label(e.origin, names)} #{e.sequence} [{e.state}]{when}{done}{why}")
+    if not entries and fmt == "text":
+        click.echo("No bundles yet.")
+    sys.exit(1 if any(e.needs_person for e in entries) else 0)
+
+
+@bundles.command(name="skip")
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@click.argument("code")
+@click.argument("sequence", type=click.IntRange(min=1))
+@click.option("--reason", required=True, help="Why it is given up; kept in the audit ledger (no residents' details).")
+@click.option("--by", "who", help="Who decides (default: the user running the command).")
+@schemas_option
+def bundles_skip(store, code, sequence, reason, who, schemas):
+    """Give up a community's next bundle for good, so its later bundles apply.
+
+    What the bundle carried never reaches the office: its records come again
+    only when the community changes them. The skip (who, when, why) is kept
+    in the audit ledger; the bundle's file is kept in STORE/quarantine.
+
+    Example: syncdb bundles skip /srv/office 441900003001 7 --reason "inbox copy damaged, community no longer has it"
+    """
+    from . import bundles as bundles_lib
+    from . import office as office_lib
+
+    done = bundles_lib.skip(store, _secret(), load_domains(schemas), code, sequence, reason, who)
+    who_ = office_lib.label(code, office_lib.read_names(store))
+    click.echo(f"Bundle {sequence} of {who_} is skipped and recorded in the audit ledger"
+               + (f"; its file is kept as {done.file}" if done.file else "") + ".")
+    click.echo(f"{done.later} later bundle(s) of it apply at the next merge (`syncdb merge {store}`)."
+               if done.later else "Its next bundles apply as they arrive.")
+
+
+@bundles.command(name="resend")
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@click.argument("code")
+@click.argument("sequence", type=click.IntRange(min=1))
+def bundles_resend(store, code, sequence):
+    """Forget a received bundle that is not applied, so the community's next push sends it again.
+
+    Only a community that still has the bundle can send it: one that carries
+    bundles on a USB stick keeps them until the office's acknowledgement
+    reaches it, but one that pushes over the network deletes each bundle as
+    soon as the office acknowledges it. If it cannot, its later bundles wait
+    until this one is skipped (`syncdb bundles skip`).
+
+    Example: syncdb bundles resend /srv/office 441900003001 7
+    """
+    from . import bundles as bundles_lib
+    from . import office as office_lib
+
+    done = bundles_lib.resend(store, code, sequence)
+    who = office_lib.label(code, office_lib.read_names(store))
+    click.echo(f"The office has forgotten bundle {sequence} of {who}"
+               + (f" (its copy is kept as {done.file})" if done.file else "") + ".")
+    click.echo(f"It comes again with the community's next push only if the community still has it in its outbox "
+               f"(`syncdb status WORKDIR` there lists it). If it does not, its later bundles wait for it: give it "
+               f"up with `syncdb bundles skip {store} {code} {sequence} --reason TEXT`.")

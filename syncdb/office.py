@@ -73,15 +73,28 @@ def connect(store) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA busy_timeout = 30000")
+        _add_name_column(conn)
     except sqlite3.Error as e:
         conn.close()
         raise storage_error(e, store) from None
     return conn
 
 
+def _add_name_column(conn: sqlite3.Connection) -> None:
+    """A store made before communities had names gets the column, once (a look at the schema after that)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(communities)")}
+    if not columns or "name" in columns:
+        return  # no communities table (not a store: the caller says so) or already there
+    try:
+        conn.execute("ALTER TABLE communities ADD COLUMN name TEXT")
+    except sqlite3.OperationalError as e:
+        if "duplicate column" not in str(e):  # another process added it in the meantime: fine
+            raise
+
+
 OFFICE_TABLES = """
 CREATE TABLE IF NOT EXISTS communities (
-    code TEXT PRIMARY KEY, public_key TEXT NOT NULL, key_id TEXT NOT NULL, enrolled TEXT NOT NULL);
+    code TEXT PRIMARY KEY, public_key TEXT NOT NULL, key_id TEXT NOT NULL, enrolled TEXT NOT NULL, name TEXT);
 CREATE TABLE IF NOT EXISTS received (
     origin TEXT NOT NULL, sequence INTEGER NOT NULL, sha256 TEXT NOT NULL, file TEXT NOT NULL,
     received TEXT NOT NULL, PRIMARY KEY (origin, sequence));
@@ -107,14 +120,24 @@ def init(store, secret: Secret, suite_name: str = "std", code: str = "office") -
     return public_key_path(folder)
 
 
-def enroll(store, code: str, public_key_file) -> PublicKey:
-    """Let the bundles signed by this community's key in."""
+def enroll(store, code: str, public_key_file, name: str | None = None) -> PublicKey:
+    """Let the bundles signed by this community's key in; ``name`` is what people call it (岗贝社区).
+
+    Enrolling again replaces the key (a community set up anew) and keeps the
+    name unless a new one is given.
+    """
     try:
         VALIDATORS["community_code"](code)
     except Invalid as e:
         raise SyncdbError(f"community code {code!r}: {e}") from None
-    if code == PublicKey.read(public_key_path(store)).code:
+    office_code = PublicKey.read(public_key_path(store)).code
+    if code == office_code:
         raise SyncdbError(f"{code} is the office's own code; a community needs its own")
+    if re.fullmatch(r"[0-9]{9}", office_code) and not code.startswith(office_code):
+        # A 9-digit office code is its street's 统计用区划代码: its communities' codes begin with it.
+        raise SyncdbError(f"community {code} is not in this office's street {office_code} (its code would begin "
+                          f"with {office_code}); check the code, or enrol it at its own street office")
+    name = _checked_name(name) if name is not None else None
     key = PublicKey.read(public_key_file)
     if key.role != "community":
         raise SyncdbError(f"{public_key_file} is an {key.role} key; enrol the community's CODE.pub.json")
@@ -123,11 +146,80 @@ def enroll(store, code: str, public_key_file) -> PublicKey:
                           "check which file you copied")
     conn = connect(store)
     try:
-        conn.execute("INSERT OR REPLACE INTO communities VALUES (?, ?, ?, ?)",
-                     (code, key.to_json(), key.id, time.strftime("%Y-%m-%dT%H:%M:%S")))
+        conn.execute("INSERT INTO communities (code, public_key, key_id, enrolled, name) VALUES (?, ?, ?, ?, ?) "
+                     "ON CONFLICT (code) DO UPDATE SET public_key = excluded.public_key, key_id = excluded.key_id, "
+                     "enrolled = excluded.enrolled, name = coalesce(excluded.name, communities.name)",
+                     (code, key.to_json(), key.id, time.strftime("%Y-%m-%dT%H:%M:%S"), name))
     finally:
         conn.close()
     return key
+
+
+def rename(store, code: str, name: str) -> str | None:
+    """Give an enrolled community a (new) name; return the name it had."""
+    name = _checked_name(name)
+    conn = connect(store)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        row = conn.execute("SELECT name FROM communities WHERE code = ?", (code,)).fetchone()
+        if row is None:
+            conn.execute("ROLLBACK")
+            raise SyncdbError(f"community {code} is not enrolled at {store}; enrol it with "
+                              f"`syncdb office enroll {store} {code} {code}.pub.json --name {name}`")
+        conn.execute("UPDATE communities SET name = ? WHERE code = ?", (name, code))
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    return row[0]
+
+
+MAX_NAME = 40  # characters: 街道 and 社区 names run to a dozen or so
+
+
+def _checked_name(name: str) -> str:
+    text = name.strip()
+    if not text:
+        raise SyncdbError("a community's name cannot be empty; give it as people write it, e.g. 岗贝社区")
+    if len(text) > MAX_NAME or any(not ch.isprintable() for ch in text):
+        raise SyncdbError(f"{name!r} is not a community name: at most {MAX_NAME} printable characters, "
+                          "e.g. 岗贝社区")
+    return text
+
+
+def names(conn: sqlite3.Connection) -> dict[str, str]:
+    """Enrolled code -> name, for those that have one (a store from before names: none)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(communities)")}
+    if "name" not in columns:
+        return {}
+    return dict(conn.execute("SELECT code, name FROM communities WHERE name IS NOT NULL"))
+
+
+def read_names(store) -> dict[str, str]:
+    """``names`` of a store folder, read without writing anything (for output only: {} if it cannot be read)."""
+    try:
+        conn = sqlite3.connect(Path(store, "store.db").resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            return names(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return {}
+
+
+def label(code: str, known: dict[str, str]) -> str:
+    """``441900003001 岗贝社区``: a code as people read it, with its name when it has one."""
+    name = known.get(code)
+    return f"{code} {name}" if name else code
+
+
+_CODE = re.compile(r"(?<![\w-])([0-9]{12})(?![\w-])")
+
+
+def named(text: str, known: dict[str, str]) -> str:
+    """Put each enrolled community's name after its code in a line of output (file names untouched)."""
+    if not known:
+        return text
+    return _CODE.sub(lambda m: f"{m[1]}（{known[m[1]]}）" if m[1] in known else m[1], text)
 
 
 def enrolled_keys(conn: sqlite3.Connection) -> dict[str, PublicKey]:
@@ -358,12 +450,15 @@ def acknowledged(store, origin: str) -> int:
     """The highest sequence number N such that bundles 1..N from ``origin`` are all held."""
     conn = connect(store)
     try:
-        seqs = [s for (s,) in conn.execute(
-            "SELECT sequence FROM received WHERE origin = ? ORDER BY sequence", (origin,))]
+        return acknowledged_in(conn, origin)
     finally:
         conn.close()
+
+
+def acknowledged_in(conn: sqlite3.Connection, origin: str) -> int:
+    """``acknowledged`` on an open store connection (inside a merge's transaction, say)."""
     n = 0
-    for s in seqs:
+    for (s,) in conn.execute("SELECT sequence FROM received WHERE origin = ? ORDER BY sequence", (origin,)):
         if s != n + 1:
             break
         n = s

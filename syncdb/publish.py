@@ -331,6 +331,7 @@ def sync_status(store: Store, store_dir) -> list[dict]:
             origin = "unknown"
         refused[origin] = refused.get(origin, 0) + 1
     out = []
+    names = office.names(conn)
     for (code,) in conn.execute("SELECT code FROM communities ORDER BY code"):
         applied = conn.execute("SELECT max(sequence), max(applied), coalesce(sum(changes), 0), "
                                "coalesce(sum(rejected), 0) FROM applied WHERE origin = ?", (code,)).fetchone()
@@ -340,7 +341,7 @@ def sync_status(store: Store, store_dir) -> list[dict]:
         lag = None
         if last:
             lag = (now - time.mktime(time.strptime(last, "%Y-%m-%dT%H:%M:%S"))) / 3600
-        out.append({"code": code, "last_applied": applied[0] or 0, "applied_at": last or "",
+        out.append({"code": code, "name": names.get(code, ""), "last_applied": applied[0] or 0, "applied_at": last or "",
                     "lag_hours": None if lag is None else round(lag, 1),
                     "last_received": received[0] or 0, "received_at": received[1] or "",
                     "waiting": (received[0] or 0) - (applied[0] or 0), "changes": applied[2],
@@ -353,6 +354,7 @@ def open_conflicts(store: Store, plaintext: bool) -> list[dict]:
     from .conflicts import _record_label
 
     out = []
+    names = office.names(store.conn)
     for cid, tbl, key, col, kind, candidates, rule, opened in store.conn.execute(
             "SELECT id, tbl, key, col, kind, candidates, rule, opened FROM conflicts "
             "WHERE status = 'open' ORDER BY id"):
@@ -366,7 +368,8 @@ def open_conflicts(store: Store, plaintext: bool) -> list[dict]:
             if column.sensitive and value is not None:
                 value = store.plain(table, col, bytes.fromhex(value), key)
                 value = value if plaintext else mask_value(column, value)
-            items.append({"origin": c["origin"], "version": c["version"], "deleted": c["deleted"], "value": value})
+            items.append({"origin": office.label(c["origin"], names), "version": c["version"], "deleted": c["deleted"],
+                          "value": value})
         domain = store.domains[table.domain]
         out.append({"id": cid, "table": published_name(domain, table), "record": _record_label(store, table, key),
                     "column": column.label, "kind": kind, "rule": rule, "opened": opened, "candidates": items})

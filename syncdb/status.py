@@ -1,0 +1,364 @@
+"""``syncdb status``: one screen of what needs a person, at the office or at a community.
+
+For an office store: the enrolled communities (code and name) with their
+last bundle and its lag; what is held and why (bundles.py); the quarantine's
+refusals; the open conflicts per kind; the key-rotation state; and the
+records the merge refused (the ``rejected`` table). For a community folder:
+the bundles waiting in the outbox, the records held back and why, the cells
+whose value the office did not keep (``superseded``), and when the office
+last acknowledged a bundle.
+
+``needs_person`` is true when someone has to act; the CLI exits 1 then, so
+a scheduled task can alert. Refusals and rejected records are history as
+well as alarms: they need a person until someone has read them and said so
+with ``syncdb status STORE --ack`` (kept in STORE/status-ack.json, the only
+thing status ever writes, and only then). Held bundles, open conflicts and
+an unfinished rotation need a person until they are dealt with.
+
+The store and the community's state database are opened read-only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import bundles, community, office
+from .crypto import Keyring
+from .errors import SyncdbError
+from .files import write_atomic
+from .schema import Domain
+
+ACK_FILE = "status-ack.json"
+MAX_LAG_HOURS = 48.0  # a community's unacknowledged bundle older than this: its pushes are not getting through
+SHOWN = 5  # latest refusals and rejections shown in full, per community
+_STAMP = re.compile(r"^([0-9]{8}T[0-9]{6}\.[0-9]{6})-")
+
+
+@dataclass
+class Report:
+    """What one `syncdb status` shows: sections of lines, and the alerts among them."""
+
+    title: str
+    sections: list[tuple[str, list[str]]] = field(default_factory=list)
+    alerts: list[str] = field(default_factory=list)
+
+    @property
+    def needs_person(self) -> bool:
+        return bool(self.alerts)
+
+    def lines(self) -> list[str]:
+        out = [self.title]
+        for heading, lines in self.sections:
+            out.append(f"\n{heading}:")
+            out += [f"  {line}" for line in lines] or ["  none"]
+        out.append("")
+        if self.alerts:
+            out.append(f"Needs a person ({len(self.alerts)}):")
+            out += [f"  - {alert}" for alert in self.alerts]
+        else:
+            out.append("Nothing needs a person.")
+        return out
+
+    def as_dict(self) -> dict:
+        return {"title": self.title, "needs_person": self.needs_person, "alerts": self.alerts,
+                "sections": {heading: lines for heading, lines in self.sections}}
+
+
+def status(path, domains: dict[str, Domain], keyring: Keyring | None = None,
+           max_lag_hours: float = MAX_LAG_HOURS) -> Report:
+    """The status of an office store folder or a community folder, whichever ``path`` is."""
+    folder = Path(path)
+    if (folder / "store.db").exists() or office.keyring_path(folder).exists():
+        return office_status(folder, domains, keyring)
+    if (community.state_dir(folder) / "config.json").exists():
+        return community_status(folder, max_lag_hours)
+    raise SyncdbError(f"{folder} is neither an office store (`syncdb office init`) nor a community folder "
+                      "(`syncdb community init`); give the folder one of them made")
+
+
+# ---------------------------------------------------------------- the office
+
+def office_status(store_dir, domains: dict[str, Domain], keyring: Keyring | None = None,
+                  now: float | None = None) -> Report:
+    store_dir = Path(store_dir)
+    now = time.time() if now is None else now
+    conn = bundles.read_only(store_dir)
+    try:
+        names = office.names(conn)
+        ack = _read_ack(store_dir)
+        report = Report(f"Office store {store_dir}")
+        _communities(conn, names, now, report)
+        _held(conn, store_dir, domains, keyring, names, now, report)
+        _quarantine(store_dir, names, ack, report)
+        _conflicts(conn, store_dir, report)
+        _rotation(conn, store_dir, domains, keyring, report)
+        _rejected(conn, store_dir, names, ack, report)
+        return report
+    except sqlite3.Error as e:
+        raise SyncdbError(f"{store_dir / 'store.db'} cannot be read ({e}); restore it from a backup of the "
+                          "store folder") from None
+    finally:
+        conn.close()
+
+
+def _hours(stamp: str | None, now: float) -> str:
+    try:
+        hours = (now - time.mktime(time.strptime(stamp or "", "%Y-%m-%dT%H:%M:%S"))) / 3600
+    except ValueError:
+        return "?"
+    return f"{hours:.0f} h" if hours >= 10 else f"{hours:.1f} h"
+
+
+def _communities(conn, names, now, report: Report) -> None:
+    lines = []
+    for code, enrolled in conn.execute("SELECT code, enrolled FROM communities ORDER BY code"):
+        applied = conn.execute("SELECT max(sequence), max(applied) FROM applied WHERE origin = ?", (code,)).fetchone()
+        received = conn.execute("SELECT max(sequence) FROM received WHERE origin = ?", (code,)).fetchone()[0]
+        if applied[0]:
+            line = (f"{office.label(code, names)}: last bundle {applied[0]} applied {applied[1]} "
+                    f"({_hours(applied[1], now)} ago)")
+            if received and received > applied[0]:
+                line += f"; received up to {received}"
+        elif received:
+            line = f"{office.label(code, names)}: received up to bundle {received}, none applied yet"
+        else:
+            line = f"{office.label(code, names)}: enrolled {enrolled}, nothing received yet"
+        lines.append(line)
+    report.sections.append((f"Communities enrolled ({len(lines)})", lines))
+
+
+def _held(conn, store_dir, domains, keyring, names, now, report: Report) -> None:
+    entries = bundles.held(conn, store_dir, domains, keyring, now)
+    lines = []
+    for e in entries:
+        who = office.label(e.origin, names)
+        lines.append(f"{who} bundle {e.sequence} ({e.state}): {e.why}")
+        if e.needs_person:
+            report.alerts.append(f"bundle {e.sequence} of {who} is {e.state}: {e.why}")
+    report.sections.append(("Bundles not applied", lines))
+
+
+def _read_ack(store_dir: Path) -> dict:
+    try:
+        ack = json.loads((store_dir / ACK_FILE).read_text(encoding="utf-8"))
+        return ack if isinstance(ack, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def refusals(store_dir: Path) -> list[dict]:
+    """The quarantine's refusal records, oldest first, each with its sortable ``stamp``.
+
+    A damaged inbox copy (``inbox-NAME``) is not a refusal: it is shown with
+    the bundle it holds back; bundles skipped or forgotten are not either.
+    """
+    out = []
+    for path in office.quarantine_dir(store_dir).glob("*.reason.json"):
+        stamp = _STAMP.match(path.name)
+        if not stamp:
+            continue
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            record = {"reason": "unreadable", "message": f"the record {path.name} cannot be read"}
+        out.append(dict(record, stamp=stamp[1], file=path.name))
+    out.sort(key=lambda r: r["stamp"])
+    return out
+
+
+def _quarantine(store_dir: Path, names, ack: dict, report: Report) -> None:
+    seen = str(ack.get("quarantine", ""))
+    by_sender: dict[str, list[dict]] = {}
+    for record in refusals(store_dir):
+        by_sender.setdefault(str(record.get("origin") or "unknown"), []).append(record)
+    lines = []
+    for sender, records in sorted(by_sender.items()):
+        new = [r for r in records if r["stamp"] > seen]
+        reasons = sorted({str(r.get("reason")) for r in records})
+        who = "senders not verified" if sender == "unknown" else office.label(sender, names)
+        lines.append(f"{who}: {len(records)} refused ({', '.join(reasons)}), {len(new)} since the last --ack")
+        for r in records[-SHOWN:]:
+            seq = f" bundle {r['sequence']}" if r.get("sequence") is not None else ""
+            lines.append(f"    {r.get('refused', r['stamp'])}{seq} [{r.get('reason')}]: {_short(r.get('message'))}")
+        if new:
+            report.alerts.append(f"{len(new)} bundle(s) from {who} refused since the last acknowledgement "
+                                 f"({', '.join(sorted({str(r.get('reason')) for r in new}))}): see above; once "
+                                 f"dealt with, `syncdb status {store_dir} --ack`")
+    report.sections.append(("Refused at receipt (quarantine)", lines))
+
+
+def _short(text, limit: int = 240) -> str:
+    text = " ".join(str(text or "").split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _conflicts(conn, store_dir: Path, report: Report) -> None:
+    rows = conn.execute("SELECT kind, count(*), min(opened) FROM conflicts WHERE status = 'open' "
+                        "GROUP BY kind ORDER BY kind").fetchall() if bundles.has_table(conn, "conflicts") else []
+    lines = [f"{kind}: {n} open (oldest opened {oldest})" for kind, n, oldest in rows]
+    total = sum(n for _, n, _ in rows)
+    if total:
+        report.alerts.append(f"{total} open conflict(s): settle them with `syncdb conflicts review {store_dir}`")
+    report.sections.append(("Open conflicts", lines))
+
+
+def key_ids_in_use(conn, domains: dict[str, Domain]) -> set[int]:
+    """The data keys the store's sealed values are sealed under (the key id is each value's second byte)."""
+    from .store import table_name
+
+    used: set[int] = set()
+    sensitive: dict[str, set[str]] = {}
+    for domain in domains.values():
+        for table in domain.tables.values():
+            sensitive[table.qualified] = set(table.sensitive_columns)
+            name = table_name(table)
+            if not table.sensitive_columns or not bundles.has_table(conn, name):
+                continue
+            for column in table.sensitive_columns:
+                used |= {b[0] for (b,) in conn.execute(
+                    f"SELECT DISTINCT substr([{column}], 2, 1) FROM [{name}] WHERE typeof([{column}]) = 'blob'")
+                    if b}
+    if bundles.has_table(conn, "frontier"):
+        used |= {b[0] for (b,) in conn.execute(
+            "SELECT DISTINCT substr(value, 2, 1) FROM frontier WHERE typeof(value) = 'blob'") if b}
+    if bundles.has_table(conn, "conflicts"):
+        for tbl, col, candidates in conn.execute("SELECT tbl, col, candidates FROM conflicts"):
+            if col in sensitive.get(tbl, ()):
+                used |= {bytes.fromhex(c["value"])[1] for c in json.loads(candidates) if c.get("value")}
+    return used
+
+
+def _rotation(conn, store_dir: Path, domains, keyring: Keyring | None, report: Report) -> None:
+    used = sorted(key_ids_in_use(conn, domains))
+    current = int(keyring.data_key_id) if keyring else None
+    shown = ", ".join(map(str, used)) or "none yet"
+    line = f"values sealed under data key(s): {shown}"
+    if current is not None:
+        line += f"; the keyring's current key is {current}"
+    else:
+        line += " (set SYNCDB_KEY_FILE or SYNCDB_PASSPHRASE to compare with the keyring's current key)"
+    unfinished = len(used) > 1 or (current is not None and used and used != [current])
+    if unfinished:
+        report.alerts.append(f"a key rotation is unfinished (values under data keys {shown}): run "
+                             f"`syncdb keys rotate {store_dir}` again to finish it")
+    report.sections.append(("Keys", [line]))
+
+
+def _rejected(conn, store_dir: Path, names, ack: dict, report: Report) -> None:
+    seen = int(ack.get("rejected", 0) or 0)
+    lines = []
+    for origin, n, new, last in conn.execute(
+            "SELECT origin, count(*), sum(id > ?), max(at) FROM rejected GROUP BY origin ORDER BY origin", (seen,)):
+        who = office.label(origin, names)
+        lines.append(f"{who}: {n} record(s) refused by the merge, {new} since the last --ack (latest {last})")
+        for sequence, tbl, shown, col, why in reversed(conn.execute(
+                "SELECT sequence, tbl, shown_key, field, why FROM rejected WHERE origin = ? ORDER BY id DESC "
+                f"LIMIT {SHOWN}", (origin,)).fetchall()):
+            lines.append(f"    bundle {sequence} / {tbl} / {shown} / {col}: {_short(why)}")
+        if new:
+            report.alerts.append(f"{new} record(s) from {who} refused by the merge since the last acknowledgement: "
+                                 "the community corrects them and pushes again; once told, "
+                                 f"`syncdb status {store_dir} --ack`")
+    report.sections.append(("Refused by the merge (rejected records)", lines))
+
+
+def acknowledge(store_dir) -> dict:
+    """Mark every refusal and rejected record so far as seen: they stop making status exit 1."""
+    store_dir = Path(store_dir)
+    conn = bundles.read_only(store_dir)
+    try:
+        (rejected,) = conn.execute("SELECT coalesce(max(id), 0) FROM rejected").fetchone()
+    finally:
+        conn.close()
+    records = refusals(store_dir)
+    ack = {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "rejected": rejected,
+           "quarantine": records[-1]["stamp"] if records else str(_read_ack(store_dir).get("quarantine", ""))}
+    write_atomic(store_dir / ACK_FILE, json.dumps(ack, indent=2).encode())
+    return ack
+
+
+# ---------------------------------------------------------------- a community
+
+def _state_read_only(folder: Path) -> sqlite3.Connection:
+    path = community.state_dir(folder) / "state.db"
+    if not path.is_file():
+        raise SyncdbError(f"{path} is missing: {folder} was set up for sync but its state is gone; restore the "
+                          "folder's .syncdb from a backup, or call the street office's data administrator")
+    try:
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=30)
+        conn.execute("SELECT count(*) FROM bundles").fetchone()
+    except sqlite3.Error as e:
+        raise SyncdbError(f"{path} cannot be read ({e}); restore the folder's .syncdb from a backup") from None
+    return conn
+
+
+def community_status(workdir, max_lag_hours: float = MAX_LAG_HOURS, now: float | None = None) -> Report:
+    folder = Path(workdir)
+    now = time.time() if now is None else now
+    code = community.read_config(folder).get("code", "?")
+    conn = _state_read_only(folder)
+    try:
+        report = Report(f"Community {code} in {folder}")
+        _outbox(conn, folder, max_lag_hours, now, report)
+        _held_back(conn, report)
+        _superseded(conn, report)
+        return report
+    finally:
+        conn.close()
+
+
+def _outbox(conn, folder: Path, max_lag_hours: float, now: float, report: Report) -> None:
+    pending = conn.execute("SELECT sequence, file, changes, created FROM bundles WHERE acknowledged IS NULL "
+                           "ORDER BY sequence").fetchall()
+    lines = []
+    for sequence, name, changes, created in pending:
+        missing = not (community.outbox_dir(folder) / name).is_file()
+        lines.append(f"bundle {sequence}: {changes} change(s), made {created}" + (" — its file is missing" if missing else ""))
+        if missing:
+            report.alerts.append(f"bundle {sequence} is missing from the outbox ({name}) although the office never "
+                                 "acknowledged it: call the street office's data administrator")
+    if pending:
+        age = bundles.age_seconds(pending[0][3], now) / 3600
+        if age > max_lag_hours:
+            report.alerts.append(f"bundle {pending[0][0]} has waited {age:.0f} h for the office to acknowledge it "
+                                 f"(more than {max_lag_hours:g} h): check that `syncdb push` runs and reaches the "
+                                 "office (its log says why not)")
+    report.sections.append((f"Outbox: {len(pending)} bundle(s) the office has not acknowledged", lines))
+    last = conn.execute("SELECT sequence, acknowledged FROM bundles WHERE acknowledged IS NOT NULL "
+                        "ORDER BY acknowledged DESC, sequence DESC LIMIT 1").fetchone()
+    report.sections.append(("Office", [f"last acknowledged bundle {last[0]} at {last[1]}" if last
+                                       else "the office has acknowledged no bundle yet"]))
+
+
+def _key_text(key_json: str) -> str:
+    try:
+        return " / ".join(map(str, json.loads(key_json)))
+    except ValueError:
+        return key_json
+
+
+def _held_back(conn, report: Report) -> None:
+    rows = conn.execute("SELECT tbl, key, why FROM held ORDER BY tbl, key").fetchall() \
+        if bundles.has_table(conn, "held") else []
+    lines = [f"{tbl} / {_key_text(key)}: {why}" for tbl, key, why in rows]
+    if rows:
+        report.alerts.append(f"{len(rows)} record(s) are held back, not sent until fixed: correct them in the "
+                             "working database as listed; the next push sends them")
+    report.sections.append(("Held back (not sent until fixed)", lines))
+
+
+def _superseded(conn, report: Report) -> None:
+    rows = conn.execute("SELECT tbl, key, col, owner, pulled FROM superseded ORDER BY tbl, key, col").fetchall() \
+        if bundles.has_table(conn, "superseded") else []
+    lines = [f"{tbl} / {_key_text(key)} / {col}: the record belongs to {owner or 'another community'} "
+             f"(pulled {pulled})" for tbl, key, col, owner, pulled in rows]
+    if rows:
+        report.alerts.append(f"the office did not keep this community's value of {len(rows)} cell(s): if the "
+                             "resident lives here, ask the community holding the record to transfer them; "
+                             "otherwise correct or remove the record here")
+    report.sections.append(("Superseded at the office", lines))
