@@ -10,6 +10,15 @@ crash half-way only repeats a comparison, never a change.
 
 When the triggers are gone or the file was replaced by a copy, the log cannot
 be trusted; ``needs_full_compare`` says so and the caller compares every row.
+
+A write that changes a natural key (a mistyped ID number corrected) logs
+the old key with the new one beside it, so the push can send the correction
+as one change (``rekey``) and hold the whole of it back when the new record is
+invalid, instead of deleting the old record at the office meanwhile.
+
+Records sync by natural key, so the key must be unique in the working
+database: capture adds a unique index on it where the table has none, after
+checking that no key is there twice (``duplicate_keys``).
 """
 
 from __future__ import annotations
@@ -18,7 +27,8 @@ import json
 import sqlite3
 import uuid
 
-from .schema import Domain, Table
+from .errors import SyncdbError
+from .schema import TYPES, Domain, Table
 
 LOG = "_syncdb_log"
 META = "_syncdb_meta"
@@ -43,40 +53,148 @@ def trigger_sql(table: Table) -> list[str]:
     key_cols = ", ".join(f"[{k}]" for k in table.key)
     key_moved = " OR ".join(f"OLD.[{k}] IS NOT NEW.[{k}]" for k in table.key)
 
-    def log(key):
-        return f"INSERT INTO {LOG}(tbl, key, ms) VALUES ('{table.name}', {key}, {_NOW_MS});"
+    def log(key, moved_to="NULL"):
+        return (f"INSERT INTO {LOG}(tbl, key, ms, new_key) "
+                f"VALUES ('{table.name}', {key}, {_NOW_MS}, {moved_to});")
 
     return [
-        f"CREATE TRIGGER IF NOT EXISTS [{ins}] AFTER INSERT ON [{table.name}] BEGIN {log(new_key)} END",
-        f"CREATE TRIGGER IF NOT EXISTS [{upd}] AFTER UPDATE ON [{table.name}] BEGIN {log(new_key)} END",
-        f"CREATE TRIGGER IF NOT EXISTS [{dele}] AFTER DELETE ON [{table.name}] BEGIN {log(old_key)} END",
-        # A natural key changed: the old key is gone too. Its own trigger keeps the
-        # common update to one small row.
-        f"CREATE TRIGGER IF NOT EXISTS [{rekey}] AFTER UPDATE OF {key_cols} ON [{table.name}] "
-        f"WHEN {key_moved} BEGIN {log(old_key)} END",
+        f"CREATE TRIGGER [{ins}] AFTER INSERT ON [{table.name}] BEGIN {log(new_key)} END",
+        f"CREATE TRIGGER [{upd}] AFTER UPDATE ON [{table.name}] BEGIN {log(new_key)} END",
+        f"CREATE TRIGGER [{dele}] AFTER DELETE ON [{table.name}] BEGIN {log(old_key)} END",
+        # A natural key changed: the old key is gone too, and where it went is what lets the
+        # push send old key -> new key as one change. Its own trigger keeps the common update
+        # to one small row.
+        f"CREATE TRIGGER [{rekey}] AFTER UPDATE OF {key_cols} ON [{table.name}] "
+        f"WHEN {key_moved} BEGIN {log(old_key, new_key)} END",
     ]
 
 
-def install(conn: sqlite3.Connection, domain: Domain) -> str:
-    """Create the change log and triggers (idempotent); return the capture id.
+def key_index_name(table: Table) -> str:
+    return f"_syncdb_{table.name}_key"
 
+
+def install(conn: sqlite3.Connection, domain: Domain, skip=(), allow_duplicates: bool = False) -> str:
+    """Create the change log, triggers and key indexes (idempotent); return the capture id.
+
+    Tables named in ``skip`` are left alone (a table that is gone is not made
+    again here: see ``table_problems``); the others are created if missing.
     The capture id is new whenever the log itself is new, so a state that
-    remembers another id knows the file is not the one it last read.
+    remembers another id knows the file is not the one it last read. A
+    natural key held by more than one row raises DuplicateKeys, changing
+    nothing, unless ``allow_duplicates`` (a push holds those records back
+    instead, and the index is made once they are gone).
     """
+    tables = [t for t in domain.tables.values() if t.name not in skip]
     with conn:
         conn.execute("BEGIN IMMEDIATE")
-        for table in domain.tables.values():
+        for table in tables:
             conn.execute(table.create_sql())
+            _ensure_unique_key(conn, table, allow_duplicates)
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS {LOG} (seq INTEGER PRIMARY KEY, "
-            "tbl TEXT NOT NULL, key NOT NULL, ms INTEGER NOT NULL)")
+            "tbl TEXT NOT NULL, key NOT NULL, ms INTEGER NOT NULL, new_key)")
+        if "new_key" not in {row[1] for row in conn.execute(f"PRAGMA table_info({LOG})")}:
+            conn.execute(f"ALTER TABLE {LOG} ADD COLUMN new_key")  # a log made by an older syncdb
         conn.execute(f"CREATE TABLE IF NOT EXISTS {META} (name TEXT PRIMARY KEY, value TEXT)")
         conn.execute(f"INSERT OR IGNORE INTO {META} VALUES ('capture_id', ?)", (uuid.uuid4().hex,))
         conn.execute(f"INSERT OR IGNORE INTO {META} VALUES ('generation', '0')")
-        for table in domain.tables.values():
-            for sql in trigger_sql(table):
+        for table in tables:
+            # Made afresh, so a trigger an older syncdb wrote is replaced by today's.
+            for name, sql in zip(_trigger_names(table), trigger_sql(table)):
+                conn.execute(f"DROP TRIGGER IF EXISTS [{name}]")
                 conn.execute(sql)
     return meta(conn)["capture_id"]
+
+
+def table_problems(conn: sqlite3.Connection, domain: Domain) -> dict[str, str]:
+    """What keeps each table of a working database from syncing: {table name: why}.
+
+    A table that is missing, or that lacks a column the schema declares. Empty
+    when every table matches.
+    """
+    problems = {}
+    for table in domain.tables.values():
+        present = {row[1].lower() for row in conn.execute(f"PRAGMA table_info([{table.name}])")}
+        if not present:
+            problems[table.name] = f"table '{table.name}' is missing"
+            continue
+        missing = [c for c in table.columns if c.lower() not in present]
+        if missing:
+            adds = "; ".join(f"ALTER TABLE {table.name} ADD COLUMN {c} {TYPES[table.columns[c].type]}"
+                             for c in missing)
+            problems[table.name] = (f"table '{table.name}' has no column {', '.join(missing)} "
+                                    f"(add {'it' if len(missing) == 1 else 'them'}: {adds})")
+    return problems
+
+
+def table_exists(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute(f"PRAGMA table_info([{name}])").fetchone() is not None
+
+
+def key_is_unique(conn: sqlite3.Connection, table: Table) -> bool:
+    """Whether SQLite itself keeps the natural key unique: a unique index (or the
+    primary key) over the key columns or some of them, for every row."""
+    key = {k.lower() for k in table.key}
+    info = list(conn.execute(f"PRAGMA table_info([{table.name}])"))
+    pk = [row for row in info if row[5]]
+    if len(pk) == 1 and pk[0][2].upper() == "INTEGER" and pk[0][1].lower() in key:
+        return True  # INTEGER PRIMARY KEY: the rowid itself, listed by no index
+    for _, name, unique, _, partial in conn.execute(f"PRAGMA index_list([{table.name}])"):
+        if not unique or partial:
+            continue
+        columns = [row[2] for row in conn.execute(f"PRAGMA index_info([{name}])")]
+        if columns and None not in columns and {c.lower() for c in columns} <= key:
+            return True
+    return False
+
+
+def duplicate_keys(conn: sqlite3.Connection, table: Table, limit: int | None = None) -> list[tuple[list, int]]:
+    """Natural keys held by more than one row, with how many: [(key values, rows)]."""
+    cols = ", ".join(f"[{k}]" for k in table.key)
+    sql = f"SELECT {cols}, count(*) FROM [{table.name}] GROUP BY {cols} HAVING count(*) > 1 ORDER BY {cols}"
+    if limit:
+        sql += f" LIMIT {int(limit)}"
+    return [(list(row[:-1]), row[-1]) for row in conn.execute(sql)]
+
+
+class DuplicateKeys(SyncdbError):
+    """A table's natural key is held by more than one row, so capture cannot make it unique."""
+
+    def __init__(self, table: Table, duplicates: list[tuple[list, int]], where: str):
+        self.table, self.duplicates = table, duplicates
+        super().__init__(
+            f"{where}: in table '{table.name}', {shown_duplicates(table, duplicates)}. syncdb sends "
+            f"each record by its natural key ({', '.join(table.key)}), so one of those rows would never "
+            f"reach the office. Keep one row per key (correct or delete the others), then run the "
+            "command again; nothing was changed")
+
+
+def shown_duplicates(table: Table, duplicates: list[tuple[list, int]], most: int = 5) -> str:
+    from .store import mask  # the office's masking: enough to find a record, not to read it
+
+    def shown(values):
+        return " / ".join(mask(v) if table.columns[k].sensitive else str(v)
+                          for k, v in zip(table.key, values))
+
+    listed = ", ".join(f"{shown(values)} ({n} rows)" for values, n in duplicates[:most])
+    more = f" and {len(duplicates) - most} more" if len(duplicates) > most else ""
+    return f"the natural key ({', '.join(table.key)}) is not unique: {listed}{more}"
+
+
+def _ensure_unique_key(conn: sqlite3.Connection, table: Table, allow_duplicates: bool = False) -> None:
+    # Chosen over refusing the table: the owner of the data need not edit their program's
+    # schema, and from now on a second row with the same key fails in the program that
+    # writes it, in front of the worker, instead of never reaching the office unseen.
+    # The check first, so the index is never the thing that fails.
+    if key_is_unique(conn, table):
+        return
+    duplicates = duplicate_keys(conn, table, limit=6)
+    if duplicates and allow_duplicates:
+        return
+    if duplicates:
+        raise DuplicateKeys(table, duplicates, f"{table.domain}.db")
+    cols = ", ".join(f"[{k}]" for k in table.key)
+    conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS [{key_index_name(table)}] ON [{table.name}] ({cols})")
 
 
 def meta(conn: sqlite3.Connection) -> dict[str, str]:
@@ -107,22 +225,39 @@ def needs_full_compare(conn: sqlite3.Connection, domain: Domain, expected: dict 
         return "the database file was replaced (its capture id changed)"
     if current.get("generation") != str(expected.get("generation")):
         return "the database file was replaced by an older or newer copy (its generation changed)"
+    if not {"new_key"} <= {row[1] for row in conn.execute(f"PRAGMA table_info({LOG})")}:
+        return "its change capture was set up by an older syncdb"
+    loose = [t.name for t in domain.tables.values() if not key_is_unique(conn, t)]
+    if loose:
+        # Without the index a second row with the same key may have come in unseen.
+        return f"the unique index on the natural key of {', '.join(loose)} was dropped"
     return None
 
 
-def logged_keys(conn: sqlite3.Connection, domain: Domain) -> tuple[int, dict[str, dict[str, int]]]:
-    """Keys named in the log since it was last cleared: {table: {key_json: latest ms}}, and the last seq."""
+def logged_keys(conn: sqlite3.Connection, domain: Domain) -> tuple[int, dict[str, dict[str, int]], list]:
+    """What the log names since it was last cleared.
+
+    Returns the last seq; {table: {key_json: latest ms}}; and the key changes
+    in the order they were made, as (table, old key_json, new key_json, ms).
+    """
     keys: dict[str, dict[str, int]] = {name: {} for name in domain.tables}
+    moves = []
     last = 0
-    for seq, tbl, key, ms in conn.execute(f"SELECT seq, tbl, key, ms FROM {LOG} ORDER BY seq"):
+    for seq, tbl, key, ms, new_key in conn.execute(f"SELECT seq, tbl, key, ms, new_key FROM {LOG} ORDER BY seq"):
         last = seq
         if tbl not in keys:
             continue  # a table no longer in the schema
-        # The shadow's form of a key: JSON of the list of key values.
-        values = [key] if len(domain.tables[tbl].key) == 1 else json.loads(key)
-        k = json.dumps(values, ensure_ascii=False)
+        k = _logged_key_json(domain.tables[tbl], key)
         keys[tbl][k] = max(ms, keys[tbl].get(k, ms))
-    return last, keys
+        if new_key is not None:
+            moves.append((tbl, k, _logged_key_json(domain.tables[tbl], new_key), ms))
+    return last, keys, moves
+
+
+def _logged_key_json(table: Table, logged) -> str:
+    # The shadow's form of a key: JSON of the list of key values.
+    values = [logged] if len(table.key) == 1 else json.loads(logged)
+    return json.dumps(values, ensure_ascii=False)
 
 
 def read_row(conn: sqlite3.Connection, table: Table, key: list) -> dict | None:

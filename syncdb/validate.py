@@ -428,3 +428,18 @@ def _validate_table(conn: sqlite3.Connection, path: Path, table: Table, domain: 
         key = "/".join("?" if record.get(k) is None else str(record.get(k)) for k in table.key)
         for p in problems:
             yield Finding(p.severity, community, table.qualified, key, p.field, p.why, str(path))
+    if not skip & set(table.key):
+        yield from _duplicate_keys(conn, path, table)
+
+
+def _duplicate_keys(conn: sqlite3.Connection, path: Path, table: Table) -> Iterator[Finding]:
+    """A natural key held by more than one row: only one of them could ever reach the office."""
+    from .capture import duplicate_keys, key_is_unique
+
+    if key_is_unique(conn, table):
+        return  # SQLite keeps it unique: no need to read the table again
+    for values, rows in duplicate_keys(conn, table):
+        key = "/".join("?" if v is None else str(v) for v in values)
+        yield Finding(ERROR, "?", table.qualified, key, ", ".join(table.key),
+                      f"{rows} rows have this {', '.join(table.key)}; records sync by it, so keep one row "
+                      "(correct or delete the others)", str(path))

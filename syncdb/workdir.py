@@ -17,10 +17,31 @@ def db_path(workdir, domain: str) -> Path:
     return Path(workdir) / f"{domain}.db"
 
 
+class Undecodable(str):
+    """A TEXT cell whose bytes are not UTF-8, read as text with U+FFFD where they fail.
+
+    ``raw`` keeps the bytes. A push holds such a record back and names it,
+    instead of failing on it and sending nothing of the whole community.
+    """
+
+    raw: bytes
+
+
+def _text(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        value = Undecodable(data.decode("utf-8", "replace"))
+        value.raw = data
+        return value
+
+
 def connect(path) -> sqlite3.Connection:
     """Open a working database the way every syncdb module does."""
     conn = sqlite3.connect(str(path), isolation_level=None)
     conn.execute("PRAGMA busy_timeout = 10000")
+    # Some other program may have written bytes that are not UTF-8 into a TEXT cell.
+    conn.text_factory = _text
     return conn
 
 

@@ -686,19 +686,17 @@ def test_capture_exports_exactly_what_changed(tmp_path):
          "base": {"name": version[A], "phone": version[A], "community_code": version[A]}},
         {"table": persons, "op": "delete", "key": {"id_number": B}, "cells": {},
          "base": {c: version[B] for c in PERSON_CELLS}},
-        # A new natural key is another record: the old one goes, the new one comes.
-        {"table": persons, "op": "delete", "key": {"id_number": C}, "cells": {},
-         "base": {c: version[C] for c in PERSON_CELLS}},
-        {"table": persons, "op": "insert", "key": {"id_number": C_FIXED}, "cells": person_cells(rows[C]),
-         "base": {}},
+        # A corrected natural key is one change, old key -> new key, based on the old record.
+        {"table": persons, "op": "rekey", "key": {"id_number": C}, "new_key": {"id_number": C_FIXED},
+         "cells": person_cells(rows[C]), "base": {c: version[C] for c in PERSON_CELLS}},
         {"table": "huji.households", "op": "update", "key": {"household_no": "4419000030010001"},
          "cells": {"address": "广东省东莞市莞城街道运河路3号"},
          "base": {"address": version["4419000030010001"], "community_code": version["4419000030010001"]}},
     ]
     assert len(changes2) == len(expected)
     assert {k: without_hlc(v) for k, v in by_change(changes2).items()} == by_change(expected)
-    assert header2["changes"] == 6
-    assert header2["counts"] == {persons: {"insert": 2, "update": 1, "delete": 2},
+    assert header2["changes"] == 5
+    assert header2["counts"] == {persons: {"insert": 1, "update": 1, "delete": 1, "rekey": 1},
                                  "huji.households": {"insert": 0, "update": 1, "delete": 0}}
     assert_increasing(changes2)
     assert header2["hlc"] == {"min": changes2[0]["hlc"], "max": changes2[-1]["hlc"]}

@@ -175,7 +175,8 @@ def test_an_invalid_record_waits_at_the_community_until_fixed(setup):
     result = community.export(folder, domains, secret, notify=notes.append)
     assert result.sequence is None and result.changes == 0
     (line,) = result.held
-    assert "huji.persons / 110105194912310011 / ethnicity: unknown ethnicity code '57'" in line
+    # The key is masked as the office masks it: enough to find the record, not to read it.
+    assert "huji.persons / 110105********0011 / ethnicity: unknown ethnicity code '57'" in line
     assert any("not sent until fixed" in n for n in notes)
     # Nothing else touches the row: the next push looks at it again all the same.
     assert community.export(folder, domains, secret).held == [line]
