@@ -46,6 +46,7 @@ class Report:
     title: str
     sections: list[tuple[str, list[str]]] = field(default_factory=list)
     alerts: list[str] = field(default_factory=list)
+    facts: dict = field(default_factory=dict)  # the same, for machines (--format json)
 
     @property
     def needs_person(self) -> bool:
@@ -66,7 +67,7 @@ class Report:
 
     def as_dict(self) -> dict:
         return {"title": self.title, "needs_person": self.needs_person, "alerts": self.alerts,
-                "sections": {heading: lines for heading, lines in self.sections}}
+                "sections": {heading: lines for heading, lines in self.sections}, **self.facts}
 
 
 def status(path, domains: dict[str, Domain], keyring: Keyring | None = None,
@@ -115,7 +116,7 @@ def _hours(stamp: str | None, now: float) -> str:
 
 
 def _communities(conn, names, now, report: Report) -> None:
-    lines = []
+    lines, facts = [], []
     for code, enrolled in conn.execute("SELECT code, enrolled FROM communities ORDER BY code"):
         applied = conn.execute("SELECT max(sequence), max(applied) FROM applied WHERE origin = ?", (code,)).fetchone()
         received = conn.execute("SELECT max(sequence) FROM received WHERE origin = ?", (code,)).fetchone()[0]
@@ -129,7 +130,10 @@ def _communities(conn, names, now, report: Report) -> None:
         else:
             line = f"{office.label(code, names)}: enrolled {enrolled}, nothing received yet"
         lines.append(line)
-    report.sections.append((f"Communities enrolled ({len(lines)})", lines))
+        facts.append({"code": code, "name": names.get(code), "last_applied": applied[0] or 0,
+                      "applied_at": applied[1], "last_received": received or 0})
+    report.sections.append(("Communities enrolled", lines))
+    report.facts["communities"] = facts
 
 
 def _held(conn, store_dir, domains, keyring, names, now, report: Report) -> None:
@@ -141,6 +145,7 @@ def _held(conn, store_dir, domains, keyring, names, now, report: Report) -> None
         if e.needs_person:
             report.alerts.append(f"bundle {e.sequence} of {who} is {e.state}: {e.why}")
     report.sections.append(("Bundles not applied", lines))
+    report.facts["not_applied"] = [e.as_dict() for e in entries]
 
 
 def _read_ack(store_dir: Path) -> dict:
@@ -202,6 +207,7 @@ def _conflicts(conn, store_dir: Path, report: Report) -> None:
                         "GROUP BY kind ORDER BY kind").fetchall() if bundles.has_table(conn, "conflicts") else []
     lines = [f"{kind}: {n} open (oldest opened {oldest})" for kind, n, oldest in rows]
     total = sum(n for _, n, _ in rows)
+    report.facts["open_conflicts"] = {kind: n for kind, n, _ in rows}
     if total:
         report.alerts.append(f"{total} open conflict(s): settle them with `syncdb conflicts review {store_dir}`")
     report.sections.append(("Open conflicts", lines))
@@ -243,6 +249,7 @@ def _rotation(conn, store_dir: Path, domains, keyring: Keyring | None, report: R
     else:
         line += " (set SYNCDB_KEY_FILE or SYNCDB_PASSPHRASE to compare with the keyring's current key)"
     unfinished = len(used) > 1 or (current is not None and used and used != [current])
+    report.facts["keys"] = {"in_use": used, "current": current, "rotation_unfinished": bool(unfinished)}
     if unfinished:
         report.alerts.append(f"a key rotation is unfinished (values under data keys {shown}): run "
                              f"`syncdb keys rotate {store_dir}` again to finish it")

@@ -183,6 +183,9 @@ def test_status_opens_the_store_read_only_and_writes_nothing(street):
     database = street.store / "store.db"
     before = hashlib.sha256(database.read_bytes()).hexdigest(), sorted(p.name for p in street.store.rglob("*"))
     assert status(street.env, street.store).returncode == 1
+    machine = json.loads(status(street.env, street.store, "--format", "json").stdout)
+    assert machine["needs_person"] and [(e["origin"], e["sequence"], e["state"])
+                                         for e in machine["not_applied"]] == [(A, 2, "held")]
     assert run(street.env, "bundles", "list", street.store).returncode == 1
     after = hashlib.sha256(database.read_bytes()).hexdigest(), sorted(p.name for p in street.store.rglob("*"))
     assert after == before
