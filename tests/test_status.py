@@ -152,7 +152,8 @@ def test_status_names_each_planted_fault_and_exits_1_until_cleared(street, make_
         wrong.execute("UPDATE persons SET community_code = ? WHERE rowid = (SELECT min(rowid) FROM persons)", (A,))
     wrong.close()
     street.push(D, persons=0)
-    street.merge(street.usb / D, ok=False)
+    merged = street.merge(street.usb / D, ok=False).stdout
+    assert f"rejected {D}（南城社区） / huji.persons / " in merged  # the merge's summary names communities too
     rejected = status(env, store)
     assert rejected.returncode == 1
     assert f"record(s) from {D} 南城社区 refused by the merge" in rejected.stdout
