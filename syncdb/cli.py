@@ -278,6 +278,25 @@ def community_init(workdir, code, office_key, create_tables, schemas):
     click.echo(f"Take this public key file to the street office: {pub}")
 
 
+@community.command(name="set-office-key")
+@click.argument("workdir", type=click.Path(file_okay=False, exists=True))
+@click.argument("office_key", type=click.Path(dir_okay=False, exists=True))
+def community_set_office_key(workdir, office_key):
+    """Encrypt to the right office key, when the office refused this community's bundles as meant
+    for another office ("wrong-recipient"). The bundles it refused are set aside (.syncdb/unsent/)
+    and the next push sends every record again, whole.
+
+    Example: syncdb community set-office-key C:\\社区数据 office.pub.json
+    """
+    from .rehome import set_office_key
+
+    done = set_office_key(workdir, office_key)
+    if done["unsent"]:
+        click.echo(f"Set aside {len(done['unsent'])} bundle(s) the office could not open, in "
+                   f"{os.path.join(workdir, '.syncdb', 'unsent')}")
+    click.echo(f"Now encrypting to office key {office_key}; the next `syncdb push {workdir}` sends every record again")
+
+
 class _Bar:
     """A progress bar on stderr drawn at its first step: an error found before any work is printed alone."""
 

@@ -33,6 +33,7 @@ from .schema import Domain, Table
 from .validate import VALIDATORS, Invalid, check_record
 
 STATE_DIR = ".syncdb"
+RESEND = "resend"  # state.db meta: why the next push sends every record whole
 
 
 @dataclass
@@ -224,8 +225,12 @@ def _set_meta(conn, name, value):
     conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, str(value)))
 
 
-def _diff(table: Table, key_json: str, current: dict | None, shadow: tuple | None):
-    """The change that turns the shadow row into the current row, or None."""
+def _diff(table: Table, key_json: str, current: dict | None, shadow: tuple | None, resend: bool = False):
+    """The change that turns the shadow row into the current row, or None.
+
+    ``resend``: the office may never have had what was sent (its key changed,
+    see rehome.py), so a current row goes whole, based on every version sent.
+    """
     old_row = json.loads(shadow[0]) if shadow else None
     versions = unpack_versions(shadow[1], [c for c in table.columns if c not in table.key]) if shadow else {}
     key = dict(zip(table.key, json.loads(key_json)))
@@ -234,7 +239,7 @@ def _diff(table: Table, key_json: str, current: dict | None, shadow: tuple | Non
     if current is None:
         return {"table": table.qualified, "op": "delete", "key": key, "cells": {},
                 "base": {c: v for c, v in versions.items() if v}}
-    if old_row is None:
+    if old_row is None or resend:
         # A new row: its empty cells are simply absent. A row deleted before and
         # entered again is based on the delete, so the office sees no conflict.
         cells = {c: v for c, v in current.items() if c not in table.key and v is not None}
@@ -251,7 +256,7 @@ def _diff(table: Table, key_json: str, current: dict | None, shadow: tuple | Non
 
 
 def _changes_of(conn, state, domain: Domain, full_reason, vetted: dict, on_row=None, skip=(),
-                duplicated=None, held_moves=None):
+                duplicated=None, held_moves=None, resend: bool = False):
     """(ms, table, key_json, change) for one working database, and the last log seq.
 
     A record that fails validation is not sent: it is held back (``vetted``
@@ -270,7 +275,7 @@ def _changes_of(conn, state, domain: Domain, full_reason, vetted: dict, on_row=N
         if on_row:
             on_row()
         shadow = _shadow_row(state, table, key_json)
-        change = _diff(table, key_json, current, shadow)
+        change = _diff(table, key_json, current, shadow, resend)
         if current is not None:
             why = _duplicate_why(table, key_json, duplicated) or _record_problems(table, current, domain)
             vetted[(table.qualified, key_json)] = why
@@ -483,6 +488,7 @@ def _export(folder: Path, domains: dict[str, Domain], secret: Secret, notify, ca
         collected, cleanups, full_compares, vetted = [], [], {}, {}
         held_moves, held_tables, deletes_held = [], [], []
         read = [0]
+        resend = _meta(state, RESEND)  # set by rehome.set_office_key: send every record again
 
         def on_row():
             read[0] += 1
@@ -498,7 +504,7 @@ def _export(folder: Path, domains: dict[str, Domain], secret: Secret, notify, ca
             expected = None if expected is None else {"capture_id": expected[0], "generation": expected[1]}
             skip = _unfit_tables(conn, state, domain, confirm_deletes, held_tables, deletes_held, notify)
             # While a table is unfit, every push compares in full: its log would be cleared unread.
-            reason = capture.needs_full_compare(conn, domain, expected) or (
+            reason = resend or capture.needs_full_compare(conn, domain, expected) or (
                 f"{', '.join(sorted(skip))} cannot be read" if skip else None)
             duplicated = {}
             if reason:
@@ -507,7 +513,7 @@ def _export(folder: Path, domains: dict[str, Domain], secret: Secret, notify, ca
                 capture.install(conn, domain, skip=skip, allow_duplicates=True)
                 duplicated = _duplicated(conn, domain, skip)
             last_seq, changes = _changes_of(conn, state, domain, reason, vetted, on_row, skip, duplicated,
-                                            held_moves)
+                                            held_moves, resend=bool(resend))
             collected.extend(changes)
             current = capture.meta(conn)
             cleanups.append((domain, conn, last_seq, current["capture_id"], int(current["generation"])))
@@ -563,6 +569,7 @@ def _export(folder: Path, domains: dict[str, Domain], secret: Secret, notify, ca
                 state.execute("INSERT OR REPLACE INTO sources VALUES (?, ?, ?)",
                               (domain.name, capture_id, generation + 1))
             _set_meta(state, "hlc", clock.last)
+            state.execute("DELETE FROM meta WHERE name = ?", (RESEND,))
             if result.bundles:
                 _set_meta(state, "next_sequence", result.bundles[-1][0] + 1)
                 state.executemany("INSERT INTO bundles VALUES (?, ?, ?, ?, NULL)", [

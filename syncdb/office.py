@@ -289,7 +289,7 @@ def _unfit(header: bundle.Header, office_key: PublicKey, caps: limits.Limits) ->
             f"office's key {office_key.id}: the community was set up with another office's key "
             "(its .syncdb/office.pub.json), or before this office's key changed, and this office cannot "
             "read it. Nothing was kept and the community keeps its bundles; give the community this "
-            "office's office.pub.json and set it up again (`syncdb community init`)")
+            "office's office.pub.json to use with `syncdb community set-office-key WORKDIR office.pub.json`")
     if header["changes"] > caps.max_changes:
         return "too-large", (
             f"bundle {header.sequence} from {header.origin} holds {header['changes']:,} changes, more than the "

@@ -35,8 +35,8 @@ ADVICE = {
                      "to enrol the CODE.pub.json of this folder, or push from the folder that was enrolled",
     "wrong-recipient": "this community was set up with another office's key (or before the office key "
                        "changed), so this office cannot read its bundles; they stay in the outbox. Ask the "
-                       "data administrator for this office's office.pub.json and to set this folder up "
-                       "again with it (`syncdb community init`)",
+                       "data administrator for this office's office.pub.json, then run "
+                       "`syncdb community set-office-key WORKDIR office.pub.json` and push again",
     "replay": "keep this folder's outbox as it is and call the data administrator",
     "unsupported": "the office runs an older syncdb; ask the data administrator to upgrade it",
     "too-large": "upgrade syncdb here (it makes bundles to fit the office's limits), or ask the data "

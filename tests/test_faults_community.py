@@ -436,5 +436,47 @@ def test_end_to_end_a_community_on_the_wrong_office_key(office_server, make_comm
     assert "set up with another office's key" in result.stdout + result.stderr
     assert "office.pub.json" in result.stdout + result.stderr
     assert len(community.pending(folder)) == 1  # kept, not lost
-    server.kill()
+    assert "syncdb community set-office-key" in result.stdout + result.stderr
     assert office_persons(enrolled) == before
+    # What the message says to do works: the right key, and every record goes again.
+    fixed = syncdb("community", "set-office-key", folder, enrolled.store / "office.pub.json", env=syncdb_env)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert (folder / ".syncdb" / "unsent").is_dir()
+    result = syncdb("push", folder, "--to", server.url, env=syncdb_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    server.kill()
+    merged = syncdb("merge", enrolled.store, env=syncdb_env)
+    assert merged.returncode == 0, merged.stdout + merged.stderr
+    rehomed = Community(folder, CODE, enrolled.store, enrolled.domains, enrolled.secret)
+    assert len(office_persons(rehomed)) == 2 and office_persons(enrolled) == before
+
+
+def test_set_office_key_resends_every_record_over_what_the_office_had(make_community, syncdb_env, tmp_path):
+    """A community whose office key was replaced by a wrong one after it had pushed: once pointed
+    back, its whole records go again and merge cleanly over what the office held, edits included."""
+    c = make_community(CODE)
+    c.add_persons(3)
+    assert push_and_merge(c, tmp_path, syncdb_env).returncode == 0
+    right = c.path / ".syncdb" / "office.pub.json"
+    kept = tmp_path / "right.pub.json"
+    shutil.copy(right, kept)
+    other = tmp_path / "other-office"
+    office.init(other, c.secret)
+    shutil.copy(other / "office.pub.json", right)  # someone copied the wrong file in
+    conn = db(c)
+    conn.execute("UPDATE persons SET name = '改名' WHERE rowid = 1")
+    conn.close()
+    c.add_persons(1)
+    c.export()  # encrypted to the wrong office: would be refused at receipt
+    fixed = syncdb("community", "set-office-key", c.path, kept, env=syncdb_env)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert c.pending() == []
+    assert push_and_merge(c, tmp_path, syncdb_env).returncode == 0
+    held = office_persons(c)
+    assert len(held) == 4 and "改名" in held.values()
+    store = merge.open_store(c.store, c.secret, c.domains)
+    try:
+        assert store.conn.execute("SELECT count(*) FROM conflicts").fetchone() == (0,)
+        assert store.conn.execute("SELECT count(*) FROM rejected").fetchone() == (0,)
+    finally:
+        store.conn.close()

@@ -1,0 +1,62 @@
+"""Point a community at the right office key, when it was set up with the wrong one.
+
+A community set up with another office's office.pub.json (or before the
+office made new keys) encrypts its bundles to a key the office does not
+hold: the office refuses them at receipt (`wrong-recipient`) and stores
+nothing, and the community keeps them. They cannot be re-encrypted (only
+the intended office could open them), so they are set aside in
+``.syncdb/unsent/`` and their sequence numbers are used again, and the next
+push sends every record whole, each based on every version the community
+ever sent. At the office that is a clean apply where it already had those
+versions, and a community's later version supersedes its own earlier ones
+where it had not (docs/merge.md), so nothing is lost and nothing conflicts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from . import community
+from .crypto import PublicKey
+from .errors import SyncdbError
+from .files import write_atomic
+
+
+def set_office_key(workdir_path, office_key_file) -> dict:
+    """Encrypt to this office key from now on; returns what was set aside ({"unsent": [file, …]})."""
+    folder = Path(workdir_path)
+    config = community.read_config(folder)
+    key = PublicKey.read(office_key_file)
+    if key.role != "office":
+        raise SyncdbError(f"{office_key_file} is a {key.role} key, not an office key; use the office.pub.json "
+                          "that `syncdb office init` wrote at the street office")
+    if key.id == config.get("office_key"):
+        raise SyncdbError(f"{folder} already encrypts to this office key ({key.id}); nothing was changed")
+    state = community._state(folder)
+    unsent_dir = community.state_dir(folder) / "unsent"
+    try:
+        with state:
+            state.execute("BEGIN IMMEDIATE")
+            rows = state.execute("SELECT sequence, file FROM bundles WHERE acknowledged IS NULL "
+                                 "ORDER BY sequence").fetchall()
+            if rows:
+                # The office took none of them: their numbers are free again.
+                state.execute("DELETE FROM bundles WHERE acknowledged IS NULL")
+                community._set_meta(state, "next_sequence", rows[0][0])
+            community._set_meta(state, community.RESEND, "the office key changed: sending every record again")
+    finally:
+        state.close()
+    # The key last: a run stopped before it is simply run again (the key still differs).
+    moved = []
+    for _, name in rows:
+        source = community.outbox_dir(folder) / name
+        if source.exists():
+            unsent_dir.mkdir(exist_ok=True)
+            source.replace(unsent_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{name}")
+            moved.append(name)
+    write_atomic(community.state_dir(folder) / "office.pub.json", key.to_json().encode())
+    write_atomic(community.state_dir(folder) / "config.json",
+                 json.dumps(dict(config, office_key=key.id), indent=2).encode())
+    return {"unsent": moved}
