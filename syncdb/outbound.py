@@ -19,6 +19,17 @@ community only what it owns or already sent.
   name in ``"superseded"`` with the record's ``"owner"``, never the value.
   The owner column's value is the decision itself ("the record belongs to
   X") and goes to each of them. A delete carries no value and goes to all.
+
+Acknowledgements: every resolutions bundle says, in its header's
+``acknowledged``, up to which of the community's own bundles the office holds
+them all (``office.acknowledged``). A community with nothing to resolve gets
+the same word from ``write_acknowledgements``: one small bundle per community,
+``STORE/outbound/CODE/OFFICE-ack.bundle``, of kind ``"resolutions"`` with no
+changes, signed by the office and made for the community's key, rewritten
+whenever the number moves. It is safe to hand to anyone (it says only a
+number, and only to that community), and ``syncdb pull`` (a USB stick's copy
+of the folder, or ``serve``'s ``/v1/communities/CODE/acknowledgement``) clears
+the community's outbox with it.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ import time
 from pathlib import Path
 
 from . import bundle, office
+from .crypto import PublicKey
 from .store import Store, table_name
 
 OUTBOUND_TABLE = """
@@ -154,15 +166,63 @@ def _queue(store: Store, store_dir, by_code: dict[str, list[dict]]) -> dict[str,
         folder = outbound_dir(store_dir, code)
         folder.mkdir(parents=True, exist_ok=True)
         name = bundle.file_name(store.office_code, sequence, kind="resolutions")
-        bundle.write(folder / _pending(name), {
-            "kind": "resolutions", "origin": store.office_code, "sequence": sequence,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "schemas": {d.name: {"version": d.version, "fingerprint": d.fingerprint} for d in store.domains.values()},
-        }, owned, store.keyring, enrolled[code])
+        bundle.write(folder / _pending(name), _fields(store, sequence, office.acknowledged_in(conn, code)),
+                     owned, store.keyring, enrolled[code])
         conn.execute("INSERT INTO outbound VALUES (?, ?, ?, ?, ?)",
                      (code, sequence, name, time.strftime("%Y-%m-%dT%H:%M:%S"), len(owned)))
         made[code] = sequence
     return made
+
+
+def _fields(store: Store, sequence: int, acknowledged: int) -> dict:
+    """The header fields of an office bundle to a community."""
+    return {"kind": "resolutions", "origin": store.office_code, "sequence": sequence,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "acknowledged": acknowledged,
+            "schemas": {d.name: {"version": d.version, "fingerprint": d.fingerprint} for d in store.domains.values()}}
+
+
+def acknowledgement_name(office_code: str) -> str:
+    return f"{office_code}-ack{bundle.SUFFIX}"
+
+
+def write_acknowledgements(store: Store, store_dir) -> dict[str, int]:
+    """Bring each enrolled community's standalone acknowledgement up to date; return code -> N rewritten.
+
+    Its ``sequence`` is the acknowledged number itself (a series of its own,
+    rising with it), so none is written before the office holds bundle 1. A
+    file already saying N for the community's current key is left alone:
+    a merge costs a header read per community.
+    """
+    conn = store.conn
+    written = {}
+    for code, key in sorted(office.enrolled_keys(conn).items()):
+        n = office.acknowledged_in(conn, code)
+        path = outbound_dir(store_dir, code) / acknowledgement_name(store.office_code)
+        if n == 0 or _says(path, n, key.id):
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        bundle.write(path, _fields(store, n, n), [], store.keyring, key)
+        written[code] = n
+    return written
+
+
+def _says(path: Path, n: int, recipient: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            header, _ = bundle.read_header(f)
+    except (OSError, bundle.BundleError):
+        return False
+    return header.fields.get("acknowledged") == n and header["recipient"] == recipient
+
+
+def acknowledgement_path(store_dir, code: str) -> Path | None:
+    """The standalone acknowledgement for ``code`` if the office has written one."""
+    path = outbound_dir(store_dir, code) / acknowledgement_name(_office_code(store_dir))
+    return path if path.is_file() else None
+
+
+def _office_code(store_dir) -> str:
+    return PublicKey.read(office.public_key_path(store_dir)).code
 
 
 def _pending(name: str) -> str:

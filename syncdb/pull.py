@@ -26,6 +26,25 @@ applied whole or not at all:
 
 The writes pass the capture triggers like any other; at the next push the
 comparison with the shadow finds nothing new in them, so nothing is sent back.
+
+One bundle is applied atomically across the working databases and the state
+database, although SQLite cannot commit several files at once when one of
+them is in WAL mode (state.db always is). The state database is the commit
+point: the bundle's cell writes are made in the working databases' open
+transactions, then recorded, with the value each cell had before and after,
+in ``pull_intent`` in the same state transaction that updates the shadow and
+the pulled number. Only then are the working databases committed, and the
+record dropped. A crash before the state commit leaves nothing (the working
+databases roll back); after it, ``finish_interrupted`` (run first by every
+pull and push) redoes the recorded writes that did not reach a working
+database. It sets a cell only where it still holds its value from before,
+so anything entered here after the crash is kept and goes to the office at
+the next push.
+
+Every bundle from the office also says which of this community's bundles it
+holds (header ``acknowledged``), and so does the office's standalone
+acknowledgement (``OFFICE-ack.bundle``, see ``outbound.write_acknowledgements``):
+a community that only carries folders on a USB stick clears its outbox with it.
 """
 
 from __future__ import annotations
@@ -39,7 +58,7 @@ from pathlib import Path
 
 import requests
 
-from . import bundle, capture, workdir
+from . import bundle, capture, community, workdir
 from .community import _apply_to_shadow, _meta, _set_meta, _state, read_config, state_dir
 from .crypto import Keyring, PublicKey, Secret
 from .errors import SyncdbError
@@ -52,6 +71,14 @@ CREATE TABLE IF NOT EXISTS superseded (
     tbl TEXT NOT NULL, key TEXT NOT NULL, col TEXT NOT NULL, owner TEXT, version TEXT NOT NULL,
     pulled TEXT NOT NULL, PRIMARY KEY (tbl, key, col)) WITHOUT ROWID
 """
+# The working-database writes of the last bundle pulled, until every one is committed
+# (see the module's docstring): key, before and after are JSON objects of column -> value,
+# after is null for a delete.
+INTENT_TABLE = """
+CREATE TABLE IF NOT EXISTS pull_intent (
+    n INTEGER PRIMARY KEY, tbl TEXT NOT NULL, key TEXT NOT NULL, op TEXT NOT NULL,
+    before TEXT NOT NULL, after TEXT)
+"""
 
 
 @dataclass
@@ -62,11 +89,24 @@ class PullReport:
     older: int = 0  # cells the office set before it had this PC's last value for them
     missing: list[str] = field(default_factory=list)  # records not (or no longer) here
     superseded: list[str] = field(default_factory=list)  # cells whose value here the office did not keep
+    finished: int = 0  # writes of an interrupted pull redone first
+    acknowledged: int | None = None  # the office holds this community's bundles 1..N (None: not said)
+    cleared: list[int] = field(default_factory=list)  # bundles removed from the outbox, the office holding them
+    unusable: list[str] = field(default_factory=list)  # acknowledgements that could not be trusted
 
     def lines(self) -> list[str]:
+        out = []
+        if self.finished:
+            out.append(f"Finished the previous pull, which was stopped half way: {self.finished} record(s) "
+                       "brought up to date")
         if not self.applied:
-            return ["Nothing new from the office."]
-        out = [f"Applied {len(self.applied)} bundle(s) of resolutions from the office: {self.cells} value(s) set"]
+            out.append("Nothing new from the office.")
+        else:
+            out.append(f"Applied {len(self.applied)} bundle(s) of resolutions from the office: "
+                       f"{self.cells} value(s) set")
+        out += self._ack_lines()
+        if not self.applied:
+            return out
         out += [f"kept the local value of {line}: it goes to the office at the next push" for line in self.kept]
         if self.older:
             out.append(f"{self.older} value(s) left as they are: the office set them before it had this "
@@ -77,28 +117,58 @@ class PullReport:
                 "or correct the record here" for line in self.superseded]
         return out
 
+    def _ack_lines(self) -> list[str]:
+        out = [f"not used: {line}" for line in self.unusable]
+        if self.cleared:
+            out.append(f"The office holds this community's bundles up to {self.acknowledged}: "
+                       f"{len(self.cleared)} removed from the outbox")
+        return out
+
 
 def pull(workdir_path, domains: dict[str, Domain], secret: Secret, url: str | None = None,
          inbox: str | None = None, timeout: float = 30.0) -> PullReport:
+    """Apply the office's resolutions bundles after the last one pulled, from ``url`` or ``inbox``.
+
+    Finishes an interrupted pull first, and clears from the outbox what the
+    office says it holds.
+    """
     folder = Path(workdir_path)
     code = read_config(folder)["code"]
     ring = Keyring.load(state_dir(folder) / "keyring.json", secret)
     office_key = PublicKey.read(state_dir(folder) / "office.pub.json")
     report = PullReport()
-    state = _state(folder)
     try:
-        done = int(_meta(state, "pulled", 0))
-        for sequence, data in _fetch(code, office_key, done, url, inbox, timeout):
-            if sequence != done + 1:
-                raise SyncdbError(f"the office's resolutions {done + 1} for {code} are missing (found {sequence}); "
-                                  "pull again from the office, or bring every file of its outbound folder")
-            _apply(folder, state, domains, ring, office_key, data, sequence, report)
-            done = sequence
+        report.finished = finish_interrupted(folder)
+        state = _state(folder)
+        try:
+            done = int(_meta(state, "pulled", 0))
+            for sequence, data in _fetch(code, office_key, done, url, inbox, timeout):
+                if sequence != done + 1:
+                    raise SyncdbError(f"the office's resolutions {done + 1} for {code} are missing (found "
+                                      f"{sequence}); pull again from the office, or bring every file of its "
+                                      "outbound folder")
+                header = _apply(folder, state, domains, ring, office_key, data, sequence, report)
+                _note_acknowledged(report, header.fields.get("acknowledged"))
+                done = sequence
+        finally:
+            state.close()
+        standalone = _fetch_acknowledgement(code, office_key, url, inbox, timeout)
+        if standalone is not None:
+            where, data = standalone
+            try:
+                _note_acknowledged(report, acknowledgement(folder, data))
+            except SyncdbError as e:
+                report.unusable.append(f"the office's acknowledgement from {where} ({e})")
+        if report.acknowledged:
+            report.cleared = clear_acknowledged(folder, report.acknowledged)
     except (OSError, sqlite3.Error) as e:
         raise storage_error(e, folder, then="run `syncdb pull` again") from None
-    finally:
-        state.close()
     return report
+
+
+def _note_acknowledged(report: PullReport, n: int | None) -> None:
+    if n is not None and n > (report.acknowledged or 0):
+        report.acknowledged = n
 
 
 def _fetch(code, office_key, done, url, inbox, timeout):
@@ -130,7 +200,69 @@ def _fetch(code, office_key, done, url, inbox, timeout):
                           "pull again when the line is up, or use --inbox with a USB stick") from None
 
 
-def _apply(folder, state, domains, ring, office_key, data, sequence, report) -> None:
+def _fetch_acknowledgement(code, office_key, url, inbox, timeout) -> tuple[str, bytes] | None:
+    """(where, bytes) of the office's standalone acknowledgement for ``code``, or None if there is none."""
+    name = f"{office_key.code}-ack{bundle.SUFFIX}"
+    if inbox:
+        for path in (Path(inbox) / name, Path(inbox) / code / name):
+            if path.is_file():
+                return str(path), path.read_bytes()
+        return None
+    where = f"{url.rstrip('/')}/v1/communities/{code}/acknowledgement"
+    try:
+        answer = requests.get(where, timeout=timeout)
+    except requests.RequestException:
+        return None  # an office that does not answer now is told by the resolutions above
+    return (where, answer.content) if answer.status_code == 200 else None
+
+
+def acknowledgement(workdir_path, data: bytes) -> int:
+    """The ``acknowledged`` number of an office acknowledgement, once it is shown to be genuine.
+
+    It must be signed by this community's office and made for this
+    community's own key (its ``recipient``, which the signature covers), so
+    no one can forge one or hand over another community's; it is read with
+    the public keys alone. Raises SyncdbError saying what is wrong.
+    """
+    folder = Path(workdir_path)
+    office_key = PublicKey.read(state_dir(folder) / "office.pub.json")
+    try:
+        header = bundle.verify(io.BytesIO(data), {office_key.code: office_key}.get)
+    except bundle.BundleError as e:
+        raise SyncdbError(f"not signed by this community's office: {e}") from None
+    mine = _own_key_id(folder)
+    if header.kind != "resolutions" or header.origin != office_key.code or "acknowledged" not in header.fields:
+        raise SyncdbError(f"not an acknowledgement (kind {header.kind}, from {header.origin})")
+    if header["recipient"] != mine:
+        raise SyncdbError(f"made for key {header['recipient']}, not for this community's key {mine}: "
+                          "it is another community's")
+    return header["acknowledged"]
+
+
+def _own_key_id(folder: Path) -> str:
+    # The keyring keeps its public half in clear: no secret is needed to know who we are.
+    doc = json.loads((state_dir(folder) / "keyring.json").read_text(encoding="utf-8"))
+    return PublicKey.from_json(json.dumps(doc["public"])).id
+
+
+def clear_acknowledged(workdir_path, n: int) -> list[int]:
+    """Remove from the outbox every bundle numbered up to ``n``: the office holds them all."""
+    cleared = []
+    for path in community.pending(workdir_path):
+        sequence = bundle_sequence(path.name)
+        if sequence is not None and sequence <= n:
+            community.acknowledge(workdir_path, sequence)
+            cleared.append(sequence)
+    return cleared
+
+
+def bundle_sequence(name: str) -> int | None:
+    """The sequence number in a community bundle's file name (ORIGIN-00000007.bundle), or None."""
+    match = re.fullmatch(rf"[0-9A-Za-z_-]+-([0-9]{{8,}}){re.escape(bundle.SUFFIX)}", name)
+    return int(match.group(1)) if match else None
+
+
+def _apply(folder, state, domains, ring, office_key, data, sequence, report) -> bundle.Header:
     try:
         header = bundle.verify(io.BytesIO(data), {office_key.code: office_key}.get)
     except bundle.BundleError as e:
@@ -141,40 +273,114 @@ def _apply(folder, state, domains, ring, office_key, data, sequence, report) -> 
                           f"(kind {header.kind}, from {header.origin}, number {header.sequence}); nothing was applied")
     changes = list(bundle.changes(io.BytesIO(data), ring))
     state.execute(SUPERSEDED_TABLE)
+    state.execute(INTENT_TABLE)
     tables = {t.qualified: t for d in domains.values() for t in d.tables.values()}
     clock = Clock(read_config(folder)["code"], Stamp.parse(_meta(state, "hlc")) if _meta(state, "hlc") else None)
     conns = {}
+    intent: list[tuple] = []
     try:
-        state.execute("BEGIN IMMEDIATE")
-        for change in changes:
-            table = tables.get(change["table"])
-            if table is None:
-                report.missing.append(f"{change['table']} (no schema here)")
-                continue
-            if table.domain not in conns:
-                conns[table.domain] = workdir.connect(workdir.db_path(folder, table.domain))
-                conns[table.domain].execute("BEGIN IMMEDIATE")
-            _apply_change(conns[table.domain], state, table, change, report)
-            clock.observe(change["hlc"])
-        _set_meta(state, "hlc", clock.last)
-        _set_meta(state, "pulled", sequence)
+        try:
+            state.execute("BEGIN IMMEDIATE")
+            for change in changes:
+                table = tables.get(change["table"])
+                if table is None:
+                    report.missing.append(f"{change['table']} (no schema here)")
+                    continue
+                if table.domain not in conns:
+                    conns[table.domain] = workdir.connect(workdir.db_path(folder, table.domain))
+                    conns[table.domain].execute("BEGIN IMMEDIATE")
+                _apply_change(conns[table.domain], state, table, change, report, intent)
+                clock.observe(change["hlc"])
+            state.executemany("INSERT INTO pull_intent (tbl, key, op, before, after) VALUES (?, ?, ?, ?, ?)",
+                              intent)
+            _set_meta(state, "hlc", clock.last)
+            _set_meta(state, "pulled", sequence)
+            # The commit point: from here on the bundle counts as pulled, and its writes are
+            # redone by finish_interrupted if a working database misses them.
+            state.execute("COMMIT")
+        except BaseException:
+            for conn in conns.values():
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            if state.in_transaction:
+                state.execute("ROLLBACK")
+            raise
         for conn in conns.values():
             conn.execute("COMMIT")
-        state.execute("COMMIT")
-        report.applied.append(sequence)
-    except BaseException:
-        for conn in conns.values():
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-        if state.in_transaction:
-            state.execute("ROLLBACK")
-        raise
     finally:
         for conn in conns.values():
             conn.close()
+    if intent:
+        state.execute("DELETE FROM pull_intent")
+    report.applied.append(sequence)
+    return header
 
 
-def _apply_change(conn, state, table, change, report) -> None:
+def finish_interrupted(workdir_path) -> int:
+    """Redo the writes of a pull that stopped after its commit point; return how many records it touched.
+
+    Idempotent, and run first by pull and push. A cell is set only where it
+    still holds the value it had before that pull (one changed here since is
+    kept, and goes to the office at the next push); a record is deleted only
+    if it is still as it was.
+    """
+    folder = Path(workdir_path)
+    if not (state_dir(folder) / "state.db").exists():
+        return 0
+    state = _state(folder)
+    try:
+        if not state.execute("SELECT 1 FROM sqlite_master WHERE name = 'pull_intent'").fetchone():
+            return 0
+        rows = state.execute("SELECT tbl, key, op, before, after FROM pull_intent ORDER BY n").fetchall()
+        if not rows:
+            return 0
+        by_domain: dict[str, list] = {}
+        for row in rows:
+            by_domain.setdefault(row[0].split(".", 1)[0], []).append(row)
+        for domain, writes in by_domain.items():
+            if not workdir.db_path(folder, domain).exists():
+                continue  # the database is gone (removed by a person): nothing of it to bring up to date
+            conn = workdir.connect(workdir.db_path(folder, domain))
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for tbl, key, op, before, after in writes:
+                    _redo(conn, tbl.split(".", 1)[1], json.loads(key), op, json.loads(before),
+                          None if after is None else json.loads(after))
+                conn.execute("COMMIT")
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                conn.close()
+        state.execute("DELETE FROM pull_intent")
+        return len(rows)
+    finally:
+        state.close()
+
+
+def _same(a, b) -> bool:
+    return a == b and type(a) is type(b)
+
+
+def _redo(conn, name: str, key: dict, op: str, before: dict, after: dict | None) -> None:
+    """One recorded write, made again where the working database does not have it yet."""
+    where = " AND ".join(f"[{k}] IS ?" for k in key)
+    cols = list(before if op == "delete" else after)
+    found = conn.execute(f"SELECT {', '.join(f'[{c}]' for c in cols)} FROM [{name}] WHERE {where}",
+                         list(key.values())).fetchone()
+    if found is None:
+        return  # deleted already: by this pull before the crash, or by a person since
+    current = dict(zip(cols, found))
+    if op == "delete":
+        if all(_same(current[c], before[c]) for c in cols):
+            conn.execute(f"DELETE FROM [{name}] WHERE {where}", list(key.values()))
+        return
+    todo = {c: after[c] for c in cols if not _same(current[c], after[c]) and _same(current[c], before.get(c))}
+    if todo:
+        conn.execute(f"UPDATE [{name}] SET {', '.join(f'[{c}] = ?' for c in todo)} WHERE {where}",
+                     [*todo.values(), *key.values()])
+
+
+def _apply_change(conn, state, table, change, report, intent: list) -> None:
     key_values = [change["key"][k] for k in table.key]
     key_json = json.dumps(key_values, ensure_ascii=False)
     shown = " / ".join(str(v) for v in key_values)
@@ -222,6 +428,7 @@ def _apply_change(conn, state, table, change, report) -> None:
             return
         where = " AND ".join(f"[{k}] IS ?" for k in table.key)
         conn.execute(f"DELETE FROM [{table.name}] WHERE {where}", key_values)
+        intent.append(_intent(table, change, "delete", current, None))
         _apply_to_shadow(state, table, key_json, change)
         state.execute("DELETE FROM superseded WHERE tbl = ? AND key = ?", (table.qualified, key_json))
         report.cells += 1
@@ -237,11 +444,23 @@ def _apply_change(conn, state, table, change, report) -> None:
                  list(cells.values()) + key_values)
     # What SQLite stored (its column affinity may turn '12' into 12) is what the shadow must hold.
     stored = capture.read_row(conn, table, key_values)
+    intent.append(_intent(table, change, "update", {c: current[c] for c in cells}, {c: stored[c] for c in cells}))
     _apply_to_shadow(state, table, key_json, {"op": "update", "key": change["key"], "hlc": change["hlc"],
                                               "cells": {c: stored[c] for c in cells}})
     state.executemany("DELETE FROM superseded WHERE tbl = ? AND key = ? AND col = ?",
                       [(table.qualified, key_json, c) for c in cells])
     report.cells += len(cells)
+
+
+def _intent(table, change, op: str, before: dict, after: dict | None) -> tuple:
+    """A pull_intent row (without its number) for one write to a working database."""
+    key = {k: change["key"][k] for k in table.key}
+    if op == "delete":
+        before = {c: v for c, v in before.items() if c not in table.key}
+
+    def text(values):
+        return json.dumps(values, ensure_ascii=False)
+    return table.qualified, text(key), op, text(before), None if after is None else text(after)
 
 
 def _note_superseded(state, table, key_json, shown, change, cols, report) -> None:

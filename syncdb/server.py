@@ -8,6 +8,8 @@ A plain ASGI application, run by uvicorn (which does all of HTTP):
     GET  /v1/communities/{code}/acknowledged   the highest N such that 1..N are held
     GET  /v1/communities/{code}/outbound       {"bundles": [1, 2, …]}: the office's resolutions for it
     GET  /v1/communities/{code}/outbound/{n}   one of them, the bundle file's bytes (`syncdb pull`)
+    GET  /v1/communities/{code}/acknowledgement  the office's signed acknowledgement for it
+                                               (outbound.write_acknowledgements), 404 until there is one
     GET  /health                               {"status": "ok"}
 
 Every answer is JSON. A bundle is answered 201 when it is new, 200 when the
@@ -63,6 +65,7 @@ ACKNOWLEDGED_PATH = re.compile(r"^/v1/communities/([^/]+)/acknowledged$")
 # The office's resolutions for a community (`syncdb pull`): signed by the office and
 # encrypted to that community, so they are safe to hand to whoever asks.
 OUTBOUND_PATH = re.compile(r"^/v1/communities/([0-9A-Za-z_-]+)/outbound(?:/([0-9]{1,9}))?$")
+ACKNOWLEDGEMENT_PATH = re.compile(r"^/v1/communities/([0-9A-Za-z_-]+)/acknowledgement$")
 
 
 def app(store, max_body: int = 256 * 2**20, merger=None):
@@ -146,11 +149,17 @@ def app(store, max_body: int = 256 * 2**20, merger=None):
             if found is None or not found.exists():
                 return await _json(send, 404, {"error": "not-found",
                                                "message": f"no resolutions bundle {sequence} for {code}"})
-            data = await asyncio.to_thread(found.read_bytes)
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/octet-stream"),
-                                    (b"content-length", str(len(data)).encode())]})
-            return await send({"type": "http.response.body", "body": data})
+            return await _file(send, found)
+
+        match = ACKNOWLEDGEMENT_PATH.match(path)
+        if match:
+            if method not in ("GET", "HEAD"):
+                return await _method_not_allowed(send, "GET")
+            found = await asyncio.to_thread(outbound.acknowledgement_path, store, match.group(1))
+            if found is None:
+                return await _json(send, 404, {"error": "not-found", "message": f"no acknowledgement for "
+                                               f"{match.group(1)} yet: the office holds none of its bundles"})
+            return await _file(send, found)
 
         if path == "/v1/limits":
             if method not in ("GET", "HEAD"):
@@ -287,6 +296,15 @@ async def _json(send, status: int, doc: dict, headers=()):
                 "headers": [(b"content-type", b"application/json; charset=utf-8"),
                             (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _file(send, path: Path):
+    """A bundle file's bytes (signed and encrypted to its community: safe to hand to whoever asks)."""
+    data = await asyncio.to_thread(path.read_bytes)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/octet-stream"),
+                            (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
 
 
 async def _method_not_allowed(send, allowed: str):

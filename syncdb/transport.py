@@ -5,8 +5,14 @@ office acknowledges it (``community.acknowledge``). Over HTTP the office's
 answer is the acknowledgment, so a push that stops half way (the line drops,
 the office restarts, the PC is switched off) resumes where it stopped on the
 next run; a bundle the office already holds is answered "already have it" and
-acknowledged then. A folder (a USB stick) acknowledges nothing: the bundles
-stay in the outbox and are copied again until the office has them.
+acknowledged then. A folder (a USB stick) acknowledges nothing by itself: the
+bundles stay in the outbox and are copied again until the office's signed
+acknowledgement (``pull.acknowledgement``) says it holds them, which
+``syncdb pull`` and a push over HTTP read.
+
+A run killed half way leaves temporary files (``.NAME.tmp-PID``,
+``.NAME.payload-PID``) and maybe a pull stopped after its commit point;
+``tidy`` clears both at the start of the next run.
 """
 
 from __future__ import annotations
@@ -14,18 +20,23 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import random
 import re
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import requests
 
-from . import bundle, community, limits
+from . import bundle, community, limits, pull
+from .community import _meta, _state
+from .crypto import Secret
 from .errors import SyncdbError
 from .files import write_atomic
+from .schema import Domain
 
 # What a community worker can do about each refusal; the office's own message says why.
 ADVICE = {
@@ -47,6 +58,73 @@ ADVICE = {
 }
 DEFAULT_ADVICE = "keep this folder's outbox as it is and call the street office's data administrator"
 MAX_DELAY = 60.0
+LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?:tmp|payload)-(?P<pid>[0-9]+)")
+LEFTOVER_AGE = 3600  # seconds; where a process cannot be asked after (Windows), an older file is left over
+
+
+def office_url(url: str) -> str:
+    """The office's address as given, checked (http or https, and a host), without a trailing slash.
+
+    Raises SyncdbError naming the fix: ``127.0.0.1:8765`` has no scheme, and
+    guessing one could send the bundles in clear where https was meant.
+    """
+    text = url.strip()
+    try:
+        parts = urllib.parse.urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        example = f"http://{text}" if text and "://" not in text else "http://192.0.2.10:8765"
+        raise SyncdbError(f"{url!r} is not an office address: give it with http:// or https:// in front, "
+                          f"e.g. {example} (the address `syncdb serve` prints)")
+    return text.rstrip("/")
+
+
+def tidy(workdir, folder=None) -> list[Path]:
+    """Clear what a killed run left: finish a pull stopped half way, remove the temporary files.
+
+    Looks in the outbox, and in ``folder`` (a USB stick) if given; returns
+    the files removed. A temporary file of a process still running is left.
+    """
+    community.read_config(workdir)  # not a community folder: say so, before looking inside
+    pull.finish_interrupted(workdir)
+    removed = _remove_leftovers(community.outbox_dir(workdir))
+    if folder is not None and Path(folder).is_dir():
+        removed += _remove_leftovers(Path(folder))
+    return removed
+
+
+def _remove_leftovers(folder: Path) -> list[Path]:
+    removed = []
+    for path in folder.glob(f".*{bundle.SUFFIX}.*-*"):
+        match = LEFTOVER.fullmatch(path.name)
+        if not match or not match["name"].endswith(bundle.SUFFIX) or _running(int(match["pid"]), path):
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(path)
+    return removed
+
+
+def _running(pid: int, path: Path) -> bool:
+    """Is the process that wrote ``path`` still at work?"""
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill(pid, 0) would stop it there
+        try:
+            return time.time() - path.stat().st_mtime < LEFTOVER_AGE
+        except OSError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 @dataclass
@@ -59,6 +137,8 @@ class PushReport:
     duplicates: list[int] = field(default_factory=list)  # the office already had them
     pending: list[Path] = field(default_factory=list)  # still in the outbox, unacknowledged
     error: str | None = None
+    cleared: list[int] = field(default_factory=list)  # removed unsent: the office's acknowledgement covers them
+    holds: int | None = None  # the office said it holds this community's bundles 1..holds
 
     def summary(self) -> str:
         done = f"{len(self.sent)} bundle(s) sent"
@@ -67,7 +147,9 @@ class PushReport:
         if not self.ok:
             return f"Push stopped ({done}): {self.error}"
         if not self.sent and not self.duplicates:
-            return f"Nothing to send: the office at {self.url} has every bundle."
+            if not self.holds:
+                return f"Nothing to send: this community has made no bundle yet (the office at {self.url} answered)."
+            return f"Nothing to send: the office at {self.url} has every bundle (1 to {self.holds})."
         return f"{done} to {self.url}; the outbox is empty." if not self.pending else \
             f"{done} to {self.url}; {len(self.pending)} bundle(s) left in the outbox."
 
@@ -87,8 +169,10 @@ def push_to_url(workdir, url: str, *, retries: int = 5, backoff: float = 0.5, ti
     """
     base = url.rstrip("/")
     report = PushReport(url=base)
-    paths = community.pending(workdir)
+    code = community.read_config(workdir)["code"]
     with requests.Session() as http:
+        report.cleared = _take_acknowledgement(http, workdir, base, code, timeout, echo)
+        paths = community.pending(workdir)
         for index, path in enumerate(paths):
             left = len(paths) - index
             try:
@@ -112,8 +196,83 @@ def push_to_url(workdir, url: str, *, retries: int = 5, backoff: float = 0.5, ti
             else:
                 report.sent.append(header.sequence)
                 echo(f"sent {path.name} ({_size(len(data))}): accepted")
+        if report.ok and not report.sent and not report.duplicates:
+            # "Nothing to send" is said only once the office has said it holds every bundle.
+            try:
+                report.holds = _confirm_held(http, workdir, base, code, timeout)
+            except _Stop as e:
+                report.ok, report.error = False, str(e)
     report.pending = community.pending(workdir)
     return report
+
+
+def _take_acknowledgement(http, workdir, base: str, code: str, timeout: float, echo) -> list[int]:
+    """Clear what the office's signed acknowledgement covers (carried by USB, say): never sent twice."""
+    try:
+        answer = http.get(f"{base}/v1/communities/{code}/acknowledgement", timeout=timeout)
+    except requests.RequestException:
+        return []  # the sending below says what is wrong with the line
+    if answer.status_code != 200:
+        return []  # none yet, or an older office
+    try:
+        n = pull.acknowledgement(workdir, answer.content)
+    except SyncdbError as e:
+        echo(f"the office's acknowledgement was not used ({e})")
+        return []
+    cleared = pull.clear_acknowledged(workdir, n)
+    if cleared:
+        echo(f"the office holds bundles up to {n}: {len(cleared)} removed from the outbox without sending")
+    return cleared
+
+
+def _confirm_held(http, workdir, base: str, code: str, timeout: float) -> int:
+    """How many of this community's bundles the office holds, checked against how many it made."""
+    try:
+        response = http.get(f"{base}/v1/communities/{code}/acknowledged", timeout=timeout)
+    except requests.Timeout:
+        raise _Stop(f"nothing is left to send, but the office at {base} did not answer within {timeout:g} s, "
+                    "so it is not known to hold every bundle; push again later") from None
+    except requests.RequestException as e:
+        problem = _why(e) if isinstance(e, requests.ConnectionError) else type(e).__name__
+        raise _Stop(f"nothing is left to send, but the office at {base} did not answer ({problem}), so it is "
+                    "not known to hold every bundle; check the --to address and the line, then push again") from None
+    answer = _json(response)
+    held = answer.get("acknowledged") if answer and response.status_code == 200 else None
+    if type(held) is not int:
+        raise _Stop(f"nothing is left to send, but {base} answered {response.status_code} without saying which "
+                    "bundles it holds: it does not look like the office ingest service (`syncdb serve`); "
+                    "check the --to URL")
+    made = _made(workdir)
+    if held < made:
+        raise _Stop(f"the office at {base} holds this community's bundles only up to {held}, yet it "
+                    f"acknowledged all {made} earlier and the outbox no longer has them: its store may have "
+                    "been restored from an older backup. Call the street office's data administrator")
+    return held
+
+
+def _made(workdir) -> int:
+    """How many bundles this community has made (its last sequence number)."""
+    state = _state(workdir)
+    try:
+        return int(_meta(state, "next_sequence", 1)) - 1
+    finally:
+        state.close()
+
+
+def push(workdir, url: str, domains: dict[str, Domain], secret: Secret, *, retries: int = 5,
+         echo: Callable[[str], None] = print) -> PushReport:
+    """``syncdb push --to URL`` in one call: tidy up after a killed run, learn the office's caps,
+    export what changed, and send every unacknowledged bundle. Raises SyncdbError when the
+    export fails; the report says how the sending went."""
+    url = office_url(url)
+    tidy(workdir)
+    learn_limits(workdir, url)
+    result = community.export(workdir, domains, secret, notify=lambda m: echo(f"Note: {m}"))
+    for sequence, _, changes in result.bundles:
+        echo(f"Bundle {sequence}: {changes} change(s)")
+    if not result.bundles:
+        echo("No new changes since the last push.")
+    return push_to_url(workdir, url, retries=retries, echo=echo)
 
 
 def learn_limits(workdir, url: str, timeout: float = 10) -> limits.Limits | None:
@@ -167,6 +326,9 @@ def _post(http, endpoint, data, base, left, retries, backoff, timeout, echo) -> 
             problem = f"no answer within {timeout:g} s"
         except requests.ConnectionError as e:
             problem = _why(e)
+        except requests.RequestException as e:  # a URL requests cannot use: trying again won't help
+            raise _Stop(f"cannot send to {base} ({type(e).__name__}: {e}); check the --to URL, like "
+                        "http://192.0.2.10:8765") from None
         else:
             answer = _json(response)
             if (response.status_code < 500 and response.status_code not in (408, 429)) \
@@ -236,14 +398,19 @@ def _size(n: int) -> str:
 def push_to_folder(workdir, folder, *, echo: Callable[[str], None] = lambda message: None) -> list[Path]:
     """Copy every unacknowledged bundle into ``folder`` (a USB stick); return the files written.
 
-    Bundles already there with the same bytes are skipped. Nothing is
-    acknowledged: the office's answer will come with the next push or pull.
+    Bundles already there with the same bytes are skipped, and this
+    community's bundles the office has acknowledged are removed from the
+    folder. Nothing is acknowledged here: the office's answer comes with the
+    next pull (its acknowledgement) or push over the line.
     """
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SyncdbError(f"cannot create the folder {folder}: {e.strerror}") from None
+    for path in _delivered(workdir, folder):
+        path.unlink(missing_ok=True)
+        echo(f"removed {path.name} from {folder}: the office holds it")
     copied = []
     for path in community.pending(workdir):
         try:
@@ -261,3 +428,17 @@ def push_to_folder(workdir, folder, *, echo: Callable[[str], None] = lambda mess
         echo(f"copied {path.name} ({_size(len(data))}) to {folder}")
         copied.append(target)
     return copied
+
+
+def _delivered(workdir, folder: Path) -> list[Path]:
+    """This community's bundles in ``folder`` that the office has acknowledged (and the outbox dropped)."""
+    code = community.read_config(workdir)["code"]
+    pending = {p.name for p in community.pending(workdir)}
+    made = _made(workdir)
+    out = []
+    for path in sorted(folder.glob(f"{code}-*{bundle.SUFFIX}")):
+        sequence = pull.bundle_sequence(path.name)
+        if sequence is not None and sequence <= made and path.name not in pending \
+                and path.name == bundle.file_name(code, sequence):
+            out.append(path)
+    return out
