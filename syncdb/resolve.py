@@ -19,10 +19,13 @@ from pathlib import Path
 from . import bundle, office
 from .crypto import Secret
 from .errors import SyncdbError
-from .hlc import Clock, Stamp
+from .hlc import Clock, Stamp, now_ms
 from .merge import Summary, _Row, apply_inbox, open_store
 from .schema import Domain
 from .store import Store, table_name
+from .validate import check_record
+
+MAX_AHEAD_MS = 24 * 3600 * 1000  # the furthest ahead of the office's clock a stamp is followed
 
 OFFICE_STATE = """
 CREATE TABLE IF NOT EXISTS office_clock (one INTEGER PRIMARY KEY CHECK (one = 1), hlc TEXT NOT NULL)
@@ -81,9 +84,14 @@ def _change(store: Store, edit: dict) -> dict:
         if column not in table.columns or column in table.key:
             raise SyncdbError(f"{table.qualified} has no editable column '{column}'")
     clock = _clock(store)
+    # Sort after what it settles, but never follow a stamp from a desktop whose clock (or a
+    # stolen key) says it is far in the future: the office's clock would stay there for good.
+    horizon = (now_ms() + MAX_AHEAD_MS, 0)
     for column in table.columns:
         for candidate in row.candidates(column) if column not in table.key else []:
-            clock.observe(candidate.version)
+            stamp = Stamp.parse(candidate.version)
+            if (stamp.ms, stamp.counter) <= horizon:
+                clock.observe(stamp)
     stamp = str(clock.tick())
     store.conn.execute("INSERT OR REPLACE INTO office_clock VALUES (1, ?)", (stamp,))
     cells = {} if deleting else dict(edit["cells"])
@@ -166,7 +174,33 @@ def resolve_conflict(store_dir, secret: Secret, domains: dict[str, Domain], conf
                 edit["cells"][col] = store.plain(table, col, bytes.fromhex(sealed) if table.columns[col].sensitive
                                                  and sealed is not None else sealed, key)
         else:
-            edit["cells"] = {col: value}
+            edit["cells"] = {col: _checked_value(store, table, key, key_values, col, value)}
     finally:
         store.conn.close()
-    return office_edit(store_dir, secret, domains, [edit])
+    summary = office_edit(store_dir, secret, domains, [edit])
+    if summary.rejected:
+        # Checked above, so only a rule or a plugin of the office's own can get here: say so, never "resolved".
+        raise SyncdbError(f"the merge refused the resolution of conflict #{conflict_id}: "
+                          + "; ".join(summary.rejected) + "; the conflict stays open")
+    return summary
+
+
+def _checked_value(store: Store, table, key: bytes, key_values: dict, col: str, value):
+    """The value a person typed, as the schema stores it: a code's meaning is taken as that code
+    (迁出 for moved_out), and anything the office would reject from a community is refused here."""
+    column = table.columns[col]
+    if column.codes:
+        by_meaning = {meaning: code for code, meaning in store.domains[table.domain].code_table(column.codes).items()}
+        value = by_meaning.get(value, value)
+    cursor = store.conn.execute(f"SELECT * FROM [{table_name(table)}] WHERE _key = ?", (key,))
+    names = [d[0] for d in cursor.description]
+    stored = dict(zip(names, cursor.fetchone()))
+    record = {c: store.plain(table, c, stored.get(c), key) for c in table.columns if c not in table.key}
+    record.update(key_values)
+    record[col] = value
+    problems = [p for p in check_record(table, record, store.domains[table.domain])
+                if p.field == col and p.severity == "error"]
+    if problems:
+        raise SyncdbError(f"{column.label} ({col}) cannot be {value!r}: "
+                          + "; ".join(p.why for p in problems) + "; nothing was changed")
+    return value
