@@ -9,8 +9,11 @@ versions. Each entry carries an HMAC, under a key derived from the office
 keyring, over the previous entry's HMAC and its own content, and the chain's
 head is sealed in ``ledger_head`` in the same transaction: editing, deleting
 or reordering any entry by hand — the last one included — breaks the chain,
-and ``syncdb audit verify`` names the first bad entry. The ledger holds
-versions and blind indexes, never a plaintext value.
+and ``syncdb audit verify`` names the first bad entry. The ledger's length
+is anchored outside it too: every bundle in the ``applied`` table must have
+its changes recorded, so deleting the whole ledger and its head together
+fails verification as well. The ledger holds versions and blind indexes,
+never a plaintext value.
 """
 
 from __future__ import annotations
@@ -112,6 +115,7 @@ def verify(store) -> int:
     key = audit_key(store)
     previous_mac, expected_id = GENESIS, 1
     changes = 0
+    recorded: dict[str, int] = {}  # bundle -> changes the ledger records for it
     cursor = store.conn.execute(f"SELECT {', '.join(COLUMNS)}, mac FROM ledger ORDER BY id")
     for *row, mac in cursor:
         if row[0] != expected_id:
@@ -127,11 +131,13 @@ def verify(store) -> int:
             raise SyncdbError(f"audit ledger entry {row[0]} (bundle {row[2]}) has a damaged body") from None
         previous_mac, expected_id = bytes(mac), expected_id + 1
         changes += row[4]
+        recorded[row[2]] = recorded.get(row[2], 0) + row[4]
     head = store.conn.execute("SELECT id, mac, seal FROM ledger_head").fetchone()
     last_id = expected_id - 1
     if head is None:
         if last_id:
             raise SyncdbError("the audit ledger's sealed head is missing: it was deleted by hand")
+        _check_anchors(store, recorded)
         return changes
     head_id, head_mac, seal = head[0], bytes(head[1]), bytes(head[2])
     if _seal_head(store, key, head_id, head_mac) != seal:
@@ -139,4 +145,28 @@ def verify(store) -> int:
     if head_id != last_id or head_mac != previous_mac:
         raise SyncdbError(f"audit ledger entries after entry {last_id} are missing "
                           f"(the sealed head says the last is {head_id}): they were deleted by hand")
+    _check_anchors(store, recorded)
     return changes
+
+
+def _check_anchors(store, recorded: dict[str, int]) -> None:
+    """The ledger against what the store says it applied: a ledger emptied with its head still fails."""
+    from .bundle import file_name
+
+    conn = store.conn
+    for origin, sequence, count, name in conn.execute(
+            "SELECT a.origin, a.sequence, a.changes, r.file FROM applied a "
+            "LEFT JOIN received r ON r.origin = a.origin AND r.sequence = a.sequence "
+            "WHERE a.changes > 0 ORDER BY a.applied, a.origin, a.sequence"):
+        name = name or file_name(origin, sequence)
+        if recorded.get(name, 0) != count:
+            raise SyncdbError(f"the audit ledger records {recorded.get(name, 0)} of the {count} changes the store "
+                              f"applied from bundle {sequence} of {origin}: ledger entries were deleted or "
+                              "replaced by hand; restore the store folder from a backup")
+    if not recorded:
+        for table in store.tables.values():
+            name = f"{table.domain}__{table.name}"
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() \
+                    and conn.execute(f"SELECT 1 FROM [{name}] LIMIT 1").fetchone():
+                raise SyncdbError(f"the store holds records in {table.qualified} but the audit ledger is empty: "
+                                  "the ledger was deleted by hand; restore the store folder from a backup")

@@ -20,6 +20,8 @@ from .store import table_name
 
 def rows(store_dir, secret: Secret, domains: dict[str, Domain], qualified: str,
          where: dict[str, str] | None = None, include_deleted=False) -> Iterator[dict]:
+    """The table's records, decrypted. The store is opened (and the key and filters
+    checked) here, before the first record is asked for: an error comes before any output."""
     store = open_store(store_dir, secret, domains)
     try:
         table = store.table(qualified)
@@ -27,13 +29,21 @@ def rows(store_dir, secret: Secret, domains: dict[str, Domain], qualified: str,
             if column not in table.columns:
                 raise SyncdbError(f"--where names '{column}', which is not a column of {qualified} "
                                   f"(its columns: {', '.join(table.columns)})")
+    except BaseException:
+        store.conn.close()
+        raise
+    return _records(store, table, where or {}, include_deleted)
+
+
+def _records(store, table, where: dict[str, str], include_deleted: bool) -> Iterator[dict]:
+    try:
         cols = list(table.columns)
         select = ", ".join(["_key", "_exists"] + [f"[{c}]" for c in cols])
         for key, exists, *values in store.conn.execute(f"SELECT {select} FROM [{table_name(table)}]"):
             if not exists and not include_deleted:
                 continue
             record = {c: store.plain(table, c, v, key) for c, v in zip(cols, values)}
-            if all(str(record[c]) == wanted for c, wanted in (where or {}).items()):
+            if all(str(record[c]) == wanted for c, wanted in where.items()):
                 yield record
     finally:
         store.conn.close()

@@ -21,18 +21,19 @@ BATCH = 2000
 
 
 def rotate(store_dir, secret: Secret, domains, resume_only=False, progress=None) -> dict:
-    ring = office.load_keyring(store_dir, secret)
-    if not resume_only and not _unfinished(store_dir, secret, domains, ring.data_key_id):
-        new_id = str(max(int(k) for k in ring.data_keys) + 1)
-        if int(new_id) > 255:
-            raise ValueError("no more data key ids")
-        ring.data_keys[new_id] = os.urandom(ring.suite.key_size)
-        ring.data_key_id = new_id
-        ring.save(office.keyring_path(store_dir), secret)
+    # Open the store first: a keyring that is not this store's is refused before a key is added to it.
     store = open_store(store_dir, secret, domains)
-    current = int(store.keyring.data_key_id)
     counts = {}
     try:
+        ring = store.keyring
+        if not resume_only and not _unfinished(store, ring.data_key_id):
+            new_id = str(max(int(k) for k in ring.data_keys) + 1)
+            if int(new_id) > 255:
+                raise ValueError("no more data key ids")
+            ring.data_keys[new_id] = os.urandom(ring.suite.key_size)
+            ring.data_key_id = new_id
+            ring.save(office.keyring_path(store_dir), secret)
+        current = int(ring.data_key_id)
         for table in store.tables.values():
             sensitive = table.sensitive_columns
             if not sensitive:
@@ -69,32 +70,28 @@ def rotate(store_dir, secret: Secret, domains, resume_only=False, progress=None)
     return counts
 
 
-def _unfinished(store_dir, secret, domains, key_id) -> bool:
+def _unfinished(store, key_id) -> bool:
     """Is there a rotation to key_id still to finish? Then continue it, make no new key."""
-    store = open_store(store_dir, secret, domains)
-    try:
-        if key_id == "1":
-            return False
-        for table in store.tables.values():
-            for c in table.sensitive_columns:
-                if store.conn.execute(
-                        f"SELECT 1 FROM [{table_name(table)}] WHERE typeof([{c}]) = 'blob' "
-                        f"AND substr([{c}], 2, 1) != ? LIMIT 1", (bytes([int(key_id)]),)).fetchone():
-                    return True
-        # The queue's side tables are re-sealed last: a rotation stopped there is unfinished too.
-        current = bytes([int(key_id)])
-        for tbl, col in store.conn.execute("SELECT DISTINCT tbl, col FROM frontier WHERE typeof(value) = 'blob' "
-                                           "AND substr(value, 2, 1) != ?", (current,)).fetchall():
-            if tbl in store.tables and store.table(tbl).columns[col].sensitive:
-                return True
-        for tbl, col, candidates in store.conn.execute("SELECT tbl, col, candidates FROM conflicts"):
-            if tbl in store.tables and store.table(tbl).columns[col].sensitive and any(
-                    item["value"] is not None and bytes.fromhex(item["value"])[1:2] != current
-                    for item in json.loads(candidates)):
-                return True
+    if key_id == "1":
         return False
-    finally:
-        store.conn.close()
+    for table in store.tables.values():
+        for c in table.sensitive_columns:
+            if store.conn.execute(
+                    f"SELECT 1 FROM [{table_name(table)}] WHERE typeof([{c}]) = 'blob' "
+                    f"AND substr([{c}], 2, 1) != ? LIMIT 1", (bytes([int(key_id)]),)).fetchone():
+                return True
+    # The queue's side tables are re-sealed last: a rotation stopped there is unfinished too.
+    current = bytes([int(key_id)])
+    for tbl, col in store.conn.execute("SELECT DISTINCT tbl, col FROM frontier WHERE typeof(value) = 'blob' "
+                                       "AND substr(value, 2, 1) != ?", (current,)).fetchall():
+        if tbl in store.tables and store.table(tbl).columns[col].sensitive:
+            return True
+    for tbl, col, candidates in store.conn.execute("SELECT tbl, col, candidates FROM conflicts"):
+        if tbl in store.tables and store.table(tbl).columns[col].sensitive and any(
+                item["value"] is not None and bytes.fromhex(item["value"])[1:2] != current
+                for item in json.loads(candidates)):
+            return True
+    return False
 
 
 def _reseal(store, sealed, table, column, key) -> bytes:

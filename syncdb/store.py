@@ -24,6 +24,9 @@ import json
 import os
 import sqlite3
 from functools import cached_property
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
 
 from .audit import LEDGER_TABLES
 from .crypto import Keyring
@@ -53,6 +56,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS conflicts_open ON conflicts (tbl, key, col) WH
 CREATE TABLE IF NOT EXISTS applied (
     origin TEXT NOT NULL, sequence INTEGER NOT NULL, sha256 TEXT NOT NULL, applied TEXT NOT NULL,
     changes INTEGER NOT NULL, rejected INTEGER NOT NULL, PRIMARY KEY (origin, sequence));
+CREATE TABLE IF NOT EXISTS keyring_check (
+    one INTEGER PRIMARY KEY CHECK (one = 1), office_key TEXT NOT NULL, mac BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS origin_clock (origin TEXT PRIMARY KEY, hlc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rejected (
     id INTEGER PRIMARY KEY, origin TEXT NOT NULL, sequence INTEGER NOT NULL, tbl TEXT NOT NULL,
@@ -103,6 +108,9 @@ class Store:
         self._sealers: dict = {}  # data key id -> (value prefix, bound AEAD)
         self._openers: dict = {}
         self._aads: dict = {}
+        # Both checks only read: a store that fails them is left exactly as it was found.
+        _refuse_if_not_a_store(conn)
+        check = self._keyring_check()
         with conn:
             conn.execute("BEGIN IMMEDIATE")
             for statement in STORE_TABLES.split(";"):
@@ -112,6 +120,43 @@ class Store:
                 for statement in create_sql(table):
                     conn.execute(statement)
                 self._add_new_columns(table)
+            conn.execute("INSERT OR IGNORE INTO keyring_check VALUES (1, ?, ?)", check)
+
+    def _keyring_check(self) -> tuple[str, bytes]:
+        """The keyring's check value; refuse a keyring that is not the one this store was sealed under.
+
+        The store keeps the office key id and a MAC under the index key from its
+        first open; a store from before that is checked against one sealed value.
+        """
+        conn, ring = self.conn, self.keyring
+        mine = (ring.public.id, self.suite.mac(ring.index_key, b"syncdb keyring check"))
+        row = None
+        if _has_table(conn, "keyring_check"):
+            row = conn.execute("SELECT office_key, mac FROM keyring_check").fetchone()
+        if row is None:
+            if not self._opens_a_sealed_value():
+                raise _foreign_keyring(conn, ring, "it does not open the values sealed in it")
+        elif row[0] != mine[0]:
+            raise _foreign_keyring(conn, ring, f"the store was sealed under office key {row[0]}")
+        elif bytes(row[1]) != mine[1]:
+            raise _foreign_keyring(conn, ring, "its index key is not the one the store was sealed under")
+        return mine
+
+    def _opens_a_sealed_value(self) -> bool:
+        """Does the keyring open one sealed value of the store (True when there is none yet)?"""
+        for table in self.tables.values():
+            if not table.sensitive_columns or not _has_table(self.conn, table_name(table)):
+                continue
+            column = table.sensitive_columns[0]
+            found = self.conn.execute(f"SELECT _key, [{column}] FROM [{table_name(table)}] "
+                                      f"WHERE [{column}] IS NOT NULL LIMIT 1").fetchone()
+            if found:
+                try:
+                    self.open(found[1], table, column, bytes(found[0]))
+                    return True
+                except (InvalidTag, SyncdbError):
+                    return False
+        return True
 
     def _add_new_columns(self, table: Table) -> None:
         """A column added to a schema file is added to the store; nothing is ever dropped."""
@@ -194,6 +239,29 @@ class Store:
 
     def plain(self, table: Table, column: str, value, key: bytes):
         return self.open(value, table, column, key) if table.columns[column].sensitive else value
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+
+
+def _store_file(conn: sqlite3.Connection) -> str:
+    return conn.execute("PRAGMA database_list").fetchone()[2] or "the store database"
+
+
+def _refuse_if_not_a_store(conn: sqlite3.Connection) -> None:
+    """Only `office init` creates a store: an emptied or foreign store.db is never silently made anew."""
+    if not _has_table(conn, "communities"):
+        path = _store_file(conn)
+        raise SyncdbError(f"{path} is empty or not an office store; restore it from a backup of the store "
+                          f"folder; no table was made in it (only `syncdb office init` creates a store)")
+
+
+def _foreign_keyring(conn: sqlite3.Connection, ring: Keyring, why: str) -> SyncdbError:
+    folder = Path(_store_file(conn)).parent
+    return SyncdbError(f"the keyring in {folder} (office {ring.public.code}, key {ring.public.id}) is not this "
+                       f"store's: {why}. Put back the store's own keyring.json from your backup; "
+                       "nothing was changed")
 
 
 def mask(value: str | None) -> str:
