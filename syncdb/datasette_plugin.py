@@ -18,16 +18,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode
 
 from datasette import hookimpl
-from datasette.utils import baseconv, tilde_decode
+from datasette.utils import baseconv, tilde_decode, tilde_encode
 from datasette.utils.asgi import Request, Response
 from itsdangerous import BadSignature
 from markupsafe import Markup, escape
 
 from . import office, publish, signin
-from .crypto import Keyring
+from .crypto import Keyring, Secret
+from .errors import SyncdbError
 from .store import Store
 
 log = logging.getLogger("syncdb.publish")
@@ -106,10 +107,44 @@ class Context:
     gate: Gate = field(default_factory=Gate)
     filling: threading.Lock = field(default_factory=threading.Lock)
     signin: signin.SignIn | None = None  # sessions and the sign-in throttle (publish.db)
+    secret: Secret | None = None  # to read keyring.json again when it changes
+    keyring_stamp: tuple | None = None
+    keyring_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def store(self) -> Store:
         """A connection of its own for the calling thread."""
-        return Store(office.connect(self.store_dir), self.keyring, self.domains)
+        return Store(office.connect(self.store_dir), self.current_keyring(), self.domains)
+
+    def current_keyring(self) -> Keyring:
+        """The keyring as keyring.json holds it now: `keys rotate` adds a data key while publish runs,
+        and the values it re-seals can only be opened with the keyring read again."""
+        stamp = keyring_stamp(self.store_dir)
+        if self.secret is None or stamp is None or stamp == self.keyring_stamp:
+            return self.keyring
+        with self.keyring_lock:
+            if stamp != self.keyring_stamp:
+                self.keyring_stamp = stamp  # tried once per change of the file, not at every page
+                try:
+                    ring = office.load_keyring(self.store_dir, self.secret)
+                    if ring.public.id != self.keyring.public.id or ring.index_key != self.keyring.index_key:
+                        raise SyncdbError(f"it is office {ring.public.code}'s keyring (key {ring.public.id}), "
+                                          f"not this store's (key {self.keyring.public.id})")
+                except SyncdbError as e:
+                    log.error("keyring.json in %s changed but cannot be used (%s); publishing goes on with "
+                              "the keyring read before: put back the store's own keyring.json", self.store_dir, e)
+                else:
+                    self.keyring = ring
+                    log.info("keyring.json changed: read it again (current data key %s)", ring.data_key_id)
+        return self.keyring
+
+
+def keyring_stamp(store_dir) -> tuple | None:
+    """What changes whenever keyring.json is written (it is replaced whole, see files.write_atomic)."""
+    try:
+        st = office.keyring_path(store_dir).stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
 
 
 def _context(datasette) -> Context:
@@ -249,6 +284,7 @@ def asgi_wrapper(datasette):
         async def guarded(scope, receive, send):
             if scope["type"] != "http" or getattr(datasette, "_syncdb", None) is None:
                 return await app(scope, receive, send)
+            scope = _tilde_path(scope)
             path = scope["path"]
             request = Request(scope, receive)
             actor = actor_of(datasette, request)
@@ -262,6 +298,30 @@ def asgi_wrapper(datasette):
                 return await _serve(datasette, app, scope, receive, send, path, actor)
         return guarded
     return wrap
+
+
+def _tilde_path(scope: dict) -> dict:
+    """``/renkou/户籍_人员.json`` as Datasette's own ``/renkou/~E6~88~B7…~98.json``.
+
+    Datasette answers a table name typed plainly (a browser sends it %-encoded)
+    with a redirect to its tilde-encoded form, but takes a ".json" or ".csv"
+    for part of the name, so the data of every Chinese-named table would be a
+    404 at the address a person writes. Names with a dot are not published.
+    """
+    raw = (scope.get("raw_path") or scope["path"].encode("utf-8")).partition(b"?")[0].decode("latin-1")
+    if "%" not in raw or raw.startswith("/-/"):
+        return scope
+    segments = raw.split("/")
+    for i, segment in enumerate(segments):
+        if "%" not in segment:
+            continue
+        name, ext = unquote(segment), ""
+        found = re.fullmatch(r"(.+)(\.(?:json|csv))", name) if i == len(segments) - 1 else None
+        if found:
+            name, ext = found.groups()
+        segments[i] = tilde_encode(name) + ext
+    path = "/".join(segments)
+    return dict(scope, path=path, raw_path=path.encode("ascii"))
 
 
 def _reads_published(path: str) -> bool:
@@ -421,12 +481,13 @@ async def sync(datasette, request):
     def read():
         store = ctx.store()
         try:
-            return publish.sync_status(store, ctx.store_dir)
+            return publish.sync_status(store, ctx.store_dir), publish.refusals(ctx.store_dir)
         finally:
             store.conn.close()
-    rows = await asyncio.to_thread(read)
+    rows, refused = await asyncio.to_thread(read)
     html = await datasette.render_template("syncdb_sync.html", {
-        "rows": rows, "loaded_at": ctx.loaded_at}, request=request)
+        "rows": rows, "refused": refused, "unverified": [r for r in refused if not r["origin"]],
+        "loaded_at": ctx.loaded_at}, request=request)
     return Response.html(html)
 
 

@@ -22,10 +22,13 @@ replaced by their blind index so the log itself holds no plaintext.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import json
 import os
+import re
+import socket
 import time
 from pathlib import Path
 
@@ -319,17 +322,43 @@ def shown_page(store: Store, path: str, query: str) -> str:
 
 # ---------------------------------------------------------------- office pages
 
+def refusals(store_dir) -> list[dict]:
+    """The quarantine's records, newest first: who (verified, or only claimed), why, when.
+
+    A bundle refused before its signature checked out has no verified sender:
+    it is listed with the origin its header claims, never counted for that community.
+    """
+    out = []
+    for path in office.quarantine_dir(store_dir).glob("*.reason.json"):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            record = {"reason": "unreadable", "message": f"the record {path.name} cannot be read"}
+        origin = record.get("origin")
+        if origin is None and path.name.startswith("inbox-"):
+            origin = path.name[len("inbox-"):].split("-")[0]  # the office's own inbox copy: verified once
+        verified = origin not in (None, "unknown")
+        out.append({"origin": origin if verified else None, "claimed": None if verified else _claimed(record),
+                    "reason": str(record.get("reason", "unknown")), "refused": str(record.get("refused", "")),
+                    "sequence": record.get("sequence")})
+    out.sort(key=lambda r: r["refused"], reverse=True)
+    return out
+
+
+def _claimed(record: dict) -> str:
+    """The origin an unverified header claims, if it can be read: a claim, shown as one."""
+    found = re.search(r'"origin"\s*:\s*"([^"\\]{1,40})"', str(record.get("header") or ""))
+    return found.group(1) if found else "?"
+
+
 def sync_status(store: Store, store_dir) -> list[dict]:
     """Per community: last bundle applied, when, what waits, what was refused."""
     conn = store.conn
     now = time.time()
     refused: dict[str, int] = {}
-    for reason in office.quarantine_dir(store_dir).glob("*.reason.json"):
-        try:
-            origin = json.loads(reason.read_text(encoding="utf-8")).get("origin", "unknown")
-        except (OSError, ValueError):
-            origin = "unknown"
-        refused[origin] = refused.get(origin, 0) + 1
+    for item in refusals(store_dir):
+        if item["origin"]:
+            refused[item["origin"]] = refused.get(item["origin"], 0) + 1
     out = []
     names = office.names(conn)
     for (code,) in conn.execute("SELECT code FROM communities ORDER BY code"):
@@ -399,6 +428,7 @@ def make_datasette(store_dir, secret: Secret, domains, refresh_seconds: float = 
     if not read_users(store_dir):
         raise SyncdbError(f"{store_dir} has no staff account yet: add one with "
                           f"`syncdb users add {store_dir} NAME --role view-pii`, then publish")
+    stamp = datasette_plugin.keyring_stamp(store_dir)  # before reading: a change meanwhile is seen later
     keyring = office.load_keyring(store_dir, secret)
     ds = Datasette(
         memory=False,
@@ -409,28 +439,60 @@ def make_datasette(store_dir, secret: Secret, domains, refresh_seconds: float = 
         secret=os.urandom(32).hex(),
     )
     ds._syncdb = datasette_plugin.Context(Path(store_dir), keyring, domains, refresh_seconds,
-                                          session_hours=session_hours, signin=SignIn(store_dir, keyring))
+                                          session_hours=session_hours, signin=SignIn(store_dir, keyring),
+                                          secret=secret, keyring_stamp=stamp)
     return ds
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port as uvicorn would bind it, or one line saying why it cannot be."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise SyncdbError(f"port {port} on {host} is already in use (another syncdb serve or publish, or "
+                              "another program): stop that program, or choose a free port with --port") from None
+        if e.errno == errno.EACCES:
+            raise SyncdbError(f"port {port} needs administrator rights on this machine; "
+                              "choose a port above 1024 with --port") from None
+        raise SyncdbError(f"cannot listen on {host}:{port} ({e.strerror or e}); give --host an address of this "
+                          "machine, e.g. 127.0.0.1 or 0.0.0.0") from None
+    except (socket.gaierror, UnicodeError, OverflowError) as e:
+        sock.close()
+        raise SyncdbError(f"cannot listen on {host}:{port} ({e}); give --host an address of this machine "
+                          "and --port a number from 1 to 65535") from None
+    return sock
 
 
 def serve(store_dir, secret: Secret, domains, host: str = "127.0.0.1", port: int = 8001,
           refresh_seconds: float = 30.0, title: str | None = None, session_hours: float = SESSION_HOURS,
           ready=None) -> None:
-    """Decrypt into memory, then serve until interrupted."""
+    """Decrypt into memory, then serve until interrupted; ``ready(url)`` once the socket listens."""
     import asyncio
 
     import uvicorn
 
-    ds = make_datasette(store_dir, secret, domains, refresh_seconds, title, session_hours)
+    sock = bind(host, port)  # a port in use is said in one line, before any work
+    try:
+        ds = make_datasette(store_dir, secret, domains, refresh_seconds, title, session_hours)
 
-    async def main():
-        await ds.invoke_startup()  # decrypt before the first page, not during it
-        # No access log: a query string can carry an ID number, and logs end up on disk.
-        # No proxy headers: the sign-in throttle counts by the socket's peer, which a
-        # client cannot choose the way it chooses an X-Forwarded-For header.
-        server = uvicorn.Server(uvicorn.Config(ds.app(), host=host, port=port, log_level="info", access_log=False,
-                                               proxy_headers=False))
-        if ready:
-            ready(f"http://{host}:{port}/")
-        await server.serve()
-    asyncio.run(main())
+        async def main():
+            await ds.invoke_startup()  # decrypt before the first page, not during it
+            # No access log: a query string can carry an ID number, and logs end up on disk.
+            # No proxy headers: the sign-in throttle counts by the socket's peer, which a
+            # client cannot choose the way it chooses an X-Forwarded-For header.
+            server = uvicorn.Server(uvicorn.Config(ds.app(), host=host, port=port, log_level="info",
+                                                   access_log=False, proxy_headers=False))
+            serving = asyncio.create_task(server.serve(sockets=[sock]))
+            # Say where only once it answers: a browser or script told the address must not be refused.
+            while not server.started and not serving.done():
+                await asyncio.sleep(0.02)
+            if server.started and ready:
+                ready(f"http://{host}:{port}/")
+            await serving
+        asyncio.run(main())
+    finally:
+        sock.close()
