@@ -474,10 +474,14 @@ def _reported(items, progress, start: int, total: int):
 
 def _export(folder: Path, domains: dict[str, Domain], secret: Secret, notify, caps: limits.Limits,
             progress=None, confirm_deletes: bool = False, delete_share: float = DELETE_SHARE) -> ExportResult:
+    from .pull import finish_interrupted  # pull imports this module
+
     config = read_config(folder)
     code = config["code"]
     ring = Keyring.load(state_dir(folder) / "keyring.json", secret)
     office_key = PublicKey.read(state_dir(folder) / "office.pub.json")
+    # A pull stopped after its commit point is finished first, or its values would go back as local edits.
+    finish_interrupted(folder)
     state = _state(folder)
     try:
         next_seq = int(_meta(state, "next_sequence", 1))

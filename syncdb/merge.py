@@ -87,6 +87,8 @@ def merge(store_dir, paths, secret: Secret, domains: dict[str, Domain], progress
             else:
                 summary.received += 1
         apply_inbox(store, Path(store_dir), summary, progress)
+        # A USB-only community learns what the office holds from its next pull of this folder.
+        outbound.write_acknowledgements(store, store_dir)
     finally:
         store.conn.close()
     outbound.finish(store_dir)  # resolutions queued by a run that stopped before naming them

@@ -18,7 +18,7 @@ import json
 import time
 from pathlib import Path
 
-from . import community
+from . import bundle, community
 from .crypto import PublicKey
 from .errors import SyncdbError
 from .files import write_atomic
@@ -32,18 +32,26 @@ def set_office_key(workdir_path, office_key_file) -> dict:
     if key.role != "office":
         raise SyncdbError(f"{office_key_file} is a {key.role} key, not an office key; use the office.pub.json "
                           "that `syncdb office init` wrote at the street office")
-    if key.id == config.get("office_key"):
+    if key.id == PublicKey.read(community.state_dir(folder) / "office.pub.json").id:
         raise SyncdbError(f"{folder} already encrypts to this office key ({key.id}); nothing was changed")
     state = community._state(folder)
     unsent_dir = community.state_dir(folder) / "unsent"
     try:
         with state:
             state.execute("BEGIN IMMEDIATE")
-            rows = state.execute("SELECT sequence, file FROM bundles WHERE acknowledged IS NULL "
-                                 "ORDER BY sequence").fetchall()
+            pending = state.execute("SELECT sequence, file FROM bundles WHERE acknowledged IS NULL "
+                                    "ORDER BY sequence").fetchall()
+            # Only bundles made for another key: one made for this key may well be at the office
+            # already (carried on a USB stick, not yet acknowledged) and stays to be sent.
+            rows = [(seq, name) for seq, name in pending if _recipient(folder, name) not in (key.id, None)]
             if rows:
-                # The office took none of them: their numbers are free again.
-                state.execute("DELETE FROM bundles WHERE acknowledged IS NULL")
+                later = [seq for seq, name in pending if seq > rows[0][0] and (seq, name) not in rows]
+                if later:
+                    raise SyncdbError(f"bundles {', '.join(map(str, later))} were made for office key {key.id} "
+                                      f"after bundle {rows[0][0]}, made for another key; push them first, "
+                                      "then run this again")
+                # The office refused all of them at receipt: their numbers are free again.
+                state.executemany("DELETE FROM bundles WHERE sequence = ?", [(seq,) for seq, _ in rows])
                 community._set_meta(state, "next_sequence", rows[0][0])
             community._set_meta(state, community.RESEND, "the office key changed: sending every record again")
     finally:
@@ -60,3 +68,13 @@ def set_office_key(workdir_path, office_key_file) -> dict:
     write_atomic(community.state_dir(folder) / "config.json",
                  json.dumps(dict(config, office_key=key.id), indent=2).encode())
     return {"unsent": moved}
+
+
+def _recipient(folder: Path, name: str) -> str | None:
+    """The office key id an outbox bundle is encrypted to (None if the file is gone or unreadable)."""
+    try:
+        with open(community.outbox_dir(folder) / name, "rb") as f:
+            header, _ = bundle.read_header(f)
+        return header["recipient"]
+    except (OSError, bundle.BundleError):
+        return None

@@ -429,7 +429,9 @@ def test_end_to_end_a_community_on_the_wrong_office_key(office_server, make_comm
     workdir.create(folder, enrolled.domains)
     pub = community.init(folder, CODE, other / "office.pub.json", enrolled.domains, enrolled.secret)
     office.enroll(enrolled.store, CODE, pub)
-    Community(folder, CODE, enrolled.store, enrolled.domains, enrolled.secret).add_persons(2)
+    wrong = Community(folder, CODE, enrolled.store, enrolled.domains, enrolled.secret)
+    wrong.next_person = 100  # residents of its own, not the other community's
+    wrong.add_persons(2)
     server = office_server()
     result = syncdb("push", folder, "--to", server.url, env=syncdb_env)
     assert result.returncode == 1
@@ -470,7 +472,8 @@ def test_set_office_key_resends_every_record_over_what_the_office_had(make_commu
     c.export()  # encrypted to the wrong office: would be refused at receipt
     fixed = syncdb("community", "set-office-key", c.path, kept, env=syncdb_env)
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
-    assert c.pending() == []
+    # The first bundle went to the right office on a stick (not yet acknowledged): it stays.
+    assert [p.name for p in c.pending()] == [f"{CODE}-00000001.bundle"]
     assert push_and_merge(c, tmp_path, syncdb_env).returncode == 0
     held = office_persons(c)
     assert len(held) == 4 and "改名" in held.values()

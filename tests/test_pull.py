@@ -48,7 +48,9 @@ def test_a_resolution_reaches_the_owner_and_the_next_edit_merges_cleanly(settled
     assert summary.changes == 1 and summary.opened == 0 and _open_conflicts(w.store) == []
     # Pulling again finds nothing new.
     again = pull(w.folders[a], w.domains, SECRET, inbox=str(outbound.outbound_dir(w.store, a)))
-    assert again.applied == [] and again.lines() == ["Nothing new from the office."]
+    # ... but that the office now holds the phone edit's bundle, which leaves the outbox.
+    assert again.applied == [] and again.lines() == [
+        "Nothing new from the office.", "The office holds this community's bundles up to 3: 1 removed from the outbox"]
 
 
 def test_a_value_changed_here_since_the_last_push_is_kept(settled):
@@ -86,11 +88,12 @@ def test_a_tampered_or_missing_resolutions_bundle_changes_nothing(settled, tmp_p
     w, a = settled
     stick = tmp_path / "stick"
     stick.mkdir()
-    second = sorted(outbound.outbound_dir(w.store, a).iterdir())[1]
+    resolutions = sorted(p for p in outbound.outbound_dir(w.store, a).iterdir() if "-r" in p.name)
+    second = resolutions[1]
     (stick / second.name).write_bytes(second.read_bytes())
     with pytest.raises(Exception, match="resolutions 1 for .* are missing"):
         pull(w.folders[a], w.domains, SECRET, inbox=str(stick))
-    first = sorted(outbound.outbound_dir(w.store, a).iterdir())[0]
+    first = resolutions[0]
     data = bytearray(first.read_bytes())
     data[-5] ^= 1
     (stick / first.name).write_bytes(bytes(data))
@@ -247,6 +250,8 @@ def test_a_merge_names_resolutions_a_stopped_run_left_pending(registered, domain
     monkeypatch.setattr(outbound, "finish", lambda store_dir: None)  # killed between commit and naming
     w.office_sets(7, address="办事处址")
     monkeypatch.undo()
-    assert [p.name for p in outbound.outbound_dir(w.store, a).iterdir()] == [".office-r00000001.bundle.pending"]
+    assert [p.name for p in outbound.outbound_dir(w.store, a).iterdir()
+            if not p.name.startswith("office-ack")] == [".office-r00000001.bundle.pending"]
     merge.merge(w.store, [], SECRET, domains)  # a plain merge, nothing new to apply
-    assert [p.name for p in outbound.outbound_dir(w.store, a).iterdir()] == ["office-r00000001.bundle"]
+    assert sorted(p.name for p in outbound.outbound_dir(w.store, a).iterdir()) == [
+        "office-ack.bundle", "office-r00000001.bundle"]
