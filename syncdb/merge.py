@@ -259,7 +259,7 @@ def apply_bundle(store: Store, path: Path, summary: Summary, on_batch=None, stor
                                  (header.origin, header.sequence)).fetchone()
         conn.execute("INSERT INTO applied VALUES (?, ?, ?, ?, ?, ?)", (
             header.origin, header.sequence, digest, time.strftime("%Y-%m-%dT%H:%M:%S"),
-            merger.changes, len(merger.rejected)))
+            merger.changes, merger.rejected_count))
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -315,6 +315,7 @@ class _Row:
                 "SELECT col, version FROM dominated WHERE tbl = ? AND key = ?", (table.qualified, key))}
         self.had_frontier = set(self.frontiers)
         self._holding = None  # worked out once the change's versions are offered
+        self.blank = False  # an update of a record with no trace here: nothing of it is shown
         self.new_dominated = []
         self.touched = set()
         self.winners: dict[str, Candidate] = {}
@@ -344,7 +345,18 @@ class _Row:
                 self.touched.add(col)
                 return
         frontier = list(self.candidates(col))
+        from_office = candidate.origin == self.office_code
         for version in ([base] if isinstance(base, str) else base or []):
+            if not from_office and _origin(version) == self.office_code:
+                if col == self.table.owner and any(
+                        c.version == version and c.value != candidate.origin for c in frontier):
+                    # The office gave the record to another community: only a person (or the
+                    # transfer rule, seeing both claims) may take it from them.
+                    continue
+                if all(c.version != version for c in frontier):
+                    # An office version is made and applied at the office before any community
+                    # can see it: one named but not here is retired already, or made up.
+                    continue
             kept = [c for c in frontier if c.version != version]
             if len(kept) == len(frontier) and (col, version) not in self.dominated:
                 self.dominated.add((col, version))
@@ -371,16 +383,6 @@ class _Row:
         """The community holding the record (None once those who held it deleted it)."""
         return self.holding().holder
 
-    def claimed_by(self) -> set:
-        """Every community with a claim on the record, live or deleted: its own versions of the
-        owner cell, and the communities the office's versions name."""
-        codes = set()
-        for c in self.candidates(self.table.owner):
-            codes.add(c.origin)
-            if c.origin == self.office_code and c.live:
-                codes.add(c.value)
-        return codes
-
     def claims(self) -> dict:
         """Community code -> its live claim: the latest owner-cell version naming it."""
         claims = {}
@@ -398,9 +400,9 @@ class _Row:
         if self._holding is None:
             claims = self.claims()
             if not claims:
-                # Deleted by those who held it: only they (and the office) decide its cells.
-                gone = frozenset(c.origin for c in self.candidates(self.table.owner))
-                self._holding = _Holding(None, gone, False, "", ())
+                # Nobody holds it: deleted. Only deletes (and the office) decide its cells, so no
+                # version kept aside can bring it back.
+                self._holding = _Holding(None, frozenset(), False, "", ())
             elif len(claims) == 1:
                 (holder,) = claims
                 self._holding = _Holding(holder, frozenset([holder]), False, "", ())
@@ -424,6 +426,10 @@ def _origin(version: str) -> str:
     return version.split(".", 2)[2]
 
 
+MAX_REJECTED = 1_000  # rejected records kept in detail per bundle; the rest are counted
+MAX_WHY = 300  # characters of one rejection's reason
+
+
 class _Merger:
     BATCH = 500
 
@@ -444,6 +450,7 @@ class _Merger:
             "UNION SELECT tbl, key FROM conflicts WHERE status = 'open'")}
         self.changes = 0
         self.rejected: list[str] = []
+        self.rejected_count = 0
         self.rejected_keys: set = set()  # (table, blind key) of records rejected here
         self.lost: list[dict] = []  # cells where this community's value lost to the office's, as changes
         self.opened = self.closed = 0
@@ -460,6 +467,14 @@ class _Merger:
                 batch = []
         if batch:
             self._apply_batch(batch)
+        more = self.rejected_count - MAX_REJECTED
+        if more > 0:
+            line = f"{more:,} more record(s) rejected that are not listed one by one"
+            self.rejected.append(f"{self.origin} / - / - / - / {line}")
+            self.store.conn.execute(
+                "INSERT INTO rejected (origin, sequence, tbl, key, shown_key, field, why, at) "
+                "VALUES (?, ?, '-', X'', '-', '-', ?, ?)",
+                (self.origin, self.sequence, line, time.strftime("%Y-%m-%dT%H:%M:%S")))
 
     def _apply_batch(self, batch: list[dict]) -> None:
         store = self.store
@@ -542,10 +557,6 @@ class _Merger:
             return _NEW
         row = _Row(self.store, table, key, (table.qualified, key) in self.special, stored)
         row.key_values = key_values
-        if not self.from_office:
-            why = self._not_held(row, change["op"], change.get("base") or {})
-            if why:
-                return [Problem("error", "-", why)]
         return row
 
     def _apply(self, change: dict, table: Table, key_values: list, key: bytes, row) -> None:
@@ -556,6 +567,9 @@ class _Merger:
         origin = _origin(hlc)
         op = change["op"]
         base = change.get("base") or {}
+        # An update of a record the office has no trace of builds nothing anyone sees (the rest
+        # of the record would be empty): its versions are kept aside until the record arrives.
+        row.blank = op == "update" and not row.exists and not row.versions
         old = dict(row.versions)
         non_key = table.non_key
         if op == "update":
@@ -628,12 +642,16 @@ class _Merger:
         if hlc <= self.floor:
             return "-", (f"its time stamp is not later than those of the bundles {self.origin} sent before; "
                          "a community's clock never runs backwards (was the community folder restored "
-                         "from a backup?)")
+                         "from a backup? or did a stolen key send stamps from the future? then give the "
+                         "community a new key and enrol it again: that clears its old stamps)")
         owner = table.owner
+        base = change.get("base") or {}
         if change["op"] != "delete" and owner in change["cells"] and change["cells"][owner] != self.origin:
             return owner, (f"it files the record under community {change['cells'][owner]}; "
                            f"community {self.origin} may file records only under its own code")
-        base = change.get("base") or {}
+        if change["op"] == "update" and owner in change["cells"] and owner not in base:
+            return owner, ("it files a record anew without naming the version of its community code it "
+                           "replaces; a community re-files only its own copy of a record")
         for version in base.values():
             if not isinstance(version, str):
                 return "-", "its base versions are not stamps; the bundle was not made by syncdb"
@@ -646,31 +664,14 @@ class _Merger:
                          "changes only records it holds")
         return None
 
-    def _not_held(self, row: _Row, op: str, base: dict) -> str | None:
-        """Why this community may not change this stored record, or None.
-
-        A community updates and deletes only records it has a claim on (it
-        registered them, or the office gave them to it), and only they may
-        build on an office decision. A claim is made or retired only by the
-        community itself or by the office, never by a third community, so
-        this does not depend on the order other communities' bundles arrive in.
-        """
-        office_based = any(_origin(v) == self.store.office_code for v in base.values())
-        if op == "insert" and not office_based:
-            return None  # a registration: the rules decide who holds a record two register
-        if self.origin in row.claimed_by() and (op != "update" or row.exists or row.versions):
-            return None
-        # One message whether the record is missing or another's, so the refusal reads the same in
-        # any arrival order. (Never build a record out of one changed cell: the rest would be empty.)
-        return (f"community {self.origin} holds no record with this key at the office: a community changes "
-                "only records it registered (a resident who moved in is registered anew); if its "
-                "registration was rejected, fix that and the whole record is sent again")
-
     def _shown(self, table: Table, key_values: list) -> str:
         return "/".join(mask(v) if table.columns[k].sensitive else str(v) for k, v in zip(table.key, key_values))
 
     def _reject(self, table: Table, key: bytes, key_values: list, change: dict, problems) -> None:
         self.rejected_keys.add((table.qualified, key))
+        self.rejected_count += 1
+        if self.rejected_count > MAX_REJECTED:
+            return  # counted, and named once at the end of the bundle (_Merger.finish)
         shown = self._shown(table, key_values)
         records = [dict(change["key"], **change["cells"])]
         if "new_key" in change:
@@ -681,6 +682,9 @@ class _Merger:
             why = p.why
             for record in records:
                 why = _without_sensitive(why, table, record)
+            if len(why) > MAX_WHY:
+                # A validator may quote a value of up to max_value bytes: the record is named, not copied.
+                why = why[:MAX_WHY] + "…"
             self.rejected.append(f"{self.origin} / {table.qualified} / {shown} / {p.field} / {why}")
             self.store.conn.execute(
                 "INSERT INTO rejected (origin, sequence, tbl, key, shown_key, field, why, at) "
@@ -706,13 +710,17 @@ class _Merger:
     def _resolve(self, row: _Row, hlc: str) -> None:
         table = row.table
         # Rules may look across the row, so every cell in conflict is decided again.
-        cols = set(row.touched) | {c for c, f in row.frontiers.items() if len(f) > 1}
-        # Every cell decided here is in row.frontiers (offered or in conflict): no value is opened to count.
-        holding = row.holding() if any(len(row.frontiers[c]) > 1 for c in cols) else None
+        cols = set(row.touched) | row.had_frontier | {c for c, f in row.frontiers.items() if len(f) > 1}
+        # Every cell decided here is in row.frontiers (offered or kept): no value is opened to count.
+        holding = row.holding() if any(
+            len(row.frontiers[c]) > 1 for c in cols) or row.had_frontier or row.blank else None
         for col in sorted(cols):
             frontier = row.candidates(col)
             eligible = frontier if holding is None else [
-                c for c in frontier if c.origin in holding.eligible or c.origin == self.store.office_code]
+                c for c in frontier if c.origin in holding.eligible or c.origin == self.store.office_code
+                or (holding.holder is None and c.deleted)]
+            if row.blank:
+                eligible = []
             if holding is not None and holding.duplicate and self._queued_as_duplicate(row, col, holding):
                 winner = latest(eligible or frontier)
                 row.winners[col] = winner
@@ -825,7 +833,10 @@ class _Merger:
             if col in row.had_frontier:
                 conn.execute("DELETE FROM frontier WHERE tbl = ? AND key = ? AND col = ?", (table.qualified, key, col))
             frontier = row.candidates(col)
-            if len(frontier) > 1:
+            # Kept whenever the cell's versions are not just its winner: a version set aside
+            # (its community does not hold the record) must not vanish, or the one it replaced
+            # would come back and the store would depend on arrival order.
+            if len(frontier) > 1 or (frontier and row.winners.get(col) != frontier[0]):
                 self.special.add((table.qualified, key))
                 conn.executemany("INSERT INTO frontier VALUES (?, ?, ?, ?, ?, ?, ?)", [
                     (table.qualified, key, col, c.version, c.origin,

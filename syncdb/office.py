@@ -146,13 +146,28 @@ def enroll(store, code: str, public_key_file, name: str | None = None) -> Public
                           "check which file you copied")
     conn = connect(store)
     try:
+        conn.execute("BEGIN IMMEDIATE")
+        before = conn.execute("SELECT key_id FROM communities WHERE code = ?", (code,)).fetchone()
         conn.execute("INSERT INTO communities (code, public_key, key_id, enrolled, name) VALUES (?, ?, ?, ?, ?) "
                      "ON CONFLICT (code) DO UPDATE SET public_key = excluded.public_key, key_id = excluded.key_id, "
                      "enrolled = excluded.enrolled, name = coalesce(excluded.name, communities.name)",
                      (code, key.to_json(), key.id, time.strftime("%Y-%m-%dT%H:%M:%S"), name))
+        if before and before[0] != key.id and _has_table(conn, "origin_clock"):
+            # A new key for a community (its old one stolen, say): stamps from the future that
+            # the old key sent no longer hold the community's own later bundles out.
+            conn.execute("DELETE FROM origin_clock WHERE origin = ?", (code,))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
     finally:
         conn.close()
     return key
+
+
+def _has_table(conn, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
 
 
 def rename(store, code: str, name: str) -> str | None:

@@ -111,8 +111,10 @@ def test_item1_deletes_stamped_as_the_thief_open_nothing_and_delete_nothing(tmp_
     summary = attack(w, [change("delete", 8), change("delete", 9, base={"name": fake})])
     assert records(w, domains) == before
     assert _open_conflicts(w.store) == []
-    no_base, made_up = summary.rejected
-    assert "without naming the version" in no_base and f"{C} holds no record with this key" in made_up
+    # No base at all: refused. A made-up base of its own: C's own copy, kept aside, shown nowhere.
+    (no_base,) = summary.rejected
+    assert "without naming the version" in no_base
+    assert len(summary.set_aside) == 1 and f"held by {A}" in summary.set_aside[0]
 
 
 def test_item1_a_transfer_still_moves_the_resident_with_no_conflict(tmp_path, domains):
@@ -241,7 +243,7 @@ def test_a_key_correction_moves_the_record_whole_or_not_at_all(tmp_path, domains
     applied together; with an invalid new key (or from a community that does not hold it) neither."""
     w = a_holds(tmp_path, domains, 20, 21)
     summary = rekey(w, C, 20, id_number(30), 1, 2_000_000_000_000)  # not C's resident
-    assert summary.changes == 0 and "changes only records it holds" in summary.rejected[0]
+    assert summary.changes == 0 and "changes only records it holds" in summary.rejected[0]  # A's versions
     bad = id_number(31)[:-1] + ("0" if id_number(31)[-1] != "0" else "1")  # a wrong check digit
     summary = rekey(w, A, 20, bad, 2, 2_000_000_000_001)
     assert summary.changes == 0 and len(summary.rejected) >= 1
@@ -252,3 +254,94 @@ def test_a_key_correction_moves_the_record_whole_or_not_at_all(tmp_path, domains
     held = records(w, domains)
     assert held[id_number(20)][0] == 0 and held[id_number(32)][0] == 1
     assert held[id_number(32)][1]["name"] == "居民20" and held[id_number(32)][1]["community_code"] == A
+
+
+def test_a_stolen_keys_stamps_from_the_future_are_cleared_by_a_new_key(tmp_path, domains):
+    """One far-future stamp would hold every later bundle of that community out; the remedy for a
+    stolen key, enrolling the community's new key, clears it."""
+    from syncdb import office
+    from syncdb.crypto import Keyring, PublicKey
+
+    w = World(tmp_path, domains)
+    row = person(40, C)
+    row.pop("id_number")
+    attack(w, [change("insert", 40, row, hlc=stamp(99_999_999_999_999, C))])
+    honest = person(41, C)
+    honest.pop("id_number")
+    held_out = attack(w, [change("insert", 41, dict(honest))], sequence=2)
+    assert "not later than" in held_out.rejected[0] and "enrol it again" in held_out.rejected[0]
+    fresh = Keyring.generate("community", C, PublicKey.read(w.store / "office.pub.json").suite)
+    (tmp_path / "new.pub.json").write_text(fresh.public.to_json())
+    office.enroll(w.store, C, tmp_path / "new.pub.json")
+    path = tmp_path / "again.bundle"
+    from syncdb import bundle
+    bundle.write(path, {"origin": C, "sequence": 3, "schemas": {
+        "huji": {"version": 1, "fingerprint": w.domains["huji"].fingerprint}}},
+        [change("insert", 41, honest)], fresh, PublicKey.read(w.store / "office.pub.json"))
+    summary = merge.merge(w.store, [path], SECRET, domains)
+    assert summary.rejected == [] and id_number(41) in records(w, domains)
+
+
+def test_a_guessed_office_version_named_as_base_takes_nothing_from_the_office(tmp_path, domains):
+    """A base naming an office version the store does not hold (made up, or guessed ahead) is never
+    recorded as superseded, so the office's next edit of that cell still applies."""
+    from syncdb.hlc import now_ms
+
+    w = a_holds(tmp_path, domains, 50)
+    st = merge.open_store(w.store, SECRET, domains)
+    office_code = st.office_code
+    st.conn.close()
+    soon = now_ms() + 23 * 3600 * 1000
+    row = person(50, C, phone="13800000050")
+    row.pop("id_number")
+    attack(w, [change("insert", 50, row, hlc=stamp(soon, C))])
+    guesses = [change("update", 50, {"phone": "13800000050"}, hlc=str(Stamp(soon, 1 + i, C)),
+                      base={"phone": str(Stamp(soon, i, office_code)), "community_code": stamp(soon, C)})
+               for i in range(5)]
+    attack(w, guesses, sequence=2)
+    w.office_sets(50, phone="13911112222")
+    assert records(w, domains)[id_number(50)][1]["phone"] == "13911112222"
+
+
+def test_a_version_kept_aside_is_kept_whatever_the_order(tmp_path, domains):
+    """C's copy of A's resident, built on the office's phone, is kept aside; when A lets the
+    resident go and C holds them, C's phone shows, in either arrival order."""
+    w = World(tmp_path, domains)
+    w.freeze_empty_store()
+    w.insert(A, person(1, A, phone="13800000001"))
+    w.push(A)
+    w.office_edit(1, "13800000002")
+    office_phone = a_versions(w, domains, 1)["phone"]
+    reg = person(1, C, phone="13900000001")
+    reg.pop("id_number")
+    t = 1_900_000_000_000
+    c1 = w.signed_bundle(C, [change("insert", 1, reg, hlc=stamp(t, C))], 1)
+    c2 = w.signed_bundle(C, [change("update", 1, {"phone": "13900000002"}, hlc=str(Stamp(t, 1, C)),
+                                    base={"phone": office_phone, "community_code": stamp(t, C)})], 2)
+    w.sql(A, "UPDATE persons SET phone = '13800000003' WHERE id_number = ?", (id_number(1),))
+    w.push(A)
+    w.sql(A, "UPDATE persons SET status = 'moved_out' WHERE id_number = ?", (id_number(1),))
+    w.push(A)
+    a1, o, a2, a3 = w.bundles
+    results = []
+    for i, order in enumerate(([a1, o, c1, c2, a2, a3], [a1, o, a2, c1, c2, a3], [c1, c2, a1, o, a2, a3])):
+        rows, conflicts = snapshot(merge_in_order(w, order, f"o{i}"), domains)
+        results.append((rows, conflicts))
+    assert all(r == results[0] for r in results)
+    (record,) = [dict(cells) for _, cells in results[0][0].values()]
+    assert record["community_code"] == C and record["phone"] == "13900000002"
+
+
+def test_rejections_of_one_bundle_are_bounded(tmp_path, domains):
+    """A small bundle of many records with long bad values: each reason is cut short and only
+    the first records are listed one by one, the rest counted."""
+    w = World(tmp_path, domains)
+    changes = []
+    for n in range(1_100):
+        row = person(n % 90 + 1, C, ethnicity="9" * 60_000)
+        changes.append(change("insert", n % 90 + 1, {k: v for k, v in row.items() if k != "id_number"},
+                              hlc=stamp(2_000_000_000_000 + n, C)))
+    summary = attack(w, changes)
+    assert len(summary.rejected) == merge.MAX_REJECTED + 1
+    assert "100 more record(s) rejected" in summary.rejected[-1]
+    assert max(len(line) for line in summary.rejected) < merge.MAX_WHY + 200
