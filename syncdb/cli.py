@@ -393,7 +393,7 @@ def push(workdir, url, outbox, retries, confirm_deletes, hold_deletes_over, sche
     if bool(url) == bool(outbox):
         raise click.UsageError("give exactly one of --to URL or --outbox DIR")
     url = _office_url(url, "--to")
-    transport.tidy(workdir, outbox)  # what a killed push or pull left
+    transport.tidy(workdir, outbox, then="run `syncdb push` again")  # what a killed push or pull left
     if url:
         transport.learn_limits(workdir, url)  # so the export makes bundles the office will take
     secret, domains = _secret(), load_domains(schemas)

@@ -22,6 +22,7 @@ import io
 import json
 import os
 import random
+import sqlite3
 import re
 import time
 import urllib.parse
@@ -35,7 +36,7 @@ from . import bundle, community, limits, pull
 from .community import _meta, _state
 from .crypto import Secret
 from .errors import SyncdbError
-from .files import write_atomic
+from .files import storage_error, write_atomic
 from .schema import Domain
 
 # What a community worker can do about each refusal; the office's own message says why.
@@ -81,15 +82,19 @@ def office_url(url: str) -> str:
     return text.rstrip("/")
 
 
-def tidy(workdir, folder=None) -> list[Path]:
+def tidy(workdir, folder=None, then: str = "run the same command again") -> list[Path]:
     """Clear what a killed run left: finish a pull stopped half way, remove the temporary files.
 
     Looks in the outbox, and in ``folder`` (a USB stick) if given; returns
     the files removed. A temporary file of a process still running is left.
     """
     community.read_config(workdir)  # not a community folder: say so, before looking inside
-    pull.finish_interrupted(workdir)
-    removed = _remove_leftovers(community.outbox_dir(workdir))
+    try:
+        pull.finish_interrupted(workdir)
+        removed = _remove_leftovers(community.outbox_dir(workdir))
+    except (OSError, sqlite3.Error) as e:
+        # Often the first write of the night: a full disk is named here, with what to do.
+        raise storage_error(e, workdir, then=then) from None
     if folder is not None and Path(folder).is_dir():
         removed += _remove_leftovers(Path(folder))
     return removed
