@@ -195,7 +195,7 @@ def write(path, fields: dict, changes: Iterable[dict], signer: Keyring, recipien
             "encryption": {"suite": s.name, "kem": "x25519-hkdf", "ephemeral": b64(ephemeral),
                            "chunk_size": CHUNK_SIZE},
         }
-        for extra in ("acknowledged",):
+        for extra in ("acknowledged", "resend"):
             if extra in fields:
                 header_fields[extra] = fields[extra]
         raw = json.dumps(header_fields, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
@@ -276,6 +276,8 @@ def _header_problem(h: dict) -> str | None:
             return f"'{name}' is {_shown(h[name])}"
     if "acknowledged" in h and not _is_int(h["acknowledged"], 0, MAX_SEQUENCE):
         return f"'acknowledged' is {_shown(h['acknowledged'])}"
+    if "resend" in h and not _is_int(h["resend"], 1, MAX_SEQUENCE):
+        return f"'resend' is {_shown(h['resend'])}"
     counted = sum(n for ops in h["counts"].values() for n in ops.values())
     if counted != h["changes"]:
         return f"'changes' is {h['changes']} but the counts add up to {counted}"

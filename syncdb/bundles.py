@@ -13,13 +13,15 @@ the data administrator two ways on:
   pushes over the network deletes each bundle once the office has
   acknowledged it, so for such a community this leaves a gap that only
   ``skip`` closes; one that carries bundles on a USB stick keeps them in its
-  outbox until the office's acknowledgement reaches it.
+  outbox until the office's acknowledgement reaches it, and that counts only
+  bundles applied (or skipped), never one held here.
 - ``skip``: the bundle is given up, with a reason. In one transaction the
   skip is recorded in the ``skipped`` table (who, when, why), appended to the
   audit ledger, and the bundle is entered in ``applied`` with no changes, so
   the merge moves on to the community's later bundles. What the bundle
-  carried never reaches the office; its records come again only when the
-  community changes them again.
+  carried is not lost: the office's acknowledgement to that community then
+  asks for every record again (header ``resend``), and the community's next
+  push after its next pull sends every record whole.
 """
 
 from __future__ import annotations

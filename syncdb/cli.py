@@ -1024,9 +1024,10 @@ def bundles_list(store, code, everything, fmt, schemas):
 def bundles_skip(store, code, sequence, reason, who, schemas):
     """Give up a community's next bundle for good, so its later bundles apply.
 
-    What the bundle carried never reaches the office: its records come again
-    only when the community changes them. The skip (who, when, why) is kept
-    in the audit ledger; the bundle's file is kept in STORE/quarantine.
+    What the bundle carried is not lost: the office asks the community (in
+    its acknowledgement, at the community's next pull) to send every record
+    again, whole, at its next push. The skip (who, when, why) is kept in the
+    audit ledger; the bundle's file is kept in STORE/quarantine.
 
     Example: syncdb bundles skip /srv/office 441900003001 7 --reason "inbox copy damaged, community no longer has it"
     """

@@ -771,6 +771,22 @@ def _remove_orphans(folder: Path, code: str, next_seq: int) -> None:
             path.unlink()
 
 
+def ask_resend(workdir_path, skipped: int) -> bool:
+    """The office gave up bundle ``skipped`` of this community: the next push sends every record
+    whole, so what that bundle carried reaches the office after all. Once per skipped bundle."""
+    state = _state(workdir_path)
+    try:
+        with state:
+            state.execute("BEGIN IMMEDIATE")
+            if int(_meta(state, "resend_honoured", 0)) >= skipped:
+                return False
+            _set_meta(state, "resend_honoured", skipped)
+            _set_meta(state, RESEND, f"the office could not apply bundle {skipped}: sending every record again")
+            return True
+    finally:
+        state.close()
+
+
 def pending(workdir_path) -> list[Path]:
     """Bundles in the outbox not yet acknowledged by the office, in sequence order."""
     state = _state(workdir_path)

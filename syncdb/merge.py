@@ -337,7 +337,9 @@ class _Row:
         A community's change has one base version per cell; an office
         resolution is based on every candidate it settles, so a list.
         """
-        if col not in self.frontiers and (base is None or (isinstance(base, str) and base)):
+        guarded = (col == self.table.owner and isinstance(base, str) and candidate.origin != self.office_code
+                   and _origin(base) == self.office_code)  # see below: never a short cut
+        if col not in self.frontiers and not guarded and (base is None or (isinstance(base, str) and base)):
             # The common cases, without opening the stored value: an empty cell
             # given its first value, or a clean apply onto the cell's one version.
             if (self.versions.get(col) or "").lstrip("~") == (base or ""):
@@ -582,8 +584,8 @@ class _Merger:
                 value = None if deleted else change["cells"].get(col)
                 row.offer(col, Candidate(value, hlc, origin, deleted), base.get(col))
         self._resolve(row, hlc)
-        holding = row._holding  # worked out only where a cell has concurrent versions
-        if holding is not None and not self.from_office and self.origin not in holding.eligible:
+        holding = row._holding
+        if not self.from_office and (holding.holder is not None or row.blank) and self.origin not in holding.eligible:
             self.set_aside.append(f"{self.origin} / {table.qualified} / {self._shown(table, key_values)} / "
                                   f"the record is held by {holding.holder or 'nobody'}: "
                                   "this community's version is kept aside and not shown")
@@ -711,17 +713,16 @@ class _Merger:
         table = row.table
         # Rules may look across the row, so every cell in conflict is decided again.
         cols = set(row.touched) | row.had_frontier | {c for c, f in row.frontiers.items() if len(f) > 1}
-        # Every cell decided here is in row.frontiers (offered or kept): no value is opened to count.
-        holding = row.holding() if any(
-            len(row.frontiers[c]) > 1 for c in cols) or row.had_frontier or row.blank else None
+        # Who holds the record decides whose versions may win, even for a clean apply: a change
+        # built on the office's version of a record another community holds must not show.
+        holding = row.holding()
         for col in sorted(cols):
             frontier = row.candidates(col)
-            eligible = frontier if holding is None else [
-                c for c in frontier if c.origin in holding.eligible or c.origin == self.store.office_code
-                or (holding.holder is None and c.deleted)]
+            eligible = [c for c in frontier if c.origin in holding.eligible or c.origin == self.store.office_code
+                        or (holding.holder is None and c.deleted)]
             if row.blank:
                 eligible = []
-            if holding is not None and holding.duplicate and self._queued_as_duplicate(row, col, holding):
+            if holding.duplicate and self._queued_as_duplicate(row, col, holding):
                 winner = latest(eligible or frontier)
                 row.winners[col] = winner
                 self._open(row, col, frontier, Decision(winner, True, holding.rule, "duplicate-registration"))

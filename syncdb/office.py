@@ -470,6 +470,17 @@ def acknowledged(store, origin: str) -> int:
         conn.close()
 
 
+def settled_in(conn: sqlite3.Connection, origin: str) -> int:
+    """The highest N such that bundles 1..N from ``origin`` are applied (or skipped) here.
+
+    What the office's own bundles tell a community it may remove: a bundle
+    received but held (a damaged inbox copy, say) stays in the community's
+    outbox, so `syncdb bundles resend` can still have it sent again.
+    """
+    (n,) = conn.execute("SELECT coalesce(max(sequence), 0) FROM applied WHERE origin = ?", (origin,)).fetchone()
+    return n  # applied only ever in order, from 1: the highest is the count
+
+
 def acknowledged_in(conn: sqlite3.Connection, origin: str) -> int:
     """``acknowledged`` on an open store connection (inside a merge's transaction, say)."""
     n = 0

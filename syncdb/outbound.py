@@ -166,7 +166,7 @@ def _queue(store: Store, store_dir, by_code: dict[str, list[dict]]) -> dict[str,
         folder = outbound_dir(store_dir, code)
         folder.mkdir(parents=True, exist_ok=True)
         name = bundle.file_name(store.office_code, sequence, kind="resolutions")
-        bundle.write(folder / _pending(name), _fields(store, sequence, office.acknowledged_in(conn, code)),
+        bundle.write(folder / _pending(name), _fields(store, sequence, office.settled_in(conn, code)),
                      owned, store.keyring, enrolled[code])
         conn.execute("INSERT INTO outbound VALUES (?, ?, ?, ?, ?)",
                      (code, sequence, name, time.strftime("%Y-%m-%dT%H:%M:%S"), len(owned)))
@@ -174,11 +174,15 @@ def _queue(store: Store, store_dir, by_code: dict[str, list[dict]]) -> dict[str,
     return made
 
 
-def _fields(store: Store, sequence: int, acknowledged: int) -> dict:
-    """The header fields of an office bundle to a community."""
-    return {"kind": "resolutions", "origin": store.office_code, "sequence": sequence,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "acknowledged": acknowledged,
-            "schemas": {d.name: {"version": d.version, "fingerprint": d.fingerprint} for d in store.domains.values()}}
+def _fields(store: Store, sequence: int, acknowledged: int, resend: int = 0) -> dict:
+    """The header fields of an office bundle to a community (``resend``: see write_acknowledgements)."""
+    fields = {"kind": "resolutions", "origin": store.office_code, "sequence": sequence,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "acknowledged": acknowledged,
+              "schemas": {d.name: {"version": d.version, "fingerprint": d.fingerprint}
+                          for d in store.domains.values()}}
+    if resend:
+        fields["resend"] = resend
+    return fields
 
 
 def acknowledgement_name(office_code: str) -> str:
@@ -195,24 +199,32 @@ def write_acknowledgements(store: Store, store_dir) -> dict[str, int]:
     """
     conn = store.conn
     written = {}
+    skipped = dict(conn.execute("SELECT origin, max(sequence) FROM skipped GROUP BY origin")) \
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'skipped'").fetchone() else {}
     for code, key in sorted(office.enrolled_keys(conn).items()):
-        n = office.acknowledged_in(conn, code)
+        # Applied (or skipped), not merely received: a bundle held here stays in the community's
+        # outbox, to be sent again (`syncdb bundles resend`) if its copy here is damaged.
+        n = office.settled_in(conn, code)
+        # A bundle given up (`syncdb bundles skip`): the community sends every record whole again,
+        # so what that bundle carried is not lost.
+        resend = skipped.get(code, 0)
         path = outbound_dir(store_dir, code) / acknowledgement_name(store.office_code)
-        if n == 0 or _says(path, n, key.id):
+        if n == 0 or _says(path, n, resend, key.id):
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        bundle.write(path, _fields(store, n, n), [], store.keyring, key)
+        bundle.write(path, _fields(store, n, n, resend), [], store.keyring, key)
         written[code] = n
     return written
 
 
-def _says(path: Path, n: int, recipient: str) -> bool:
+def _says(path: Path, n: int, resend: int, recipient: str) -> bool:
     try:
         with open(path, "rb") as f:
             header, _ = bundle.read_header(f)
     except (OSError, bundle.BundleError):
         return False
-    return header.fields.get("acknowledged") == n and header["recipient"] == recipient
+    return (header.fields.get("acknowledged") == n and header.fields.get("resend", 0) == resend
+            and header["recipient"] == recipient)
 
 
 def acknowledgement_path(store_dir, code: str) -> Path | None:

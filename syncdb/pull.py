@@ -217,7 +217,18 @@ def _fetch_acknowledgement(code, office_key, url, inbox, timeout) -> tuple[str, 
 
 
 def acknowledgement(workdir_path, data: bytes) -> int:
-    """The ``acknowledged`` number of an office acknowledgement, once it is shown to be genuine.
+    """The ``acknowledged`` number of an office acknowledgement, once it is shown to be genuine;
+    if it asks for every record again (``resend``, after the office gave up one of this
+    community's bundles), the next push sends every record whole."""
+    header = _genuine_acknowledgement(workdir_path, data)
+    resend = header.fields.get("resend")
+    if resend:
+        community.ask_resend(workdir_path, resend)
+    return header["acknowledged"]
+
+
+def _genuine_acknowledgement(workdir_path, data: bytes):
+    """The header of an office acknowledgement, once it is shown to be genuine.
 
     It must be signed by this community's office and made for this
     community's own key (its ``recipient``, which the signature covers), so
@@ -236,7 +247,7 @@ def acknowledgement(workdir_path, data: bytes) -> int:
     if header["recipient"] != mine:
         raise SyncdbError(f"made for key {header['recipient']}, not for this community's key {mine}: "
                           "it is another community's")
-    return header["acknowledged"]
+    return header
 
 
 def _own_key_id(folder: Path) -> str:

@@ -96,8 +96,7 @@ def test_item4_an_acknowledgement_is_only_for_its_own_community(office_store, ma
     a, b = make_community(CODE), make_community(OTHER)
     for c in (a, b):
         c.make_bundles(1)
-        office.receive_files(office_store, [community.outbox_dir(c.path)])
-    office_acknowledges(office_store, syncdb_secret, domains)
+        merge.merge(office_store, [community.outbox_dir(c.path)], syncdb_secret, domains)  # writes the acks
     mine = (outbound.outbound_dir(office_store, a.code) / "office-ack.bundle").read_bytes()
     theirs = (outbound.outbound_dir(office_store, b.code) / "office-ack.bundle").read_bytes()
     assert acknowledgement(a.path, mine) == 1
@@ -136,8 +135,7 @@ def test_item4_over_http_pull_clears_and_push_skips_what_the_office_holds(
     c.make_bundles(2)
     stick = tmp_path / "stick"
     transport.push_to_folder(c.path, stick)
-    office.receive_files(office_store, [stick])
-    office_acknowledges(office_store, syncdb_secret, domains)
+    merge.merge(office_store, [stick], syncdb_secret, domains)  # applied: acknowledged
     server = office_server()
     # The push finds the office's acknowledgement first: nothing is uploaded again.
     lines = []
@@ -146,8 +144,7 @@ def test_item4_over_http_pull_clears_and_push_skips_what_the_office_holds(
     assert report.summary() == f"Nothing to send: the office at {server.url} has every bundle (1 to 2)."
     # And the pull over HTTP clears the outbox the same way.
     c.make_bundles(1)
-    office.receive_files(office_store, [community.outbox_dir(c.path)])
-    office_acknowledges(office_store, syncdb_secret, domains)
+    merge.merge(office_store, [community.outbox_dir(c.path)], syncdb_secret, domains)
     pulled = run("pull", c.path, "--from", server.url, env=syncdb_env)
     assert pulled.returncode == 0, pulled.stderr
     assert "up to 3: 1 removed from the outbox" in pulled.stdout and c.pending() == []
@@ -420,3 +417,74 @@ def test_schedule_prints_schtasks_and_cron(make_community, syncdb_env):
     assert f'setx SYNCDB_KEY_FILE "{syncdb_env["SYNCDB_KEY_FILE"]}"' in result.stdout
     bad = run("schedule", c.path, "--office", "http://192.0.2.10:8765", "--at", "25:00", env=syncdb_env)
     assert bad.returncode == 2 and "HH:MM" in bad.stderr
+
+
+# --- from an adversarial read: a held bundle is never acknowledged; a skipped one is sent again --
+
+def _persons_at_office(store) -> int:
+    conn = sqlite3.connect(store / "store.db")
+    try:
+        return conn.execute("SELECT count(*) FROM huji__persons WHERE _exists = 1").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def _damage_inbox_copy(store, code, sequence):
+    path = office.inbox_dir(store) / bundle.file_name(code, sequence)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def _usb_night(c, store, stick, env):
+    """The community's bundles to the stick, merged at the office, the office's folder back to the stick."""
+    assert run("push", c.path, "--outbox", stick / "outbox", env=env).returncode == 0
+    merged = run("merge", store, stick / "outbox", env=env)
+    if (outbound.outbound_dir(store, c.code)).is_dir():
+        shutil.copytree(outbound.outbound_dir(store, c.code), stick / c.code, dirs_exist_ok=True)
+    return merged
+
+
+def test_a_held_bundle_is_not_acknowledged_so_it_can_be_sent_again(office_store, make_community, syncdb_env,
+                                                                   tmp_path):
+    c = make_community()
+    stick = tmp_path / "usb"
+    c.make_bundles(1, persons=3)
+    c.make_bundles(1, persons=2)
+    office.receive_files(office_store, [community.outbox_dir(c.path)])
+    _damage_inbox_copy(office_store, c.code, 2)
+    merged = _usb_night(c, office_store, stick, syncdb_env)
+    assert merged.returncode == 1  # held for a person
+    pulled = run("pull", c.path, "--inbox", stick, env=syncdb_env)
+    assert pulled.returncode == 0, pulled.stderr
+    assert [p.name for p in c.pending()] == [bundle.file_name(c.code, 2)]  # only bundle 1 was held whole
+    assert run("bundles", "resend", office_store, c.code, 2, env=syncdb_env).returncode == 0
+    shutil.rmtree(stick)
+    assert _usb_night(c, office_store, stick, syncdb_env).returncode == 0
+    assert _persons_at_office(office_store) == 5
+
+
+def test_a_skipped_bundle_is_not_lost_the_community_sends_every_record_again(
+        office_store, make_community, syncdb_env, tmp_path):
+    c = make_community()
+    stick = tmp_path / "usb"
+    c.make_bundles(1, persons=3)
+    c.make_bundles(1, persons=2)
+    office.receive_files(office_store, [community.outbox_dir(c.path)])
+    _damage_inbox_copy(office_store, c.code, 2)
+    assert _usb_night(c, office_store, stick, syncdb_env).returncode == 1
+    skipped = run("bundles", "skip", office_store, c.code, 2, "--reason", "inbox copy damaged", env=syncdb_env)
+    assert skipped.returncode == 0, skipped.stdout + skipped.stderr
+    assert _persons_at_office(office_store) == 3
+    shutil.rmtree(stick)
+    _usb_night(c, office_store, stick, syncdb_env)  # the office's acknowledgement now asks for everything
+    assert run("pull", c.path, "--inbox", stick, env=syncdb_env).returncode == 0
+    shutil.rmtree(stick)
+    again = _usb_night(c, office_store, stick, syncdb_env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert _persons_at_office(office_store) == 5
+    st = merge.open_store(office_store, c.secret, c.domains)
+    try:
+        assert st.conn.execute("SELECT count(*) FROM conflicts").fetchone() == (0,)
+    finally:
+        st.conn.close()
