@@ -482,7 +482,8 @@ class Arena:
         """Over HTTP only the end state is seen: a must-refuse mutant's new records must not be there."""
         own = mutant.origin if mutant.origin in CODES else C
         keys = {(c["table"], tuple(c["key"].values())) for c in mutant.changes
-                if isinstance(c.get("key"), dict) and isinstance(c.get("table"), str)}
+                if isinstance(c.get("key"), dict) and isinstance(c.get("table"), str)
+                and all(isinstance(v, (str, int, float, type(None))) for v in c["key"].values())}
         landed = [k for k in keys if k not in before and k in after]
         if mutant.expect == "refuse" and landed:
             return Outcome("accepted", seconds, "its records are in the store")
