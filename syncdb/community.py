@@ -83,6 +83,7 @@ class HeldDeletes:
 
 DELETE_SHARE = 0.2  # one push deleting more of a table than this is held for a person
 DELETE_MINIMUM = 10  # … but a small table may lose this many at once (a 3-row table may lose 1)
+DELETION_HELD = "deletion held: confirm it with `syncdb push --confirm-deletes`"  # state.db held.why
 
 
 def state_dir(workdir_path) -> Path:
@@ -491,6 +492,7 @@ def _export(folder: Path, domains: dict[str, Domain], secret: Secret, notify, ca
 
         collected, cleanups, full_compares, vetted = [], [], {}, {}
         held_moves, held_tables, deletes_held = [], [], []
+        untracked = set()  # tables whose capture triggers were gone: dropped and made again, say
         read = [0]
         resend = _meta(state, RESEND)  # set by rehome.set_office_key: send every record again
 
@@ -507,6 +509,8 @@ def _export(folder: Path, domains: dict[str, Domain], secret: Secret, notify, ca
                                      (domain.name,)).fetchone()
             expected = None if expected is None else {"capture_id": expected[0], "generation": expected[1]}
             skip = _unfit_tables(conn, state, domain, confirm_deletes, held_tables, deletes_held, notify)
+            if expected is not None:
+                untracked |= _untracked_tables(conn, domain)
             # While a table is unfit, every push compares in full: its log would be cleared unread.
             reason = resend or capture.needs_full_compare(conn, domain, expected) or (
                 f"{', '.join(sorted(skip))} cannot be read" if skip else None)
@@ -529,7 +533,7 @@ def _export(folder: Path, domains: dict[str, Domain], secret: Secret, notify, ca
 
         awaiting = {}
         if not confirm_deletes:
-            collected = _hold_mass_deletes(state, collected, delete_share, awaiting, deletes_held)
+            collected = _hold_mass_deletes(state, collected, delete_share, awaiting, deletes_held, untracked)
         collected = _within_limits(collected, caps, vetted, held_moves)
         tables = {t.qualified: t for d in domains.values() for t in d.tables.values()}
         held = held_tables + [f"{tbl} / {shown_key(tables[tbl], key_json)} / {why}"
@@ -636,6 +640,36 @@ def _live_rows(state, qualified: str) -> int:
     return state.execute("SELECT count(*) FROM shadow WHERE tbl = ? AND row != 'null'", (qualified,)).fetchone()[0]
 
 
+def deletions_to_hold(workdir_path, domains: dict[str, Domain], state: sqlite3.Connection) -> list[HeldDeletes]:
+    """What the next push would hold of whole tables, found by reading only (``syncdb status``).
+
+    A table gone from its working database, or one with no record left, while
+    the office holds records of it from here: the push holds those deletions
+    (``_unfit_tables``, ``_hold_mass_deletes``). ``state`` is state.db opened
+    read-only; each working database is opened read-only too.
+    """
+    found = []
+    for domain in domains.values():
+        path = workdir.db_path(workdir_path, domain.name)
+        if not path.is_file():
+            continue
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=10)
+        try:
+            problems = capture.table_problems(conn, domain)
+            for table in domain.tables.values():
+                rows = _live_rows(state, table.qualified)
+                if not rows:
+                    continue
+                if table.name in problems and not capture.table_exists(conn, table.name):
+                    found.append(HeldDeletes(table.qualified, rows, rows, dropped=True))
+                elif table.name not in problems and \
+                        not conn.execute(f"SELECT 1 FROM [{table.name}] LIMIT 1").fetchone():
+                    found.append(HeldDeletes(table.qualified, rows, rows))
+        finally:
+            conn.close()
+    return found
+
+
 def _duplicated(conn, domain: Domain, skip) -> dict[str, dict[str, int]]:
     """{table name: {key_json: rows}} of the keys more than one row holds, where no unique index
     keeps them apart (capture could not add one while such rows are there)."""
@@ -648,22 +682,38 @@ def _duplicated(conn, domain: Domain, skip) -> dict[str, dict[str, int]]:
     return found
 
 
-def _hold_mass_deletes(state, collected: list, share: float, awaiting: dict, deletes_held: list) -> list:
+def _untracked_tables(conn, domain: Domain) -> set[str]:
+    """The tables (domain.table) whose capture triggers are gone since the last push: a table
+    dropped and made again has lost them, and what it lost shows only as deletions."""
+    missing = set(capture.missing_triggers(conn, domain))
+    return {table.qualified for table in domain.tables.values()
+            if missing & set(capture._trigger_names(table))}
+
+
+def _hold_mass_deletes(state, collected: list, share: float, awaiting: dict, deletes_held: list,
+                       untracked=frozenset()) -> list:
     """Hold back a table's deletions when one push would delete more than ``share`` of the
-    records the office holds from here (and more than DELETE_MINIMUM): a dropped or emptied
-    table, a wrong restore. They wait, in the held table, for ``--confirm-deletes``."""
+    records the office holds from here (and more than DELETE_MINIMUM): a wrong restore, a
+    mass delete. A small table is not exempt when it would lose every record the office holds
+    from here, or when its capture triggers were gone (``untracked``: dropped and made again).
+    Once held, a deletion stays held until confirmed. They wait, in the held table, for
+    ``--confirm-deletes``."""
     deletes: dict[str, list] = {}
     for item in collected:
         if item[3]["op"] == "delete":
             deletes.setdefault(item[1].qualified, []).append(item)
+    waiting = set(state.execute("SELECT tbl, key FROM held WHERE why = ?", (DELETION_HELD,)).fetchall())
     held = set()
     for qualified, items in deletes.items():
         rows = _live_rows(state, qualified)
-        if len(items) <= max(DELETE_MINIMUM, share * rows):
-            continue
+        whole = len(items) >= rows or qualified in untracked
+        if not whole and len(items) <= max(DELETE_MINIMUM, share * rows):
+            items = [item for item in items if (qualified, item[2]) in waiting]
+            if not items:
+                continue
         deletes_held.append(HeldDeletes(qualified, len(items), rows))
         for _, _, key_json, _ in items:
-            awaiting[(qualified, key_json)] = "deletion held: confirm it with `syncdb push --confirm-deletes`"
+            awaiting[(qualified, key_json)] = DELETION_HELD
             held.add((qualified, key_json))
     return [item for item in collected
             if not (item[3]["op"] == "delete" and (item[1].qualified, item[2]) in held)]

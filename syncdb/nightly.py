@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import transport
+from . import community, transport
 from .community import read_config, state_dir
 from .crypto import Secret
 from .errors import SyncdbError
@@ -62,10 +62,7 @@ def sync(workdir, url: str, domains: dict[str, Domain], secret: Secret, *, log_p
 
         say(f"sync of {workdir} with the office at {url}")
         try:
-            report = transport.push(workdir, url, domains, secret, retries=retries, echo=say)
-            say(report.summary())
-            if not report.ok:
-                result.problems.append(f"push: {report.error}")
+            _push(workdir, url, domains, secret, retries, say, result)
         except SyncdbError as e:
             say(f"push failed: {e}")
             result.problems.append(f"push: {e}")
@@ -79,6 +76,27 @@ def sync(workdir, url: str, domains: dict[str, Domain], secret: Secret, *, log_p
         say("sync finished: every step went well" if result.ok
             else f"sync finished with {len(result.problems)} problem(s); see above")
     return result
+
+
+def _push(workdir, url: str, domains: dict[str, Domain], secret: Secret, retries: int,
+          say: Callable[[str], None], result: SyncResult) -> None:
+    """``syncdb push --to URL``: what went, and each deletion held for a person, as a problem."""
+    transport.tidy(workdir)
+    transport.learn_limits(workdir, url)
+    exported = community.export(workdir, domains, secret, notify=lambda m: say(f"Note: {m}"))
+    for sequence, _, changes in exported.bundles:
+        say(f"Bundle {sequence}: {changes} change(s)")
+    if not exported.bundles:
+        say("No new changes since the last push.")
+    report = transport.push_to_url(workdir, url, retries=retries, echo=say)
+    say(report.summary())
+    if not report.ok:
+        result.problems.append(f"push: {report.error}")
+    # The rest went; these wait for a person, as `syncdb push` says (and exits 1).
+    again = shlex.join(["syncdb", "push", str(workdir), "--to", url, "--confirm-deletes"])
+    for held in exported.deletes_held:
+        say(f"Held: {held.message(again)}")
+        result.problems.append(f"push: held: {held.message(again)}")
 
 
 def parse_time(at: str) -> tuple[int, int]:

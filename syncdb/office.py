@@ -64,20 +64,47 @@ def quarantine_dir(store) -> Path:
     return Path(store) / "quarantine"
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
 def connect(store) -> sqlite3.Connection:
     path = Path(store) / "store.db"
     if not path.exists():
         raise SyncdbError(f"{store} is not an office store; create one with `syncdb office init {store}`")
+    _refuse_if_not_a_store(path)
     conn = sqlite3.connect(str(path), isolation_level=None, timeout=30)
     try:
+        # Before any PRAGMA or write: a store.db that is not a store stays byte for byte as found.
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'communities'").fetchone():
+            raise SyncdbError(_not_a_store(path))
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA busy_timeout = 30000")
         _add_name_column(conn)
+    except SyncdbError:
+        conn.close()
+        raise
     except sqlite3.Error as e:
         conn.close()
         raise storage_error(e, store) from None
     return conn
+
+
+def _not_a_store(path: Path) -> str:
+    return (f"{path} is empty or not an office store; restore it from a backup of the store folder; "
+            "nothing was written to it (only `syncdb office init` creates a store)")
+
+
+def _refuse_if_not_a_store(path: Path) -> None:
+    """An emptied store.db (zero bytes) or a file that is not SQLite is refused before SQLite opens it:
+    opening it to write would turn it into an empty database and destroy the evidence."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError as e:
+        raise storage_error(e, path.parent) from None
+    if head != SQLITE_HEADER:
+        raise SyncdbError(_not_a_store(path))
 
 
 def _add_name_column(conn: sqlite3.Connection) -> None:

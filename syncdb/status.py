@@ -15,7 +15,13 @@ with ``syncdb status STORE --ack`` (kept in STORE/status-ack.json, the only
 thing status ever writes, and only then). Held bundles, open conflicts and
 an unfinished rotation need a person until they are dealt with.
 
-The store and the community's state database are opened read-only.
+The store and the community's state database are opened read-only and
+nothing is made beside them: with no ``-wal`` file there (a database closed
+cleanly, or copied), SQLite is told the file will not change
+(``immutable=1``), since a read-only open of a WAL database would otherwise
+create its ``-wal`` and ``-shm`` files. Should a writer start while status
+reads (a ``-wal`` appears), status reads everything again the ordinary
+read-only way, which may then use the ``-shm`` the writer made.
 """
 
 from __future__ import annotations
@@ -26,12 +32,14 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from . import bundles, community, office
 from .crypto import Keyring
 from .errors import SyncdbError
 from .files import write_atomic
 from .schema import Domain
+from .store import Store
 
 ACK_FILE = "status-ack.json"
 MAX_LAG_HOURS = 48.0  # a community's unacknowledged bundle older than this: its pushes are not getting through
@@ -75,24 +83,63 @@ def status(path, domains: dict[str, Domain], keyring: Keyring | None = None,
     """The status of an office store folder or a community folder, whichever ``path`` is."""
     folder = Path(path)
     if (folder / "store.db").exists() or office.keyring_path(folder).exists():
-        return office_status(folder, domains, keyring)
+        return _steady(folder / "store.db", lambda: office_status(folder, domains, keyring))
     if (community.state_dir(folder) / "config.json").exists():
-        return community_status(folder, max_lag_hours)
+        return _steady(community.state_dir(folder) / "state.db",
+                       lambda: community_status(folder, max_lag_hours, domains=domains))
     raise SyncdbError(f"{folder} is neither an office store (`syncdb office init`) nor a community folder "
                       "(`syncdb community init`); give the folder one of them made")
 
 
+def _wal(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
+
+
+def open_read_only(path: Path) -> sqlite3.Connection:
+    """``path`` opened so that nothing is written to it, nor made beside it (see the module's text)."""
+    uri = path.resolve().as_uri() + "?mode=ro"
+    if not _wal(path).exists():
+        uri += "&immutable=1"  # all of it is in the file: read it without making -wal and -shm
+    return sqlite3.connect(uri, uri=True, timeout=30)
+
+
+def _steady(path: Path, read: Callable[[], Report]) -> Report:
+    """``read()``, again if a writer began while it ran: an immutable read may then have been torn."""
+    quiet = not _wal(path).exists()
+    report = read()
+    if quiet and _wal(path).exists():
+        report = read()
+    return report
+
+
 # ---------------------------------------------------------------- the office
+
+def _store_read_only(store_dir: Path) -> sqlite3.Connection:
+    """The store, read-only; the tables the first merge has not made yet read as empty."""
+    path = store_dir / "store.db"
+    if not path.is_file() or not office.keyring_path(store_dir).exists():
+        raise SyncdbError(f"{store_dir} is not an office store (no store.db and keyring.json there); "
+                          "give the folder `syncdb office init` made")
+    try:
+        conn = open_read_only(path)
+        conn.execute("SELECT count(*) FROM communities").fetchone()
+        bundles._stand_ins(conn)
+    except sqlite3.Error as e:
+        raise SyncdbError(f"{path} cannot be read as an office store ({e}); restore it from a backup "
+                          "of the store folder") from None
+    return conn
+
 
 def office_status(store_dir, domains: dict[str, Domain], keyring: Keyring | None = None,
                   now: float | None = None) -> Report:
     store_dir = Path(store_dir)
     now = time.time() if now is None else now
-    conn = bundles.read_only(store_dir)
+    conn = _store_read_only(store_dir)
     try:
         names = office.names(conn)
         ack = _read_ack(store_dir)
         report = Report(f"Office store {store_dir}")
+        keyring = _keyring_fits(conn, store_dir, domains, keyring, report)
         _communities(conn, names, now, report)
         _held(conn, store_dir, domains, keyring, names, now, report)
         _quarantine(store_dir, names, ack, report)
@@ -105,6 +152,20 @@ def office_status(store_dir, domains: dict[str, Domain], keyring: Keyring | None
                           "store folder") from None
     finally:
         conn.close()
+
+
+def _keyring_fits(conn, store_dir: Path, domains, keyring: Keyring | None, report: Report) -> Keyring | None:
+    """The keyring if it is this store's (the check every command that opens the store makes),
+    else None, with an alert: the checks that use it would say only misleading things."""
+    if keyring is None:
+        return None
+    try:
+        Store(conn, keyring, domains, check_only=True)
+    except SyncdbError as e:
+        report.alerts.append(str(e))
+        report.facts["keyring_mismatch"] = str(e)
+        return None
+    return keyring
 
 
 def _hours(stamp: str | None, now: float) -> str:
@@ -297,14 +358,16 @@ def _state_read_only(folder: Path) -> sqlite3.Connection:
         raise SyncdbError(f"{path} is missing: {folder} was set up for sync but its state is gone; restore the "
                           "folder's .syncdb from a backup, or call the street office's data administrator")
     try:
-        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=30)
+        conn = open_read_only(path)
         conn.execute("SELECT count(*) FROM bundles").fetchone()
     except sqlite3.Error as e:
         raise SyncdbError(f"{path} cannot be read ({e}); restore the folder's .syncdb from a backup") from None
     return conn
 
 
-def community_status(workdir, max_lag_hours: float = MAX_LAG_HOURS, now: float | None = None) -> Report:
+def community_status(workdir, max_lag_hours: float = MAX_LAG_HOURS, now: float | None = None,
+                     domains: dict[str, Domain] | None = None) -> Report:
+    """A community folder's status; with ``domains``, the tables the next push would hold whole."""
     folder = Path(workdir)
     now = time.time() if now is None else now
     code = community.read_config(folder).get("code", "?")
@@ -312,7 +375,7 @@ def community_status(workdir, max_lag_hours: float = MAX_LAG_HOURS, now: float |
     try:
         report = Report(f"Community {code} in {folder}")
         _outbox(conn, folder, max_lag_hours, now, report)
-        _held_back(conn, report)
+        _held_back(conn, report, _whole_tables(folder, domains, conn))
         _superseded(conn, report)
         return report
     finally:
@@ -349,10 +412,26 @@ def _key_text(key_json: str) -> str:
         return key_json
 
 
-def _held_back(conn, report: Report) -> None:
+def _whole_tables(folder: Path, domains, conn) -> list[str]:
+    """The deletions of whole tables the next push would hold, each with what to do."""
+    if not domains:
+        return []
+    try:
+        found = community.deletions_to_hold(folder, domains, conn)
+    except sqlite3.Error as e:
+        raise SyncdbError(f"a working database in {folder} cannot be read ({e}); check it with "
+                          f"`syncdb validate {folder}`") from None
+    again = f"syncdb push {folder} --to URL (or --outbox DIR) --confirm-deletes"
+    return [held.message(again) for held in found]
+
+
+def _held_back(conn, report: Report, tables: list[str] = ()) -> None:
     rows = conn.execute("SELECT tbl, key, why FROM held ORDER BY tbl, key").fetchall() \
         if bundles.has_table(conn, "held") else []
     lines = [f"{tbl} / {_key_text(key)}: {why}" for tbl, key, why in rows]
+    for line in tables:  # the whole table, before its records
+        report.alerts.append(f"the next push holds back deletions: {line}")
+    lines = list(tables) + lines
     if rows:
         report.alerts.append(f"{len(rows)} record(s) are held back, not sent until fixed: correct them in the "
                              "working database as listed; the next push sends them")

@@ -98,7 +98,8 @@ def create_sql(table: Table) -> list[str]:
 class Store:
     """An open store: its connection, keys and schemas, and the value crypto."""
 
-    def __init__(self, conn: sqlite3.Connection, keyring: Keyring, domains: dict[str, Domain]):
+    def __init__(self, conn: sqlite3.Connection, keyring: Keyring, domains: dict[str, Domain],
+                 check_only: bool = False):
         self.conn = conn
         self.keyring = keyring
         self.domains = domains
@@ -111,6 +112,8 @@ class Store:
         # Both checks only read: a store that fails them is left exactly as it was found.
         _refuse_if_not_a_store(conn)
         check = self._keyring_check()
+        if check_only:  # `syncdb status`: the checks on a read-only connection, nothing made
+            return
         with conn:
             conn.execute("BEGIN IMMEDIATE")
             for statement in STORE_TABLES.split(";"):

@@ -483,3 +483,68 @@ def test_set_office_key_resends_every_record_over_what_the_office_had(make_commu
         assert store.conn.execute("SELECT count(*) FROM rejected").fetchone() == (0,)
     finally:
         store.conn.close()
+
+
+# ------------------------------------------------------------------ a small table lost whole is held too
+
+def _drop_and_make_again_empty(c):
+    """What an application's own migration does: the table dropped and created again, without
+    syncdb's capture triggers and without a row."""
+    conn = db(c)
+    (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'persons'").fetchone()
+    conn.execute("DROP TABLE persons")
+    conn.execute(sql)
+    conn.close()
+
+
+def test_a_small_table_dropped_and_made_again_empty_is_held_not_sent_as_deletes(make_community, tmp_path,
+                                                                              syncdb_env):
+    c = make_community()
+    c.add_persons(5)  # under DELETE_MINIMUM: a share rule alone lets all five go
+    assert push_and_merge(c, tmp_path, syncdb_env).returncode == 0
+    _drop_and_make_again_empty(c)
+    pushed = push_and_merge(c, tmp_path, syncdb_env)
+    assert pushed.returncode == 1
+    assert "capture triggers were dropped" in pushed.stdout + pushed.stderr
+    assert "5 delete" not in pushed.stdout
+    assert "would delete 5 of the 5 records of huji.persons" in pushed.stderr
+    assert len(office_persons(c)) == 5
+    # Still held at the next push (the triggers are back by then), and sent once confirmed.
+    again = push_and_merge(c, tmp_path, syncdb_env)
+    assert again.returncode == 1 and "5 delete" not in again.stdout
+    assert len(office_persons(c)) == 5
+    confirmed = push_and_merge(c, tmp_path, syncdb_env, "--confirm-deletes")
+    assert confirmed.returncode == 0, confirmed.stderr
+    assert office_persons(c) == {}
+
+
+def test_a_small_table_emptied_is_held_not_sent_as_deletes(make_community):
+    c = make_community()
+    c.add_persons(3)
+    c.export()
+    conn = db(c)
+    conn.execute("DELETE FROM persons")
+    conn.close()
+    result = c.export()
+    (held,) = result.deletes_held
+    assert (held.table, held.deletes, held.rows) == ("huji.persons", 3, 3)
+    assert result.sequence is None
+
+
+def test_deletions_of_a_table_whose_triggers_were_gone_are_held_however_few(make_community):
+    c = make_community()
+    c.add_persons(30)
+    c.export()
+    conn = db(c)
+    conn.execute("DROP TRIGGER _syncdb_persons_delete")
+    conn.execute("DELETE FROM persons WHERE rowid <= 2")  # unseen by capture
+    conn.close()
+    result = c.export()
+    (held,) = result.deletes_held
+    assert (held.table, held.deletes, held.rows) == ("huji.persons", 2, 30)
+    assert result.sequence is None
+    # Once held, they stay held at a push that finds the triggers in place, until confirmed.
+    again = c.export()
+    assert [(h.table, h.deletes) for h in again.deletes_held] == [("huji.persons", 2)]
+    confirmed = community.export(c.path, c.domains, c.secret, confirm_deletes=True)
+    assert confirmed.counts["huji.persons"]["delete"] == 2

@@ -321,3 +321,16 @@ def test_item15_a_table_answers_as_json_at_its_plain_chinese_address(merged, pub
     csv = li.get(f"{site.url}/renkou/户籍_人员.csv")
     assert csv.status_code == 200 and csv.text.count("\n") == 9
     assert li.get(f"{site.url}/renkou/户籍_人员").status_code == 200  # the HTML page as before
+
+
+def test_a_zero_byte_store_keeps_its_bytes_under_every_refusing_command(office_store, syncdb_env):
+    db = office_store / "store.db"
+    for args in (["audit", "verify", office_store], ["export", office_store, "huji.persons"],
+                 ["conflicts", "list", office_store], ["merge", office_store], ["status", office_store]):
+        for suffix in ("-wal", "-shm"):
+            db.with_name(db.name + suffix).unlink(missing_ok=True)
+        db.write_bytes(b"")
+        result = run(syncdb_env, *args)
+        assert result.returncode == 1, args
+        assert db.read_bytes() == b"", args  # the evidence stays as found, not a fresh 4096-byte database
+        assert sorted(p.name for p in office_store.glob("store.db*")) == ["store.db"], args

@@ -488,3 +488,31 @@ def test_a_skipped_bundle_is_not_lost_the_community_sends_every_record_again(
         assert st.conn.execute("SELECT count(*) FROM conflicts").fetchone() == (0,)
     finally:
         st.conn.close()
+
+
+def test_sync_tells_each_held_deletion_as_a_problem_and_exits_1(office_server, make_community, syncdb_env):
+    c = make_community()
+    c.add_persons(20)
+    server = office_server()
+    assert run("sync", c.path, "--office", server.url, env=syncdb_env).returncode == 0
+    again = f"syncdb push {c.path} --to {server.url} --confirm-deletes"
+    log_path = c.path / ".syncdb" / "sync.log"
+    conn = sqlite3.connect(c.path / "huji.db", isolation_level=None)
+    conn.execute("DELETE FROM persons WHERE rowid <= 11")  # over a fifth, and over DELETE_MINIMUM
+    conn.close()
+    result = run("sync", c.path, "--office", server.url, env=syncdb_env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "every step went well" not in result.stdout
+    (problem,) = result.stderr.splitlines()
+    assert "would delete 11 of the 20 records of huji.persons" in problem and again in problem
+    log = log_path.read_text(encoding="utf-8")
+    assert log.count("Held: ") == 1 and log.endswith("sync finished with 1 problem(s); see above\n")
+    # A dropped table the same.
+    conn = sqlite3.connect(c.path / "huji.db", isolation_level=None)
+    conn.execute("DROP TABLE persons")
+    conn.close()
+    result = run("sync", c.path, "--office", server.url, env=syncdb_env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    (problem,) = result.stderr.splitlines()
+    assert "table 'persons' is gone from huji.db" in problem and again in problem
+    assert log_path.read_text(encoding="utf-8").count("Held: ") == 2

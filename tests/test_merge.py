@@ -86,8 +86,8 @@ class World:
         self.push(code)
         return merge.merge(self.store, self.bundles[-1:], SECRET, self.all_domains)
 
-    def push(self, code):
-        result = community.export(self.folders[code], self.domains, SECRET)
+    def push(self, code, confirm_deletes=False):
+        result = community.export(self.folders[code], self.domains, SECRET, confirm_deletes=confirm_deletes)
         if result.path:
             kept = self.root / "bundles" / result.path.name
             kept.parent.mkdir(exist_ok=True)
@@ -245,7 +245,7 @@ def test_manual_column_and_update_against_delete_are_queued(tmp_path, domains):
     conn.execute("DELETE FROM persons")
     conn.commit()
     conn.close()
-    twin_result = community.export(twin, w.domains, SECRET)
+    twin_result = community.export(twin, w.domains, SECRET, confirm_deletes=True)  # its only record: held unless confirmed
     summary = merge.merge(w.store, w.bundles[-1:], SECRET, domains)
     assert summary.opened == 0
     # The twin reuses sequence 2 with other content: refused as a fork, store unchanged.
@@ -568,7 +568,7 @@ def test_update_against_delete_is_queued_never_dropped(tmp_path, domains):
     # The office corrects the phone while the community, not knowing, deletes the resident.
     w.office_sets(6, phone="13800138006")
     w.sql(a, "DELETE FROM persons")
-    w.push(a)
+    w.push(a, confirm_deletes=True)  # the table's only record: held unless confirmed
     summary = merge.merge(w.store, w.bundles[-1:], SECRET, domains)
     assert summary.opened == 1
     assert _open_conflicts(w.store) == [("phone", "update-delete")]
@@ -596,7 +596,7 @@ def test_a_resident_deleted_and_entered_again_is_no_conflict(tmp_path, domains):
     w.insert(a, person(8, a))
     w.push(a)
     w.sql(a, "DELETE FROM persons")
-    w.push(a)
+    w.push(a, confirm_deletes=True)  # the table's only record: held unless confirmed
     w.insert(a, person(8, a, phone="13800138008"))
     w.push(a)
     summary = merge.merge(w.store, w.bundles, SECRET, domains)

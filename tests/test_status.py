@@ -293,3 +293,62 @@ def test_enrolment_keeps_to_the_offices_street(tmp_path, syncdb_secret, make_com
     office.enroll(street, A, mine.path / f"{A}.pub.json", name="岗贝社区")
     with pytest.raises(Exception, match="not in this office's street 441900003"):
         office.enroll(street, "441900004001", other.path / "441900004001.pub.json")
+
+
+# --- what status must not miss, and must not make -----------------------------------------------
+
+def test_community_status_names_a_dropped_table_the_push_would_hold(tmp_path, make_community, syncdb_env):
+    c = make_community()
+    c.add_persons(4)
+    c.export()
+    conn = sqlite3.connect(c.path / "huji.db", isolation_level=None)
+    (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'persons'").fetchone()
+    conn.execute("DROP TABLE persons")
+    conn.close()
+    before = _files(c.path)
+    done = status(syncdb_env, c.path)
+    assert done.returncode == 1, done.stdout
+    assert "table 'persons' is gone from huji.db" in done.stdout
+    assert "the office holds 4 of its records" in done.stdout
+    assert f"syncdb push {c.path} --to URL (or --outbox DIR) --confirm-deletes" in done.stdout
+    assert "Nothing needs a person" not in done.stdout
+    assert _files(c.path) == before  # read only: the dropped table is not made again
+    # Made again empty (an application's migration): the push holds it the same, and so says status.
+    conn = sqlite3.connect(c.path / "huji.db", isolation_level=None)
+    conn.execute(sql)
+    conn.close()
+    done = status(syncdb_env, c.path)
+    assert done.returncode == 1, done.stdout
+    assert "would delete 4 of the 4 records of huji.persons" in done.stdout
+    assert done.stdout.count("the next push holds back deletions") == 1
+
+
+def test_office_status_names_a_keyring_that_is_not_the_stores(street, tmp_path, syncdb_secret):
+    other = tmp_path / "other-office"
+    office.init(other, syncdb_secret)
+    (street.store / "keyring.json").write_bytes((other / "keyring.json").read_bytes())
+    assert run(street.env, "export", street.store, "huji.persons").returncode == 1
+    done = status(street.env, street.store)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "is not this store's" in done.stdout and "keyring.json" in done.stdout
+    assert "Nothing needs a person" not in done.stdout
+
+
+def _files(folder) -> dict:
+    """Every file under ``folder`` with the hash of its bytes: what a read-only command must leave."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_status_makes_no_wal_or_shm_files_beside_a_cleanly_closed_database(street):
+    c = street.communities[A]
+    for db in (street.store / "store.db", c.path / ".syncdb" / "state.db"):
+        conn = sqlite3.connect(db)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()  # the last connection: SQLite removes -wal and -shm
+        assert not db.with_name(db.name + "-wal").exists()
+    for folder in (street.store, c.path):
+        before = _files(folder)
+        status(street.env, folder)
+        status(street.env, folder, "--format", "json")
+        assert _files(folder) == before, folder
