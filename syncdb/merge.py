@@ -316,6 +316,7 @@ class _Row:
         self.had_frontier = set(self.frontiers)
         self._holding = None  # worked out once the change's versions are offered
         self.blank = False  # an update of a record with no trace here: nothing of it is shown
+        self.claimants_before: set = set()  # set by the merge where a community builds on office versions
         self.new_dominated = []
         self.touched = set()
         self.winners: dict[str, Candidate] = {}
@@ -337,8 +338,8 @@ class _Row:
         A community's change has one base version per cell; an office
         resolution is based on every candidate it settles, so a list.
         """
-        guarded = (col == self.table.owner and isinstance(base, str) and candidate.origin != self.office_code
-                   and _origin(base) == self.office_code)  # see below: never a short cut
+        # A community building on an office version goes the long way: see the checks below.
+        guarded = isinstance(base, str) and candidate.origin != self.office_code and _origin(base) == self.office_code
         if col not in self.frontiers and not guarded and (base is None or (isinstance(base, str) and base)):
             # The common cases, without opening the stored value: an empty cell
             # given its first value, or a clean apply onto the cell's one version.
@@ -350,6 +351,11 @@ class _Row:
         from_office = candidate.origin == self.office_code
         for version in ([base] if isinstance(base, str) else base or []):
             if not from_office and _origin(version) == self.office_code:
+                if candidate.origin not in self.claimants_before:
+                    # The office's versions of a record belong to those who hold it: one who
+                    # does not may keep its own copy beside them, never retire them (or the
+                    # office's word on who holds the record, and on its status, would go).
+                    continue
                 if col == self.table.owner and any(
                         c.version == version and c.value != candidate.origin for c in frontier):
                     # The office gave the record to another community: only a person (or the
@@ -574,6 +580,9 @@ class _Merger:
         row.blank = op == "update" and not row.exists and not row.versions
         old = dict(row.versions)
         non_key = table.non_key
+        if not self.from_office and any(_origin(v) == self.store.office_code for v in base.values()):
+            # Who held the record before this change: only they may build on the office's versions.
+            row.claimants_before = set(row.claims())
         if op == "update":
             for col, value in change["cells"].items():
                 if col in table.columns and col not in table.key:
@@ -698,9 +707,11 @@ class _Merger:
         too_big = limits.oversized(change, self.max_value)
         if too_big:
             return [Problem("error", name, why) for name, why in too_big]
-        if change["op"] == "delete":
-            return []
         domain = self.store.domains[table.domain]
+        if change["op"] == "delete":
+            # Only the key to judge: a delete of no valid key is nobody's record.
+            return [p for p in check_record(table, dict(change["key"]), domain)
+                    if p.field in table.key and p.severity == "error"]
         record = dict(change["key"])
         record.update(change["cells"])
         problems = check_record(table, record, domain)

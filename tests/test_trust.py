@@ -345,3 +345,31 @@ def test_rejections_of_one_bundle_are_bounded(tmp_path, domains):
     assert len(summary.rejected) == merge.MAX_REJECTED + 1
     assert "100 more record(s) rejected" in summary.rejected[-1]
     assert max(len(line) for line in summary.rejected) < merge.MAX_WHY + 200
+
+
+def test_a_registration_built_on_the_offices_versions_does_not_take_the_record(tmp_path, domains):
+    """Found by bench/fuzz.py: after the office settled A's resident for A, C registered them again
+    naming the office's versions as bases. Only a community holding a record may build on the
+    office's versions of it; C's copy stays aside and A keeps the record."""
+    from syncdb import resolve
+    from syncdb.conflicts import list_conflicts
+
+    w = a_holds(tmp_path, domains, 60)
+    row = person(60, C, name="冒名")
+    row.pop("id_number")
+    attack(w, [change("insert", 60, dict(row))])
+    for item in list_conflicts(w.store, SECRET, domains):
+        if item["kind"] == "duplicate-registration" and item["column"] == "status":
+            resolve.resolve_conflict(w.store, SECRET, domains, item["id"], keep=A)
+    before = records(w, domains)
+    attack(w, [change("insert", 60, dict(row), base=a_versions(w, domains, 60),
+                      hlc=stamp(2_100_000_000_000, C))], sequence=2)
+    assert records(w, domains) == before
+
+
+def test_a_delete_of_no_valid_key_is_rejected(tmp_path, domains):
+    """Found by bench/fuzz.py: a delete whose key is not a valid ID number left a row behind."""
+    w = World(tmp_path, domains)
+    summary = attack(w, [{"table": PERSONS, "op": "delete", "key": {"id_number": None}, "cells": {},
+                          "base": {"name": stamp(1, C)}, "hlc": stamp(2_000_000_000_000, C)}])
+    assert len(summary.rejected) == 1 and records(w, domains) == {}
