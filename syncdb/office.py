@@ -64,7 +64,6 @@ def quarantine_dir(store) -> Path:
     return Path(store) / "quarantine"
 
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def connect(store) -> sqlite3.Connection:
@@ -75,7 +74,13 @@ def connect(store) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), isolation_level=None, timeout=30)
     try:
         # Before any PRAGMA or write: a store.db that is not a store stays byte for byte as found.
-        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'communities'").fetchone():
+        try:
+            found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'communities'").fetchone()
+        except sqlite3.DatabaseError as e:
+            if "not a database" in str(e):
+                raise SyncdbError(_not_a_store(path)) from None
+            raise
+        if not found:
             raise SyncdbError(_not_a_store(path))
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
@@ -96,14 +101,16 @@ def _not_a_store(path: Path) -> str:
 
 
 def _refuse_if_not_a_store(path: Path) -> None:
-    """An emptied store.db (zero bytes) or a file that is not SQLite is refused before SQLite opens it:
-    opening it to write would turn it into an empty database and destroy the evidence."""
+    """An emptied store.db (zero bytes) is refused before SQLite opens it: opening it to write would
+    turn it into an empty database and destroy the evidence. (Never open() the file itself to look:
+    closing any descriptor of a database file drops the POSIX locks every SQLite connection of this
+    process holds on it, and a store open elsewhere in this process, by `serve`, say, could then be
+    corrupted. A file that is not SQLite is caught by the first read, below, which writes nothing.)"""
     try:
-        with open(path, "rb") as f:
-            head = f.read(len(SQLITE_HEADER))
+        empty = path.stat().st_size == 0
     except OSError as e:
         raise storage_error(e, path.parent) from None
-    if head != SQLITE_HEADER:
+    if empty:
         raise SyncdbError(_not_a_store(path))
 
 
