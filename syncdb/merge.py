@@ -647,6 +647,10 @@ class _Merger:
             return "-", "its time stamp is not a syncdb stamp; the bundle was not made by syncdb"
         if self.relayed:
             return "-", "it came through a relay, which this office does not accept yet"
+        if set(change["key"]) != set(table.key) or (change["op"] == bundle.REKEY
+                                                    and set(change["new_key"]) != set(table.key)):
+            return "-", (f"its key names {', '.join(map(str, change['key']))}, not the table's key "
+                         f"({', '.join(table.key)}); the bundle was not made by syncdb")
         if node != self.origin:
             return "-", (f"it is stamped as community {node}'s change but signed by {self.origin}: "
                          "a community sends only its own changes")
@@ -716,8 +720,8 @@ class _Merger:
         record.update(change["cells"])
         problems = check_record(table, record, domain)
         if change["op"] == "update":
-            # A partial record: only judge the cells it carries.
-            problems = [p for p in problems if p.field in record]
+            # A partial record: only judge the cells it carries (and its key, always).
+            problems = [p for p in problems if p.field in record or p.field in table.key]
         return [p for p in problems if p.severity == "error"]
 
     def _resolve(self, row: _Row, hlc: str) -> None:

@@ -373,3 +373,17 @@ def test_a_delete_of_no_valid_key_is_rejected(tmp_path, domains):
     summary = attack(w, [{"table": PERSONS, "op": "delete", "key": {"id_number": None}, "cells": {},
                           "base": {"name": stamp(1, C)}, "hlc": stamp(2_000_000_000_000, C)}])
     assert len(summary.rejected) == 1 and records(w, domains) == {}
+
+
+def test_a_change_whose_key_is_not_the_tables_is_refused(tmp_path, domains):
+    """Found by bench/fuzz.py: an update keyed by a column that is not the key left a row keyed by nothing."""
+    w = World(tmp_path, domains)
+    row = person(70, C)
+    row.pop("id_number")
+    first = stamp(2_000_000_000_000, C)
+    summary = attack(w, [change("insert", 70, row, hlc=first),
+                         {"table": PERSONS, "op": "update", "key": {"nope": id_number(70)},
+                          "cells": {"phone": "13400003005"}, "base": {"phone": first},
+                          "hlc": stamp(2_000_000_000_001, C)}])
+    assert len(summary.rejected) == 1 and "not the table's key" in summary.rejected[0]
+    assert list(records(w, domains)) == [id_number(70)]
