@@ -581,8 +581,10 @@ class _Merger:
         old = dict(row.versions)
         non_key = table.non_key
         if not self.from_office and any(_origin(v) == self.store.office_code for v in base.values()):
-            # Who held the record before this change: only they may build on the office's versions.
-            row.claimants_before = set(row.claims())
+            # Who held the record before this change: only they may build on the office's versions
+            # (a rival claimant in a duplicate registration may not, or the office's word would go).
+            row.claimants_before = {row.holding().holder} - {None}
+            row._holding = None  # worked out again once this change's versions are offered
         if op == "update":
             for col, value in change["cells"].items():
                 if col in table.columns and col not in table.key:

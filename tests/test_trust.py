@@ -387,3 +387,24 @@ def test_a_change_whose_key_is_not_the_tables_is_refused(tmp_path, domains):
                           "hlc": stamp(2_000_000_000_001, C)}])
     assert len(summary.rejected) == 1 and "not the table's key" in summary.rejected[0]
     assert list(records(w, domains)) == [id_number(70)]
+
+
+def test_a_rival_registration_cannot_build_on_the_offices_versions(tmp_path, domains):
+    """Found by bench/fuzz.py: C, holding a rival claim in an open duplicate registration, named the
+    office's versions of A's settled record as bases; only the holder may build on them."""
+    from syncdb import resolve
+    from syncdb.conflicts import list_conflicts
+
+    w = a_holds(tmp_path, domains, 80)
+    row = person(80, C, name="冒名")
+    row.pop("id_number")
+    attack(w, [change("insert", 80, dict(row))])
+    for item in list_conflicts(w.store, SECRET, domains):
+        if item["kind"] == "duplicate-registration" and item["column"] == "status":
+            resolve.resolve_conflict(w.store, SECRET, domains, item["id"], keep=A)
+    office_versions = a_versions(w, domains, 80)
+    attack(w, [change("insert", 80, dict(row), hlc=stamp(2_100_000_000_000, C))], sequence=2)  # a rival again
+    before = records(w, domains)
+    attack(w, [change("insert", 80, dict(row), base=office_versions, hlc=stamp(2_100_000_000_001, C))],
+           sequence=3)
+    assert records(w, domains) == before and records(w, domains)[id_number(80)][1]["community_code"] == A
