@@ -22,9 +22,9 @@ import json
 import time
 import zlib
 
+from .chain import Chain, ChainGap, ChainMismatch, Head
 from .errors import SyncdbError
 
-GENESIS = b"\x00" * 32
 _LINE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 COLUMNS = ("id", "at", "bundle", "origin", "changes", "body")
 
@@ -41,13 +41,13 @@ def audit_key(store) -> bytes:
     return store.suite.derive(store.keyring.index_key, b"", b"syncdb audit ledger")
 
 
+def ledger_chain(store) -> Chain:
+    return Chain(store.suite, audit_key(store))
+
+
 def _content(row: tuple) -> bytes:
     values = [bytes(v).hex() if isinstance(v, (bytes, memoryview)) else v for v in row]
     return json.dumps(values, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def _seal_head(store, key: bytes, entry_id: int, mac: bytes) -> bytes:
-    return store.suite.mac(key, b"head|" + str(entry_id).encode() + b"|" + mac)
 
 
 class Ledger:
@@ -62,7 +62,7 @@ class Ledger:
 
     def __init__(self, store, bundle: str, origin: str):
         self.store, self.bundle, self.origin = store, bundle, origin
-        self.key = audit_key(store)
+        self.chain = ledger_chain(store)
         self._start()
 
     def _start(self) -> None:
@@ -90,17 +90,22 @@ class Ledger:
             return None
         conn = self.store.conn
         last = conn.execute("SELECT id, mac FROM ledger ORDER BY id DESC LIMIT 1").fetchone()
-        last_id, last_mac = (last[0], bytes(last[1])) if last else (0, GENESIS)
+        previous = Head(last[0], bytes(last[1])) if last else Head()
         if self.lines:
             self._compress()
         body = self.body + self.compressor.flush()
-        row = (last_id + 1, time.strftime("%Y-%m-%dT%H:%M:%S"), self.bundle, self.origin, self.count, body)
-        mac = self.store.suite.mac(self.key, last_mac + _content(row))
-        conn.execute("INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?)", row + (mac,))
+        row = (previous.id + 1, time.strftime("%Y-%m-%dT%H:%M:%S"), self.bundle, self.origin, self.count, body)
+        head = self.chain.link(previous, _content(row))
+        conn.execute("INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?)", row + (head.mac,))
         conn.execute("INSERT OR REPLACE INTO ledger_head VALUES (1, ?, ?, ?)",
-                     (row[0], mac, _seal_head(self.store, self.key, row[0], mac)))
+                     (head.id, head.mac, self.chain.seal(head)))
         self._start()
         return row[0]
+
+
+def entry_count(store) -> int:
+    """How many entries (blocks of changes) the ledger holds."""
+    return store.conn.execute("SELECT count(*) FROM ledger").fetchone()[0]
 
 
 def entries(body: bytes) -> list[dict]:
@@ -112,39 +117,38 @@ def entries(body: bytes) -> list[dict]:
 
 def verify(store) -> int:
     """Walk the chain; return the number of changes recorded, or raise naming the first bad entry."""
-    key = audit_key(store)
-    previous_mac, expected_id = GENESIS, 1
+    chain = ledger_chain(store)
+    head = Head()
     changes = 0
     recorded: dict[str, int] = {}  # bundle -> changes the ledger records for it
     cursor = store.conn.execute(f"SELECT {', '.join(COLUMNS)}, mac FROM ledger ORDER BY id")
     for *row, mac in cursor:
-        if row[0] != expected_id:
-            raise SyncdbError(f"audit ledger entry {expected_id} is missing (the next entry is {row[0]}): "
-                              "entries were deleted by hand")
-        if store.suite.mac(key, previous_mac + _content(tuple(row))) != bytes(mac):
+        try:
+            head = chain.follow(head, row[0], _content(tuple(row)), mac)
+        except ChainGap as gap:
+            raise SyncdbError(f"audit ledger entry {gap.expected} is missing (the next entry is {gap.found}): "
+                              "entries were deleted by hand") from None
+        except ChainMismatch:
             raise SyncdbError(f"audit ledger entry {row[0]} (bundle {row[2]} from {row[3]}) does not match "
-                              "its seal: it was edited, reordered or replaced by hand")
+                              "its seal: it was edited, reordered or replaced by hand") from None
         try:
             if len(entries(row[5])) != row[4]:
                 raise ValueError
         except (zlib.error, ValueError, UnicodeDecodeError):
             raise SyncdbError(f"audit ledger entry {row[0]} (bundle {row[2]}) has a damaged body") from None
-        previous_mac, expected_id = bytes(mac), expected_id + 1
         changes += row[4]
         recorded[row[2]] = recorded.get(row[2], 0) + row[4]
-    head = store.conn.execute("SELECT id, mac, seal FROM ledger_head").fetchone()
-    last_id = expected_id - 1
-    if head is None:
-        if last_id:
+    stored = store.conn.execute("SELECT id, mac, seal FROM ledger_head").fetchone()
+    if stored is None:
+        if head.id:
             raise SyncdbError("the audit ledger's sealed head is missing: it was deleted by hand")
-        _check_anchors(store, recorded)
-        return changes
-    head_id, head_mac, seal = head[0], bytes(head[1]), bytes(head[2])
-    if _seal_head(store, key, head_id, head_mac) != seal:
-        raise SyncdbError("the audit ledger's sealed head was edited by hand")
-    if head_id != last_id or head_mac != previous_mac:
-        raise SyncdbError(f"audit ledger entries after entry {last_id} are missing "
-                          f"(the sealed head says the last is {head_id}): they were deleted by hand")
+    else:
+        sealed = Head(stored[0], bytes(stored[1]))
+        if not chain.sealed(sealed, stored[2]):
+            raise SyncdbError("the audit ledger's sealed head was edited by hand")
+        if sealed != head:
+            raise SyncdbError(f"audit ledger entries after entry {head.id} are missing "
+                              f"(the sealed head says the last is {sealed.id}): they were deleted by hand")
     _check_anchors(store, recorded)
     return changes
 
