@@ -29,10 +29,8 @@ schemas_option = click.option(
 
 
 def load_domains(schemas):
-    """The schemas, checked against the built-in policies and those plugins add."""
-    from .plugins import extra_policies
-
-    return _load_domains(schemas, extra_policies=extra_policies())
+    """The schemas (schema.load_domains checks their policies against those plugins add itself)."""
+    return _load_domains(schemas)
 
 
 class Group(click.Group):
@@ -352,6 +350,9 @@ class _ExportProgress:
         self._end_line()
         click.echo(message, err=True)
 
+    def close(self) -> None:
+        self._end_line()
+
     def _end_line(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -387,21 +388,32 @@ def push(workdir, url, outbox, retries, confirm_deletes, hold_deletes_over, sche
 
     Example: syncdb push C:\\社区数据 --to http://192.0.2.10:8765
     """
-    from . import community as community_lib
     from . import transport
 
     if bool(url) == bool(outbox):
         raise click.UsageError("give exactly one of --to URL or --outbox DIR")
-    url = _office_url(url, "--to")
-    transport.tidy(workdir, outbox, then="run `syncdb push` again")  # what a killed push or pull left
-    if url:
-        transport.learn_limits(workdir, url)  # so the export makes bundles the office will take
-    secret, domains = _secret(), load_domains(schemas)
+    channel = transport.channel_for(_office_url(url, "--to"), outbox, retries=retries)
     with _ExportProgress() as progress:
-        result = community_lib.export(workdir, domains, secret, progress=progress,
-                                      notify=lambda m: progress.note(f"Note: {m}"),
-                                      confirm_deletes=confirm_deletes, delete_share=hold_deletes_over / 100)
-    if len(result.bundles) > 1:  # split to fit the office's limits
+        def exported(result):
+            progress.close()  # the sending's lines follow
+            _show_export(result)
+        pushed = transport.push(workdir, channel, load_domains(schemas), _secret(), progress=progress,
+                                notify=lambda m: progress.note(f"Note: {m}"), exported=exported, echo=click.echo,
+                                confirm_deletes=confirm_deletes, delete_share=hold_deletes_over / 100)
+    click.echo(pushed.delivery.summary(), err=not pushed.delivery.ok)
+    if not pushed.delivery.ok:
+        sys.exit(1)
+    if pushed.exported.deletes_held:  # the rest went; these wait for a person
+        where = ["--to", channel.where] if url else ["--outbox", outbox]
+        again = ["syncdb", "push", workdir, *where, "--confirm-deletes"]
+        for held in pushed.exported.deletes_held:
+            click.echo(f"Held: {held.message(' '.join(shlex.quote(str(a)) for a in again))}", err=True)
+        sys.exit(1)
+
+
+def _show_export(result):
+    """The bundles a push made, in a line (one more per bundle when it was split to fit the office's limits)."""
+    if len(result.bundles) > 1:
         for sequence, _, changes in result.bundles:
             click.echo(f"Bundle {sequence}: {changes} change(s)")
     if result.sequence:
@@ -410,19 +422,6 @@ def push(workdir, url, outbox, retries, confirm_deletes, hold_deletes_over, sche
         click.echo(f"{made}: {result.changes} change(s) {_counts(result.counts)}")
     else:
         click.echo("No new changes since the last push.")
-    if outbox:
-        copied = transport.push_to_folder(workdir, outbox, echo=click.echo)
-        click.echo(f"Copied {len(copied)} unacknowledged bundle(s) to {outbox}")
-    else:
-        report = transport.push_to_url(workdir, url, retries=retries, echo=click.echo)
-        click.echo(report.summary(), err=not report.ok)
-        if not report.ok:
-            sys.exit(1)
-    if result.deletes_held:  # the rest went; these wait for a person
-        again = ["syncdb", "push", workdir, *(["--to", url] if url else ["--outbox", outbox]), "--confirm-deletes"]
-        for held in result.deletes_held:
-            click.echo(f"Held: {held.message(' '.join(shlex.quote(str(a)) for a in again))}", err=True)
-        sys.exit(1)
 
 
 @cli.command()
@@ -439,11 +438,12 @@ def pull(workdir, url, inbox, schemas):
 
     Example: syncdb pull D:\\shequ --from http://192.0.2.10:8765
     """
-    from .pull import pull as pull_lib
+    from . import transport
 
     if bool(url) == bool(inbox):
         raise click.UsageError("give exactly one of --from URL or --inbox DIR")
-    report = pull_lib(workdir, load_domains(schemas), _secret(), url=_office_url(url, "--from"), inbox=inbox)
+    channel = transport.channel_for(_office_url(url, "--from"), inbox)
+    report = transport.pull(workdir, channel, load_domains(schemas), _secret())
     for line in report.lines():
         click.echo(line)
 
@@ -770,24 +770,25 @@ def audit_verify(store, schemas):
     """Check every audit ledger entry against its seal; exit 1 naming the first bad one.
 
     The ledger must also record every change of every bundle the store
-    applied: a ledger deleted whole, head and all, fails too.
+    applied: a ledger deleted whole, head and all, fails too. The logs
+    `syncdb publish` keeps in STORE/publish.db (views of plaintext, sign-in
+    lock-outs) are checked the same way.
 
     Example: syncdb audit verify /srv/office
     """
     from . import audit as audit_lib
-    from .merge import open_store
+    from .publishdb import verify_views
+    from .signin import verify_lockouts
+    from .store import open_store
 
-    from .publish import verify_views
-
-    st = open_store(store, _secret(), load_domains(schemas))
-    try:
+    with open_store(store, _secret(), load_domains(schemas)) as st:
         changes = audit_lib.verify(st)
-        entries = st.conn.execute("SELECT count(*) FROM ledger").fetchone()[0]
+        entries = audit_lib.entry_count(st)
         views = verify_views(st)
-    finally:
-        st.conn.close()
+        lockouts = verify_lockouts(store, st.keyring)
     click.echo(f"audit ledger intact: {entries} entries recording {changes} changes")
     click.echo(f"page-view log intact: {views} views of plaintext")
+    click.echo(f"sign-in lock-out log intact: {lockouts} lock-outs")
 
 
 @cli.command(name="export")
@@ -891,7 +892,7 @@ def users_add(store, name, roles, password):
 
     Example: syncdb users add /srv/office wangfang --role view-pii
     """
-    from .publish import add_user
+    from .staff import add_user
 
     add_user(store, name, password, roles)
     click.echo(f"{name}: {', '.join(sorted(roles)) or 'masked data only'}")
@@ -904,7 +905,7 @@ def users_list(store):
 
     Example: syncdb users list /srv/office
     """
-    from .publish import read_users
+    from .staff import read_users
 
     for name, user in sorted(read_users(store).items()):
         click.echo(f"{name}\t{', '.join(user['roles']) or '-'}\tadded {user['added']}")
@@ -918,7 +919,7 @@ def users_remove(store, name):
 
     Example: syncdb users remove /srv/office wangfang
     """
-    from .publish import remove_user
+    from .staff import remove_user
 
     remove_user(store, name)
     click.echo(f"removed {name}")

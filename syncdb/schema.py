@@ -11,21 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import tomllib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from . import codes
+from . import codes, plugins
 from .errors import SchemaError
-
-def shipped(folder: str) -> Path:
-    """A folder shipped with syncdb: beside the package in a checkout, else where pip put it."""
-    checkout = Path(__file__).resolve().parent.parent / folder
-    installed = Path(sys.prefix) / "share" / "syncdb" / folder
-    return checkout if checkout.is_dir() or not installed.is_dir() else installed
-
+from .paths import shipped
 
 # Where the shipped schemas live; SYNCDB_SCHEMAS or --schemas points elsewhere.
 DEFAULT_SCHEMAS = shipped("schemas")
@@ -59,8 +52,8 @@ COLUMN_KEYWORDS = {
 TYPES = {"text": "TEXT", "integer": "INTEGER", "real": "REAL", "date": "TEXT"}
 VALIDATORS = ("id_number", "community_code", "phone")
 MATCHES = ("birth_date", "sex")
-# The built-in conflict policies (contract 3). Plugins may register more;
-# pass their names to load_domains(extra_policies=…).
+# The built-in conflict policies (contract 3). Plugins add more through the
+# conflict_policies hook; loading a schema asks them (plugins.policies()).
 POLICIES = ("lww", "owner", "office", "prefer_non_null", "max", "min", "manual")
 
 
@@ -169,8 +162,13 @@ def schemas_dir(directory: str | os.PathLike | None = None) -> Path:
     return Path(directory or os.environ.get("SYNCDB_SCHEMAS") or DEFAULT_SCHEMAS)
 
 
-def load_domains(directory=None, extra_policies=()) -> dict[str, Domain]:
-    """Load every ``*.toml`` in the schemas folder, keyed by domain name."""
+def load_domains(directory: str | os.PathLike | None = None, extra_policies=()) -> dict[str, Domain]:
+    """Load every ``*.toml`` in the schemas folder, keyed by domain name.
+
+    A column's policy may be a built-in one or one a plugin adds, so a
+    library caller gets the same schemas as the ``syncdb`` command;
+    ``extra_policies`` names more, for rules kept outside the plugin manager.
+    """
     folder = schemas_dir(directory)
     if not folder.is_dir():
         raise SchemaError(folder, "no such schemas folder; point --schemas or SYNCDB_SCHEMAS at one")
@@ -183,8 +181,11 @@ def load_domains(directory=None, extra_policies=()) -> dict[str, Domain]:
     return domains
 
 
-def load_domain(path, extra_policies=()) -> Domain:
-    """Load and check one schema file; every complaint names file, table and column."""
+def load_domain(path: str | os.PathLike, extra_policies=()) -> Domain:
+    """Load and check one schema file; every complaint names file, table and column.
+
+    Policies are checked as ``load_domains`` checks them.
+    """
     path = Path(path)
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -202,7 +203,7 @@ def load_domain(path, extra_policies=()) -> Domain:
         raise SchemaError(path, "'version' must be a positive integer")
     domain_codes = _load_codes(path, doc.get("codes", {}))
     known_codes = set(codes.NATIONAL) | set(domain_codes)
-    policies = set(POLICIES) | set(extra_policies)
+    policies = set(POLICIES) | set(plugins.policies()) | set(extra_policies)
     raw_tables = doc.get("tables")
     if not isinstance(raw_tables, dict) or not raw_tables:
         raise SchemaError(path, "declares no tables; add a [tables.NAME] section")
