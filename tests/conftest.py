@@ -19,6 +19,14 @@ from syncdb.schema import load_domains
 SYNCDB = str(Path(sys.executable).with_name("syncdb"))
 
 
+def pytest_configure(config):
+    sys._called_from_test = True  # syncdb.plugins loads no installed (entry-point) plugins in tests
+
+
+def pytest_unconfigure(config):
+    del sys._called_from_test
+
+
 # --- the office and its communities, built through the library ------------------------------
 
 @pytest.fixture
