@@ -19,13 +19,21 @@ A community never gets a resident by editing another community's record: the
 merge refuses that before any rule is asked (docs/merge.md, "trust model").
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from syncdb.hookspecs import hookimpl
-from syncdb.rules import Holding
+from syncdb.rules import Candidate, Holding
+
+if TYPE_CHECKING:  # names for the hints only
+    from syncdb.row import Row
+    from syncdb.schema import Table
 
 TABLE = "huji.persons"
 
 
-def _status_of(row, community, claims):
+def _status_of(row: Row, community: str, claims: dict[str, Candidate]) -> str | None:
     """The status of the community's copy of the record (its latest version); where the office
     gave the record to it, the office's versions are that copy too."""
     by_office = claims[community].origin == row.office_code
@@ -38,7 +46,7 @@ def _status_of(row, community, claims):
 
 
 @hookimpl
-def record_holder(table, claims, row):
+def record_holder(table: Table, claims: dict[str, Candidate], row: Row) -> Holding | None:
     if table.qualified != TABLE:
         return None
     registered = sorted(code for code in claims if _status_of(row, code, claims) == "normal")
@@ -50,7 +58,7 @@ def record_holder(table, claims, row):
                                                   claims[code].version, code))
         return Holding(first, duplicate=True, rule="plugin:transfer", review=("status",))
     # Nobody holds them as normal (moved on, or deceased): the copy that changed last.
-    def last_change(code):
+    def last_change(code: str) -> tuple[str, str]:
         mine = [c.version for c in row.candidates("status") if c.origin == code]
         return (max(mine) if mine else "", code)
     return Holding(max(claims, key=last_change), duplicate=False, rule="plugin:transfer")

@@ -2,32 +2,49 @@
 
 The built-in conflict policies (rules.py) are plugins like any other,
 registered ``trylast``, so a domain plugin in plugins/ decides first.
+docs/plugins.md is the reference for these hooks and the types they see.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from pluggy import HookimplMarker, HookspecMarker
+
+if TYPE_CHECKING:
+    # For readers and type checkers only: rules.py imports this module for hookimpl.
+    from .row import Row
+    from .rules import Candidate, Decision, Holding
+    from .schema import Table
 
 hookspec = HookspecMarker("syncdb")
 hookimpl = HookimplMarker("syncdb")
 
 
 @hookspec
-def conflict_policies():
-    """Return the names of the conflict policies this plugin adds (for schema checking)."""
+def conflict_policies() -> list[str]:
+    """Return the names of the conflict policies this plugin adds.
 
-
-@hookspec(firstresult=True)
-def resolve_conflict(table, column, candidates, row):
-    """Pick the winner among concurrent versions of one cell, or return None to pass.
-
-    ``candidates`` are Candidate objects (value, version, origin, deleted),
-    sorted by version; ``row`` gives the other cells' candidates through
-    ``row.candidates(column)`` and ``row.winner(column)``, for rules about the
-    whole record. Return a Decision(winner, review, kind).
+    Loading a schema (syncdb.schema.load_domains) accepts them in a column's
+    ``policy``; ``resolve_conflict`` is where the plugin acts on them.
     """
 
 
 @hookspec(firstresult=True)
-def record_holder(table, claims, row):
+def resolve_conflict(table: Table, column: str, candidates: list[Candidate], row: Row) -> Decision | None:
+    """Pick the winner among concurrent versions of one cell, or return None to pass.
+
+    ``candidates`` are Candidate objects (value, version, origin, deleted),
+    sorted by version, from the community holding the record and the office
+    only; ``row`` is the record (a syncdb.row.Row): the other cells'
+    candidates through ``row.candidates(column)`` and ``row.winner(column)``,
+    for rules about the whole record. Return a Decision(winner, review, rule,
+    kind), ``winner`` being one of ``candidates``.
+    """
+
+
+@hookspec(firstresult=True)
+def record_holder(table: Table, claims: dict[str, Candidate], row: Row) -> Holding | None:
     """Decide which community holds a record that several communities claim, or return None to pass.
 
     ``claims`` maps each claiming community's code to its claim: the live

@@ -9,27 +9,35 @@ same whatever order the communities' bundles come in.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Iterable, NamedTuple
 
 from .hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    # For readers and type checkers only: row.py imports the plugin manager, which registers this module.
+    from .row import Row
+    from .schema import Table
 
 
 class Candidate(NamedTuple):
     """One version of a cell. A named tuple: the merge makes one per changed cell."""
 
-    value: object
-    version: str  # HLC stamp text; ends with the origin's code
-    origin: str
+    value: object  # the plain value (decrypted in memory for a sensitive column)
+    version: str  # HLC stamp text; ends with the origin's code, and sorts as the stamps do
+    origin: str  # the community (or the office) that made this version
     deleted: bool = False  # a delete's tombstone
 
     @property
     def live(self) -> bool:
+        """Not a delete's tombstone."""
         return not self.deleted
 
 
 @dataclass(frozen=True)
 class Decision:
-    winner: Candidate
+    """What ``resolve_conflict`` returns: the cell's provisional winner, and whether a person decides."""
+
+    winner: Candidate  # one of the candidates the hook was given
     review: bool  # queue it for a person
     rule: str  # who decided, for the audit ledger
     kind: str = "value"  # value | update-delete | duplicate-registration | …
@@ -39,13 +47,13 @@ class Decision:
 class Holding:
     """Who holds a record several communities claim (see the ``record_holder`` hook)."""
 
-    holder: str
+    holder: str  # one of the claiming codes
     duplicate: bool  # the claims stand against each other: a person decides
     rule: str
     review: tuple = ()  # columns queued besides the owner column while it is a duplicate
 
 
-def latest(candidates) -> Candidate:
+def latest(candidates: Iterable[Candidate]) -> Candidate:
     """Last writer wins: the highest HLC, ties broken by the community code inside it."""
     return max(candidates, key=lambda c: c.version)
 
@@ -69,7 +77,8 @@ def _sortable(value):
     return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
 
 
-def decide(policy: str, column: str, candidates: list[Candidate], row) -> Decision:
+def decide(policy: str, column: str, candidates: list[Candidate], row: Row) -> Decision:
+    """The built-in policy ``policy`` over the cell's candidates (contract 3 of DESIGN.md)."""
     if len({(c.deleted, repr(c.value)) for c in candidates}) == 1:
         # The same value reached by several sides is agreement, not a conflict.
         return Decision(latest(candidates), False, f"builtin:{policy}", "same-value")
@@ -96,17 +105,17 @@ def decide(policy: str, column: str, candidates: list[Candidate], row) -> Decisi
 
 
 @hookimpl
-def conflict_policies():
+def conflict_policies() -> list[str]:
     return ["lww", "owner", "office", "prefer_non_null", "max", "min", "manual"]
 
 
 @hookimpl(trylast=True)
-def resolve_conflict(table, column, candidates, row):
+def resolve_conflict(table: Table, column: str, candidates: list[Candidate], row: Row) -> Decision:
     return decide(table.columns[column].policy, column, candidates, row)
 
 
 @hookimpl(trylast=True)
-def record_holder(table, claims, row):
+def record_holder(table: Table, claims: dict[str, Candidate], row: Row) -> Holding:
     """Two communities registering the same record: the one the office gave it to, else the older
     claim, holds it until a person decides, so a newcomer never overwrites another's cells."""
     # The office's decision holds against a claim made since it; then the older claim.
