@@ -22,6 +22,7 @@ import json
 import time
 import zlib
 
+from .bundle import file_name
 from .chain import Chain, ChainGap, ChainMismatch, Head
 from .errors import SyncdbError
 
@@ -155,8 +156,6 @@ def verify(store) -> int:
 
 def _check_anchors(store, recorded: dict[str, int]) -> None:
     """The ledger against what the store says it applied: a ledger emptied with its head still fails."""
-    from .bundle import file_name
-
     conn = store.conn
     for origin, sequence, count, name in conn.execute(
             "SELECT a.origin, a.sequence, a.changes, r.file FROM applied a "

@@ -1,8 +1,8 @@
-"""The Datasette plugin behind ``syncdb publish`` (see publish.py for the why).
+"""The Datasette plugin behind ``syncdb publish`` (see publish.py for the parts and the why).
 
 Only hooks that Datasette 1.0 keeps are used: ``startup``, ``prepare_connection``,
 ``register_routes``, ``render_cell`` and ``asgi_wrapper``. The publishing context (store folder,
-keyring, schemas) is handed over as ``datasette._syncdb`` by ``serve()``,
+keyring, schemas) is handed over as ``datasette._syncdb`` by ``publish.make_datasette()``,
 never through metadata, which Datasette shows at ``/-/metadata``.
 """
 
@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlencode
+from urllib.parse import parse_qsl, unquote, urlencode
 
 from datasette import hookimpl
 from datasette.utils import baseconv, tilde_decode, tilde_encode
@@ -26,13 +26,14 @@ from datasette.utils.asgi import Request, Response
 from itsdangerous import BadSignature
 from markupsafe import Markup, escape
 
-from . import office, publish, signin
+from . import office, pages, projection, publishdb, signin, staff
 from .crypto import Keyring, Secret
 from .errors import SyncdbError
-from .store import Store
+from .store import Store, open_store
 
 log = logging.getLogger("syncdb.publish")
 
+SESSION_HOURS = 8
 PUBLIC_PATHS = ("/-/login", "/-/static/", "/-/static-plugins/", "/favicon.ico")
 
 
@@ -99,7 +100,7 @@ class Context:
     keyring: Keyring
     domains: dict
     refresh_seconds: float = 30.0
-    session_hours: float = publish.SESSION_HOURS
+    session_hours: float = SESSION_HOURS
     signature: tuple | None = None
     loaded_at: str = ""
     tasks: set = field(default_factory=set)
@@ -112,8 +113,8 @@ class Context:
     keyring_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def store(self) -> Store:
-        """A connection of its own for the calling thread."""
-        return Store(office.connect(self.store_dir), self.current_keyring(), self.domains)
+        """The store, read-only, on a connection of its own for the calling thread."""
+        return open_store(self.store_dir, self.current_keyring(), self.domains)
 
     def current_keyring(self) -> Keyring:
         """The keyring as keyring.json holds it now: `keys rotate` adds a data key while publish runs,
@@ -159,23 +160,20 @@ def _fill(ctx: Context) -> tuple[tuple, int]:
         if not ctx.writers:
             # Kept open for the life of the process: a shared in-memory database
             # lives only while some connection to it is open.
-            ctx.writers = [sqlite3.connect(publish.memory_uri(name), uri=True, isolation_level=None,
+            ctx.writers = [sqlite3.connect(projection.memory_uri(name), uri=True, isolation_level=None,
                                            check_same_thread=False)
-                           for name in (publish.MASKED_DB, publish.PLAIN_DB)]
+                           for name in (projection.MASKED_DB, projection.PLAIN_DB)]
             for conn in ctx.writers:
                 conn.execute("PRAGMA temp_store = MEMORY")
-        store = ctx.store()
-        try:
-            signature = publish.signature(store)
-            return signature, publish.fill(store, *ctx.writers, exclusive=ctx.gate.exclusive)
-        finally:
-            store.conn.close()
+        with ctx.store() as store:
+            signature = projection.signature(store)
+            return signature, projection.fill(store, *ctx.writers, exclusive=ctx.gate.exclusive)
 
 
 async def reload(datasette) -> None:
     ctx = _context(datasette)
     ctx.gate.loop = asyncio.get_running_loop()
-    for name in (publish.MASKED_DB, publish.PLAIN_DB):
+    for name in (projection.MASKED_DB, projection.PLAIN_DB):
         if name not in datasette.databases:
             datasette.add_memory_database(name)
     signature, records = await asyncio.to_thread(_fill, ctx)
@@ -199,11 +197,8 @@ async def _follow_merges(datasette) -> None:
 
 
 def _signature(ctx: Context) -> tuple:
-    store = ctx.store()
-    try:
-        return publish.signature(store)
-    finally:
-        store.conn.close()
+    with ctx.store() as store:
+        return projection.signature(store)
 
 
 @hookimpl
@@ -249,7 +244,7 @@ def actor_of(datasette, request: Request) -> dict | None:
     if _context(datasette).signin.session_account(sid) != actor.get("id"):
         return None
     # An account removed (or its roles changed) counts from the next page on, not the next sign-in.
-    user = publish.read_users(_context(datasette).store_dir).get(actor.get("id"))
+    user = staff.account(_context(datasette).store_dir, str(actor.get("id")))
     if user is None or user["roles"] != actor.get("roles") or user.get("epoch", "") != actor.get("epoch"):
         return None
     return actor
@@ -275,7 +270,7 @@ def _shows_plaintext(path: str, actor) -> bool:
         first = tilde_decode(first)
     except Exception:
         return True
-    return first != publish.MASKED_DB
+    return first != projection.MASKED_DB
 
 
 @hookimpl
@@ -354,11 +349,29 @@ async def _serve(datasette, app, scope, receive, send, path, actor):
 
 
 def _log_view(ctx: Context, actor: str, path: str, query: str) -> None:
-    store = ctx.store()
-    try:
-        publish.log_view(store, actor, publish.shown_page(store, path, query))
-    finally:
-        store.conn.close()
+    with ctx.store() as store:
+        page = shown_page(store, path, query)
+    publishdb.log_view(ctx.store_dir, store.keyring, actor, page)
+
+
+# Query parameters that only shape a page; every other value (a filter, a search,
+# a _where clause, _next: the sort value to continue from) may quote a sensitive
+# value and is logged as its blind index.
+SHAPING = {"_shape", "_size", "_sort", "_sort_desc", "_facet", "_col", "_nocol", "_labels", "_nofacet"}
+
+
+def shown_page(store: Store, path: str, query: str) -> str:
+    """The page as logged: the path, and each query value that could be data as its blind index."""
+    parts = [f"{name}={value}" if name in SHAPING else f"{name}=#{store.blind_id(value).hex()[:12]}"
+             for name, value in parse_qsl(query, keep_blank_values=True)]
+
+    def readable(part):
+        try:
+            return tilde_decode(part)
+        except Exception:  # not tilde-encoded after all: keep it as it came
+            return part
+    shown = "/".join(readable(part) for part in unquote(path).split("/"))
+    return shown + ("?" + "&".join(parts) if parts else "")
 
 
 # ---------------------------------------------------------------- pages
@@ -398,7 +411,7 @@ async def login(datasette, request):
             error = f"登录失败次数过多，请 {signin.wait_text(attempt.wait)}后再试。"
             status, headers = 429, {"Retry-After": str(math.ceil(attempt.wait))}
         else:
-            actor = await asyncio.to_thread(publish.check_password, ctx.store_dir, name, form.get("password", ""))
+            actor = await asyncio.to_thread(staff.check_password, ctx.store_dir, name, form.get("password", ""))
             if actor:
                 return await _signed_in(datasette, ctx, attempt, actor, next_path)
             error, status = await _failed(ctx, attempt, name), 403
@@ -424,7 +437,7 @@ async def _signed_in(datasette, ctx: Context, attempt, actor: dict, next_path: s
 async def _failed(ctx: Context, attempt, name: str) -> str:
     """Record a wrong password; log any lock-out it causes; the words for the page."""
     # Only a real account's name is written: a name typed by mistake may be anything.
-    known = name if name in await asyncio.to_thread(publish.read_users, ctx.store_dir) else ""
+    known = name if await asyncio.to_thread(staff.account, ctx.store_dir, name) else ""
     lockouts = await asyncio.to_thread(ctx.signin.failed, attempt, known)
     for lockout in lockouts:
         who = f"account {lockout.account}" if lockout.kind == "account" and lockout.account else \
@@ -457,19 +470,19 @@ async def person(datasette, request):
     token = request.url_vars["token"]
     actor = actor_of(datasette, request)
     plain = sees_plaintext(actor)
-    db = datasette.get_database(publish.PLAIN_DB if plain else publish.MASKED_DB)
+    db = datasette.get_database(projection.PLAIN_DB if plain else projection.MASKED_DB)
     sections = []
     for name in await db.table_names():
         columns = [c for c in await db.table_columns(name)]
-        if publish.PERSON_COLUMN not in columns:
+        if projection.PERSON_COLUMN not in columns:
             continue
-        result = await db.execute(f"SELECT * FROM [{name}] WHERE [{publish.PERSON_COLUMN}] = ?", [token])
+        result = await db.execute(f"SELECT * FROM [{name}] WHERE [{projection.PERSON_COLUMN}] = ?", [token])
         rows = [dict(r) for r in result.rows]
         if rows:
-            shown = [c for c in columns if c != publish.PERSON_COLUMN]
+            shown = [c for c in columns if c != projection.PERSON_COLUMN]
             sections.append({"table": name, "columns": shown, "rows": [[r[c] for c in shown] for r in rows],
                              "url": datasette.urls.table(db.name, name) + "?"
-                             + urlencode({publish.PERSON_COLUMN: token})})
+                             + urlencode({projection.PERSON_COLUMN: token})})
     html = await datasette.render_template("syncdb_person.html", {
         "sections": sections, "plaintext": plain, "token": token}, request=request)
     return Response.html(html, status=200 if sections else 404)
@@ -479,11 +492,8 @@ async def sync(datasette, request):
     ctx = _context(datasette)
 
     def read():
-        store = ctx.store()
-        try:
-            return publish.sync_status(store, ctx.store_dir), publish.refusals(ctx.store_dir)
-        finally:
-            store.conn.close()
+        with ctx.store() as store:
+            return pages.sync_status(store, ctx.store_dir), pages.refusals(ctx.store_dir)
     rows, refused = await asyncio.to_thread(read)
     html = await datasette.render_template("syncdb_sync.html", {
         "rows": rows, "refused": refused, "unverified": [r for r in refused if not r["origin"]],
@@ -496,11 +506,8 @@ async def conflicts(datasette, request):
     plain = sees_plaintext(actor_of(datasette, request))
 
     def read():
-        store = ctx.store()
-        try:
-            return publish.open_conflicts(store, plaintext=plain)
-        finally:
-            store.conn.close()
+        with ctx.store() as store:
+            return pages.open_conflicts(store, plaintext=plain)
     items = await asyncio.to_thread(read)
     html = await datasette.render_template("syncdb_conflicts.html", {
         "items": items, "plaintext": plain}, request=request)
@@ -522,13 +529,13 @@ def register_routes(datasette):
 
 @hookimpl
 def prepare_connection(conn, database, datasette):
-    if getattr(datasette, "_syncdb", None) is not None and database in (publish.MASKED_DB, publish.PLAIN_DB):
+    if getattr(datasette, "_syncdb", None) is not None and database in (projection.MASKED_DB, projection.PLAIN_DB):
         # A big sort spills to temporary files unless told otherwise: plaintext on a disk.
         conn.execute("PRAGMA temp_store = MEMORY")
 
 
 @hookimpl
 def render_cell(value, column, table, database, datasette):
-    if column == publish.PERSON_COLUMN and isinstance(value, str) and len(value) == 32:
+    if column == projection.PERSON_COLUMN and isinstance(value, str) and len(value) == 32:
         return Markup(f'<a href="/-/person/{escape(value)}">查看</a>')
     return None

@@ -1,7 +1,7 @@
 """Sign-in for ``syncdb publish``: sessions held at the server, and guessing slowed down.
 
 ``publish`` opens the store read-only; what it writes about signing in lives
-in a database of its own beside the store, ``STORE/publish.db``:
+in the database it owns beside the store, ``STORE/publish.db`` (publishdb.py):
 
     sessions        one row per signed-in browser. The cookie carries the
                     session's id (signed); the row holds only its hash, so a
@@ -13,7 +13,7 @@ in a database of its own beside the store, ``STORE/publish.db``:
                     typed at the form may be anything, an ID number too)
     sign_in_locks   until when an account name or an address is refused, and
                     how many lock-outs it has had in a row
-    lockouts        each lock-out, chained by HMAC like the page-view log
+    lockouts        each lock-out, chained by HMAC like the page-view log (chain.py)
 
 A try is counted when it starts, not when its password check ends, so a
 burst of tries sent at once gets no more checks than one sent after the other.
@@ -32,41 +32,22 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import publishdb
+from .chain import Chain, ChainGap, ChainMismatch, Head
 from .crypto import Keyring
 from .errors import SyncdbError
 
 DELAY_VARIABLE = "SYNCDB_SIGN_IN_DELAY"
 
-TABLES = """
-CREATE TABLE IF NOT EXISTS sessions (
-    id TEXT PRIMARY KEY, account TEXT NOT NULL, started REAL NOT NULL, expires REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS sign_in_tries (
-    id INTEGER PRIMARY KEY, subject BLOB NOT NULL, at REAL NOT NULL, failed INTEGER NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS sign_in_tries_subject ON sign_in_tries (subject, at);
-CREATE TABLE IF NOT EXISTS sign_in_locks (
-    subject BLOB PRIMARY KEY, until REAL NOT NULL, streak INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS lockouts (
-    id INTEGER PRIMARY KEY, at TEXT NOT NULL, kind TEXT NOT NULL, account TEXT NOT NULL,
-    address TEXT NOT NULL, seconds INTEGER NOT NULL, failures INTEGER NOT NULL, mac BLOB NOT NULL)
-"""
-
-
-def db_path(store_dir) -> Path:
-    return Path(store_dir) / "publish.db"
-
-
 def connect(store_dir) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(db_path(store_dir)), isolation_level=None, timeout=10)
-    conn.execute("PRAGMA journal_mode = WAL")  # the per-page session look-up never waits for a sign-in
-    conn.execute("PRAGMA busy_timeout = 10000")
-    return conn
+    return publishdb.connect(store_dir)
 
 
-def _keys(keyring: Keyring) -> tuple[bytes, bytes]:
-    """(subject key, lock-out chain key), both derived from the office's blind-index key."""
+def _keys(keyring: Keyring) -> tuple[bytes, Chain]:
+    """(subject key, lock-out chain), both derived from the office's blind-index key."""
     suite = keyring.suite
     return (suite.derive(keyring.index_key, b"", b"syncdb sign-in subjects"),
-            suite.derive(keyring.index_key, b"", b"syncdb sign-in lockouts"))
+            Chain(suite, suite.derive(keyring.index_key, b"", b"syncdb sign-in lockouts")))
 
 
 def account_key(name: str) -> str:
@@ -132,15 +113,10 @@ class SignIn:
 
     def __init__(self, store_dir, keyring: Keyring, limits: Limits | None = None):
         self.store_dir = Path(store_dir)
-        self.subject_key, self.chain_key = _keys(keyring)
-        self.suite = keyring.suite
+        self.subject_key, self.chain = _keys(keyring)
         self.limits = limits or Limits.from_environment()
         self._reader: sqlite3.Connection | None = None
-        conn = connect(self.store_dir)
-        try:
-            conn.executescript(TABLES)
-        finally:
-            conn.close()
+        connect(self.store_dir).close()  # made, or brought up to date, before the first page
 
     # ------------------------------------------------------------ sessions
 
@@ -260,41 +236,39 @@ class SignIn:
     # ------------------------------------------------------------ the lock-out log
 
     def _record(self, conn, lockout: Lockout) -> None:
-        last = conn.execute("SELECT mac FROM lockouts ORDER BY id DESC LIMIT 1").fetchone()
+        last = conn.execute("SELECT id, mac FROM lockouts ORDER BY id DESC LIMIT 1").fetchone()
         at = time.strftime("%Y-%m-%dT%H:%M:%S")
         fields = [at, lockout.kind, lockout.account, lockout.address, lockout.seconds, lockout.failures]
-        mac = self.suite.mac(self.chain_key, _link(bytes(last[0]) if last else None, fields))
-        conn.execute("INSERT INTO lockouts (at, kind, account, address, seconds, failures, mac) "
-                     "VALUES (?, ?, ?, ?, ?, ?, ?)", (*fields, mac))
+        head = self.chain.link(Head(last[0], bytes(last[1])) if last else Head(), _content(fields))
+        conn.execute("INSERT INTO lockouts (id, at, kind, account, address, seconds, failures, mac) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (head.id, *fields, head.mac))
 
 
 def _session_row_id(sid: str) -> str:
     return hashlib.sha256(sid.encode()).hexdigest()
 
 
-def _link(previous: bytes | None, fields: list) -> bytes:
-    return (previous or b"\0" * 32) + json.dumps(fields, ensure_ascii=False).encode()
+def _content(fields: list) -> bytes:
+    return json.dumps(fields, ensure_ascii=False).encode()
 
 
 def verify_lockouts(store_dir, keyring: Keyring) -> int:
     """Walk the lock-out chain; return its length or raise naming the first bad entry."""
-    if not db_path(store_dir).exists():
+    _, chain = _keys(keyring)
+    conn = publishdb.connect_read_only(store_dir)
+    if conn is None:
         return 0
-    _, key = _keys(keyring)
-    conn = sqlite3.connect(f"file:{db_path(store_dir)}?mode=ro", uri=True)
     try:
-        previous, n = None, 0
-        try:
-            entries = conn.execute("SELECT id, at, kind, account, address, seconds, failures, mac "
-                                   "FROM lockouts ORDER BY id").fetchall()
-        except sqlite3.OperationalError:
-            return 0  # no lock-out table yet
-        for entry_id, *fields, mac in entries:
-            n += 1
-            if entry_id != n or not hmac.compare_digest(keyring.suite.mac(key, _link(previous, fields)), bytes(mac)):
-                raise SyncdbError(f"sign-in lock-out log entry {entry_id} in {db_path(store_dir)} was edited, "
-                                  "deleted or reordered by hand")
-            previous = bytes(mac)
-        return n
+        if not publishdb.has_table(conn, "lockouts"):
+            return 0
+        head = Head()
+        for entry_id, *fields, mac in conn.execute("SELECT id, at, kind, account, address, seconds, failures, mac "
+                                                   "FROM lockouts ORDER BY id"):
+            try:
+                head = chain.follow(head, entry_id, _content(fields), mac)
+            except (ChainGap, ChainMismatch):
+                raise SyncdbError(f"sign-in lock-out log entry {entry_id} in {publishdb.db_path(store_dir)} was "
+                                  "edited, deleted or reordered by hand") from None
+        return head.id
     finally:
         conn.close()

@@ -10,7 +10,7 @@ import requests
 
 from conftest import SYNCDB
 from syncdb import merge
-from syncdb.publish import MASKED_DB, PLAIN_DB, PERSON_COLUMN, mask_value
+from syncdb.projection import MASKED_DB, PLAIN_DB, PERSON_COLUMN, mask_value
 from syncdb.schema import Column
 
 PERSONS = "户籍_人员"
@@ -121,7 +121,7 @@ def test_view_pii_sees_plaintext_and_every_view_is_logged_without_plaintext(
     # The masked pages and lilei's views are not logged; wangfang's plaintext pages are, four of them.
     li = site.sign_in("lilei")
     assert real_id not in li.get(f"{site.url}/-/person/{token}").text
-    conn = sqlite3.connect(store / "store.db")
+    conn = sqlite3.connect(store / "publish.db")
     views = conn.execute("SELECT actor, page FROM page_views ORDER BY id").fetchall()
     conn.close()
     assert [actor for actor, _ in views] == ["wangfang"] * 4
@@ -132,7 +132,7 @@ def test_view_pii_sees_plaintext_and_every_view_is_logged_without_plaintext(
     # Tamper-evident, like the audit ledger.
     ok = subprocess.run([SYNCDB, "audit", "verify", str(store)], env=syncdb_env, capture_output=True, text=True)
     assert ok.returncode == 0 and "page-view log intact: 4 views" in ok.stdout, ok.stdout + ok.stderr
-    conn = sqlite3.connect(store / "store.db")
+    conn = sqlite3.connect(store / "publish.db")
     conn.execute("UPDATE page_views SET actor = 'someone' WHERE id = 2")
     conn.commit()
     conn.close()
@@ -214,8 +214,9 @@ def test_users_add_list_remove(office_store, syncdb_env):
     assert users("add", str(office_store), "zhou", "--password", "short").returncode == 1
     listed = users("list", str(office_store))
     assert "chen\tview-pii" in listed.stdout
-    raw = (office_store / "publish-users.json").read_bytes()
-    assert b"long-enough" not in raw
+    raw = b"".join(p.read_bytes() for p in office_store.glob("publish.db*"))
+    assert b"chen" in raw and b"long-enough" not in raw
+    assert not (office_store / "publish-users.json").exists()
     assert users("remove", str(office_store), "chen").returncode == 0
     assert "chen" not in users("list", str(office_store)).stdout
 
@@ -278,7 +279,7 @@ def test_every_spelling_of_a_plaintext_page_is_logged_and_the_log_keeps_no_sort_
     wang = site.sign_in("wangfang")
 
     def views():
-        conn = sqlite3.connect(store / "store.db")
+        conn = sqlite3.connect(store / "publish.db")
         try:
             return [page for (page,) in conn.execute("SELECT page FROM page_views ORDER BY id")]
         finally:

@@ -21,7 +21,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from conftest import STAFF
 from syncdb import merge
-from syncdb.publish import MASKED_DB, PERSON_COLUMN, PLAIN_DB
+from syncdb.projection import MASKED_DB, PERSON_COLUMN, PLAIN_DB
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL = ROOT / "scripts" / "install-chromium"
@@ -137,7 +137,7 @@ def site(residents, publisher, office_store):
 
 
 def page_views(store: Path) -> list[tuple]:
-    conn = sqlite3.connect(store / "store.db")
+    conn = sqlite3.connect(store / "publish.db")
     try:
         return conn.execute("SELECT actor, page FROM page_views ORDER BY id").fetchall()
     except sqlite3.OperationalError:  # not created yet

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from conftest import SYNCDB, STAFF
-from syncdb.publish import MASKED_DB
+from syncdb.projection import MASKED_DB
 
 DELAY = 5  # seconds of the first lock-out here (30 in use)
 
