@@ -21,14 +21,16 @@ import threading
 import time
 from pathlib import Path
 
-from . import community, merge, office, publish, server, transport, workdir
+from . import community, merge, migrations, office, server, transport, workdir
+from .channels import FolderChannel
 from .conflicts import list_conflicts
 from .outbound import outbound_dir
-from .pull import pull
 from .resolve import office_edit, resolve_conflict
 from .crypto import Secret
 from .errors import SyncdbError
+from .http_channel import HttpChannel
 from .sample import generate
+from .staff import add_user
 from .store import mask
 
 MARKER = ".syncdb-demo"
@@ -95,7 +97,7 @@ def run_demo(directory, communities: int, residents: int, domains: dict, echo=pr
     store = directory / "office"
 
     echo(f"== Street office store in {store}")
-    office.init(store, secret)
+    migrations.init(store, secret)
     sample_domains = {name: domains[name] for name in ("huji", "shebao", "minzheng") if name in domains}
 
     echo(f"== {communities} sample communities of {residents} residents")
@@ -135,7 +137,8 @@ def run_demo(directory, communities: int, residents: int, domains: dict, echo=pr
             echo(f"   {summary.lines()[1]}; {summary.lines()[2]}")
             for code in summary.sent_back:
                 echo(f"== {code} holds the record and pulls the settlement (syncdb pull --inbox …)")
-                report = pull(folders[code], sample_domains, secret, inbox=str(outbound_dir(store, code)))
+                inbox = FolderChannel(outbound_dir(store, code))
+                report = transport.pull(folders[code], inbox, sample_domains, secret)
                 for line in report.lines():
                     echo(f"   {line}")
     left = list_conflicts(store, secret, domains)
@@ -143,7 +146,7 @@ def run_demo(directory, communities: int, residents: int, domains: dict, echo=pr
     staff = {"staff": ("", []), "pii": ("", ["view-pii"])}
     for name, (_, roles) in list(staff.items()):
         password = secrets.token_urlsafe(9)
-        publish.add_user(store, name, password, roles)
+        add_user(store, name, password, roles)
         staff[name] = (password, roles)
     echo(f"Look around: export SYNCDB_KEY_FILE={key_file}")
     echo(f"   syncdb conflicts list {store} --all")
@@ -169,9 +172,10 @@ def _stage_concurrent_edit(store, secret, domains, folder: Path, echo) -> None:
 
 
 def _push_all(folders, domains, secret, url, echo):
+    channel = HttpChannel(url)
     for code, folder in folders.items():
-        result = community.export(folder, domains, secret)
-        report = transport.push_to_url(folder, url, echo=lambda m: None)
+        pushed = transport.push(folder, channel, domains, secret, echo=lambda m: None)
+        result, report = pushed.exported, pushed.delivery
         made = f"bundle {result.sequence} with {result.changes} changes" if result.sequence else "no changes"
         echo(f"   {code}: {made}; {report.summary()}")
         if not report.ok:
