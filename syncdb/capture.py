@@ -35,7 +35,8 @@ META = "_syncdb_meta"
 _NOW_MS = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
 
 
-def _trigger_names(table: Table) -> list[str]:
+def trigger_names(table: Table) -> list[str]:
+    """The names of the capture triggers of one table: insert, update, delete, key change."""
     return [f"_syncdb_{table.name}_{op}" for op in ("insert", "update", "delete", "rekey")]
 
 
@@ -48,7 +49,7 @@ def _key_json(prefix: str, table: Table) -> str:
 
 
 def trigger_sql(table: Table) -> list[str]:
-    ins, upd, dele, rekey = _trigger_names(table)
+    ins, upd, dele, rekey = trigger_names(table)
     new_key, old_key = _key_json("NEW", table), _key_json("OLD", table)
     key_cols = ", ".join(f"[{k}]" for k in table.key)
     key_moved = " OR ".join(f"OLD.[{k}] IS NOT NEW.[{k}]" for k in table.key)
@@ -100,7 +101,7 @@ def install(conn: sqlite3.Connection, domain: Domain, skip=(), allow_duplicates:
         conn.execute(f"INSERT OR IGNORE INTO {META} VALUES ('generation', '0')")
         for table in tables:
             # Made afresh, so a trigger an older syncdb wrote is replaced by today's.
-            for name, sql in zip(_trigger_names(table), trigger_sql(table)):
+            for name, sql in zip(trigger_names(table), trigger_sql(table)):
                 conn.execute(f"DROP TRIGGER IF EXISTS [{name}]")
                 conn.execute(sql)
     return meta(conn)["capture_id"]
@@ -206,7 +207,7 @@ def meta(conn: sqlite3.Connection) -> dict[str, str]:
 
 def missing_triggers(conn: sqlite3.Connection, domain: Domain) -> list[str]:
     present = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
-    return [name for table in domain.tables.values() for name in _trigger_names(table) if name not in present]
+    return [name for table in domain.tables.values() for name in trigger_names(table) if name not in present]
 
 
 def needs_full_compare(conn: sqlite3.Connection, domain: Domain, expected: dict | None) -> str | None:

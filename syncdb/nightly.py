@@ -1,8 +1,9 @@
 """The community's nightly run: push, then pull, for a scheduled task (Task Scheduler or cron).
 
 ``sync`` does what a worker would type (``syncdb push --to URL`` then
-``syncdb pull --from URL``), writes every line to one log file as well,
-and sums the night up in one result: ``ok`` is False when either half
+``syncdb pull --from URL``: ``transport.push`` and ``transport.pull`` over
+one HTTP channel), writes every line to one log file as well, and sums the
+night up in one result: ``ok`` is False when either half
 failed, so the task's exit status shows a failed night. ``schedule_commands``
 prints how to run it every night; it changes nothing on the machine.
 """
@@ -19,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import community, transport
-from .community import read_config, state_dir
+from . import transport
 from .crypto import Secret
 from .errors import SyncdbError
-from .pull import pull
+from .http_channel import HttpChannel
 from .schema import Domain
+from .state import read_config, state_dir
 
 LOG_NAME = "sync.log"
 
@@ -61,13 +62,14 @@ def sync(workdir, url: str, domains: dict[str, Domain], secret: Secret, *, log_p
             echo(line)
 
         say(f"sync of {workdir} with the office at {url}")
+        channel = HttpChannel(url, retries=retries)
         try:
-            _push(workdir, url, domains, secret, retries, say, result)
+            _push(workdir, channel, domains, secret, say, result)
         except SyncdbError as e:
             say(f"push failed: {e}")
             result.problems.append(f"push: {e}")
         try:
-            for line in pull(workdir, domains, secret, url=url).lines():
+            for line in transport.pull(workdir, channel, domains, secret).lines():
                 say(line)
         except SyncdbError as e:
             say(f"pull failed: {e}")
@@ -78,23 +80,22 @@ def sync(workdir, url: str, domains: dict[str, Domain], secret: Secret, *, log_p
     return result
 
 
-def _push(workdir, url: str, domains: dict[str, Domain], secret: Secret, retries: int,
+def _push(workdir, channel: HttpChannel, domains: dict[str, Domain], secret: Secret,
           say: Callable[[str], None], result: SyncResult) -> None:
     """``syncdb push --to URL``: what went, and each deletion held for a person, as a problem."""
-    transport.tidy(workdir)
-    transport.learn_limits(workdir, url)
-    exported = community.export(workdir, domains, secret, notify=lambda m: say(f"Note: {m}"))
-    for sequence, _, changes in exported.bundles:
-        say(f"Bundle {sequence}: {changes} change(s)")
-    if not exported.bundles:
-        say("No new changes since the last push.")
-    report = transport.push_to_url(workdir, url, retries=retries, echo=say)
-    say(report.summary())
-    if not report.ok:
-        result.problems.append(f"push: {report.error}")
+    def exported(made) -> None:
+        for sequence, _, changes in made.bundles:
+            say(f"Bundle {sequence}: {changes} change(s)")
+        if not made.bundles:
+            say("No new changes since the last push.")
+    pushed = transport.push(workdir, channel, domains, secret, notify=lambda m: say(f"Note: {m}"),
+                            exported=exported, echo=say)
+    say(pushed.delivery.summary())
+    if not pushed.delivery.ok:
+        result.problems.append(f"push: {pushed.delivery.error}")
     # The rest went; these wait for a person, as `syncdb push` says (and exits 1).
-    again = shlex.join(["syncdb", "push", str(workdir), "--to", url, "--confirm-deletes"])
-    for held in exported.deletes_held:
+    again = shlex.join(["syncdb", "push", str(workdir), "--to", channel.where, "--confirm-deletes"])
+    for held in pushed.exported.deletes_held:
         say(f"Held: {held.message(again)}")
         result.problems.append(f"push: held: {held.message(again)}")
 

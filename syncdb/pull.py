@@ -51,34 +51,19 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import requests
-
-from . import bundle, capture, community, workdir
-from .community import _apply_to_shadow, _meta, _set_meta, _state, read_config, state_dir
+from . import bundle, capture, outbox, workdir
+from .channels import Channel, FolderChannel
 from .crypto import Keyring, PublicKey, Secret
 from .errors import SyncdbError
 from .files import storage_error
-from .hlc import Clock, Stamp, unpack_versions
+from .hlc import unpack_versions
+from .http_channel import HttpChannel
 from .schema import Domain
-
-SUPERSEDED_TABLE = """
-CREATE TABLE IF NOT EXISTS superseded (
-    tbl TEXT NOT NULL, key TEXT NOT NULL, col TEXT NOT NULL, owner TEXT, version TEXT NOT NULL,
-    pulled TEXT NOT NULL, PRIMARY KEY (tbl, key, col)) WITHOUT ROWID
-"""
-# The working-database writes of the last bundle pulled, until every one is committed
-# (see the module's docstring): key, before and after are JSON objects of column -> value,
-# after is null for a delete.
-INTENT_TABLE = """
-CREATE TABLE IF NOT EXISTS pull_intent (
-    n INTEGER PRIMARY KEY, tbl TEXT NOT NULL, key TEXT NOT NULL, op TEXT NOT NULL,
-    before TEXT NOT NULL, after TEXT)
-"""
+from .state import State, open_state, read_config, state_dir, state_path
 
 
 @dataclass
@@ -125,12 +110,11 @@ class PullReport:
         return out
 
 
-def pull(workdir_path, domains: dict[str, Domain], secret: Secret, url: str | None = None,
-         inbox: str | None = None, timeout: float = 30.0) -> PullReport:
-    """Apply the office's resolutions bundles after the last one pulled, from ``url`` or ``inbox``.
+def pull_from(workdir_path, channel: Channel, domains: dict[str, Domain], secret: Secret) -> PullReport:
+    """Apply the office's resolutions bundles after the last one pulled, as ``channel`` holds them.
 
     Finishes an interrupted pull first, and clears from the outbox what the
-    office says it holds.
+    office says it holds. ``transport.pull`` is the library call over this.
     """
     folder = Path(workdir_path)
     code = read_config(folder)["code"]
@@ -139,10 +123,9 @@ def pull(workdir_path, domains: dict[str, Domain], secret: Secret, url: str | No
     report = PullReport()
     try:
         report.finished = finish_interrupted(folder)
-        state = _state(folder)
-        try:
-            done = int(_meta(state, "pulled", 0))
-            for sequence, data in _fetch(code, office_key, done, url, inbox, timeout):
+        with open_state(folder) as state:
+            done = int(state.meta("pulled", 0))
+            for sequence, data in channel.resolutions(code, office_key.code, done):
                 if sequence != done + 1:
                     raise SyncdbError(f"the office's resolutions {done + 1} for {code} are missing (found "
                                       f"{sequence}); pull again from the office, or bring every file of its "
@@ -150,20 +133,28 @@ def pull(workdir_path, domains: dict[str, Domain], secret: Secret, url: str | No
                 header = _apply(folder, state, domains, ring, office_key, data, sequence, report)
                 _note_acknowledged(report, header.fields.get("acknowledged"))
                 done = sequence
-        finally:
-            state.close()
-        standalone = _fetch_acknowledgement(code, office_key, url, inbox, timeout)
+        standalone = channel.acknowledgement(code, office_key.code)
         if standalone is not None:
             where, data = standalone
             try:
-                _note_acknowledged(report, acknowledgement(folder, data))
+                _note_acknowledged(report, outbox.acknowledgement(folder, data))
             except SyncdbError as e:
                 report.unusable.append(f"the office's acknowledgement from {where} ({e})")
         if report.acknowledged:
-            report.cleared = clear_acknowledged(folder, report.acknowledged)
+            report.cleared = outbox.clear_acknowledged(folder, report.acknowledged)
     except (OSError, sqlite3.Error) as e:
         raise storage_error(e, folder, then="run `syncdb pull` again") from None
     return report
+
+
+def pull(workdir_path, domains: dict[str, Domain], secret: Secret, url: str | None = None,
+         inbox: str | None = None, timeout: float = 30.0) -> PullReport:
+    """Apply the office's resolutions from the office at ``url`` or the folder ``inbox``.
+
+    The form earlier releases offered; ``transport.pull(workdir, channel, …)`` is the library call.
+    """
+    channel = HttpChannel(url, timeout=timeout) if url else FolderChannel(inbox)
+    return pull_from(workdir_path, channel, domains, secret)
 
 
 def _note_acknowledged(report: PullReport, n: int | None) -> None:
@@ -171,109 +162,7 @@ def _note_acknowledged(report: PullReport, n: int | None) -> None:
         report.acknowledged = n
 
 
-def _fetch(code, office_key, done, url, inbox, timeout):
-    """(sequence, bytes) of every resolutions bundle after ``done``, in order."""
-    if inbox:
-        found = {}
-        for path in sorted(Path(inbox).glob(f"{office_key.code}-r*{bundle.SUFFIX}")) + sorted(
-                (Path(inbox) / code).glob(f"{office_key.code}-r*{bundle.SUFFIX}")):
-            match = re.search(r"-r(\d+)\.", path.name)
-            if match and int(match.group(1)) > done:
-                found[int(match.group(1))] = path
-        for sequence in sorted(found):
-            yield sequence, found[sequence].read_bytes()
-        return
-    base = url.rstrip("/")
-    try:
-        listing = requests.get(f"{base}/v1/communities/{code}/outbound", timeout=timeout)
-        if listing.status_code != 200:
-            raise SyncdbError(f"the office at {base} answered {listing.status_code} for the list of resolutions; "
-                              "check the --from URL (the address `syncdb serve` listens on)")
-        for sequence in sorted(s for s in listing.json()["bundles"] if s > done):
-            answer = requests.get(f"{base}/v1/communities/{code}/outbound/{sequence}", timeout=timeout)
-            if answer.status_code != 200:
-                raise SyncdbError(f"the office at {base} did not give resolutions bundle {sequence} "
-                                  f"(HTTP {answer.status_code}); pull again later")
-            yield sequence, answer.content
-    except requests.RequestException as e:
-        raise SyncdbError(f"could not reach the office at {base} ({type(e).__name__}); nothing was changed, "
-                          "pull again when the line is up, or use --inbox with a USB stick") from None
-
-
-def _fetch_acknowledgement(code, office_key, url, inbox, timeout) -> tuple[str, bytes] | None:
-    """(where, bytes) of the office's standalone acknowledgement for ``code``, or None if there is none."""
-    name = f"{office_key.code}-ack{bundle.SUFFIX}"
-    if inbox:
-        for path in (Path(inbox) / name, Path(inbox) / code / name):
-            if path.is_file():
-                return str(path), path.read_bytes()
-        return None
-    where = f"{url.rstrip('/')}/v1/communities/{code}/acknowledgement"
-    try:
-        answer = requests.get(where, timeout=timeout)
-    except requests.RequestException:
-        return None  # an office that does not answer now is told by the resolutions above
-    return (where, answer.content) if answer.status_code == 200 else None
-
-
-def acknowledgement(workdir_path, data: bytes) -> int:
-    """The ``acknowledged`` number of an office acknowledgement, once it is shown to be genuine;
-    if it asks for every record again (``resend``, after the office gave up one of this
-    community's bundles), the next push sends every record whole."""
-    header = _genuine_acknowledgement(workdir_path, data)
-    resend = header.fields.get("resend")
-    if resend:
-        community.ask_resend(workdir_path, resend)
-    return header["acknowledged"]
-
-
-def _genuine_acknowledgement(workdir_path, data: bytes):
-    """The header of an office acknowledgement, once it is shown to be genuine.
-
-    It must be signed by this community's office and made for this
-    community's own key (its ``recipient``, which the signature covers), so
-    no one can forge one or hand over another community's; it is read with
-    the public keys alone. Raises SyncdbError saying what is wrong.
-    """
-    folder = Path(workdir_path)
-    office_key = PublicKey.read(state_dir(folder) / "office.pub.json")
-    try:
-        header = bundle.verify(io.BytesIO(data), {office_key.code: office_key}.get)
-    except bundle.BundleError as e:
-        raise SyncdbError(f"not signed by this community's office: {e}") from None
-    mine = _own_key_id(folder)
-    if header.kind != "resolutions" or header.origin != office_key.code or "acknowledged" not in header.fields:
-        raise SyncdbError(f"not an acknowledgement (kind {header.kind}, from {header.origin})")
-    if header["recipient"] != mine:
-        raise SyncdbError(f"made for key {header['recipient']}, not for this community's key {mine}: "
-                          "it is another community's")
-    return header
-
-
-def _own_key_id(folder: Path) -> str:
-    # The keyring keeps its public half in clear: no secret is needed to know who we are.
-    doc = json.loads((state_dir(folder) / "keyring.json").read_text(encoding="utf-8"))
-    return PublicKey.from_json(json.dumps(doc["public"])).id
-
-
-def clear_acknowledged(workdir_path, n: int) -> list[int]:
-    """Remove from the outbox every bundle numbered up to ``n``: the office holds them all."""
-    cleared = []
-    for path in community.pending(workdir_path):
-        sequence = bundle_sequence(path.name)
-        if sequence is not None and sequence <= n:
-            community.acknowledge(workdir_path, sequence)
-            cleared.append(sequence)
-    return cleared
-
-
-def bundle_sequence(name: str) -> int | None:
-    """The sequence number in a community bundle's file name (ORIGIN-00000007.bundle), or None."""
-    match = re.fullmatch(rf"[0-9A-Za-z_-]+-([0-9]{{8,}}){re.escape(bundle.SUFFIX)}", name)
-    return int(match.group(1)) if match else None
-
-
-def _apply(folder, state, domains, ring, office_key, data, sequence, report) -> bundle.Header:
+def _apply(folder, state: State, domains, ring, office_key, data, sequence, report) -> bundle.Header:
     try:
         header = bundle.verify(io.BytesIO(data), {office_key.code: office_key}.get)
     except bundle.BundleError as e:
@@ -283,15 +172,13 @@ def _apply(folder, state, domains, ring, office_key, data, sequence, report) -> 
         raise SyncdbError(f"the file given as resolutions bundle {sequence} is not one "
                           f"(kind {header.kind}, from {header.origin}, number {header.sequence}); nothing was applied")
     changes = list(bundle.changes(io.BytesIO(data), ring))
-    state.execute(SUPERSEDED_TABLE)
-    state.execute(INTENT_TABLE)
     tables = {t.qualified: t for d in domains.values() for t in d.tables.values()}
-    clock = Clock(read_config(folder)["code"], Stamp.parse(_meta(state, "hlc")) if _meta(state, "hlc") else None)
+    clock = state.clock(read_config(folder)["code"])
     conns = {}
     intent: list[tuple] = []
     try:
         try:
-            state.execute("BEGIN IMMEDIATE")
+            state.begin()
             for change in changes:
                 table = tables.get(change["table"])
                 if table is None:
@@ -302,19 +189,17 @@ def _apply(folder, state, domains, ring, office_key, data, sequence, report) -> 
                     conns[table.domain].execute("BEGIN IMMEDIATE")
                 _apply_change(conns[table.domain], state, table, change, report, intent)
                 clock.observe(change["hlc"])
-            state.executemany("INSERT INTO pull_intent (tbl, key, op, before, after) VALUES (?, ?, ?, ?, ?)",
-                              intent)
-            _set_meta(state, "hlc", clock.last)
-            _set_meta(state, "pulled", sequence)
+            state.record_intent(intent)
+            state.keep_clock(clock)
+            state.set_meta("pulled", sequence)
             # The commit point: from here on the bundle counts as pulled, and its writes are
             # redone by finish_interrupted if a working database misses them.
-            state.execute("COMMIT")
+            state.commit()
         except BaseException:
             for conn in conns.values():
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-            if state.in_transaction:
-                state.execute("ROLLBACK")
+            state.rollback()
             raise
         for conn in conns.values():
             conn.execute("COMMIT")
@@ -322,7 +207,7 @@ def _apply(folder, state, domains, ring, office_key, data, sequence, report) -> 
         for conn in conns.values():
             conn.close()
     if intent:
-        state.execute("DELETE FROM pull_intent")
+        state.clear_intent()
     report.applied.append(sequence)
     return header
 
@@ -336,13 +221,10 @@ def finish_interrupted(workdir_path) -> int:
     if it is still as it was.
     """
     folder = Path(workdir_path)
-    if not (state_dir(folder) / "state.db").exists():
+    if not state_path(folder).exists():
         return 0
-    state = _state(folder)
-    try:
-        if not state.execute("SELECT 1 FROM sqlite_master WHERE name = 'pull_intent'").fetchone():
-            return 0
-        rows = state.execute("SELECT tbl, key, op, before, after FROM pull_intent ORDER BY n").fetchall()
+    with open_state(folder) as state:
+        rows = state.intent()
         if not rows:
             return 0
         by_domain: dict[str, list] = {}
@@ -362,10 +244,8 @@ def finish_interrupted(workdir_path) -> int:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 conn.close()
-        state.execute("DELETE FROM pull_intent")
+        state.clear_intent()
         return len(rows)
-    finally:
-        state.close()
 
 
 def _same(a, b) -> bool:
@@ -391,13 +271,12 @@ def _redo(conn, name: str, key: dict, op: str, before: dict, after: dict | None)
                      [*todo.values(), *key.values()])
 
 
-def _apply_change(conn, state, table, change, report, intent: list) -> None:
+def _apply_change(conn, state: State, table, change, report, intent: list) -> None:
     key_values = [change["key"][k] for k in table.key]
     key_json = json.dumps(key_values, ensure_ascii=False)
     shown = " / ".join(str(v) for v in key_values)
     current = capture.read_row(conn, table, key_values)
-    shadow = state.execute("SELECT row, versions FROM shadow WHERE tbl = ? AND key = ?",
-                           (table.qualified, key_json)).fetchone()
+    shadow = state.shadow_row(table.qualified, key_json)
     sent = json.loads(shadow[0]) if shadow else None
     if current is None or not sent:
         report.missing.append(f"{table.qualified} / {shown}")
@@ -440,8 +319,8 @@ def _apply_change(conn, state, table, change, report, intent: list) -> None:
         where = " AND ".join(f"[{k}] IS ?" for k in table.key)
         conn.execute(f"DELETE FROM [{table.name}] WHERE {where}", key_values)
         intent.append(_intent(table, change, "delete", current, None))
-        _apply_to_shadow(state, table, key_json, change)
-        state.execute("DELETE FROM superseded WHERE tbl = ? AND key = ?", (table.qualified, key_json))
+        state.apply(table, key_json, change)
+        state.settle_superseded(table.qualified, key_json)
         report.cells += 1
         return
 
@@ -456,10 +335,9 @@ def _apply_change(conn, state, table, change, report, intent: list) -> None:
     # What SQLite stored (its column affinity may turn '12' into 12) is what the shadow must hold.
     stored = capture.read_row(conn, table, key_values)
     intent.append(_intent(table, change, "update", {c: current[c] for c in cells}, {c: stored[c] for c in cells}))
-    _apply_to_shadow(state, table, key_json, {"op": "update", "key": change["key"], "hlc": change["hlc"],
-                                              "cells": {c: stored[c] for c in cells}})
-    state.executemany("DELETE FROM superseded WHERE tbl = ? AND key = ? AND col = ?",
-                      [(table.qualified, key_json, c) for c in cells])
+    state.apply(table, key_json, {"op": "update", "key": change["key"], "hlc": change["hlc"],
+                                  "cells": {c: stored[c] for c in cells}})
+    state.settle_superseded(table.qualified, key_json, list(cells))
     report.cells += len(cells)
 
 
@@ -483,7 +361,6 @@ def _note_superseded(state, table, key_json, shown, change, cols, report) -> Non
     if not cols:
         return
     owner = change.get("owner")
-    state.executemany("INSERT OR REPLACE INTO superseded VALUES (?, ?, ?, ?, ?, datetime('now'))",
-                      [(table.qualified, key_json, col, owner, change["hlc"]) for col in cols])
+    state.note_superseded(table.qualified, key_json, cols, owner, change["hlc"])
     whose = f"the record belongs to {owner}" if owner else "the record belongs to another community"
     report.superseded.append(f"{table.qualified} / {shown} / {', '.join(cols)} ({whose})")

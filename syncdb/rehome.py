@@ -18,54 +18,48 @@ import json
 import time
 from pathlib import Path
 
-from . import bundle, community
+from . import bundle
 from .crypto import PublicKey
 from .errors import SyncdbError
 from .files import write_atomic
+from .state import RESEND, open_state, outbox_dir, read_config, state_dir
 
 
 def set_office_key(workdir_path, office_key_file) -> dict:
     """Encrypt to this office key from now on; returns what was set aside ({"unsent": [file, …]})."""
     folder = Path(workdir_path)
-    config = community.read_config(folder)
+    config = read_config(folder)
     key = PublicKey.read(office_key_file)
     if key.role != "office":
         raise SyncdbError(f"{office_key_file} is a {key.role} key, not an office key; use the office.pub.json "
                           "that `syncdb office init` wrote at the street office")
-    if key.id == PublicKey.read(community.state_dir(folder) / "office.pub.json").id:
+    if key.id == PublicKey.read(state_dir(folder) / "office.pub.json").id:
         raise SyncdbError(f"{folder} already encrypts to this office key ({key.id}); nothing was changed")
-    state = community._state(folder)
-    unsent_dir = community.state_dir(folder) / "unsent"
-    try:
-        with state:
-            state.execute("BEGIN IMMEDIATE")
-            pending = state.execute("SELECT sequence, file FROM bundles WHERE acknowledged IS NULL "
-                                    "ORDER BY sequence").fetchall()
-            # Only bundles made for another key: one made for this key may well be at the office
-            # already (carried on a USB stick, not yet acknowledged) and stays to be sent.
-            rows = [(seq, name) for seq, name in pending if _recipient(folder, name) not in (key.id, None)]
-            if rows:
-                later = [seq for seq, name in pending if seq > rows[0][0] and (seq, name) not in rows]
-                if later:
-                    raise SyncdbError(f"bundles {', '.join(map(str, later))} were made for office key {key.id} "
-                                      f"after bundle {rows[0][0]}, made for another key; push them first, "
-                                      "then run this again")
-                # The office refused all of them at receipt: their numbers are free again.
-                state.executemany("DELETE FROM bundles WHERE sequence = ?", [(seq,) for seq, _ in rows])
-                community._set_meta(state, "next_sequence", rows[0][0])
-            community._set_meta(state, community.RESEND, "the office key changed: sending every record again")
-    finally:
-        state.close()
+    unsent_dir = state_dir(folder) / "unsent"
+    with open_state(folder) as state, state.transaction():
+        pending = state.unacknowledged()
+        # Only bundles made for another key: one made for this key may well be at the office
+        # already (carried on a USB stick, not yet acknowledged) and stays to be sent.
+        rows = [(seq, name) for seq, name in pending if _recipient(folder, name) not in (key.id, None)]
+        if rows:
+            later = [seq for seq, name in pending if seq > rows[0][0] and (seq, name) not in rows]
+            if later:
+                raise SyncdbError(f"bundles {', '.join(map(str, later))} were made for office key {key.id} "
+                                  f"after bundle {rows[0][0]}, made for another key; push them first, "
+                                  "then run this again")
+            # The office refused all of them at receipt: their numbers are free again.
+            state.forget_bundles([seq for seq, _ in rows])
+        state.set_meta(RESEND, "the office key changed: sending every record again")
     # The key last: a run stopped before it is simply run again (the key still differs).
     moved = []
     for _, name in rows:
-        source = community.outbox_dir(folder) / name
+        source = outbox_dir(folder) / name
         if source.exists():
             unsent_dir.mkdir(exist_ok=True)
             source.replace(unsent_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{name}")
             moved.append(name)
-    write_atomic(community.state_dir(folder) / "office.pub.json", key.to_json().encode())
-    write_atomic(community.state_dir(folder) / "config.json",
+    write_atomic(state_dir(folder) / "office.pub.json", key.to_json().encode())
+    write_atomic(state_dir(folder) / "config.json",
                  json.dumps(dict(config, office_key=key.id), indent=2).encode())
     return {"unsent": moved}
 
@@ -73,7 +67,7 @@ def set_office_key(workdir_path, office_key_file) -> dict:
 def _recipient(folder: Path, name: str) -> str | None:
     """The office key id an outbox bundle is encrypted to (None if the file is gone or unreadable)."""
     try:
-        with open(community.outbox_dir(folder) / name, "rb") as f:
+        with open(outbox_dir(folder) / name, "rb") as f:
             header, _ = bundle.read_header(f)
         return header["recipient"]
     except (OSError, bundle.BundleError):
