@@ -91,7 +91,7 @@ def test_item4_a_usb_only_community_clears_its_outbox(office_store, make_communi
 
 def test_item4_an_acknowledgement_is_only_for_its_own_community(office_store, make_community, domains,
                                                                  syncdb_secret, tmp_path):
-    from syncdb.pull import acknowledgement
+    from syncdb.outbox import acknowledgement
 
     a, b = make_community(CODE), make_community(OTHER)
     for c in (a, b):
