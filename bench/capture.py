@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stdnum.cn import ric  # noqa: E402
 
-from syncdb import capture, community, office, schema, workdir  # noqa: E402
+from syncdb import capture, community, migrations, schema, workdir  # noqa: E402
 from syncdb.crypto import Secret  # noqa: E402
 from syncdb.sample_people import ETHNICITIES, ETHNICITY_WEIGHTS, Pools  # noqa: E402
 
@@ -167,7 +167,7 @@ def bench_writes(tmp: Path, n: int) -> dict:
 class Office:
     def __init__(self, tmp: Path):
         self.secret = Secret(key_file_bytes=os.urandom(32))
-        self.public_key = office.init(tmp / "office", self.secret)
+        self.public_key = migrations.init(tmp / "office", self.secret)
 
 
 def community_with(tmp: Path, name: str, residents: int, the_office: Office):

@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from syncdb import bundle, community, merge, office  # noqa: E402
+from syncdb import bundle, community, merge, migrations, office  # noqa: E402
 from syncdb.crypto import Secret  # noqa: E402
 from syncdb.plugins import extra_policies  # noqa: E402
 from syncdb.sample import generate  # noqa: E402
@@ -64,7 +64,7 @@ def sample_domains():
 def prepare(root: Path, communities: int, residents: int, domains) -> Path:
     """An office store whose inbox holds one full-export bundle per sample community, not yet merged."""
     store = root / "office"
-    office.init(store, SECRET)
+    migrations.init(store, SECRET)
     for n, code in enumerate(CODES[:communities], start=1):
         folder = root / code
         generate(folder, code, residents, n, domains)

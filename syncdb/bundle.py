@@ -87,6 +87,7 @@ class BundleError(SyncdbError):
 class Header:
     fields: dict
     raw: bytes  # the exact bytes signed
+    sha256: str | None = None  # of the whole file, when this process wrote it
 
     def __getitem__(self, name):
         return self.fields[name]
@@ -202,11 +203,12 @@ def write(path, fields: dict, changes: Iterable[dict], signer: Keyring, recipien
         signature = signer.sign(_signed_message(raw, payload_len, digest.digest()))
 
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        whole = hashlib.sha256()  # of the file, for the office's record of what it holds
         with open(tmp, "wb") as out, open(tmp_payload, "rb") as body:
-            out.write(MAGIC + struct.pack(">I", len(raw)) + raw + struct.pack(">Q", payload_len))
-            while block := body.read(1 << 20):
+            for block in _blocks(MAGIC + struct.pack(">I", len(raw)) + raw + struct.pack(">Q", payload_len),
+                                 body, signature):
+                whole.update(block)
                 out.write(block)
-            out.write(signature)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
@@ -216,7 +218,14 @@ def write(path, fields: dict, changes: Iterable[dict], signer: Keyring, recipien
         raise disk_error(e, path) from None
     finally:
         tmp_payload.unlink(missing_ok=True)
-    return Header(header_fields, raw)
+    return Header(header_fields, raw, whole.hexdigest())
+
+
+def _blocks(head: bytes, body: BinaryIO, tail: bytes) -> Iterator[bytes]:
+    yield head
+    while block := body.read(1 << 20):
+        yield block
+    yield tail
 
 
 def _read_exact(f: BinaryIO, n: int, what: str) -> bytes:
@@ -369,6 +378,11 @@ def verify(f: BinaryIO, lookup_key) -> Header:
     Reads the whole file once (hashing, not keeping it). Raises BundleError.
     """
     header, payload_len = read_header(f)
+    return _verify_after_header(f, header, payload_len, lookup_key)
+
+
+def _verify_after_header(f: BinaryIO, header: Header, payload_len: int, lookup_key) -> Header:
+    """``verify`` from the first payload byte on, the header already read and checked."""
     signer = lookup_key(header.origin)
     if signer is None:
         raise BundleError(f"community {header.origin} is not enrolled at this office; "
@@ -406,8 +420,14 @@ def changes(f: BinaryIO, keyring: Keyring, limits: Limits | None = None) -> Iter
     A refusal can come after changes were yielded: apply a bundle in one
     transaction and roll back on BundleError.
     """
-    caps = limits or DEFAULT_LIMITS
     header, payload_len = read_header(f)
+    yield from _changes_after_header(f, header, payload_len, keyring, limits)
+
+
+def _changes_after_header(f: BinaryIO, header: Header, payload_len: int, keyring: Keyring,
+                          limits: Limits | None) -> Iterator[dict]:
+    """``changes`` from the first payload byte on, the header already read and checked."""
+    caps = limits or DEFAULT_LIMITS
     enc = header["encryption"]
     if header.fields.get("compression") != COMPRESSION or enc["kem"] != "x25519-hkdf" or enc["suite"] not in SUITES:
         raise BundleError("this bundle uses a compression, key agreement or cipher suite this syncdb "
@@ -572,6 +592,67 @@ def _change_problem(change, lists_allowed: bool) -> str | None:
         if not _is_name(name) or not ok:
             return f"'base' has {_shown(name)}: {_shown(version)}"
     return None
+
+
+def schema_mismatch(domains: dict, header: Header) -> str | None:
+    """Why the office cannot apply this bundle under its own schemas, or None.
+
+    Only the domains the bundle has changes for are compared: a change
+    written under another schema could name columns the office does not
+    keep, and applying it would drop them.
+    """
+    written = header.fields.get("schemas", {})
+    for domain in sorted({table.split(".")[0] for table in header["counts"]}):
+        ours = domains.get(domain)
+        theirs = written.get(domain, {})
+        if ours is None:
+            return (f"it has changes for domain '{domain}', which the office has no schema for; "
+                    f"add schemas/{domain}.toml at the office and merge again")
+        if theirs.get("fingerprint") != ours.fingerprint:
+            return (f"{header.origin} wrote '{domain}' under schema version {theirs.get('version')} "
+                    f"({theirs.get('fingerprint')}), the office has version {ours.version} "
+                    f"({ours.fingerprint}); bring both to the same schemas/{domain}.toml and merge again")
+    return None
+
+
+class Reader:
+    """One bundle file, opened once and its header parsed once, for all that is done with it.
+
+    ``Reader(path)`` reads and checks the header (BundleError if it is not
+    one); ``verify`` checks the signature; ``changes`` decrypts the payload.
+    Each may be called again (the file is read again, never reopened). Use it
+    as a context manager, or ``close()`` it.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        try:
+            self.file = open(self.path, "rb")
+        except OSError as e:
+            raise SyncdbError(f"cannot read bundle {path}: {e.strerror}") from None
+        try:
+            self.header, self.payload_len = read_header(self.file)
+        except BaseException:
+            self.file.close()
+            raise
+        self.payload_start = self.file.tell()
+
+    def __enter__(self) -> "Reader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.file.close()
+
+    def verify(self, lookup_key) -> Header:
+        self.file.seek(self.payload_start)
+        return _verify_after_header(self.file, self.header, self.payload_len, lookup_key)
+
+    def changes(self, keyring: Keyring, limits: Limits | None = None) -> Iterator[dict]:
+        self.file.seek(self.payload_start)
+        return _changes_after_header(self.file, self.header, self.payload_len, keyring, limits)
 
 
 def open_verified(path, lookup_key) -> Header:

@@ -33,11 +33,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import audit, bundle, limits, office
+from . import audit, bundle, conflicts, limits, office
 from .crypto import Keyring, PublicKey, Secret
 from .errors import SyncdbError
 from .files import storage_error, write_atomic
 from .schema import Domain
+from .store import STORE_TABLES, open_store
 
 SKIPPED_TABLE = """
 CREATE TABLE IF NOT EXISTS skipped (
@@ -87,9 +88,7 @@ def read_only(store_dir) -> sqlite3.Connection:
 def _stand_ins(conn: sqlite3.Connection) -> None:
     """Empty TEMP tables (in memory) for the store tables the first merge has not made yet,
     so a store fresh from `office init` reads as one with nothing in it; the file is untouched."""
-    from .store import STORE_TABLES
-
-    for statement in STORE_TABLES.split(";"):
+    for statement in ";".join([STORE_TABLES, conflicts.TABLES, audit.LEDGER_TABLES, SKIPPED_TABLE]).split(";"):
         words = statement.split()
         if words[:5] == ["CREATE", "TABLE", "IF", "NOT", "EXISTS"] and not has_table(conn, words[5]):
             conn.execute("CREATE TEMP TABLE " + statement.strip()[len("CREATE TABLE "):])
@@ -153,38 +152,33 @@ def held(conn: sqlite3.Connection, store_dir, domains: dict[str, Domain], keyrin
 def _diagnose(store_dir: Path, domains, keys, keyring, origin: str, sequence: int,
               name: str) -> tuple[str, bool]:
     """(why, True) when the next bundle of a community cannot be applied as it is, else ("", False)."""
-    from .merge import schema_mismatch  # the merge's own test, so both say the same
-
     path = office.inbox_dir(store_dir) / name
     what_now = (f"ask the community to send it again (`syncdb bundles resend {store_dir} {origin} {sequence}`) "
                 f"or give it up (`syncdb bundles skip {store_dir} {origin} {sequence} --reason TEXT`)")
     if not path.is_file():
         return f"its inbox file {path} is missing: restore it from a backup of the store folder, or {what_now}", True
     try:
-        bundle.open_verified(path, keys.get)
-    except bundle.BundleError as e:
+        with bundle.Reader(path) as reader:
+            try:
+                reader.verify(keys.get)
+            except bundle.BundleError as e:
+                return (f"its inbox copy no longer verifies ({e}): restore {path} from a backup of the store "
+                        f"folder, or {what_now}"), True
+            mismatch = bundle.schema_mismatch(domains, reader.header)  # the merge's own test
+            if mismatch:
+                return mismatch, True
+            if keyring is not None:
+                try:
+                    for _ in reader.changes(keyring, limits.load(store_dir)):
+                        pass
+                except bundle.BundleError as e:
+                    return (f"it cannot be applied as community {origin} made it ({e}); if the office's limits "
+                            f"were lowered since it arrived, raise them in {store_dir / 'limits.json'} and merge "
+                            f"again, or {what_now}"), True
+    except bundle.BundleError as e:  # the header itself
         return (f"its inbox copy no longer verifies ({e}): restore {path} from a backup of the store folder, "
                 f"or {what_now}"), True
-    mismatch = schema_mismatch(_Schemas(domains), path)
-    if mismatch:
-        return mismatch, True
-    if keyring is not None:
-        try:
-            with open(path, "rb") as f:
-                for _ in bundle.changes(f, keyring, limits.load(store_dir)):
-                    pass
-        except bundle.BundleError as e:
-            return (f"it cannot be applied as community {origin} made it ({e}); if the office's limits were "
-                    f"lowered since it arrived, raise them in {store_dir / 'limits.json'} and merge again, "
-                    f"or {what_now}"), True
     return "", False
-
-
-@dataclass
-class _Schemas:
-    """What ``merge.schema_mismatch`` reads of a store: its schemas."""
-
-    domains: dict
 
 
 def listing(store_dir, domains: dict[str, Domain], keyring: Keyring | None = None, code: str | None = None,
@@ -231,17 +225,11 @@ class Skipped:
 def skip(store_dir, secret: Secret, domains: dict[str, Domain], code: str, sequence: int, reason: str,
          who: str | None = None) -> Skipped:
     """Give up the next bundle of a community for good, with a reason; its later bundles then apply."""
-    from .merge import open_store
-
     reason = _checked_reason(reason)
     who = who or _user()
     store_dir = Path(store_dir)
-    store = open_store(store_dir, secret, domains)
-    conn = store.conn
     try:
-        conn.execute(SKIPPED_TABLE)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with open_store(store_dir, secret, domains, write=True) as store, store.transaction() as conn:
             digest, name = _next_in_line(conn, store_dir, code, sequence)
             at = time.strftime("%Y-%m-%dT%H:%M:%S")
             conn.execute("INSERT INTO skipped VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -253,15 +241,8 @@ def skip(store_dir, secret: Secret, domains: dict[str, Domain], code: str, seque
             conn.execute("INSERT INTO applied VALUES (?, ?, ?, ?, 0, 0)", (code, sequence, digest or "-", at))
             (later,) = conn.execute("SELECT count(*) FROM received WHERE origin = ? AND sequence > ?",
                                     (code, sequence)).fetchone()
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
     except sqlite3.Error as e:
         raise storage_error(e, store_dir) from None
-    finally:
-        conn.close()
     kept = _set_aside(store_dir, name, "skipped", {"origin": code, "sequence": sequence, "by": who, "at": at,
                                                    "why": reason}) if name else None
     return Skipped(code, sequence, kept, later)

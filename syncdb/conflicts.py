@@ -1,60 +1,131 @@
-"""The conflict queue as an administrator sees it: decrypted, in memory only."""
+"""The conflict queue: the one module that reads and writes the ``conflicts`` table.
+
+A conflict is one cell of one record whose frontier holds versions the
+rules could not settle (docs/merge.md). The merge opens, updates and closes
+them; ``conflicts list|show|review|resolve``, the publish page and ``status``
+read them; ``keys rotate`` re-seals them. Candidates keep a sensitive value
+sealed, as hex of the store's sealed bytes, so the queue holds no plaintext;
+what people see is decrypted in memory only.
+"""
 
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 
-from .crypto import Secret
 from .errors import SyncdbError
-from .merge import open_store
-from .schema import Domain
-from .store import mask, table_name
+from .store import Store, mask, open_store, table_name
 
+TABLES = """
+CREATE TABLE IF NOT EXISTS conflicts (
+    id INTEGER PRIMARY KEY, tbl TEXT NOT NULL, key BLOB NOT NULL, col TEXT NOT NULL,
+    kind TEXT NOT NULL, candidates TEXT NOT NULL, winner TEXT NOT NULL, rule TEXT NOT NULL,
+    status TEXT NOT NULL, opened TEXT NOT NULL, closed TEXT, note TEXT);
+CREATE UNIQUE INDEX IF NOT EXISTS conflicts_open ON conflicts (tbl, key, col) WHERE status = 'open';
+"""
 
 COLUMNS = "id, tbl, key, col, kind, candidates, winner, rule, status, opened, closed, note"
 
 
-def list_conflicts(store_dir, secret: Secret, domains: dict[str, Domain], include_closed=False) -> list[dict]:
-    store = open_store(store_dir, secret, domains)
-    try:
-        where = "" if include_closed else "WHERE status = 'open'"
-        return [_item(store, row) for row in store.conn.execute(f"SELECT {COLUMNS} FROM conflicts {where} ORDER BY id")]
-    finally:
-        store.conn.close()
+# ---------------------------------------------------------------- the merge's side
+
+def open_records(store: Store) -> set[tuple[str, bytes]]:
+    """(table, blind key) of every record with an open conflict."""
+    return {(t, bytes(k)) for t, k in store.conn.execute("SELECT tbl, key FROM conflicts WHERE status = 'open'")}
 
 
-def show_conflict(store_dir, secret: Secret, domains: dict[str, Domain], conflict_id: int) -> dict:
+def open_columns(store: Store, tbl: str, key: bytes) -> set[str]:
+    return {c for (c,) in store.conn.execute(
+        "SELECT col FROM conflicts WHERE tbl = ? AND key = ? AND status = 'open'", (tbl, key))}
+
+
+def sealed_candidates(store: Store, table, col: str, key: bytes, frontier) -> str:
+    """The candidates as the queue keeps them: each value as the store would (sealed if sensitive)."""
+    return json.dumps([{
+        "version": c.version, "origin": c.origin, "deleted": c.deleted,
+        "value": _sealed_text(store.stored(table, col, c.value, key)),
+    } for c in frontier], ensure_ascii=False)
+
+
+def open_or_update(store: Store, table, key: bytes, col: str, frontier, decision, already_open: bool) -> bool:
+    """Queue the cell (or bring its open conflict up to date); True if a conflict was opened."""
+    candidates = sealed_candidates(store, table, col, key, frontier)
+    if already_open:
+        store.conn.execute(
+            "UPDATE conflicts SET candidates = ?, winner = ?, rule = ?, kind = ? "
+            "WHERE tbl = ? AND key = ? AND col = ? AND status = 'open'",
+            (candidates, decision.winner.version, decision.rule, decision.kind, table.qualified, key, col))
+        return False
+    store.conn.execute(
+        "INSERT INTO conflicts (tbl, key, col, kind, candidates, winner, rule, status, opened) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, 'open', ?)",
+        (table.qualified, key, col, decision.kind, candidates, decision.winner.version,
+         decision.rule, _now()))
+    return True
+
+
+def close(store: Store, tbl: str, key: bytes, col: str, note: str) -> int:
+    """Close the cell's open conflict, if any; return how many were closed."""
+    return store.conn.execute(
+        "UPDATE conflicts SET status = 'closed', closed = ?, note = ? "
+        "WHERE tbl = ? AND key = ? AND col = ? AND status = 'open'",
+        (_now(), note, tbl, key, col)).rowcount
+
+
+def _sealed_text(value):
+    return value.hex() if isinstance(value, bytes) else value
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+# ---------------------------------------------------------------- reading the queue
+
+def items(store: Store, include_closed: bool = False) -> list[dict]:
+    """The queue (open conflicts, or all), decrypted in memory."""
+    where = "" if include_closed else "WHERE status = 'open'"
+    return [_item(store, row) for row in store.conn.execute(f"SELECT {COLUMNS} FROM conflicts {where} ORDER BY id")
+            if row[1] in store.tables]
+
+
+def get(store: Store, conflict_id: int) -> dict:
+    """One conflict as its queue entry says, decrypted; refused if there is none."""
+    row = store.conn.execute(f"SELECT {COLUMNS} FROM conflicts WHERE id = ?", (conflict_id,)).fetchone()
+    if row is None:
+        raise SyncdbError(f"there is no conflict #{conflict_id}; see `syncdb conflicts list`")
+    item = _item(store, row)
+    item["key"] = bytes(row[2])
+    return item
+
+
+def show(store: Store, conflict_id: int) -> dict:
     """One conflict in full: its candidates, and the record's other cells as the store holds them now."""
-    store = open_store(store_dir, secret, domains)
-    try:
-        row = store.conn.execute(f"SELECT {COLUMNS} FROM conflicts WHERE id = ?", (conflict_id,)).fetchone()
-        if row is None:
-            raise SyncdbError(f"there is no conflict #{conflict_id}; see `syncdb conflicts list`")
-        item = _item(store, row)
-        table, key = store.table(item["table"]), bytes(row[2])
-        stored = store.conn.execute(f"SELECT * FROM [{table_name(table)}] WHERE _key = ?", (key,))
-        names = [d[0] for d in stored.description]
-        found = stored.fetchone()
-        cells = dict(zip(names, found)) if found else {}
-        item["label"] = table.columns[item["column"]].label
-        item["record_cells"] = [
-            {"column": c, "label": table.columns[c].label, "value": store.plain(table, c, cells.get(c), key)}
-            for c in table.columns] if found else []
-        item["others_open"] = [
-            {"id": cid, "column": col} for cid, col in store.conn.execute(
-                "SELECT id, col FROM conflicts WHERE tbl = ? AND key = ? AND status = 'open' AND id != ? ORDER BY id",
-                (item["table"], key, conflict_id))]
-        return item
-    finally:
-        store.conn.close()
+    item = get(store, conflict_id)
+    table, key = store.table(item["table"]), item.pop("key")
+    stored = store.conn.execute(f"SELECT * FROM [{table_name(table)}] WHERE _key = ?", (key,))
+    names = [d[0] for d in stored.description]
+    found = stored.fetchone()
+    cells = dict(zip(names, found)) if found else {}
+    item["label"] = table.columns[item["column"]].label
+    item["record_cells"] = [
+        {"column": c, "label": table.columns[c].label, "value": store.plain(table, c, cells.get(c), key)}
+        for c in table.columns] if found else []
+    item["others_open"] = [
+        {"id": cid, "column": col} for cid, col in store.conn.execute(
+            "SELECT id, col FROM conflicts WHERE tbl = ? AND key = ? AND status = 'open' AND id != ? ORDER BY id",
+            (item["table"], key, conflict_id))]
+    return item
 
 
-def _item(store, row) -> dict:
+def _item(store: Store, row) -> dict:
     cid, tbl, key, col, kind, candidates, winner, rule, status, opened, closed, note = row
     table = store.table(tbl)
+    key = bytes(key)
     sealed = table.columns[col].sensitive
     return {
-        "id": cid, "table": tbl, "record": _record_label(store, table, key), "column": col, "kind": kind,
+        "id": cid, "table": tbl, "record": record_label(store, table, key), "column": col, "kind": kind,
         "status": status, "rule": rule, "winner": winner, "opened": opened, "closed": closed, "note": note,
         "candidates": [{
             "origin": c["origin"], "version": c["version"], "deleted": c["deleted"],
@@ -64,10 +135,80 @@ def _item(store, row) -> dict:
     }
 
 
-def _record_label(store, table, key) -> str:
+def record_label(store: Store, table, key: bytes) -> str:
+    """The record's key as people may see it: ID numbers masked, other key columns as they are."""
     cols = ", ".join(f"[{k}]" for k in table.key)
     row = store.conn.execute(f"SELECT {cols} FROM [{table_name(table)}] WHERE _key = ?", (key,)).fetchone()
     if row is None:
         return key.hex()
     values = [store.plain(table, k, v, key) for k, v in zip(table.key, row)]
     return "/".join(mask(v) if table.columns[k].sensitive else str(v) for k, v in zip(table.key, values))
+
+
+def signature(store: Store) -> tuple[int, int]:
+    """(open conflicts, highest id): changes whenever the queue moves."""
+    return store.conn.execute("SELECT count(*), coalesce(max(id), 0) FROM conflicts WHERE status = 'open'").fetchone()
+
+
+def open_by_kind(conn: sqlite3.Connection) -> list[tuple[str, int, str]]:
+    """(kind, open conflicts, oldest opened) per kind, from any connection to the store."""
+    return conn.execute("SELECT kind, count(*), min(opened) FROM conflicts WHERE status = 'open' "
+                        "GROUP BY kind ORDER BY kind").fetchall()
+
+
+# ---------------------------------------------------------------- key rotation
+
+def data_keys_used(conn: sqlite3.Connection, sensitive: dict[str, set]) -> set[int]:
+    """The data key ids the queue's sealed candidates are sealed under (``sensitive``: table -> columns)."""
+    used = set()
+    for tbl, col, candidates in conn.execute("SELECT tbl, col, candidates FROM conflicts"):
+        if col in sensitive.get(tbl, ()):
+            used |= {bytes.fromhex(c["value"])[1] for c in json.loads(candidates) if c.get("value")}
+    return used
+
+
+def reseal(store: Store, current: int, reseal_value) -> int:
+    """Seal every sensitive candidate again under data key ``current``, in one transaction;
+    ``reseal_value(sealed, table, column, key)`` gives the value sealed anew. Return how many."""
+    conn = store.conn
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        n = 0
+        for cid, tbl, key, col, candidates in conn.execute(
+                "SELECT id, tbl, key, col, candidates FROM conflicts").fetchall():
+            table = store.tables.get(tbl)
+            if table is None or not table.columns[col].sensitive:
+                continue
+            entries = json.loads(candidates)
+            stale = [e for e in entries if e["value"] is not None and bytes.fromhex(e["value"])[1] != current]
+            for entry in stale:
+                entry["value"] = reseal_value(bytes.fromhex(entry["value"]), table, col, bytes(key)).hex()
+            if stale:
+                conn.execute("UPDATE conflicts SET candidates = ? WHERE id = ?", (json.dumps(entries), cid))
+                n += len(stale)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return n
+
+
+def needs_reseal(store: Store, current: int) -> bool:
+    """Does any sensitive candidate still carry another data key than ``current``?"""
+    sensitive = {tbl: set(t.sensitive_columns) for tbl, t in store.tables.items()}
+    return bool(data_keys_used(store.conn, sensitive) - {current})
+
+
+# ---------------------------------------------------------------- for a caller holding a folder
+
+def list_conflicts(store_dir, secret, domains, include_closed: bool = False) -> list[dict]:
+    """``items`` of the store in ``store_dir``, opened read-only for the purpose."""
+    with open_store(store_dir, secret, domains) as store:
+        return items(store, include_closed)
+
+
+def show_conflict(store_dir, secret, domains, conflict_id: int) -> dict:
+    """``show`` of the store in ``store_dir``, opened read-only for the purpose."""
+    with open_store(store_dir, secret, domains) as store:
+        return show(store, conflict_id)

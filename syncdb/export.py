@@ -13,9 +13,8 @@ from typing import Iterator, TextIO
 
 from .crypto import Secret
 from .errors import SyncdbError
-from .merge import open_store
 from .schema import Domain
-from .store import table_name
+from .store import open_store, table_name
 
 
 def rows(store_dir, secret: Secret, domains: dict[str, Domain], qualified: str,
@@ -30,7 +29,7 @@ def rows(store_dir, secret: Secret, domains: dict[str, Domain], qualified: str,
                 raise SyncdbError(f"--where names '{column}', which is not a column of {qualified} "
                                   f"(its columns: {', '.join(table.columns)})")
     except BaseException:
-        store.conn.close()
+        store.close()
         raise
     return _records(store, table, where or {}, include_deleted)
 

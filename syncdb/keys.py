@@ -9,12 +9,10 @@ Old keys stay in the keyring: backups made before the rotation need them.
 
 from __future__ import annotations
 
-import json
 import os
 
-from . import office
+from . import conflicts, migrations, office
 from .crypto import Secret
-from .merge import open_store
 from .store import table_name
 
 BATCH = 2000
@@ -22,7 +20,7 @@ BATCH = 2000
 
 def rotate(store_dir, secret: Secret, domains, resume_only=False, progress=None) -> dict:
     # Open the store first: a keyring that is not this store's is refused before a key is added to it.
-    store = open_store(store_dir, secret, domains)
+    store = migrations.open_upgraded(store_dir, secret, domains)
     counts = {}
     try:
         ring = store.keyring
@@ -46,19 +44,15 @@ def rotate(store_dir, secret: Secret, domains, resume_only=False, progress=None)
                                     for c in sensitive)
                 # Read inside the write transaction: a merge committing in between
                 # would otherwise be overwritten with the values read before it.
-                store.conn.execute("BEGIN IMMEDIATE")
-                batch = store.conn.execute(
-                    f"SELECT _key, {', '.join(f'[{c}]' for c in sensitive)} FROM [{name}] WHERE {stale} LIMIT {BATCH}"
-                ).fetchall()
+                with store.transaction() as conn:
+                    batch = conn.execute(f"SELECT _key, {', '.join(f'[{c}]' for c in sensitive)} FROM [{name}] "
+                                         f"WHERE {stale} LIMIT {BATCH}").fetchall()
+                    for key, *values in batch:
+                        sealed = [_reseal(store, v, table, c, key) for c, v in zip(sensitive, values)]
+                        conn.execute(f"UPDATE [{name}] SET {', '.join(f'[{c}] = ?' for c in sensitive)} "
+                                     "WHERE _key = ?", sealed + [key])
                 if not batch:
-                    store.conn.execute("COMMIT")
                     break
-                for key, *values in batch:
-                    sealed = [_reseal(store, v, table, c, key) for c, v in zip(sensitive, values)]
-                    store.conn.execute(
-                        f"UPDATE [{name}] SET {', '.join(f'[{c}] = ?' for c in sensitive)} WHERE _key = ?",
-                        sealed + [key])
-                store.conn.execute("COMMIT")
                 done += len(batch)
                 if progress:
                     progress(table.qualified, done)
@@ -66,7 +60,7 @@ def rotate(store_dir, secret: Secret, domains, resume_only=False, progress=None)
         counts["frontier"] = _reseal_frontier(store, current)
         counts["conflicts"] = _reseal_conflicts(store, current)
     finally:
-        store.conn.close()
+        store.close()
     return counts
 
 
@@ -86,12 +80,7 @@ def _unfinished(store, key_id) -> bool:
                                        "AND substr(value, 2, 1) != ?", (current,)).fetchall():
         if tbl in store.tables and store.table(tbl).columns[col].sensitive:
             return True
-    for tbl, col, candidates in store.conn.execute("SELECT tbl, col, candidates FROM conflicts"):
-        if tbl in store.tables and store.table(tbl).columns[col].sensitive and any(
-                item["value"] is not None and bytes.fromhex(item["value"])[1:2] != current
-                for item in json.loads(candidates)):
-            return True
-    return False
+    return conflicts.needs_reseal(store, int(key_id))
 
 
 def _reseal(store, sealed, table, column, key) -> bytes:
@@ -99,33 +88,18 @@ def _reseal(store, sealed, table, column, key) -> bytes:
     return store.seal(store.open(sealed, table, column, key), table, column, key)
 
 
-def _reseal_frontier(store, current) -> int:
-    store.conn.execute("BEGIN IMMEDIATE")
-    rows = store.conn.execute("SELECT tbl, key, col, version, value FROM frontier WHERE typeof(value) = 'blob'").fetchall()
-    n = 0
-    for tbl, key, col, version, value in rows:
-        table = store.table(tbl)
-        if table.columns[col].sensitive and bytes(value)[1] != current:
-            store.conn.execute("UPDATE frontier SET value = ? WHERE tbl = ? AND key = ? AND col = ? AND version = ?",
-                               (_reseal(store, value, table, col, key), tbl, key, col, version))
-            n += 1
-    store.conn.execute("COMMIT")
-    return n
-
-
 def _reseal_conflicts(store, current) -> int:
-    store.conn.execute("BEGIN IMMEDIATE")
-    rows = store.conn.execute("SELECT id, tbl, key, col, candidates FROM conflicts").fetchall()
+    return conflicts.reseal(store, current, lambda *cell: _reseal(store, *cell))
+
+
+def _reseal_frontier(store, current) -> int:
     n = 0
-    for cid, tbl, key, col, candidates in rows:
-        table = store.table(tbl)
-        if not table.columns[col].sensitive:
-            continue
-        items = json.loads(candidates)
-        for item in items:
-            if item["value"] is not None and bytes.fromhex(item["value"])[1] != current:
-                item["value"] = _reseal(store, bytes.fromhex(item["value"]), table, col, key).hex()
+    with store.transaction() as conn:
+        rows = conn.execute("SELECT tbl, key, col, version, value FROM frontier WHERE typeof(value) = 'blob'").fetchall()
+        for tbl, key, col, version, value in rows:
+            table = store.table(tbl)
+            if table.columns[col].sensitive and bytes(value)[1] != current:
+                conn.execute("UPDATE frontier SET value = ? WHERE tbl = ? AND key = ? AND col = ? AND version = ?",
+                             (_reseal(store, value, table, col, key), tbl, key, col, version))
                 n += 1
-        store.conn.execute("UPDATE conflicts SET candidates = ? WHERE id = ?", (json.dumps(items), cid))
-    store.conn.execute("COMMIT")
     return n

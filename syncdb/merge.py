@@ -21,14 +21,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import audit, bundle, limits, office, outbound
+from . import audit, bundle, conflicts, limits, migrations, office, outbound
 from .crypto import Secret
 from .errors import SyncdbError
 from .files import is_disk_full, storage_error
 from .plugins import manager
-from .hlc import Stamp, pack_versions, unpack_versions
+from .hlc import Stamp, pack_versions
 from .rules import Candidate, Decision, latest
 from .schema import Domain, Table
+from .row import Holders, Row, origin_of
 from .store import Store, mask, table_name, write_columns
 from .validate import Problem, check_record
 
@@ -60,25 +61,12 @@ class Summary:
         return out
 
 
-def open_store(store_dir, secret: Secret, domains: dict[str, Domain]) -> Store:
-    conn = office.connect(store_dir)
-    try:
-        return Store(conn, office.load_keyring(store_dir, secret), domains)
-    except sqlite3.Error as e:
-        conn.close()
-        raise storage_error(e, store_dir) from None
-    except BaseException:
-        conn.close()
-        raise
-
-
 def merge(store_dir, paths, secret: Secret, domains: dict[str, Domain], progress=None) -> Summary:
     """Receive bundle files or folders (if any) into the inbox, then apply all that can be."""
     summary = Summary()
     # Unlock the keyring first: a wrong passphrase or key file must change nothing,
     # not even take the bundles into the inbox.
-    store = open_store(store_dir, secret, domains)
-    try:
+    with migrations.open_upgraded(store_dir, secret, domains) as store:
         for path, outcome in office.receive_files(store_dir, paths):
             if isinstance(outcome, office.Refused):
                 summary.refused.append((path.name, str(outcome)))
@@ -89,22 +77,25 @@ def merge(store_dir, paths, secret: Secret, domains: dict[str, Domain], progress
         apply_inbox(store, Path(store_dir), summary, progress)
         # A USB-only community learns what the office holds from its next pull of this folder.
         outbound.write_acknowledgements(store, store_dir)
-    finally:
-        store.conn.close()
     outbound.finish(store_dir)  # resolutions queued by a run that stopped before naming them
     return summary
 
 
 def apply_inbox(store: Store, store_dir: Path, summary: Summary, progress=None) -> Summary:
-    """Apply every inbox bundle whose predecessors are applied; hold the others."""
+    """Apply every inbox bundle whose predecessors are applied; hold the others.
+
+    Each bundle file is opened, and its header parsed, once.
+    """
     conn = store.conn
     last = dict(conn.execute("SELECT origin, max(sequence) FROM applied GROUP BY origin"))
     waiting = {}
-    for origin, sequence, name in conn.execute("SELECT origin, sequence, file FROM received ORDER BY origin, sequence"):
+    # Progress counts changes, as the headers said on receipt: one bundle can hold a whole community.
+    sizes = {}
+    for origin, sequence, name, changes in conn.execute(
+            "SELECT origin, sequence, file, coalesce(changes, 0) FROM received ORDER BY origin, sequence"):
         if sequence > last.get(origin, 0):
             waiting.setdefault(origin, []).append((sequence, name))
-    # Progress counts changes, from the bundle headers: one bundle can hold a whole community.
-    sizes = {name: _size(office.inbox_dir(store_dir) / name) for queue in waiting.values() for _, name in queue}
+            sizes[name] = changes
     total = sum(sizes.values())
     done = 0
 
@@ -129,16 +120,18 @@ def apply_inbox(store: Store, store_dir: Path, summary: Summary, progress=None) 
             def on_batch(n, name=name, before=done):
                 if progress:
                     progress(before + n, total, name)
+            reader = None
             try:
-                mismatch = schema_mismatch(store, path)
+                reader = bundle.Reader(path)
+                mismatch = bundle.schema_mismatch(store.domains, reader.header)
                 if mismatch:
                     # Kept in the inbox, applied by the first merge after the schemas agree.
                     hold(queue, sequence, mismatch)
                     break
-                apply_bundle(store, path, summary, on_batch, store_dir)
+                apply_bundle(store, reader, summary, on_batch, store_dir)
             except bundle.BundleError as e:
                 # Nothing of it is applied; the other communities go on.
-                if _still_signed(store, path):
+                if reader is not None and _still_signed(store, reader):
                     # As its community signed it, yet it cannot be applied (taken in by an older
                     # syncdb, or under caps the office has lowered since): held, never guessed at.
                     hold(queue, sequence, f"it cannot be applied as community {origin} made it ({e}); "
@@ -161,6 +154,9 @@ def apply_inbox(store: Store, store_dir: Path, summary: Summary, progress=None) 
                 hold(queue, sequence, f"merging it failed ({type(e).__name__}: {e}); nothing of it was applied. "
                                       "Fix the cause (see the office log) and merge again")
                 break
+            finally:
+                if reader is not None:
+                    reader.close()
             last[origin] = sequence
             done += sizes[name]
             if progress:
@@ -168,45 +164,12 @@ def apply_inbox(store: Store, store_dir: Path, summary: Summary, progress=None) 
     return summary
 
 
-def _still_signed(store: Store, path: Path) -> bool:
+def _still_signed(store: Store, reader: bundle.Reader) -> bool:
     try:
-        bundle.open_verified(path, office.signer_keys(store.conn, store.keyring.public).get)
+        reader.verify(office.signer_keys(store.conn, store.keyring.public).get)
         return True
     except (bundle.BundleError, SyncdbError):
         return False
-
-
-def _size(path: Path) -> int:
-    """How many changes a bundle says it holds (0 if its header cannot be read: reported later)."""
-    try:
-        with open(path, "rb") as f:
-            header, _ = bundle.read_header(f)
-        return int(header.fields.get("changes", 0))
-    except (OSError, ValueError, bundle.BundleError):
-        return 0
-
-
-def schema_mismatch(store: Store, path: Path) -> str | None:
-    """Why the office cannot apply this bundle under its own schemas, or None.
-
-    Only the domains the bundle has changes for are compared: a change
-    written under another schema could name columns the office does not
-    keep, and applying it would drop them.
-    """
-    with open(path, "rb") as f:
-        header, _ = bundle.read_header(f)
-    written = header.fields.get("schemas", {})
-    for domain in sorted({table.split(".")[0] for table in header["counts"]}):
-        ours = store.domains.get(domain)
-        theirs = written.get(domain, {})
-        if ours is None:
-            return (f"it has changes for domain '{domain}', which the office has no schema for; "
-                    f"add schemas/{domain}.toml at the office and merge again")
-        if theirs.get("fingerprint") != ours.fingerprint:
-            return (f"{header.origin} wrote '{domain}' under schema version {theirs.get('version')} "
-                    f"({theirs.get('fingerprint')}), the office has version {ours.version} "
-                    f"({ours.fingerprint}); bring both to the same schemas/{domain}.toml and merge again")
-    return None
 
 
 def _without_sensitive(why: str, table: Table, record: dict) -> str:
@@ -219,219 +182,94 @@ def _without_sensitive(why: str, table: Table, record: dict) -> str:
     return why
 
 
-def apply_bundle(store: Store, path: Path, summary: Summary, on_batch=None, store_dir=None) -> None:
+def apply_bundle(store: Store, reader: bundle.Reader, summary: Summary, on_batch=None, store_dir=None) -> None:
     """Apply one bundle in one transaction; ``on_batch(n)`` is told the changes done so far."""
+    path = reader.path
     store_dir = Path(store_dir) if store_dir is not None else path.parent.parent  # STORE/inbox/NAME
-    conn = store.conn
-    header = bundle.open_verified(path, office.signer_keys(conn, store.keyring.public).get)
-    name = path.name
-    try:
-        conn.execute("BEGIN IMMEDIATE")
+    header = reader.verify(office.signer_keys(store.conn, store.keyring.public).get)
+    with store.transaction() as conn:
         (done,) = conn.execute("SELECT coalesce(max(sequence), 0) FROM applied WHERE origin = ?",
                                (header.origin,)).fetchone()
         if done >= header.sequence:
-            # Another merge (serve's, or a second `syncdb merge`) applied it meanwhile.
-            conn.execute("ROLLBACK")
-            return
-        ledger = audit.Ledger(store, name, header.origin)
-        (floor,) = conn.execute("SELECT coalesce(max(hlc), '') FROM origin_clock WHERE origin = ?",
-                                (header.origin,)).fetchone()
+            return  # another merge (serve's, or a second `syncdb merge`) applied it meanwhile
         caps = limits.load(store_dir)
-        merger = _Merger(store, ledger, name, header.origin, header.sequence, on_batch,
-                         floor=floor, relayed=bool(header.fields.get("relay")), max_value=caps.max_value)
-        made = {}
-        with open(path, "rb") as f:
-            if header.origin == store.office_code:
-                # An office resolution or edit (a few changes): it also goes to the communities
-                # that own the records, recorded in this same transaction so none is ever lost.
-                changes = list(bundle.changes(f, store.keyring, caps))
-                owners = [outbound.owner_of(store, store.table(c["table"]), c) for c in changes]
-                merger.apply_all(changes)
-                made = outbound.send_back(store, store_dir, changes, owners, merger.rejected_keys)
-            else:
-                merger.apply_all(bundle.changes(f, store.keyring, caps))
-                if merger.lost:
-                    made = outbound.send_to(store, store_dir, header.origin, merger.lost)
-        ledger.commit()
-        if merger.last_hlc > floor:
-            conn.execute("INSERT OR REPLACE INTO origin_clock VALUES (?, ?)", (header.origin, merger.last_hlc))
-        (digest,) = conn.execute("SELECT sha256 FROM received WHERE origin = ? AND sequence = ?",
-                                 (header.origin, header.sequence)).fetchone()
-        conn.execute("INSERT INTO applied VALUES (?, ?, ?, ?, ?, ?)", (
-            header.origin, header.sequence, digest, time.strftime("%Y-%m-%dT%H:%M:%S"),
-            merger.changes, merger.rejected_count))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    if made:
-        outbound.finish(store_dir)
-        summary.sent_back.update(made)
-    summary.applied += 1
-    summary.changes += merger.changes
-    summary.rejected += merger.rejected
-    summary.opened += merger.opened
-    summary.closed += merger.closed
-    summary.set_aside += merger.set_aside
+        outcome = apply_changes(store, header, path.name, reader.changes(store.keyring, caps), store_dir,
+                                on_batch, caps)
+    outcome.report(summary, store_dir)
 
 
-_READ = object()
+@dataclass
+class Applied:
+    """What applying one bundle did, for the run's Summary once its transaction is committed."""
+    merger: "_Merger"
+    sent: dict  # community -> bundle made for it
+
+    def report(self, summary: Summary, store_dir: Path) -> None:
+        if self.sent:
+            outbound.finish(store_dir)
+            summary.sent_back.update(self.sent)
+        merger = self.merger
+        summary.applied += 1
+        summary.changes += merger.changes
+        summary.rejected += merger.rejected
+        summary.opened += merger.opened
+        summary.closed += merger.closed
+        summary.set_aside += merger.set_aside
+
+
+def apply_changes(store: Store, header: bundle.Header, name: str, changes, store_dir: Path, on_batch=None,
+                  caps: limits.Limits | None = None) -> Applied:
+    """Apply a verified bundle's changes, inside the caller's transaction: the engine's one way in,
+    for the inbox's bundles and for the office's own edits made in this process (resolve.py)."""
+    conn = store.conn
+    caps = caps or limits.load(store_dir)
+    ledger = audit.Ledger(store, name, header.origin)
+    (floor,) = conn.execute("SELECT coalesce(max(hlc), '') FROM origin_clock WHERE origin = ?",
+                            (header.origin,)).fetchone()
+    merger = _Merger(store, ledger, name, header.origin, header.sequence, on_batch,
+                     floor=floor, relayed=bool(header.fields.get("relay")), max_value=caps.max_value)
+    sent = {}
+    if header.origin == store.office_code:
+        # An office resolution or edit (a few changes): it also goes to the communities
+        # that own the records, recorded in this same transaction so none is ever lost.
+        changes = list(changes)
+        owners = [outbound.owner_of(store, store.table(c["table"]), c) for c in changes]
+        merger.apply_all(changes)
+        sent = outbound.send_back(store, store_dir, changes, owners, merger.rejected_keys)
+    else:
+        merger.apply_all(changes)
+        if merger.lost:
+            sent = outbound.send_to(store, store_dir, header.origin, merger.lost)
+    ledger.commit()
+    if merger.last_hlc > floor:
+        conn.execute("INSERT OR REPLACE INTO origin_clock VALUES (?, ?)", (header.origin, merger.last_hlc))
+    (digest,) = conn.execute("SELECT sha256 FROM received WHERE origin = ? AND sequence = ?",
+                             (header.origin, header.sequence)).fetchone()
+    conn.execute("INSERT INTO applied VALUES (?, ?, ?, ?, ?, ?)", (
+        header.origin, header.sequence, digest, time.strftime("%Y-%m-%dT%H:%M:%S"),
+        merger.changes, merger.rejected_count))
+    return Applied(merger, sent)
+
+
+class _Special(set):
+    """The records with conflict state, looked up one by one: an office edit touches a few records,
+    and reading every such record of the store for each would make `conflicts review` quadratic."""
+
+    def __init__(self, store: Store):
+        super().__init__()
+        self.store = store
+
+    def __contains__(self, item) -> bool:
+        if set.__contains__(self, item):
+            return True
+        tbl, key = item
+        conn = self.store.conn
+        return bool(conn.execute("SELECT 1 FROM frontier WHERE tbl = ? AND key = ? LIMIT 1", item).fetchone()
+                    or conn.execute("SELECT 1 FROM dominated WHERE tbl = ? AND key = ? LIMIT 1", item).fetchone()
+                    or conflicts.open_columns(self.store, tbl, key))
+
+
 _NEW = object()  # _Merger._check: a record the store has never seen, for the short path
-
-
-class _Row:
-    """One stored row while a change is applied to it: its cells' frontiers."""
-
-    def __init__(self, store: Store, table: Table, key: bytes, special: bool, stored=_READ):
-        """``special``: the key has frontier, conflict or dominated entries to read.
-
-        ``stored``: the row as stored (column -> value), None when there is
-        none, or left out to read it now.
-        """
-        self.store, self.table, self.key = store, table, key
-        self.office_code = store.office_code  # for policies and rules that favour the office
-        self.name = table_name(table)
-        conn = store.conn
-        if stored is _READ:
-            cursor = conn.execute(f"SELECT * FROM [{self.name}] WHERE _key = ?", (key,))
-            found = cursor.fetchone()
-            stored = dict(zip([d[0] for d in cursor.description], found)) if found else None
-        self.exists = stored is not None
-        self.stored = stored or {}
-        self.versions = unpack_versions(self.stored.get("_versions"), table.non_key)
-        self.frontiers: dict[str, list[Candidate]] = {}
-        self.open_conflicts: set[str] = set()
-        self.dominated: set[tuple[str, str]] = set()
-        if special:
-            for col, version, origin, value, deleted in conn.execute(
-                    "SELECT col, version, origin, value, deleted FROM frontier WHERE tbl = ? AND key = ?",
-                    (table.qualified, key)):
-                value = store.plain(table, col, value, key)
-                self.frontiers.setdefault(col, []).append(Candidate(value, version, origin, bool(deleted)))
-            self.open_conflicts = {c for (c,) in conn.execute(
-                "SELECT col FROM conflicts WHERE tbl = ? AND key = ? AND status = 'open'", (table.qualified, key))}
-            self.dominated = {(c, v) for c, v in conn.execute(
-                "SELECT col, version FROM dominated WHERE tbl = ? AND key = ?", (table.qualified, key))}
-        self.had_frontier = set(self.frontiers)
-        self._holding = None  # worked out once the change's versions are offered
-        self.blank = False  # an update of a record with no trace here: nothing of it is shown
-        self.claimants_before: set = set()  # set by the merge where a community builds on office versions
-        self.new_dominated = []
-        self.touched = set()
-        self.winners: dict[str, Candidate] = {}
-
-    def candidates(self, col: str) -> list[Candidate]:
-        if col in self.frontiers:
-            return self.frontiers[col]
-        version = self.versions.get(col)
-        if not version:
-            return []
-        deleted = version.startswith("~")
-        version = version.lstrip("~")
-        value = self.store.plain(self.table, col, self.stored.get(col), self.key)
-        return [Candidate(value, version, _origin(version), deleted)]
-
-    def offer(self, col: str, candidate: Candidate, base) -> None:
-        """Add a version to the cell's frontier, retiring the version(s) it was based on.
-
-        A community's change has one base version per cell; an office
-        resolution is based on every candidate it settles, so a list.
-        """
-        # A community building on an office version goes the long way: see the checks below.
-        guarded = isinstance(base, str) and candidate.origin != self.office_code and _origin(base) == self.office_code
-        if col not in self.frontiers and not guarded and (base is None or (isinstance(base, str) and base)):
-            # The common cases, without opening the stored value: an empty cell
-            # given its first value, or a clean apply onto the cell's one version.
-            if (self.versions.get(col) or "").lstrip("~") == (base or ""):
-                self.frontiers[col] = [] if (col, candidate.version) in self.dominated else [candidate]
-                self.touched.add(col)
-                return
-        frontier = list(self.candidates(col))
-        from_office = candidate.origin == self.office_code
-        for version in ([base] if isinstance(base, str) else base or []):
-            if not from_office and _origin(version) == self.office_code:
-                if candidate.origin not in self.claimants_before:
-                    # The office's versions of a record belong to those who hold it: one who
-                    # does not may keep its own copy beside them, never retire them (or the
-                    # office's word on who holds the record, and on its status, would go).
-                    continue
-                if col == self.table.owner and any(
-                        c.version == version and c.value != candidate.origin for c in frontier):
-                    # The office gave the record to another community: only a person (or the
-                    # transfer rule, seeing both claims) may take it from them.
-                    continue
-                if all(c.version != version for c in frontier):
-                    # An office version is made and applied at the office before any community
-                    # can see it: one named but not here is retired already, or made up.
-                    continue
-            kept = [c for c in frontier if c.version != version]
-            if len(kept) == len(frontier) and (col, version) not in self.dominated:
-                self.dominated.add((col, version))
-                self.new_dominated.append((col, version))
-            frontier = kept
-        # One node's stamps are ordered: its later version supersedes its own earlier ones,
-        # named as base or not. So a cell holds at most one version per origin, and no
-        # bundle can grow a frontier (and the cost of every later change to it) without bound.
-        superseded = any(c.origin == candidate.origin and c.version > candidate.version for c in frontier)
-        frontier = [c for c in frontier if c.origin != candidate.origin or c.version >= candidate.version]
-        if (col, candidate.version) not in self.dominated and not superseded \
-                and all(c.version != candidate.version for c in frontier):
-            frontier.append(candidate)
-        self.frontiers[col] = sorted(frontier, key=lambda c: c.version)
-        self.touched.add(col)
-
-    def winner(self, col: str) -> Candidate | None:
-        if col in self.winners:
-            return self.winners[col]
-        frontier = self.candidates(col)
-        return max(frontier, key=lambda c: c.version) if frontier else None
-
-    def owner(self):
-        """The community holding the record (None once those who held it deleted it)."""
-        return self.holding().holder
-
-    def claims(self) -> dict:
-        """Community code -> its live claim: the latest owner-cell version naming it."""
-        claims = {}
-        for c in self.candidates(self.table.owner):
-            if c.live and c.value not in (None, "") and (c.value not in claims or c.version > claims[c.value].version):
-                claims[c.value] = c
-        return claims
-
-    def holding(self) -> "_Holding":
-        """Who holds the record, and so whose versions may win its cells (docs/merge.md, trust model).
-
-        A function of the owner cell's versions (and, through the rules, the
-        other cells' versions) alone, so it is the same in any arrival order.
-        """
-        if self._holding is None:
-            claims = self.claims()
-            if not claims:
-                # Nobody holds it: deleted. Only deletes (and the office) decide its cells, so no
-                # version kept aside can bring it back.
-                self._holding = _Holding(None, frozenset(), False, "", ())
-            elif len(claims) == 1:
-                (holder,) = claims
-                self._holding = _Holding(holder, frozenset([holder]), False, "", ())
-            else:
-                h = manager().hook.record_holder(table=self.table, claims=claims, row=self)
-                self._holding = _Holding(h.holder, frozenset([h.holder]), h.duplicate, h.rule,
-                                         (self.table.owner,) if not h.review else tuple(h.review))
-        return self._holding
-
-
-@dataclass(frozen=True)
-class _Holding:
-    holder: str | None
-    eligible: frozenset  # the communities whose versions may win a cell (the office's always may)
-    duplicate: bool
-    rule: str
-    review: tuple  # columns queued while the claims stand against each other
-
-
-def _origin(version: str) -> str:
-    return version.split(".", 2)[2]
 
 
 MAX_REJECTED = 1_000  # rejected records kept in detail per bundle; the rest are counted
@@ -453,9 +291,8 @@ class _Merger:
         self.set_aside: list[str] = []
         self.hook = manager().hook
         # Rows with conflict state are few; only they need the side tables read.
-        self.special = {(t, bytes(k)) for t, k in store.conn.execute(
-            "SELECT tbl, key FROM frontier UNION SELECT tbl, key FROM dominated "
-            "UNION SELECT tbl, key FROM conflicts WHERE status = 'open'")}
+        self.special = _Special(store) if self.from_office else {(t, bytes(k)) for t, k in store.conn.execute(
+            "SELECT tbl, key FROM frontier UNION SELECT tbl, key FROM dominated")} | conflicts.open_records(store)
         self.changes = 0
         self.rejected: list[str] = []
         self.rejected_count = 0
@@ -563,7 +400,7 @@ class _Merger:
         if stored is None and change["op"] == "insert" and not change.get("base") \
                 and (table.qualified, key) not in self.special:
             return _NEW
-        row = _Row(self.store, table, key, (table.qualified, key) in self.special, stored)
+        row = Row(self.store, table, key, (table.qualified, key) in self.special, stored)
         row.key_values = key_values
         return row
 
@@ -572,7 +409,7 @@ class _Merger:
         if row is _NEW:
             return self._insert_new(table, key, key_values, change)
         hlc = change["hlc"]
-        origin = _origin(hlc)
+        origin = origin_of(hlc)
         op = change["op"]
         base = change.get("base") or {}
         # An update of a record the office has no trace of builds nothing anyone sees (the rest
@@ -580,7 +417,7 @@ class _Merger:
         row.blank = op == "update" and not row.exists and not row.versions
         old = dict(row.versions)
         non_key = table.non_key
-        if not self.from_office and any(_origin(v) == self.store.office_code for v in base.values()):
+        if not self.from_office and any(origin_of(v) == self.store.office_code for v in base.values()):
             # Who held the record before this change: only they may build on the office's versions
             # (a rival claimant in a duplicate registration may not, or the office's word would go).
             row.claimants_before = {row.holding().holder} - {None}
@@ -672,7 +509,7 @@ class _Merger:
         for version in base.values():
             if not isinstance(version, str):
                 return "-", "its base versions are not stamps; the bundle was not made by syncdb"
-            made_by = _origin(version) if version.count(".") >= 2 else ""
+            made_by = origin_of(version) if version.count(".") >= 2 else ""
             if made_by not in (self.origin, self.store.office_code):
                 return "-", (f"it changes community {made_by or '?'}'s version of the record: a community "
                              "changes only records it holds; a resident who moved in is registered anew")
@@ -726,7 +563,7 @@ class _Merger:
             problems = [p for p in problems if p.field in record or p.field in table.key]
         return [p for p in problems if p.severity == "error"]
 
-    def _resolve(self, row: _Row, hlc: str) -> None:
+    def _resolve(self, row: Row, hlc: str) -> None:
         table = row.table
         # Rules may look across the row, so every cell in conflict is decided again.
         cols = set(row.touched) | row.had_frontier | {c for c, f in row.frontiers.items() if len(f) > 1}
@@ -767,7 +604,7 @@ class _Merger:
                                       "cells": {col: winner.value}, "base": {col: [hlc]}})
 
     @staticmethod
-    def _queued_as_duplicate(row: _Row, col: str, holding: _Holding) -> bool:
+    def _queued_as_duplicate(row: Row, col: str, holding: Holders) -> bool:
         """While two communities hold the record, a person decides the holding rule's columns,
         and every ``manual`` column on which the claimants' copies disagree."""
         if col in holding.review:
@@ -781,36 +618,18 @@ class _Merger:
                 latest_by[c.origin] = c
         return len({(c.deleted, repr(c.value)) for c in latest_by.values()}) > 1
 
-    def _open(self, row: _Row, col: str, frontier, decision: Decision) -> None:
-        store, table = self.store, row.table
-        candidates = json.dumps([{
-            "version": c.version, "origin": c.origin, "deleted": c.deleted,
-            "value": _sealed_text(store.stored(table, col, c.value, row.key)),
-        } for c in frontier], ensure_ascii=False)
+    def _open(self, row: Row, col: str, frontier, decision: Decision) -> None:
+        opened = conflicts.open_or_update(self.store, row.table, row.key, col, frontier, decision,
+                                          already_open=col in row.open_conflicts)
+        if opened:
+            self.special.add((row.table.qualified, row.key))
+            self.opened += 1
+
+    def _close(self, row: Row, col: str, note: str) -> None:
         if col in row.open_conflicts:
-            store.conn.execute(
-                "UPDATE conflicts SET candidates = ?, winner = ?, rule = ?, kind = ? "
-                "WHERE tbl = ? AND key = ? AND col = ? AND status = 'open'",
-                (candidates, decision.winner.version, decision.rule, decision.kind, table.qualified, row.key, col))
-            return
-        self.special.add((table.qualified, row.key))
-        store.conn.execute(
-            "INSERT INTO conflicts (tbl, key, col, kind, candidates, winner, rule, status, opened) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, 'open', ?)",
-            (table.qualified, row.key, col, decision.kind, candidates, decision.winner.version,
-             decision.rule, time.strftime("%Y-%m-%dT%H:%M:%S")))
-        self.opened += 1
+            self.closed += conflicts.close(self.store, row.table.qualified, row.key, col, note)
 
-    def _close(self, row: _Row, col: str, note: str) -> None:
-        if col not in row.open_conflicts:
-            return
-        cursor = self.store.conn.execute(
-            "UPDATE conflicts SET status = 'closed', closed = ?, note = ? "
-            "WHERE tbl = ? AND key = ? AND col = ? AND status = 'open'",
-            (time.strftime("%Y-%m-%dT%H:%M:%S"), note, row.table.qualified, row.key, col))
-        self.closed += cursor.rowcount
-
-    def _write(self, row: _Row, key_values: list) -> None:
+    def _write(self, row: Row, key_values: list) -> None:
         store, table, key = self.store, row.table, row.key
         conn = store.conn
         stored, winners = row.stored, row.winners
@@ -864,6 +683,3 @@ class _Merger:
             conn.executemany("INSERT OR IGNORE INTO dominated VALUES (?, ?, ?, ?)",
                              [(table.qualified, key, col, v) for col, v in row.new_dominated])
 
-
-def _sealed_text(value):
-    return value.hex() if isinstance(value, bytes) else value

@@ -66,11 +66,18 @@ def quarantine_dir(store) -> Path:
 
 
 
-def connect(store) -> sqlite3.Connection:
+def store_file(store) -> Path:
+    """STORE/store.db, if it is there and not emptied (whether it is a store is for SQLite to say)."""
     path = Path(store) / "store.db"
     if not path.exists():
         raise SyncdbError(f"{store} is not an office store; create one with `syncdb office init {store}`")
     _refuse_if_not_a_store(path)
+    return path
+
+
+def connect(store) -> sqlite3.Connection:
+    """store.db, to write (readers: store.open_store). Its tables are made by migrations.py."""
+    path = store_file(store)
     conn = sqlite3.connect(str(path), isolation_level=None, timeout=30)
     try:
         # Before any PRAGMA or write: a store.db that is not a store stays byte for byte as found.
@@ -85,7 +92,6 @@ def connect(store) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA busy_timeout = 30000")
-        _add_name_column(conn)
     except SyncdbError:
         conn.close()
         raise
@@ -114,29 +120,19 @@ def _refuse_if_not_a_store(path: Path) -> None:
         raise SyncdbError(_not_a_store(path))
 
 
-def _add_name_column(conn: sqlite3.Connection) -> None:
-    """A store made before communities had names gets the column, once (a look at the schema after that)."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(communities)")}
-    if not columns or "name" in columns:
-        return  # no communities table (not a store: the caller says so) or already there
-    try:
-        conn.execute("ALTER TABLE communities ADD COLUMN name TEXT")
-    except sqlite3.OperationalError as e:
-        if "duplicate column" not in str(e):  # another process added it in the meantime: fine
-            raise
-
-
 OFFICE_TABLES = """
 CREATE TABLE IF NOT EXISTS communities (
     code TEXT PRIMARY KEY, public_key TEXT NOT NULL, key_id TEXT NOT NULL, enrolled TEXT NOT NULL, name TEXT);
 CREATE TABLE IF NOT EXISTS received (
     origin TEXT NOT NULL, sequence INTEGER NOT NULL, sha256 TEXT NOT NULL, file TEXT NOT NULL,
-    received TEXT NOT NULL, PRIMARY KEY (origin, sequence));
+    received TEXT NOT NULL, changes INTEGER, PRIMARY KEY (origin, sequence));
+CREATE TABLE IF NOT EXISTS office_clock (one INTEGER PRIMARY KEY CHECK (one = 1), hlc TEXT NOT NULL);
 """
 
 
-def init(store, secret: Secret, suite_name: str = "std", code: str = "office") -> Path:
-    """Create the store folder and the office keys; return the public key file."""
+def create(store, secret: Secret, suite_name: str = "std", code: str = "office") -> Path:
+    """Create the store folder, the office keys and store.db with the office's tables; return the
+    public key file. ``migrations.init`` (``syncdb office init``) then makes the store whole."""
     folder = Path(store)
     if keyring_path(folder).exists():
         raise SyncdbError(f"{folder} already holds an office store; nothing was changed")
@@ -180,6 +176,7 @@ def enroll(store, code: str, public_key_file, name: str | None = None) -> Public
                           "check which file you copied")
     conn = connect(store)
     try:
+        add_missing_columns(conn)  # a store from before names: enrolling gives one
         conn.execute("BEGIN IMMEDIATE")
         before = conn.execute("SELECT key_id FROM communities WHERE code = ?", (code,)).fetchone()
         conn.execute("INSERT INTO communities (code, public_key, key_id, enrolled, name) VALUES (?, ?, ?, ?, ?) "
@@ -209,6 +206,7 @@ def rename(store, code: str, name: str) -> str | None:
     name = _checked_name(name)
     conn = connect(store)
     try:
+        add_missing_columns(conn)  # a store from before names: naming gives one
         conn.execute("BEGIN IMMEDIATE")
         row = conn.execute("SELECT name FROM communities WHERE code = ?", (code,)).fetchone()
         if row is None:
@@ -233,6 +231,18 @@ def _checked_name(name: str) -> str:
         raise SyncdbError(f"{name!r} is not a community name: at most {MAX_NAME} printable characters, "
                           "e.g. 岗贝社区")
     return text
+
+
+def add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Columns the office's tables gained since earlier releases (migrations.py runs this)."""
+    for table, column, kind in (("communities", "name", "TEXT"),  # what people call the community
+                                ("received", "changes", "INTEGER")):  # from the header, for progress
+        if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+            try:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            except sqlite3.OperationalError as e:
+                if "duplicate column" not in str(e):  # another process added it meanwhile: fine
+                    raise
 
 
 def names(conn: sqlite3.Connection) -> dict[str, str]:
@@ -364,9 +374,17 @@ def keep(conn, store: Path, data: bytes | BinaryIO, header, source: str) -> Rece
                 source)
     path = _copy_atomic(f, inbox_dir(store) / name)
     # The bundle is on disk before it is acknowledged; only then is it recorded.
-    conn.execute("INSERT INTO received VALUES (?, ?, ?, ?, ?)",
-                 (header.origin, header.sequence, digest, name, time.strftime("%Y-%m-%dT%H:%M:%S")))
+    record(conn, header, digest)
     return Receipt(header.origin, header.sequence, "accepted", path)
+
+
+def record(conn, header, digest: str) -> str:
+    """Record a bundle now in the inbox under its own name (returned); in the caller's transaction."""
+    name = bundle.file_name(header.origin, header.sequence)
+    conn.execute("INSERT INTO received (origin, sequence, sha256, file, received, changes) VALUES (?, ?, ?, ?, ?, ?)",
+                 (header.origin, header.sequence, digest, name, time.strftime("%Y-%m-%dT%H:%M:%S"),
+                  int(header.fields.get("changes", 0))))
+    return name
 
 
 def _digest(f: BinaryIO) -> tuple[str, int]:

@@ -155,7 +155,6 @@ def _queue(store: Store, store_dir, by_code: dict[str, list[dict]]) -> dict[str,
     no copy of the folder ever holds a bundle the office did not record.
     """
     conn = store.conn
-    conn.execute(OUTBOUND_TABLE)
     enrolled = office.enrolled_keys(conn)
     made = {}
     for code, owned in sorted(by_code.items()):

@@ -10,62 +10,73 @@ to the communities concerned, each only its share (``outbound.share``).
 
 from __future__ import annotations
 
-import io
-import json
-import os
 import time
 from pathlib import Path
 
-from . import bundle, office
+from . import bundle, conflicts, office
 from .crypto import Secret
 from .errors import SyncdbError
 from .hlc import Clock, Stamp, now_ms
-from .merge import Summary, _Row, apply_inbox, open_store
+from .merge import Summary, apply_changes
+from .row import Row
 from .schema import Domain
-from .store import Store, table_name
+from .store import Store, open_store, table_name
 from .validate import check_record
 
 MAX_AHEAD_MS = 24 * 3600 * 1000  # the furthest ahead of the office's clock a stamp is followed
 
-OFFICE_STATE = """
-CREATE TABLE IF NOT EXISTS office_clock (one INTEGER PRIMARY KEY CHECK (one = 1), hlc TEXT NOT NULL)
-"""
-
 
 def office_edit(store_dir, secret: Secret, domains: dict[str, Domain], edits: list[dict]) -> Summary:
     """Apply edits made at the office: ``{"table", "key": {…}, "cells": {…}}``, or ``"delete": True``."""
-    store = open_store(store_dir, secret, domains)
-    conn = store.conn
-    path = None
-    try:
-        # One office edit at a time: the bases, the office clock, the bundle's
-        # sequence number and its place in the inbox are taken together.
-        conn.execute("BEGIN IMMEDIATE")
-        changes = [_change(store, edit) for edit in edits]
-        path = _write_office_bundle(store, Path(store_dir), changes)
-        data = path.read_bytes()
-        header = bundle.verify(io.BytesIO(data), office.signer_keys(conn, store.keyring.public).get)
-        office.keep(conn, Path(store_dir), data, header, "office")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    finally:
-        conn.close()
-        if path is not None:
-            path.unlink(missing_ok=True)
+    with open_store(store_dir, secret, domains, write=True) as store:
+        return apply_edits(store, edits)
+
+
+def apply_edits(store: Store, edits: list[dict], refused: str | None = None) -> Summary:
+    """Make the office's edits one signed office bundle and merge it, in this process.
+
+    One transaction takes the bases, the office clock, the bundle's sequence
+    number, its place in the inbox and its merge together: the edit is
+    applied, recorded in the ledger and queued for the communities, or none
+    of it is. The bundle written to the inbox is the record of it (what
+    `pull` carries back and `audit` names), never read back here.
+    ``refused``: if the merge rejects any of it, nothing is kept and this is
+    raised with the reasons.
+    """
     summary = Summary()
-    store = open_store(store_dir, secret, domains)
+    store_dir = store.folder
+    written = None
     try:
-        apply_inbox(store, Path(store_dir), summary)  # also queues it for the owning communities
-    finally:
-        store.conn.close()
+        with store.transaction():
+            _no_office_bundle_waiting(store)
+            changes = [_change(store, edit) for edit in edits]
+            header = _write_office_bundle(store, store_dir, changes)
+            written = office.inbox_dir(store_dir) / bundle.file_name(header.origin, header.sequence)
+            name = office.record(store.conn, header, header.sha256)
+            outcome = apply_changes(store, header, name, changes, store_dir)
+            if refused and outcome.merger.rejected:
+                raise SyncdbError(f"{refused}: " + "; ".join(outcome.merger.rejected) + "; nothing was changed")
+    except BaseException:
+        if written is not None:
+            written.unlink(missing_ok=True)  # never recorded: the next edit takes its number
+        raise
+    outcome.report(summary, store_dir)
     return summary
 
 
+def _no_office_bundle_waiting(store: Store) -> None:
+    """The office's bundles apply in their order: one received and not applied (left by an earlier
+    release) goes first, by a merge."""
+    (waiting,) = store.conn.execute(
+        "SELECT count(*) FROM received r WHERE r.origin = ? AND NOT EXISTS "
+        "(SELECT 1 FROM applied a WHERE a.origin = r.origin AND a.sequence = r.sequence)",
+        (store.office_code,)).fetchone()
+    if waiting:
+        raise SyncdbError(f"an earlier office edit waits in the inbox; run `syncdb merge {store.folder}` to "
+                          "apply it first, then this again (nothing was changed)")
+
+
 def _clock(store: Store) -> Clock:
-    store.conn.execute(OFFICE_STATE)
     row = store.conn.execute("SELECT hlc FROM office_clock").fetchone()
     return Clock(store.office_code, Stamp.parse(row[0]) if row else None)
 
@@ -74,7 +85,7 @@ def _change(store: Store, edit: dict) -> dict:
     table = store.table(edit["table"])
     key_values = [edit["key"][k] for k in table.key]
     key = store.blind_key(table, key_values)
-    row = _Row(store, table, key, special=True)
+    row = Row(store, table, key, special=True)
     if not row.exists:
         raise SyncdbError(f"{table.qualified} has no record with that key; the office edits only "
                           "records a community has sent")
@@ -105,7 +116,7 @@ def _change(store: Store, edit: dict) -> dict:
     }
 
 
-def _equal_versions(row: _Row, cells: dict) -> dict[str, list[str]]:
+def _equal_versions(row: Row, cells: dict) -> dict[str, list[str]]:
     """Per cell, the settled versions whose value is the one the office sets.
 
     A community whose version is among them already has the value, so its
@@ -119,70 +130,61 @@ def _equal_versions(row: _Row, cells: dict) -> dict[str, list[str]]:
             for col, value in cells.items()}
 
 
-def _write_office_bundle(store: Store, folder: Path, changes: list[dict]) -> Path:
+def _write_office_bundle(store: Store, folder: Path, changes: list[dict]) -> bundle.Header:
+    """The signed office bundle, written straight into the inbox under its own name."""
     code = store.office_code
     (last,) = store.conn.execute("SELECT coalesce(max(sequence), 0) FROM received WHERE origin = ?",
                                  (code,)).fetchone()
-    path = folder / f".{bundle.file_name(code, last + 1)}.{os.getpid()}"
-    bundle.write(path, {"origin": code, "sequence": last + 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                        "schemas": {d.name: {"version": d.version, "fingerprint": d.fingerprint}
-                                    for d in store.domains.values()}},
-                 changes, store.keyring, store.keyring.public)
-    return path
+    return bundle.write(office.inbox_dir(folder) / bundle.file_name(code, last + 1), {
+        "origin": code, "sequence": last + 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "schemas": {d.name: {"version": d.version, "fingerprint": d.fingerprint} for d in store.domains.values()}},
+        changes, store.keyring, store.keyring.public)
 
 
 def resolve_conflict(store_dir, secret: Secret, domains: dict[str, Domain], conflict_id: int,
                      keep: str | None = None, value=None) -> Summary:
     """Settle one open conflict: keep the candidate from an origin (or with a version), or set a value."""
+    with open_store(store_dir, secret, domains, write=True) as store:
+        return settle(store, conflict_id, keep, value)
+
+
+def settle(store: Store, conflict_id: int, keep: str | None = None, value=None) -> Summary:
+    """``resolve_conflict`` on an open store: `conflicts review` settles one after another with it."""
     if (keep is None) == (value is None):
         raise SyncdbError("say which value wins: keep a candidate (--keep ORIGIN) or give one (--value TEXT)")
-    store = open_store(store_dir, secret, domains)
-    try:
-        found = store.conn.execute("SELECT tbl, key, col, candidates, status FROM conflicts WHERE id = ?",
-                                   (conflict_id,)).fetchone()
-        if found is None:
-            raise SyncdbError(f"there is no conflict #{conflict_id}; see `syncdb conflicts list`")
-        tbl, key, col, candidates, status = found
-        if status != "open":
-            raise SyncdbError(f"conflict #{conflict_id} is already {status}")
-        table = store.table(tbl)
-        key = bytes(key)
-        stored = store.conn.execute(
-            f"SELECT {', '.join(f'[{k}]' for k in table.key)} FROM [{table_name(table)}] WHERE _key = ?",
-            (key,)).fetchone()
-        key_values = {k: store.plain(table, k, v, key) for k, v in zip(table.key, stored)}
-        edit = {"table": tbl, "key": key_values}
-        if keep is not None:
-            chosen = [c for c in json.loads(candidates) if keep in (c["origin"], c["version"])]
-            if len(chosen) != 1:
-                origins = ", ".join(c["origin"] for c in json.loads(candidates))
-                raise SyncdbError(f"--keep {keep} names {len(chosen)} of the candidates ({origins}); "
-                                  "name one origin, or a version when an origin has several")
-            if chosen[0]["deleted"]:
-                edit["delete"] = True
-            else:
-                # Keeping a community's side keeps its record: every cell of the row in
-                # conflict takes that community's version, not only the queued one.
-                origin = chosen[0]["origin"]
-                row = _Row(store, table, key, special=True)
-                edit["cells"] = {}
-                for column in table.columns:
-                    mine = [c for c in row.candidates(column) if c.origin == origin and c.live]
-                    if column not in table.key and len(row.candidates(column)) > 1 and mine:
-                        edit["cells"][column] = max(mine, key=lambda c: c.version).value
-                sealed = chosen[0]["value"]
-                edit["cells"][col] = store.plain(table, col, bytes.fromhex(sealed) if table.columns[col].sensitive
-                                                 and sealed is not None else sealed, key)
+    found = conflicts.get(store, conflict_id)
+    if found["status"] != "open":
+        raise SyncdbError(f"conflict #{conflict_id} is already {found['status']}")
+    table, key, col = store.table(found["table"]), found["key"], found["column"]
+    stored = store.conn.execute(
+        f"SELECT {', '.join(f'[{k}]' for k in table.key)} FROM [{table_name(table)}] WHERE _key = ?",
+        (key,)).fetchone()
+    key_values = {k: store.plain(table, k, v, key) for k, v in zip(table.key, stored)}
+    edit = {"table": table.qualified, "key": key_values}
+    if keep is not None:
+        candidates = found["candidates"]
+        chosen = [c for c in candidates if keep in (c["origin"], c["version"])]
+        if len(chosen) != 1:
+            origins = ", ".join(c["origin"] for c in candidates)
+            raise SyncdbError(f"--keep {keep} names {len(chosen)} of the candidates ({origins}); "
+                              "name one origin, or a version when an origin has several")
+        if chosen[0]["deleted"]:
+            edit["delete"] = True
         else:
-            edit["cells"] = {col: _checked_value(store, table, key, key_values, col, value)}
-    finally:
-        store.conn.close()
-    summary = office_edit(store_dir, secret, domains, [edit])
-    if summary.rejected:
-        # Checked above, so only a rule or a plugin of the office's own can get here: say so, never "resolved".
-        raise SyncdbError(f"the merge refused the resolution of conflict #{conflict_id}: "
-                          + "; ".join(summary.rejected) + "; the conflict stays open")
-    return summary
+            # Keeping a community's side keeps its record: every cell of the row in
+            # conflict takes that community's version, not only the queued one.
+            origin = chosen[0]["origin"]
+            row = Row(store, table, key, special=True)
+            edit["cells"] = {}
+            for column in table.columns:
+                mine = [c for c in row.candidates(column) if c.origin == origin and c.live]
+                if column not in table.key and len(row.candidates(column)) > 1 and mine:
+                    edit["cells"][column] = max(mine, key=lambda c: c.version).value
+            edit["cells"][col] = chosen[0]["value"]
+    else:
+        edit["cells"] = {col: _checked_value(store, table, key, key_values, col, value)}
+    # Checked above, so only a rule or a plugin of the office's own can refuse it: then nothing is kept.
+    return apply_edits(store, [edit], refused=f"the merge refused the resolution of conflict #{conflict_id}")
 
 
 def _checked_value(store: Store, table, key: bytes, key_values: dict, col: str, value):

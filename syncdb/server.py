@@ -248,8 +248,9 @@ def serve(store, host: str = "127.0.0.1", port: int = 8765, max_body: int = 256 
     merger = None
     if secret is not None:
         from . import merge as merge_lib
+        from .migrations import open_upgraded
 
-        merge_lib.open_store(store, secret, domains).conn.close()  # a wrong key fails now, not later
+        open_upgraded(store, secret, domains).close()  # a wrong key fails now, not later; the store is upgraded
 
         def merger():
             summary = merge_lib.merge(store, [], secret, domains)

@@ -160,7 +160,7 @@ def _keyring_fits(conn, store_dir: Path, domains, keyring: Keyring | None, repor
     if keyring is None:
         return None
     try:
-        Store(conn, keyring, domains, check_only=True)
+        Store(conn, keyring, domains, read_only=True)
     except SyncdbError as e:
         report.alerts.append(str(e))
         report.facts["keyring_mismatch"] = str(e)

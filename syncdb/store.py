@@ -23,15 +23,17 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
+from typing import Iterator
 
 from cryptography.exceptions import InvalidTag
 
-from .audit import LEDGER_TABLES
-from .crypto import Keyring
-from .hlc import pack_versions, unpack_versions
+from . import audit, office
+from .crypto import Keyring, Secret
 from .errors import SyncdbError
+from .files import storage_error
 from .schema import Domain, Table
 
 SEALED_FORMAT = 1
@@ -39,6 +41,13 @@ SEALED_FORMAT = 1
 _KEY_TEXT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _VALUE_TEXT = json.JSONEncoder(ensure_ascii=False).encode
 
+STORE_VERSION = 1  # PRAGMA user_version of a store this release made or upgraded (0: an earlier release)
+
+# The tables this module owns. The other tables of store.db belong to their
+# modules (audit: ledger; conflicts: the queue; office: communities, received,
+# the office clock; outbound: outbound; bundles: skipped); migrations.py makes
+# and upgrades them all, and only the commands that may change the store's
+# shape run it (office init, merge, serve, keys rotate).
 STORE_TABLES = """
 CREATE TABLE IF NOT EXISTS store_columns (tbl TEXT PRIMARY KEY, columns TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS frontier (
@@ -48,11 +57,6 @@ CREATE TABLE IF NOT EXISTS frontier (
 CREATE TABLE IF NOT EXISTS dominated (
     tbl TEXT NOT NULL, key BLOB NOT NULL, col TEXT NOT NULL, version TEXT NOT NULL,
     PRIMARY KEY (tbl, key, col, version)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS conflicts (
-    id INTEGER PRIMARY KEY, tbl TEXT NOT NULL, key BLOB NOT NULL, col TEXT NOT NULL,
-    kind TEXT NOT NULL, candidates TEXT NOT NULL, winner TEXT NOT NULL, rule TEXT NOT NULL,
-    status TEXT NOT NULL, opened TEXT NOT NULL, closed TEXT, note TEXT);
-CREATE UNIQUE INDEX IF NOT EXISTS conflicts_open ON conflicts (tbl, key, col) WHERE status = 'open';
 CREATE TABLE IF NOT EXISTS applied (
     origin TEXT NOT NULL, sequence INTEGER NOT NULL, sha256 TEXT NOT NULL, applied TEXT NOT NULL,
     changes INTEGER NOT NULL, rejected INTEGER NOT NULL, PRIMARY KEY (origin, sequence));
@@ -62,7 +66,7 @@ CREATE TABLE IF NOT EXISTS origin_clock (origin TEXT PRIMARY KEY, hlc TEXT NOT N
 CREATE TABLE IF NOT EXISTS rejected (
     id INTEGER PRIMARY KEY, origin TEXT NOT NULL, sequence INTEGER NOT NULL, tbl TEXT NOT NULL,
     key BLOB NOT NULL, shown_key TEXT NOT NULL, field TEXT NOT NULL, why TEXT NOT NULL, at TEXT NOT NULL);
-""" + LEDGER_TABLES
+"""
 
 
 def table_name(table: Table) -> str:
@@ -96,34 +100,109 @@ def create_sql(table: Table) -> list[str]:
 
 
 class Store:
-    """An open store: its connection, keys and schemas, and the value crypto."""
+    """An open store: its connection, keys and schemas, and the value crypto.
+
+    Open one with ``open_store`` (read-only unless asked) or, in the commands
+    that may change the store's shape, ``migrations.open_upgraded``; use it as a
+    context manager, or ``close()`` it. Opening only reads: the checks below
+    leave a store that fails them exactly as it was found.
+    """
 
     def __init__(self, conn: sqlite3.Connection, keyring: Keyring, domains: dict[str, Domain],
-                 check_only: bool = False):
+                 read_only: bool = False):
         self.conn = conn
         self.keyring = keyring
         self.domains = domains
+        self.read_only = read_only
         self.suite = keyring.suite
         self.tables = {t.qualified: t for d in domains.values() for t in d.tables.values()}
         self.office_code = keyring.public.code
         self._sealers: dict = {}  # data key id -> (value prefix, bound AEAD)
         self._openers: dict = {}
         self._aads: dict = {}
-        # Both checks only read: a store that fails them is left exactly as it was found.
         _refuse_if_not_a_store(conn)
-        check = self._keyring_check()
-        if check_only:  # `syncdb status`: the checks on a read-only connection, nothing made
-            return
-        with conn:
-            conn.execute("BEGIN IMMEDIATE")
-            for statement in STORE_TABLES.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            for table in self.tables.values():
-                for statement in create_sql(table):
-                    conn.execute(statement)
-                self._add_new_columns(table)
-            conn.execute("INSERT OR IGNORE INTO keyring_check VALUES (1, ?, ?)", check)
+        self.keyring_check = self._keyring_check()
+
+    def stand_in_missing_tables(self) -> None:
+        """Empty TEMP tables (in memory, never in store.db) for the schema tables the store has not
+        made yet (a domain added since the last merge): they read as holding no record."""
+        for table in self.tables.values():
+            if not _has_table(self.conn, table_name(table)):
+                self.conn.execute(create_sql(table)[0].replace("CREATE TABLE IF NOT EXISTS",
+                                                               "CREATE TEMP TABLE", 1))
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE): committed if the block ends, rolled back if it raises."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    @property
+    def folder(self) -> Path:
+        return Path(_store_file(self.conn)).parent
+
+    def behind(self) -> str | None:
+        """Why this store must be upgraded before these schemas can use it, or None.
+
+        Only the migrating commands upgrade a store (migrations.py); every
+        other command asks first and says which command to run.
+        """
+        (version,) = self.conn.execute("PRAGMA user_version").fetchone()
+        if version > STORE_VERSION:
+            return (f"it was made by a later release of syncdb (store version {version}, this one knows "
+                    f"{STORE_VERSION}); install that release at the office")
+        if version < STORE_VERSION:
+            return "it was made by an earlier release of syncdb"
+        known = dict(self.conn.execute("SELECT tbl, columns FROM store_columns"))
+        for table in self.tables.values():
+            # A table not made yet reads as empty (stand_in_missing_tables); one made under
+            # other columns must be brought to the schema's first.
+            if table.qualified in known and known[table.qualified] != json.dumps(table.non_key):
+                return f"the schema of {table.qualified} has columns the store's copy of it lacks"
+        return None
+
+    def unmade_tables(self) -> list[str]:
+        """The schema tables the store has not made yet (the next migrating command makes them)."""
+        known = {t for (t,) in self.conn.execute("SELECT tbl FROM store_columns")}
+        return [t for t in self.tables if t not in known]
+
+    def require_current(self) -> None:
+        why = self.behind()
+        if why:
+            folder = self.folder
+            raise SyncdbError(f"the store in {folder} must be upgraded first: {why}. Run `syncdb merge {folder}` "
+                              "(it keeps a backup copy of the store first, and loses nothing), then run this again")
+
+    # What changed: the audit ledger records every change the store applies, in order.
+    def change_point(self) -> int:
+        """A point in the store's history: the changes applied after it are ``changed_since`` it."""
+        (point,) = self.conn.execute("SELECT coalesce(max(id), 0) FROM ledger").fetchone()
+        return point
+
+    def changed_since(self, point: int) -> dict[str, set[bytes]]:
+        """Table -> the blind keys of the records changed after ``point`` (a ``change_point()``)."""
+        changed: dict[str, set[bytes]] = {}
+        for (body,) in self.conn.execute("SELECT body FROM ledger WHERE id > ? ORDER BY id", (point,)):
+            for entry in audit.entries(body):
+                if entry["key"]:  # not a bundle skipped by hand
+                    changed.setdefault(entry["table"], set()).add(bytes.fromhex(entry["key"]))
+        return changed
 
     def _keyring_check(self) -> tuple[str, bytes]:
         """The keyring's check value; refuse a keyring that is not the one this store was sealed under.
@@ -160,26 +239,6 @@ class Store:
                 except (InvalidTag, SyncdbError):
                     return False
         return True
-
-    def _add_new_columns(self, table: Table) -> None:
-        """A column added to a schema file is added to the store; nothing is ever dropped."""
-        name = table_name(table)
-        present = {row[1] for row in self.conn.execute(f"PRAGMA table_info([{name}])")}
-        for c in (c for c in table.columns.values() if c.name not in present):
-            self.conn.execute(f"ALTER TABLE [{name}] ADD COLUMN [{c.name}] {'BLOB' if c.sensitive else ''}")
-        # Rows written under another column list: their shared version ("*") never
-        # covered a column new since, so mark such columns unset, once.
-        non_key = [c for c in table.columns if c not in table.key]
-        known = self.conn.execute("SELECT columns FROM store_columns WHERE tbl = ?", (table.qualified,)).fetchone()
-        if known and json.loads(known[0]) != non_key:
-            before = [c for c in non_key if c in json.loads(known[0])]
-            rows = self.conn.execute(f"SELECT _key, _versions FROM [{name}]").fetchall()
-            self.conn.executemany(f"UPDATE [{name}] SET _versions = ? WHERE _key = ?", [
-                (pack_versions(unpack_versions(text, before), non_key), key) for key, text in rows])
-        self.conn.execute("INSERT OR REPLACE INTO store_columns VALUES (?, ?)", (table.qualified, json.dumps(non_key)))
-        for col in id_columns(table):
-            if f"{col}__bi" not in present:
-                self.conn.execute(f"ALTER TABLE [{name}] ADD COLUMN [{col}__bi] BLOB")
 
     def table(self, qualified: str) -> Table:
         try:
@@ -244,6 +303,43 @@ class Store:
         return self.open(value, table, column, key) if table.columns[column].sensitive else value
 
 
+def open_store(store_dir, secret: Secret | Keyring, domains: dict[str, Domain], *, write: bool = False) -> Store:
+    """The store in ``store_dir``, read-only unless ``write``.
+
+    A read-only store is opened with ``mode=ro`` and ``query_only``: it never
+    writes to store.db and, the store being in WAL mode, never waits for a
+    merge that is writing. A store that must be upgraded first is refused
+    with the command that does it (see migrations.py).
+    """
+    store_dir = Path(store_dir)
+    # The keyring first: a wrong passphrase or key file is refused before the store is touched.
+    keyring = secret if isinstance(secret, Keyring) else office.load_keyring(store_dir, secret)
+    conn = office.connect(store_dir) if write else connect_read_only(store_dir)
+    try:
+        store = Store(conn, keyring, domains, read_only=not write)
+        store.require_current()
+        store.stand_in_missing_tables()
+        if not write:
+            conn.execute("PRAGMA query_only = 1")
+        return store
+    except sqlite3.Error as e:
+        conn.close()
+        raise storage_error(e, store_dir) from None
+    except BaseException:
+        conn.close()
+        raise
+
+
+def connect_read_only(store_dir) -> sqlite3.Connection:
+    """store.db, opened so that nothing can be written to it (``open_store`` adds ``query_only``)."""
+    path = office.store_file(store_dir)
+    try:
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error as e:
+        raise storage_error(e, store_dir) from None
+    return conn
+
+
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
     return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
 
@@ -254,7 +350,13 @@ def _store_file(conn: sqlite3.Connection) -> str:
 
 def _refuse_if_not_a_store(conn: sqlite3.Connection) -> None:
     """Only `office init` creates a store: an emptied or foreign store.db is never silently made anew."""
-    if not _has_table(conn, "communities"):
+    try:
+        found = _has_table(conn, "communities")
+    except sqlite3.DatabaseError as e:
+        if "not a database" not in str(e):
+            raise
+        found = False
+    if not found:
         path = _store_file(conn)
         raise SyncdbError(f"{path} is empty or not an office store; restore it from a backup of the store "
                           f"folder; no table was made in it (only `syncdb office init` creates a store)")

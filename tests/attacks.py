@@ -47,7 +47,7 @@ from pathlib import Path
 
 import requests
 
-from syncdb import audit, bundle, community, merge, office, resolve, workdir
+from syncdb import audit, bundle, community, merge, migrations, office, resolve, workdir
 from syncdb.crypto import Keyring, PublicKey, Secret
 from syncdb.errors import SyncdbError
 from syncdb.hlc import now_ms, unpack_versions
@@ -123,7 +123,7 @@ class Arena:
         self.valid = self._valid_bundles()
 
     def _build(self, households: int) -> None:
-        office.init(self.store, SECRET)
+        migrations.init(self.store, SECRET)
         for code, folder in self.folders.items():
             workdir.create(folder, self.huji)
             community.init(folder, code, office.public_key_path(self.store), self.huji, SECRET)
@@ -162,7 +162,7 @@ class Arena:
         return bundles
 
     def _open(self) -> None:
-        self.reader = merge.open_store(self.store, SECRET, self.domains)
+        self.reader = migrations.open_upgraded(self.store, SECRET, self.domains)
         self.current = None  # (fingerprint, snapshot, data_version), refreshed when the store changes
 
     def reset(self) -> None:

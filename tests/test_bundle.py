@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from stdnum.cn import ric
 
-from syncdb import bundle, community, hlc, office, schema, validate, workdir
+from syncdb import bundle, community, hlc, migrations, office, schema, validate, workdir
 from syncdb.bundle import BundleError
 from syncdb.crypto import Keyring, PublicKey, Secret
 from syncdb.hlc import Stamp
@@ -574,7 +574,7 @@ class Site:
         self.domains = schema.load_domains()
         self.store = tmp_path / "office"
         self.office_secret = Secret(key_file_bytes=os.urandom(32))
-        office_pub = office.init(self.store, self.office_secret)
+        office_pub = migrations.init(self.store, self.office_secret)
         self.folder = tmp_path / "community"
         workdir.create(self.folder, self.domains)
         self.secret = Secret(key_file_bytes=os.urandom(32))

@@ -3,7 +3,7 @@
 import pytest
 from click.testing import CliRunner
 
-from syncdb import merge
+from syncdb import migrations
 from syncdb.cli import cli
 from test_merge import CODES, SECRET, World, id_number, person
 
@@ -25,7 +25,7 @@ def run(env, *args, input=None):
 
 
 def names(w, domains):
-    st = merge.open_store(w.store, SECRET, domains)
+    st = migrations.open_upgraded(w.store, SECRET, domains)
     try:
         table = st.table("huji.persons")
         return sorted(st.plain(table, "name", v, k) for k, v in st.conn.execute("SELECT _key, name FROM huji__persons"))

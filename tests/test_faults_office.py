@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from conftest import SYNCDB
-from syncdb import community as community_lib
+from syncdb import community as community_lib, migrations
 from syncdb import merge, office
 from syncdb.crypto import Secret
 
@@ -97,7 +97,7 @@ def test_item5_publish_reads_the_keyring_again_after_keys_rotate(merged, publish
 def foreign_keyring(store, tmp_path, secret):
     """Put another office's keyring (same passphrase or key file) into ``store``; return its bytes."""
     other = tmp_path / "other-office"
-    office.init(other, secret)
+    migrations.init(other, secret)
     shutil.copy(other / "keyring.json", store / "keyring.json")
     return (store / "keyring.json").read_bytes()
 
@@ -158,7 +158,7 @@ def test_item8_a_wiped_store_is_refused_by_every_command_and_never_made_anew(off
 def test_item10_a_bundle_held_because_its_merge_failed_exits_1(
         office_store, make_community, domains, syncdb_secret, syncdb_env):
     c = make_community(CODES[0])
-    merge.open_store(office_store, syncdb_secret, domains).conn.close()
+    migrations.open_upgraded(office_store, syncdb_secret, domains).conn.close()
     conn = sqlite3.connect(office_store / "store.db")
     conn.execute("CREATE TRIGGER fail BEFORE INSERT ON huji__persons BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
     conn.commit()
@@ -233,7 +233,7 @@ def test_item13_publish_says_where_only_once_it_listens(merged, syncdb_env):
 
 def test_item14_merge_asks_for_the_passphrase_before_drawing_its_bar(tmp_path, make_community):
     store = tmp_path / "office-pw"
-    office.init(store, Secret(passphrase="zhe shi mi ma"))
+    migrations.init(store, Secret(passphrase="zhe shi mi ma"))
     env = {k: v for k, v in os.environ.items() if k not in ("SYNCDB_PASSPHRASE", "SYNCDB_KEY_FILE")}
     master, slave = pty.openpty()
     process = subprocess.Popen([SYNCDB, "merge", str(store)], env=env, stdin=slave, stdout=slave, stderr=slave,

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from conftest import SYNCDB
-from syncdb import audit, merge, office
+from syncdb import audit, merge, migrations, office
 from syncdb.crypto import Secret
 
 
@@ -74,7 +74,7 @@ def run(args, env):
 
 
 def store_rows(store, secret, domains) -> dict:
-    st = merge.open_store(store, secret, domains)
+    st = migrations.open_upgraded(store, secret, domains)
     try:
         table = st.table("huji.persons")
         return {st.plain(table, "id_number", k, key): st.plain(table, "phone", p, key)
@@ -88,7 +88,7 @@ def test_merge_on_a_full_disk_stops_clearly_and_finishes_after_space_is_freed(
         small_disk, tmp_path, domains, syncdb_env, syncdb_secret, leave):
     disk = small_disk("office-disk", "24m")
     store = disk.path / "office"
-    office.init(store, syncdb_secret)
+    migrations.init(store, syncdb_secret)
     from conftest import Community
     from syncdb import community as community_lib, workdir
 
@@ -113,14 +113,14 @@ def test_merge_on_a_full_disk_stops_clearly_and_finishes_after_space_is_freed(
     assert (office.inbox_dir(store) / bundle_path.name).exists()
 
     disk.free()
-    st = merge.open_store(store, syncdb_secret, domains)  # (SQLite cannot even read with no byte free)
+    st = migrations.open_upgraded(store, syncdb_secret, domains)  # (SQLite cannot even read with no byte free)
     assert st.conn.execute("SELECT count(*) FROM applied").fetchone() == (0,)
     assert st.conn.execute("SELECT count(*) FROM huji__persons").fetchone() == (0,)
     st.conn.close()
     done = run(["merge", str(store)], syncdb_env)
     assert done.returncode == 0, done.stderr
     assert len(store_rows(store, syncdb_secret, domains)) == 3000
-    st = merge.open_store(store, syncdb_secret, domains)
+    st = migrations.open_upgraded(store, syncdb_secret, domains)
     assert audit.verify(st) == 3000
     st.conn.close()
 
@@ -164,7 +164,7 @@ def test_serve_on_a_full_disk_answers_507_and_the_push_keeps_its_bundle(
         small_disk, tmp_path, domains, syncdb_env, syncdb_secret, office_server):
     disk = small_disk("office-disk", "8m")
     store = disk.path / "office"
-    office.init(store, Secret(key_file_bytes=syncdb_secret.key_file_bytes))
+    migrations.init(store, Secret(key_file_bytes=syncdb_secret.key_file_bytes))
     c = _community(tmp_path, store, domains, syncdb_secret)
     c.add_persons(40)
     server = office_server(store=store)

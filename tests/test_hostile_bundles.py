@@ -22,7 +22,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from syncdb import bundle, community, limits, merge, office, transport, workdir
+from syncdb import bundle, community, limits, merge, migrations, office, transport, workdir
 from syncdb.crypto import Keyring, PublicKey, b64, suite
 
 SYNCDB = str(Path(sys.executable).with_name("syncdb"))
@@ -410,16 +410,16 @@ def test_item6_quarantine_is_bounded(office_server, office_store, make_community
 
 
 def test_sync_status_still_counts_refusals_per_community(office_store, make_community, domains, syncdb_secret):
-    from syncdb import publish
+    from syncdb import pages
 
     c = make_community(C)
     c.make_bundles(1)
     office.receive(office_store, c.pending()[0].read_bytes())
     with pytest.raises(office.Refused):
         office.receive(office_store, forge(ring_of(c), office_key(office_store), [person_change(1)]))
-    store = merge.open_store(office_store, syncdb_secret, domains)
+    store = migrations.open_upgraded(office_store, syncdb_secret, domains)
     try:
-        (row,) = publish.sync_status(store, office_store)
+        (row,) = pages.sync_status(store, office_store)
     finally:
         store.conn.close()
     assert (row["code"], row["refused"]) == (C, 1)
@@ -429,7 +429,7 @@ def test_sync_status_still_counts_refusals_per_community(office_store, make_comm
 
 def test_item9_wrong_recipient(office_server, office_store, tmp_path, domains, syncdb_secret):
     other = tmp_path / "other-office"
-    office.init(other, syncdb_secret)
+    migrations.init(other, syncdb_secret)
     folder = tmp_path / "community"
     workdir.create(folder, domains)
     pub = community.init(folder, C, other / "office.pub.json", domains, syncdb_secret)

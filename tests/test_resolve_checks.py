@@ -4,7 +4,7 @@ a code's meaning is taken as that code."""
 import pytest
 from click.testing import CliRunner
 
-from syncdb import merge
+from syncdb import migrations
 from syncdb.cli import cli
 from syncdb.conflicts import list_conflicts
 from syncdb.errors import SyncdbError
@@ -23,7 +23,7 @@ def duplicate(tmp_path, domains):
 
 
 def stored_status(w, domains):
-    st = merge.open_store(w.store, SECRET, domains)
+    st = migrations.open_upgraded(w.store, SECRET, domains)
     try:
         table = st.table("huji.persons")
         return st.conn.execute("SELECT status FROM huji__persons WHERE _key = ?",

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from conftest import SYNCDB
-from syncdb import community as community_lib
+from syncdb import community as community_lib, migrations
 from syncdb import keys, office, transport
 
 A, B, C, D = "441900003001", "441900003002", "441900003003", "441900003004"
@@ -263,8 +263,8 @@ def test_names_from_enrolment_to_the_merge_and_the_conflicts(tmp_path, office_st
 
 
 def test_a_store_from_before_names_gets_the_column(office_store, make_community, syncdb_env, syncdb_secret, domains):
-    from syncdb import publish
-    from syncdb.merge import open_store
+    from syncdb import pages
+    from syncdb.migrations import open_upgraded as open_store
 
     make_community(A)
     conn = sqlite3.connect(office_store / "store.db")
@@ -279,7 +279,7 @@ def test_a_store_from_before_names_gets_the_column(office_store, make_community,
     office.connect(office_store).close()  # again: nothing to add
     store = open_store(office_store, syncdb_secret, domains)
     try:
-        (row,) = publish.sync_status(store, office_store)
+        (row,) = pages.sync_status(store, office_store)
     finally:
         store.conn.close()
     assert (row["code"], row["name"]) == (A, "岗贝社区")
@@ -287,7 +287,7 @@ def test_a_store_from_before_names_gets_the_column(office_store, make_community,
 
 def test_enrolment_keeps_to_the_offices_street(tmp_path, syncdb_secret, make_community):
     street = tmp_path / "street-office"
-    office.init(street, syncdb_secret, code="441900003")
+    migrations.init(street, syncdb_secret, code="441900003")
     mine = make_community(A, enroll=False)
     other = make_community("441900004001", enroll=False)
     office.enroll(street, A, mine.path / f"{A}.pub.json", name="岗贝社区")
@@ -325,7 +325,7 @@ def test_community_status_names_a_dropped_table_the_push_would_hold(tmp_path, ma
 
 def test_office_status_names_a_keyring_that_is_not_the_stores(street, tmp_path, syncdb_secret):
     other = tmp_path / "other-office"
-    office.init(other, syncdb_secret)
+    migrations.init(other, syncdb_secret)
     (street.store / "keyring.json").write_bytes((other / "keyring.json").read_bytes())
     assert run(street.env, "export", street.store, "huji.persons").returncode == 1
     done = status(street.env, street.store)

@@ -8,7 +8,7 @@ must decide, and refuse the same things in any arrival order.
 
 import itertools
 
-from syncdb import audit, merge
+from syncdb import audit, merge, migrations
 from syncdb.hlc import Stamp
 from test_merge import CODES, SECRET, World, _open_conflicts, id_number, merge_in_order, person, snapshot
 
@@ -34,7 +34,7 @@ def records(w, domains):
 
 def a_versions(w, domains, n):
     """The versions A's resident ``n`` has at the office, as a thief could guess or learn them."""
-    st = merge.open_store(w.store, SECRET, domains)
+    st = migrations.open_upgraded(w.store, SECRET, domains)
     try:
         table = st.table(PERSONS)
         key = st.blind_key(table, [id_number(n)])
@@ -159,7 +159,7 @@ def test_item1_refusals_and_store_are_the_same_in_any_arrival_order(tmp_path, do
         if i % 5:
             continue  # 24 orders, every fifth: enough to put the hostile bundle in every place
         store = merge_in_order(w, [bundles[j] for j in order], f"o{i}")
-        st = merge.open_store(store, SECRET, domains)
+        st = migrations.open_upgraded(store, SECRET, domains)
         refused = sorted(st.conn.execute("SELECT origin, shown_key, field, why FROM rejected").fetchall())
         assert audit.verify(st) > 0
         st.conn.close()
@@ -182,7 +182,7 @@ def test_item4_many_updates_of_one_cell_keep_one_version_per_community(tmp_path,
                        hlc=stamp(2_000_000_000_001 + i, C)) for i in range(2000)]
     summary = attack(w, changes)
     assert summary.changes == 2001 and summary.rejected == []
-    st = merge.open_store(w.store, SECRET, domains)
+    st = migrations.open_upgraded(w.store, SECRET, domains)
     try:
         (frontier,) = st.conn.execute("SELECT count(*) FROM frontier").fetchone()
         assert frontier == 0
@@ -288,7 +288,7 @@ def test_a_guessed_office_version_named_as_base_takes_nothing_from_the_office(tm
     from syncdb.hlc import now_ms
 
     w = a_holds(tmp_path, domains, 50)
-    st = merge.open_store(w.store, SECRET, domains)
+    st = migrations.open_upgraded(w.store, SECRET, domains)
     office_code = st.office_code
     st.conn.close()
     soon = now_ms() + 23 * 3600 * 1000
