@@ -199,16 +199,17 @@ def office():
               help="std: AES-256-GCM and SHA-256; gm: SM4-GCM and SM3 (商用密码).")
 @click.option("--code", default="office", show_default=True,
               help="The street office's own code, e.g. its 9-digit 街道 code.")
-def office_init(store, suite, code):
+@schemas_option
+def office_init(store, suite, code, schemas):
     """Create the office store and its keys; print the office public key file.
 
     The keys are sealed under SYNCDB_PASSPHRASE (or a prompt) or SYNCDB_KEY_FILE.
 
     Example: SYNCDB_PASSPHRASE=… syncdb office init /srv/office --suite std
     """
-    from . import office as office_lib
+    from . import migrations
 
-    pub = office_lib.init(store, _secret(confirm=True), suite, code)
+    pub = migrations.init(store, _secret(confirm=True), suite, code, load_domains(schemas))
     click.echo(f"Office store created in {store}")
     click.echo(f"Give every community this public key file: {pub}")
 
@@ -644,10 +645,9 @@ def _when(version: str) -> str:
         return version
 
 
-def _show(store, item) -> None:
-    from .office import label, read_names
+def _show(item, names: dict) -> None:
+    from .office import label
 
-    names = read_names(store)
     click.echo(f"#{item['id']} [{item['status']}] {item['table']} {item['record']} · {item['column']} "
                f"{item['label']} ({item['kind']})")
     click.echo(f"opened {item['opened']}; provisional winner by {item['rule']}: {item['winner']}")
@@ -676,12 +676,13 @@ def conflicts_show(store, conflict_id, fmt, schemas):
     Example: syncdb conflicts show /srv/office 12
     """
     from .conflicts import show_conflict
+    from .office import read_names
 
     item = show_conflict(store, _secret(), load_domains(schemas), conflict_id)
     if fmt == "json":
         click.echo(json.dumps(item, ensure_ascii=False, indent=2))
         return
-    _show(store, item)
+    _show(item, read_names(store))
     if item["status"] == "open":
         click.echo("settle it with one of:")
         for c in item["candidates"]:
@@ -700,39 +701,40 @@ def conflicts_review(store, schemas):
 
     Example: syncdb conflicts review /srv/office
     """
-    from .conflicts import list_conflicts, show_conflict
-    from .resolve import resolve_conflict
+    from . import conflicts as queue_lib
+    from .office import names as community_names
+    from .resolve import settle
+    from .store import open_store
 
-    secret, domains = _secret(), load_domains(schemas)
-    queue = [item["id"] for item in list_conflicts(store, secret, domains)]
-    if not queue:
-        click.echo("No open conflicts.")
-        return
-    settled = skipped = 0
-    for n, conflict_id in enumerate(queue, start=1):
-        item = show_conflict(store, secret, domains, conflict_id)
-        if item["status"] != "open":
-            continue  # settled along with an earlier one (--keep keeps a whole record)
-        click.echo(f"\n({n} of {len(queue)})")
-        _show(store, item)
-        choices = [str(i) for i in range(1, len(item["candidates"]) + 1)]
-        answer = click.prompt(f"keep {'/'.join(choices)}, v = type a value, s = skip, q = quit",
-                              type=click.Choice(choices + ["v", "s", "q"]), show_choices=False)
-        if answer == "q":
-            break
-        if answer == "s":
-            skipped += 1
-            continue
-        if answer == "v":
-            summary = resolve_conflict(store, secret, domains, conflict_id,
-                                       value=click.prompt(f"value for {item['label']}"))
-        else:
-            summary = resolve_conflict(store, secret, domains, conflict_id,
-                                       keep=item["candidates"][int(answer) - 1]["version"])
-        settled += 1
-        for line in summary.lines()[1:]:
-            click.echo(f"  {line}")
-    left = len(list_conflicts(store, secret, domains))
+    with open_store(store, _secret(), load_domains(schemas), write=True) as st:
+        names = community_names(st.conn)
+        queue = [item["id"] for item in queue_lib.items(st)]
+        if not queue:
+            click.echo("No open conflicts.")
+            return
+        settled = skipped = 0
+        for n, conflict_id in enumerate(queue, start=1):
+            item = queue_lib.show(st, conflict_id)
+            if item["status"] != "open":
+                continue  # settled along with an earlier one (--keep keeps a whole record)
+            click.echo(f"\n({n} of {len(queue)})")
+            _show(item, names)
+            choices = [str(i) for i in range(1, len(item["candidates"]) + 1)]
+            answer = click.prompt(f"keep {'/'.join(choices)}, v = type a value, s = skip, q = quit",
+                                  type=click.Choice(choices + ["v", "s", "q"]), show_choices=False)
+            if answer == "q":
+                break
+            if answer == "s":
+                skipped += 1
+                continue
+            if answer == "v":
+                summary = settle(st, conflict_id, value=click.prompt(f"value for {item['label']}"))
+            else:
+                summary = settle(st, conflict_id, keep=item["candidates"][int(answer) - 1]["version"])
+            settled += 1
+            for line in summary.lines()[1:]:
+                click.echo(f"  {line}")
+        left = len(queue_lib.items(st))
     click.echo(f"\n{settled} settled, {skipped} skipped; {left} still open")
 
 
