@@ -31,7 +31,8 @@ class SmallDisk:
     def fill(self, leave: int = 0) -> None:
         """Fill the disk, then give back ``leave`` bytes."""
         block = b"\0" * 65536
-        with open(self.filler, "ab") as f:
+        # Unbuffered: a block written in part leaves nothing in a buffer for close() to fail on.
+        with open(self.filler, "ab", buffering=0) as f:
             try:
                 while True:
                     f.write(block)
