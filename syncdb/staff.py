@@ -32,6 +32,7 @@ def _hash(password: str, salt: bytes) -> bytes:
 
 def _connect(store_dir) -> sqlite3.Connection:
     """publish.db, with the accounts of an earlier release's users file in it."""
+    office.store_file(store_dir)  # an office store, or say so, before publish.db is made beside it
     conn = publishdb.connect(store_dir)
     try:
         if Path(store_dir, USERS_FILE).exists():
@@ -120,7 +121,6 @@ def add_user(store_dir, name: str, password: str, roles=()) -> None:
     unknown = set(roles) - set(ROLES)
     if unknown:
         raise SyncdbError(f"unknown role {', '.join(sorted(unknown))}; roles are {', '.join(ROLES)}")
-    office.store_file(store_dir)  # an office store, or say so
     salt = os.urandom(16)
     conn = _connect(store_dir)
     try:

@@ -173,3 +173,23 @@ def test_store_db_is_byte_identical_after_a_page_view_is_logged(store, publisher
     assert (store / "store.db").read_bytes() == before
     site.stop()
     assert (store / "store.db").read_bytes() == before
+
+
+def test_the_store_upgrade_carries_the_page_views(store, syncdb_secret, syncdb_env, domains):
+    """The migrating open (merge, serve, keys rotate) of a store an earlier release made carries the log."""
+    old_page_views(store, office.load_keyring(store, syncdb_secret))
+    conn = sqlite3.connect(store / "store.db")
+    conn.execute("PRAGMA user_version = 0")  # as an earlier release left it
+    conn.close()
+    migrations.open_upgraded(store, syncdb_secret, domains).close()
+    assert logged(store) == OLD_VIEWS
+    ok = audit_verify(store, syncdb_env)
+    assert ok.returncode == 0 and "page-view log intact: 3 views" in ok.stdout, ok.stdout + ok.stderr
+
+
+def test_users_in_a_folder_that_is_no_store_make_nothing_there(tmp_path, syncdb_env):
+    folder = tmp_path / "not-a-store"
+    folder.mkdir()
+    result = subprocess.run([SYNCDB, "users", "list", str(folder)], env=syncdb_env, capture_output=True, text=True)
+    assert result.returncode == 1 and "syncdb office init" in result.stderr
+    assert list(folder.iterdir()) == []
