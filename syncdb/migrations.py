@@ -57,6 +57,8 @@ def statements(ddl: str) -> list[str]:
 def open_upgraded(store_dir, secret: Secret | Keyring, domains: dict[str, Domain]) -> Store:
     """The store, open to write, brought up to this release and these schemas first."""
     store_dir = Path(store_dir)
+    office.store_file(store_dir)  # a folder that is no store is named as such, before any passphrase
+    # The keyring next: a wrong passphrase or key file is refused before the store is opened.
     keyring = secret if isinstance(secret, Keyring) else office.load_keyring(store_dir, secret)
     conn = office.connect(store_dir)
     try:

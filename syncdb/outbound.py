@@ -241,13 +241,23 @@ def _pending(name: str) -> str:
 
 
 def finish(store_dir) -> None:
-    """Give every recorded bundle its final name (after the commit; again after a crash)."""
-    for code, name in _recorded(store_dir, "SELECT code, file FROM outbound"):
-        pending = outbound_dir(store_dir, code) / _pending(name)
-        try:
-            os.replace(pending, outbound_dir(store_dir, code) / name)
-        except FileNotFoundError:
-            pass  # named already (by this process earlier, or by serve at the same moment)
+    """Give every recorded bundle still pending its final name (after the commit; again after a crash).
+
+    Only the files still pending are looked at, so this costs what is
+    pending, not every bundle ever made (`conflicts review` runs it once per
+    conflict). A pending file the table does not record was made by a
+    transaction that rolled back: it is never named, and the next bundle for
+    that community takes its number.
+    """
+    root = Path(store_dir) / "outbound"
+    pending = sorted(root.glob("*/.*.pending")) if root.is_dir() else []
+    for path in pending:
+        code, name = path.parent.name, path.name[1:-len(".pending")]
+        if _recorded(store_dir, "SELECT 1 FROM outbound WHERE code = ? AND file = ?", (code, name)):
+            try:
+                os.replace(path, path.with_name(name))
+            except FileNotFoundError:
+                pass  # named already (by serve at the same moment)
 
 
 def _recorded(store_dir, sql: str, params=()) -> list[tuple]:

@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import bundles, community, office
+from . import bundles, community, conflicts, office
 from .crypto import Keyring
 from .errors import SyncdbError
 from .files import write_atomic
 from .schema import Domain
-from .store import Store
+from .store import Store, table_name
 
 ACK_FILE = "status-ack.json"
 MAX_LAG_HOURS = 48.0  # a community's unacknowledged bundle older than this: its pushes are not getting through
@@ -264,8 +264,7 @@ def _short(text, limit: int = 240) -> str:
 
 
 def _conflicts(conn, store_dir: Path, report: Report) -> None:
-    rows = conn.execute("SELECT kind, count(*), min(opened) FROM conflicts WHERE status = 'open' "
-                        "GROUP BY kind ORDER BY kind").fetchall() if bundles.has_table(conn, "conflicts") else []
+    rows = conflicts.open_by_kind(conn)  # a store fresh from office init: its stand-in, empty
     lines = [f"{kind}: {n} open (oldest opened {oldest})" for kind, n, oldest in rows]
     total = sum(n for _, n, _ in rows)
     report.facts["open_conflicts"] = {kind: n for kind, n, _ in rows}
@@ -276,8 +275,6 @@ def _conflicts(conn, store_dir: Path, report: Report) -> None:
 
 def key_ids_in_use(conn, domains: dict[str, Domain]) -> set[int]:
     """The data keys the store's sealed values are sealed under (the key id is each value's second byte)."""
-    from .store import table_name
-
     used: set[int] = set()
     sensitive: dict[str, set[str]] = {}
     for domain in domains.values():
@@ -293,10 +290,7 @@ def key_ids_in_use(conn, domains: dict[str, Domain]) -> set[int]:
     if bundles.has_table(conn, "frontier"):
         used |= {b[0] for (b,) in conn.execute(
             "SELECT DISTINCT substr(value, 2, 1) FROM frontier WHERE typeof(value) = 'blob'") if b}
-    if bundles.has_table(conn, "conflicts"):
-        for tbl, col, candidates in conn.execute("SELECT tbl, col, candidates FROM conflicts"):
-            if col in sensitive.get(tbl, ()):
-                used |= {bytes.fromhex(c["value"])[1] for c in json.loads(candidates) if c.get("value")}
+    used |= conflicts.data_keys_used(conn, sensitive)
     return used
 
 

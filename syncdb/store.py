@@ -312,7 +312,8 @@ def open_store(store_dir, secret: Secret | Keyring, domains: dict[str, Domain], 
     with the command that does it (see migrations.py).
     """
     store_dir = Path(store_dir)
-    # The keyring first: a wrong passphrase or key file is refused before the store is touched.
+    office.store_file(store_dir)  # a folder that is no store is named as such, before any passphrase
+    # The keyring next: a wrong passphrase or key file is refused before the store is opened.
     keyring = secret if isinstance(secret, Keyring) else office.load_keyring(store_dir, secret)
     conn = office.connect(store_dir) if write else connect_read_only(store_dir)
     try:

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from stdnum.cn import ric
 
-from syncdb import bundle, capture, community, merge, office, workdir
+from syncdb import bundle, capture, community, migrations, office, workdir
 from syncdb.crypto import PublicKey
 from syncdb.errors import SyncdbError
 from syncdb.store import mask, table_name
@@ -44,7 +44,7 @@ def sent(c, path) -> tuple[dict, list[dict]]:
 
 def office_persons(c) -> dict[str, str]:
     """{ID number: name} of the live persons the office holds from this community."""
-    store = merge.open_store(c.store, c.secret, c.domains)
+    store = migrations.open_upgraded(c.store, c.secret, c.domains)
     table = store.table("huji.persons")
     try:
         rows = store.conn.execute(
@@ -424,7 +424,7 @@ def test_end_to_end_a_community_on_the_wrong_office_key(office_server, make_comm
     assert push_and_merge(enrolled, tmp_path, syncdb_env).returncode == 0
     before = office_persons(enrolled)
     other = tmp_path / "other-office"
-    office.init(other, enrolled.secret)
+    migrations.init(other, enrolled.secret)
     folder = tmp_path / "wrong"
     workdir.create(folder, enrolled.domains)
     pub = community.init(folder, CODE, other / "office.pub.json", enrolled.domains, enrolled.secret)
@@ -463,7 +463,7 @@ def test_set_office_key_resends_every_record_over_what_the_office_had(make_commu
     kept = tmp_path / "right.pub.json"
     shutil.copy(right, kept)
     other = tmp_path / "other-office"
-    office.init(other, c.secret)
+    migrations.init(other, c.secret)
     shutil.copy(other / "office.pub.json", right)  # someone copied the wrong file in
     conn = db(c)
     conn.execute("UPDATE persons SET name = '改名' WHERE rowid = 1")
@@ -477,7 +477,7 @@ def test_set_office_key_resends_every_record_over_what_the_office_had(make_commu
     assert push_and_merge(c, tmp_path, syncdb_env).returncode == 0
     held = office_persons(c)
     assert len(held) == 4 and "改名" in held.values()
-    store = merge.open_store(c.store, c.secret, c.domains)
+    store = migrations.open_upgraded(c.store, c.secret, c.domains)
     try:
         assert store.conn.execute("SELECT count(*) FROM conflicts").fetchone() == (0,)
         assert store.conn.execute("SELECT count(*) FROM rejected").fetchone() == (0,)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SYNCDB
-from syncdb import bundle, community, merge, office, outbound, resolve, transport
+from syncdb import bundle, community, merge, migrations, office, outbound, resolve, transport
 from syncdb.crypto import Secret
 from syncdb.sample import generate
 from test_transport import nothing_listening_url
@@ -35,7 +35,7 @@ def run(*args, env, timeout=120, **kw):
 
 def office_acknowledges(store, secret, domains):
     """What `syncdb merge` and serve's merger keep up to date (outbound.write_acknowledgements)."""
-    st = merge.open_store(store, secret, domains)
+    st = migrations.open_upgraded(store, secret, domains)
     try:
         return outbound.write_acknowledgements(st, store)
     finally:
@@ -213,7 +213,7 @@ def pending_pull(tmp_path_factory, domains):
     env["SYNCDB_KEY_FILE"] = str(key_file)
     used = {d: domains[d] for d in ("huji", "shebao", "minzheng")}
     store, folder = root / "office", root / CODE
-    office.init(store, secret)
+    migrations.init(store, secret)
     generate(folder, CODE, 120, 3, used)
     community.init(folder, CODE, store / "office.pub.json", used, secret)
     office.enroll(store, CODE, folder / f"{CODE}.pub.json")
@@ -483,7 +483,7 @@ def test_a_skipped_bundle_is_not_lost_the_community_sends_every_record_again(
     again = _usb_night(c, office_store, stick, syncdb_env)
     assert again.returncode == 0, again.stdout + again.stderr
     assert _persons_at_office(office_store) == 5
-    st = merge.open_store(office_store, c.secret, c.domains)
+    st = migrations.open_upgraded(office_store, c.secret, c.domains)
     try:
         assert st.conn.execute("SELECT count(*) FROM conflicts").fetchone() == (0,)
     finally:

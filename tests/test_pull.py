@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import OfficeServer
-from syncdb import merge, outbound, resolve
+from syncdb import merge, migrations, office, outbound, resolve
 from syncdb.cli import cli
 from syncdb.conflicts import list_conflicts
 from syncdb.pull import pull
@@ -111,7 +111,7 @@ def test_only_the_owner_gets_it(settled):
 # --- from an adversarial read: each failed before the fix -------------------------------------
 
 def _office_value(w, domains, n, column):
-    st = merge.open_store(w.store, SECRET, domains)
+    st = migrations.open_upgraded(w.store, SECRET, domains)
     try:
         table = st.table("huji.persons")
         key = st.blind_key(table, [id_number(n)])
@@ -184,7 +184,12 @@ def test_a_crash_while_queueing_loses_nothing_and_a_copy_never_holds_an_unrecord
         w.office_sets(7, address="地址一")
     monkeypatch.undo()
     assert _office_value(w, domains, 7, "address")[0] is None  # merge and queue: both or neither
-    assert merge.merge(w.store, [], SECRET, domains).sent_back == {a: 1}  # the next merge does both
+    # One transaction made the edit's bundle, merged and queued it: the crash left none of it, nor a
+    # file a copy of the folder could take for a bundle. The person sees the error and edits again.
+    assert not list(office.inbox_dir(w.store).glob("office-*"))
+    assert not [p for p in (w.store / "outbound").rglob("*") if "-r" in p.name]  # no resolutions bundle
+    assert merge.merge(w.store, [], SECRET, domains).sent_back == {}
+    assert w.office_sets(7, address="地址一").sent_back == {a: 1}
     # Between the commit and the final name, a copy of the folder holds nothing to apply.
     monkeypatch.setattr(outbound, "finish", lambda store_dir: None)
     w.office_sets(7, phone="13700137000")
