@@ -28,6 +28,7 @@ import sqlite3
 import uuid
 
 from .errors import SyncdbError
+from .masks import mask
 from .schema import TYPES, Domain, Table
 
 LOG = "_syncdb_log"
@@ -171,8 +172,6 @@ class DuplicateKeys(SyncdbError):
 
 
 def shown_duplicates(table: Table, duplicates: list[tuple[list, int]], most: int = 5) -> str:
-    from .store import mask  # the office's masking: enough to find a record, not to read it
-
     def shown(values):
         return " / ".join(mask(v) if table.columns[k].sensitive else str(v)
                           for k, v in zip(table.key, values))

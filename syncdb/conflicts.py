@@ -15,7 +15,8 @@ import sqlite3
 import time
 
 from .errors import SyncdbError
-from .store import Store, mask, open_store, table_name
+from .masks import mask
+from .store import Store, open_store, table_name
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS conflicts (

@@ -31,7 +31,7 @@ from .errors import SyncdbError
 from .http_channel import HttpChannel
 from .sample import generate
 from .staff import add_user
-from .store import mask
+from .masks import mask
 
 MARKER = ".syncdb-demo"
 STREET = "441900003"  # a street office (街道) in 东莞市

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from . import capture, limits, workdir
 from .schema import Domain, Table
 from .state import State
-from .store import mask
+from .masks import mask
 from .validate import check_record
 
 

@@ -30,7 +30,8 @@ from .hlc import Stamp, pack_versions
 from .rules import Candidate, Decision, latest
 from .schema import Domain, Table
 from .row import Holders, Row, origin_of
-from .store import Store, mask, table_name, write_columns
+from .masks import mask
+from .store import Store, table_name, write_columns
 from .validate import Problem, check_record
 
 

@@ -20,7 +20,8 @@ import os
 
 from . import conflicts
 from .schema import Column, Domain, Table
-from .store import Store, mask, table_name
+from .masks import mask
+from .store import Store, table_name
 
 MASKED_DB = "renkou"
 PLAIN_DB = "renkou_mingwen"

@@ -368,15 +368,3 @@ def _foreign_keyring(conn: sqlite3.Connection, ring: Keyring, why: str) -> Syncd
     return SyncdbError(f"the keyring in {folder} (office {ring.public.code}, key {ring.public.id}) is not this "
                        f"store's: {why}. Put back the store's own keyring.json from your backup; "
                        "nothing was changed")
-
-
-def mask(value: str | None) -> str:
-    """Show enough of a key to find it, not enough to read it: 110105********002X."""
-    if value is None:
-        return ""
-    text = str(value)
-    if len(text) >= 15:
-        return text[:6] + "*" * (len(text) - 10) + text[-4:]
-    if len(text) >= 3:
-        return text[0] + "*" * (len(text) - 2) + text[-1]
-    return "*" * len(text)

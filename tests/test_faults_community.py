@@ -13,7 +13,8 @@ from stdnum.cn import ric
 from syncdb import bundle, capture, community, migrations, office, workdir
 from syncdb.crypto import PublicKey
 from syncdb.errors import SyncdbError
-from syncdb.store import mask, table_name
+from syncdb.masks import mask
+from syncdb.store import table_name
 
 from conftest import SYNCDB, Community
 
