@@ -79,3 +79,10 @@ def test_each_table_of_the_store_is_declared_by_one_module():
         for table in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", path.read_text(encoding="utf-8")):
             declared.setdefault(table, set()).add(path.stem)
     assert {table: declared[table] for table in owned} == {table: {owner} for table, owner in owned.items()}
+
+
+def test_the_design_note_names_every_module():
+    note = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    missing = [path.name for path in sorted(PACKAGE.glob("*.py"))
+               if path.name != "__init__.py" and not path.name.startswith("sample") and f"`{path.name}`" not in note]
+    assert missing == []
