@@ -171,10 +171,8 @@ def data_keys_used(conn: sqlite3.Connection, sensitive: dict[str, set]) -> set[i
 def reseal(store: Store, current: int, reseal_value) -> int:
     """Seal every sensitive candidate again under data key ``current``, in one transaction;
     ``reseal_value(sealed, table, column, key)`` gives the value sealed anew. Return how many."""
-    conn = store.conn
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        n = 0
+    n = 0
+    with store.transaction() as conn:
         for cid, tbl, key, col, candidates in conn.execute(
                 "SELECT id, tbl, key, col, candidates FROM conflicts").fetchall():
             table = store.tables.get(tbl)
@@ -187,11 +185,6 @@ def reseal(store: Store, current: int, reseal_value) -> int:
             if stale:
                 conn.execute("UPDATE conflicts SET candidates = ? WHERE id = ?", (json.dumps(entries), cid))
                 n += len(stale)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
     return n
 
 

@@ -86,13 +86,14 @@ def init(store_dir, secret: Secret, suite_name: str = "std", code: str = "office
 def upgrade(store: Store) -> Path | None:
     """Bring the store up to date; return the backup copy made first, if any."""
     conn = store.conn
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > STORE_VERSION:
+        raise SyncdbError(f"the store in {store.folder} was made by a later release of syncdb (store "
+                          f"version {version}, this one knows {STORE_VERSION}); install that release at the "
+                          "office; nothing was changed")
     backup = _backup(store) if _holds_records(conn) else None
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version > STORE_VERSION:
-            raise SyncdbError(f"the store in {store.folder} was made by a later release of syncdb (store "
-                              f"version {version}, this one knows {STORE_VERSION}); install that release")
+    with store.transaction():
+        (version,) = conn.execute("PRAGMA user_version").fetchone()  # another process may have upgraded it
         for ddl in OWNED_TABLES.values():
             for statement in statements(ddl):
                 conn.execute(statement)
@@ -106,11 +107,6 @@ def upgrade(store: Store) -> Path | None:
                 STEPS[step](store)
         conn.execute("INSERT OR IGNORE INTO keyring_check VALUES (1, ?, ?)", store.keyring_check)
         conn.execute(f"PRAGMA user_version = {STORE_VERSION}")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
     return backup
 
 
