@@ -20,7 +20,8 @@ class Row:
     The merge's working view of a record, and what plugins are handed (the
     ``row`` argument of the hooks; docs/plugins.md). For plugins: ``table``
     (the schema Table), ``key`` (the record's blind key), ``office_code``,
-    ``exists``, ``candidates(column)``, ``winner(column)`` and ``claims()``.
+    ``exists``, ``candidates(column)``, ``winner(column)``, ``claims()`` and
+    ``owner()`` (not from ``record_holder``, whose answer it is).
     Everything else is the merge's own.
     """
 
