@@ -87,13 +87,11 @@ def upgrade(store: Store) -> Path | None:
     """Bring the store up to date; return the backup copy made first, if any."""
     conn = store.conn
     (version,) = conn.execute("PRAGMA user_version").fetchone()
-    if version > STORE_VERSION:
-        raise SyncdbError(f"the store in {store.folder} was made by a later release of syncdb (store "
-                          f"version {version}, this one knows {STORE_VERSION}); install that release at the "
-                          "office; nothing was changed")
+    _refuse_later_release(store, version)
     backup = _backup(store) if _holds_records(conn) else None
     with store.transaction():
         (version,) = conn.execute("PRAGMA user_version").fetchone()  # another process may have upgraded it
+        _refuse_later_release(store, version)  # ...even a later release, while this one waited for the lock
         for ddl in OWNED_TABLES.values():
             for statement in statements(ddl):
                 conn.execute(statement)
@@ -108,6 +106,13 @@ def upgrade(store: Store) -> Path | None:
         conn.execute("INSERT OR IGNORE INTO keyring_check VALUES (1, ?, ?)", store.keyring_check)
         conn.execute(f"PRAGMA user_version = {STORE_VERSION}")
     return backup
+
+
+def _refuse_later_release(store: Store, version: int) -> None:
+    if version > STORE_VERSION:
+        raise SyncdbError(f"the store in {store.folder} was made by a later release of syncdb (store "
+                          f"version {version}, this one knows {STORE_VERSION}); install that release at the "
+                          "office; nothing was changed")
 
 
 def _holds_records(conn: sqlite3.Connection) -> bool:

@@ -32,7 +32,8 @@ def office_edit(store_dir, secret: Secret, domains: dict[str, Domain], edits: li
         return apply_edits(store, edits)
 
 
-def apply_edits(store: Store, edits: list[dict], refused: str | None = None) -> Summary:
+def apply_edits(store: Store, edits: list[dict], refused: str | None = None,
+                settles: int | None = None) -> Summary:
     """Make the office's edits one signed office bundle and merge it, in this process.
 
     One transaction takes the bases, the office clock, the bundle's sequence
@@ -41,7 +42,8 @@ def apply_edits(store: Store, edits: list[dict], refused: str | None = None) -> 
     of it is. The bundle written to the inbox is the record of it (what
     `pull` carries back and `audit` names), never read back here.
     ``refused``: if the merge rejects any of it, nothing is kept and this is
-    raised with the reasons.
+    raised with the reasons. ``settles``: the conflict these edits settle, checked still open
+    inside the transaction (another desk may have settled it while this one waited for the lock).
     """
     summary = Summary()
     store_dir = store.folder
@@ -49,6 +51,8 @@ def apply_edits(store: Store, edits: list[dict], refused: str | None = None) -> 
     try:
         with store.transaction():
             _no_office_bundle_waiting(store)
+            if settles is not None:
+                _still_open(store, settles)
             changes = [_change(store, edit) for edit in edits]
             header = _write_office_bundle(store, store_dir, changes)
             written = office.inbox_dir(store_dir) / bundle.file_name(header.origin, header.sequence)
@@ -74,6 +78,14 @@ def _no_office_bundle_waiting(store: Store) -> None:
     if waiting:
         raise SyncdbError(f"an earlier office edit waits in the inbox; run `syncdb merge {store.folder}` to "
                           "apply it first, then this again (nothing was changed)")
+
+
+def _still_open(store: Store, conflict_id: int) -> None:
+    """Settled by someone else since it was read (two desks, or a merge): their decision stands."""
+    status = conflicts.get(store, conflict_id)["status"]
+    if status != "open":
+        raise SyncdbError(f"conflict #{conflict_id} was {status} meanwhile, by another resolution or a merge; "
+                          f"see `syncdb conflicts show {store.folder} {conflict_id}` (nothing was changed)")
 
 
 def _clock(store: Store) -> Clock:
@@ -184,7 +196,8 @@ def settle(store: Store, conflict_id: int, keep: str | None = None, value=None) 
     else:
         edit["cells"] = {col: _checked_value(store, table, key, key_values, col, value)}
     # Checked above, so only a rule or a plugin of the office's own can refuse it: then nothing is kept.
-    return apply_edits(store, [edit], refused=f"the merge refused the resolution of conflict #{conflict_id}")
+    return apply_edits(store, [edit], refused=f"the merge refused the resolution of conflict #{conflict_id}",
+                       settles=conflict_id)
 
 
 def _checked_value(store: Store, table, key: bytes, key_values: dict, col: str, value):

@@ -186,6 +186,10 @@ class Store:
         why = self.behind()
         if why:
             folder = self.folder
+            (version,) = self.conn.execute("PRAGMA user_version").fetchone()
+            if version > STORE_VERSION:  # no merge of this release can help: it refuses such a store too
+                raise SyncdbError(f"the store in {folder} cannot be opened by this release: {why}; "
+                                  "nothing was changed")
             raise SyncdbError(f"the store in {folder} must be upgraded first: {why}. Run `syncdb merge {folder}` "
                               "(it keeps a backup copy of the store first, and loses nothing), then run this again")
 
