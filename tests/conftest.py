@@ -1,4 +1,6 @@
+import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -11,10 +13,11 @@ import pytest
 import requests
 from stdnum.cn import ric
 
+from syncdb import bundle, merge, migrations, office, resolve, workdir
 from syncdb import community as community_lib
-from syncdb import office, workdir
-from syncdb.crypto import Secret
+from syncdb.crypto import Keyring, PublicKey, Secret
 from syncdb.schema import load_domains
+from syncdb.store import table_name
 
 SYNCDB = str(Path(sys.executable).with_name("syncdb"))
 
@@ -55,12 +58,30 @@ def domains():
     return load_domains()
 
 
-@pytest.fixture
-def office_store(tmp_path, syncdb_secret) -> Path:
-    """An empty office store folder made by office.init."""
-    store = tmp_path / "office"
-    office.init(store, syncdb_secret)
-    return store
+# --- the fixture world: an office and its communities, built through the library ------------
+#
+# One World stages everything a test needs on real files: the office store, communities with
+# their working databases (written with plain sqlite3, as any program would), bundles pushed
+# and kept, merges and office edits. `world` is three huji-only communities under SECRET;
+# `office_store` and `make_community` are an office with no community yet, sealed with the
+# test's key file so that `syncdb` subprocesses open it too.
+
+CODES = ["441900003001", "441900003002", "441900003003"]
+SECRET = Secret(key_file_bytes=b"k" * 32)
+
+
+def id_number(n: int, sex: str = "1") -> str:
+    """Resident ``n``'s valid ID number (born 1980-01-01 in 北京市西城区)."""
+    body = f"11010519800101{n:02d}" + ("1" if sex == "1" else "2")
+    return body + ric.calc_check_digit(body + "0")
+
+
+def person(n: int, code: str, **extra) -> dict:
+    """Resident ``n`` as community ``code`` registers them, with ``extra`` cells."""
+    row = dict(id_number=id_number(n), name=f"居民{n}", sex="1", ethnicity="01", birth_date="1980-01-01",
+               community_code=code, status="normal")
+    row.update(extra)
+    return row
 
 
 class Community:
@@ -88,8 +109,8 @@ class Community:
                      f"138{i:08d}", f"东莞市某街道{i}号", self.code))
         conn.close()
 
-    def export(self):
-        return community_lib.export(self.path, self.domains, self.secret)
+    def export(self, **options):
+        return community_lib.export(self.path, self.domains, self.secret, **options)
 
     def make_bundles(self, n: int, persons: int = 2) -> list[Path]:
         """Make ``n`` more bundles in the outbox; return their paths."""
@@ -103,17 +124,212 @@ class Community:
         return community_lib.pending(self.path)
 
 
+class World:
+    """An office and its communities, built through the library on real files.
+
+    ``domains`` are the office's; communities keep the working databases of
+    ``community_domains`` (huji only unless told). Every bundle pushed is kept
+    in ``bundles`` (a copy under ROOT/bundles, as a community's outbox is
+    emptied once the office acknowledges it).
+    """
+
+    def __init__(self, root: Path, domains: dict, codes=CODES, *, secret: Secret = SECRET,
+                 community_domains=("huji",), **office_options):
+        self.root, self.secret = Path(root), secret
+        self.all_domains = domains
+        self.domains = {d: domains[d] for d in community_domains}
+        self.store = self.root / "office"
+        migrations.init(self.store, secret, **office_options)
+        self.folders: dict[str, Path] = {}
+        self.communities: dict[str, Community] = {}
+        self.bundles: list[Path] = []
+        for code in codes:
+            self.add_community(code)
+
+    # -- communities and their working databases
+
+    def add_community(self, code: str, *, folder: str | None = None, set_up: bool = True,
+                      enroll: bool = True) -> Community:
+        """A community folder ROOT/``folder`` (default: the code) with empty working databases;
+        set up for sync and enrolled at the office unless told otherwise."""
+        path = self.root / (folder or code)
+        workdir.create(path, self.domains)
+        self.folders[code] = path
+        self.communities[code] = Community(path, code, self.store, self.domains, self.secret)
+        if set_up:
+            self.set_up(code, enroll=enroll)
+        return self.communities[code]
+
+    def set_up(self, code: str, enroll: bool = True) -> Path:
+        """`syncdb community init` (and `office enroll`) for a folder made with set_up=False."""
+        pub = community_lib.init(self.folders[code], code, self.store / "office.pub.json", self.domains,
+                                 self.secret)
+        if enroll:
+            office.enroll(self.store, code, pub)
+        return pub
+
+    def connect(self, code: str, db: str = "huji.db") -> sqlite3.Connection:
+        """A plain autocommit connection to a working database, as any program of the community."""
+        return sqlite3.connect(self.folders[code] / db, isolation_level=None)
+
+    def sql(self, code, statement, params=()):
+        conn = sqlite3.connect(self.folders[code] / "huji.db")
+        conn.execute(statement, params)
+        conn.commit()
+        conn.close()
+
+    def insert(self, code, row):
+        self.sql(code, f"INSERT INTO persons ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                 list(row.values()))
+
+    # -- bundles
+
+    def push(self, code, confirm_deletes=False):
+        """Export what changed at ``code`` into the next bundle; keep a copy in ``bundles``."""
+        result = self.communities[code].export(confirm_deletes=confirm_deletes)
+        if result.path:
+            kept = self.root / "bundles" / result.path.name
+            kept.parent.mkdir(exist_ok=True)
+            shutil.copy(result.path, kept)
+            self.bundles.append(kept)
+        return result
+
+    def received(self, path) -> tuple[dict, list[dict]]:
+        """A bundle as the office takes it in: received, verified, then decrypted with its keyring."""
+        assert office.receive(self.store, Path(path).read_bytes()).status == "accepted"
+        with open(path, "rb") as f:
+            header, _ = bundle.read_header(f)
+        community_key = PublicKey.read(self.folders[header.origin] / f"{header.origin}.pub.json")
+        header = bundle.open_verified(path, {header.origin: community_key}.get)
+        return header.fields, list(bundle.iter_path(path, office.load_keyring(self.store, self.secret)))
+
+    def signed_bundle(self, code, changes, sequence=1):
+        """A bundle made by hand and signed with the community's key: what an older syncdb,
+        or a community with other code tables, could send past its own checks."""
+        ring = Keyring.load(community_lib.state_dir(self.folders[code]) / "keyring.json", self.secret)
+        path = self.root / bundle.file_name(code, sequence)
+        bundle.write(path, {"origin": code, "sequence": sequence, "schemas": {
+            "huji": {"version": 1, "fingerprint": self.domains["huji"].fingerprint}}},
+            changes, ring, PublicKey.read(self.store / "office.pub.json"))
+        return path
+
+    # -- the office
+
+    def register(self, code, *rows):
+        """Residents entered at a community, pushed, and merged at the office."""
+        for row in rows:
+            self.insert(code, row)
+        self.push(code)
+        return merge.merge(self.store, self.bundles[-1:], self.secret, self.all_domains)
+
+    def office_sets(self, n, **cells):
+        """The office edits resident ``n`` (signed by the office, merged at once)."""
+        return resolve.office_edit(self.store, self.secret, self.all_domains, [
+            {"table": "huji.persons", "key": {"id_number": id_number(n)}, "cells": cells}])
+
+    def both_rename(self, code, n, at_office, at_community):
+        """The office and the community rename resident ``n`` before either hears of the other."""
+        self.office_sets(n, name=at_office)
+        self.sql(code, "UPDATE persons SET name = ? WHERE id_number = ?", (at_community, id_number(n)))
+        self.push(code)
+        return merge.merge(self.store, self.bundles[-1:], self.secret, self.all_domains)
+
+    def office_edit(self, n, phone):
+        """The office, having merged what was pushed so far, corrects a resident's phone."""
+        merge.merge(self.store, self.bundles, self.secret, self.all_domains)
+        st_ = migrations.open_upgraded(self.store, self.secret, self.all_domains)
+        table = st_.table("huji.persons")
+        exists = st_.conn.execute("SELECT 1 FROM huji__persons WHERE _key = ? AND _exists = 1",
+                                  (st_.blind_key(table, [id_number(n)]),)).fetchone()
+        st_.conn.close()
+        if not exists:
+            return
+        before = set(office.inbox_dir(self.store).glob("office-*.bundle"))
+        resolve.office_edit(self.store, self.secret, self.all_domains, [
+            {"table": "huji.persons", "key": {"id_number": id_number(n)}, "cells": {"phone": phone}}])
+        (made,) = set(office.inbox_dir(self.store).glob("office-*.bundle")) - before
+        kept = self.root / "bundles" / made.name
+        kept.parent.mkdir(exist_ok=True)
+        shutil.copy(made, kept)
+        self.bundles.append(kept)
+
+    # -- other stores with the same keys and enrolments
+
+    def freeze_empty_store(self):
+        self.empty = self.root / "empty-office"
+        shutil.copytree(self.store, self.empty)
+
+    def fresh_store(self, name):
+        """A copy of the empty office store with the same keys and enrolments."""
+        target = self.root / name
+        shutil.copytree(self.empty, target)
+        return target
+
+    def merge_in_order(self, bundles, name):
+        """A fresh store (see freeze_empty_store) that merged ``bundles`` one by one, in this order."""
+        store = self.fresh_store(name)
+        for path in bundles:
+            merge.merge(store, [path], self.secret, self.all_domains)
+        return store
+
+
+def snapshot(store_dir, domains, secret: Secret = SECRET):
+    """The store's meaning: decrypted rows and the open conflicts, independent of nonces."""
+    st_ = migrations.open_upgraded(store_dir, secret, domains)
+    try:
+        rows = {}
+        for table in st_.tables.values():
+            for stored in st_.conn.execute(f"SELECT * FROM [{table_name(table)}]"):
+                names = [d[0] for d in st_.conn.execute(f"SELECT * FROM [{table_name(table)}] LIMIT 0").description]
+                record = dict(zip(names, stored))
+                key = record["_key"]
+                rows[(table.qualified, key)] = (
+                    record["_exists"],
+                    tuple((c, st_.plain(table, c, record[c], key)) for c in table.columns),
+                )
+        conflicts = set()
+        for tbl, key, col, kind, candidates in st_.conn.execute(
+                "SELECT tbl, key, col, kind, candidates FROM conflicts WHERE status = 'open'"):
+            conflicts.add((tbl, key, col, kind, frozenset(c["version"] for c in json.loads(candidates))))
+        return rows, conflicts
+    finally:
+        st_.conn.close()
+
+
+def open_conflicts(store):
+    """(column, kind) of each open conflict, read with plain sqlite3."""
+    conn = sqlite3.connect(store / "store.db")
+    try:
+        return conn.execute("SELECT col, kind FROM conflicts WHERE status = 'open' ORDER BY col").fetchall()
+    finally:
+        conn.close()
+
+
 @pytest.fixture
-def make_community(tmp_path, office_store, domains, syncdb_secret):
+def world(tmp_path, domains) -> World:
+    """An office and three communities (CODES) keeping huji.db, under SECRET, in tmp_path."""
+    return World(tmp_path, domains)
+
+
+@pytest.fixture
+def office_world(tmp_path, domains, syncdb_secret) -> World:
+    """An office with no community yet, sealed with the test's key file (for `syncdb` subprocesses);
+    its communities keep every domain's working database."""
+    return World(tmp_path, domains, codes=(), secret=syncdb_secret, community_domains=tuple(domains))
+
+
+@pytest.fixture
+def office_store(office_world) -> Path:
+    """An empty office store folder, as `syncdb office init` makes it."""
+    return office_world.store
+
+
+@pytest.fixture
+def make_community(office_world):
     """make_community(code, enroll=True) → a Community enrolled at ``office_store``."""
 
     def make(code: str = "441900003001", enroll: bool = True, folder: str | None = None) -> Community:
-        path = tmp_path / (folder or f"community-{code}")
-        workdir.create(path, domains)
-        pub = community_lib.init(path, code, office_store / "office.pub.json", domains, syncdb_secret)
-        if enroll:
-            office.enroll(office_store, code, pub)
-        return Community(path, code, office_store, domains, syncdb_secret)
+        return office_world.add_community(code, folder=folder or f"community-{code}", enroll=enroll)
 
     return make
 

@@ -3,15 +3,15 @@
 import pytest
 from click.testing import CliRunner
 
+from conftest import CODES, SECRET, id_number, person
 from syncdb import migrations
 from syncdb.cli import cli
-from test_merge import CODES, SECRET, World, id_number, person
 
 
 @pytest.fixture
-def queued(tmp_path, domains):
+def queued(world, tmp_path):
     """Two residents whose names the office and the community changed at once: two open conflicts."""
-    w = World(tmp_path, domains)
+    w = world
     a = CODES[0]
     w.register(a, person(7, a), person(8, a))
     assert [w.both_rename(a, n, f"办公室{n}", f"社区{n}").opened for n in (7, 8)] == [1, 1]

@@ -9,169 +9,18 @@ import sqlite3
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from stdnum.cn import ric
 
-from syncdb import audit, community, merge, office, workdir
-from syncdb.crypto import Secret
-from syncdb.schema import load_domains
+from conftest import CODES, SECRET, World, id_number, open_conflicts, person, snapshot
+from syncdb import audit, community, merge, migrations, office
 from syncdb.plugins import extra_policies
-from syncdb.store import table_name
 
-CODES = ["441900003001", "441900003002", "441900003003"]
-SECRET = Secret(key_file_bytes=b"k" * 32)
-
-
-def id_number(n, sex="1"):
-    body = f"11010519800101{n:02d}" + ("1" if sex == "1" else "2")
-    return body + ric.calc_check_digit(body + "0")
+# test_pull imports these from here; the world itself lives in conftest.py.
+_open_conflicts = open_conflicts
+__all__ = ["CODES", "SECRET", "World", "_open_conflicts", "id_number", "person", "snapshot"]
 
 
-def person(n, code, **extra):
-    row = dict(id_number=id_number(n), name=f"居民{n}", sex="1", ethnicity="01", birth_date="1980-01-01",
-               community_code=code, status="normal")
-    row.update(extra)
-    return row
-
-
-@pytest.fixture(scope="module")
-def domains():
-    return load_domains(extra_policies=extra_policies())
-
-
-class World:
-    """An office and three communities, built through the library on real files."""
-
-    def __init__(self, root, domains):
-        self.root, self.domains = root, {"huji": domains["huji"]}
-        self.all_domains = domains
-        self.store = root / "office"
-        office.init(self.store, SECRET)
-        self.folders = {}
-        for code in CODES:
-            folder = root / code
-            workdir.create(folder, self.domains)
-            community.init(folder, code, self.store / "office.pub.json", self.domains, SECRET)
-            office.enroll(self.store, code, folder / f"{code}.pub.json")
-            self.folders[code] = folder
-        self.bundles = []
-
-    def sql(self, code, statement, params=()):
-        conn = sqlite3.connect(self.folders[code] / "huji.db")
-        conn.execute(statement, params)
-        conn.commit()
-        conn.close()
-
-    def insert(self, code, row):
-        self.sql(code, f"INSERT INTO persons ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                 list(row.values()))
-
-    def register(self, code, *rows):
-        """Residents entered at a community, pushed, and merged at the office."""
-        for row in rows:
-            self.insert(code, row)
-        self.push(code)
-        return merge.merge(self.store, self.bundles[-1:], SECRET, self.all_domains)
-
-    def office_sets(self, n, **cells):
-        """The office edits resident ``n`` (signed by the office, merged at once)."""
-        from syncdb import resolve
-
-        return resolve.office_edit(self.store, SECRET, self.all_domains, [
-            {"table": "huji.persons", "key": {"id_number": id_number(n)}, "cells": cells}])
-
-    def both_rename(self, code, n, at_office, at_community):
-        """The office and the community rename resident ``n`` before either hears of the other."""
-        self.office_sets(n, name=at_office)
-        self.sql(code, "UPDATE persons SET name = ? WHERE id_number = ?", (at_community, id_number(n)))
-        self.push(code)
-        return merge.merge(self.store, self.bundles[-1:], SECRET, self.all_domains)
-
-    def push(self, code, confirm_deletes=False):
-        result = community.export(self.folders[code], self.domains, SECRET, confirm_deletes=confirm_deletes)
-        if result.path:
-            kept = self.root / "bundles" / result.path.name
-            kept.parent.mkdir(exist_ok=True)
-            shutil.copy(result.path, kept)
-            self.bundles.append(kept)
-        return result
-
-    def office_edit(self, n, phone):
-        """The office, having merged what was pushed so far, corrects a resident's phone."""
-        from syncdb import resolve
-
-        merge.merge(self.store, self.bundles, SECRET, self.all_domains)
-        st_ = merge.open_store(self.store, SECRET, self.all_domains)
-        table = st_.table("huji.persons")
-        exists = st_.conn.execute("SELECT 1 FROM huji__persons WHERE _key = ? AND _exists = 1",
-                                  (st_.blind_key(table, [id_number(n)]),)).fetchone()
-        st_.conn.close()
-        if not exists:
-            return
-        before = set(office.inbox_dir(self.store).glob("office-*.bundle"))
-        resolve.office_edit(self.store, SECRET, self.all_domains, [
-            {"table": "huji.persons", "key": {"id_number": id_number(n)}, "cells": {"phone": phone}}])
-        (made,) = set(office.inbox_dir(self.store).glob("office-*.bundle")) - before
-        kept = self.root / "bundles" / made.name
-        kept.parent.mkdir(exist_ok=True)
-        shutil.copy(made, kept)
-        self.bundles.append(kept)
-
-    def signed_bundle(self, code, changes, sequence=1):
-        """A bundle made by hand and signed with the community's key: what an older syncdb,
-        or a community with other code tables, could send past its own checks."""
-        from syncdb import bundle
-        from syncdb.crypto import Keyring, PublicKey
-
-        ring = Keyring.load(community.state_dir(self.folders[code]) / "keyring.json", SECRET)
-        path = self.root / bundle.file_name(code, sequence)
-        bundle.write(path, {"origin": code, "sequence": sequence, "schemas": {
-            "huji": {"version": 1, "fingerprint": self.domains["huji"].fingerprint}}},
-            changes, ring, PublicKey.read(self.store / "office.pub.json"))
-        return path
-
-    def fresh_store(self, name):
-        """A copy of the empty office store with the same keys and enrolments."""
-        target = self.root / name
-        shutil.copytree(self.empty, target)
-        return target
-
-    def freeze_empty_store(self):
-        self.empty = self.root / "empty-office"
-        shutil.copytree(self.store, self.empty)
-
-
-def snapshot(store_dir, domains):
-    """The store's meaning: decrypted rows and the open conflicts, independent of nonces."""
-    st_ = merge.open_store(store_dir, SECRET, domains)
-    try:
-        rows = {}
-        for table in st_.tables.values():
-            for stored in st_.conn.execute(f"SELECT * FROM [{table_name(table)}]"):
-                names = [d[0] for d in st_.conn.execute(f"SELECT * FROM [{table_name(table)}] LIMIT 0").description]
-                record = dict(zip(names, stored))
-                key = record["_key"]
-                rows[(table.qualified, key)] = (
-                    record["_exists"],
-                    tuple((c, st_.plain(table, c, record[c], key)) for c in table.columns),
-                )
-        conflicts = set()
-        for tbl, key, col, kind, candidates in st_.conn.execute(
-                "SELECT tbl, key, col, kind, candidates FROM conflicts WHERE status = 'open'"):
-            conflicts.add((tbl, key, col, kind, frozenset(c["version"] for c in json.loads(candidates))))
-        return rows, conflicts
-    finally:
-        st_.conn.close()
-
-
-def merge_in_order(world, bundles, name):
-    store = world.fresh_store(name)
-    for path in bundles:
-        merge.merge(store, [path], SECRET, world.all_domains)
-    return store
-
-
-def test_clean_updates_and_a_concurrent_edit(tmp_path, domains):
-    w = World(tmp_path, domains)
+def test_clean_updates_and_a_concurrent_edit(world, domains):
+    w = world
     w.insert(CODES[0], person(1, CODES[0]))
     w.push(CODES[0])
     summary = merge.merge(w.store, w.bundles, SECRET, domains)
@@ -185,11 +34,11 @@ def test_clean_updates_and_a_concurrent_edit(tmp_path, domains):
     w.push(CODES[0])
     summary = merge.merge(w.store, w.bundles[-1:], SECRET, domains)
     assert summary.changes == 1 and summary.opened == 0
-    assert audit.verify(merge.open_store(w.store, SECRET, domains)) == 2
+    assert audit.verify(migrations.open_upgraded(w.store, SECRET, domains)) == 2
 
 
-def test_transfer_in_either_order_opens_nothing(tmp_path, domains):
-    w = World(tmp_path, domains)
+def test_transfer_in_either_order_opens_nothing(world, domains):
+    w = world
     a, b = CODES[0], CODES[1]
     w.insert(a, person(7, a))
     w.push(a)
@@ -200,7 +49,7 @@ def test_transfer_in_either_order_opens_nothing(tmp_path, domains):
     w.freeze_empty_store()
     results = []
     for order in ([0, 1, 2], [2, 0, 1], [0, 2, 1]):
-        store = merge_in_order(w, [w.bundles[i] for i in order], f"order-{''.join(map(str, order))}")
+        store = w.merge_in_order([w.bundles[i] for i in order], f"order-{''.join(map(str, order))}")
         rows, conflicts = snapshot(store, domains)
         assert conflicts == set()
         (record,) = [r for r in rows.values()]
@@ -211,8 +60,8 @@ def test_transfer_in_either_order_opens_nothing(tmp_path, domains):
     assert all(r == results[0] for r in results)
 
 
-def test_duplicate_registration_opens_then_closes_itself(tmp_path, domains):
-    w = World(tmp_path, domains)
+def test_duplicate_registration_opens_then_closes_itself(world, domains):
+    w = world
     a, b = CODES[0], CODES[1]
     w.insert(a, person(8, a))
     w.insert(b, person(8, b))
@@ -230,8 +79,8 @@ def test_duplicate_registration_opens_then_closes_itself(tmp_path, domains):
     assert dict(next(iter(rows.values()))[1])["community_code"] == b
 
 
-def test_manual_column_and_update_against_delete_are_queued(tmp_path, domains):
-    w = World(tmp_path, domains)
+def test_manual_column_and_update_against_delete_are_queued(world, tmp_path, domains):
+    w = world
     a = CODES[0]
     w.insert(a, person(9, a))
     w.push(a)
@@ -255,10 +104,10 @@ def test_manual_column_and_update_against_delete_are_queued(tmp_path, domains):
     assert snapshot(w.store, domains) == before
 
 
-def test_invalid_record_is_rejected_and_the_rest_applies(tmp_path, domains):
+def test_invalid_record_is_rejected_and_the_rest_applies(world, domains):
     """A community validates before sending, but the office checks again (an older syncdb,
     another code table): the bad record is rejected, the rest of the bundle applies."""
-    w = World(tmp_path, domains)
+    w = world
     a = CODES[0]
     good, bad = person(10, a), person(11, a, ethnicity="57")
     path = w.signed_bundle(a, [
@@ -276,7 +125,7 @@ def test_raw_bytes_of_the_store_hold_no_sensitive_value(tmp_path, domains):
     from syncdb.sample import generate
 
     store = tmp_path / "office"
-    office.init(store, SECRET)
+    migrations.init(store, SECRET)
     sample_domains = {d: domains[d] for d in ("huji", "shebao", "minzheng")}
     folder = tmp_path / "c"
     generate(folder, CODES[0], 300, 1, domains)
@@ -337,17 +186,17 @@ def test_merge_is_order_independent(tmp_path_factory, domains, ops, seed):
         shuffled = list(w.bundles)
         rng.shuffle(shuffled)
         orders.append(shuffled)
-    results = [snapshot(merge_in_order(w, order, f"o{i}"), domains) for i, order in enumerate(orders)]
+    results = [snapshot(w.merge_in_order(order, f"o{i}"), domains) for i, order in enumerate(orders)]
     for other in results[1:]:
         assert other == results[0]
 
 
-def test_audit_verify_finds_an_entry_edited_or_deleted_by_hand(tmp_path, domains):
+def test_audit_verify_finds_an_entry_edited_or_deleted_by_hand(world, tmp_path, domains):
     from click.testing import CliRunner
 
     from syncdb.cli import cli
 
-    w = World(tmp_path, domains)
+    w = world
     for n in range(3):
         w.insert(CODES[0], person(n, CODES[0]))
         w.push(CODES[0])  # one bundle, so one ledger entry, per resident
@@ -388,12 +237,12 @@ def test_audit_verify_finds_an_entry_edited_or_deleted_by_hand(tmp_path, domains
     assert head.exit_code == 1 and "head" in head.output
 
 
-def test_export_decrypts_for_a_keyholder_with_a_bom(tmp_path, domains):
+def test_export_decrypts_for_a_keyholder_with_a_bom(world, tmp_path, domains):
     from click.testing import CliRunner
 
     from syncdb.cli import cli
 
-    w = World(tmp_path, domains)
+    w = world
     w.insert(CODES[0], person(1, CODES[0], phone="13800138000"))
     w.insert(CODES[0], person(2, CODES[0], status="moved_out"))
     w.push(CODES[0])
@@ -412,10 +261,10 @@ def test_export_decrypts_for_a_keyholder_with_a_bom(tmp_path, domains):
     assert bad.exit_code == 2
 
 
-def test_keys_rotate_reencrypts_without_losing_a_record(tmp_path, domains):
+def test_keys_rotate_reencrypts_without_losing_a_record(world, domains):
     from syncdb import keys
 
-    w = World(tmp_path, domains)
+    w = world
     for n in range(5):
         w.insert(CODES[0], person(n, CODES[0], phone=f"1380013800{n}"))
     w.insert(CODES[1], person(1, CODES[1]))  # a duplicate registration: candidates in the queue
@@ -435,15 +284,15 @@ def test_keys_rotate_reencrypts_without_losing_a_record(tmp_path, domains):
     assert snapshot(w.store, domains) == before
 
 
-def test_keys_rotate_stopped_in_the_conflict_queue_is_finished_not_restarted(tmp_path, domains, monkeypatch):
+def test_keys_rotate_stopped_in_the_conflict_queue_is_finished_not_restarted(world, domains, monkeypatch):
     from syncdb import keys
 
-    w = World(tmp_path, domains)
+    w = world
     a = CODES[0]
     w.register(a, person(7, a))
     # The office and the community change the name (sensitive, manual) at once: sealed candidates in the queue.
     w.both_rename(a, 7, "王小名", "王晓明")
-    assert _open_conflicts(w.store) == [("name", "value")]
+    assert open_conflicts(w.store) == [("name", "value")]
     before = snapshot(w.store, domains)
 
     def stopped(*args):
@@ -466,20 +315,15 @@ def test_keys_rotate_stopped_in_the_conflict_queue_is_finished_not_restarted(tmp
 
 def test_the_gm_suite_merges_end_to_end(tmp_path, domains):
     """office init --suite gm: SM4-GCM bundles and store values, HMAC-SM3 indexes and ledger."""
-    store = tmp_path / "office"
-    office.init(store, SECRET, suite_name="gm")
-    folder = tmp_path / CODES[0]
-    workdir.create(folder, {"huji": domains["huji"]})
-    conn = sqlite3.connect(folder / "huji.db")
-    row = person(3, CODES[0])
-    conn.execute(f"INSERT INTO persons ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
-    conn.commit()
-    community.init(folder, CODES[0], store / "office.pub.json", {"huji": domains["huji"]}, SECRET)
-    office.enroll(store, CODES[0], folder / f"{CODES[0]}.pub.json")
-    result = community.export(folder, {"huji": domains["huji"]}, SECRET)
+    w = World(tmp_path, domains, codes=(), suite_name="gm")
+    store = w.store
+    w.add_community(CODES[0], set_up=False)
+    w.insert(CODES[0], person(3, CODES[0]))
+    w.set_up(CODES[0])
+    result = w.push(CODES[0])
     summary = merge.merge(store, [result.path], SECRET, domains)
     assert summary.changes == 1
-    st_ = merge.open_store(store, SECRET, domains)
+    st_ = migrations.open_upgraded(store, SECRET, domains)
     assert st_.suite.name == "gm" and audit.verify(st_) == 1
     (sealed,) = st_.conn.execute("SELECT name FROM huji__persons").fetchone()
     assert len(st_.keyring.data_keys["1"]) == 16
@@ -487,10 +331,10 @@ def test_the_gm_suite_merges_end_to_end(tmp_path, domains):
         "SELECT _key FROM huji__persons").fetchone()[0]) == "居民3"
 
 
-def test_an_office_resolution_settles_a_conflict_in_any_order(tmp_path, domains):
+def test_an_office_resolution_settles_a_conflict_in_any_order(world, domains):
     from syncdb import resolve
 
-    w = World(tmp_path, domains)
+    w = world
     w.freeze_empty_store()
     a, b = CODES[0], CODES[1]
     w.insert(a, person(4, a))
@@ -507,27 +351,27 @@ def test_an_office_resolution_settles_a_conflict_in_any_order(tmp_path, domains)
     assert conflicts == set()
     # Keeping b's registration keeps b's record, its community code included.
     assert dict(next(iter(rows.values()))[1])["community_code"] == b
-    assert audit.verify(merge.open_store(w.store, SECRET, domains)) == 3
+    assert audit.verify(migrations.open_upgraded(w.store, SECRET, domains)) == 3
     (office_bundle,) = office.inbox_dir(w.store).glob("office-*.bundle")
     # The resolution travels as a bundle: merged first or last elsewhere, the same store.
     for i, order in enumerate(([office_bundle] + w.bundles, w.bundles + [office_bundle])):
-        assert snapshot(merge_in_order(w, order, f"resolved-{i}"), domains) == (rows, conflicts)
+        assert snapshot(w.merge_in_order(order, f"resolved-{i}"), domains) == (rows, conflicts)
 
 
-def test_office_edit_refuses_an_unknown_record(tmp_path, domains):
+def test_office_edit_refuses_an_unknown_record(world, domains):
     from syncdb import resolve
     from syncdb.errors import SyncdbError
 
-    w = World(tmp_path, domains)
+    w = world
     with pytest.raises(SyncdbError, match="no record"):
         resolve.office_edit(w.store, SECRET, domains, [
             {"table": "huji.persons", "key": {"id_number": id_number(1)}, "cells": {"phone": "13800000000"}}])
 
 
-def test_a_bundle_written_under_another_schema_is_held_not_lost(tmp_path, domains):
+def test_a_bundle_written_under_another_schema_is_held_not_lost(world, tmp_path, domains):
     from syncdb.schema import DEFAULT_SCHEMAS, load_domains as load
 
-    w = World(tmp_path, domains)
+    w = world
     w.insert(CODES[0], person(5, CODES[0]))
     w.push(CODES[0])
     # The office's huji schema has a column more than the community's.
@@ -544,7 +388,7 @@ def test_a_bundle_written_under_another_schema_is_held_not_lost(tmp_path, domain
     # Once the community writes under the same schema (here: the office goes back), the inbox merges.
     assert merge.merge(w.store, [], SECRET, domains).changes == 1
     # And a store opened under the newer schema gains the new column, keeping every row.
-    merge.open_store(w.store, SECRET, newer).conn.close()
+    migrations.open_upgraded(w.store, SECRET, newer).conn.close()
     conn = sqlite3.connect(w.store / "store.db")
     assert "note" in {r[1] for r in conn.execute("PRAGMA table_info(huji__persons)")}
     assert conn.execute("SELECT count(*) FROM huji__persons").fetchone()[0] == 1
@@ -553,16 +397,8 @@ def test_a_bundle_written_under_another_schema_is_held_not_lost(tmp_path, domain
     assert json.loads(versions)["-"] == ["note"]
 
 
-def _open_conflicts(store):
-    conn = sqlite3.connect(store / "store.db")
-    try:
-        return conn.execute("SELECT col, kind FROM conflicts WHERE status = 'open' ORDER BY col").fetchall()
-    finally:
-        conn.close()
-
-
-def test_update_against_delete_is_queued_never_dropped(tmp_path, domains):
-    w = World(tmp_path, domains)
+def test_update_against_delete_is_queued_never_dropped(world, domains):
+    w = world
     a = CODES[0]
     w.register(a, person(6, a))
     # The office corrects the phone while the community, not knowing, deletes the resident.
@@ -571,7 +407,7 @@ def test_update_against_delete_is_queued_never_dropped(tmp_path, domains):
     w.push(a, confirm_deletes=True)  # the table's only record: held unless confirmed
     summary = merge.merge(w.store, w.bundles[-1:], SECRET, domains)
     assert summary.opened == 1
-    assert _open_conflicts(w.store) == [("phone", "update-delete")]
+    assert open_conflicts(w.store) == [("phone", "update-delete")]
     from syncdb.conflicts import list_conflicts
 
     (item,) = list_conflicts(w.store, SECRET, domains)
@@ -579,19 +415,19 @@ def test_update_against_delete_is_queued_never_dropped(tmp_path, domains):
         (a, True, None), ("office", False, "13800138006")]
 
 
-def test_the_same_value_reached_concurrently_is_no_conflict(tmp_path, domains):
-    w = World(tmp_path, domains)
+def test_the_same_value_reached_concurrently_is_no_conflict(world, domains):
+    w = world
     a = CODES[0]
     w.register(a, person(7, a))
     # name is a manual column: a real difference would be queued
     summary = w.both_rename(a, 7, "王小明", "王小明")
-    assert summary.changes == 1 and summary.opened == 0 and _open_conflicts(w.store) == []
+    assert summary.changes == 1 and summary.opened == 0 and open_conflicts(w.store) == []
     w.both_rename(a, 7, "王小名", "王晓明")
-    assert _open_conflicts(w.store) == [("name", "value")]
+    assert open_conflicts(w.store) == [("name", "value")]
 
 
-def test_a_resident_deleted_and_entered_again_is_no_conflict(tmp_path, domains):
-    w = World(tmp_path, domains)
+def test_a_resident_deleted_and_entered_again_is_no_conflict(world, domains):
+    w = world
     a = CODES[0]
     w.insert(a, person(8, a))
     w.push(a)
@@ -606,8 +442,8 @@ def test_a_resident_deleted_and_entered_again_is_no_conflict(tmp_path, domains):
     assert exists == 1 and dict(values)["phone"] == "13800138008" and conflicts == set()
 
 
-def test_a_damaged_inbox_copy_is_quarantined_and_the_others_merge(tmp_path, domains):
-    w = World(tmp_path, domains)
+def test_a_damaged_inbox_copy_is_quarantined_and_the_others_merge(world, domains):
+    w = world
     w.insert(CODES[0], person(1, CODES[0]))
     w.insert(CODES[1], person(2, CODES[1]))
     w.push(CODES[0])
@@ -645,8 +481,8 @@ def test_an_office_policy_column_merges_without_error(tmp_path, domains):
     assert summary.applied == 2 and summary.held == []
 
 
-def test_a_quoted_sensitive_value_never_reaches_the_store_in_clear(tmp_path, domains):
-    w = World(tmp_path, domains)
+def test_a_quoted_sensitive_value_never_reaches_the_store_in_clear(world, domains):
+    w = world
     a = CODES[0]
     typed = id_number(12) + "\n"  # typed with a newline: the validator quotes it with repr()
     row = person(12, a)
@@ -659,10 +495,10 @@ def test_a_quoted_sensitive_value_never_reaches_the_store_in_clear(tmp_path, dom
     assert id_number(12).encode() not in blobs
 
 
-def test_keys_rotate_past_key_id_191(tmp_path, domains):
+def test_keys_rotate_past_key_id_191(world, domains):
     from syncdb import keys
 
-    w = World(tmp_path, domains)
+    w = world
     w.insert(CODES[0], person(1, CODES[0]))
     w.push(CODES[0])
     merge.merge(w.store, w.bundles, SECRET, domains)
@@ -680,13 +516,13 @@ def test_keys_rotate_past_key_id_191(tmp_path, domains):
     assert snapshot(w.store, domains) == before
 
 
-def test_office_edits_made_at_the_same_time_both_apply(tmp_path, domains):
+def test_office_edits_made_at_the_same_time_both_apply(world, domains):
     """Two administrators settling records at once: each edit gets its own bundle number."""
     import threading
 
     from syncdb import resolve
 
-    w = World(tmp_path, domains)
+    w = world
     a = CODES[0]
     for n in range(8):
         w.insert(a, person(n, a))
@@ -713,7 +549,7 @@ def test_office_edits_made_at_the_same_time_both_apply(tmp_path, domains):
     assert [s for (s,) in conn.execute("SELECT sequence FROM applied WHERE origin = 'office' ORDER BY sequence")] \
         == list(range(1, 9))
     conn.close()
-    st_ = merge.open_store(w.store, SECRET, domains)
+    st_ = migrations.open_upgraded(w.store, SECRET, domains)
     table = st_.table("huji.persons")
     phones = sorted(st_.plain(table, "phone", v, k) for k, v in st_.conn.execute("SELECT _key, phone FROM huji__persons"))
     assert phones == [f"1380013{n:04d}" for n in range(8)]
@@ -721,8 +557,8 @@ def test_office_edits_made_at_the_same_time_both_apply(tmp_path, domains):
     st_.conn.close()
 
 
-def test_merge_progress_counts_changes_within_a_bundle(tmp_path, domains, monkeypatch):
-    w = World(tmp_path, domains)
+def test_merge_progress_counts_changes_within_a_bundle(world, domains, monkeypatch):
+    w = world
     for n in range(12):
         w.insert(CODES[0], person(n, CODES[0]))
     w.push(CODES[0])
@@ -734,9 +570,9 @@ def test_merge_progress_counts_changes_within_a_bundle(tmp_path, domains, monkey
 
 
 @pytest.mark.parametrize("batch", [1, 2, 500])
-def test_changes_to_one_record_within_a_bundle_apply_in_order(tmp_path, domains, monkeypatch, batch):
+def test_changes_to_one_record_within_a_bundle_apply_in_order(world, domains, monkeypatch, batch):
     """Rows are read and written per batch: a later change in the same batch sees the earlier one."""
-    w = World(tmp_path, domains)
+    w = world
     a = CODES[0]
     w.insert(a, person(1, a))  # only to enroll the community's key and make its folder
     row = person(3, a)
@@ -752,7 +588,7 @@ def test_changes_to_one_record_within_a_bundle_apply_in_order(tmp_path, domains,
     monkeypatch.setattr(merge._Merger, "BATCH", batch)
     summary = merge.merge(w.store, [path], SECRET, domains)
     assert summary.changes == 3 and summary.rejected == []
-    st_ = merge.open_store(w.store, SECRET, domains)
+    st_ = migrations.open_upgraded(w.store, SECRET, domains)
     table = st_.table("huji.persons")
     k = st_.blind_key(table, [key["id_number"]])
     (phone, versions) = st_.conn.execute("SELECT phone, _versions FROM huji__persons WHERE _key = ?", (k,)).fetchone()

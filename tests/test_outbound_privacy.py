@@ -10,12 +10,12 @@ import sqlite3
 
 import pytest
 
+from conftest import CODES, SECRET, World, id_number, person
 from syncdb import bundle, community, merge, outbound, resolve
 from syncdb.conflicts import list_conflicts
 from syncdb.crypto import Keyring, PublicKey
 from syncdb.hlc import now_ms
 from syncdb.pull import pull
-from test_merge import CODES, SECRET, World, id_number, person
 
 A, B, C = CODES
 A_ROW = person(7, A, name="李秀英", phone="13800138007", address="东莞市甲社区七号")
@@ -67,10 +67,10 @@ def _duplicate(w: World, domains) -> None:
 
 
 @pytest.fixture
-def world(tmp_path, domains):
-    w = World(tmp_path, domains)
-    w.register(A, dict(A_ROW))
-    return w
+def a_registered(world):
+    """The fixture world, where community A has registered resident 7."""
+    world.register(A, dict(A_ROW))
+    return world
 
 
 def _keep_a(w: World, domains):
@@ -83,8 +83,8 @@ def _keep_a(w: World, domains):
 
 
 @pytest.mark.parametrize("scenario", [_attack, _duplicate], ids=["attack", "duplicate-registration"])
-def test_item8_resolution_does_not_carry_another_communitys_value(world, domains, scenario):
-    w = world
+def test_item8_resolution_does_not_carry_another_communitys_value(a_registered, domains, scenario):
+    w = a_registered
     scenario(w, domains)
     summary = _keep_a(w, domains)
     if summary is None:
@@ -113,8 +113,8 @@ def test_item8_resolution_does_not_carry_another_communitys_value(world, domains
         assert "equal" not in share and "equal" not in settled[0]
 
 
-def test_item8_the_losing_community_keeps_its_record_and_does_not_reopen_the_conflict(world, domains):
-    w = world
+def test_item8_the_losing_community_keeps_its_record_and_does_not_reopen_the_conflict(a_registered, domains):
+    w = a_registered
     _duplicate(w, domains)
     _keep_a(w, domains)
     assert list_conflicts(w.store, SECRET, domains) == []
@@ -152,9 +152,9 @@ def test_item8_the_losing_community_keeps_its_record_and_does_not_reopen_the_con
     assert w.push(A).path is None
 
 
-def test_item8_a_value_lost_by_rule_goes_back_only_as_a_decision_to_a_non_owner(world, domains):
+def test_item8_a_value_lost_by_rule_goes_back_only_as_a_decision_to_a_non_owner(a_registered, domains):
     """send_to: C's later address loses to the office's by lww on A's record; C is not told the office's."""
-    w = world
+    w = a_registered
     _duplicate(w, domains)
     _keep_a(w, domains)
     _pull(w, C)
@@ -174,9 +174,9 @@ def test_item8_a_value_lost_by_rule_goes_back_only_as_a_decision_to_a_non_owner(
         assert new and all(c["cells"] == {} and c["superseded"] == ["address"] for c in new)
 
 
-def test_item8_a_record_moved_away_tells_the_former_owner_only_the_decision(world, domains):
+def test_item8_a_record_moved_away_tells_the_former_owner_only_the_decision(a_registered, domains):
     """A record A owned goes to B with a new address: A learns it is B's, not B's address."""
-    w = world
+    w = a_registered
     summary = w.office_sets(7, community_code=B, address="东莞市乙社区新址")
     assert set(summary.sent_back) == {A, B}
     (to_a,) = decrypted(w, A)

@@ -4,12 +4,12 @@ a code's meaning is taken as that code."""
 import pytest
 from click.testing import CliRunner
 
+from conftest import CODES, SECRET, World, id_number, person
 from syncdb import migrations
 from syncdb.cli import cli
 from syncdb.conflicts import list_conflicts
 from syncdb.errors import SyncdbError
 from syncdb.resolve import resolve_conflict
-from test_merge import CODES, SECRET, World, id_number, person
 
 A, B = CODES[0], CODES[1]
 

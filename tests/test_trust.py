@@ -8,9 +8,9 @@ must decide, and refuse the same things in any arrival order.
 
 import itertools
 
+from conftest import CODES, SECRET, World, id_number, open_conflicts, person, snapshot
 from syncdb import audit, merge, migrations
 from syncdb.hlc import Stamp
-from test_merge import CODES, SECRET, World, _open_conflicts, id_number, merge_in_order, person, snapshot
 
 A, B, C = CODES
 PERSONS = "huji.persons"
@@ -61,7 +61,7 @@ def test_item1_a_community_cannot_move_anothers_resident_into_itself(tmp_path, d
     summary = attack(w, [change("update", 1, {"community_code": C, "address": "别处1号"},
                                 base={"community_code": versions["community_code"], "address": versions["address"]})])
     assert records(w, domains) == before
-    assert summary.changes == 0 and _open_conflicts(w.store) == []
+    assert summary.changes == 0 and open_conflicts(w.store) == []
     (line,) = summary.rejected
     assert line.startswith(f"{C} / {PERSONS} / ") and f"changes community {A}'s version" in line
     assert id_number(1) not in line  # masked
@@ -110,7 +110,7 @@ def test_item1_deletes_stamped_as_the_thief_open_nothing_and_delete_nothing(tmp_
     fake = stamp(1_000_000_000_000, C)  # a version of C's own that never was
     summary = attack(w, [change("delete", 8), change("delete", 9, base={"name": fake})])
     assert records(w, domains) == before
-    assert _open_conflicts(w.store) == []
+    assert open_conflicts(w.store) == []
     # No base at all: refused. A made-up base of its own: C's own copy, kept aside, shown nowhere.
     (no_base,) = summary.rejected
     assert "without naming the version" in no_base
@@ -126,17 +126,17 @@ def test_item1_a_transfer_still_moves_the_resident_with_no_conflict(tmp_path, do
     merge.merge(w.store, w.bundles, SECRET, domains)
     (exists, cells) = records(w, domains)[id_number(10)]
     assert cells["community_code"] == B and cells["phone"] == "13912345678" and cells["status"] == "normal"
-    assert _open_conflicts(w.store) == []
+    assert open_conflicts(w.store) == []
     # A tidies its own copy away: B's record stays, and nobody is asked about it.
     w.sql(A, "DELETE FROM persons WHERE id_number = ?", (id_number(10),))
     w.push(A)
     summary = merge.merge(w.store, w.bundles[-1:], SECRET, domains)
-    assert summary.rejected == [] and _open_conflicts(w.store) == []
+    assert summary.rejected == [] and open_conflicts(w.store) == []
     assert records(w, domains)[id_number(10)] == (exists, cells)
 
 
-def test_item1_refusals_and_store_are_the_same_in_any_arrival_order(tmp_path, domains):
-    w = World(tmp_path, domains)
+def test_item1_refusals_and_store_are_the_same_in_any_arrival_order(world, domains):
+    w = world
     w.freeze_empty_store()
     w.insert(A, person(11, A))
     w.insert(A, person(12, A))
@@ -158,7 +158,7 @@ def test_item1_refusals_and_store_are_the_same_in_any_arrival_order(tmp_path, do
     for i, order in enumerate(itertools.permutations(range(len(bundles)))):
         if i % 5:
             continue  # 24 orders, every fifth: enough to put the hostile bundle in every place
-        store = merge_in_order(w, [bundles[j] for j in order], f"o{i}")
+        store = w.merge_in_order([bundles[j] for j in order], f"o{i}")
         st = migrations.open_upgraded(store, SECRET, domains)
         refused = sorted(st.conn.execute("SELECT origin, shown_key, field, why FROM rejected").fetchall())
         assert audit.verify(st) > 0
@@ -171,10 +171,10 @@ def test_item1_refusals_and_store_are_the_same_in_any_arrival_order(tmp_path, do
     assert len(results[0][1]) == 3
 
 
-def test_item4_many_updates_of_one_cell_keep_one_version_per_community(tmp_path, domains):
+def test_item4_many_updates_of_one_cell_keep_one_version_per_community(world, domains):
     """n updates of one cell with no base used to pile up as n concurrent versions, each later
     change paying for all of them (quadratic). A community's versions are ordered: one stays."""
-    w = World(tmp_path, domains)
+    w = world
     row = person(14, C)
     row.pop("id_number")
     changes = [change("insert", 14, row, hlc=stamp(2_000_000_000_000, C))]
@@ -191,10 +191,10 @@ def test_item4_many_updates_of_one_cell_keep_one_version_per_community(tmp_path,
     assert records(w, domains)[id_number(14)][1]["phone"] == "13900001999"
 
 
-def test_item4_a_bundle_stamped_before_the_communitys_last_is_refused(tmp_path, domains):
+def test_item4_a_bundle_stamped_before_the_communitys_last_is_refused(world, domains):
     """A community's stamps only move forward, so its versions of a cell arrive in order and
     supersession is the same in any arrival order."""
-    w = World(tmp_path, domains)
+    w = world
     row = person(15, C)
     row.pop("id_number")
     attack(w, [change("insert", 15, dict(row), hlc=stamp(2_000_000_000_000, C))])
@@ -205,8 +205,8 @@ def test_item4_a_bundle_stamped_before_the_communitys_last_is_refused(tmp_path, 
     assert "not later than" in line and id_number(16) not in records(w, domains)
 
 
-def test_item7_an_oversized_value_rejects_its_record_and_the_rest_applies(tmp_path, domains):
-    w = World(tmp_path, domains)
+def test_item7_an_oversized_value_rejects_its_record_and_the_rest_applies(world, domains):
+    w = world
     big, fine = person(17, C, name="名" * 40_000), person(18, C)  # 120 KB: over the value cap, within a line
     changes = []
     for n, row in ((17, big), (18, fine)):
@@ -219,8 +219,8 @@ def test_item7_an_oversized_value_rejects_its_record_and_the_rest_applies(tmp_pa
     assert "/ name /" in line and "名名名" not in line
 
 
-def test_item7_a_value_too_long_for_a_line_refuses_the_bundle_and_stores_nothing(tmp_path, domains):
-    w = World(tmp_path, domains)
+def test_item7_a_value_too_long_for_a_line_refuses_the_bundle_and_stores_nothing(world, domains):
+    w = world
     row = person(19, C, address="址" * 2_000_000)  # a 6 MB address
     row.pop("id_number")
     summary = attack(w, [change("insert", 19, row)])
@@ -256,13 +256,13 @@ def test_a_key_correction_moves_the_record_whole_or_not_at_all(tmp_path, domains
     assert held[id_number(32)][1]["name"] == "居民20" and held[id_number(32)][1]["community_code"] == A
 
 
-def test_a_stolen_keys_stamps_from_the_future_are_cleared_by_a_new_key(tmp_path, domains):
+def test_a_stolen_keys_stamps_from_the_future_are_cleared_by_a_new_key(world, tmp_path, domains):
     """One far-future stamp would hold every later bundle of that community out; the remedy for a
     stolen key, enrolling the community's new key, clears it."""
     from syncdb import office
     from syncdb.crypto import Keyring, PublicKey
 
-    w = World(tmp_path, domains)
+    w = world
     row = person(40, C)
     row.pop("id_number")
     attack(w, [change("insert", 40, row, hlc=stamp(99_999_999_999_999, C))])
@@ -303,10 +303,10 @@ def test_a_guessed_office_version_named_as_base_takes_nothing_from_the_office(tm
     assert records(w, domains)[id_number(50)][1]["phone"] == "13911112222"
 
 
-def test_a_version_kept_aside_is_kept_whatever_the_order(tmp_path, domains):
+def test_a_version_kept_aside_is_kept_whatever_the_order(world, domains):
     """C's copy of A's resident, built on the office's phone, is kept aside; when A lets the
     resident go and C holds them, C's phone shows, in either arrival order."""
-    w = World(tmp_path, domains)
+    w = world
     w.freeze_empty_store()
     w.insert(A, person(1, A, phone="13800000001"))
     w.push(A)
@@ -325,17 +325,17 @@ def test_a_version_kept_aside_is_kept_whatever_the_order(tmp_path, domains):
     a1, o, a2, a3 = w.bundles
     results = []
     for i, order in enumerate(([a1, o, c1, c2, a2, a3], [a1, o, a2, c1, c2, a3], [c1, c2, a1, o, a2, a3])):
-        rows, conflicts = snapshot(merge_in_order(w, order, f"o{i}"), domains)
+        rows, conflicts = snapshot(w.merge_in_order(order, f"o{i}"), domains)
         results.append((rows, conflicts))
     assert all(r == results[0] for r in results)
     (record,) = [dict(cells) for _, cells in results[0][0].values()]
     assert record["community_code"] == C and record["phone"] == "13900000002"
 
 
-def test_rejections_of_one_bundle_are_bounded(tmp_path, domains):
+def test_rejections_of_one_bundle_are_bounded(world, domains):
     """A small bundle of many records with long bad values: each reason is cut short and only
     the first records are listed one by one, the rest counted."""
-    w = World(tmp_path, domains)
+    w = world
     changes = []
     for n in range(1_100):
         row = person(n % 90 + 1, C, ethnicity="9" * 60_000)
@@ -367,17 +367,17 @@ def test_a_registration_built_on_the_offices_versions_does_not_take_the_record(t
     assert records(w, domains) == before
 
 
-def test_a_delete_of_no_valid_key_is_rejected(tmp_path, domains):
+def test_a_delete_of_no_valid_key_is_rejected(world, domains):
     """Found by bench/fuzz.py: a delete whose key is not a valid ID number left a row behind."""
-    w = World(tmp_path, domains)
+    w = world
     summary = attack(w, [{"table": PERSONS, "op": "delete", "key": {"id_number": None}, "cells": {},
                           "base": {"name": stamp(1, C)}, "hlc": stamp(2_000_000_000_000, C)}])
     assert len(summary.rejected) == 1 and records(w, domains) == {}
 
 
-def test_a_change_whose_key_is_not_the_tables_is_refused(tmp_path, domains):
+def test_a_change_whose_key_is_not_the_tables_is_refused(world, domains):
     """Found by bench/fuzz.py: an update keyed by a column that is not the key left a row keyed by nothing."""
-    w = World(tmp_path, domains)
+    w = world
     row = person(70, C)
     row.pop("id_number")
     first = stamp(2_000_000_000_000, C)
