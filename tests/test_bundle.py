@@ -1,4 +1,7 @@
-"""The bundle format (docs/bundle-format.md): round trips, privacy, refusals, capture end to end."""
+"""The bundle format (docs/bundle-format.md): round trips, privacy, refusals.
+
+Capture through export to the bundle the office reads is in test_capture.py; stamps in test_hlc.py.
+"""
 
 import base64
 import hashlib
@@ -7,7 +10,6 @@ import json
 import os
 import random
 import re
-import sqlite3
 import struct
 import tempfile
 import zlib
@@ -25,9 +27,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from stdnum.cn import ric
 
-from syncdb import bundle, community, hlc, migrations, office, schema, validate, workdir
+from syncdb import bundle, validate
 from syncdb.bundle import BundleError
-from syncdb.crypto import Keyring, PublicKey, Secret
+from syncdb.crypto import Keyring
 from syncdb.hlc import Stamp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -546,227 +548,3 @@ def test_chunk_larger_than_chunk_size_is_garbled(multi_chunk_bundle):
     huge = struct.pack(">I", 0xFFFFFFFF) + frames[0][4:]
     got, refused = read_until_refused(resign(data, [huge, *frames[1:]]))
     assert got == [] and refused.reason == "garbled"
-
-
-# ------------------------------------------------------------------ capture → export → bundle, end to end
-
-PERSON_COLUMNS = list(schema.load_domains()["huji"].tables["persons"].columns)
-
-
-def person(number: str, name: str, sex: str, birth: str, **more) -> dict:
-    row = {"id_number": number, "name": name, "sex": sex, "ethnicity": "01", "birth_date": birth,
-           "household_no": "4419000030010001", "relationship": "02", "marital_status": "20",
-           "phone": "13800138000", "address": "广东省东莞市莞城街道运河路1号", "community_code": CODE,
-           "status": "normal"}
-    row.update(more)
-    return row
-
-
-def insert(conn, table: str, row: dict) -> None:
-    cols = ", ".join(f"[{c}]" for c in row)
-    conn.execute(f"INSERT INTO [{table}] ({cols}) VALUES ({', '.join('?' for _ in row)})", list(row.values()))
-
-
-class Site:
-    """An office and one community folder, made through the library."""
-
-    def __init__(self, tmp_path: Path):
-        self.domains = schema.load_domains()
-        self.store = tmp_path / "office"
-        self.office_secret = Secret(key_file_bytes=os.urandom(32))
-        office_pub = migrations.init(self.store, self.office_secret)
-        self.folder = tmp_path / "community"
-        workdir.create(self.folder, self.domains)
-        self.secret = Secret(key_file_bytes=os.urandom(32))
-        self.office_pub = office_pub
-
-    def init(self) -> PublicKey:
-        pub = community.init(self.folder, CODE, self.office_pub, self.domains, self.secret)
-        office.enroll(self.store, CODE, pub)
-        return PublicKey.read(pub)
-
-    def db(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.folder / "huji.db", isolation_level=None)
-
-    def export(self):
-        return community.export(self.folder, self.domains, self.secret)
-
-    def open(self, path) -> tuple[dict, list[dict]]:
-        """Verify as the office does, then decrypt with the office keyring."""
-        assert office.receive(self.store, Path(path).read_bytes()).status == "accepted"
-        community_key = PublicKey.read(self.folder / f"{CODE}.pub.json")
-        header = bundle.open_verified(path, {CODE: community_key}.get)
-        return header.fields, list(bundle.iter_path(path, office.load_keyring(self.store, self.office_secret)))
-
-
-def by_change(changes) -> dict:
-    return {(c["table"], c["op"], json.dumps(c["key"], ensure_ascii=False)): c for c in changes}
-
-
-def without_hlc(change: dict) -> dict:
-    return {k: v for k, v in change.items() if k != "hlc"}
-
-
-def assert_increasing(changes) -> None:
-    stamps_ = [Stamp.parse(c["hlc"]) for c in changes]
-    assert all(a < b for a, b in zip(stamps_, stamps_[1:])), stamps_
-
-
-A = id_number("110105", date(1949, 12, 31), 2)  # 11010519491231002X
-B = id_number("441900", date(1978, 3, 14), 11)
-C = id_number("441900", date(1985, 7, 2), 24)
-C_FIXED = id_number("441900", date(1985, 7, 2), 26)  # C's number, typed wrongly at first
-D = id_number("440306", date(2024, 5, 20), 33)
-E = id_number("420106", date(1960, 11, 8), 40)
-
-
-# Every cell but the key: an insert versions them all, the empty ones included.
-PERSON_CELLS = [c for c in PERSON_COLUMNS if c != "id_number"]
-
-
-def test_capture_exports_exactly_what_changed(tmp_path):
-    assert A == "11010519491231002X"
-    site = Site(tmp_path)
-    rows = {
-        A: person(A, "王秀英", "2", "1949-12-31", phone=None, relationship="01"),
-        B: person(B, "李强", "1", "1978-03-14"),
-        C: person(C, "陈明", "2", "1985-07-02", marital_status=None),
-        E: person(E, "赵桂兰", "2", "1960-11-08"),
-    }
-    household = {"household_no": "4419000030010001", "household_type": "family", "head_id_number": A,
-                 "address": "广东省东莞市莞城街道运河路1号", "community_code": CODE}
-    conn = site.db()
-    with conn:
-        for row in rows.values():
-            insert(conn, "persons", row)
-        insert(conn, "households", household)
-    conn.close()
-    site.init()
-
-    first = site.export()
-    assert (first.sequence, first.path.name) == (1, f"{CODE}-00000001.bundle")
-    header1, changes1 = site.open(first.path)
-    assert_increasing(changes1)
-    assert header1["counts"] == {"huji.persons": {"insert": 4, "update": 0, "delete": 0},
-                                 "huji.households": {"insert": 1, "update": 0, "delete": 0}}
-    assert header1["hlc"] == {"min": changes1[0]["hlc"], "max": changes1[-1]["hlc"]}
-    for number, row in rows.items():
-        change = by_change(changes1)[("huji.persons", "insert", json.dumps({"id_number": number}))]
-        assert without_hlc(change) == {
-            "table": "huji.persons", "op": "insert", "key": {"id_number": number},
-            "cells": {k: v for k, v in row.items() if k != "id_number" and v is not None}, "base": {}}
-    version = {c["key"].get("id_number") or c["key"]["household_no"]: c["hlc"] for c in changes1}
-
-    # Any program, plain sqlite3: an insert, updates, a delete, a key update, a no-op.
-    d_row = person(D, "黄子轩", "1", "2024-05-20", relationship="22", marital_status="10", phone=None)
-    conn = site.db()
-    with conn:
-        insert(conn, "persons", d_row)
-    with conn:
-        conn.execute("UPDATE persons SET name = ?, phone = ? WHERE id_number = ?", ("王秀兰", "13912345678", A))
-        conn.execute("DELETE FROM persons WHERE id_number = ?", (B,))
-    conn.execute("UPDATE persons SET id_number = ? WHERE id_number = ?", (C_FIXED, C))
-    conn.execute("UPDATE persons SET status = status, name = name WHERE id_number = ?", (E,))
-    conn.execute("UPDATE persons SET phone = '13000000000' WHERE id_number = ?", (E,))
-    conn.execute("UPDATE persons SET phone = '13800138000' WHERE id_number = ?", (E,))  # and back
-    conn.execute("UPDATE households SET address = ? WHERE household_no = ?",
-                 ("广东省东莞市莞城街道运河路3号", "4419000030010001"))
-    conn.close()
-
-    second = site.export()
-    assert (second.sequence, second.path.name) == (2, f"{CODE}-00000002.bundle")
-    header2, changes2 = site.open(second.path)
-    persons = "huji.persons"
-    person_cells = lambda row: {k: v for k, v in row.items() if k != "id_number" and v is not None}  # noqa: E731
-    expected = [
-        {"table": persons, "op": "insert", "key": {"id_number": D}, "cells": person_cells(d_row), "base": {}},
-        # A had no phone, but its empty phone has a version too: the insert set it.
-        {"table": persons, "op": "update", "key": {"id_number": A},
-         "cells": {"name": "王秀兰", "phone": "13912345678"},
-         "base": {"name": version[A], "phone": version[A], "community_code": version[A]}},
-        {"table": persons, "op": "delete", "key": {"id_number": B}, "cells": {},
-         "base": {c: version[B] for c in PERSON_CELLS}},
-        # A corrected natural key is one change, old key -> new key, based on the old record.
-        {"table": persons, "op": "rekey", "key": {"id_number": C}, "new_key": {"id_number": C_FIXED},
-         "cells": person_cells(rows[C]), "base": {c: version[C] for c in PERSON_CELLS}},
-        {"table": "huji.households", "op": "update", "key": {"household_no": "4419000030010001"},
-         "cells": {"address": "广东省东莞市莞城街道运河路3号"},
-         "base": {"address": version["4419000030010001"], "community_code": version["4419000030010001"]}},
-    ]
-    assert len(changes2) == len(expected)
-    assert {k: without_hlc(v) for k, v in by_change(changes2).items()} == by_change(expected)
-    assert header2["changes"] == 5
-    assert header2["counts"] == {persons: {"insert": 1, "update": 1, "delete": 1, "rekey": 1},
-                                 "huji.households": {"insert": 0, "update": 1, "delete": 0}}
-    assert_increasing(changes2)
-    assert header2["hlc"] == {"min": changes2[0]["hlc"], "max": changes2[-1]["hlc"]}
-    assert header2["hlc"]["min"] > header1["hlc"]["max"]
-
-    # Nothing more changed: nothing more to send.
-    assert site.export().sequence is None
-
-
-def test_stamps_increase_when_the_pc_clock_jumps(tmp_path):
-    site = Site(tmp_path)
-    site.init()
-    conn = site.db()
-    insert(conn, "persons", person(A, "王秀英", "2", "1949-12-31"))
-    conn.close()
-    header1, changes1 = site.open(site.export().path)
-
-    # The PC clock runs ten years fast for a while …
-    conn = site.db()
-    insert(conn, "persons", person(B, "李强", "1", "1978-03-14"))
-    conn.execute("UPDATE persons SET phone = '13900000001' WHERE id_number = ?", (A,))
-    conn.execute("UPDATE _syncdb_log SET ms = ms + 10 * 365 * 86400000")
-    conn.close()
-    header2, changes2 = site.open(site.export().path)
-    future = Stamp.parse(header2["hlc"]["max"]).ms
-    assert future > Stamp.parse(header1["hlc"]["max"]).ms + 9 * 365 * 86400000
-
-    # … then is put right, and later even falls back to 1970 (a flat CMOS battery).
-    conn = site.db()
-    insert(conn, "persons", person(C, "陈明", "2", "1985-07-02"))
-    conn.execute("UPDATE persons SET phone = '13900000002' WHERE id_number = ?", (A,))
-    conn.execute("UPDATE persons SET name = '李刚' WHERE id_number = ?", (B,))
-    conn.close()
-    header3, changes3 = site.open(site.export().path)
-    conn = site.db()
-    insert(conn, "persons", person(E, "赵桂兰", "2", "1960-11-08"))
-    conn.execute("DELETE FROM persons WHERE id_number = ?", (C,))
-    conn.execute("UPDATE _syncdb_log SET ms = 1000 + seq")
-    conn.close()
-    header4, changes4 = site.open(site.export().path)
-
-    every = changes1 + changes2 + changes3 + changes4
-    assert [len(changes1), len(changes2), len(changes3), len(changes4)] == [1, 2, 3, 2]
-    assert_increasing(every)
-    for header, changes in ((header1, changes1), (header2, changes2), (header3, changes3), (header4, changes4)):
-        assert header["hlc"] == {"min": changes[0]["hlc"], "max": changes[-1]["hlc"]}
-    # The later bundles stamp past the fast clock instead of going back in time.
-    assert all(Stamp.parse(c["hlc"]).ms >= future for c in changes3 + changes4)
-    # And base versions point at the stamps the office already has.
-    update_b = by_change(changes3)[("huji.persons", "update", json.dumps({"id_number": B}))]
-    inserted_b = changes2[[c["key"]["id_number"] for c in changes2].index(B)]["hlc"]
-    assert update_b["base"] == {"name": inserted_b, "community_code": inserted_b}
-
-
-def test_stamps_stay_fixed_width_when_the_counter_runs_out(tmp_path):
-    site = Site(tmp_path)
-    site.init()
-    # The stored clock far ahead and at the top of its counter: what years of writes stamped
-    # after a PC clock once ran years fast come to. (The community state keeps it in meta 'hlc'.)
-    ahead = Stamp(hlc.now_ms() + 10 * 365 * 86400000, 999_998, CODE)
-    state = sqlite3.connect(site.folder / community.STATE_DIR / "state.db")
-    with state:
-        state.execute("INSERT OR REPLACE INTO meta VALUES ('hlc', ?)", (str(ahead),))
-    state.close()
-    conn = site.db()
-    for number, name in ((A, "王秀英"), (B, "李强"), (E, "赵桂兰")):
-        # Valid records (birth date and sex as the ID number says), or the community holds them back.
-        sex = "1" if int(number[16]) % 2 else "2"
-        insert(conn, "persons", person(number, name, sex, f"{number[6:10]}-{number[10:12]}-{number[12:14]}"))
-    conn.close()
-    header, changes = site.open(site.export().path)
-    assert_increasing(changes)  # Stamp.parse refuses a stamp that is not fixed-width
-    assert all(c["hlc"] > str(ahead) for c in changes)

@@ -1,15 +1,19 @@
 """Change capture: what a push finds to send, however the working database was written."""
 
+import json
 import os
 import shutil
 import sqlite3
+from datetime import date
 
 import pytest
+from stdnum.cn import ric
 
-from syncdb import bundle, community, office, workdir
+from conftest import World
+from syncdb import bundle, community, migrations, office, validate, workdir
 from syncdb.crypto import Secret
 from syncdb.errors import SyncdbError
-from syncdb.hlc import Clock, Stamp
+from syncdb.hlc import Stamp
 from syncdb.schema import load_domains
 
 CODE = "441900003001"
@@ -32,7 +36,7 @@ def setup(tmp_path):
     domains = load_domains()
     secret = Secret(key_file_bytes=os.urandom(32))
     store, folder = tmp_path / "office", tmp_path / "community"
-    office.init(store, secret)
+    migrations.init(store, secret)
     workdir.create(folder, {"huji": domains["huji"]})
     insert(folder / "huji.db", **person("11010519491231002X", "张三"))
     community.init(folder, CODE, store / "office.pub.json", domains, secret)
@@ -154,18 +158,6 @@ def test_wrong_key_file_is_a_clear_error(setup):
         community.export(folder, domains, Secret(key_file_bytes=os.urandom(32)))
 
 
-def test_hlc_never_runs_backwards():
-    clock = Clock("A")
-    first = clock.tick(1_000)
-    second = clock.tick(500)  # the PC clock jumped back
-    assert second > first and second.ms == 1_000
-    clock.observe(Stamp(5_000, 3, "office"))
-    assert clock.tick(2_000) > Stamp(5_000, 3, "office")
-    assert Stamp.parse(str(first)) == first
-    with pytest.raises(ValueError):
-        Stamp.parse("yesterday")
-
-
 def test_an_invalid_record_waits_at_the_community_until_fixed(setup):
     domains, secret, folder, ring, _ = setup
     bad = person("110105194912310011", "王五", sex="1")
@@ -188,3 +180,143 @@ def test_an_invalid_record_waits_at_the_community_until_fixed(setup):
     (change,) = changes_of(fixed.path, ring)
     # The whole record goes, as an insert: the office never saw half of it.
     assert change["op"] == "insert" and change["cells"]["name"] == "王五" and change["cells"]["ethnicity"] == "01"
+
+
+# ------------------------------------------------------------------ capture → export → bundle, end to end
+# Every change as the office reads it: received, verified and decrypted with the office's keyring.
+
+PERSON_COLUMNS = list(load_domains()["huji"].tables["persons"].columns)
+# Every cell but the key: an insert versions them all, the empty ones included.
+PERSON_CELLS = [c for c in PERSON_COLUMNS if c != "id_number"]
+
+
+def id_number_born(region: str, birth: date, order: int) -> str:
+    body = f"{region}{birth:%Y%m%d}{order:03d}"
+    number = body + ric.calc_check_digit(body + "0")  # stdnum expects the check place filled
+    validate.id_number(number)  # raises if invalid; an unlisted region is only a warning
+    return number
+
+
+A = id_number_born("110105", date(1949, 12, 31), 2)  # 11010519491231002X
+B = id_number_born("441900", date(1978, 3, 14), 11)
+C = id_number_born("441900", date(1985, 7, 2), 24)
+C_FIXED = id_number_born("441900", date(1985, 7, 2), 26)  # C's number, typed wrongly at first
+D = id_number_born("440306", date(2024, 5, 20), 33)
+E = id_number_born("420106", date(1960, 11, 8), 40)
+
+
+def resident(number: str, name: str, sex: str, birth: str, **more) -> dict:
+    """A whole huji.persons row of community CODE."""
+    row = {"id_number": number, "name": name, "sex": sex, "ethnicity": "01", "birth_date": birth,
+           "household_no": "4419000030010001", "relationship": "02", "marital_status": "20",
+           "phone": "13800138000", "address": "广东省东莞市莞城街道运河路1号", "community_code": CODE,
+           "status": "normal"}
+    row.update(more)
+    return row
+
+
+def insert_row(conn, table: str, row: dict) -> None:
+    cols = ", ".join(f"[{c}]" for c in row)
+    conn.execute(f"INSERT INTO [{table}] ({cols}) VALUES ({', '.join('?' for _ in row)})", list(row.values()))
+
+
+@pytest.fixture
+def site(tmp_path, domains) -> World:
+    """An office and community CODE's working databases (every domain), not yet set up for sync."""
+    w = World(tmp_path, domains, codes=(), community_domains=tuple(domains))
+    w.add_community(CODE, folder="community", set_up=False)
+    return w
+
+
+def by_change(changes) -> dict:
+    return {(c["table"], c["op"], json.dumps(c["key"], ensure_ascii=False)): c for c in changes}
+
+
+def without_hlc(change: dict) -> dict:
+    return {k: v for k, v in change.items() if k != "hlc"}
+
+
+def assert_increasing(changes) -> None:
+    stamps_ = [Stamp.parse(c["hlc"]) for c in changes]
+    assert all(a < b for a, b in zip(stamps_, stamps_[1:])), stamps_
+
+
+def test_capture_exports_exactly_what_changed(site):
+    assert A == "11010519491231002X"
+    rows = {
+        A: resident(A, "王秀英", "2", "1949-12-31", phone=None, relationship="01"),
+        B: resident(B, "李强", "1", "1978-03-14"),
+        C: resident(C, "陈明", "2", "1985-07-02", marital_status=None),
+        E: resident(E, "赵桂兰", "2", "1960-11-08"),
+    }
+    household = {"household_no": "4419000030010001", "household_type": "family", "head_id_number": A,
+                 "address": "广东省东莞市莞城街道运河路1号", "community_code": CODE}
+    conn = site.connect(CODE)
+    with conn:
+        for row in rows.values():
+            insert_row(conn, "persons", row)
+        insert_row(conn, "households", household)
+    conn.close()
+    site.set_up(CODE)
+
+    first = site.push(CODE)
+    assert (first.sequence, first.path.name) == (1, f"{CODE}-00000001.bundle")
+    header1, changes1 = site.received(first.path)
+    assert_increasing(changes1)
+    assert header1["counts"] == {"huji.persons": {"insert": 4, "update": 0, "delete": 0},
+                                 "huji.households": {"insert": 1, "update": 0, "delete": 0}}
+    assert header1["hlc"] == {"min": changes1[0]["hlc"], "max": changes1[-1]["hlc"]}
+    for number, row in rows.items():
+        change = by_change(changes1)[("huji.persons", "insert", json.dumps({"id_number": number}))]
+        assert without_hlc(change) == {
+            "table": "huji.persons", "op": "insert", "key": {"id_number": number},
+            "cells": {k: v for k, v in row.items() if k != "id_number" and v is not None}, "base": {}}
+    version = {c["key"].get("id_number") or c["key"]["household_no"]: c["hlc"] for c in changes1}
+
+    # Any program, plain sqlite3: an insert, updates, a delete, a key update, a no-op.
+    d_row = resident(D, "黄子轩", "1", "2024-05-20", relationship="22", marital_status="10", phone=None)
+    conn = site.connect(CODE)
+    with conn:
+        insert_row(conn, "persons", d_row)
+    with conn:
+        conn.execute("UPDATE persons SET name = ?, phone = ? WHERE id_number = ?", ("王秀兰", "13912345678", A))
+        conn.execute("DELETE FROM persons WHERE id_number = ?", (B,))
+    conn.execute("UPDATE persons SET id_number = ? WHERE id_number = ?", (C_FIXED, C))
+    conn.execute("UPDATE persons SET status = status, name = name WHERE id_number = ?", (E,))
+    conn.execute("UPDATE persons SET phone = '13000000000' WHERE id_number = ?", (E,))
+    conn.execute("UPDATE persons SET phone = '13800138000' WHERE id_number = ?", (E,))  # and back
+    conn.execute("UPDATE households SET address = ? WHERE household_no = ?",
+                 ("广东省东莞市莞城街道运河路3号", "4419000030010001"))
+    conn.close()
+
+    second = site.push(CODE)
+    assert (second.sequence, second.path.name) == (2, f"{CODE}-00000002.bundle")
+    header2, changes2 = site.received(second.path)
+    persons = "huji.persons"
+    person_cells = lambda row: {k: v for k, v in row.items() if k != "id_number" and v is not None}  # noqa: E731
+    expected = [
+        {"table": persons, "op": "insert", "key": {"id_number": D}, "cells": person_cells(d_row), "base": {}},
+        # A had no phone, but its empty phone has a version too: the insert set it.
+        {"table": persons, "op": "update", "key": {"id_number": A},
+         "cells": {"name": "王秀兰", "phone": "13912345678"},
+         "base": {"name": version[A], "phone": version[A], "community_code": version[A]}},
+        {"table": persons, "op": "delete", "key": {"id_number": B}, "cells": {},
+         "base": {c: version[B] for c in PERSON_CELLS}},
+        # A corrected natural key is one change, old key -> new key, based on the old record.
+        {"table": persons, "op": "rekey", "key": {"id_number": C}, "new_key": {"id_number": C_FIXED},
+         "cells": person_cells(rows[C]), "base": {c: version[C] for c in PERSON_CELLS}},
+        {"table": "huji.households", "op": "update", "key": {"household_no": "4419000030010001"},
+         "cells": {"address": "广东省东莞市莞城街道运河路3号"},
+         "base": {"address": version["4419000030010001"], "community_code": version["4419000030010001"]}},
+    ]
+    assert len(changes2) == len(expected)
+    assert {k: without_hlc(v) for k, v in by_change(changes2).items()} == by_change(expected)
+    assert header2["changes"] == 5
+    assert header2["counts"] == {persons: {"insert": 1, "update": 1, "delete": 1, "rekey": 1},
+                                 "huji.households": {"insert": 0, "update": 1, "delete": 0}}
+    assert_increasing(changes2)
+    assert header2["hlc"] == {"min": changes2[0]["hlc"], "max": changes2[-1]["hlc"]}
+    assert header2["hlc"]["min"] > header1["hlc"]["max"]
+
+    # Nothing more changed: nothing more to send.
+    assert site.push(CODE).sequence is None
