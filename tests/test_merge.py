@@ -14,10 +14,6 @@ from conftest import CODES, SECRET, World, id_number, open_conflicts, person, sn
 from syncdb import audit, community, merge, migrations, office
 from syncdb.plugins import extra_policies
 
-# test_pull imports these from here; the world itself lives in conftest.py.
-_open_conflicts = open_conflicts
-__all__ = ["CODES", "SECRET", "World", "_open_conflicts", "id_number", "person", "snapshot"]
-
 
 def test_clean_updates_and_a_concurrent_edit(world, domains):
     w = world

@@ -5,12 +5,11 @@ import sqlite3
 import pytest
 from click.testing import CliRunner
 
-from conftest import OfficeServer
+from conftest import CODES, SECRET, OfficeServer, World, id_number, open_conflicts, person
 from syncdb import merge, migrations, office, outbound, resolve
 from syncdb.cli import cli
 from syncdb.conflicts import list_conflicts
 from syncdb.pull import pull
-from test_merge import CODES, SECRET, World, _open_conflicts, id_number, person
 
 
 def local(w, code, n, column):
@@ -45,7 +44,7 @@ def test_a_resolution_reaches_the_owner_and_the_next_edit_merges_cleanly(settled
     w.sql(a, "UPDATE persons SET phone = '13800138007'")
     w.push(a)
     summary = merge.merge(w.store, w.bundles[-1:], SECRET, domains)
-    assert summary.changes == 1 and summary.opened == 0 and _open_conflicts(w.store) == []
+    assert summary.changes == 1 and summary.opened == 0 and open_conflicts(w.store) == []
     # Pulling again finds nothing new.
     again = pull(w.folders[a], w.domains, SECRET, inbox=str(outbound.outbound_dir(w.store, a)))
     # ... but that the office now holds the phone edit's bundle, which leaves the outbox.
