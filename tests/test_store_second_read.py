@@ -113,3 +113,96 @@ def test_an_upgrade_that_waited_for_a_later_release_upgrading_meanwhile_never_tu
     conn.close()
     assert version == STORE_VERSION + 1, "the later release's store was numbered back to this release's"
     assert isinstance(outcome[0], SyncdbError) and "later release" in str(outcome[0]), outcome
+
+
+def test_an_upgrade_on_a_disk_too_full_for_its_backup_changes_nothing_and_leaves_no_half_copy(
+        tmp_path, domains):
+    """The backup copy comes first: a disk that cannot hold it stops the upgrade before the store is
+    touched, says what to do, and leaves no partial copy behind to be taken for a good one."""
+    from conftest import Community
+    from test_full_disk import SmallDisk
+    from syncdb import community as community_lib, workdir
+
+    disk = SmallDisk(tmp_path / "office-disk", "24m")
+    try:
+        store = disk.path / "office"
+        migrations.init(store, SECRET)
+        folder = tmp_path / "community"
+        workdir.create(folder, domains)
+        office.enroll(store, CODES[0], community_lib.init(folder, CODES[0], store / "office.pub.json", domains,
+                                                          SECRET))
+        c = Community(folder, CODES[0], store, domains, SECRET)
+        c.add_persons(2000)
+        merge.merge(store, [c.export().path], SECRET, domains)
+        make_earlier_release(store)
+        size = (store / "store.db").stat().st_size
+        assert size > 400_000
+        before = (store / "store.db").read_bytes()
+        disk.fill(leave=size // 4)
+        with pytest.raises(SyncdbError, match="free some space") as full:
+            merge.merge(store, [], SECRET, domains)
+        assert "Traceback" not in str(full.value)
+        assert (store / "store.db").read_bytes() == before
+        assert not (store / "backups").exists() or not list((store / "backups").iterdir())
+        disk.free()
+        merge.merge(store, [], SECRET, domains)
+        (backup,) = (store / "backups").iterdir()
+        assert backup.read_bytes()[:16] == b"SQLite format 3\0"
+        with open_store(store, SECRET, domains) as st:
+            assert st.conn.execute("SELECT count(*) FROM huji__persons").fetchone() == (2000,)
+    finally:
+        disk.unmount()
+
+
+KILL_INSIDE_A_RESOLUTION = """
+import os, signal, sys
+from conftest import SECRET
+from syncdb import resolve
+from syncdb.schema import load_domains
+from syncdb.store import open_store
+
+store = open_store(sys.argv[1], SECRET, load_domains(None), write=True)
+def kill(statement):
+    if statement.startswith("INSERT INTO applied"):  # the office bundle written, recorded, merged: not committed
+        os.kill(os.getpid(), signal.SIGKILL)
+store.conn.set_trace_callback(kill)
+resolve.settle(store, int(sys.argv[2]), keep=sys.argv[3])
+"""
+
+
+def test_a_resolution_killed_before_its_commit_leaves_a_file_nothing_reads_and_the_next_one_takes_its_number(
+        world, domains):
+    """SIGKILL after the office bundle is in the inbox and before the transaction commits: the file
+    is an orphan. Nothing lists, merges or serves it; the next resolution takes its number."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from syncdb import audit, bundles
+
+    world.register(CODES[0], person(1, CODES[0]))
+    world.both_rename(CODES[0], 1, "王小名", "王晓明")
+    with open_store(world.store, SECRET, domains) as store:
+        (conflict,) = [c for c in queue.items(store) if c["column"] == "name"]
+        office_code = store.office_code
+    orphan = office.inbox_dir(world.store) / bundle.file_name(office_code, 2)
+    killed = subprocess.run([sys.executable, "-c", KILL_INSIDE_A_RESOLUTION, str(world.store), str(conflict["id"]),
+                             CODES[0]], cwd=os.path.dirname(__file__), capture_output=True, text=True,
+                            timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert orphan.exists()
+    orphan_bytes = orphan.read_bytes()
+
+    summary = merge.merge(world.store, [], SECRET, domains)
+    assert summary.applied == 0 and not summary.refused and not summary.held
+    assert not [e for e in bundles.listing(world.store, domains) if e.origin == office_code and e.sequence == 2]
+    with open_store(world.store, SECRET, domains) as store:
+        assert conflict["id"] in [c["id"] for c in queue.items(store)], "the killed resolution was applied"
+        assert store.conn.execute("SELECT count(*) FROM received WHERE origin = ?", (office_code,)).fetchone() == (1,)
+    with open_store(world.store, SECRET, domains, write=True) as store:
+        resolve.settle(store, conflict["id"], keep=office_code)
+    assert orphan.read_bytes() != orphan_bytes, "the orphan was kept under the name of a recorded bundle"
+    with open_store(world.store, SECRET, domains) as store:
+        assert conflict["id"] not in [c["id"] for c in queue.items(store)]
+        assert audit.verify(store) >= 1
