@@ -78,14 +78,14 @@ def read_only(store_dir) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=30)
         conn.execute("SELECT count(*) FROM communities").fetchone()
-        _stand_ins(conn)
+        stand_ins(conn)
     except sqlite3.Error as e:
         raise SyncdbError(f"{path} cannot be read as an office store ({e}); restore it from a backup "
                           "of the store folder") from None
     return conn
 
 
-def _stand_ins(conn: sqlite3.Connection) -> None:
+def stand_ins(conn: sqlite3.Connection) -> None:
     """Empty TEMP tables (in memory) for the store tables the first merge has not made yet,
     so a store fresh from `office init` reads as one with nothing in it; the file is untouched."""
     for statement in ";".join([STORE_TABLES, conflicts.TABLES, audit.LEDGER_TABLES, SKIPPED_TABLE]).split(";"):

@@ -727,10 +727,16 @@ def conflicts_review(store, schemas):
             if answer == "s":
                 skipped += 1
                 continue
-            if answer == "v":
-                summary = settle(st, conflict_id, value=click.prompt(f"value for {item['label']}"))
-            else:
-                summary = settle(st, conflict_id, keep=item["candidates"][int(answer) - 1]["version"])
+            try:
+                if answer == "v":
+                    summary = settle(st, conflict_id, value=click.prompt(f"value for {item['label']}"))
+                else:
+                    summary = settle(st, conflict_id, keep=item["candidates"][int(answer) - 1]["version"])
+            except SyncdbError as e:
+                # Settled at another desk meanwhile, or a value the schema refuses: say so, go on.
+                click.echo(f"  not settled: {e}")
+                skipped += 1
+                continue
             settled += 1
             for line in summary.lines()[1:]:
                 click.echo(f"  {line}")

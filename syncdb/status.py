@@ -123,7 +123,7 @@ def _store_read_only(store_dir: Path) -> sqlite3.Connection:
     try:
         conn = open_read_only(path)
         conn.execute("SELECT count(*) FROM communities").fetchone()
-        bundles._stand_ins(conn)
+        bundles.stand_ins(conn)
     except sqlite3.Error as e:
         raise SyncdbError(f"{path} cannot be read as an office store ({e}); restore it from a backup "
                           "of the store folder") from None

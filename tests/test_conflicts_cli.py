@@ -54,3 +54,15 @@ def test_review_keeps_a_candidate_types_a_value_or_skips(queued, domains):
     assert "1 settled, 0 skipped; 0 still open" in second.output
     assert names(w, domains) == ["王芳", "社区7"]
     assert run(env, "conflicts", "review", str(w.store)).output.strip() == "No open conflicts."
+
+
+def test_review_goes_on_when_one_answer_cannot_be_kept(queued, domains):
+    """A value the merge refuses (here: over the office's max_value) is reported, and review goes on."""
+    w, env = queued
+    from syncdb import limits
+
+    too_long = "名" * (limits.DEFAULT.max_value + 1)
+    result = run(env, "conflicts", "review", str(w.store), input=f"v\n{too_long}\n2\n")
+    assert result.exit_code == 0, result.output
+    assert "not settled: the merge refused the resolution of conflict #1" in result.output
+    assert "1 settled, 1 skipped; 1 still open" in result.output

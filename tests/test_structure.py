@@ -44,6 +44,18 @@ def test_no_module_imports_another_modules_private_names():
     assert offences == []
 
 
+def test_no_module_reaches_into_another_modules_private_names():
+    """``bundles._stand_ins(conn)`` is as private as ``from .bundles import _stand_ins``."""
+    offences = []
+    for name, tree in modules().items():
+        imported = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                    and node.level == 1 and not node.module for alias in node.names}
+        offences += [f"{name} uses {node.value.id}.{node.attr}" for node in ast.walk(tree)
+                     if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                     and node.value.id in imported and node.attr.startswith("_") and not node.attr.startswith("__")]
+    assert offences == []
+
+
 def test_the_modules_import_each_other_without_a_cycle():
     """Function-level imports count too: one made only to dodge a cycle is still a cycle."""
     trees = modules()
