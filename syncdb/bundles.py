@@ -79,6 +79,7 @@ def read_only(store_dir) -> sqlite3.Connection:
         conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=30)
         conn.execute("SELECT count(*) FROM communities").fetchone()
         stand_ins(conn)
+        conn.execute("PRAGMA query_only = 1")
     except sqlite3.Error as e:
         raise SyncdbError(f"{path} cannot be read as an office store ({e}); restore it from a backup "
                           "of the store folder") from None

@@ -124,6 +124,7 @@ def _store_read_only(store_dir: Path) -> sqlite3.Connection:
         conn = open_read_only(path)
         conn.execute("SELECT count(*) FROM communities").fetchone()
         bundles.stand_ins(conn)
+        conn.execute("PRAGMA query_only = 1")
     except sqlite3.Error as e:
         raise SyncdbError(f"{path} cannot be read as an office store ({e}); restore it from a backup "
                           "of the store folder") from None
