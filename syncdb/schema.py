@@ -37,6 +37,8 @@ TABLE_KEYWORDS = {
     "owner": "the column naming the community that owns a record (community_code)",
     "policy": "default conflict policy of the table's columns",
     "columns": "the columns, in order, as NAME = { … } inline tables",
+    "one_per": "a record-group rule, like { group = \"household_no\", column = \"relationship\", value = \"02\" }: "
+               "each group of live records with a non-empty group value has exactly one record holding that value",
 }
 COLUMN_KEYWORDS = {
     "type": "text, integer, real or date (ISO 8601, YYYY-MM-DD)",
@@ -44,13 +46,18 @@ COLUMN_KEYWORDS = {
     "description": "free text for people",
     "required": "true if the value may not be empty (key columns always are)",
     "sensitive": "true to encrypt the value at the office and mask it in Datasette",
-    "validator": "name of a validator: id_number, community_code, phone",
+    "validator": "name of a validator: id_number, community_code, phone, division_code, uscc",
     "codes": "name of a code table the value must come from",
     "policy": "conflict policy of this column, overriding the table's",
     "matches": "for an id_number column: the columns its embedded birth_date and sex must agree with",
+    "references": "\"domain.table\": a non-empty value must be the key of a live record of that table "
+                  "(whose key is one column); or { table = \"domain.table\", same = { THIS = \"THAT\" } }: "
+                  "also, the referenced record's column THAT equals this record's column THIS",
+    "implies": "{ \"CODE\" = { COLUMN = \"VALUE\" }, … }: when this column holds CODE, "
+               "the record's other columns must hold those values",
 }
 TYPES = {"text": "TEXT", "integer": "INTEGER", "real": "REAL", "date": "TEXT"}
-VALIDATORS = ("id_number", "community_code", "phone")
+VALIDATORS = ("id_number", "community_code", "phone", "division_code", "uscc")
 MATCHES = ("birth_date", "sex")
 # The built-in conflict policies (contract 3). Plugins add more through the
 # conflict_policies hook; loading a schema asks them (plugins.policies()).
@@ -69,6 +76,21 @@ class Column:
     codes: str | None = None
     matches: dict = field(default_factory=dict)
     description: str = ""
+    # "domain.table" whose one-column key a non-empty value must name, or None.
+    references: str | None = None
+    # With references: {this column: column of the referenced record} that must be equal.
+    same: dict = field(default_factory=dict)
+    # {code: {other column: value}}: what a code in this column requires of the record.
+    implies: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OnePer:
+    """A record-group rule: each group has exactly one record whose ``column`` holds ``value``."""
+
+    group: str
+    column: str
+    value: str
 
 
 @dataclass(frozen=True)
@@ -80,6 +102,7 @@ class Table:
     owner: str
     columns: dict[str, Column]
     description: str = ""
+    one_per: OnePer | None = None
 
     # Cached (the merge asks for them for every change); a frozen dataclass
     # still lets cached_property fill in the instance's __dict__.
@@ -137,15 +160,7 @@ class Domain:
         doc = {
             "name": self.name,
             "version": self.version,
-            "tables": {
-                t.name: {
-                    "key": t.key,
-                    "owner": t.owner,
-                    "columns": [[c.name, c.type, c.required, c.sensitive, c.validator, c.codes, c.matches]
-                                for c in t.columns.values()],
-                }
-                for t in self.tables.values()
-            },
+            "tables": {t.name: _table_meaning(t) for t in self.tables.values()},
             # A new code (say, a new benefit type) changes what the office accepts.
             "codes": {name: sorted(table) for name, table in self.codes.items()},
         }
@@ -155,6 +170,22 @@ class Domain:
 
     def code_table(self, name: str) -> dict[str, str]:
         return self.codes.get(name) or codes.NATIONAL[name]
+
+
+def _table_meaning(t: Table) -> dict:
+    """What of a table the fingerprint covers. The record rules are added only
+    where declared, so a schema that uses none keeps the fingerprint it had."""
+    columns = []
+    for c in t.columns.values():
+        meaning = [c.name, c.type, c.required, c.sensitive, c.validator, c.codes, c.matches]
+        rules = {k: v for k, v in (("references", c.references), ("same", c.same), ("implies", c.implies)) if v}
+        if rules:
+            meaning.append(rules)
+        columns.append(meaning)
+    doc = {"key": t.key, "owner": t.owner, "columns": columns}
+    if t.one_per:
+        doc["one_per"] = [t.one_per.group, t.one_per.column, t.one_per.value]
+    return doc
 
 
 def schemas_dir(directory: str | os.PathLike | None = None) -> Path:
@@ -178,7 +209,43 @@ def load_domains(directory: str | os.PathLike | None = None, extra_policies=()) 
         domains[domain.name] = domain
     if not domains:
         raise SchemaError(folder, "holds no *.toml schema file")
+    for domain in domains.values():
+        check_references(domain, domains)
     return domains
+
+
+def check_references(domain: Domain, domains: dict[str, Domain]) -> None:
+    """Check the ``references`` of one domain against the loaded ones.
+
+    A reference into a domain that is not loaded is left alone: a domain is
+    just a file, and a folder may hold only some of them (the reference is
+    then not checked, as at a community that does not keep that domain).
+    A reference into a loaded domain must name a table of it whose key is
+    one column, and ``same`` must name columns of both tables.
+    """
+    for table in domain.tables.values():
+        for column in table.columns.values():
+            if column.references:
+                _check_reference(domain, table, column, domains)
+
+
+def _check_reference(domain, table, column, domains):
+    def fail(message):
+        raise SchemaError(domain.path, message, table=table.name, column=column.name)
+
+    target_domain, _, target_name = column.references.partition(".")
+    if target_domain not in domains:
+        return
+    target = domains[target_domain].tables.get(target_name)
+    if target is None:
+        fail(f"'references' names '{column.references}', but domain '{target_domain}' has no table "
+             f"'{target_name}'; use one of {', '.join(domains[target_domain].tables)}")
+    if len(target.key) != 1:
+        fail(f"'references' names '{column.references}', whose key ({', '.join(target.key)}) is not one column; "
+             "only a table keyed by one column can be referenced")
+    for right in column.same.values():
+        if right not in target.columns:
+            fail(f"'same' names '{right}', which is not a column of {column.references}")
 
 
 def load_domain(path: str | os.PathLike, extra_policies=()) -> Domain:
@@ -202,7 +269,8 @@ def load_domain(path: str | os.PathLike, extra_policies=()) -> Domain:
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise SchemaError(path, "'version' must be a positive integer")
     domain_codes = _load_codes(path, doc.get("codes", {}))
-    known_codes = set(codes.NATIONAL) | set(domain_codes)
+    # name → codes; a domain's own table of a name stands before the national one (as code_table does)
+    known_codes = {**codes.NATIONAL, **domain_codes}
     policies = set(POLICIES) | set(plugins.policies()) | set(extra_policies)
     raw_tables = doc.get("tables")
     if not isinstance(raw_tables, dict) or not raw_tables:
@@ -245,7 +313,9 @@ def _load_table(path, domain, name, raw, known_codes, policies) -> Table:
             path, name, cname, craw, default_policy, known_codes, policies,
             in_key=cname in key, all_columns=raw_columns,
         )
-    return Table(domain, name, label, tuple(key), owner, columns, raw.get("description", ""))
+    one_per = _load_one_per(path, name, raw.get("one_per"), raw_columns)
+    table = Table(domain, name, label, tuple(key), owner, columns, raw.get("description", ""), one_per)
+    return table
 
 
 def _load_column(path, table, name, raw, default_policy, known_codes, policies, in_key, all_columns) -> Column:
@@ -283,6 +353,8 @@ def _load_column(path, table, name, raw, default_policy, known_codes, policies, 
                 fail(f"'matches' knows {', '.join(MATCHES)}, not '{what}'")
             if other not in all_columns:
                 fail(f"'matches' names '{other}', which is not a column of the table")
+    references, same = _load_references(fail, raw.get("references"), all_columns)
+    implies = _load_implies(fail, raw.get("implies"), code_table, known_codes, all_columns)
     return Column(
         name=name,
         type=ctype,
@@ -294,7 +366,70 @@ def _load_column(path, table, name, raw, default_policy, known_codes, policies, 
         codes=code_table,
         matches=dict(matches),
         description=raw.get("description", ""),
+        references=references,
+        same=same,
+        implies=implies,
     )
+
+
+def _load_references(fail, raw, all_columns) -> tuple[str | None, dict]:
+    """``references = "domain.table"`` or ``{ table = "domain.table", same = { THIS = "THAT" } }``.
+
+    Here only the form and this table's columns are checked; the referenced
+    table is checked once every domain is loaded (check_references).
+    """
+    if raw is None:
+        return None, {}
+    same = {}
+    if isinstance(raw, dict):
+        extra = set(raw) - {"table", "same"}
+        if extra:
+            fail(f"'references' knows table and same, not {', '.join(sorted(extra))}")
+        same = raw.get("same", {})
+        raw = raw.get("table")
+        if not isinstance(same, dict) or not all(isinstance(v, str) for v in same.values()):
+            fail("'same' must be an inline table of column names, like same = { household_no = \"household_no\" }")
+        for left in same:
+            if left not in all_columns:
+                fail(f"'same' names '{left}', which is not a column of the table")
+    if not isinstance(raw, str) or raw.count(".") != 1 or not all(p.isidentifier() for p in raw.split(".")):
+        fail("'references' must name a table as \"domain.table\", like references = \"huji.households\"")
+    return raw, dict(same)
+
+
+def _load_implies(fail, raw, code_table, known_codes, all_columns) -> dict:
+    """``implies = { "CODE" = { COLUMN = "VALUE" } }``; CODE must be a code of this column."""
+    if raw is None:
+        return {}
+    if not code_table:
+        fail("'implies' only applies to a column with a code table (codes = \"…\")")
+    if not isinstance(raw, dict) or not raw:
+        fail("'implies' must be an inline table, like implies = { \"11\" = { sex = \"1\" } }")
+    for code, wanted in raw.items():
+        if code not in known_codes[code_table]:
+            fail(f"'implies' names code '{code}', which is not in code table '{code_table}'")
+        if not isinstance(wanted, dict) or not wanted:
+            fail(f"'implies' for code '{code}' must be an inline table of values, like {{ sex = \"1\" }}")
+        for other, value in wanted.items():
+            if other not in all_columns:
+                fail(f"'implies' for code '{code}' names '{other}', which is not a column of the table")
+            if not isinstance(value, str):
+                fail(f"'implies' for code '{code}': the value of '{other}' must be in quotes")
+    return {code: dict(wanted) for code, wanted in raw.items()}
+
+
+def _load_one_per(path, table, raw, all_columns) -> OnePer | None:
+    if raw is None:
+        return None
+    shape = "'one_per' must be { group = \"COLUMN\", column = \"COLUMN\", value = \"VALUE\" }"
+    if not isinstance(raw, dict) or set(raw) != {"group", "column", "value"} \
+            or not all(isinstance(v, str) for v in raw.values()):
+        raise SchemaError(path, shape, table=table)
+    for what in ("group", "column"):
+        if raw[what] not in all_columns:
+            raise SchemaError(path, f"'one_per' {what} names '{raw[what]}', which is not a column of the table",
+                              table=table)
+    return OnePer(raw["group"], raw["column"], raw["value"])
 
 
 def _load_codes(path, raw) -> dict[str, dict[str, str]]:

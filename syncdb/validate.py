@@ -26,6 +26,11 @@ from pathlib import Path
 from stdnum.cn import ric
 from stdnum.exceptions import ValidationError
 
+try:
+    from stdnum.cn import uscc as _stdnum_uscc  # python-stdnum 1.19 and later
+except ImportError:  # older ones: the standard's algorithm below
+    _stdnum_uscc = None
+
 from .errors import SyncdbError
 from .schema import Column, Domain, Table
 from .workdir import db_path
@@ -139,8 +144,15 @@ PROVINCES = {
 }
 
 
+# 统计用区划代码编制规则 (National Bureau of Statistics): the township segment
+# codes 街道 001–099, 镇 100–199, 乡 200–399 and 乡级单位 such as development
+# zones 400–599; the village segment codes 居委会 001–199 and 村委会 200–399.
+TOWNSHIP_SEGMENT = range(1, 600)
+VILLAGE_SEGMENT = range(1, 400)
+
+
 def community_code(value: str) -> list[str]:
-    """Check a 12-digit 统计用区划代码: county (6) + street (3) + community (3)."""
+    """Check a 12-digit 统计用区划代码: county (6) + township (3) + village (3)."""
     if not re.fullmatch(r"[0-9]{12}", value):
         raise Invalid(
             f"must be 12 digits (统计用区划代码: 6-digit county, 3-digit street, "
@@ -148,6 +160,63 @@ def community_code(value: str) -> list[str]:
         )
     if value[:2] not in PROVINCES:
         raise Invalid(f"starts with {value[:2]}, which is no province code (11 北京市 … 82 澳门特别行政区)")
+    if int(value[6:9]) not in TOWNSHIP_SEGMENT:
+        raise Invalid(
+            f"has township segment {value[6:9]} (digits 7–9), which 统计用区划代码 does not use: "
+            "streets are 001–099, towns 100–199, townships 200–399, zones 400–599"
+        )
+    if int(value[9:12]) not in VILLAGE_SEGMENT:
+        raise Invalid(
+            f"has village segment {value[9:12]} (digits 10–12), which 统计用区划代码 does not use: "
+            "居委会 (communities) are 001–199, 村委会 (villages) 200–399"
+        )
+    return []
+
+
+def division_code(value: str) -> list[str]:
+    """Check a 6-digit administrative division code (行政区划代码, GB/T 2260).
+
+    Only the form and the province are checked: codes are retired and added
+    over the years, and an old one (a native place, an ID's region) stays true.
+    """
+    if not re.fullmatch(r"[0-9]{6}", value):
+        raise Invalid(
+            f"must be 6 digits (行政区划代码, GB/T 2260, like 441900), got {value!r}{_fullwidth_hint(value)}"
+        )
+    if value[:2] not in PROVINCES:
+        raise Invalid(f"starts with {value[:2]}, which is no province code (11 北京市 … 82 澳门特别行政区)")
+    return []
+
+
+# GB 32100-2015: the 31 characters of a 统一社会信用代码 (no I, O, S, V or Z).
+_USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
+_USCC_WEIGHTS = tuple(pow(3, i, 31) for i in range(17))  # 1, 3, 9, 27, 19, 26, …
+_USCC_FORMAT = re.compile(rf"[{_USCC_ALPHABET}]{{2}}[0-9]{{6}}[{_USCC_ALPHABET}]{{10}}")
+
+
+def _uscc_check_character(first17: str) -> str:
+    if _stdnum_uscc is not None:
+        return _stdnum_uscc.calc_check_digit(first17 + "0")
+    total = sum(_USCC_ALPHABET.index(c) * w for c, w in zip(first17, _USCC_WEIGHTS))
+    return _USCC_ALPHABET[-total % 31]
+
+
+def uscc(value: str) -> list[str]:
+    """Check an 18-character 统一社会信用代码 (GB 32100-2015) and its check character."""
+    if value != value.strip():
+        raise Invalid(f"has spaces around it: {value!r}; store the 18 characters only")
+    if len(value) != 18:
+        raise Invalid(f"must be 18 characters (统一社会信用代码), got {len(value)}{_fullwidth_hint(value)}")
+    if value != value.upper() and _USCC_FORMAT.fullmatch(value.upper()):
+        raise Invalid("holds lowercase letters; GB 32100 writes them in capitals")
+    if not _USCC_FORMAT.fullmatch(value):
+        raise Invalid(
+            f"must be 2 registration characters, a 6-digit division code and 10 characters of "
+            f"0–9 and A–Y without I, O, S, V or Z (GB 32100), got {value!r}{_fullwidth_hint(value)}"
+        )
+    expected = _uscc_check_character(value[:17])
+    if value[-1] != expected:
+        raise Invalid(f"wrong check character: expected {expected}, got {value[-1]}")
     return []
 
 
@@ -199,6 +268,8 @@ VALIDATORS = {
     "id_number": id_number,
     "community_code": community_code,
     "phone": phone,
+    "division_code": division_code,
+    "uscc": uscc,
 }
 
 # ---------------------------------------------------------------- records

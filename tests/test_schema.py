@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from syncdb import workdir
 from syncdb.cli import cli
 from syncdb.errors import SchemaError
-from syncdb.schema import DEFAULT_SCHEMAS, load_domain, load_domains
+from syncdb.schema import DEFAULT_SCHEMAS, all_tables, load_domain, load_domains
 
 DESIGN_COLUMNS = {
     "huji.households": ["household_no", "household_type", "head_id_number", "address", "community_code"],
@@ -147,3 +147,121 @@ def test_a_wheel_ships_the_schemas_and_plugins(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for expected in ("schemas/huji.toml", "schemas/liudong.toml", "plugins/transfer.py"):
         assert any(n.endswith(f".data/data/share/syncdb/{expected}") for n in names), expected
+
+
+# The record rules (issue 11): references, implies, one_per.
+PEOPLE = """
+label = "人"
+version = 1
+[tables.families]
+label = "户"
+key = ["family_no"]
+owner = "community_code"
+[tables.families.columns]
+family_no = { type = "text", label = "户号" }
+head = { type = "text", label = "户主", references = { table = "people.members", same = { family_no = "family_no" } } }
+community_code = { type = "text", label = "社区代码", validator = "community_code" }
+[tables.members]
+label = "成员"
+key = ["member_id"]
+owner = "community_code"
+one_per = { group = "family_no", column = "relationship", value = "02" }
+[tables.members.columns]
+member_id = { type = "text", label = "编号" }
+family_no = { type = "text", label = "户号", references = "people.families" }
+sex = { type = "text", label = "性别", codes = "sex" }
+relationship = { type = "text", label = "关系", codes = "relationship", implies = { "11" = { sex = "1" }, "12" = { sex = "2" } } }
+native = { type = "text", label = "籍贯", validator = "division_code" }
+employer = { type = "text", label = "单位", validator = "uscc" }
+community_code = { type = "text", label = "社区代码", validator = "community_code" }
+[tables.visits]
+label = "来访"
+key = ["member_id", "day"]
+owner = "community_code"
+[tables.visits.columns]
+member_id = { type = "text", label = "编号" }
+day = { type = "date", label = "日期" }
+community_code = { type = "text", label = "社区代码", validator = "community_code" }
+"""
+
+
+def test_record_rules_are_read_into_columns_and_tables(tmp_path):
+    (tmp_path / "people.toml").write_text(PEOPLE, encoding="utf-8")
+    people = load_domains(tmp_path)["people"]
+    members = people.tables["members"]
+    assert members.columns["family_no"].references == "people.families"
+    assert members.columns["family_no"].same == {}
+    head = people.tables["families"].columns["head"]
+    assert (head.references, head.same) == ("people.members", {"family_no": "family_no"})
+    assert members.columns["relationship"].implies == {"11": {"sex": "1"}, "12": {"sex": "2"}}
+    assert (members.one_per.group, members.one_per.column, members.one_per.value) == ("family_no", "relationship", "02")
+    assert members.columns["native"].validator == "division_code"
+    assert members.columns["employer"].validator == "uscc"
+
+
+@pytest.mark.parametrize("old, new, table, column, words", [
+    ('implies = { "11"', 'implies = { "x1"', "members", "relationship", "code 'x1', which is not in code table 'relationship'"),
+    ('{ "11" = { sex = "1" }', '{ "11" = { gender = "1" }', "members", "relationship", "names 'gender'"),
+    ('label = "编号" }\nfamily_no', 'label = "编号", implies = { "1" = { sex = "1" } } }\nfamily_no', "members",
+     "member_id", "'implies' only applies to a column with a code table"),
+    ('group = "family_no"', 'group = "household_no"', "members", None, "'one_per' group names 'household_no'"),
+    ('column = "relationship"', 'column = "relation"', "members", None, "'one_per' column names 'relation'"),
+    ('value = "02" }', 'value = 2 }', "members", None, "'one_per' must be"),
+    ('same = { family_no = "family_no" }', 'same = { family = "family_no" }', "families", "head",
+     "'same' names 'family', which is not a column of the table"),
+    ('references = "people.families"', 'references = "families"', "members", "family_no", "\"domain.table\""),
+    ('references = "people.families"', 'references = { tabel = "people.families" }', "members", "family_no",
+     "not tabel"),
+])
+def test_record_rule_mistakes_name_file_table_and_column(tmp_path, old, new, table, column, words):
+    assert old in PEOPLE
+    (tmp_path / "people.toml").write_text(PEOPLE.replace(old, new, 1), encoding="utf-8")
+    with pytest.raises(SchemaError) as e:
+        load_domains(tmp_path)
+    message = str(e.value)
+    assert "people.toml" in message and words in message, message
+    assert f"table '{table}'" in message
+    if column:
+        assert f"column '{column}'" in message
+
+
+@pytest.mark.parametrize("old, new, words", [
+    ('references = "people.families"', 'references = "people.familes"', "domain 'people' has no table 'familes'"),
+    ('references = "people.families"', 'references = "people.visits"', "is not one column"),
+    ('same = { family_no = "family_no" }', 'same = { family_no = "family" }',
+     "'same' names 'family', which is not a column of people.members"),
+])
+def test_references_are_checked_against_the_referenced_table(tmp_path, old, new, words):
+    (tmp_path / "people.toml").write_text(PEOPLE.replace(old, new, 1), encoding="utf-8")
+    with pytest.raises(SchemaError, match=words):
+        load_domains(tmp_path)
+
+
+def test_a_reference_into_a_domain_not_in_the_folder_is_left_unchecked(tmp_path):
+    """A folder may hold only some domains (a new domain is just a file)."""
+    (tmp_path / "people.toml").write_text(
+        PEOPLE.replace('references = "people.families"', 'references = "dizhi.addresses"'), encoding="utf-8")
+    assert load_domains(tmp_path)["people"].tables["members"].columns["family_no"].references == "dizhi.addresses"
+
+
+def test_references_in_the_shipped_schemas_resolve():
+    domains = load_domains()
+    for table in all_tables(domains):
+        for column in table.columns.values():
+            if column.references:
+                target_domain, target_table = column.references.split(".")
+                assert len(domains[target_domain].tables[target_table].key) == 1
+
+
+@pytest.mark.parametrize("old, new", [
+    (', references = "people.families"', ''),
+    (', same = { family_no = "family_no" }', ''),
+    ('"12" = { sex = "2" }', '"12" = { sex = "1" }'),
+    ('value = "02"', 'value = "01"'),
+])
+def test_fingerprint_covers_the_record_rules(tmp_path, old, new):
+    path = tmp_path / "people.toml"
+    path.write_text(PEOPLE, encoding="utf-8")
+    before = load_domain(path).fingerprint
+    path.write_text(PEOPLE.replace(old, new, 1), encoding="utf-8")
+    assert load_domain(path).fingerprint != before
