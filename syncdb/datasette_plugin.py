@@ -111,6 +111,17 @@ class Context:
     secret: Secret | None = None  # to read keyring.json again when it changes
     keyring_stamp: tuple | None = None
     keyring_lock: threading.Lock = field(default_factory=threading.Lock)
+    _address_columns: set | None = None
+
+    def address_columns(self) -> set[tuple[str, str]]:
+        """(published table, column label) of every cell holding an address code: linked to its address page."""
+        if self._address_columns is None:
+            self._address_columns = {
+                (projection.published_name(self.domains[t.domain], t), c.label)
+                for t in (t for d in self.domains.values() for t in d.tables.values())
+                for c in t.columns.values()
+                if c.references == pages.ADDRESSES or (t.qualified == pages.ADDRESSES and c.name in t.key)}
+        return self._address_columns
 
     def store(self) -> Store:
         """The store, read-only, on a connection of its own for the calling thread."""
@@ -321,7 +332,7 @@ def _tilde_path(scope: dict) -> dict:
 
 def _reads_published(path: str) -> bool:
     """Does this page query the in-memory databases? (Sign-in, sync status and conflicts read none.)"""
-    return not path.startswith("/-/") or path.startswith("/-/person/")
+    return not path.startswith("/-/") or path.startswith(("/-/person/", "/-/address/"))
 
 
 async def _serve(datasette, app, scope, receive, send, path, actor):
@@ -483,9 +494,22 @@ async def person(datasette, request):
             sections.append({"table": name, "columns": shown, "rows": [[r[c] for c in shown] for r in rows],
                              "url": datasette.urls.table(db.name, name) + "?"
                              + urlencode({projection.PERSON_COLUMN: token})})
+    places = await db.execute_fn(lambda conn: pages.person_places(conn, _context(datasette).domains, token)) \
+        if sections else []
     html = await datasette.render_template("syncdb_person.html", {
-        "sections": sections, "plaintext": plain, "token": token}, request=request)
+        "sections": sections, "places": places, "plaintext": plain, "token": token}, request=request)
     return Response.html(html, status=200 if sections else 404)
+
+
+async def address(datasette, request):
+    """One standard address: its grid, the houses on it and who lives there, each linked to their person page."""
+    code = request.url_vars["code"]
+    plain = sees_plaintext(actor_of(datasette, request))
+    db = datasette.get_database(projection.PLAIN_DB if plain else projection.MASKED_DB)
+    place = await db.execute_fn(lambda conn: pages.address_page(conn, _context(datasette).domains, code))
+    html = await datasette.render_template("syncdb_address.html", {
+        "place": place, "plaintext": plain, "code": code}, request=request)
+    return Response.html(html, status=200 if place else 404)
 
 
 async def sync(datasette, request):
@@ -522,6 +546,7 @@ def register_routes(datasette):
         (r"^/-/login$", login),
         (r"^/-/logout$", logout),
         (r"^/-/person/(?P<token>[0-9a-f]{32})$", person),
+        (r"^/-/address/(?P<code>[0-9A-Za-z]{1,40})$", address),
         (r"^/-/sync$", sync),
         (r"^/-/conflicts$", conflicts),
     ]
@@ -538,4 +563,8 @@ def prepare_connection(conn, database, datasette):
 def render_cell(value, column, table, database, datasette):
     if column == projection.PERSON_COLUMN and isinstance(value, str) and len(value) == 32:
         return Markup(f'<a href="/-/person/{escape(value)}">查看</a>')
+    ctx = getattr(datasette, "_syncdb", None)
+    if ctx is not None and database in (projection.MASKED_DB, projection.PLAIN_DB) and value \
+            and (table, column) in ctx.address_columns() and re.fullmatch(r"[0-9A-Za-z]{1,40}", str(value)):
+        return Markup(f'<a href="/-/address/{escape(value)}">{escape(value)}</a>')
     return None

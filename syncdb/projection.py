@@ -71,6 +71,11 @@ def birth_date_columns(table: Table) -> set[str]:
             if c.sensitive and c.validator == "id_number" and c.matches.get("birth_date")}
 
 
+def indexed(table: Table) -> list[str]:
+    """Labels of the columns naming another table's record: the person and address pages look records up by them."""
+    return [c.label for c in table.columns.values() if c.references and c.name not in table.key]
+
+
 def memory_uri(name: str) -> str:
     """The URI Datasette opens a named in-memory database with (shared by every connection of the process)."""
     return f"file:{name}?mode=memory&cache=shared"
@@ -128,20 +133,26 @@ def fill(store: Store, masked, plain, exclusive=contextlib.nullcontext) -> int:
                     conn.executemany(insert, rows)
                     conn.execute("COMMIT")
                 records += len(chunk)
-            built.append((name, linked))
+            built.append((name, indexed(table) + ([PERSON_COLUMN] if linked else [])))
     generation = os.urandom(4).hex()  # an index keeps its name through the RENAME: one name per build
     with exclusive():
         for conn in (masked, plain):
-            for name, linked in built:
-                if linked:
-                    conn.execute(f"CREATE INDEX [{name}_{PERSON_COLUMN}_{generation}] ON [_new_{name}] "
-                                 f"([{PERSON_COLUMN}])")
+            for name, columns in built:
+                for label in columns:
+                    conn.execute(f"CREATE INDEX [{name}_{label}_{generation}] ON [_new_{name}] ([{label}])")
             conn.execute("BEGIN IMMEDIATE")
-            for name, linked in built:
+            for name, _ in built:
                 conn.execute(f"DROP TABLE IF EXISTS [{name}]")
                 conn.execute(f"ALTER TABLE [_new_{name}] RENAME TO [{name}]")
             conn.execute("COMMIT")
     return records
+
+
+def referenced(domains: dict[str, Domain], column: Column) -> str:
+    """What a column without a description of its own says: the published table its value names."""
+    domain, _, name = (column.references or "").partition(".")
+    target = domains[domain].tables.get(name) if domain in domains else None
+    return f"对应「{published_name(domains[domain], target)}」中的记录" if target else ""
 
 
 def metadata(domains: dict[str, Domain], title: str) -> dict:
@@ -151,7 +162,8 @@ def metadata(domains: dict[str, Domain], title: str) -> dict:
         for table in domain.tables.values():
             tables[published_name(domain, table)] = {
                 "description": table.description or f"{domain.label} · {table.label}",
-                "columns": {c.label: c.description for c in table.columns.values() if c.description}
+                "columns": {c.label: c.description or referenced(domains, c) for c in table.columns.values()
+                            if c.description or referenced(domains, c)}
                 | ({PERSON_COLUMN: "该人员在各业务库中的全部记录"} if person_column(table) else {}),
             }
     return {
