@@ -22,7 +22,7 @@ DESIGN_COLUMNS = {
 
 def test_shipped_domains_carry_the_designed_tables():
     domains = load_domains()
-    assert {"huji", "shebao", "minzheng", "liudong"} <= set(domains)
+    assert {"huji", "shebao", "minzheng", "liudong", "wangge", "dizhi", "fangwu", "danwei"} <= set(domains)
     for qualified, columns in DESIGN_COLUMNS.items():
         domain, table = qualified.split(".")
         t = domains[domain].tables[table]
@@ -45,10 +45,62 @@ def test_a_new_domain_is_just_a_file(tmp_path):
     shutil.copy(DEFAULT_SCHEMAS / "liudong.toml", folder)
     domains = load_domains(folder)
     assert list(domains) == ["liudong"]
-    assert domains["liudong"].tables["rentals"].key == ("house_id",)
+    # Its references into dizhi and fangwu, absent here, are accepted and not checked.
+    assert domains["liudong"].tables["migrants"].columns["house_code"].references == "fangwu.houses"
     workdir.create(tmp_path / "c", domains)
     conn = sqlite3.connect(tmp_path / "c" / "liudong.db")
-    assert {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")} == {"rentals", "migrants"}
+    assert {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")} == {"migrants"}
+
+
+def test_the_domains_the_office_works_by():
+    """一标三实: grids, standard addresses, houses, units and migrants, each one file (issue 11)."""
+    domains = load_domains()
+    assert {"wangge", "dizhi", "fangwu", "danwei", "liudong"} <= set(domains)
+    keys = {t.qualified: t.key for t in all_tables(domains)}
+    assert keys["wangge.grids"] == ("grid_code",) and keys["dizhi.addresses"] == ("address_code",)
+    assert keys["fangwu.houses"] == ("house_code",) and keys["danwei.units"] == ("credit_code",)
+    assert "liudong.rentals" not in keys  # rentals are fangwu.houses with rented = "1"
+    references = {f"{t.qualified}.{c.name}": c.references for t in all_tables(domains)
+                  for c in t.columns.values() if c.references}
+    assert references == {
+        "dizhi.addresses.grid_code": "wangge.grids",
+        "fangwu.houses.address_code": "dizhi.addresses",
+        "danwei.units.address_code": "dizhi.addresses",
+        "liudong.migrants.address_code": "dizhi.addresses",
+        "liudong.migrants.house_code": "fangwu.houses",
+        "huji.households.head_id_number": "huji.persons",
+        "huji.households.address_code": "dizhi.addresses",
+        "huji.persons.household_no": "huji.households",
+        "huji.persons.address_code": "dizhi.addresses",
+    }
+    assert domains["dizhi"].tables["addresses"].sensitive_columns == []
+    assert domains["fangwu"].tables["houses"].id_columns == ["owner_id_number"]
+    assert domains["danwei"].tables["units"].columns["credit_code"].validator == "uscc"
+    migrants = domains["liudong"].tables["migrants"]
+    assert migrants.columns["id_number"].matches == {"birth_date": "birth_date", "sex": "sex"}
+    assert {"id_number", "name", "permit_no", "phone"} == set(migrants.sensitive_columns)
+    for table in all_tables(domains):
+        assert table.owner == "community_code"
+        assert all(c.label and not c.label.isascii() for c in table.columns.values())
+
+
+def test_huji_v2_only_adds():
+    """huji gains columns and rules; no column of version 1 is removed, renamed or recoded."""
+    huji = load_domains()["huji"]
+    assert huji.version == 2
+    persons = huji.tables["persons"]
+    assert list(persons.columns)[:12] == DESIGN_COLUMNS["huji.persons"]
+    assert list(persons.columns)[12:] == [
+        "former_name", "native_place", "education", "workplace", "address_code", "move_in_date", "death_date",
+        "deregistration_reason", "deregistration_destination"]
+    assert list(huji.tables["households"].columns)[:5] == DESIGN_COLUMNS["huji.households"]
+    assert huji.code_table("education")["11"] == "博士研究生毕业" and huji.code_table("education")["90"] == "其他"
+    assert persons.one_per.group == "household_no" and persons.one_per.value == "02"
+    implies = persons.columns["relationship"].implies
+    assert implies["11"] == {"sex": "1"} and implies["12"] == {"sex": "2"}
+    assert implies["28"] == {"sex": "1"} and implies["38"] == {"sex": "2"}  # 女婿, 儿媳
+    assert not {"01", "02", "10", "99"} & set(implies)  # 本人, 户主, 配偶, 非亲属 name no sex
+    assert huji.tables["households"].columns["head_id_number"].same == {"household_no": "household_no"}
 
 
 def test_fingerprint_is_stable_and_tracks_meaning(tmp_path):

@@ -51,6 +51,11 @@ def person(**changes):
     return row
 
 
+# The household of person(): its head is person() itself (huji's references).
+HOUSEHOLD = {"household_no": "H0001", "household_type": "family", "head_id_number": "441900199001010028",
+             "address": "东莞市某街道1号", "community_code": CODE}
+
+
 def insert(path, table, rows):
     conn = sqlite3.connect(path)
     with conn:
@@ -208,9 +213,9 @@ def test_date_type(persons, domains):
 
 
 def test_number_types(domains):
-    rentals = domains["liudong"].tables["rentals"]
+    rentals = domains["fangwu"].tables["houses"]  # rentals moved from liudong to fangwu (issue 11)
     enrolments = domains["shebao"].tables["enrolments"]
-    rental = {"house_id": "F1", "landlord_id_number": EXAMPLE_ID, "address": "x", "community_code": CODE}
+    rental = {"house_code": "F1", "address_code": "A1", "use": "10", "rented": "1", "community_code": CODE}
     assert problems_of(rentals, {**rental, "rooms": "12"}, domains) == {}
     assert problems_of(rentals, {**rental, "rooms": 12}, domains) == {}
     assert "whole number" in problems_of(rentals, {**rental, "rooms": "abc"}, domains)[("rooms", "error")]
@@ -255,17 +260,16 @@ def community(tmp_path, domains):
     """A community folder with one clean person and four corrupted ones."""
     folder = tmp_path / CODE
     workdir.create(folder, domains)
-    insert(folder / "huji.db", "households", [
-        {"household_no": "H0001", "household_type": "family", "head_id_number": "441900199001010028",
-         "address": "东莞市某街道1号", "community_code": CODE},
-    ])
+    insert(folder / "huji.db", "households", [HOUSEHOLD])
+    # One 户主 per household (huji's one_per): the others are 99 非亲属, which names no sex.
     insert(folder / "huji.db", "persons", [
         person(),
-        person(id_number=BAD_CHECK, birth_date="1949-12-31"),
-        person(id_number="110105198001010016", sex="1", birth_date="1980-01-02"),
-        person(id_number="441900199001010044", ethnicity="57"),
-        person(id_number="110105198001010024", birth_date="1980-01-01", name=""),
-        person(id_number="44190019850615003X", sex="1", birth_date="1985-06-15"),  # region warning only
+        person(id_number=BAD_CHECK, birth_date="1949-12-31", relationship="99"),
+        person(id_number="110105198001010016", sex="1", birth_date="1980-01-02", relationship="99"),
+        person(id_number="441900199001010044", ethnicity="57", relationship="99"),
+        person(id_number="110105198001010024", birth_date="1980-01-01", name="", relationship="99"),
+        # region warning only
+        person(id_number="44190019850615003X", sex="1", birth_date="1985-06-15", relationship="99"),
     ])
     insert(folder / "shebao.db", "enrolments", [
         {"id_number": "441900199001010028", "insurance_type": "pension_resident", "status": "active",
@@ -314,10 +318,9 @@ def test_validate_opens_read_only(community, domains):
 def test_missing_table_and_column_are_findings(tmp_path, domains):
     path = tmp_path / "huji.db"
     conn = sqlite3.connect(path)
-    # An app's own layout: no households table, persons without phone.
-    conn.execute("CREATE TABLE persons (id_number TEXT, name TEXT, sex TEXT, ethnicity TEXT, birth_date TEXT,"
-                 " household_no TEXT, relationship TEXT, marital_status TEXT, address TEXT,"
-                 " community_code TEXT, status TEXT, extra TEXT)")
+    # An app's own layout: no households table, persons without phone, a column of its own.
+    columns = [c for c in domains["huji"].tables["persons"].columns if c != "phone"] + ["extra"]
+    conn.execute(f"CREATE TABLE persons ({', '.join(f'[{c}] TEXT' for c in columns)})")
     conn.execute("INSERT INTO persons (id_number, name, sex, ethnicity, birth_date, community_code, status)"
                  " VALUES (?, '王芳', '2', '01', '1949-12-31', '', 'normal')", (EXAMPLE_ID,))
     conn.commit()
@@ -356,8 +359,9 @@ def clean_community(tmp_path, domains):
     """Only a region-code warning: validation must still succeed."""
     folder = tmp_path / "clean" / CODE
     workdir.create(folder, domains)
+    insert(folder / "huji.db", "households", [HOUSEHOLD])
     insert(folder / "huji.db", "persons", [
-        person(), person(id_number="44190019850615003X", sex="1", birth_date="1985-06-15"),
+        person(), person(id_number="44190019850615003X", sex="1", birth_date="1985-06-15", relationship="99"),
     ])
     return folder
 
