@@ -296,6 +296,36 @@ def community_set_office_key(workdir, office_key):
     click.echo(f"Now encrypting to office key {office_key}; the next `syncdb push {workdir}` sends every record again")
 
 
+@community.command(name="upgrade")
+@click.argument("workdir", type=click.Path(file_okay=False, exists=True))
+@click.option("--create-databases", is_flag=True,
+              help="Also make the working databases of domains the folder does not hold yet, with empty tables.")
+@schemas_option
+def community_upgrade(workdir, create_databases, schemas):
+    """Bring the working databases to the schemas: add the tables and columns a newer release's
+    schemas declare, and set up change capture afresh. Nothing is dropped and no value changes.
+
+    Example: syncdb community upgrade C:\\社区数据
+    """
+    from .workdir_upgrade import upgrade
+
+    done = upgrade(workdir, load_domains(schemas), create_databases=create_databases)
+    for name in done.made_databases:
+        click.echo(f"made {name}")
+    for table in done.made_tables:
+        click.echo(f"made table {table}")
+    for table, columns in done.added.items():
+        click.echo(f"{table}: added {', '.join(columns)}")
+    for line in done.left_alone + done.empty_required:
+        click.echo(f"note: {line}")
+    if done.unsynced:
+        click.echo(f"kept as they are, no longer synced: {', '.join(done.unsynced)}")
+    if not done.changed:
+        click.echo("The working databases already match the schemas; nothing to add.")
+    if done.captured:
+        click.echo(f"Change capture set up afresh in {', '.join(done.captured)}")
+
+
 class _Bar:
     """A progress bar on stderr drawn at its first step: an error found before any work is printed alone."""
 
