@@ -135,21 +135,34 @@ def validate(paths, fmt, warnings, schemas):
 @click.option("--residents", type=click.IntRange(min=1), default=2000, show_default=True,
               help="How many residents to generate.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same bytes.")
+@click.option("--report", is_flag=True,
+              help="Then list the deliberate cases planted for the checks across domains, per class.")
 @schemas_option
-def sample(directory, code, residents, seed, schemas):
-    """Write a sample community's working databases (huji.db, shebao.db, minzheng.db).
+def sample(directory, code, residents, seed, report, schemas):
+    """Write a sample community's working databases, one per domain.
 
-    Realistic, valid and deterministic: households with heads and members,
-    ID numbers that agree with birth dates and sexes, enrolments and benefits.
+    Realistic, valid and deterministic, like a Dongguan community: standard
+    addresses, grids, houses and rentals, units; households with heads and
+    members, ID numbers that agree with birth dates and sexes; more migrants
+    than residents, with residence permits; enrolments and benefits. A few
+    records are deliberately contradictory across domains (a deceased person
+    still paid, an expired residence permit, an over-full rental).
 
-    Example: syncdb sample communities/441900003001 --code 441900003001 --residents 5000 --seed 1
+    Example: syncdb sample communities/441900003001 --code 441900003001 --residents 5000 --seed 1 --report
     """
     from .sample import generate
+    from .sample_planted import CLASSES
+    from .sample_planted import report as planted
 
     domains = load_domains(schemas)
     counts = generate(directory, code, residents, seed, domains)
     for table, count in counts.items():
         click.echo(f"{table}: {count} rows")
+    if report:
+        for name, cases in planted(directory).items():
+            click.echo(f"{CLASSES[name]} ({name}): {len(cases)}")
+            for case in cases:
+                click.echo(f"  {case}")
 
 
 @cli.command()

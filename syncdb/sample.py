@@ -1,11 +1,19 @@
 """Sample communities: realistic, valid and deterministic working databases.
 
-``generate`` writes huji.db, shebao.db and minzheng.db for one community:
-households and their members (sample_people.py), valid ID numbers
-(sample_ids.py), social security enrolments and civil affairs benefits (here).
+``generate`` writes every domain of one community, as a Dongguan community
+looks: standard addresses, grids, houses and rentals, units (sample_places.py);
+households and their members (sample_people.py) with valid ID numbers
+(sample_ids.py) and plausible origins (sample_origins.py); a floating
+population larger than the registered one, with residence permits
+(sample_migrants.py); social security enrolments and civil affairs benefits
+(here); and a few deliberate cases for the checks across domains
+(sample_planted.py).
+
 The same code, seed and resident count give byte-identical files: Faker is
-seeded once to fill pools of names, streets and companies, one seeded Random
-makes every other choice, and rows go in in the order they were made.
+seeded once to fill pools of names and companies, seeded Randoms make every
+other choice (one each for people, places, migrants and planted cases, so
+that adding migrants never changes a resident), and rows go in in the order
+they were made.
 """
 
 from __future__ import annotations
@@ -16,21 +24,19 @@ import sqlite3
 from datetime import date, timedelta
 from pathlib import Path
 
-from . import validate, workdir
+from . import sample_planted, validate, workdir
 from .errors import SyncdbError
 from .sample_ids import Regions
+from .sample_migrants import MIGRANTS_PER_RESIDENT, Migrants
+from .sample_migrants import row as migrant_row
 from .sample_people import TODAY, Community, Household, Person, Pools, age, birthday, years
+from .sample_places import Places
 
-DOMAINS = ("huji", "shebao", "minzheng")
-COLUMNS = {
-    "huji.households": ("household_no", "household_type", "head_id_number", "address", "community_code"),
-    "huji.persons": ("id_number", "name", "sex", "ethnicity", "birth_date", "household_no", "relationship",
-                     "marital_status", "phone", "address", "community_code", "status"),
-    "shebao.enrolments": ("id_number", "insurance_type", "status", "start_date", "end_date", "employer",
-                          "monthly_base", "community_code"),
-    "minzheng.benefits": ("id_number", "benefit_type", "status", "monthly_amount", "start_date", "end_date",
-                          "community_code"),
-}
+# In the order their tables are written and counted.
+DOMAINS = ("huji", "shebao", "minzheng", "wangge", "dizhi", "fangwu", "danwei", "liudong")
+ENROLMENT = ("id_number", "insurance_type", "status", "start_date", "end_date", "employer", "monthly_base",
+             "community_code")
+BENEFIT = ("id_number", "benefit_type", "status", "monthly_amount", "start_date", "end_date", "community_code")
 # When the schemes began, so that no enrolment starts before its scheme existed.
 EMPLOYEE_SCHEMES = date(1995, 1, 1)  # 城镇职工养老保险, unified in 1995–97
 RESIDENT_MEDICAL = date(2007, 7, 1)  # 城镇居民医保 pilots
@@ -43,8 +49,9 @@ def generate(directory, code: str, residents: int, seed: int, domains: dict) -> 
     """Write a sample community's working databases into ``directory``.
 
     Returns the number of rows written per table, keyed ``domain.table``.
-    Refuses a code that is not 12 digits starting with a province, and a
-    folder whose working databases already hold records.
+    Refuses a code that is no community code, and a folder whose working
+    databases already hold records. Writes the domains of ``domains`` that
+    it knows (DOMAINS), and of each the tables and columns the schema has.
     """
     try:
         # The validator's own rule, so that no sample record can fail it.
@@ -61,38 +68,79 @@ def generate(directory, code: str, residents: int, seed: int, domains: dict) -> 
         raise SyncdbError(f"{directory} is a file; give a folder for the sample community")
     _refuse_data(directory, wanted)
 
+    rows = _build(code, residents, seed)
+    workdir.create(directory, wanted)
+    counts = {}
+    for name, domain in wanted.items():
+        tables = {t: table_rows for t, table_rows in rows.items()
+                  if t.startswith(name + ".") and t.split(".")[1] in domain.tables}
+        _write(workdir.db_path(directory, name), tables, domain)
+        counts.update((t, len(table_rows)) for t, table_rows in tables.items())
+    return counts
+
+
+def _build(code: str, residents: int, seed: int) -> dict[str, list[dict]]:
+    """Every table's rows, as dicts keyed by column name."""
     # hash() of a str changes from run to run; a digest does not.
     code_hash = int.from_bytes(hashlib.sha256(code.encode()).digest()[:8], "big")
     rng = random.Random(seed ^ code_hash)
+    # One stream per concern: the first residents' records never depend on how many come after.
+    streams = {name: random.Random(f"{seed}:{code}:{name}")
+               for name in ("places", "migrants", "shebao", "minzheng", "planted")}
     pools = Pools.from_faker(seed)
-    community = Community(code, rng, pools, Regions())
+    regions = Regions()
+    names = [streams["places"].choice(pools.surnames) + streams["places"].choice(pools.male_names + pools.female_names)
+             for _ in range(300)]
+    places = Places(code, streams["places"], regions.place(code[:6]) or regions.provinces.get(code[:2], ""),
+                    pools.companies, names)
+    community = Community(code, rng, pools, regions, places)
     households = []
     placed = 0
     while placed < residents:
         household = community.household(residents - placed)
         households.append(household)
         placed += len(household.members)
-
-    rows = {
-        "huji.households": [
-            (h.number, h.type, h.head.id_number, h.address, code) for h in households
-        ],
-        "huji.persons": [
-            (p.id_number, p.name, p.sex, p.ethnicity, p.birth.isoformat(), h.number, p.relationship,
-             p.marital, p.phone, h.address, code, p.status)
-            for h in households for p in h.members
-        ],
-        "shebao.enrolments": [row for h in households for p in h.members
-                              for row in _enrolments(p, h, code, rng, pools.companies)],
-        "minzheng.benefits": _benefits(households, code, rng),
+    migrants = Migrants(community, streams["migrants"]).make(round(residents * MIGRANTS_PER_RESIDENT))
+    places.amenities()
+    places.draw_grids(names, lambda: _mobile(streams["places"], pools))
+    enrolments = [dict(zip(ENROLMENT, r)) for h in households for p in h.members
+                  for r in _enrolments(p, h, code, streams["shebao"], pools.companies)]
+    benefits = [dict(zip(BENEFIT, r)) for r in _benefits(households, code, streams["minzheng"])]
+    persons = [p for h in households for p in h.members]
+    sample_planted.plant(streams["planted"], residents, persons, benefits, migrants, places.lodgings)
+    return {
+        "huji.households": [_household_row(h, code) for h in households],
+        "huji.persons": [_person_row(p, h, code) for h in households for p in h.members],
+        "shebao.enrolments": enrolments,
+        "minzheng.benefits": benefits,
+        "wangge.grids": places.grids,
+        "dizhi.addresses": places.addresses,
+        "fangwu.houses": places.houses,
+        "danwei.units": places.units,
+        "liudong.migrants": [migrant_row(m, code) for m in migrants],
     }
-    workdir.create(directory, wanted)
-    counts = {}
-    for domain in wanted:
-        tables = {name: table_rows for name, table_rows in rows.items() if name.startswith(domain + ".")}
-        _write(workdir.db_path(directory, domain), tables)
-        counts.update((name, len(table_rows)) for name, table_rows in tables.items())
-    return counts
+
+
+def _mobile(rng: random.Random, pools: Pools) -> str:
+    return rng.choice(pools.phone_prefixes) + f"{rng.randrange(10**8):08d}"
+
+
+def _household_row(h: Household, code: str) -> dict:
+    return {"household_no": h.number, "household_type": h.type, "head_id_number": h.head.id_number,
+            "address": h.address, "address_code": h.address_code, "community_code": code}
+
+
+def _person_row(p: Person, h: Household, code: str) -> dict:
+    reason, destination = p.deregistration
+    return {
+        "id_number": p.id_number, "name": p.name, "sex": p.sex, "ethnicity": p.ethnicity,
+        "birth_date": p.birth.isoformat(), "household_no": h.number, "relationship": p.relationship,
+        "marital_status": p.marital, "phone": p.phone, "address": h.address, "community_code": code,
+        "status": p.status, "former_name": p.former_name, "native_place": p.native_place,
+        "education": p.education, "workplace": p.workplace, "address_code": h.address_code,
+        "move_in_date": p.move_in and p.move_in.isoformat(), "death_date": p.death and p.death.isoformat(),
+        "deregistration_reason": reason, "deregistration_destination": destination,
+    }
 
 
 def _refuse_data(directory: Path, domains: dict) -> None:
@@ -117,7 +165,8 @@ def _refuse_data(directory: Path, domains: dict) -> None:
                               f"existing data: choose a new folder, e.g. {directory}-sample")
 
 
-def _write(path: Path, tables: dict[str, list[tuple]]) -> None:
+def _write(path: Path, tables: dict[str, list[dict]], domain) -> None:
+    """Insert the rows; a column the schema lacks is left out (an older or trimmed schema)."""
     conn = workdir.connect(path)
     try:
         # A fresh file that nobody else has open: skip the rollback journal and
@@ -126,10 +175,14 @@ def _write(path: Path, tables: dict[str, list[tuple]]) -> None:
         conn.execute("PRAGMA synchronous = OFF")
         conn.execute("BEGIN")
         for qualified, rows in tables.items():
-            columns = COLUMNS[qualified]
+            if not rows:
+                continue
+            table = qualified.split(".")[1]
+            columns = [c for c in domain.tables[table].columns if c in rows[0]]
             names = ", ".join(f"[{c}]" for c in columns)
             marks = ", ".join("?" * len(columns))
-            conn.executemany(f"INSERT INTO [{qualified.split('.')[1]}] ({names}) VALUES ({marks})", rows)
+            conn.executemany(f"INSERT INTO [{table}] ({names}) VALUES ({marks})",
+                             ([row[c] for c in columns] for row in rows))
         conn.execute("COMMIT")
         conn.execute("PRAGMA journal_mode = DELETE")
     finally:
@@ -150,7 +203,7 @@ def _ended(rng, start: date, status: str) -> tuple[str, str | None]:
 def _enrolments(person: Person, household: Household, code: str, rng: random.Random,
                 companies: list[str]) -> list[tuple]:
     """One person's 参保登记: employee or resident schemes by age, or none."""
-    years_old = age(person.birth)
+    years_old = age(person.birth, person.death or TODAY)
     retirement = 60 if person.sex == "1" else 55
     if years_old < 18:
         if rng.random() < 0.05:
@@ -167,7 +220,11 @@ def _enrolments(person: Person, household: Household, code: str, rng: random.Ran
             plan = _resident(person, rng, years_old)
         else:
             return []
-    if person.status == "deceased" or (person.status == "moved_out" and rng.random() < 0.6):
+    if person.death:
+        # Insurance ends on the day of death; none starts after it.
+        return [(person.id_number, kind, "ended", start.isoformat(), person.death.isoformat(), employer, base, code)
+                for kind, _, start, employer, base in plan if start <= person.death]
+    if person.status == "moved_out" and rng.random() < 0.6:
         plan = [(kind, "ended", start, None, None) for kind, _, start, _, _ in plan]
     rows = []
     for kind, status, start, employer, base in plan:
@@ -185,7 +242,8 @@ def _employee(person, household, rng, companies, retired) -> list[tuple]:
         return [("pension_employee", "retired", start, employer, None),
                 ("medical_employee", "retired", start, employer, None)]
     start = _between(rng, first, min(first + years(8), TODAY))
-    employer = household.employer or rng.choice(companies)
+    employer = household.employer or person.workplace or rng.choice(companies)
+    person.workplace = employer  # 服务处所 and the insured employer agree
     # Bases cluster a little above the local floor; rounded to 100 yuan.
     base = float(min(30000, max(4000, round(rng.lognormvariate(8.9, 0.45), -2))))
     status = rng.choices(["active", "suspended", "ended"], [92, 6, 2])[0]
@@ -212,22 +270,30 @@ def _benefits(households: list[Household], code: str, rng: random.Random) -> lis
         rows.append((person.id_number, kind, status, float(amount), start.isoformat(), end, code))
 
     for household in households:
+        # 低保 is granted to the household: one start, one status, one amount per member.
         dibao = household.type == "family" and rng.random() < 0.03
         dibao_start = _between(rng, TODAY - years(8), TODAY)
         dibao_status = rng.choices(["active", "suspended", "ended"], [90, 4, 6])[0]
+        dibao_amount = rng.randrange(600, 1210, 10)
+        dibao_end = dibao_status == "ended" and date.fromisoformat(_ended(rng, dibao_start, "ended")[1]) or None
         alone = len(household.members) == 1
         for person in household.members:
-            years_old = age(person.birth)
+            years_old = age(person.birth, person.death or TODAY)
             if person.status == "moved_out":
                 continue
-            if years_old >= 80:
+            start = max(birthday(person.birth, 80), ELDERLY_ALLOWANCE)
+            if years_old >= 80 and start <= (person.death or TODAY):
                 amount = 100 if years_old < 90 else 200 if years_old < 95 else 300 if years_old < 100 else 500
-                start = max(birthday(person.birth, 80), ELDERLY_ALLOWANCE)
-                grant(person, "elderly", amount, start, "ended" if person.status == "deceased" else "active")
+                if person.death:  # the allowance stops with the death
+                    rows.append((person.id_number, "elderly", "ended", float(amount), start.isoformat(),
+                                 person.death.isoformat(), code))
+                else:
+                    grant(person, "elderly", amount, start)
             if person.status != "normal":
                 continue
-            if dibao:
-                grant(person, "dibao", rng.randrange(600, 1210, 10), max(dibao_start, person.birth), dibao_status)
+            if dibao and person.birth <= (dibao_end or TODAY):
+                rows.append((person.id_number, "dibao", dibao_status, float(dibao_amount),
+                             max(dibao_start, person.birth).isoformat(), dibao_end and dibao_end.isoformat(), code))
             elif alone and years_old >= 60 and rng.random() < 0.12:
                 start = _between(rng, max(birthday(person.birth, 60), TODAY - years(10)), TODAY)
                 grant(person, "tekun", rng.randrange(1300, 1910, 10), start)

@@ -10,8 +10,12 @@ import random
 from datetime import date, timedelta
 
 from stdnum import numdb
+from stdnum.cn import uscc
 from stdnum.cn.ric import calc_check_digit
 
+# Provinces made of part of another: 重庆 left 四川 in 1997, 海南 left 广东 in 1988.
+# People born there before carry the older province's codes.
+PART_OF = {"50": ("51", 1997), "46": ("44", 1988)}
 # Names that are not a place, only a grouping of codes in the region table.
 NOT_PLACES = ("市辖区", "县", "省直辖县级行政单位", "省直辖县级行政区划")
 
@@ -64,11 +68,14 @@ class Regions:
         """The home county's code as it was in the birth year, when stdnum knows one."""
         if home not in self.spans or self.valid(home, year):
             return home  # a code stdnum has never heard of is still the real one; a warning
-        if (home, year) not in self._earlier:
-            self._earlier[home, year] = self._renamed(home, year)
-        return self._earlier[home, year] or self.elsewhere(year, rng, home[:2])
+        return self._renamed(home, year) or self.elsewhere(year, rng, home[:2])
 
     def _renamed(self, home: str, year: int) -> str | None:
+        if (home, year) not in self._earlier:
+            self._earlier[home, year] = self._find_renamed(home, year)
+        return self._earlier[home, year]
+
+    def _find_renamed(self, home: str, year: int) -> str | None:
         # 东莞市 (441900, since 1988) was 东莞市 442502 and before 1985 东莞县 442527.
         stems = {_stem(name) for _, _, name in self.spans[home]}
         for code in self.by_province.get(home[:2], ()):
@@ -77,12 +84,28 @@ class Regions:
                     return code
         return None
 
+    def current(self, code: str, year: int, rng: random.Random) -> str:
+        """A county code in use in ``year`` for the place ``code`` names: itself, its renamed self, or a neighbour.
+
+        A migrant's 户籍地 (native_division) is where the 户口 is today, while
+        the ID number keeps the code of the birth year.
+        """
+        if self.valid(code, year):
+            return code
+        if code in self.spans:
+            renamed = self._renamed(code, year)
+            if renamed:
+                return renamed
+        return self.elsewhere(year, rng, code[:2])
+
     def elsewhere(self, year: int, rng: random.Random, province: str | None = None) -> str:
         pool = self.by_province.get(province) or self.counties
         for _ in range(30):
             code = rng.choice(pool)
             if self.valid(code, year):
                 return code
+        if province in PART_OF and year < PART_OF[province][1]:
+            return self.elsewhere(year, rng, PART_OF[province][0])
         return code
 
 
@@ -137,3 +160,17 @@ class IdNumbers:
         body = f"{region}{birth:%Y%m%d}{order:03d}"
         # calc_check_digit ignores the last character: it expects the full number.
         return body + calc_check_digit(body + "0"), birth
+
+
+# GB 32100-2015 登记管理部门码 + 机构类别码 by unit kind (unit_kind codes of danwei.toml).
+USCC_PREFIX = {"1": "91", "2": "92", "3": "11", "4": "12", "5": "52", "9": "93"}
+
+
+def credit_code(kind: str, division: str, rng: random.Random) -> str:
+    """A 统一社会信用代码 whose 组织机构代码 (GB 11714) and last character check out."""
+    body = "".join(str(rng.randrange(10)) for _ in range(8))
+    total = sum(int(c) * w for c, w in zip(body, (3, 7, 9, 10, 5, 8, 4, 2)))
+    check = 11 - total % 11
+    org = body + ("X" if check == 10 else "0" if check == 11 else str(check))
+    number = USCC_PREFIX[kind] + division + org
+    return number + uscc.calc_check_digit(number + "0")

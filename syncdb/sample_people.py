@@ -13,6 +13,7 @@ from datetime import date, timedelta
 
 from faker import Faker
 
+from . import sample_origins as origins
 from .sample_ids import IdNumbers, Regions
 
 # The generated data is "as of" this day, so that it never depends on the clock.
@@ -21,15 +22,9 @@ TODAY = date(2026, 6, 30)
 # day or two an ID number may move a birth date (IdNumbers.issue) cannot cross it.
 MARGIN = timedelta(days=30)
 
-# Minority shares in ‰, rounded from the 2020 census (GB 3304 codes); 汉族 '01' takes the rest.
-MINORITIES = {
-    "08": 13.8, "05": 8.3, "03": 8.0, "06": 7.9, "11": 7.4, "07": 7.0, "15": 6.7, "04": 5.0,
-    "02": 4.5, "09": 2.6, "12": 2.5, "13": 2.3, "14": 1.5, "16": 1.2, "10": 1.2, "19": 1.1,
-    "17": 1.1, "18": 0.9, "26": 0.6, "37": 0.5, "22": 0.5, "20": 0.5, "24": 0.4, "25": 0.4,
-    "21": 0.3, "27": 0.2, "33": 0.2, "30": 0.2, "32": 0.2, "29": 0.1, "35": 0.1, "38": 0.1,
-}
-ETHNICITIES = ["01", *MINORITIES]
-ETHNICITY_WEIGHTS = [1000 - sum(MINORITIES.values()), *MINORITIES.values()]
+# Where a family household's 户口 came from: most are natives of the county, some
+# settled from elsewhere in the province or from another one (人才引进, 积分入户).
+HOME_WEIGHTS = {"here": 85, "province": 9, "elsewhere": 6}
 # Ages of household heads (户主), by band and weight.
 HEAD_AGES = [(22, 29), (30, 39), (40, 49), (50, 59), (60, 69), (70, 79), (80, 90)]
 HEAD_WEIGHTS = [7, 15, 18, 20, 18, 10, 3]
@@ -72,6 +67,14 @@ class Person:
     status: str = "normal"
     phone: str | None = None
     surname: str = ""  # children take it; not a column of its own
+    born_here: bool = True
+    native_place: str | None = None  # 籍贯, a county code in use today
+    education: str | None = None
+    former_name: str | None = None
+    workplace: str | None = None
+    move_in: date | None = None
+    death: date | None = None
+    deregistration: tuple[str | None, str | None] = (None, None)  # 注销原因, 迁往地
 
 
 @dataclass(slots=True)
@@ -81,6 +84,7 @@ class Household:
     address: str
     members: list[Person] = field(default_factory=list)
     employer: str | None = None  # who runs a collective household's dormitory
+    address_code: str | None = None
 
     @property
     def head(self) -> Person:
@@ -94,10 +98,8 @@ class Pools:
     surnames: list[str]
     male_names: list[str]
     female_names: list[str]
-    streets: list[str]
     companies: list[str]
     phone_prefixes: list[str]
-    city: str
 
     @classmethod
     def from_faker(cls, seed: int) -> "Pools":
@@ -107,24 +109,20 @@ class Pools:
             surnames=[fake.last_name() for _ in range(3000)],  # Faker weights them by frequency (王 李 张 …)
             male_names=[fake.first_name_male() for _ in range(1500)],
             female_names=[fake.first_name_female() for _ in range(1500)],
-            streets=list(dict.fromkeys(fake.street_name() for _ in range(400))),
             companies=list(dict.fromkeys(fake.company() for _ in range(600))),
             phone_prefixes=[fake.phone_number()[:3] for _ in range(300)],
-            city=fake.city(),
         )
 
 
 class Community:
-    """Builds the households of one community, one after the other."""
+    """Builds the households of one community, one after the other, and gives each a home in ``places``."""
 
-    def __init__(self, code: str, rng: random.Random, pools: Pools, regions: Regions):
-        self.code, self.rng, self.pools, self.regions = code, rng, pools, regions
+    def __init__(self, code: str, rng: random.Random, pools: Pools, regions: Regions, places):
+        self.code, self.rng, self.pools, self.regions, self.places = code, rng, pools, regions, places
         self.county = code[:6]
         self.ids = IdNumbers(code)
-        self.place = regions.place(self.county) or regions.provinces.get(code[:2], "") + pools.city
-        # A community is a neighbourhood: a handful of streets.
-        self.streets = rng.sample(pools.streets, min(12, len(pools.streets)))
         self.households = 0
+        self.home = self.county  # the county the household being built comes from
 
     def household(self, room: int) -> Household:
         """The next household, with at most ``room`` members."""
@@ -134,51 +132,79 @@ class Community:
         if self.rng.random() < 0.025:
             household = self._collective(number)
         else:
-            household = Household(number, "family", self._address())
+            household = Household(number, "family", "")
+            self.home = self._household_home()
             self._family(household)
         del household.members[room:]  # the head comes first and always stays
+        for person in household.members:
+            self._life_events(person)
+        address = self.places.home(household, native=household.type == "family" and self.home == self.county)
+        household.address_code, household.address = address["address_code"], self.places.text(address)
         return household
+
+    def _household_home(self) -> str:
+        where = self.rng.choices(list(HOME_WEIGHTS), list(HOME_WEIGHTS.values()))[0]
+        if where == "here":
+            return self.county
+        province = self.county[:2] if where == "province" else origins.migrant_province(self.rng)
+        if province == self.county[:2] and where != "province":
+            province = "43"
+        return self.regions.elsewhere(TODAY.year, self.rng, province)
 
     # -- people ---------------------------------------------------------------
 
-    def _person(self, sex, birth, relationship, ethnicity, surname, home_share) -> Person:
-        region = self._region(birth.year, home_share)
+    def _person(self, sex, birth, relationship, ethnicity, surname, home: str | None = None) -> Person:
+        home = home or self.home
+        region = self.regions.for_birth(home, birth.year, self.rng)
         id_number, birth = self.ids.issue(region, birth, sex)
         given = self.rng.choice(self.pools.male_names if sex == "1" else self.pools.female_names)
-        return Person(id_number, surname + given, sex, ethnicity, birth, relationship,
-                      phone=self._phone(age(birth)), surname=surname)
+        person = Person(id_number, surname + given, sex, ethnicity, birth, relationship,
+                        phone=self._phone(age(birth)), surname=surname, born_here=home == self.county)
+        years_old = age(birth)
+        person.native_place = self.regions.current(region, TODAY.year, self.rng)
+        person.education = origins.education(self.rng, birth, years_old)
+        if years_old >= 30 and self.rng.random() < 0.03:
+            person.former_name = surname + self.rng.choice(
+                self.pools.male_names if sex == "1" else self.pools.female_names)
+        if 18 <= years_old < 60 and self.rng.random() < 0.6:
+            person.workplace = self.rng.choice(self.pools.companies)
+        if not person.born_here:
+            # 迁入本址: on coming of age (work, marriage) or, for a child, with the parents.
+            first = birthday(birth, 18) if years_old >= 22 else birth
+            person.move_in = self._between(first, TODAY - timedelta(days=30))
+        return person
 
-    def _region(self, year, home_share) -> str:
-        r = self.rng.random()
-        if r < home_share:
-            return self.regions.for_birth(self.county, year, self.rng)
-        # Of those born elsewhere, two in five come from the same province.
-        if r < home_share + (1 - home_share) * 0.4:
-            return self.regions.elsewhere(year, self.rng, self.county[:2])
-        return self.regions.elsewhere(year, self.rng)
+    def _life_events(self, person: Person) -> None:
+        """Death and moving out: the dates and 注销 fields that go with them; no phone for the dead."""
+        rng = self.rng
+        if person.status == "deceased":
+            person.phone = None
+            first = max(birthday(person.birth, 40), TODAY - years(12), person.move_in or person.birth)
+            person.death = self._between(min(first, TODAY - timedelta(days=20)), TODAY - timedelta(days=10))
+            person.deregistration = ("1", None)
+        elif person.status == "moved_out":
+            if rng.random() < 0.05:
+                person.deregistration = ("3", rng.choice(["加拿大", "澳大利亚", "美国", "新加坡", "英国"]))
+            else:
+                province = self.county[:2] if rng.random() < 0.7 else origins.migrant_province(rng)
+                county = self.regions.elsewhere(TODAY.year, rng, province)
+                person.deregistration = ("2", self.regions.place(county) or self.regions.provinces[province])
 
     def _phone(self, years_old) -> str | None:
         if years_old < 18 or self.rng.random() > (0.9 if years_old < 75 else 0.6):
             return None
         return self.rng.choice(self.pools.phone_prefixes) + f"{self.rng.randrange(10**8):08d}"
 
-    def _address(self) -> str:
-        rng = self.rng
-        street = f"{self.place}{rng.choice(self.streets)}{rng.randint(1, 400)}号"
-        if rng.random() < 0.35:
-            return street  # a house of its own
-        return f"{street}{rng.randint(1, 30)}栋{rng.randint(1, 33)}{rng.randint(1, 6):02d}室"
-
-    def _ethnicity(self, like: str | None = None, keep: float = 0.0) -> str:
+    def _ethnicity(self, like: str | None = None, keep: float = 0.0, home: str | None = None) -> str:
         if like and self.rng.random() < keep:
             return like
-        return self.rng.choices(ETHNICITIES, ETHNICITY_WEIGHTS)[0]
+        return origins.ethnicity(self.rng, (home or self.home)[:2])
 
     def _surname(self) -> str:
         return self.rng.choice(self.pools.surnames)
 
     def _between(self, first: date, last: date) -> date:
-        return first + timedelta(days=self.rng.randint(0, (last - first).days))
+        return first + timedelta(days=self.rng.randint(0, max(0, (last - first).days)))
 
     def _born_aged(self, years_old: int) -> date:
         return self._between(years_ago(years_old + 1) + timedelta(days=1), years_ago(years_old))
@@ -186,16 +212,18 @@ class Community:
     # -- households -----------------------------------------------------------
 
     def _collective(self, number) -> Household:
-        """A 集体户: a company dormitory of unrelated workers."""
+        """A 集体户: a company dormitory of workers who came from all over."""
         rng = self.rng
         company = rng.choice(self.pools.companies)
-        street = f"{self.place}{rng.choice(self.streets)}{rng.randint(1, 400)}号"
-        household = Household(number, "collective", f"{street}{company}宿舍", employer=company)
+        household = Household(number, "collective", "", employer=company)
         for i in range(rng.randint(3, 12)):
             sex = "1" if rng.random() < 0.6 else "2"
             years_old = round(rng.triangular(18, 50, 24))
+            province = self.county[:2] if rng.random() < 0.35 else origins.migrant_province(rng)
+            home = self.regions.elsewhere(TODAY.year, rng, province)
             person = self._person(sex, self._born_aged(years_old), "99" if i else "02",
-                                  self._ethnicity(), self._surname(), home_share=0.35)
+                                  self._ethnicity(home=home), self._surname(), home)
+            person.workplace = company
             if years_old >= 27 and rng.random() < 0.6:
                 person.marital = rng.choices(MARRIED, MARRIED_WEIGHTS)[0]
             household.members.append(person)
@@ -207,7 +235,7 @@ class Community:
         head_sex = "1" if rng.random() < 0.7 else "2"
         head_age = rng.randint(*rng.choices(HEAD_AGES, HEAD_WEIGHTS)[0])
         head = self._person(head_sex, self._born_aged(head_age), "02", self._ethnicity(),
-                            self._surname(), home_share=0.78)
+                            self._surname())
         members.append(head)
         spouse = None
         if rng.random() < _married_share(head_age):
@@ -235,7 +263,7 @@ class Community:
                     birth = self._between(max(oldest_grandchild, years_ago(16)), TODAY)
                     sex = "1" if rng.random() < 0.52 else "2"
                     members.append(self._person(sex, birth, "41" if sex == "1" else "42",
-                                                head.ethnicity, line, home_share=0.9))
+                                                head.ethnicity, line))
 
     def _spouse(self, of: Person, relationship: str | None) -> Person:
         """A spouse of the opposite sex and within ten years of age; husbands are older, mostly."""
@@ -247,8 +275,10 @@ class Community:
         if birth > latest:
             birth = latest - timedelta(days=rng.randint(0, 300))
         relationship = relationship or ("12" if sex == "2" else "11")  # 妻, 夫
+        # Most married within the county; the others came from elsewhere in the province.
+        home = self.home if rng.random() < 0.8 else self.regions.elsewhere(TODAY.year, rng, self.home[:2])
         spouse = self._person(sex, birth, relationship, self._ethnicity(of.ethnicity, 0.85),
-                              self._surname(), home_share=0.7)
+                              self._surname(), home)
         spouse.marital = rng.choices(MARRIED, MARRIED_WEIGHTS)[0]
         return spouse
 
@@ -267,7 +297,7 @@ class Community:
                 birth = min(max(birth, oldest), youngest)
                 surname = head.surname if sex == "1" else self._surname()
                 person = self._person(sex, birth, "51" if sex == "1" else "52",
-                                      self._ethnicity(head.ethnicity, 0.9), surname, home_share=0.7)
+                                      self._ethnicity(head.ethnicity, 0.9), surname)
                 person.status = "deceased" if rng.random() < 0.1 else "normal"
                 added.append(person)
         if len(added) == 2:
@@ -298,7 +328,7 @@ class Community:
             years_old = age(birth)
             if rng.random() > _at_home(years_old):
                 continue
-            child = self._person(sex, birth, code, rng.choice(ethnicities), line, home_share=0.9)
+            child = self._person(sex, birth, code, rng.choice(ethnicities), line)
             members.append(child)
             if years_old >= 24 and rng.random() < (0.5 if sex == "1" else 0.15):
                 child.marital = rng.choices(MARRIED, MARRIED_WEIGHTS)[0]
@@ -313,7 +343,7 @@ class Community:
                         g_sex = "1" if rng.random() < 0.52 else "2"
                         codes = ("41", "42") if sex == "1" else ("43", "44")
                         members.append(self._person(g_sex, grandchild_birth, codes[g_sex == "2"],
-                                                    child.ethnicity, surname, home_share=0.9))
+                                                    child.ethnicity, surname))
             else:
                 if years_old >= 28 and rng.random() < 0.1:
                     child.marital = "40"

@@ -9,18 +9,26 @@ import pytest
 from click.testing import CliRunner
 from stdnum.cn import ric
 
+from stdnum.cn import uscc
+
 from syncdb import schema, workdir
 from syncdb.cli import cli
 from syncdb.errors import SyncdbError
-from syncdb.sample import TODAY, generate
-from syncdb.sample_ids import IdNumbers
+from syncdb.sample import DOMAINS, TODAY, generate
+from syncdb.sample_ids import PART_OF, IdNumbers
+from syncdb.sample_origins import MIGRANT_PROVINCES
 from syncdb.sample_people import age, birthday
+from syncdb.sample_planted import CLASSES, how_many, report
 
 CODE = "441900003001"
-FILES = ("huji.db", "shebao.db", "minzheng.db")
+FILES = tuple(f"{d}.db" for d in DOMAINS)
+TABLES = ["huji.households", "huji.persons", "shebao.enrolments", "minzheng.benefits", "wangge.grids",
+          "dizhi.addresses", "fangwu.houses", "danwei.units", "liudong.migrants"]
 # GB/T 4761 relationships that fix a member's sex.
-MALE = {"11", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "41", "43", "51"}
-FEMALE = {"12", "30", "31", "32", "33", "34", "35", "36", "37", "38", "39", "42", "44", "52"}
+MALE = {"11", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "41", "43", "51", "53", "55", "57",
+        "61", "63"}
+FEMALE = {"12", "30", "31", "32", "33", "34", "35", "36", "37", "38", "39", "42", "44", "52", "54", "56", "58",
+          "62", "64"}
 CHILDREN = {"20", "21", "22", "23", "24", "25", "26", "27", "30", "31", "32", "33", "34", "35", "36", "37"}
 SPOUSE = {"10", "11", "12"}
 MARRIED = {"20", "21", "22", "23"}
@@ -40,6 +48,10 @@ def rows(path, sql):
         conn.close()
 
 
+def masked(id_number):
+    return id_number[:6] + "********" + id_number[-4:]
+
+
 def years_between(earlier, later):
     return (date.fromisoformat(later) - date.fromisoformat(earlier)).days / 365.2425
 
@@ -53,14 +65,11 @@ def community(tmp_path_factory, domains):
     """One community of 2000 residents, loaded back from its files."""
     directory = tmp_path_factory.mktemp("community")
     counts = generate(directory, CODE, 2000, 7, domains)
-    return {
-        "dir": directory,
-        "counts": counts,
-        "households": rows(directory / "huji.db", "SELECT * FROM households"),
-        "persons": rows(directory / "huji.db", "SELECT * FROM persons"),
-        "enrolments": rows(directory / "shebao.db", "SELECT * FROM enrolments"),
-        "benefits": rows(directory / "minzheng.db", "SELECT * FROM benefits"),
-    }
+    loaded = {"dir": directory, "counts": counts}
+    for qualified in TABLES:
+        domain, table = qualified.split(".")
+        loaded[table] = rows(directory / f"{domain}.db", f"SELECT * FROM {table}")
+    return loaded
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +106,7 @@ def test_more_residents_more_data(tmp_path, domains):
 
 def test_counts(community):
     directory, counts = community["dir"], community["counts"]
-    assert list(counts) == ["huji.households", "huji.persons", "shebao.enrolments", "minzheng.benefits"]
+    assert list(counts) == TABLES
     assert counts["huji.persons"] == 2000
     for qualified, count in counts.items():
         domain, table = qualified.split(".")
@@ -187,9 +196,13 @@ def test_families_are_plausible(community, by_household):
 
 def test_realistic_mix(community):
     persons = community["persons"]
+    # Dongguan natives are almost all 汉族; the few minorities came from the inland provinces.
+    natives = [p for p in persons if p["id_number"][:2] == "44"]
+    assert len(natives) > 0.8 * len(persons)
+    assert sum(p["ethnicity"] == "01" for p in natives) > 0.99 * len(natives)
     ethnicity = Counter(p["ethnicity"] for p in persons)
-    assert 0.8 < ethnicity["01"] / len(persons) < 0.97
-    assert len(ethnicity) > 5
+    assert 0.96 < ethnicity["01"] / len(persons) < 1
+    assert not {"05", "04"} & {p["ethnicity"] for p in natives}  # no 维吾尔族 or 藏族 natives of Dongguan
     status = Counter(p["status"] for p in persons)
     assert status["normal"] > 0.95 * len(persons)
     assert status["moved_out"] > 0 and status["deceased"] > 0
@@ -268,6 +281,7 @@ def test_enrolments(community):
 
 def test_benefits(community, by_household):
     persons = {p["id_number"]: p for p in community["persons"]}
+    planted = {line.split(":")[0] for line in report(community["dir"])["deceased_paid"]}
     benefits = community["benefits"]
     keys = [(b["id_number"], b["benefit_type"]) for b in benefits]
     assert len(set(keys)) == len(keys)
@@ -285,7 +299,7 @@ def test_benefits(community, by_household):
         if b["benefit_type"] == "elderly":
             assert date.fromisoformat(b["start_date"]) >= birthday(birth, 80)
             assert 100 <= b["monthly_amount"] <= 500
-        else:
+        elif masked(person["id_number"]) not in planted:
             assert person["status"] == "normal"
         if b["benefit_type"] == "dibao":
             assert 600 <= b["monthly_amount"] <= 1200
@@ -327,8 +341,8 @@ def test_fills_empty_working_databases(tmp_path, domains):
     assert generate(tmp_path, CODE, 50, 0, domains)["huji.persons"] == 50
 
 
-def test_only_the_three_domains(tmp_path, domains):
-    picked = {name: d for name, d in domains.items() if name != "minzheng"}
+def test_only_the_domains_given(tmp_path, domains):
+    picked = {name: d for name, d in domains.items() if name in ("huji", "shebao")}
     counts = generate(tmp_path, CODE, 50, 0, picked)
     assert set(counts) == {"huji.households", "huji.persons", "shebao.enrolments"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["huji.db", "shebao.db"]
@@ -355,3 +369,182 @@ def test_cli(tmp_path):
     bad = runner.invoke(cli, ["sample", str(tmp_path / "d"), "--code", "4419"])
     assert bad.exit_code == 1
     assert "12 digits" in bad.output
+
+
+# -- every domain, and how they hang together (issue 11) ------------------------------
+
+def test_every_domain_and_column_is_filled(community, domains):
+    """Each table has rows, and each column of each table holds a value somewhere."""
+    directory = community["dir"]
+    for name, domain in domains.items():
+        for table in domain.tables.values():
+            for column in table.columns:
+                filled = rows(directory / f"{name}.db", f"SELECT count([{column}]) AS n FROM [{table.name}]")
+                assert filled[0]["n"] > 0, f"{name}.{table.name}.{column} is never filled"
+
+
+def test_references_all_resolve(community, domains):
+    """Every reference a schema declares names a record that exists (and agrees where it says 'same')."""
+    checked = Counter()
+    for name, domain in domains.items():
+        for table in domain.tables.values():
+            for column in table.columns.values():
+                if not column.references:
+                    continue
+                target_domain, target_table = column.references.split(".")
+                key = domains[target_domain].tables[target_table].key[0]
+                targets = {r[key]: r for r in community[target_table]}
+                for record in community[table.name]:
+                    value = record[column.name]
+                    if value is None:
+                        continue
+                    assert value in targets, (table.name, column.name, value)
+                    for mine, theirs in column.same.items():
+                        assert targets[value][theirs] == record[mine], (table.name, column.name, value)
+                    checked[f"{table.name}.{column.name}"] += 1
+    assert {"persons.household_no", "households.head_id_number", "persons.address_code",
+            "households.address_code", "addresses.grid_code", "houses.address_code", "units.address_code",
+            "migrants.address_code", "migrants.house_code"} <= set(checked)
+
+
+def test_relationships_agree_with_the_schema_implies(community, domains):
+    implies = domains["huji"].tables["persons"].columns["relationship"].implies
+    assert implies
+    for person in community["persons"]:
+        for column, value in implies.get(person["relationship"], {}).items():
+            assert person[column] == value, person
+
+
+def test_households_share_their_region_and_address(community, by_household):
+    types = {h["household_no"]: h for h in community["households"]}
+    for number, members in by_household.items():
+        household = types[number]
+        assert all(p["address_code"] == household["address_code"] for p in members)
+        if household["household_type"] == "family":
+            # A family's ID numbers share their province; the county code may be its older name,
+            # and 重庆 (50) was part of 四川 (51) before 1997.
+            assert len({PART_OF.get(p["id_number"][:2], (p["id_number"][:2],))[0] for p in members}) == 1, members
+
+
+def test_life_events(community):
+    persons = community["persons"]
+    education = schema.load_domains()["huji"].code_table("education")
+    for person in persons:
+        assert person["education"] is None or person["education"] in education
+        if person["status"] == "deceased":
+            assert person["phone"] is None
+            assert person["birth_date"] < person["death_date"] < TODAY.isoformat()
+            assert person["deregistration_reason"] == "1"
+        else:
+            assert person["death_date"] is None
+        if person["status"] == "moved_out":
+            assert person["deregistration_reason"] in ("2", "3") and person["deregistration_destination"]
+        if person["status"] == "normal":
+            assert person["deregistration_reason"] is None
+        if person["move_in_date"]:
+            assert person["birth_date"] <= person["move_in_date"] <= TODAY.isoformat()
+        if age(date.fromisoformat(person["birth_date"])) < 7:
+            assert person["education"] is None
+    assert any(p["education"] in ("21", "31") for p in persons)
+    assert any(p["former_name"] for p in persons) and any(p["workplace"] for p in persons)
+
+
+def test_benefits_for_the_dead_end_with_them_and_dibao_is_per_household(community, by_household):
+    persons = {p["id_number"]: p for p in community["persons"]}
+    planted = {line.split(":")[0] for line in report(community["dir"])["deceased_paid"]}
+    dibao = defaultdict(set)
+    for b in community["benefits"]:
+        person = persons[b["id_number"]]
+        if b["benefit_type"] == "dibao":
+            dibao[person["household_no"]].add((b["monthly_amount"], b["status"]))
+        if person["status"] == "deceased" and masked(person["id_number"]) not in planted:
+            assert b["status"] == "ended" and b["end_date"] == person["death_date"]
+            assert b["start_date"] <= person["death_date"]
+    assert dibao and all(len(grants) == 1 for grants in dibao.values())
+    for e in community["enrolments"]:
+        person = persons[e["id_number"]]
+        if person["status"] == "deceased":
+            assert e["end_date"] == person["death_date"]
+
+
+def test_addresses_grids_houses_and_units(community):
+    addresses, grids = community["addresses"], community["grids"]
+    for address in addresses:
+        assert address["address_code"].startswith(CODE) and len(address["address_code"]) == 18
+        assert address["road"] and address["door_no"].endswith("号")
+    assert any(a["building"] and a["room"] for a in addresses) and any(a["unit"] for a in addresses)
+    assert any(not a["building"] for a in addresses)
+    # Grids of 300–500 registered households, each with a grid worker.
+    at = Counter(h["address_code"] for h in community["households"])
+    per_grid = Counter()
+    for address in addresses:
+        per_grid[address["grid_code"]] += at[address["address_code"]]
+    assert set(per_grid) == {g["grid_code"] for g in grids}
+    assert all(300 <= n <= 500 for n in per_grid.values()), per_grid
+    for grid in grids:
+        assert grid["grid_code"].startswith(CODE) and len(grid["grid_code"]) == 15
+        assert grid["worker_name"] and grid["worker_phone"]
+    houses = community["houses"]
+    rented = [h for h in houses if h["rented"] == "1"]
+    assert 0.1 * len(houses) < len(rented) < len(houses)
+    for house in houses:
+        assert house["house_code"] in (house["address_code"], house["address_code"] + "01")
+    for house in rented:
+        assert house["landlord_phone"] and house["rental_registered"] < TODAY.isoformat() < house["rental_expires"]
+        if house["use"] in ("10", "50"):
+            assert house["rooms"] and house["capacity"]
+    assert {"10", "20", "40", "50"} <= {h["use"] for h in houses}
+    units = community["units"]
+    assert len(units) >= 5 and {"1", "2"} <= {u["kind"] for u in units}
+    assert all(uscc.is_valid(u["credit_code"]) for u in units)
+
+
+def test_migrants_outnumber_residents_and_come_from_inland(community):
+    migrants, houses = community["migrants"], {h["house_code"]: h for h in community["houses"]}
+    assert len(migrants) > len(community["persons"])
+    provinces = Counter(m["id_number"][:2] for m in migrants)
+    assert set(provinces) <= set(MIGRANT_PROVINCES) | {"51"}  # 重庆 people born before 1997 carry 51
+    assert {"43", "45", "51", "41", "36", "52", "42"} <= set(provinces)
+    assert provinces["43"] > provinces["35"]
+    for m in migrants:
+        assert m["native_division"][:2] == m["id_number"][:2] or m["id_number"][:2] == "51"
+        assert houses[m["house_code"]]["rented"] == "1"
+        assert m["birth_date"] <= m["arrival_date"] <= TODAY.isoformat()
+        if m["leaving_date"]:
+            assert m["arrival_date"] < m["leaving_date"] <= TODAY.isoformat()
+        if m["permit_no"]:
+            issued, expires = date.fromisoformat(m["permit_issued"]), date.fromisoformat(m["permit_expires"])
+            assert (issued - date.fromisoformat(m["arrival_date"])).days >= 183
+            assert expires == birthday(issued, 3)
+            if m["permit_endorsed"]:
+                assert issued < date.fromisoformat(m["permit_endorsed"]) <= TODAY
+    assert sum(bool(m["permit_no"]) for m in migrants) > 0.6 * len(migrants)
+
+
+def test_planted_cases_are_there_and_only_there(community):
+    """--report finds exactly the planted cases: the rest of the data never shows these problems."""
+    found = report(community["dir"])
+    assert set(found) == set(CLASSES)
+    for name, cases in found.items():
+        assert len(cases) == how_many(2000), (name, cases)
+        assert all("*" in case or name == "rental_overfull" for case in cases)
+
+
+def test_cli_report(tmp_path):
+    result = CliRunner().invoke(cli, ["sample", str(tmp_path / "c"), "--code", CODE, "--residents", "2000",
+                                      "--seed", "7", "--report"])
+    assert result.exit_code == 0, result.output
+    for name, label in CLASSES.items():
+        assert f"{label} ({name}): {how_many(2000)}" in result.output
+    assert "liudong.migrants: 2600 rows" in result.output
+
+
+@pytest.mark.slow
+def test_ten_thousand_residents_validate_with_no_errors(tmp_path, domains):
+    from syncdb.validate import validate_paths
+
+    counts = generate(tmp_path, CODE, 10000, 1, domains)
+    assert counts["liudong.migrants"] > counts["huji.persons"] == 10000
+    findings = list(validate_paths([tmp_path], domains))
+    assert [str(f) for f in findings if f.severity == "error"] == []
+    assert {name: len(cases) for name, cases in report(tmp_path).items()} == {name: 4 for name in CLASSES}
