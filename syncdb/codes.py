@@ -96,6 +96,15 @@ EDUCATION = {
     "90": "其他",
 }
 
+# The standard each national table follows, as docs/schemas.md names it.
+STANDARDS = {
+    "sex": "GB/T 2261.1-2003 人的性别代码",
+    "marital_status": "GB/T 2261.2-2003 婚姻状况代码",
+    "ethnicity": "GB 3304-1991 中国各民族名称的罗马字母拼写法和代码",
+    "relationship": "GB/T 4761-2008 家庭关系代码",
+    "education": "GB/T 4658-2006 学历代码",
+}
+
 NATIONAL = {
     "sex": SEX,
     "marital_status": MARITAL_STATUS,

@@ -1,15 +1,13 @@
 """``syncdb community upgrade``: a community's working databases brought to new schemas.
 
-A release whose schemas add columns or tables (huji version 2 adds 曾用名,
-文化程度, 住址编码 …; dizhi, fangwu and wangge are new domains) needs them in
-the community's working databases too: until then a push holds back every
+A release whose schemas add columns or tables (a domain's new version, or a
+new domain) needs them in the community's working databases too: until then a push holds back every
 table lacking a column. This adds what is missing and nothing else. No
 column is dropped, renamed or retyped and no value is changed, so the
 records, what the office last received of them and the change log stay as
 they were, and the next push sends only what people change afterwards.
 
-A column or table the schemas no longer name (liudong's ``rentals`` after
-version 2) stays with its rows; it is simply no longer synced. A required
+A column or table the schemas no longer name stays with its rows; it is simply no longer synced. A required
 column added to a table that holds rows is added without ``NOT NULL``
 (SQLite cannot add one without a default, and inventing values would change
 records): the rows stay as they are, and a push holds back a record that
