@@ -101,12 +101,9 @@ def open_conflicts(store: Store, plaintext: bool) -> list[dict]:
 ADDRESSES = "dizhi.addresses"  # 标准地址
 HOUSES = "fangwu.houses"  # 实有房屋
 GRIDS = "wangge.grids"  # 网格
-# Who lives at an address, and what of them its page lists (those the schema has).
-RESIDENTS = {
-    "huji.persons": ("name", "id_number", "sex", "birth_date", "household_no", "relationship", "status"),
-    "liudong.migrants": ("name", "id_number", "sex", "birth_date", "house_code", "reason", "arrival_date",
-                         "leaving_date", "permit_expires"),
-}
+# What the address page lists of each person living there: those of these columns their table has.
+RESIDENT_COLUMNS = ("name", "id_number", "sex", "birth_date", "household_no", "relationship", "status",
+                    "house_code", "reason", "arrival_date", "leaving_date", "permit_expires")
 HOUSE_COLUMNS = ("house_code", "use", "rented", "rooms", "capacity", "owner_name", "landlord_phone",
                  "rental_expires")
 GRID_COLUMNS = ("grid_code", "name", "worker_name", "worker_phone")
@@ -164,6 +161,14 @@ def references(table: Table, target: str) -> list[str]:
     return [c.name for c in table.columns.values() if c.references == target]
 
 
+def resident_tables(domains: dict[str, Domain]) -> list[Table]:
+    """Tables of people who live somewhere: one record per person (keyed by the ID number) naming an
+    address or a house, such as 户籍's persons and the migrants; not a house's owner or a household."""
+    return [t for d in domains.values() for t in d.tables.values()
+            if person_column(t) and t.key == (person_column(t),)
+            and (references(t, ADDRESSES) or references(t, HOUSES))]
+
+
 def address_text(row: dict) -> str:
     """The address as people read and write it: 莞太路12号3栋2单元501房."""
     parts = []
@@ -199,15 +204,10 @@ def person_places(conn, domains: dict[str, Domain], token: str) -> list[dict]:
     db = Published(conn, domains)
     houses = db.table(HOUSES)
     places = []
-    for domain in domains.values():
-        for table in domain.tables.values():
-            if person_column(table) is None or table.qualified == HOUSES:
-                continue  # a house's owner does not live in it for that
-            to_address, to_house = references(table, ADDRESSES), references(table, HOUSES)
-            if not to_address and not to_house:
-                continue
-            for row in db.rows(table, {PERSON_COLUMN: [token]}):
-                places += _places_of(db, table, row, to_address, to_house if houses else [])
+    for table in resident_tables(domains):
+        to_address, to_house = references(table, ADDRESSES), references(table, HOUSES)
+        for row in db.rows(table, {PERSON_COLUMN: [token]}):
+            places += _places_of(db, table, row, to_address, to_house if houses else [])
     return places
 
 
@@ -254,10 +254,8 @@ def address_page(conn, domains: dict[str, Domain], code: str) -> dict | None:
         if houses_table is not None else []
     house_codes = [h.get(houses_table.key[0]) for h in houses]
     residents, living = [], {}
-    for qualified, names in RESIDENTS.items():
-        table = db.table(qualified)
-        if table is None:
-            continue
+    for table in resident_tables(domains):
+        names = [c for c in RESIDENT_COLUMNS if c in table.columns]
         where = {c: [code] for c in references(table, ADDRESSES)}
         where |= {c: house_codes for c in references(table, HOUSES)}
         rows = db.rows(table, where)
