@@ -289,8 +289,10 @@ def test_item7_a_pull_killed_at_thirty_random_points(pending_pull, tmp_path):
 def test_item7_a_killed_push_leaves_no_temporary_files(make_community, syncdb_env, tmp_path, domains):
     c = make_community()
     generate_into = tmp_path / "sample"
-    generate(generate_into, c.code, 3000, 1, {"huji": domains["huji"]})
-    shutil.copy(generate_into / "huji.db", c.path / "huji.db")  # replaced: the push compares every row
+    # 户籍 with the addresses and grids its records refer to, so that none is held back.
+    generate(generate_into, c.code, 3000, 1, {d: domains[d] for d in ("huji", "dizhi", "wangge")})
+    for name in ("huji.db", "dizhi.db", "wangge.db"):
+        shutil.copy(generate_into / name, c.path / name)  # replaced: the push compares every row
     outbox = community.outbox_dir(c.path)
     for attempt in range(5):
         process = subprocess.Popen([SYNCDB, "push", str(c.path), "--outbox", str(tmp_path / "stick")],
