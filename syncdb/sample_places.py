@@ -87,7 +87,7 @@ class Places:
         self.park = f"{villages[0]}工业区"
         self._lanes = 0  # village lanes opened so far, and doors used on the last one
         self._lane_doors = self._lane_size = 0
-        self._estate = None  # (road, door, buildings, floors, flats per floor) being filled
+        self._estate = None  # (road, door, 单元 per building, flats per floor, flats) being filled
         self._flat = 0
         self._doors: dict[str, int] = {}
         self.vacant: list[dict] = []  # flats nobody registered lives in
@@ -112,7 +112,8 @@ class Places:
         return "".join(p for p in parts if p)
 
     def _door(self, road: str, step: int = 2) -> str:
-        self._doors[road] = self._doors.get(road, -1 if step == 2 else 0) + self.rng.randint(1, step)
+        """The next door number along a road, skipping a few (plots without a standard address yet)."""
+        self._doors[road] = self._doors.get(road, 0) + self.rng.randint(1, step)
         return f"{self._doors[road]}号"
 
     def _village_door(self) -> tuple[str, str]:
