@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import bundle, capture, changes, holds, limits, outbox, pull, workdir
+from . import bundle, capture, changes, holds, integrity, limits, outbox, pull, workdir
 from .crypto import Keyring, PublicKey, Secret
 from .errors import SyncdbError
 from .files import storage_error, write_atomic
@@ -229,6 +229,8 @@ def _export(folder: Path, domains: dict[str, Domain], secret: Secret, notify, ca
             found.collected = holds.hold_mass_deletes(state, found.collected, delete_share, awaiting,
                                                       found.deletes_held, found.untracked)
         collected = holds.within_limits(found.collected, caps, found.vetted, found.held_moves)
+        with integrity.WorkingRecords(folder, domains) as records:
+            collected = holds.within_rules(collected, records, found.vetted, found.held_moves)
         tables = {t.qualified: t for d in domains.values() for t in d.tables.values()}
         held = found.held_tables + [f"{tbl} / {shown_key(tables[tbl], key_json)} / {why}"
                                     for (tbl, key_json), why in sorted(found.vetted.items()) if why]

@@ -3,6 +3,9 @@
 - A record that fails validation, shares its key with another row, or has a
   value over the office's caps is held back (state.db ``held``) and looked at
   again at every push until it is fixed, so the office never gets half a record.
+- A record that breaks a record rule (a reference to a record that is not
+  there, an ``implies``, a ``one_per``: integrity.py) is held back the same way,
+  and goes at the next push once the rule holds (the household entered).
 - A key change whose new record is held back is held whole with it (``moves``).
 - A table that is gone, or one push deleting more than ``DELETE_SHARE`` of a
   table's records, sends none of those deletions until ``--confirm-deletes``
@@ -15,7 +18,7 @@ import json
 import sqlite3
 from dataclasses import dataclass
 
-from . import capture, limits, workdir
+from . import capture, integrity, limits, workdir
 from .schema import Domain, Table
 from .state import State
 from .masks import mask
@@ -91,6 +94,30 @@ def within_limits(collected: list, caps: limits.Limits, vetted: dict, held_moves
             kept.append(item)
             continue
         vetted[(table.qualified, key_json)] = why
+        if change["op"] == "rekey":  # the old key is held with it: the change goes whole or not at all
+            old = capture.key_json(table, change["key"])
+            vetted[(table.qualified, old)] = moved_why(table, key_json)
+            held_moves.append((table.qualified, old, key_json, ms))
+    return kept
+
+
+def within_rules(collected: list, records: integrity.WorkingRecords, vetted: dict, held_moves: list) -> list:
+    """The changes whose record keeps the record rules; one that breaks one is held back like an
+    invalid record (``vetted``), and looked at again at every push until the rule holds.
+
+    The record is read whole from its working database (an update carries only what changed).
+    """
+    kept = []
+    for item in collected:
+        ms, table, key_json, change = item
+        record = None
+        if change["op"] != "delete" and integrity.has_rules(table):
+            record = records.record(table, key_json)
+        problems = integrity.rule_problems(table, record, records.domains, records) if record else []
+        if not problems:
+            kept.append(item)
+            continue
+        vetted[(table.qualified, key_json)] = "; ".join(f"{p.field}: {p.why}" for p in problems)
         if change["op"] == "rekey":  # the old key is held with it: the change goes whole or not at all
             old = capture.key_json(table, change["key"])
             vetted[(table.qualified, old)] = moved_why(table, key_json)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import bundles, community, conflicts, office
+from . import bundles, community, conflicts, integrity, office
 from .crypto import Keyring
 from .errors import SyncdbError
 from .files import write_atomic
@@ -147,6 +147,7 @@ def office_status(store_dir, domains: dict[str, Domain], keyring: Keyring | None
         _conflicts(conn, store_dir, report)
         _rotation(conn, store_dir, domains, keyring, report)
         _rejected(conn, store_dir, names, ack, report)
+        _record_rules(conn, domains, keyring, report)
         return report
     except sqlite3.Error as e:
         raise SyncdbError(f"{store_dir / 'store.db'} cannot be read ({e}); restore it from a backup of the "
@@ -328,6 +329,28 @@ def _rejected(conn, store_dir: Path, names, ack: dict, report: Report) -> None:
                                  "the community corrects them and pushes again; once told, "
                                  f"`syncdb status {store_dir} --ack`")
     report.sections.append(("Refused by the merge (rejected records)", lines))
+
+
+RULES_SHOWN = 20  # broken record rules listed in full; the rest are counted
+
+
+def _record_rules(conn, domains, keyring: Keyring | None, report: Report) -> None:
+    """Records that break a record rule (references, implies, one_per): warnings, never refusals.
+
+    The merge accepts them, since whether a reference holds may depend on which
+    bundle came first; here they are listed for the communities to correct.
+    Checking needs the keyring (the values are decrypted in memory only).
+    """
+    heading = "Record rules broken (warnings: references, implies, one_per)"
+    if keyring is None:
+        report.sections.append((heading, ["not checked: the keyring is needed (SYNCDB_KEY_FILE or SYNCDB_PASSPHRASE)"]))
+        return
+    lines = integrity.office_warnings(Store(conn, keyring, domains, read_only=True), domains)
+    shown = lines[:RULES_SHOWN]
+    if len(lines) > RULES_SHOWN:
+        shown.append(f"… and {len(lines) - RULES_SHOWN} more")
+    report.sections.append((heading, shown))
+    report.facts["record_rules"] = lines
 
 
 def acknowledge(store_dir) -> dict:

@@ -419,7 +419,10 @@ def validate_paths(paths: Iterable, domains: dict[str, Domain]) -> Iterator[Find
     """Check working database files, or community folders holding them.
 
     A folder contributes every ``<domain>.db`` it holds for the loaded
-    domains. Rows are streamed, never loaded whole.
+    domains. Rows are streamed, never loaded whole. The record rules
+    (references, implies, one_per: integrity.py) read the working databases
+    beside the one checked; a reference into a domain whose database is not
+    there is not checked.
     """
     for path in paths:
         path = Path(path)
@@ -431,7 +434,7 @@ def validate_paths(paths: Iterable, domains: dict[str, Domain]) -> Iterator[Find
                     f"{path}: holds no working database ({names}); "
                     "give a community folder or the database files themselves")
             for file in files:
-                yield from validate_file(file, domains[file.stem])
+                yield from validate_file(file, domains[file.stem], domains)
         elif path.is_file():
             domain = domains.get(path.stem)
             if domain is None:
@@ -439,24 +442,33 @@ def validate_paths(paths: Iterable, domains: dict[str, Domain]) -> Iterator[Find
                 raise SyncdbError(
                     f"{path}: no schema for domain '{path.stem}'; working databases are "
                     f"named after their domain ({names}), or point --schemas at the folder declaring it")
-            yield from validate_file(path, domain)
+            yield from validate_file(path, domain, domains)
         else:
             raise SyncdbError(f"{path}: no such file or folder")
 
 
-def validate_file(path, domain: Domain) -> Iterator[Finding]:
-    """Check one working database against its domain, table by table."""
+def validate_file(path, domain: Domain, domains: dict[str, Domain] | None = None) -> Iterator[Finding]:
+    """Check one working database against its domain, table by table.
+
+    With ``domains``, the record rules are checked too, against the working
+    databases in the same folder.
+    """
+    from .integrity import WorkingRecords
+
     path = Path(path)
     conn = _open_read_only(path)
+    records = WorkingRecords(path.parent, domains) if domains else None
     try:
         for table in domain.tables.values():
-            yield from _validate_table(conn, path, table, domain)
+            yield from _validate_table(conn, path, table, domain, records)
     except sqlite3.DatabaseError as e:
         raise SyncdbError(
             f"{path}: cannot be read ({e}); check it with `sqlite3 {path.name} 'PRAGMA integrity_check'` "
             "or restore it from a backup") from e
     finally:
         conn.close()
+        if records:
+            records.close()
 
 
 def _open_read_only(path: Path) -> sqlite3.Connection:
@@ -473,7 +485,8 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _validate_table(conn: sqlite3.Connection, path: Path, table: Table, domain: Domain) -> Iterator[Finding]:
+def _validate_table(conn: sqlite3.Connection, path: Path, table: Table, domain: Domain,
+                    records=None) -> Iterator[Finding]:
     present = {row[1].lower() for row in conn.execute(f"PRAGMA table_info([{table.name}])")}
     if not present:
         yield Finding(ERROR, "?", table.qualified, "", "",
@@ -489,9 +502,12 @@ def _validate_table(conn: sqlite3.Connection, path: Path, table: Table, domain: 
     # A missing column was reported once above, not again for every row.
     skip = set(missing)
     select = ", ".join(f"[{c}]" for c in columns)
+    rules = _rules(table, records, skip)
     for row in conn.execute(f"SELECT {select} FROM [{table.name}]"):
         record = dict(zip(columns, row))
         problems = [p for p in check_record(table, record, domain) if p.field not in skip]
+        if rules:
+            problems += rules(record)
         if not problems:
             continue
         community = record.get(table.owner)
@@ -501,6 +517,15 @@ def _validate_table(conn: sqlite3.Connection, path: Path, table: Table, domain: 
             yield Finding(p.severity, community, table.qualified, key, p.field, p.why, str(path))
     if not skip & set(table.key):
         yield from _duplicate_keys(conn, path, table)
+
+
+def _rules(table: Table, records, skip: set):
+    """The record-rule check of the table's records, or None when none applies (or it cannot be read whole)."""
+    from .integrity import has_rules, rule_problems
+
+    if records is None or skip or not has_rules(table):
+        return None
+    return lambda record: rule_problems(table, record, records.domains, records)
 
 
 def _duplicate_keys(conn: sqlite3.Connection, path: Path, table: Table) -> Iterator[Finding]:

@@ -101,11 +101,13 @@ class Community:
                 birth = f"19{60 + i % 40:02d}{1 + i % 12:02d}{1 + i % 28:02d}"
                 body = f"441900{birth}{i % 1000:03d}"
                 conn.execute(
-                    "INSERT INTO persons (id_number, name, sex, ethnicity, birth_date, household_no, "
+                    # No household: a household number would have to name a household
+                    # (huji.persons.household_no references huji.households), or push holds the person.
+                    "INSERT INTO persons (id_number, name, sex, ethnicity, birth_date, "
                     "relationship, marital_status, phone, address, community_code, status) "
-                    "VALUES (?, ?, ?, '01', ?, ?, '02', '20', ?, ?, ?, 'normal')",
+                    "VALUES (?, ?, ?, '01', ?, '02', '20', ?, ?, ?, 'normal')",
                     (body + ric.calc_check_digit(body + "0"), f"居民{i}", "1" if i % 2 else "2",
-                     f"{birth[:4]}-{birth[4:6]}-{birth[6:]}", f"H{self.code[-3:]}{i:05d}",
+                     f"{birth[:4]}-{birth[4:6]}-{birth[6:]}",
                      f"138{i:08d}", f"东莞市某街道{i}号", self.code))
         conn.close()
 
