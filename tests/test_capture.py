@@ -208,7 +208,7 @@ E = id_number_born("420106", date(1960, 11, 8), 40)
 def resident(number: str, name: str, sex: str, birth: str, **more) -> dict:
     """A whole huji.persons row of community CODE."""
     row = {"id_number": number, "name": name, "sex": sex, "ethnicity": "01", "birth_date": birth,
-           "household_no": "4419000030010001", "relationship": "02", "marital_status": "20",
+           "household_no": "4419000030010001", "relationship": None, "marital_status": "20",
            "phone": "13800138000", "address": "广东省东莞市莞城街道运河路1号", "community_code": CODE,
            "status": "normal"}
     row.update(more)
@@ -244,7 +244,7 @@ def assert_increasing(changes) -> None:
 def test_capture_exports_exactly_what_changed(site):
     assert A == "11010519491231002X"
     rows = {
-        A: resident(A, "王秀英", "2", "1949-12-31", phone=None, relationship="01"),
+        A: resident(A, "王秀英", "2", "1949-12-31", phone=None, relationship="02"),
         B: resident(B, "李强", "1", "1978-03-14"),
         C: resident(C, "陈明", "2", "1985-07-02", marital_status=None),
         E: resident(E, "赵桂兰", "2", "1960-11-08"),
