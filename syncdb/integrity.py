@@ -8,8 +8,8 @@ bring their own records:
 - at a community, ``WorkingRecords`` reads the working databases in the
   folder, read-only; a domain whose database is not there is not checked.
   ``syncdb validate`` reports what breaks a rule and ``push`` holds it back.
-- at the office, ``StoreRecords`` decrypts the store's live records into
-  memory (never to a file), and ``office_warnings`` lists what breaks a rule
+- at the office, ``MemoryRecords`` holds the store's live records decrypted
+  in memory (never in a file; status.py reads them), and ``office_warnings`` lists what breaks a rule
   for ``syncdb status``: never a rejection, since a household may arrive in a
   later bundle than its persons and the merge must not depend on the order.
 
@@ -21,13 +21,20 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .masks import mask
 from .schema import Column, Domain, Table
-from .validate import ERROR, Problem
 from .workdir import db_path
+
+
+class Problem(NamedTuple):
+    """A broken rule: the field to correct and why (validate.py makes it an error Finding)."""
+
+    field: str
+    why: str
 
 
 class NotKept(Exception):
@@ -91,7 +98,7 @@ def _implies(table: Table, column: Column, record: dict, domain: Domain) -> list
             continue
         other_column = table.columns[other]
         problems.append(Problem(
-            ERROR, other,
+            other,
             f"{column.name} {_meaning(domain, column, code)} needs {other} {_meaning(domain, other_column, wanted)}, "
             f"but it is {_meaning(domain, other_column, actual)}; correct one of them"))
     return problems
@@ -115,7 +122,7 @@ def _reference(table: Table, column: Column, record: dict, domains, records: Rec
         return []
     shown = _shown(column, value)
     if found is None:
-        return [Problem(ERROR, column.name,
+        return [Problem(column.name,
                         f"{shown} is no record of {target.qualified} ({target.label}); enter that record first, "
                         f"or correct the {column.name}")]
     problems = []
@@ -124,7 +131,7 @@ def _reference(table: Table, column: Column, record: dict, domains, records: Rec
         if mine != theirs:
             left_column, right_column = table.columns[left], target.columns[right]
             problems.append(Problem(
-                ERROR, column.name,
+                column.name,
                 f"{target.qualified} {shown} has {right} "
                 f"{'(empty)' if theirs is None else _shown(right_column, theirs)}, but this record's {left} is "
                 f"{'(empty)' if mine is None else _shown(left_column, mine)}; they must be the same"))
@@ -141,11 +148,11 @@ def _one_per(table: Table, record: dict, domain: Domain, records: Records) -> li
     value = _meaning(domain, column, rule.value)
     shown_group = _shown(table.columns[rule.group], group)
     if count == 0:
-        return [Problem(ERROR, rule.group,
+        return [Problem(rule.group,
                         f"{rule.group} {shown_group} has no record with {rule.column} {value}; "
                         "exactly one must have it")]
     if count > 1 and _text(record.get(rule.column)) == rule.value:
-        return [Problem(ERROR, rule.column,
+        return [Problem(rule.column,
                         f"{rule.group} {shown_group} has {count} records with {rule.column} {value}; "
                         "exactly one may have it")]
     return []
@@ -225,11 +232,11 @@ class WorkingRecords:
 
 # ---------------------------------------------------------------- at the office
 
-class StoreRecords:
-    """The store's live records of the tables the rules read, decrypted into memory only."""
+class MemoryRecords:
+    """Live records read once per table by ``read(table)`` (the office's, decrypted) and kept in memory."""
 
-    def __init__(self, store, domains: dict[str, Domain]):
-        self.store = store
+    def __init__(self, read: Callable[[Table], Iterable[dict]], domains: dict[str, Domain]):
+        self.read = read
         self.domains = domains
         self._tables: dict[str, dict[str, dict]] = {}
         self._groups: dict[str, Counter] = {}
@@ -237,16 +244,7 @@ class StoreRecords:
     def records(self, table: Table) -> dict[str, dict]:
         """{key as JSON: record} of the table's live records."""
         if table.qualified not in self._tables:
-            from .store import table_name
-
-            names = list(table.columns)
-            found = {}
-            select = ", ".join(f"[{c}]" for c in names)
-            for key, *values in self.store.conn.execute(
-                    f"SELECT _key, {select} FROM [{table_name(table)}] WHERE _exists = 1"):
-                record = {c: self.store.plain(table, c, v, key) for c, v in zip(names, values)}
-                found[_key_text(record.get(k) for k in table.key)] = record
-            self._tables[table.qualified] = found
+            self._tables[table.qualified] = {_key_text(r.get(k) for k in table.key): r for r in self.read(table)}
         return self._tables[table.qualified]
 
     def find(self, table: Table, key: list) -> dict | None:
@@ -265,9 +263,10 @@ def _key_text(values) -> str:
     return json.dumps([_text(v) for v in values], ensure_ascii=False)
 
 
-def office_warnings(store, domains: dict[str, Domain]) -> list[str]:
-    """Every broken record rule in the store, one line each: ``community / table / masked key / field: why``."""
-    records = StoreRecords(store, domains)
+def office_warnings(read: Callable[[Table], Iterable[dict]], domains: dict[str, Domain]) -> list[str]:
+    """Every broken record rule among the live records ``read(table)`` gives, one line each:
+    ``community / table / masked key / field: why``."""
+    records = MemoryRecords(read, domains)
     lines = []
     for domain in domains.values():
         for table in domain.tables.values():

@@ -345,7 +345,15 @@ def _record_rules(conn, domains, keyring: Keyring | None, report: Report) -> Non
     if keyring is None:
         report.sections.append((heading, ["not checked: the keyring is needed (SYNCDB_KEY_FILE or SYNCDB_PASSPHRASE)"]))
         return
-    lines = integrity.office_warnings(Store(conn, keyring, domains, read_only=True), domains)
+    store = Store(conn, keyring, domains, read_only=True)
+
+    def live_records(table):
+        names = list(table.columns)
+        select = ", ".join(f"[{c}]" for c in names)
+        for key, *values in conn.execute(f"SELECT _key, {select} FROM [{table_name(table)}] WHERE _exists = 1"):
+            yield {c: store.plain(table, c, v, key) for c, v in zip(names, values)}
+
+    lines = integrity.office_warnings(live_records, domains)
     shown = lines[:RULES_SHOWN]
     if len(lines) > RULES_SHOWN:
         shown.append(f"… and {len(lines) - RULES_SHOWN} more")

@@ -32,6 +32,7 @@ except ImportError:  # older ones: the standard's algorithm below
     _stdnum_uscc = None
 
 from .errors import SyncdbError
+from .integrity import WorkingRecords, has_rules, rule_problems
 from .schema import Column, Domain, Table
 from .workdir import db_path
 
@@ -453,8 +454,6 @@ def validate_file(path, domain: Domain, domains: dict[str, Domain] | None = None
     With ``domains``, the record rules are checked too, against the working
     databases in the same folder.
     """
-    from .integrity import WorkingRecords
-
     path = Path(path)
     conn = _open_read_only(path)
     records = WorkingRecords(path.parent, domains) if domains else None
@@ -521,11 +520,10 @@ def _validate_table(conn: sqlite3.Connection, path: Path, table: Table, domain: 
 
 def _rules(table: Table, records, skip: set):
     """The record-rule check of the table's records, or None when none applies (or it cannot be read whole)."""
-    from .integrity import has_rules, rule_problems
-
     if records is None or skip or not has_rules(table):
         return None
-    return lambda record: rule_problems(table, record, records.domains, records)
+    return lambda record: [Problem(ERROR, p.field, p.why)
+                           for p in rule_problems(table, record, records.domains, records)]
 
 
 def _duplicate_keys(conn: sqlite3.Connection, path: Path, table: Table) -> Iterator[Finding]:
