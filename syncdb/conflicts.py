@@ -88,7 +88,7 @@ def items(store: Store, include_closed: bool = False) -> list[dict]:
     """The queue (open conflicts, or all), decrypted in memory."""
     where = "" if include_closed else "WHERE status = 'open'"
     return [_item(store, row) for row in store.conn.execute(f"SELECT {COLUMNS} FROM conflicts {where} ORDER BY id")
-            if row[1] in store.tables]
+            if _in_schemas(store, row[1], row[3])]
 
 
 def get(store: Store, conflict_id: int) -> dict:
@@ -120,8 +120,17 @@ def show(store: Store, conflict_id: int) -> dict:
     return item
 
 
+def _in_schemas(store: Store, tbl: str, col: str) -> bool:
+    """Is the conflict's cell still in the office's schemas? (A table or column a schema dropped keeps
+    its records and conflicts in the store; the queue shows them again if the schema brings it back.)"""
+    return tbl in store.tables and col in store.tables[tbl].columns
+
+
 def _item(store: Store, row) -> dict:
     cid, tbl, key, col, kind, candidates, winner, rule, status, opened, closed, note = row
+    if not _in_schemas(store, tbl, col):
+        raise SyncdbError(f"conflict #{cid} is on {tbl}.{col}, which the office's schemas no longer have; "
+                          "it stays in the store as it is: bring the column back to its schema to settle it")
     table = store.table(tbl)
     key = bytes(key)
     sealed = table.columns[col].sensitive

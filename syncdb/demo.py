@@ -97,22 +97,22 @@ def run_demo(directory, communities: int, residents: int, domains: dict, echo=pr
     store = directory / "office"
 
     echo(f"== Street office store in {store}")
-    migrations.init(store, secret)
-    sample_domains = {name: domains[name] for name in ("huji", "shebao", "minzheng") if name in domains}
+    migrations.init(store, secret, domains=domains)
+
 
     echo(f"== {communities} sample communities of {residents} residents")
     folders = {}
     for n, code in enumerate(community_codes(communities), start=1):
         folder = directory / "communities" / code
         counts = generate(folder, code, residents, seed=n, domains=domains)
-        community.init(folder, code, office.public_key_path(store), sample_domains, secret)
+        community.init(folder, code, office.public_key_path(store), domains, secret)
         office.enroll(store, code, folder / f"{code}.pub.json")
         folders[code] = folder
         echo(f"   {code}: " + ", ".join(f"{t} {c}" for t, c in counts.items()) + "; enrolled")
 
     with _Server(store) as ingest:
         echo("== Night 1: every community pushes over HTTP to the office ingest service")
-        _push_all(folders, sample_domains, secret, ingest.url, echo)
+        _push_all(folders, domains, secret, ingest.url, echo)
         _merge(store, secret, domains, echo)
 
         echo("== Day 2: a resident moves from one community to another, and a third registers them too")
@@ -120,7 +120,7 @@ def run_demo(directory, communities: int, residents: int, domains: dict, echo=pr
         echo("== Day 2: the office corrects a resident's name while the community changes it too")
         _stage_concurrent_edit(store, secret, domains, list(folders.values())[0], echo)
         echo("== Night 2: push and merge again")
-        _push_all(folders, sample_domains, secret, ingest.url, echo)
+        _push_all(folders, domains, secret, ingest.url, echo)
         _merge(store, secret, domains, echo)
 
     open_conflicts = list_conflicts(store, secret, domains)
@@ -138,7 +138,7 @@ def run_demo(directory, communities: int, residents: int, domains: dict, echo=pr
             for code in summary.sent_back:
                 echo(f"== {code} holds the record and pulls the settlement (syncdb pull --inbox …)")
                 inbox = FolderChannel(outbound_dir(store, code))
-                report = transport.pull(folders[code], inbox, sample_domains, secret)
+                report = transport.pull(folders[code], inbox, domains, secret)
                 for line in report.lines():
                     echo(f"   {line}")
     left = list_conflicts(store, secret, domains)
@@ -199,7 +199,7 @@ def _stage_transfer(folders: list[Path], echo) -> None:
     shown = mask(resident["id_number"])
     echo(f"   {folders[0].name}: {shown} marked moved_out")
     for folder in folders[1:3]:
-        row = dict(resident, community_code=folder.name, household_no=None, relationship=None)
+        row = dict(resident, community_code=folder.name, household_no=None, relationship=None, address_code=None)
         conn = workdir.connect(workdir.db_path(folder, "huji"))
         conn.execute(f"INSERT INTO persons ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
         conn.close()
