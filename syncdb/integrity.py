@@ -173,6 +173,7 @@ class WorkingRecords:
         self.domains = domains
         self._conns: dict[str, sqlite3.Connection | None] = {}
         self._groups: dict[str, Counter] = {}
+        self._kept: dict[str, bool] = {}
 
     def __enter__(self) -> "WorkingRecords":
         return self
@@ -194,8 +195,11 @@ class WorkingRecords:
                 conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=10)
             self._conns[table.domain] = conn
         conn = self._conns[table.domain]
-        if conn is None or not conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table.name,)).fetchone():
+        # Asked once per table (find runs once per reference of every record pushed).
+        if table.qualified not in self._kept:
+            self._kept[table.qualified] = conn is not None and conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table.name,)).fetchone() is not None
+        if not self._kept[table.qualified]:
             raise NotKept(table.qualified)
         return conn
 
@@ -257,6 +261,24 @@ class MemoryRecords:
                 _text(r.get(rule.group)) for r in self.records(table).values()
                 if _text(r.get(rule.column)) == rule.value and _text(r.get(rule.group)) is not None)
         return self._groups[table.qualified][_text(group)]
+
+
+def read_columns(table: Table, domains: dict[str, Domain]) -> list[str]:
+    """The columns of ``table`` the rules read, as its own or as another table's target, in
+    schema order: the office decrypts only these (a name or a phone no rule needs stays sealed)."""
+    wanted = set(table.key) | {table.owner}
+    if table.one_per:
+        wanted |= {table.one_per.group, table.one_per.column}
+    for column in table.columns.values():
+        if column.references:
+            wanted |= {column.name, *column.same}
+        for needs in column.implies.values():
+            wanted |= {column.name, *needs}
+    for other in (t for d in domains.values() for t in d.tables.values()):
+        for column in other.columns.values():
+            if column.references and target_table(domains, column) is table:
+                wanted |= set(column.same.values())
+    return [c for c in table.columns if c in wanted]
 
 
 def _key_text(values) -> str:

@@ -243,9 +243,17 @@ def _check_reference(domain, table, column, domains):
     if len(target.key) != 1:
         fail(f"'references' names '{column.references}', whose key ({', '.join(target.key)}) is not one column; "
              "only a table keyed by one column can be referenced")
-    for right in column.same.values():
+    # A column holding another record's key (or, by 'same', another record's value) holds that
+    # value: sensitive there, it must be sensitive here, or it would lie in plaintext at the office.
+    if target.columns[target.key[0]].sensitive and not column.sensitive:
+        fail(f"'references' names '{column.references}', whose key {target.key[0]} is sensitive; "
+             "mark this column sensitive = true too")
+    for left, right in column.same.items():
         if right not in target.columns:
             fail(f"'same' names '{right}', which is not a column of {column.references}")
+        if target.columns[right].sensitive and not table.columns[left].sensitive:
+            fail(f"'same' makes '{left}' equal to {column.references}.{right}, which is sensitive; "
+                 f"mark '{left}' sensitive = true too")
 
 
 def load_domain(path: str | os.PathLike, extra_policies=()) -> Domain:

@@ -348,7 +348,7 @@ def _record_rules(conn, domains, keyring: Keyring | None, report: Report) -> Non
     store = Store(conn, keyring, domains, read_only=True)
 
     def live_records(table):
-        names = list(table.columns)
+        names = integrity.read_columns(table, domains)
         select = ", ".join(f"[{c}]" for c in names)
         for key, *values in conn.execute(f"SELECT _key, {select} FROM [{table_name(table)}] WHERE _exists = 1"):
             yield {c: store.plain(table, c, v, key) for c, v in zip(names, values)}
