@@ -316,7 +316,8 @@ def community_set_office_key(workdir, office_key):
 @schemas_option
 def community_upgrade(workdir, create_databases, schemas):
     """Bring the working databases to the schemas: add the tables and columns a newer release's
-    schemas declare, and set up change capture afresh. Nothing is dropped and no value changes.
+    schemas declare, and set up change capture afresh. Nothing is dropped; the only values changed
+    are old codes the schemas map to new ones ([codes.NAME.was]), sent by the next push.
 
     Example: syncdb community upgrade C:\\社区数据
     """
@@ -329,6 +330,8 @@ def community_upgrade(workdir, create_databases, schemas):
         click.echo(f"made table {table}")
     for table, columns in done.added.items():
         click.echo(f"{table}: added {', '.join(columns)}")
+    for line in done.recoded:
+        click.echo(line)
     for line in done.left_alone + done.empty_required:
         click.echo(f"note: {line}")
     if done.unsynced:

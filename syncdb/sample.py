@@ -34,8 +34,12 @@ from .sample_places import Places
 
 # In the order their tables are written and counted.
 DOMAINS = ("huji", "shebao", "minzheng", "wangge", "dizhi", "fangwu", "danwei", "liudong")
-ENROLMENT = ("id_number", "insurance_type", "status", "start_date", "end_date", "employer", "monthly_base",
-             "community_code")
+ENROLMENT = ("id_number", "insurance_type", "status", "retired", "retired_date", "start_date", "end_date", "employer",
+             "monthly_base", "community_code")
+# 险种类型 (AAE140) and 参保状态, as schemas/shebao.toml codes them.
+EMPLOYEE_PENSION, RESIDENT_PENSION_SCHEME, UNEMPLOYMENT = "110", "170", "210"
+EMPLOYEE_MEDICAL, RESIDENT_MEDICAL_CARE, INJURY = "310", "390", "410"
+PAYING, PAUSED, ENDED = "1", "2", "3"
 BENEFIT = ("id_number", "benefit_type", "status", "monthly_amount", "start_date", "end_date", "community_code")
 # When the schemes began, so that no enrolment starts before its scheme existed.
 EMPLOYEE_SCHEMES = date(1995, 1, 1)  # 城镇职工养老保险, unified in 1995–97
@@ -193,9 +197,9 @@ def _between(rng: random.Random, first: date, last: date) -> date:
     return first + timedelta(days=rng.randint(0, max(0, (last - first).days)))
 
 
-def _ended(rng, start: date, status: str) -> tuple[str, str | None]:
-    """The status and, for an ended row only, an end date between start and today."""
-    if status != "ended":
+def _ended(rng, start: date, status: str, ended: str = "ended") -> tuple[str, str | None]:
+    """The status and, for an ended row only (its code ``ended``), an end date between start and today."""
+    if status != ended:
         return status, None
     return status, _between(rng, max(start, TODAY - years(3)), TODAY).isoformat()
 
@@ -209,7 +213,7 @@ def _enrolments(person: Person, household: Household, code: str, rng: random.Ran
         if rng.random() < 0.05:
             return []
         start = max(person.birth + timedelta(days=rng.randint(0, 120)), RESIDENT_MEDICAL)
-        plan = [("medical_resident", "active", min(start, TODAY), None, None)]
+        plan = [(RESIDENT_MEDICAL_CARE, PAYING, min(start, TODAY), None, None, None)]
     else:
         r = rng.random()
         employee = r < (0.62 if years_old < retirement else 0.55)
@@ -222,43 +226,54 @@ def _enrolments(person: Person, household: Household, code: str, rng: random.Ran
             return []
     if person.death:
         # Insurance ends on the day of death; none starts after it.
-        return [(person.id_number, kind, "ended", start.isoformat(), person.death.isoformat(), employer, base, code)
-                for kind, _, start, employer, base in plan if start <= person.death]
+        return [_enrolment(person, kind, ENDED, start, person.death.isoformat(), employer, base, retired, code)
+                for kind, _, start, employer, base, retired in plan if start <= person.death]
     if person.status == "moved_out" and rng.random() < 0.6:
-        plan = [(kind, "ended", start, None, None) for kind, _, start, _, _ in plan]
+        plan = [(kind, ENDED, start, None, None, retired) for kind, _, start, _, _, retired in plan]
     rows = []
-    for kind, status, start, employer, base in plan:
-        status, end = _ended(rng, start, status)
-        rows.append((person.id_number, kind, status, start.isoformat(), end, employer, base, code))
+    for kind, status, start, employer, base, retired in plan:
+        status, end = _ended(rng, start, status, ENDED)
+        rows.append(_enrolment(person, kind, status, start, end, employer, base, retired, code))
     return rows
+
+
+def _enrolment(person: Person, kind, status, start: date, end, employer, base, retired: date | None, code) -> tuple:
+    """A row in ENROLMENT order: retirement (是否退休, 退休日期) is kept apart from the payment status."""
+    return (person.id_number, kind, status, "1" if retired else "0", retired and retired.isoformat(),
+            start.isoformat(), end, employer, base, code)
 
 
 def _employee(person, household, rng, companies, retired) -> list[tuple]:
     first = max(birthday(person.birth, 18), EMPLOYEE_SCHEMES)
     if retired:
-        last = max(first, min(birthday(person.birth, 60 if person.sex == "1" else 55), TODAY))
+        # 法定退休年龄: 60 for men, 55 here for women; insured on, paying nothing, drawing the pension.
+        retired_on = birthday(person.birth, 60 if person.sex == "1" else 55)
+        last = max(first, min(retired_on, TODAY))
         start = _between(rng, first, last)
         employer = rng.choice(companies) if rng.random() < 0.7 else None
-        return [("pension_employee", "retired", start, employer, None),
-                ("medical_employee", "retired", start, employer, None)]
+        return [(EMPLOYEE_PENSION, PAYING, start, employer, None, max(start, retired_on)),
+                (EMPLOYEE_MEDICAL, PAYING, start, employer, None, max(start, retired_on))]
     start = _between(rng, first, min(first + years(8), TODAY))
     employer = household.employer or person.workplace or rng.choice(companies)
     person.workplace = employer  # 服务处所 and the insured employer agree
     # Bases cluster a little above the local floor; rounded to 100 yuan.
     base = float(min(30000, max(4000, round(rng.lognormvariate(8.9, 0.45), -2))))
-    status = rng.choices(["active", "suspended", "ended"], [92, 6, 2])[0]
-    kinds = ["pension_employee", "medical_employee"]
-    kinds += [k for k in ("unemployment", "injury") if rng.random() < 0.75]
-    return [(kind, status, start, employer, base) for kind in kinds]
+    status = rng.choices([PAYING, PAUSED, ENDED], [92, 6, 2])[0]
+    kinds = [EMPLOYEE_PENSION, EMPLOYEE_MEDICAL]
+    kinds += [k for k in (UNEMPLOYMENT, INJURY) if rng.random() < 0.75]
+    return [(kind, status, start, employer, base, None) for kind in kinds]
 
 
 def _resident(person, rng, years_old) -> list[tuple]:
-    plan = [("medical_resident", "active", _between(rng, max(person.birth, RESIDENT_MEDICAL), TODAY), None, None)]
+    plan = [(RESIDENT_MEDICAL_CARE, PAYING, _between(rng, max(person.birth, RESIDENT_MEDICAL), TODAY), None, None,
+             None)]
     if years_old < 23 and rng.random() < 0.7:
         return plan  # students: medical insurance only
-    status = "retired" if years_old >= 60 else rng.choices(["active", "suspended"], [92, 8])[0]
+    status = PAYING if years_old >= 60 else rng.choices([PAYING, PAUSED], [92, 8])[0]
     start = _between(rng, max(birthday(person.birth, 16), RESIDENT_PENSION), TODAY)
-    return [("pension_resident", status, start, None, None)] + plan
+    # 城乡居民养老保险 pays from 60 (or from joining, for those who joined older).
+    retired = max(start, birthday(person.birth, 60)) if years_old >= 60 else None
+    return [(RESIDENT_PENSION_SCHEME, status, start, None, None, retired)] + plan
 
 
 def _benefits(households: list[Household], code: str, rng: random.Random) -> list[tuple]:

@@ -56,6 +56,10 @@ COLUMN_KEYWORDS = {
     "implies": "{ \"CODE\" = { COLUMN = \"VALUE\" }, … }: when this column holds CODE, "
                "the record's other columns must hold those values",
 }
+CODE_TABLE_KEYWORDS = {
+    "was": "[codes.NAME.was]: what the codes of an earlier version became, OLD = \"NEW\" or "
+           "OLD = { code = \"NEW\", set = { COLUMN = \"VALUE\" } }; `syncdb community upgrade` rewrites them",
+}
 TYPES = {"text": "TEXT", "integer": "INTEGER", "real": "REAL", "date": "TEXT"}
 VALIDATORS = ("id_number", "community_code", "phone", "division_code", "uscc")
 MATCHES = ("birth_date", "sex")
@@ -82,6 +86,14 @@ class Column:
     same: dict = field(default_factory=dict)
     # {code: {other column: value}}: what a code in this column requires of the record.
     implies: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Was:
+    """What an old code became (``[codes.NAME.was]``): the new code, and values it sets in the record."""
+
+    code: str
+    set: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -149,6 +161,9 @@ class Domain:
     codes: dict[str, dict[str, str]]
     path: Path
     description: str = ""
+    # Code table name -> {old code: Was}. Not in the fingerprint: it changes what an upgrade
+    # rewrites, not what a record may hold.
+    was: dict[str, dict[str, Was]] = field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str:
@@ -276,7 +291,7 @@ def load_domain(path: str | os.PathLike, extra_policies=()) -> Domain:
     version = doc.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise SchemaError(path, "'version' must be a positive integer")
-    domain_codes = _load_codes(path, doc.get("codes", {}))
+    domain_codes, was = _load_codes(path, doc.get("codes", {}))
     # name → codes; a domain's own table of a name stands before the national one (as code_table does)
     known_codes = {**codes.NATIONAL, **domain_codes}
     policies = set(POLICIES) | set(plugins.policies()) | set(extra_policies)
@@ -287,7 +302,8 @@ def load_domain(path: str | os.PathLike, extra_policies=()) -> Domain:
         tname: _load_table(path, name, tname, raw, known_codes, policies)
         for tname, raw in raw_tables.items()
     }
-    return Domain(name, label, version, tables, domain_codes, path, doc.get("description", ""))
+    _check_was_sets(path, was, known_codes, tables)
+    return Domain(name, label, version, tables, domain_codes, path, doc.get("description", ""), was)
 
 
 def _load_table(path, domain, name, raw, known_codes, policies) -> Table:
@@ -440,18 +456,69 @@ def _load_one_per(path, table, raw, all_columns) -> OnePer | None:
     return OnePer(raw["group"], raw["column"], raw["value"])
 
 
-def _load_codes(path, raw) -> dict[str, dict[str, str]]:
+def _load_codes(path, raw) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, Was]]]:
+    """The domain's code tables, and each one's ``was`` table (old code -> Was)."""
     if not isinstance(raw, dict):
         raise SchemaError(path, "'codes' must hold [codes.NAME] sections")
-    tables = {}
+    tables, was = {}, {}
     for name, entries in raw.items():
-        if not isinstance(entries, dict) or not entries:
+        if not isinstance(entries, dict):
+            raise SchemaError(path, f"code table '{name}' must map codes to Chinese names, like 01 = \"汉族\"")
+        entries = dict(entries)
+        old = entries.pop("was", None)
+        if not entries:
             raise SchemaError(path, f"code table '{name}' must map codes to Chinese names, like 01 = \"汉族\"")
         for code, meaning in entries.items():
             if not isinstance(meaning, str):
                 raise SchemaError(path, f"code table '{name}': code '{code}' must map to a name in quotes")
-        tables[name] = dict(entries)
-    return tables
+        tables[name] = entries
+        if old is not None:
+            was[name] = _load_was(path, name, old, entries)
+    return tables, was
+
+
+def _load_was(path, name, raw, entries) -> dict[str, Was]:
+    """``[codes.NAME.was]``: OLD = "NEW" or OLD = { code = "NEW", set = { COLUMN = "VALUE" } }."""
+    where = f"code table '{name}': [codes.{name}.was]"
+    if not isinstance(raw, dict) or not raw:
+        raise SchemaError(path, f"{where} must map old codes to codes of the table, like pension_employee = \"110\"")
+    mapped = {}
+    for old, target in raw.items():
+        if isinstance(target, dict):
+            if set(target) - {"code", "set"} or not isinstance(target.get("set", {}), dict):
+                raise SchemaError(path, f"{where}: '{old}' must be \"NEW\" or {{ code = \"NEW\", set = {{ COLUMN = "
+                                        "\"VALUE\" } }")
+            new, sets = target.get("code"), dict(target.get("set", {}))
+        else:
+            new, sets = target, {}
+        if new not in entries:
+            raise SchemaError(path, f"{where}: old code '{old}' maps to '{new}', which is not a code of the table; "
+                                    f"use one of {', '.join(entries)}")
+        if old in entries:
+            raise SchemaError(path, f"{where}: '{old}' is a code of the table now; an old code in use "
+                                    "again cannot be rewritten")
+        if not all(isinstance(v, str) for v in sets.values()):
+            raise SchemaError(path, f"{where}: the values 'set' for '{old}' gives must be in quotes")
+        mapped[old] = Was(new, sets)
+    return mapped
+
+
+def _check_was_sets(path, was, known_codes, tables) -> None:
+    """A ``set`` of a ``was`` names columns of every table holding a column with that code table,
+    with values of the column's own codes."""
+    for name, mapped in was.items():
+        for table in tables.values():
+            if not any(c.codes == name for c in table.columns.values()):
+                continue
+            for old, target in mapped.items():
+                for other, value in target.set.items():
+                    column = table.columns.get(other)
+                    if column is None or column.name in table.key:
+                        raise SchemaError(path, f"[codes.{name}.was]: '{old}' sets '{other}', which is not a "
+                                                "column outside the key of the table", table=table.name)
+                    if column.codes and value not in known_codes[column.codes]:
+                        raise SchemaError(path, f"[codes.{name}.was]: '{old}' sets '{other}' to '{value}', which is "
+                                                f"not in code table '{column.codes}'", table=table.name)
 
 
 def _check_policy(path, policy, policies, table=None, column=None):

@@ -6,6 +6,8 @@ table lacking a column. This adds what is missing and nothing else. No
 column is dropped, renamed or retyped and no value is changed, so the
 records, what the office last received of them and the change log stay as
 they were, and the next push sends only what people change afterwards.
+The one exception is a code the schemas retired and map to its successor
+(``[codes.NAME.was]``, ``recode``): it is rewritten, and pushed like an edit.
 
 A column or table the schemas no longer name stays with its rows; it is simply no longer synced. A required
 column added to a table that holds rows is added without ``NOT NULL``
@@ -22,10 +24,10 @@ from pathlib import Path
 
 import sqlite_utils
 
-from . import capture, workdir
+from . import capture, holds, workdir
 from .errors import SyncdbError
 from .files import storage_error
-from .schema import TYPES, Domain, Table
+from .schema import TYPES, Column, Domain, Table
 from .state import open_state, state_dir
 
 
@@ -40,10 +42,12 @@ class Upgraded:
     left_alone: list[str] = field(default_factory=list)  # why a schema table was not made
     empty_required: list[str] = field(default_factory=list)  # required columns added empty to rows
     captured: list[str] = field(default_factory=list)  # "domain.db" whose capture was made afresh
+    recoded: list[str] = field(default_factory=list)  # old codes rewritten ([codes.NAME.was]), and any kept
+    recoded_rows: int = 0
 
     @property
     def changed(self) -> bool:
-        return bool(self.added or self.made_tables or self.made_databases)
+        return bool(self.added or self.made_tables or self.made_databases or self.recoded_rows)
 
 
 def upgrade(workdir_path, domains: dict[str, Domain], create_databases: bool = False) -> Upgraded:
@@ -104,6 +108,8 @@ def _upgrade_database(folder: Path, path: Path, domain: Domain, set_up: bool, do
             # the log are kept, so the next push reads the log as usual, no full comparison.
             capture.install(conn, domain, skip=set(gone), allow_duplicates=True)
             done.captured.append(path.name)
+        # After capture is set up afresh, so the rewritten records are pushed like any edit.
+        recode(conn, domain, done)
     finally:
         conn.close()
 
@@ -150,3 +156,52 @@ def _unsynced(db: sqlite_utils.Database, domain: Domain) -> list[str]:
         known = {c.lower() for c in table.columns}
         found += [f"{table.qualified}.{c.name}" for c in db[name].columns if c.name.lower() not in known]
     return found
+
+
+# -- Old codes ([codes.NAME.was]) ----------------------------------------------------------------
+_LISTED = 10  # masked keys listed per note; the rest are counted
+
+
+def recode(conn: sqlite3.Connection, domain: Domain, done: Upgraded) -> None:
+    """Rewrite the old codes the domain's ``was`` tables map (社保 version 1's 险种 to AAE140 …).
+
+    One transaction of the database. Run once capture is set up, so each rewritten record is captured
+    and sent by the next push like any edit; a code in the natural key goes as one ``rekey`` (the
+    office moves the record to its new key). A record whose new key another record already holds
+    keeps its old code and is listed: nothing is merged or dropped without a person.
+    """
+    work = [(table, column) for table in domain.tables.values() for column in table.columns.values()
+            if column.codes in domain.was and capture.table_exists(conn, table.name)]
+    if not work:
+        return
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        for table, column in work:
+            _recode_column(conn, table, column, domain.was[column.codes], done)
+
+
+def _recode_column(conn: sqlite3.Connection, table: Table, column: Column, mapped: dict, done: Upgraded) -> None:
+    present = {row[1].lower() for row in conn.execute(f"PRAGMA table_info([{table.name}])")}
+    where = f"{table.qualified}.{column.name}"
+    rewritten = []
+    for old, target in mapped.items():
+        sets = {column.name: target.code, **{c: v for c, v in target.set.items() if c.lower() in present}}
+        assigned = ", ".join(f"[{c}] = ?" for c in sets)
+        # OR IGNORE: a row whose new key is taken is skipped, and listed below.
+        count = conn.execute(f"UPDATE OR IGNORE [{table.name}] SET {assigned} WHERE [{column.name}] = ?",
+                             (*sets.values(), old)).rowcount
+        if count:
+            rewritten.append(f"{old} → {target.code}" + "".join(f", {c} {v}" for c, v in target.set.items())
+                             + f": {count}")
+            done.recoded_rows += count
+        kept = [dict(zip(table.key, r)) for r in conn.execute(
+            f"SELECT {', '.join(f'[{k}]' for k in table.key)} FROM [{table.name}] WHERE [{column.name}] = ?", (old,))]
+        if kept:
+            shown = "; ".join(holds.shown_key(table, capture.key_json(table, k)) for k in kept[:_LISTED])
+            more = f" and {len(kept) - _LISTED} more" if len(kept) > _LISTED else ""
+            done.recoded.append(
+                f"note: {where}: {len(kept)} record(s) keep the old code '{old}' ({shown}{more}): another record "
+                f"already holds the key with '{target.code}'; keep one of the two (copy over what the other "
+                "adds), delete the other, and run `syncdb community upgrade` again")
+    if rewritten:
+        done.recoded.append(f"{where}: old codes rewritten ({'; '.join(rewritten)}); the next push sends them")

@@ -104,6 +104,7 @@ KEYWORD_SECTIONS = {
     "Domain keywords": schema.DOMAIN_KEYWORDS,
     "Table keywords": schema.TABLE_KEYWORDS,
     "Column keywords": schema.COLUMN_KEYWORDS,
+    "Code table keywords": schema.CODE_TABLE_KEYWORDS,
 }
 
 

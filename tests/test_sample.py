@@ -253,30 +253,35 @@ def test_enrolments(community):
     keys = [(e["id_number"], e["insurance_type"]) for e in enrolments]
     assert len(set(keys)) == len(keys)
     kinds = Counter(e["insurance_type"] for e in enrolments)
-    assert {"pension_employee", "medical_employee", "pension_resident", "medical_resident"} <= set(kinds)
+    assert {"110", "310", "170", "390"} <= set(kinds)  # AAE140: employees' and residents' pension and medical
+    assert any(e["retired"] == "1" for e in enrolments)
     for e in enrolments:
         person = persons[e["id_number"]]
         birth = date.fromisoformat(person["birth_date"])
         start = date.fromisoformat(e["start_date"])
         assert birth <= start <= TODAY
         assert e["community_code"] == CODE
-        assert (e["end_date"] is not None) == (e["status"] == "ended")
+        assert (e["end_date"] is not None) == (e["status"] == "3")
         if e["end_date"]:
             assert e["start_date"] <= e["end_date"] <= TODAY.isoformat()
-        if e["insurance_type"].startswith("pension"):
+        if e["insurance_type"] in ("110", "170"):
             assert start >= birthday(birth, 16)
-        if e["insurance_type"] in ("pension_employee", "medical_employee", "unemployment", "injury"):
+        if e["insurance_type"] in ("110", "310", "210", "410"):
             assert start >= birthday(birth, 18)
-            if e["status"] in ("active", "suspended"):
+            if e["status"] in ("1", "2") and e["retired"] == "0":
                 assert e["employer"] and e["monthly_base"]
             if e["monthly_base"] is not None:
                 assert 4000 <= e["monthly_base"] <= 30000 and e["monthly_base"] % 100 == 0
         else:
             assert e["employer"] is None and e["monthly_base"] is None
-        if e["status"] == "retired":
-            assert birthday(birth, 55 if person["sex"] == "2" else 60) <= TODAY
+        # Retirement is apart from the payment status: a retiree is still insured, from a date.
+        assert (e["retired_date"] is not None) == (e["retired"] == "1")
+        if e["retired"] == "1":
+            assert e["insurance_type"] in ("110", "310", "170")
+            assert birthday(birth, 55 if person["sex"] == "2" else 60) <= date.fromisoformat(e["retired_date"])
+            assert e["start_date"] <= e["retired_date"] <= TODAY.isoformat()
         if person["status"] == "deceased":
-            assert e["status"] == "ended"
+            assert e["status"] == "3"
 
 
 def test_benefits(community, by_household):

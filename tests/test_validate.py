@@ -220,7 +220,7 @@ def test_number_types(domains):
     assert problems_of(rentals, {**rental, "rooms": 12}, domains) == {}
     assert "whole number" in problems_of(rentals, {**rental, "rooms": "abc"}, domains)[("rooms", "error")]
     assert "whole number" in problems_of(rentals, {**rental, "rooms": 2.5}, domains)[("rooms", "error")]
-    enrolment = {"id_number": EXAMPLE_ID, "insurance_type": "pension_resident", "status": "active",
+    enrolment = {"id_number": EXAMPLE_ID, "insurance_type": "170", "status": "1",
                  "start_date": "2020-01-01", "community_code": CODE}
     for ok in ("4200.50", 4200.5, 4200, "1e3"):
         assert problems_of(enrolments, {**enrolment, "monthly_base": ok}, domains) == {}
@@ -272,7 +272,7 @@ def community(tmp_path, domains):
         person(id_number="44190019850615003X", sex="1", birth_date="1985-06-15", relationship="99"),
     ])
     insert(folder / "shebao.db", "enrolments", [
-        {"id_number": "441900199001010028", "insurance_type": "pension_resident", "status": "active",
+        {"id_number": "441900199001010028", "insurance_type": "170", "status": "1",
          "start_date": "2020-01-01", "monthly_base": "abc", "community_code": CODE},
     ])
     return folder
@@ -287,7 +287,7 @@ def test_validate_folder_names_each_bad_record(community, domains):
     assert any(line.startswith(f"{CODE} / huji.persons / 441900199001010044 / ethnicity / unknown ethnicity code '57'")
                for line in lines)
     assert f"{CODE} / huji.persons / 110105198001010024 / name / required value is missing" in lines
-    assert any(line.startswith(f"{CODE} / shebao.enrolments / 441900199001010028/pension_resident / monthly_base /")
+    assert any(line.startswith(f"{CODE} / shebao.enrolments / 441900199001010028/170 / monthly_base /")
                for line in lines)
     warnings = [f for f in findings if f.severity == "warning"]
     assert [f.key for f in warnings] == ["44190019850615003X"]
@@ -302,7 +302,7 @@ def test_validate_single_file_and_finding_dict(community, domains):
     d = findings[0].as_dict()
     assert d == {
         "severity": "error", "community": CODE, "table": "shebao.enrolments",
-        "key": "441900199001010028/pension_resident", "field": "monthly_base",
+        "key": "441900199001010028/170", "field": "monthly_base",
         "why": "expected a number, got 'abc'", "path": str(community / "shebao.db"),
     }
     assert Finding(**d) == findings[0]
