@@ -226,3 +226,20 @@ def test_the_held_reason_says_what_frees_the_queue(stalled):
     _, _, _, old_bundle, summary = stalled
     why = dict(summary.held)[old_bundle.name]
     assert "syncdb community upgrade" in why and "syncdb bundles skip" in why
+
+
+def test_communities_upgraded_before_the_office_stall_nothing(synced, previous):
+    """The other order: a bundle written under huji v2 waits at a v1 office, and the merge after the
+    office upgrades applies it, with no one's help (docs/schemas.md advises the office first)."""
+    shipped = load_domains()
+    kept = {n: shipped[n] for n in ("huji", "liudong")}
+    upgrade(synced.folders[UPGRADED], kept)
+    synced.communities[UPGRADED].domains = kept
+    synced.sql(UPGRADED, "UPDATE persons SET education = '21' WHERE id_number = ?", (HEAD,))
+    synced.push(UPGRADED)
+    waiting = merge.merge(synced.store, synced.bundles[-1:], SECRET, previous)
+    assert waiting.applied == 0 and "the office has version 1" in waiting.held[0][1]
+    assert merge.merge(synced.store, [], SECRET, shipped).applied == 1
+    rows, _ = snapshot(synced.store, shipped)
+    assert any(t == "huji.persons" and dict(c)["id_number"] == HEAD and dict(c)["education"] == "21"
+               for (t, _), (_, c) in rows.items())
