@@ -317,7 +317,8 @@ def community_set_office_key(workdir, office_key):
 def community_upgrade(workdir, create_databases, schemas):
     """Bring the working databases to the schemas: add the tables and columns a newer release's
     schemas declare, and set up change capture afresh. Nothing is dropped; the only values changed
-    are old codes the schemas map to new ones ([codes.NAME.was]), sent by the next push.
+    are old codes the schemas map to new ones ([codes.NAME.was]) and 民政's per-person 低保/特困,
+    moved into household records (minzheng.assistance); the next push sends them.
 
     Example: syncdb community upgrade C:\\社区数据
     """
@@ -332,7 +333,7 @@ def community_upgrade(workdir, create_databases, schemas):
         click.echo(f"{table}: added {', '.join(columns)}")
     for line in done.recoded:
         click.echo(line)
-    for line in done.left_alone + done.empty_required:
+    for line in done.left_alone + done.empty_required + done.assistance:
         click.echo(f"note: {line}")
     if done.unsynced:
         click.echo(f"kept as they are, no longer synced: {', '.join(done.unsynced)}")

@@ -5,9 +5,9 @@ looks: standard addresses, grids, houses and rentals, units (sample_places.py);
 households and their members (sample_people.py) with valid ID numbers
 (sample_ids.py) and plausible origins (sample_origins.py); a floating
 population larger than the registered one, with residence permits
-(sample_migrants.py); social security enrolments and civil affairs benefits
-(here); and a few deliberate cases for the checks across domains
-(sample_planted.py).
+(sample_migrants.py); social security enrolments, civil affairs assistance
+per household and benefits per person (here); and a few deliberate cases for
+the checks across domains (sample_planted.py).
 
 The same code, seed and resident count give byte-identical files: Faker is
 seeded once to fill pools of names and companies, seeded Randoms make every
@@ -41,6 +41,8 @@ EMPLOYEE_PENSION, RESIDENT_PENSION_SCHEME, UNEMPLOYMENT = "110", "170", "210"
 EMPLOYEE_MEDICAL, RESIDENT_MEDICAL_CARE, INJURY = "310", "390", "410"
 PAYING, PAUSED, ENDED = "1", "2", "3"
 BENEFIT = ("id_number", "benefit_type", "status", "monthly_amount", "start_date", "end_date", "community_code")
+ASSISTANCE = ("household_no", "assistance_type", "status", "monthly_amount", "members", "start_date", "end_date",
+              "community_code")
 # When the schemes began, so that no enrolment starts before its scheme existed.
 EMPLOYEE_SCHEMES = date(1995, 1, 1)  # 城镇职工养老保险, unified in 1995–97
 RESIDENT_MEDICAL = date(2007, 7, 1)  # 城镇居民医保 pilots
@@ -109,7 +111,9 @@ def _build(code: str, residents: int, seed: int) -> dict[str, list[dict]]:
     places.draw_grids(names, lambda: _mobile(streams["places"], pools))
     enrolments = [dict(zip(ENROLMENT, r)) for h in households for p in h.members
                   for r in _enrolments(p, h, code, streams["shebao"], pools.companies)]
-    benefits = [dict(zip(BENEFIT, r)) for r in _benefits(households, code, streams["minzheng"])]
+    benefit_rows, assistance_rows = _benefits(households, code, streams["minzheng"])
+    benefits = [dict(zip(BENEFIT, r)) for r in benefit_rows]
+    assistance = [dict(zip(ASSISTANCE, r)) for r in assistance_rows]
     persons = [p for h in households for p in h.members]
     sample_planted.plant(streams["planted"], residents, persons, benefits, migrants, places.lodgings)
     return {
@@ -117,6 +121,7 @@ def _build(code: str, residents: int, seed: int) -> dict[str, list[dict]]:
         "huji.persons": [_person_row(p, h, code) for h in households for p in h.members],
         "shebao.enrolments": enrolments,
         "minzheng.benefits": benefits,
+        "minzheng.assistance": assistance,
         "wangge.grids": places.grids,
         "dizhi.addresses": places.addresses,
         "fangwu.houses": places.houses,
@@ -276,22 +281,17 @@ def _resident(person, rng, years_old) -> list[tuple]:
     return [(RESIDENT_PENSION_SCHEME, status, start, None, None, retired)] + plan
 
 
-def _benefits(households: list[Household], code: str, rng: random.Random) -> list[tuple]:
-    """民政待遇: 高龄津贴 for all 80+, 低保 by household, 特困 for some who live alone, and a few more."""
-    rows = []
+def _benefits(households: list[Household], code: str, rng: random.Random) -> tuple[list[tuple], list[tuple]]:
+    """民政: 社会救助 per household (低保, 特困 for some who live alone, 低保边缘, 临时救助) and
+    the person-level benefits (高龄津贴 for all 80+, 残疾人补贴 for a few): (benefits, assistance)."""
+    rows, assistance = [], []
 
     def grant(person, kind, amount, start, status="active"):
         status, end = _ended(rng, start, status)
         rows.append((person.id_number, kind, status, float(amount), start.isoformat(), end, code))
 
     for household in households:
-        # 低保 is granted to the household: one start, one status, one amount per member.
-        dibao = household.type == "family" and rng.random() < 0.03
-        dibao_start = _between(rng, TODAY - years(8), TODAY)
-        dibao_status = rng.choices(["active", "suspended", "ended"], [90, 4, 6])[0]
-        dibao_amount = rng.randrange(600, 1210, 10)
-        dibao_end = dibao_status == "ended" and date.fromisoformat(_ended(rng, dibao_start, "ended")[1]) or None
-        alone = len(household.members) == 1
+        assistance += _assistance(household, code, rng)
         for person in household.members:
             years_old = age(person.birth, person.death or TODAY)
             if person.status == "moved_out":
@@ -304,19 +304,34 @@ def _benefits(households: list[Household], code: str, rng: random.Random) -> lis
                                  person.death.isoformat(), code))
                 else:
                     grant(person, "elderly", amount, start)
-            if person.status != "normal":
-                continue
-            if dibao and person.birth <= (dibao_end or TODAY):
-                rows.append((person.id_number, "dibao", dibao_status, float(dibao_amount),
-                             max(dibao_start, person.birth).isoformat(), dibao_end and dibao_end.isoformat(), code))
-            elif alone and years_old >= 60 and rng.random() < 0.12:
-                start = _between(rng, max(birthday(person.birth, 60), TODAY - years(10)), TODAY)
-                grant(person, "tekun", rng.randrange(1300, 1910, 10), start)
-            if rng.random() < 0.015:
+            if person.status == "normal" and rng.random() < 0.015:
                 start = _between(rng, max(person.birth, DISABILITY_SUBSIDY), TODAY)
                 grant(person, "disability", rng.randrange(100, 310, 10), start,
                       rng.choices(["active", "suspended"], [95, 5])[0])
-            if years_old >= 35 and rng.random() < (0.012 if person.sex == "1" else 0.0015):
-                start = _between(rng, max(birthday(person.birth, 20), date(1995, 1, 1)), TODAY)
-                grant(person, "veteran", rng.randrange(800, 3610, 10), start)
-    return rows
+    return rows, assistance
+
+
+def _assistance(household: Household, code: str, rng: random.Random) -> list[tuple]:
+    """A household's 社会救助 records: one per type, with the household's amount and how many receive it."""
+    living = [p for p in household.members if p.status == "normal"]
+    if not living:
+        return []
+    draw = rng.random()
+    if household.type == "family" and draw < 0.03:
+        kind, per_member = "1", rng.randrange(600, 1210, 10)  # 低保: the gap to the local standard, per member
+        status = rng.choices(["active", "suspended", "ended"], [90, 4, 6])[0]
+    elif len(household.members) == 1 and age(living[0].birth) >= 60 and draw < 0.15:
+        kind, per_member, status = "2", rng.randrange(1300, 1910, 10), "active"  # 特困: alone, no one to support them
+    elif household.type == "family" and draw < 0.045:
+        kind, per_member, status = "3", None, "active"  # 低保边缘: 专项救助 (medical, schooling), no monthly sum
+    elif household.type == "family" and draw < 0.055:
+        # 临时救助: a one-off sum after an emergency, ended the day it was paid.
+        paid = _between(rng, TODAY - years(2), TODAY).isoformat()
+        return [(household.number, "4", "ended", float(rng.randrange(500, 5010, 100)), len(living), paid, paid, code)]
+    else:
+        return []
+    first = max(p.birth for p in living)
+    start = _between(rng, max(first, TODAY - years(8)), TODAY)
+    status, end = _ended(rng, start, status)
+    amount = None if per_member is None else float(per_member * len(living))
+    return [(household.number, kind, status, amount, len(living), start.isoformat(), end, code)]

@@ -6,8 +6,9 @@ table lacking a column. This adds what is missing and nothing else. No
 column is dropped, renamed or retyped and no value is changed, so the
 records, what the office last received of them and the change log stay as
 they were, and the next push sends only what people change afterwards.
-The one exception is a code the schemas retired and map to its successor
-(``[codes.NAME.was]``, ``recode``): it is rewritten, and pushed like an edit.
+Two exceptions are rewritten, and pushed like edits: a code the schemas retired
+and map to its successor (``[codes.NAME.was]``, ``recode``), and 民政 version 1's
+per-person 低保/特困 rows, moved into household records (``move_household_assistance``).
 
 A column or table the schemas no longer name stays with its rows; it is simply no longer synced. A required
 column added to a table that holds rows is added without ``NOT NULL``
@@ -19,6 +20,7 @@ changes while such a value is missing, saying so, as it does any invalid one.
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +29,7 @@ import sqlite_utils
 from . import capture, holds, workdir
 from .errors import SyncdbError
 from .files import storage_error
+from .masks import mask
 from .schema import TYPES, Column, Domain, Table
 from .state import open_state, state_dir
 
@@ -44,10 +47,12 @@ class Upgraded:
     captured: list[str] = field(default_factory=list)  # "domain.db" whose capture was made afresh
     recoded: list[str] = field(default_factory=list)  # old codes rewritten ([codes.NAME.was]), and any kept
     recoded_rows: int = 0
+    assistance: list[str] = field(default_factory=list)  # 民政 v2: what moved to household records, what stayed
+    moved_rows: int = 0  # per-person 低保/特困 rows moved into household records
 
     @property
     def changed(self) -> bool:
-        return bool(self.added or self.made_tables or self.made_databases or self.recoded_rows)
+        return bool(self.added or self.made_tables or self.made_databases or self.moved_rows or self.recoded_rows)
 
 
 def upgrade(workdir_path, domains: dict[str, Domain], create_databases: bool = False) -> Upgraded:
@@ -79,6 +84,8 @@ def upgrade(workdir_path, domains: dict[str, Domain], create_databases: bool = F
                     continue
                 done.made_databases.append(path.name)
             _upgrade_database(folder, path, domain, set_up, done)
+        # After capture is set up afresh: the moved rows are captured, and pushed, like any edit.
+        move_household_assistance(folder, domains, done)
     except sqlite3.Error as e:
         raise storage_error(e, folder, then="correct it and run `syncdb community upgrade` again; each "
                                             "database is upgraded whole or not at all") from None
@@ -205,3 +212,139 @@ def _recode_column(conn: sqlite3.Connection, table: Table, column: Column, mappe
                 "adds), delete the other, and run `syncdb community upgrade` again")
     if rewritten:
         done.recoded.append(f"{where}: old codes rewritten ({'; '.join(rewritten)}); the next push sends them")
+
+
+# -- 民政 version 2: 低保 and 特困 granted per household ---------------------------------------
+# Version 1 kept them per person in minzheng.benefits; version 2 has one record per household
+# and type in minzheng.assistance. benefit_type (version 1) -> assistance_type:
+HOUSEHOLD_BENEFITS = {"dibao": "1", "tekun": "2"}
+RETIRED_BENEFITS = {"veteran": "优抚"}  # moved to 退役军人事务 in 2018: kept where they are, reported
+_BENEFIT = ("id_number", "benefit_type", "status", "monthly_amount", "start_date", "end_date", "community_code")
+
+
+def move_household_assistance(folder: Path, domains: dict[str, Domain], done: Upgraded) -> None:
+    """Move the per-person 低保/特困 rows of minzheng.benefits into household records of minzheng.assistance.
+
+    Members are grouped by huji.persons.household_no (huji.db in the same folder, read only). Per
+    household and type: one record with the amount most of its members had (ties: the larger),
+    ``members`` = how many had it, the earliest start, the latest end if every member's ended, and
+    the status ``active`` if any member's is (else ``suspended``, else ``ended``). The household
+    records are written and the rows they replace deleted in one transaction of minzheng.db, so a
+    crash leaves all of them per person or all moved. A row is never dropped without its household
+    record: a person with no household in huji.db, a household already holding a record of that
+    type, or a record that would be invalid leaves the rows where they are, reported. 优抚 rows
+    are kept as they were and counted (RETIRED_BENEFITS).
+    """
+    domain = domains.get("minzheng")
+    path = workdir.db_path(folder, "minzheng")
+    if domain is None or "assistance" not in domain.tables or not path.is_file():
+        return
+    conn = workdir.connect(path)
+    try:
+        if not (capture.table_exists(conn, "benefits") and capture.table_exists(conn, "assistance")):
+            return
+        households = _households_of_persons(folder)
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            _move_rows(conn, domain, households, done)
+            _count_retired(conn, done)
+    finally:
+        conn.close()
+
+
+def _households_of_persons(folder: Path) -> dict[str, str]:
+    """id_number -> household_no of every person whose household huji.db holds ({} without huji.db)."""
+    path = workdir.db_path(folder, "huji")
+    if not path.is_file():
+        return {}
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        if not (capture.table_exists(conn, "persons") and capture.table_exists(conn, "households")):
+            return {}
+        return dict(conn.execute(
+            "SELECT p.id_number, p.household_no FROM persons p JOIN households h ON h.household_no = p.household_no "
+            "WHERE p.household_no IS NOT NULL AND trim(p.household_no) != ''").fetchall())
+    finally:
+        conn.close()
+
+
+def _move_rows(conn: sqlite3.Connection, domain: Domain, households: dict[str, str], done: Upgraded) -> None:
+    marks = ", ".join("?" * len(HOUSEHOLD_BENEFITS))
+    rows = [dict(zip(_BENEFIT, r)) for r in conn.execute(
+        f"SELECT {', '.join(_BENEFIT)} FROM benefits WHERE benefit_type IN ({marks}) ORDER BY rowid",
+        tuple(HOUSEHOLD_BENEFITS))]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    homeless = []
+    for row in rows:
+        household = households.get(row["id_number"])
+        if household is None:
+            homeless.append(row)
+        else:
+            groups.setdefault((household, HOUSEHOLD_BENEFITS[row["benefit_type"]]), []).append(row)
+    table = domain.tables["assistance"]
+    left: dict[str, list[dict]] = {}
+    moved = written = 0
+    for (household, kind), members in groups.items():
+        record = _household_record(household, kind, members)
+        exists = conn.execute("SELECT 1 FROM assistance WHERE household_no = ? AND assistance_type = ?",
+                              (household, kind)).fetchone()
+        why = ("the household already has a record of this type in minzheng.assistance" if exists
+               else holds.record_problems(table, record, domain))
+        if why:
+            left.setdefault(why, []).extend(members)
+            continue
+        conn.execute(f"INSERT INTO assistance ({', '.join(record)}) VALUES ({', '.join('?' * len(record))})",
+                     tuple(record.values()))
+        conn.executemany("DELETE FROM benefits WHERE id_number = ? AND benefit_type = ?",
+                         [(m["id_number"], m["benefit_type"]) for m in members])
+        moved += len(members)
+        written += 1
+    if moved:
+        done.moved_rows += moved
+        done.assistance.append(
+            f"minzheng: {moved} per-person 低保/特困 record(s) of minzheng.benefits moved into "
+            f"{written} household record(s) of minzheng.assistance; the next push sends them and deletes the per-person "
+            "records at the office (if it holds those deletions back, confirm them with `syncdb push "
+            "--confirm-deletes`)")
+    if homeless:
+        left.setdefault("no household in huji.db (huji.persons.household_no empty, or naming a household "
+                        "huji.households does not hold)", []).extend(homeless)
+    for why, members in left.items():
+        done.assistance.append(
+            f"minzheng.benefits: {len(members)} 低保/特困 record(s) left per person ({_listed(members)}): {why}; "
+            "correct that and run `syncdb community upgrade` again, or enter the household's record in "
+            "minzheng.assistance and delete them")
+
+
+def _household_record(household: str, kind: str, members: list[dict]) -> dict:
+    amounts = Counter(m["monthly_amount"] for m in members if m["monthly_amount"] is not None)
+    statuses = {m["status"] for m in members}
+    ends = [m["end_date"] for m in members]
+    starts = [m["start_date"] for m in members if m["start_date"]]
+    codes = Counter(m["community_code"] for m in members)
+    return {
+        "household_no": household,
+        "assistance_type": kind,
+        "status": next((s for s in ("active", "suspended", "ended") if s in statuses), members[0]["status"]),
+        "monthly_amount": max(amounts, key=lambda a: (amounts[a], a)) if amounts else None,
+        "members": len(members),
+        "start_date": min(starts) if starts else None,
+        "end_date": max(ends) if all(ends) else None,
+        "community_code": codes.most_common(1)[0][0],
+    }
+
+
+def _count_retired(conn: sqlite3.Connection, done: Upgraded) -> None:
+    for code, label in RETIRED_BENEFITS.items():
+        rows = [dict(zip(_BENEFIT, r)) for r in conn.execute(
+            f"SELECT {', '.join(_BENEFIT)} FROM benefits WHERE benefit_type = ? ORDER BY rowid", (code,))]
+        if rows:
+            done.assistance.append(
+                f"minzheng.benefits: {len(rows)} {label} ({code}) record(s) kept as they were: {label} is handled "
+                "by 退役军人事务 since 2018 and is no 民政 benefit type now, so a push holds back a change to one; "
+                "hand them over and delete them (the push deletes them at the office too)")
+
+
+def _listed(rows: list[dict]) -> str:
+    shown = ", ".join(f"{mask(r['id_number'])} {r['benefit_type']}" for r in rows[:_LISTED])
+    return shown + (f" and {len(rows) - _LISTED} more" if len(rows) > _LISTED else "")

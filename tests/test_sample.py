@@ -22,7 +22,8 @@ from syncdb.sample_planted import CLASSES, how_many, report
 
 CODE = "441900003001"
 FILES = tuple(f"{d}.db" for d in DOMAINS)
-TABLES = ["huji.households", "huji.persons", "shebao.enrolments", "minzheng.benefits", "wangge.grids",
+TABLES = ["huji.households", "huji.persons", "shebao.enrolments", "minzheng.benefits", "minzheng.assistance",
+          "wangge.grids",
           "dizhi.addresses", "fangwu.houses", "danwei.units", "liudong.migrants"]
 # GB/T 4761 relationships that fix a member's sex.
 MALE = {"11", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "41", "43", "51", "53", "55", "57",
@@ -284,13 +285,13 @@ def test_enrolments(community):
             assert e["status"] == "3"
 
 
-def test_benefits(community, by_household):
+def test_benefits(community):
     persons = {p["id_number"]: p for p in community["persons"]}
     planted = {line.split(":")[0] for line in report(community["dir"])["deceased_paid"]}
     benefits = community["benefits"]
     keys = [(b["id_number"], b["benefit_type"]) for b in benefits]
     assert len(set(keys)) == len(keys)
-    assert {"elderly", "dibao", "disability"} <= {b["benefit_type"] for b in benefits}
+    assert {b["benefit_type"] for b in benefits} == {"elderly", "disability"}  # person-level only (minzheng v2)
     elderly = {b["id_number"]: b for b in benefits if b["benefit_type"] == "elderly"}
     for person in persons.values():
         if person["status"] == "normal" and birthday(date.fromisoformat(person["birth_date"]), 80) <= TODAY:
@@ -306,10 +307,6 @@ def test_benefits(community, by_household):
             assert 100 <= b["monthly_amount"] <= 500
         elif masked(person["id_number"]) not in planted:
             assert person["status"] == "normal"
-        if b["benefit_type"] == "dibao":
-            assert 600 <= b["monthly_amount"] <= 1200
-        if b["benefit_type"] == "tekun":
-            assert len(by_household[person["household_no"]]) == 1
 
 
 @pytest.mark.parametrize("code, why", [
@@ -454,22 +451,41 @@ def test_life_events(community):
     assert any(p["former_name"] for p in persons) and any(p["workplace"] for p in persons)
 
 
-def test_benefits_for_the_dead_end_with_them_and_dibao_is_per_household(community, by_household):
+def test_benefits_for_the_dead_end_with_them(community):
     persons = {p["id_number"]: p for p in community["persons"]}
     planted = {line.split(":")[0] for line in report(community["dir"])["deceased_paid"]}
-    dibao = defaultdict(set)
     for b in community["benefits"]:
         person = persons[b["id_number"]]
-        if b["benefit_type"] == "dibao":
-            dibao[person["household_no"]].add((b["monthly_amount"], b["status"]))
         if person["status"] == "deceased" and masked(person["id_number"]) not in planted:
             assert b["status"] == "ended" and b["end_date"] == person["death_date"]
             assert b["start_date"] <= person["death_date"]
-    assert dibao and all(len(grants) == 1 for grants in dibao.values())
     for e in community["enrolments"]:
         person = persons[e["id_number"]]
         if person["status"] == "deceased":
             assert e["end_date"] == person["death_date"]
+
+
+def test_assistance_is_per_household(community, by_household):
+    """低保, 特困, 低保边缘 and 临时救助 (minzheng v2): one record per household and type, with the
+    household's amount and how many of its living members receive it."""
+    assistance = community["assistance"]
+    keys = [(a["household_no"], a["assistance_type"]) for a in assistance]
+    assert len(set(keys)) == len(keys)
+    assert {a["assistance_type"] for a in assistance} == {"1", "2", "3", "4"}
+    for a in assistance:
+        living = [p for p in by_household[a["household_no"]] if p["status"] == "normal"]
+        assert 1 <= a["members"] <= len(living)
+        assert (a["end_date"] is not None) == (a["status"] == "ended")
+        assert max(p["birth_date"] for p in living) <= a["start_date"] <= TODAY.isoformat()
+        assert a["community_code"] == CODE
+        if a["assistance_type"] == "1":  # 低保: 600 to 1,200 a member a month, for the household
+            assert 600 * a["members"] <= a["monthly_amount"] <= 1200 * a["members"]
+        if a["assistance_type"] == "2":  # 特困: someone alone
+            assert len(by_household[a["household_no"]]) == 1 and a["members"] == 1
+        if a["assistance_type"] == "3":
+            assert a["monthly_amount"] is None
+        if a["assistance_type"] == "4":
+            assert a["start_date"] == a["end_date"] and a["monthly_amount"] >= 500
 
 
 def test_addresses_grids_houses_and_units(community):

@@ -30,7 +30,13 @@ def test_shipped_domains_carry_the_designed_tables():
         assert t.owner == "community_code"
     assert domains["shebao"].tables["enrolments"].key == ("id_number", "insurance_type")
     assert domains["minzheng"].tables["benefits"].key == ("id_number", "benefit_type")
-    assert set(domains["minzheng"].code_table("benefit_type")) == {"dibao", "tekun", "disability", "elderly", "veteran"}
+    # minzheng v2 (issue 11): 低保/特困 per household in assistance; 优抚 went to 退役军人事务 in 2018.
+    assert set(domains["minzheng"].code_table("benefit_type")) == {"disability", "elderly"}
+    assistance = domains["minzheng"].tables["assistance"]
+    assert assistance.key == ("household_no", "assistance_type")
+    assert assistance.columns["household_no"].references == "huji.households"
+    assert set(domains["minzheng"].code_table("assistance_type")) == {"1", "2", "3", "4"}
+    assert assistance.columns["members"].type == "integer"
     persons = domains["huji"].tables["persons"]
     assert persons.key == ("id_number",)
     assert {"id_number", "name", "phone", "address"} <= set(persons.sensitive_columns)
@@ -72,6 +78,7 @@ def test_the_domains_the_office_works_by():
         "huji.households.address_code": "dizhi.addresses",
         "huji.persons.household_no": "huji.households",
         "huji.persons.address_code": "dizhi.addresses",
+        "minzheng.assistance.household_no": "huji.households",  # 救助 per household (minzheng v2)
     }
     assert domains["dizhi"].tables["addresses"].sensitive_columns == []
     assert domains["fangwu"].tables["houses"].id_columns == ["owner_id_number"]

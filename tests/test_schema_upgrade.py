@@ -11,6 +11,7 @@ after the upgrade merges cleanly.
 
 import shutil
 import sqlite3
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from stdnum.cn import ric
 from conftest import SECRET, World, snapshot
 from syncdb import merge, resolve, workdir
 from syncdb.cli import cli
+from syncdb.errors import SyncdbError
 from syncdb.schema import load_domains
 from syncdb.store import table_name
 from syncdb.workdir_upgrade import upgrade
@@ -196,3 +198,128 @@ def test_the_upgrade_command(synced):
     assert "already match the schemas; nothing to add" in again.output
     missing = runner.invoke(cli, ["community", "upgrade", str(synced.root / "bundles")])
     assert missing.exit_code == 1 and "holds no working database" in missing.output
+
+
+# -- minzheng version 2: 低保 and 特困 per household (issue 11) -----------------------------------
+
+CHILD = id_number("20000101", "051")  # male
+ELDER = id_number("19400101", "061")  # male, lives alone
+LONER = id_number("19600101", "071")  # male, registered with no household number
+ADDRESS = "东莞市南城街道宏图路8号"
+# The per-person rows version 1 allowed: (id_number, benefit_type, status, amount, start, end).
+BENEFITS_V1 = [
+    (HEAD, "dibao", "active", 800.0, "2020-01-01", None),
+    (WIFE, "dibao", "active", 800.0, "2020-03-01", None),
+    (CHILD, "dibao", "active", 700.0, "2021-01-01", None),  # the household's amount is the most common: 800
+    (ELDER, "tekun", "active", 1500.0, "2019-05-01", None),
+    (ELDER, "elderly", "active", 200.0, "2020-01-01", None),  # person-level: stays
+    (LONER, "dibao", "active", 900.0, "2022-01-01", None),  # no household: stays, reported
+    (HEAD, "veteran", "active", 1200.0, "2015-01-01", None),  # 优抚: kept, counted
+]
+MOVED = {(HEAD, "dibao"), (WIFE, "dibao"), (CHILD, "dibao"), (ELDER, "tekun")}
+
+
+@pytest.fixture
+def with_dibao(tmp_path, previous, monkeypatch):
+    """One community keeping 户籍 and 民政 under the previous schemas, its per-person 低保 at the office."""
+    with monkeypatch.context() as patch:
+        patch.setenv("SYNCDB_SCHEMAS", str(tmp_path / "previous-schemas"))
+        world = World(tmp_path, previous, codes=[A], community_domains=("huji", "minzheng"))
+    huji = world.connect(A)
+    with huji:
+        huji.executemany("INSERT INTO households VALUES (?, 'family', ?, ?, ?)",
+                         [("H001", HEAD, ADDRESS, A), ("H002", ELDER, ADDRESS, A)])
+        huji.executemany(
+            "INSERT INTO persons (id_number, name, sex, ethnicity, birth_date, household_no, relationship, "
+            "address, community_code, status) VALUES (?, ?, '1', '01', ?, ?, ?, ?, ?, 'normal')",
+            [(HEAD, "陈志强", "1970-03-04", "H001", "02", ADDRESS, A),
+             (CHILD, "陈浩", "2000-01-01", "H001", "20", ADDRESS, A),
+             (ELDER, "王伯", "1940-01-01", "H002", "02", ADDRESS, A),
+             (LONER, "李明", "1960-01-01", None, None, ADDRESS, A)])
+        huji.execute("INSERT INTO persons (id_number, name, sex, ethnicity, birth_date, household_no, relationship, "
+                     "address, community_code, status) VALUES (?, '林美华', '2', '01', '1972-05-06', 'H001', '12', "
+                     "?, ?, 'normal')", (WIFE, ADDRESS, A))
+    huji.close()
+    minzheng = world.connect(A, "minzheng.db")
+    with minzheng:
+        minzheng.executemany("INSERT INTO benefits VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             [row + (A,) for row in BENEFITS_V1])
+    minzheng.close()
+    world.push(A)
+    summary = merge.merge(world.store, world.bundles, SECRET, previous)
+    assert summary.applied == 1 and not summary.rejected
+    return world
+
+
+def test_per_person_dibao_becomes_household_records_and_nothing_is_dropped(with_dibao):
+    shipped = load_domains()
+    folder = with_dibao.folders[A]
+    done = upgrade(folder, {d: shipped[d] for d in ("huji", "minzheng")})
+    assert done.moved_rows == 4 and done.changed
+    assert rows_of(folder / "minzheng.db", "assistance") == [
+        ("H001", "1", "active", 800.0, 3, "2020-01-01", None, A),
+        ("H002", "2", "active", 1500.0, 1, "2019-05-01", None, A)]
+    left = {r[:2] for r in rows_of(folder / "minzheng.db", "benefits")}
+    assert left == {(ELDER, "elderly"), (LONER, "dibao"), (HEAD, "veteran")}
+    # Every row of version 1 is still per person, or counted in its household's record.
+    assert len(left) + sum(r[4] for r in rows_of(folder / "minzheng.db", "assistance")) == len(BENEFITS_V1)
+    notes = "\n".join(done.assistance)
+    assert "4 per-person 低保/特困 record(s) of minzheng.benefits moved into 2 household record(s)" in notes
+    assert f"1 低保/特困 record(s) left per person ({LONER[:6]}" in notes and "no household in huji.db" in notes
+    assert "1 优抚 (veteran) record(s) kept as they were" in notes
+    again = upgrade(folder, {d: shipped[d] for d in ("huji", "minzheng")})
+    assert again.moved_rows == 0 and not again.changed
+    assert len(rows_of(folder / "minzheng.db", "assistance")) == 2
+
+
+def test_a_failed_move_leaves_every_row_per_person(with_dibao):
+    """The household records and the deletions are one transaction: a write failing half-way (here
+    the community's own trigger refusing the second household) leaves minzheng.db as it was."""
+    shipped = load_domains()
+    folder = with_dibao.folders[A]
+    conn = with_dibao.connect(A, "minzheng.db")
+    conn.execute(shipped["minzheng"].tables["assistance"].create_sql())
+    conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON assistance WHEN NEW.household_no = 'H002' "
+                 "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
+    conn.close()
+    before = rows_of(folder / "minzheng.db", "benefits")
+    with pytest.raises(SyncdbError, match="upgraded whole or not at all"):
+        upgrade(folder, {d: shipped[d] for d in ("huji", "minzheng")})
+    assert rows_of(folder / "minzheng.db", "benefits") == before
+    assert rows_of(folder / "minzheng.db", "assistance") == []
+
+
+def test_after_the_next_push_the_store_holds_the_household_records(with_dibao, previous):
+    """The office takes the deletions too, though 'dibao' is no benefit_type code now (merge judged a
+    deletion's codes and rejected them, so the per-person rows stayed in the store beside the household's)."""
+    shipped = load_domains()
+    kept = {d: shipped[d] for d in ("huji", "minzheng")}
+    before, _ = snapshot(with_dibao.store, previous)
+    old = {(dict(cells)["id_number"], dict(cells)["benefit_type"]): dict(cells)
+           for (table, _), (exists, cells) in before.items() if table == "minzheng.benefits" and exists}
+    assert set(old) == {row[:2] for row in BENEFITS_V1}
+    upgrade(with_dibao.folders[A], kept)
+    with_dibao.all_domains, with_dibao.communities[A].domains = shipped, kept
+    result = with_dibao.push(A)
+    assert result.held == [] and result.deletes_held == []
+    assert result.counts == {"minzheng.benefits": {"insert": 0, "update": 0, "delete": 4},
+                             "minzheng.assistance": {"insert": 2, "update": 0, "delete": 0}}
+    summary = merge.merge(with_dibao.store, with_dibao.bundles[-1:], SECRET, shipped)
+    assert (summary.applied, summary.rejected, summary.held, summary.opened) == (1, [], [], 0)
+    after, _ = snapshot(with_dibao.store, shipped)
+    live = {t: [dict(cells) for (table, _), (exists, cells) in after.items() if table == t and exists]
+            for t in ("minzheng.benefits", "minzheng.assistance", "huji.persons")}
+    households = {p["id_number"]: p["household_no"] for p in live["huji.persons"]}
+    assistance = {(a["household_no"], a["assistance_type"]): a for a in live["minzheng.assistance"]}
+    assert {k: (a["monthly_amount"], a["members"], a["status"]) for k, a in assistance.items()} == {
+        ("H001", "1"): (800.0, 3, "active"), ("H002", "2"): (1500.0, 1, "active")}
+    still = {(b["id_number"], b["benefit_type"]) for b in live["minzheng.benefits"]}
+    assert still == set(old) - MOVED
+    # Every per-person row the office held is still there, or counted in its household's record.
+    kinds = {"dibao": "1", "tekun": "2"}
+    for key in set(old) - still:
+        assert key in MOVED and (households[key[0]], kinds[key[1]]) in assistance
+    counted = Counter((households[i], kinds[t]) for i, t in set(old) - still)
+    assert counted == {k: a["members"] for k, a in assistance.items()}
+    assert {k: v for k, v in old.items() if k in still} == {
+        (b["id_number"], b["benefit_type"]): b for b in live["minzheng.benefits"]}
