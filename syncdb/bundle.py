@@ -609,10 +609,23 @@ def schema_mismatch(domains: dict, header: Header) -> str | None:
             return (f"it has changes for domain '{domain}', which the office has no schema for; "
                     f"add schemas/{domain}.toml at the office and merge again")
         if theirs.get("fingerprint") != ours.fingerprint:
-            return (f"{header.origin} wrote '{domain}' under schema version {theirs.get('version')} "
-                    f"({theirs.get('fingerprint')}), the office has version {ours.version} "
-                    f"({ours.fingerprint}); bring both to the same schemas/{domain}.toml and merge again")
+            return _schema_advice(header, domain, theirs, ours)
     return None
+
+
+def _schema_advice(header: Header, domain: str, theirs: dict, ours) -> str:
+    """What frees a bundle written under other schemas than the office's, by which side is behind."""
+    said = (f"{header.origin} wrote '{domain}' under schema version {theirs.get('version')} "
+            f"({theirs.get('fingerprint')}), the office has version {ours.version} ({ours.fingerprint})")
+    version = theirs.get("version")
+    if isinstance(version, int) and version < ours.version:
+        # Written already: upgrading the community cannot rewrite it, but its next push can send it all again.
+        return (f"{said}: upgrade the community (`syncdb community upgrade` there, with the office's schema "
+                f"files), then give this bundle up with `syncdb bundles skip STORE {header.origin} "
+                f"{header.sequence} --reason TEXT`; the community's next push then sends every record again")
+    if isinstance(version, int) and version > ours.version:
+        return f"{said}: put the newer schemas/{domain}.toml at the office and merge again (the merge upgrades the store)"
+    return f"{said}: bring both to the same schemas/{domain}.toml and merge again"
 
 
 class Reader:

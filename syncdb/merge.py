@@ -101,11 +101,12 @@ def apply_inbox(store: Store, store_dir: Path, summary: Summary, progress=None) 
     done = 0
 
     def hold(queue, sequence, why: str, waiting: bool = False):
-        """Hold this bundle of the queue and every later one, saying why."""
+        """Hold this bundle of the queue and every later one, saying why (the later ones: behind it)."""
         nonlocal total
         for s, n in queue:
             if s >= sequence:
-                summary.held.append((n, why))
+                summary.held.append((n, why if s == sequence or waiting else
+                                     f"waiting behind bundle {sequence} from {origin}, which is held"))
                 total -= sizes[n]
         if not waiting:
             summary.blocked.append(dict(queue)[sequence])

@@ -212,16 +212,12 @@ def test_a_v1_bundle_at_a_v2_office_is_held_and_nothing_is_lost_once_skipped(sta
     assert any(t == "huji.persons" and dict(c)["id_number"] == newcomer for (t, _), (_, c) in rows.items())
 
 
-@pytest.mark.xfail(strict=True, reason="merge.apply_inbox gives every later bundle the first one's schema "
-                                       "mismatch as its own reason (merge.py, held by another engineer)")
 def test_a_v2_bundle_behind_a_held_v1_one_is_not_said_to_be_v1(stalled):
     w, _, _, old_bundle, summary = stalled
     (later,) = [why for name, why in summary.held if name != old_bundle.name]
     assert "version 1" not in later
 
 
-@pytest.mark.xfail(strict=True, reason="bundle.schema_mismatch says 'bring both to the same schemas and merge "
-                                       "again', which an upgraded office cannot do for a bundle already written")
 def test_the_held_reason_says_what_frees_the_queue(stalled):
     _, _, _, old_bundle, summary = stalled
     why = dict(summary.held)[old_bundle.name]
