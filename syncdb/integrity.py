@@ -141,7 +141,7 @@ def _reference(table: Table, column: Column, record: dict, domains, records: Rec
 def _one_per(table: Table, record: dict, domain: Domain, records: Records) -> list[Problem]:
     rule = table.one_per
     group = _text(record.get(rule.group))
-    if group is None:
+    if group is None or not rule.counts(record):
         return []
     count = records.holding(table, group)
     column = table.columns[rule.column]
@@ -216,9 +216,10 @@ class WorkingRecords:
         # One pass per table (cached): a per-record count would read the table once per record.
         if table.qualified not in self._groups:
             rule = table.one_per
+            where = "".join(f" AND trim([{c}]) = ?" for c, _ in rule.where)
             rows = self._conn(table).execute(
-                f"SELECT [{rule.group}], count(*) FROM [{table.name}] WHERE trim([{rule.column}]) = ? "
-                f"GROUP BY [{rule.group}]", (rule.value,))
+                f"SELECT [{rule.group}], count(*) FROM [{table.name}] WHERE trim([{rule.column}]) = ?{where} "
+                f"GROUP BY [{rule.group}]", (rule.value, *(v for _, v in rule.where)))
             counts = Counter()
             for value, n in rows:
                 if _text(value) is not None:
@@ -259,7 +260,8 @@ class MemoryRecords:
             rule = table.one_per
             self._groups[table.qualified] = Counter(
                 _text(r.get(rule.group)) for r in self.records(table).values()
-                if _text(r.get(rule.column)) == rule.value and _text(r.get(rule.group)) is not None)
+                if _text(r.get(rule.column)) == rule.value and _text(r.get(rule.group)) is not None
+                and rule.counts(r))
         return self._groups[table.qualified][_text(group)]
 
 
@@ -268,7 +270,7 @@ def read_columns(table: Table, domains: dict[str, Domain]) -> list[str]:
     schema order: the office decrypts only these (a name or a phone no rule needs stays sealed)."""
     wanted = set(table.key) | {table.owner}
     if table.one_per:
-        wanted |= {table.one_per.group, table.one_per.column}
+        wanted |= {table.one_per.group, table.one_per.column, *(c for c, _ in table.one_per.where)}
     for column in table.columns.values():
         if column.references:
             wanted |= {column.name, *column.same}

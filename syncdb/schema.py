@@ -38,7 +38,8 @@ TABLE_KEYWORDS = {
     "policy": "default conflict policy of the table's columns",
     "columns": "the columns, in order, as NAME = { … } inline tables",
     "one_per": "a record-group rule, like { group = \"household_no\", column = \"relationship\", value = \"02\" }: "
-               "each group of live records with a non-empty group value has exactly one record holding that value",
+               "each group of live records with a non-empty group value has exactly one record holding that value; "
+               "an optional where = { status = \"normal\" } counts and checks only the records holding those values",
 }
 COLUMN_KEYWORDS = {
     "type": "text, integer, real or date (ISO 8601, YYYY-MM-DD)",
@@ -103,6 +104,11 @@ class OnePer:
     group: str
     column: str
     value: str
+    where: tuple = ()  # (column, value) pairs: only the records holding them count, and are checked
+
+    def counts(self, record: dict) -> bool:
+        """Does the rule look at this record (it holds every ``where`` value)?"""
+        return all(str(record.get(c) or "").strip() == v for c, v in self.where)
 
 
 @dataclass(frozen=True)
@@ -200,6 +206,8 @@ def _table_meaning(t: Table) -> dict:
     doc = {"key": t.key, "owner": t.owner, "columns": columns}
     if t.one_per:
         doc["one_per"] = [t.one_per.group, t.one_per.column, t.one_per.value]
+        if t.one_per.where:
+            doc["one_per"].append([list(pair) for pair in t.one_per.where])
     return doc
 
 
@@ -445,15 +453,18 @@ def _load_implies(fail, raw, code_table, known_codes, all_columns) -> dict:
 def _load_one_per(path, table, raw, all_columns) -> OnePer | None:
     if raw is None:
         return None
-    shape = "'one_per' must be { group = \"COLUMN\", column = \"COLUMN\", value = \"VALUE\" }"
-    if not isinstance(raw, dict) or set(raw) != {"group", "column", "value"} \
-            or not all(isinstance(v, str) for v in raw.values()):
+    shape = ("'one_per' must be { group = \"COLUMN\", column = \"COLUMN\", value = \"VALUE\" }, "
+             "with an optional where = { COLUMN = \"VALUE\", … }")
+    where = raw.get("where", {}) if isinstance(raw, dict) else None
+    if not isinstance(raw, dict) or not {"group", "column", "value"} <= set(raw) <= {"group", "column", "value", "where"} \
+            or not all(isinstance(raw[k], str) for k in ("group", "column", "value")) \
+            or not isinstance(where, dict) or not all(isinstance(v, str) for v in where.values()):
         raise SchemaError(path, shape, table=table)
-    for what in ("group", "column"):
-        if raw[what] not in all_columns:
-            raise SchemaError(path, f"'one_per' {what} names '{raw[what]}', which is not a column of the table",
+    for what, name in [("group", raw["group"]), ("column", raw["column"]), *(("where", c) for c in where)]:
+        if name not in all_columns:
+            raise SchemaError(path, f"'one_per' {what} names '{name}', which is not a column of the table",
                               table=table)
-    return OnePer(raw["group"], raw["column"], raw["value"])
+    return OnePer(raw["group"], raw["column"], raw["value"], tuple(sorted(where.items())))
 
 
 def _load_codes(path, raw) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, Was]]]:

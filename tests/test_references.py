@@ -83,6 +83,22 @@ def test_two_heads_in_one_household(w):
         "exactly one may have it" for n in (first, second))
 
 
+def test_a_deceased_head_still_coded_02_beside_the_new_head_is_no_second_head(w):
+    """one_per's where: only members still registered here (status normal) count, so a household
+    appoints its new head without recoding the one who died."""
+    household(w, A, "H1")
+    resident(w, A, 1, household_no="H1", relationship="02", status="deceased")
+    resident(w, A, 2, household_no="H1", relationship="02")
+    resident(w, A, 3, household_no="H1", relationship="20")
+    assert findings(w) == []
+    # … and a household whose only head died, with no new head yet, is still reported on its members.
+    household(w, A, "H2")
+    resident(w, A, 4, household_no="H2", relationship="02", status="deceased")
+    orphan = resident(w, A, 5, household_no="H2", relationship="20")
+    (line,) = findings(w)
+    assert line.split(" / ")[2] == orphan and "household_no H2 has no record with relationship 02" in line
+
+
 def test_a_household_with_no_head_is_reported_on_each_member(w):
     household(w, A, "H1")
     members = [resident(w, A, n, household_no="H1", relationship="20") for n in (1, 2)]
