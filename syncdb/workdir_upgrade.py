@@ -288,7 +288,10 @@ def _move_rows(conn: sqlite3.Connection, domain: Domain, households: dict[str, s
         record = _household_record(household, kind, members)
         exists = conn.execute("SELECT 1 FROM assistance WHERE household_no = ? AND assistance_type = ?",
                               (household, kind)).fetchone()
+        amounts = sorted({m["monthly_amount"] for m in members if m["monthly_amount"] is not None})
         why = ("the household already has a record of this type in minzheng.assistance" if exists
+               else f"its members' monthly amounts differ ({', '.join(f'{a:g}' for a in amounts)}): a person "
+                    "decides the household's amount" if len(amounts) > 1
                else holds.record_problems(table, record, domain))
         if why:
             left.setdefault(why, []).extend(members)
@@ -308,7 +311,8 @@ def _move_rows(conn: sqlite3.Connection, domain: Domain, households: dict[str, s
             "--confirm-deletes`)")
     if homeless:
         left.setdefault("no household in huji.db (huji.persons.household_no empty, or naming a household "
-                        "huji.households does not hold)", []).extend(homeless)
+                        "huji.households does not hold; if another community registers the household, it enters "
+                        "the household's record, and this one is deleted here once it has)", []).extend(homeless)
     for why, members in left.items():
         done.assistance.append(
             f"minzheng.benefits: {len(members)} 低保/特困 record(s) left per person ({_listed(members)}): {why}; "

@@ -210,7 +210,7 @@ ADDRESS = "东莞市南城街道宏图路8号"
 BENEFITS_V1 = [
     (HEAD, "dibao", "active", 800.0, "2020-01-01", None),
     (WIFE, "dibao", "active", 800.0, "2020-03-01", None),
-    (CHILD, "dibao", "active", 700.0, "2021-01-01", None),  # the household's amount is the most common: 800
+    (CHILD, "dibao", "active", 800.0, "2021-01-01", None),  # one amount for the household
     (ELDER, "tekun", "active", 1500.0, "2019-05-01", None),
     (ELDER, "elderly", "active", 200.0, "2020-01-01", None),  # person-level: stays
     (LONER, "dibao", "active", 900.0, "2022-01-01", None),  # no household: stays, reported
