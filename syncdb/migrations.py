@@ -31,7 +31,7 @@ from .errors import SyncdbError
 from .files import fsync_dir, storage_error
 from .hlc import pack_versions, unpack_versions
 from .schema import Domain, Table, load_domains
-from .store import STORE_TABLES, STORE_VERSION, Store, create_sql, id_columns, table_name
+from .store import STORE_TABLES, STORE_VERSION, Store, create_sql, id_columns, opened, table_name
 
 # Every table of store.db, by owner, in the order they are made.
 OWNED_TABLES = {
@@ -56,22 +56,10 @@ def statements(ddl: str) -> list[str]:
 
 def open_upgraded(store_dir, secret: Secret | Keyring, domains: dict[str, Domain]) -> Store:
     """The store, open to write, brought up to this release and these schemas first."""
-    store_dir = Path(store_dir)
-    office.store_file(store_dir)  # a folder that is no store is named as such, before any passphrase
-    # The keyring next: a wrong passphrase or key file is refused before the store is opened.
-    keyring = secret if isinstance(secret, Keyring) else office.load_keyring(store_dir, secret)
-    conn = office.connect(store_dir)
-    try:
-        store = Store(conn, keyring, domains)  # the keyring is checked before anything is written
+    def ready(store: Store) -> None:  # the keyring is checked before anything is written
         if store.behind() or store.unmade_tables():
             upgrade(store)
-        return store
-    except sqlite3.Error as e:
-        conn.close()
-        raise storage_error(e, store_dir) from None
-    except BaseException:
-        conn.close()
-        raise
+    return opened(store_dir, secret, domains, write=True, ready=ready)
 
 
 def init(store_dir, secret: Secret, suite_name: str = "std", code: str = "office",

@@ -26,7 +26,7 @@ import sqlite3
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from cryptography.exceptions import InvalidTag
 
@@ -315,6 +315,18 @@ def open_store(store_dir, secret: Secret | Keyring, domains: dict[str, Domain], 
     merge that is writing. A store that must be upgraded first is refused
     with the command that does it (see migrations.py).
     """
+    def ready(store: Store) -> None:
+        store.require_current()
+        store.stand_in_missing_tables()
+        if not write:
+            store.conn.execute("PRAGMA query_only = 1")
+    return opened(store_dir, secret, domains, write=write, ready=ready)
+
+
+def opened(store_dir, secret: Secret | Keyring, domains: dict[str, Domain], *, write: bool,
+           ready: Callable[[Store], None]) -> Store:
+    """The store, its keyring checked, then ``ready(store)`` (open_store's checks, or migrations'
+    upgrade); on any failure the connection is closed and nothing was written."""
     store_dir = Path(store_dir)
     office.store_file(store_dir)  # a folder that is no store is named as such, before any passphrase
     # The keyring next: a wrong passphrase or key file is refused before the store is opened.
@@ -322,10 +334,7 @@ def open_store(store_dir, secret: Secret | Keyring, domains: dict[str, Domain], 
     conn = office.connect(store_dir) if write else connect_read_only(store_dir)
     try:
         store = Store(conn, keyring, domains, read_only=not write)
-        store.require_current()
-        store.stand_in_missing_tables()
-        if not write:
-            conn.execute("PRAGMA query_only = 1")
+        ready(store)
         return store
     except sqlite3.Error as e:
         conn.close()

@@ -8,7 +8,6 @@ moves to its new key as one `rekey`. The office's own upgrade changes no record 
 (tests/test_schema_upgrade.py covers the rest of the upgrade; tests/schemas_previous/ holds version 1.)
 """
 
-import shutil
 import sqlite3
 import tomllib
 from pathlib import Path
@@ -23,8 +22,8 @@ from syncdb.cli import cli
 from syncdb.schema import Was, load_domains
 from syncdb.store import open_store
 from syncdb.workdir_upgrade import upgrade
+from test_schema_upgrade import PREVIOUS, columns_of, previous, rows_of  # noqa: F401 (previous: a fixture)
 
-PREVIOUS = Path(__file__).parent / "schemas_previous"
 A = "441900003001"
 
 
@@ -35,29 +34,6 @@ def id_number(birth: str, serial: str) -> str:
 
 HEAD = id_number("19700304", "011")  # male: the 17th digit is odd
 WIFE = id_number("19720506", "022")
-
-
-def rows_of(path: Path, table: str) -> list[tuple]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(f"SELECT * FROM [{table}] ORDER BY rowid").fetchall()
-    finally:
-        conn.close()
-
-
-def columns_of(path: Path, table: str) -> list[str]:
-    conn = sqlite3.connect(path)
-    try:
-        return [row[1] for row in conn.execute(f"PRAGMA table_info([{table}])")]
-    finally:
-        conn.close()
-
-
-@pytest.fixture
-def previous(tmp_path):
-    folder = tmp_path / "previous-schemas"
-    shutil.copytree(PREVIOUS, folder)
-    return load_domains(folder)
 
 
 OLD_ENROLMENTS = [  # (id_number, insurance_type, status, end_date, employer) as version 1 coded them
