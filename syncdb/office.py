@@ -30,6 +30,7 @@ from . import bundle, limits
 from .crypto import Keyring, PublicKey, Secret
 from .errors import SyncdbError
 from .files import disk_error, fsync_dir, storage_error, write_atomic
+from .sql import immediate
 from .validate import VALIDATORS, Invalid
 
 
@@ -177,21 +178,17 @@ def enroll(store, code: str, public_key_file, name: str | None = None) -> Public
     conn = connect(store)
     try:
         add_missing_columns(conn)  # a store from before names: enrolling gives one
-        conn.execute("BEGIN IMMEDIATE")
-        before = conn.execute("SELECT key_id FROM communities WHERE code = ?", (code,)).fetchone()
-        conn.execute("INSERT INTO communities (code, public_key, key_id, enrolled, name) VALUES (?, ?, ?, ?, ?) "
-                     "ON CONFLICT (code) DO UPDATE SET public_key = excluded.public_key, key_id = excluded.key_id, "
-                     "enrolled = excluded.enrolled, name = coalesce(excluded.name, communities.name)",
-                     (code, key.to_json(), key.id, time.strftime("%Y-%m-%dT%H:%M:%S"), name))
-        if before and before[0] != key.id and _has_table(conn, "origin_clock"):
-            # A new key for a community (its old one stolen, say): stamps from the future that
-            # the old key sent no longer hold the community's own later bundles out.
-            conn.execute("DELETE FROM origin_clock WHERE origin = ?", (code,))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+        with immediate(conn):
+            before = conn.execute("SELECT key_id FROM communities WHERE code = ?", (code,)).fetchone()
+            conn.execute("INSERT INTO communities (code, public_key, key_id, enrolled, name) VALUES (?, ?, ?, ?, ?) "
+                         "ON CONFLICT (code) DO UPDATE SET public_key = excluded.public_key, "
+                         "key_id = excluded.key_id, enrolled = excluded.enrolled, "
+                         "name = coalesce(excluded.name, communities.name)",
+                         (code, key.to_json(), key.id, time.strftime("%Y-%m-%dT%H:%M:%S"), name))
+            if before and before[0] != key.id and _has_table(conn, "origin_clock"):
+                # A new key for a community (its old one stolen, say): stamps from the future that
+                # the old key sent no longer hold the community's own later bundles out.
+                conn.execute("DELETE FROM origin_clock WHERE origin = ?", (code,))
     finally:
         conn.close()
     return key
@@ -207,14 +204,12 @@ def rename(store, code: str, name: str) -> str | None:
     conn = connect(store)
     try:
         add_missing_columns(conn)  # a store from before names: naming gives one
-        conn.execute("BEGIN IMMEDIATE")
-        row = conn.execute("SELECT name FROM communities WHERE code = ?", (code,)).fetchone()
-        if row is None:
-            conn.execute("ROLLBACK")
-            raise SyncdbError(f"community {code} is not enrolled at {store}; enrol it with "
-                              f"`syncdb office enroll {store} {code} {code}.pub.json --name {name}`")
-        conn.execute("UPDATE communities SET name = ? WHERE code = ?", (name, code))
-        conn.execute("COMMIT")
+        with immediate(conn):
+            row = conn.execute("SELECT name FROM communities WHERE code = ?", (code,)).fetchone()
+            if row is None:
+                raise SyncdbError(f"community {code} is not enrolled at {store}; enrol it with "
+                                  f"`syncdb office enroll {store} {code} {code}.pub.json --name {name}`")
+            conn.execute("UPDATE communities SET name = ? WHERE code = ?", (name, code))
     finally:
         conn.close()
     return row[0]

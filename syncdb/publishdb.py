@@ -34,6 +34,7 @@ from .chain import Chain, ChainGap, ChainMismatch, Head
 from .crypto import Keyring
 from .errors import SyncdbError
 from .files import storage_error
+from .sql import immediate
 
 VERSION = 1  # PRAGMA user_version of a publish.db this release made or upgraded
 
@@ -150,18 +151,13 @@ def log_view(store_dir, keyring: Keyring, actor: str, page: str) -> None:
     chain = views_chain(keyring)
     conn = connect(store_dir)
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        last = conn.execute("SELECT id, mac FROM page_views ORDER BY id DESC LIMIT 1").fetchone()
-        at = time.strftime("%Y-%m-%dT%H:%M:%S")
-        head = chain.link(Head(last[0], bytes(last[1])) if last else Head(), _view_content(at, actor, page))
-        conn.execute("INSERT INTO page_views (id, at, actor, page, mac) VALUES (?, ?, ?, ?, ?)",
-                     (head.id, at, actor, page, head.mac))
-        _seal_head(conn, chain, "page_views", head)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+        with immediate(conn):
+            last = conn.execute("SELECT id, mac FROM page_views ORDER BY id DESC LIMIT 1").fetchone()
+            at = time.strftime("%Y-%m-%dT%H:%M:%S")
+            head = chain.link(Head(last[0], bytes(last[1])) if last else Head(), _view_content(at, actor, page))
+            conn.execute("INSERT INTO page_views (id, at, actor, page, mac) VALUES (?, ?, ?, ?, ?)",
+                         (head.id, at, actor, page, head.mac))
+            _seal_head(conn, chain, "page_views", head)
     finally:
         conn.close()
 
@@ -244,22 +240,17 @@ def carry_page_views(store) -> int:
     chain = views_chain(store.keyring)
     conn = connect(store.folder)
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        entries = _views(conn)
-        if _carried(old, entries) < min(len(old), len(entries)):
-            raise SyncdbError(
-                f"the page-view log in {store.folder / 'store.db'} and the one in {db_path(store.folder)} "
-                "began apart, so the old one cannot be carried over; keep a copy of both files and ask for "
-                "support; the store was not changed")
-        added = old[len(entries):]
-        conn.executemany("INSERT INTO page_views (id, at, actor, page, mac) VALUES (?, ?, ?, ?, ?)", added)
-        if added:
-            _seal_head(conn, chain, "page_views", Head(added[-1][0], added[-1][4]))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+        with immediate(conn):
+            entries = _views(conn)
+            if _carried(old, entries) < min(len(old), len(entries)):
+                raise SyncdbError(
+                    f"the page-view log in {store.folder / 'store.db'} and the one in {db_path(store.folder)} "
+                    "began apart, so the old one cannot be carried over; keep a copy of both files and ask for "
+                    "support; the store was not changed")
+            added = old[len(entries):]
+            conn.executemany("INSERT INTO page_views (id, at, actor, page, mac) VALUES (?, ?, ?, ?, ?)", added)
+            if added:
+                _seal_head(conn, chain, "page_views", Head(added[-1][0], added[-1][4]))
     finally:
         conn.close()
     store.conn.execute("DROP TABLE IF EXISTS page_views")

@@ -34,6 +34,7 @@ from . import audit, office
 from .crypto import Keyring, Secret
 from .errors import SyncdbError
 from .files import storage_error
+from .sql import immediate
 from .schema import Domain, Table
 
 SEALED_FORMAT = 1
@@ -143,15 +144,8 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE): committed if the block ends, rolled back if it raises."""
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(self.conn) as conn:
             yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     @property
     def folder(self) -> Path:
