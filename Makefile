@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo-office
 
-.PHONY: demo test test-fast bench docs clean
+.PHONY: demo test test-fast bench docs messages clean
 
 $(BIN)/syncdb: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ bench: $(BIN)/syncdb
 
 docs: $(BIN)/syncdb
 	$(BIN)/cog -r docs/*.md
+
+# Extract the messages users read into the zh_CN catalogue and compile it.
+messages: $(BIN)/syncdb
+	$(BIN)/python -m syncdb.i18n update
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info

@@ -15,10 +15,15 @@ import sys
 
 import click
 
-from . import __version__
+from . import __version__, i18n
 from .errors import SyncdbError
+from .i18n import _
 from .files import storage_error
 from .schema import load_domains as _load_domains
+
+# Every word this command prints, click's own `Usage:` and `Error:` among them, is in the
+# user's language from here on (i18n.py): decided once, before the help texts below are made.
+i18n.use()
 
 schemas_option = click.option(
     "--schemas",

@@ -11,6 +11,12 @@ from pathlib import Path
 
 import pytest
 import requests
+
+# Tests read the English messages (the source strings); a test of the Chinese ones says so
+# in the environment it gives its `syncdb`. Set before syncdb is imported, for it and its children.
+os.environ["SYNCDB_LANG"] = "en"
+os.environ.pop("LANGUAGE", None)
+
 from stdnum.cn import ric
 
 from syncdb import bundle, merge, migrations, office, resolve, workdir
