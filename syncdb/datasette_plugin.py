@@ -26,7 +26,7 @@ from datasette.utils.asgi import Request, Response
 from itsdangerous import BadSignature
 from markupsafe import Markup, escape
 
-from . import office, pages, projection, publishdb, signin, staff
+from . import i18n, office, pages, projection, publishdb, signin, staff
 from .crypto import Keyring, Secret
 from .errors import SyncdbError
 from .store import Store, open_store
@@ -212,10 +212,20 @@ def _signature(ctx: Context) -> tuple:
         return projection.signature(store)
 
 
+def speak_the_users_language(datasette) -> None:
+    """Templates say `{{ _("Sign in") }}` (and `{% trans %}`) through syncdb's own catalogue (i18n.py)."""
+    env = datasette.jinja_env
+    if "jinja2.ext.InternationalizationExtension" not in env.extensions:
+        env.add_extension("jinja2.ext.i18n")
+    env.install_gettext_callables(i18n._, i18n.ngettext, newstyle=True)
+    env.globals["syncdb_language"] = i18n.language()
+
+
 @hookimpl
 def startup(datasette):
     if getattr(datasette, "_syncdb", None) is None:
         return None
+    speak_the_users_language(datasette)
 
     async def inner():
         if "_memory" in datasette.databases:
