@@ -116,6 +116,13 @@ def entries(body: bytes) -> list[dict]:
             for line in text.split("\n") if line]
 
 
+def changes_after(store, at: str):
+    """(origin, change) for every change recorded at or after ``at`` (a ledger time, %Y-%m-%dT%H:%M:%S)."""
+    for origin, body in store.conn.execute("SELECT origin, body FROM ledger WHERE at >= ? ORDER BY id", (at,)):
+        for change in entries(body):
+            yield origin, change
+
+
 def verify(store) -> int:
     """Walk the chain; return the number of changes recorded, or raise naming the first bad entry."""
     chain = ledger_chain(store)

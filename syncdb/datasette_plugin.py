@@ -26,7 +26,7 @@ from datasette.utils.asgi import Request, Response
 from itsdangerous import BadSignature
 from markupsafe import Markup, escape
 
-from . import i18n, office, pages, projection, publishdb, signin, staff
+from . import dashboard, i18n, office, pages, projection, publishdb, signin, staff
 from .crypto import Keyring, Secret
 from .errors import SyncdbError
 from .store import Store, open_store
@@ -275,7 +275,7 @@ def sees_plaintext(actor: dict | None) -> bool:
     return bool(actor) and "view-pii" in (actor.get("roles") or [])
 
 
-MASKED_PAGES = ("/-/login", "/-/logout", "/-/sync", "/-/static/", "/-/static-plugins/", "/-/actor",
+MASKED_PAGES = ("/-/login", "/-/logout", "/-/sync", "/-/dashboard", "/-/static/", "/-/static-plugins/", "/-/actor",
                 "/-/databases", "/-/metadata", "/-/versions", "/-/plugins", "/-/settings", "/favicon.ico")
 
 
@@ -342,7 +342,7 @@ def _tilde_path(scope: dict) -> dict:
 
 def _reads_published(path: str) -> bool:
     """Does this page query the in-memory databases? (Sign-in, sync status and conflicts read none.)"""
-    return not path.startswith("/-/") or path.startswith(("/-/person/", "/-/address/"))
+    return not path.startswith("/-/") or path.startswith(("/-/person/", "/-/address/", "/-/dashboard"))
 
 
 async def _serve(datasette, app, scope, receive, send, path, actor):
@@ -548,6 +548,16 @@ async def conflicts(datasette, request):
     return Response.html(html)
 
 
+async def dashboard_page(datasette, request):
+    """看板: counts per community for every role (no person's values on it), from the masked database."""
+    ctx = _context(datasette)
+    board = await dashboard.board(datasette, datasette.get_database(projection.MASKED_DB), ctx.store,
+                                  ctx.store_dir, ctx.domains, (ctx.signature, ctx.loaded_at))
+    html = await datasette.render_template("syncdb_dashboard.html", {
+        "board": board, "loaded_at": ctx.loaded_at, "days": dashboard.RECENT_DAYS}, request=request)
+    return Response.html(html)
+
+
 @hookimpl
 def register_routes(datasette):
     if getattr(datasette, "_syncdb", None) is None:
@@ -559,6 +569,7 @@ def register_routes(datasette):
         (r"^/-/address/(?P<code>[0-9A-Za-z]{1,40})$", address),
         (r"^/-/sync$", sync),
         (r"^/-/conflicts$", conflicts),
+        (r"^/-/dashboard$", dashboard_page),
     ]
 
 
