@@ -9,27 +9,32 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shlex
 import sqlite3
 import sys
+import unicodedata
 
 import click
 
 from . import __version__, i18n
 from .errors import SyncdbError
-from .i18n import _
+from .i18n import N_, _
 from .files import storage_error
 from .schema import load_domains as _load_domains
 
 # Every word this command prints, click's own `Usage:` and `Error:` among them, is in the
 # user's language from here on (i18n.py): decided once, before the help texts below are made.
 i18n.use()
+# click looks up the "required" of an option's help through gettext too, but from a variable
+# that no extractor sees: named here so that the catalogue holds it.
+N_("required")
 
 schemas_option = click.option(
     "--schemas",
     type=click.Path(file_okay=False, exists=True),
     envvar="SYNCDB_SCHEMAS",
-    help="Folder of domain schema files (default: the shipped schemas/).",
+    help=_("Folder of domain schema files (default: the shipped schemas/)."),
 )
 
 
@@ -38,8 +43,118 @@ def load_domains(schemas):
     return _load_domains(schemas)
 
 
-class Group(click.Group):
+# --- help text laid out for Chinese ------------------------------------------------------------
+# click measures and wraps help by characters and breaks lines only at spaces; a Chinese
+# character takes two columns of a terminal and Chinese has no spaces between words, so a
+# translated help would run past the screen's edge. These measure columns and break between
+# characters (never before a closing mark such as ，。）nor after an opening one such as （“).
+
+_NO_LINE_START = set("，。、；：！？）」』》”’")
+_NO_LINE_END = set("（「『《“‘")
+
+
+def _columns(text: str) -> int:
+    """How many terminal columns `text` takes: two for a wide (CJK) character."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _is_wide(text: str) -> bool:
+    return _columns(text) != len(text)
+
+
+def _pieces(paragraph: str):
+    """A paragraph cut where a line may break: runs of narrow characters, each wide one, spaces."""
+    return re.findall(r"\s+|[\u1100-\u115f\u2e80-\ua4cf\uac00-\ud7a3\uf900-\ufaff\ufe30-\ufe4f\uff00-\uff60\uffe0-\uffe6]"
+                      r"|[^\s\u1100-\u115f\u2e80-\ua4cf\uac00-\ud7a3\uf900-\ufaff\ufe30-\ufe4f\uff00-\uff60\uffe0-\uffe6]+",
+                      paragraph)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """`text` in lines of at most `width` columns (a piece longer than that keeps its own line)."""
+    lines = []
+    for paragraph in text.split("\n\n"):
+        if lines:
+            lines.append("")
+        line = []  # its pieces, spaces included
+        for piece in _pieces(" ".join(paragraph.splitlines())):
+            if piece.isspace():
+                line += [piece] if line else []
+                continue
+            if line and _columns("".join(line) + piece) > width:
+                cut = _cut(line, piece)
+                if cut:
+                    lines.append("".join(line[:cut]).rstrip())
+                    line = [p for p in line[cut:] if not p.isspace()]
+            line.append(piece)
+        lines.append("".join(line).rstrip())
+    return lines
+
+
+def _cut(line: list[str], piece: str) -> int:
+    """Where `line` breaks before `piece`: a closing mark takes the character before it along to the
+    next line, and an opening mark goes along with what it opens. 0: nowhere (the line runs over)."""
+    cut = len(line) - 1 if piece[0] in _NO_LINE_START else len(line)
+    while cut > 0 and (line[cut - 1].isspace() or line[cut - 1][-1] in _NO_LINE_END):
+        cut -= 1
+    return cut
+
+
+class HelpFormatter(click.HelpFormatter):
+    """click's help formatter, laying out text that holds Chinese by terminal columns."""
+
+    def write_text(self, text: str) -> None:
+        if not _is_wide(text):
+            return super().write_text(text)
+        indent = " " * self.current_indent
+        for line in _wrap(text, max(self.width - self.current_indent, 20)):
+            self.write(f"{indent}{line}\n" if line else "\n")
+
+    def write_dl(self, rows, col_max: int = 30, col_spacing: int = 2) -> None:
+        rows = list(rows)
+        if not any(_is_wide(first + second) for first, second in rows):
+            return super().write_dl(rows, col_max, col_spacing)
+        first_width = min(max(_columns(first) for first, _second in rows), col_max) + col_spacing
+        indent = " " * self.current_indent
+        for first, second in rows:
+            self.write(f"{indent}{first}")
+            if not second:
+                self.write("\n")
+                continue
+            if _columns(first) <= first_width - col_spacing:
+                self.write(" " * (first_width - _columns(first)))
+            else:  # a long option name: its text starts on the next line
+                self.write("\n" + indent + " " * first_width)
+            lines = _wrap(second, max(self.width - first_width - self.current_indent, 10))
+            self.write(lines[0] + "\n")
+            for line in lines[1:]:
+                self.write(f"{indent}{' ' * first_width}{line}\n" if line else "\n")
+
+
+class Context(click.Context):
+    formatter_class = HelpFormatter
+
+
+class _LaidOutForChinese:
+    """What syncdb's commands and groups share: the formatter above, and a short help (the
+    commands' list) that ends at the first full stop, which click finds only followed by a space."""
+
+    context_class = Context
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        if self.short_help or not self.help or i18n.language() == i18n.ENGLISH:
+            return super().get_short_help_str(limit)
+        return self.help.split("\n\n")[0].split("。")[0].strip()
+
+
+class Command(_LaidOutForChinese, click.Command):
+    """A syncdb command."""
+
+
+class Group(_LaidOutForChinese, click.Group):
     """A click group that turns SyncdbError into a one-line message and exit 1."""
+
+    command_class = Command
+    group_class = type  # its subgroups are Groups too
 
     def invoke(self, ctx):
         try:
@@ -53,7 +168,7 @@ class Group(click.Group):
         except (OSError, sqlite3.OperationalError) as e:
             # What no command turned into a message of its own: a disk full, failing
             # or read-only under a file it uses. Still one line, and what to do.
-            where = getattr(e, "filename", None) or "a folder this command uses"
+            where = getattr(e, "filename", None) or _("a folder this command uses")
             raise click.ClickException(str(storage_error(e, where))) from e
 
 
@@ -67,53 +182,50 @@ def _reader_gone():
     raise click.exceptions.Exit(141)
 
 
-@click.group(cls=Group)
+@click.group(cls=Group, help=_(
+    "Sync community population databases into one street-office store.\n\n"
+    "Community PCs capture their changes and push them as signed, encrypted bundles; the street "
+    "office merges them under declared conflict rules and publishes the result read-only in "
+    "Datasette."
+))
 @click.version_option(__version__, prog_name="syncdb")
 def cli():
-    """Sync community population databases into one street-office store.
-
-    Community PCs capture their changes and push them as signed, encrypted
-    bundles; the street office merges them under declared conflict rules and
-    publishes the result read-only in Datasette.
-    """
+    pass
 
 
-@cli.group(cls=Group)
+@cli.group(cls=Group, help=_("Inspect and check the domain schema files."))
 def schemas():
-    """Inspect and check the domain schema files."""
+    pass
 
 
-@schemas.command(name="check")
+@schemas.command(name="check", help=_(
+    "Load every schema file and report the first mistake in each.\n\n"
+    "Exit status 1 names the file, table and column at fault.\n\n"
+    "Example: syncdb schemas check --schemas ./schemas"
+))
 @schemas_option
 def schemas_check(schemas):
-    """Load every schema file and report the first mistake in each.
-
-    Exit status 1 names the file, table and column at fault.
-
-    Example: syncdb schemas check --schemas ./schemas
-    """
     domains = load_domains(schemas)
     for domain in domains.values():
         tables = ", ".join(domain.tables)
-        click.echo(f"{domain.path.name}: {domain.name} ({domain.label}) v{domain.version}: {tables}")
+        click.echo(_("{file}: {domain} ({label}) v{version}: {tables}").format(
+            file=domain.path.name, domain=domain.name, label=domain.label, version=domain.version, tables=tables))
 
 
-@cli.command()
+@cli.command(help=_(
+    "Check working databases against the schemas and national standards.\n\n"
+    "PATHS are working database files or community folders holding them. Prints each bad record as "
+    "community / table / key / field / why and exits with status 1 if there is any; warnings alone "
+    "exit 0.\n\n"
+    "Example: syncdb validate communities/441900003001"
+))
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="text for people, json (one object per line) for machines.")
+              help=_("text for people, json (one object per line) for machines."))
 @click.option("--warnings/--no-warnings", default=True, show_default=True,
-              help="Also print warnings (such as an ID number's retired region code).")
+              help=_("Also print warnings (such as an ID number's retired region code)."))
 @schemas_option
 def validate(paths, fmt, warnings, schemas):
-    """Check working databases against the schemas and national standards.
-
-    PATHS are working database files or community folders holding them.
-    Prints each bad record as community / table / key / field / why and
-    exits with status 1 if there is any; warnings alone exit 0.
-
-    Example: syncdb validate communities/441900003001
-    """
     from .validate import validate_paths
 
     domains = load_domains(schemas)
@@ -130,31 +242,29 @@ def validate(paths, fmt, warnings, schemas):
         else:
             click.echo(str(finding))
     if fmt == "text":
-        click.echo(f"{errors} bad record(s), {warned} warning(s)", err=True)
+        click.echo(_("{errors} bad record(s), {warned} warning(s)").format(errors=errors, warned=warned), err=True)
     sys.exit(1 if errors else 0)
 
 
-@cli.command()
+@cli.command(help=_(
+    "Write a sample community's working databases, one per domain.\n\n"
+    "Realistic, valid and deterministic, like a Dongguan community: standard addresses, grids, "
+    "houses and rentals, units; households with heads and members, ID numbers that agree with "
+    "birth dates and sexes; more migrants than residents, with residence permits; enrolments and "
+    "benefits. A few records are deliberately contradictory across domains (a deceased person "
+    "still paid, an expired residence permit, an over-full rental).\n\n"
+    "Example: syncdb sample communities/441900003001 --code 441900003001 --residents 5000 --seed 1 "
+    "--report"
+))
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--code", required=True, help="The community's 12-digit code (统计用区划代码), e.g. 441900003001.")
+@click.option("--code", required=True, help=_("The community's 12-digit code (统计用区划代码), e.g. 441900003001."))
 @click.option("--residents", type=click.IntRange(min=1), default=2000, show_default=True,
-              help="How many residents to generate.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same bytes.")
+              help=_("How many residents to generate."))
+@click.option("--seed", type=int, default=0, show_default=True, help=_("Same seed, same bytes."))
 @click.option("--report", is_flag=True,
-              help="Then list the deliberate cases planted for the checks across domains, per class.")
+              help=_("Then list the deliberate cases planted for the checks across domains, per class."))
 @schemas_option
 def sample(directory, code, residents, seed, report, schemas):
-    """Write a sample community's working databases, one per domain.
-
-    Realistic, valid and deterministic, like a Dongguan community: standard
-    addresses, grids, houses and rentals, units; households with heads and
-    members, ID numbers that agree with birth dates and sexes; more migrants
-    than residents, with residence permits; enrolments and benefits. A few
-    records are deliberately contradictory across domains (a deceased person
-    still paid, an expired residence permit, an over-full rental).
-
-    Example: syncdb sample communities/441900003001 --code 441900003001 --residents 5000 --seed 1 --report
-    """
     from .sample import generate
     from .sample_planted import CLASSES
     from .sample_planted import report as planted
@@ -162,7 +272,7 @@ def sample(directory, code, residents, seed, report, schemas):
     domains = load_domains(schemas)
     counts = generate(directory, code, residents, seed, domains)
     for table, count in counts.items():
-        click.echo(f"{table}: {count} rows")
+        click.echo(_("{table}: {count} rows").format(table=table, count=count))
     if report:
         for name, cases in planted(directory).items():
             click.echo(f"{CLASSES[name]} ({name}): {len(cases)}")
@@ -170,21 +280,21 @@ def sample(directory, code, residents, seed, report, schemas):
                 click.echo(f"  {case}")
 
 
-@cli.command()
+@cli.command(help=_(
+    "Build a sample street office with its communities, run two nightly cycles, publish the "
+    "result.\n\n"
+    "Example: syncdb demo demo-office --communities 3 --residents 2000"
+))
 @click.argument("directory", type=click.Path(file_okay=False), default="demo-office")
 @click.option("--communities", type=click.IntRange(min=1, max=50), default=3, show_default=True,
-              help="How many sample communities to build.")
+              help=_("How many sample communities to build."))
 @click.option("--residents", type=click.IntRange(min=1), default=2000, show_default=True,
-              help="Residents per community.")
+              help=_("Residents per community."))
 @click.option("--publish/--no-publish", "publishing", default=True, show_default=True,
-              help="Then serve the result in Datasette until Ctrl-C.")
-@click.option("--port", type=int, default=8001, show_default=True, help="Port for the published site.")
+              help=_("Then serve the result in Datasette until Ctrl-C."))
+@click.option("--port", type=int, default=8001, show_default=True, help=_("Port for the published site."))
 @schemas_option
 def demo(directory, communities, residents, publishing, port, schemas):
-    """Build a sample street office with its communities, run two nightly cycles, publish the result.
-
-    Example: syncdb demo demo-office --communities 3 --residents 2000
-    """
     from .demo import run_demo
 
     domains = load_domains(schemas)
@@ -196,8 +306,8 @@ def demo(directory, communities, residents, publishing, port, schemas):
 
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
         serve_lib(made["store"], made["secret"], domains, host="127.0.0.1", port=port,
-                  ready=lambda url: click.echo(f"== Published read-only at {url} — sign in with an account "
-                                               "above; Ctrl-C to stop"))
+                  ready=lambda url: click.echo(_("== Published read-only at {url} — sign in with an account "
+                                                 "above; Ctrl-C to stop").format(url=url)))
 
 
 def _secret(confirm=False):
@@ -206,146 +316,140 @@ def _secret(confirm=False):
     return Secret.from_environment(confirm=confirm)
 
 
-@cli.group(cls=Group)
+@cli.group(cls=Group, help=_("Set up the street office store and enrol communities."))
 def office():
-    """Set up the street office store and enrol communities."""
+    pass
 
 
-@office.command(name="init")
+@office.command(name="init", help=_(
+    "Create the office store and its keys; print the office public key file.\n\n"
+    "The keys are sealed under SYNCDB_PASSPHRASE (or a prompt) or SYNCDB_KEY_FILE.\n\n"
+    "Example: SYNCDB_PASSPHRASE=… syncdb office init /srv/office --suite std"
+))
 @click.argument("store", type=click.Path(file_okay=False))
 @click.option("--suite", type=click.Choice(["std", "gm"]), default="std", show_default=True,
-              help="std: AES-256-GCM and SHA-256; gm: SM4-GCM and SM3 (商用密码).")
+              help=_("std: AES-256-GCM and SHA-256; gm: SM4-GCM and SM3 (商用密码)."))
 @click.option("--code", default="office", show_default=True,
-              help="The street office's own code, e.g. its 9-digit 街道 code.")
+              help=_("The street office's own code, e.g. its 9-digit 街道 code."))
 @schemas_option
 def office_init(store, suite, code, schemas):
-    """Create the office store and its keys; print the office public key file.
-
-    The keys are sealed under SYNCDB_PASSPHRASE (or a prompt) or SYNCDB_KEY_FILE.
-
-    Example: SYNCDB_PASSPHRASE=… syncdb office init /srv/office --suite std
-    """
     from . import migrations
 
     pub = migrations.init(store, _secret(confirm=True), suite, code, load_domains(schemas))
-    click.echo(f"Office store created in {store}")
-    click.echo(f"Give every community this public key file: {pub}")
+    click.echo(_("Office store created in {store}").format(store=store))
+    click.echo(_("Give every community this public key file: {file}").format(file=pub))
 
 
-@office.command(name="enroll")
+@office.command(name="enroll", help=_(
+    "Accept bundles signed by this community's key.\n\n"
+    "Enrolling a community again replaces its key and keeps its name unless --name gives a new "
+    "one.\n\n"
+    "Example: syncdb office enroll /srv/office 441900003001 441900003001.pub.json --name 岗贝社区"
+))
 @click.argument("store", type=click.Path(file_okay=False, exists=True))
 @click.argument("code")
 @click.argument("pubkey_file", type=click.Path(dir_okay=False, exists=True))
-@click.option("--name", help="The community's name as people write it, e.g. 岗贝社区 (shown beside its code).")
+@click.option("--name", help=_("The community's name as people write it, e.g. 岗贝社区 (shown beside its code)."))
 def office_enroll(store, code, pubkey_file, name):
-    """Accept bundles signed by this community's key.
-
-    Enrolling a community again replaces its key and keeps its name unless
-    --name gives a new one.
-
-    Example: syncdb office enroll /srv/office 441900003001 441900003001.pub.json --name 岗贝社区
-    """
     from . import office as office_lib
 
     key = office_lib.enroll(store, code, pubkey_file, name=name)
-    click.echo(f"Community {office_lib.label(code, office_lib.read_names(store))} enrolled (key {key.id})")
+    click.echo(_("Community {community} enrolled (key {key})").format(
+        community=office_lib.label(code, office_lib.read_names(store)), key=key.id))
 
 
-@office.command(name="rename")
+@office.command(name="rename", help=_(
+    "Give an enrolled community a new name (its code stays what bundles are signed with).\n\n"
+    "Example: syncdb office rename /srv/office 441900003001 岗贝社区"
+))
 @click.argument("store", type=click.Path(file_okay=False, exists=True))
 @click.argument("code")
 @click.argument("name")
 def office_rename(store, code, name):
-    """Give an enrolled community a new name (its code stays what bundles are signed with).
-
-    Example: syncdb office rename /srv/office 441900003001 岗贝社区
-    """
     from . import office as office_lib
 
     before = office_lib.rename(store, code, name)
-    click.echo(f"Community {code}: {before or '(no name)'} -> {name.strip()}")
+    click.echo(_("Community {code}: {before} -> {after}").format(
+        code=code, before=before or _("(no name)"), after=name.strip()))
 
 
-@cli.group(cls=Group)
+@cli.group(cls=Group, help=_("Set up a community folder for sync."))
 def community():
-    """Set up a community folder for sync."""
+    pass
 
 
-@community.command(name="init")
+@community.command(name="init", help=_(
+    "Create the community's keys and set up change capture on its working databases.\n\n"
+    "Writes CODE.pub.json into WORKDIR: carry it to the office for `office enroll`.\n\n"
+    "Example: syncdb community init C:\\社区数据 --code 441900003001 --office-key office.pub.json"
+))
 @click.argument("workdir", type=click.Path(file_okay=False))
-@click.option("--code", required=True, help="The community's 12-digit code, e.g. 441900003001.")
+@click.option("--code", required=True, help=_("The community's 12-digit code, e.g. 441900003001."))
 @click.option("--office-key", required=True, type=click.Path(dir_okay=False, exists=True),
-              help="The office.pub.json written by `syncdb office init`.")
+              help=_("The office.pub.json written by `syncdb office init`."))
 @click.option("--create-tables", is_flag=True,
-              help="Create the schema's tables missing from the working databases, empty (and the "
-                   "databases, if the folder holds none). Without it such a folder is refused.")
+              help=_("Create the schema's tables missing from the working databases, empty (and the "
+                   "databases, if the folder holds none). Without it such a folder is refused."))
 @schemas_option
 def community_init(workdir, code, office_key, create_tables, schemas):
-    """Create the community's keys and set up change capture on its working databases.
-
-    Writes CODE.pub.json into WORKDIR: carry it to the office for `office enroll`.
-
-    Example: syncdb community init C:\\社区数据 --code 441900003001 --office-key office.pub.json
-    """
     from . import community as community_lib
 
     pub = community_lib.init(workdir, code, office_key, load_domains(schemas), _secret(confirm=True),
                              create_tables=create_tables)
-    click.echo(f"Capture is set up in {workdir}")
-    click.echo(f"Take this public key file to the street office: {pub}")
+    click.echo(_("Capture is set up in {workdir}").format(workdir=workdir))
+    click.echo(_("Take this public key file to the street office: {file}").format(file=pub))
 
 
-@community.command(name="set-office-key")
+@community.command(name="set-office-key", help=_(
+    "Encrypt to the right office key, when the office refused this community's bundles as meant "
+    "for another office (\"wrong-recipient\"). The bundles it refused are set aside "
+    "(.syncdb/unsent/) and the next push sends every record again, whole.\n\n"
+    "Example: syncdb community set-office-key C:\\社区数据 office.pub.json"
+))
 @click.argument("workdir", type=click.Path(file_okay=False, exists=True))
 @click.argument("office_key", type=click.Path(dir_okay=False, exists=True))
 def community_set_office_key(workdir, office_key):
-    """Encrypt to the right office key, when the office refused this community's bundles as meant
-    for another office ("wrong-recipient"). The bundles it refused are set aside (.syncdb/unsent/)
-    and the next push sends every record again, whole.
-
-    Example: syncdb community set-office-key C:\\社区数据 office.pub.json
-    """
     from .rehome import set_office_key
 
     done = set_office_key(workdir, office_key)
     if done["unsent"]:
-        click.echo(f"Set aside {len(done['unsent'])} bundle(s) the office could not open, in "
-                   f"{os.path.join(workdir, '.syncdb', 'unsent')}")
-    click.echo(f"Now encrypting to office key {office_key}; the next `syncdb push {workdir}` sends every record again")
+        click.echo(_("Set aside {n} bundle(s) the office could not open, in {folder}").format(
+            n=len(done["unsent"]), folder=os.path.join(workdir, ".syncdb", "unsent")))
+    click.echo(_("Now encrypting to office key {file}; the next `syncdb push {workdir}` sends every record again")
+               .format(file=office_key, workdir=workdir))
 
 
-@community.command(name="upgrade")
+@community.command(name="upgrade", help=_(
+    "Bring the working databases to the schemas: add the tables and columns a newer release's "
+    "schemas declare, and set up change capture afresh. Nothing is dropped; the only values "
+    "changed are old codes the schemas map to new ones ([codes.NAME.was]) and 民政's per-person "
+    "低保/特困, moved into household records (minzheng.assistance); the next push sends them.\n\n"
+    "Example: syncdb community upgrade C:\\社区数据"
+))
 @click.argument("workdir", type=click.Path(file_okay=False, exists=True))
 @click.option("--create-databases", is_flag=True,
-              help="Also make the working databases of domains the folder does not hold yet, with empty tables.")
+              help=_("Also make the working databases of domains the folder does not hold yet, with empty tables."))
 @schemas_option
 def community_upgrade(workdir, create_databases, schemas):
-    """Bring the working databases to the schemas: add the tables and columns a newer release's
-    schemas declare, and set up change capture afresh. Nothing is dropped; the only values changed
-    are old codes the schemas map to new ones ([codes.NAME.was]) and 民政's per-person 低保/特困,
-    moved into household records (minzheng.assistance); the next push sends them.
-
-    Example: syncdb community upgrade C:\\社区数据
-    """
     from .workdir_upgrade import upgrade
 
     done = upgrade(workdir, load_domains(schemas), create_databases=create_databases)
     for name in done.made_databases:
-        click.echo(f"made {name}")
+        click.echo(_("made {database}").format(database=name))
     for table in done.made_tables:
-        click.echo(f"made table {table}")
+        click.echo(_("made table {table}").format(table=table))
     for table, columns in done.added.items():
-        click.echo(f"{table}: added {', '.join(columns)}")
+        click.echo(_("{table}: added {columns}").format(table=table, columns=", ".join(columns)))
     for line in done.recoded:
         click.echo(line)
     for line in done.left_alone + done.empty_required + done.assistance:
-        click.echo(f"note: {line}")
+        click.echo(_("note: {line}").format(line=line))
     if done.unsynced:
-        click.echo(f"kept as they are, no longer synced: {', '.join(done.unsynced)}")
+        click.echo(_("kept as they are, no longer synced: {tables}").format(tables=", ".join(done.unsynced)))
     if not done.changed:
-        click.echo("The working databases already match the schemas; nothing to add.")
+        click.echo(_("The working databases already match the schemas; nothing to add."))
     if done.captured:
-        click.echo(f"Change capture set up afresh in {', '.join(done.captured)}")
+        click.echo(_("Change capture set up afresh in {databases}").format(databases=", ".join(done.captured)))
 
 
 class _Bar:
@@ -376,7 +480,7 @@ class _Bar:
 class _ExportProgress:
     """The push's progress on stderr: rows compared, then a bar over the changes put in bundles."""
 
-    STAGES = {"reading": "Comparing rows", "writing": "Writing bundles"}
+    STAGES = {"reading": N_("Comparing rows"), "writing": N_("Writing bundles")}
 
     def __init__(self):
         self.bar = None
@@ -392,12 +496,16 @@ class _ExportProgress:
             self.stage = stage
         if total is None:
             if sys.stderr.isatty():  # a counter redrawn in place; nothing in a log file
-                click.echo(f"\r{self.STAGES.get(stage, stage)}: {done:,} rows", nl=False, err=True)
+                click.echo("\r" + _("{stage}: {done} rows").format(stage=self._label(stage), done=f"{done:,}"),
+                           nl=False, err=True)
                 self.shown = True
             return
         if self.bar is None:
-            self.bar = _Bar(self.STAGES.get(stage, stage))
+            self.bar = _Bar(self._label(stage))
         self.bar.step(done, total)
+
+    def _label(self, stage: str) -> str:
+        return _(self.STAGES[stage]) if stage in self.STAGES else stage
 
     def note(self, message: str) -> None:
         self._end_line()
@@ -418,40 +526,38 @@ class _ExportProgress:
         self._end_line()
 
 
-@cli.command()
+@cli.command(help=_(
+    "Send what changed since the last acknowledged bundle.\n\n"
+    "Makes a new bundle from the changes captured since the last push, then sends every bundle the "
+    "office has not acknowledged, to a URL or a folder. Bundles stay in the community's outbox "
+    "until the office acknowledges them.\n\n"
+    "Example: syncdb push C:\\社区数据 --to http://192.0.2.10:8765"
+))
 @click.argument("workdir", type=click.Path(file_okay=False, exists=True))
-@click.option("--to", "url", help="The office ingest URL, e.g. http://office.example:8765")
+@click.option("--to", "url", help=_("The office ingest URL, e.g. http://office.example:8765"))
 @click.option("--outbox", type=click.Path(file_okay=False),
-              help="A folder (a USB stick) to copy the bundles into instead.")
+              help=_("A folder (a USB stick) to copy the bundles into instead."))
 @click.option("--retries", type=click.IntRange(min=0), default=5, show_default=True,
-              help="Retries per bundle on connection errors and 5xx answers.")
+              help=_("Retries per bundle on connection errors and 5xx answers."))
 @click.option("--confirm-deletes", is_flag=True,
-              help="Send the deletions a push held back: a table that is gone, or more than "
-                   "--hold-deletes-over of a table's records at once.")
+              help=_("Send the deletions a push held back: a table that is gone, or more than "
+                   "--hold-deletes-over of a table's records at once."))
 @click.option("--hold-deletes-over", type=click.IntRange(min=0, max=100), default=20, show_default=True,
-              metavar="PERCENT", help="Hold back a table's deletions when one push would delete more than "
-                                      "this share of its records (and more than 10).")
+              metavar="PERCENT", help=_("Hold back a table's deletions when one push would delete more than "
+                                      "this share of its records (and more than 10)."))
 @schemas_option
 def push(workdir, url, outbox, retries, confirm_deletes, hold_deletes_over, schemas):
-    """Send what changed since the last acknowledged bundle.
-
-    Makes a new bundle from the changes captured since the last push, then
-    sends every bundle the office has not acknowledged, to a URL or a folder.
-    Bundles stay in the community's outbox until the office acknowledges them.
-
-    Example: syncdb push C:\\社区数据 --to http://192.0.2.10:8765
-    """
     from . import transport
 
     if bool(url) == bool(outbox):
-        raise click.UsageError("give exactly one of --to URL or --outbox DIR")
+        raise click.UsageError(_("give exactly one of --to URL or --outbox DIR"))
     channel = transport.channel_for(_office_url(url, "--to"), outbox, retries=retries)
     with _ExportProgress() as progress:
         def exported(result):
             progress.close()  # the sending's lines follow
             _show_export(result)
         pushed = transport.push(workdir, channel, load_domains(schemas), _secret(), progress=progress,
-                                notify=lambda m: progress.note(f"Note: {m}"), exported=exported, echo=click.echo,
+                                notify=lambda m: progress.note(_("Note: {message}").format(message=m)), exported=exported, echo=click.echo,
                                 confirm_deletes=confirm_deletes, delete_share=hold_deletes_over / 100)
     click.echo(pushed.delivery.summary(), err=not pushed.delivery.ok)
     if not pushed.delivery.ok:
@@ -460,41 +566,45 @@ def push(workdir, url, outbox, retries, confirm_deletes, hold_deletes_over, sche
         where = ["--to", channel.where] if url else ["--outbox", outbox]
         again = ["syncdb", "push", workdir, *where, "--confirm-deletes"]
         for held in pushed.exported.deletes_held:
-            click.echo(f"Held: {held.message(' '.join(shlex.quote(str(a)) for a in again))}", err=True)
+            command = " ".join(shlex.quote(str(a)) for a in again)
+            click.echo(_("Held: {reason}").format(reason=held.message(command)), err=True)
         sys.exit(1)
 
 
 def _show_export(result):
     """The bundles a push made, in a line (one more per bundle when it was split to fit the office's limits)."""
     if len(result.bundles) > 1:
-        for sequence, _, changes in result.bundles:
-            click.echo(f"Bundle {sequence}: {changes} change(s)")
+        for sequence, _path, changes in result.bundles:
+            click.echo(_("Bundle {sequence}: {changes} change(s)").format(sequence=sequence, changes=changes))
     if result.sequence:
         first, last = result.bundles[0][0], result.bundles[-1][0]
-        made = f"Bundle {first}" if first == last else f"Bundles {first}-{last}"
-        click.echo(f"{made}: {result.changes} change(s) {_counts(result.counts)}")
+        if first == last:
+            made = _("Bundle {sequence}: {changes} change(s) {counts}").format(
+                sequence=first, changes=result.changes, counts=_counts(result.counts))
+        else:
+            made = _("Bundles {first}-{last}: {changes} change(s) {counts}").format(
+                first=first, last=last, changes=result.changes, counts=_counts(result.counts))
+        click.echo(made)
     else:
-        click.echo("No new changes since the last push.")
+        click.echo(_("No new changes since the last push."))
 
 
-@cli.command()
+@cli.command(help=_(
+    "Apply the office's resolutions to the records this community owns.\n\n"
+    "A value changed here since the last push is kept, not overwritten: it goes to the office at "
+    "the next push.\n\n"
+    "Example: syncdb pull D:\\shequ --from http://192.0.2.10:8765"
+))
 @click.argument("workdir", type=click.Path(file_okay=False, exists=True))
-@click.option("--from", "url", help="The office's address, e.g. http://192.0.2.10:8765 (what push --to uses).")
+@click.option("--from", "url", help=_("The office's address, e.g. http://192.0.2.10:8765 (what push --to uses)."))
 @click.option("--inbox", type=click.Path(file_okay=False, exists=True),
-              help="A folder (a USB stick) holding a copy of the office's outbound/CODE folder.")
+              help=_("A folder (a USB stick) holding a copy of the office's outbound/CODE folder."))
 @schemas_option
 def pull(workdir, url, inbox, schemas):
-    """Apply the office's resolutions to the records this community owns.
-
-    A value changed here since the last push is kept, not overwritten: it
-    goes to the office at the next push.
-
-    Example: syncdb pull D:\\shequ --from http://192.0.2.10:8765
-    """
     from . import transport
 
     if bool(url) == bool(inbox):
-        raise click.UsageError("give exactly one of --from URL or --inbox DIR")
+        raise click.UsageError(_("give exactly one of --from URL or --inbox DIR"))
     channel = transport.channel_for(_office_url(url, "--from"), inbox)
     report = transport.pull(workdir, channel, load_domains(schemas), _secret())
     for line in report.lines():
@@ -511,23 +621,22 @@ def _office_url(url, option):
         raise click.BadParameter(str(e), param_hint=option) from None
 
 
-@cli.command()
+@cli.command(help=_(
+    "The nightly run for a scheduled task: push, then pull, one log, one exit status.\n\n"
+    "Every line goes to the log file too. Exit status 1 when the push or the pull failed (each "
+    "problem is repeated on stderr), 0 when both went well. `syncdb schedule` prints how to run it "
+    "every night.\n\n"
+    "Example: SYNCDB_KEY_FILE=/etc/syncdb/key syncdb sync /srv/shequ --office "
+    "http://192.0.2.10:8765"
+))
 @click.argument("workdir", type=click.Path(file_okay=False, exists=True))
-@click.option("--office", "url", required=True, help="The office's address, e.g. http://192.0.2.10:8765.")
+@click.option("--office", "url", required=True, help=_("The office's address, e.g. http://192.0.2.10:8765."))
 @click.option("--log", "log_path", type=click.Path(dir_okay=False),
-              help="Append the run's lines to this file (default: WORKDIR/.syncdb/sync.log).")
+              help=_("Append the run's lines to this file (default: WORKDIR/.syncdb/sync.log)."))
 @click.option("--retries", type=click.IntRange(min=0), default=5, show_default=True,
-              help="Retries per bundle on connection errors and 5xx answers.")
+              help=_("Retries per bundle on connection errors and 5xx answers."))
 @schemas_option
 def sync(workdir, url, log_path, retries, schemas):
-    """The nightly run for a scheduled task: push, then pull, one log, one exit status.
-
-    Every line goes to the log file too. Exit status 1 when the push or the
-    pull failed (each problem is repeated on stderr), 0 when both went well.
-    `syncdb schedule` prints how to run it every night.
-
-    Example: SYNCDB_KEY_FILE=/etc/syncdb/key syncdb sync /srv/shequ --office http://192.0.2.10:8765
-    """
     from .nightly import sync as sync_lib
 
     result = sync_lib(workdir, _office_url(url, "--office"), load_domains(schemas), _secret(), log_path=log_path,
@@ -538,33 +647,31 @@ def sync(workdir, url, log_path, retries, schemas):
         sys.exit(1)
 
 
-@cli.command()
+@cli.command(help=_(
+    "Print the commands that run `syncdb sync` every night: schtasks for Windows, a cron line.\n\n"
+    "Changes nothing: run the one for this machine yourself. The task needs SYNCDB_KEY_FILE (a key "
+    "file that seals the community's keyring), since no one is there at night to type a "
+    "passphrase.\n\n"
+    "Example: syncdb schedule C:\\社区数据 --office http://192.0.2.10:8765 --at 01:30"
+))
 @click.argument("workdir", type=click.Path(file_okay=False, exists=True))
-@click.option("--office", "url", required=True, help="The office's address, e.g. http://192.0.2.10:8765.")
+@click.option("--office", "url", required=True, help=_("The office's address, e.g. http://192.0.2.10:8765."))
 @click.option("--at", default="02:00", show_default=True, callback=lambda ctx, param, value: _time_of_day(value),
-              help="When to run, HH:MM local time.")
+              help=_("When to run, HH:MM local time."))
 def schedule(workdir, url, at):
-    """Print the commands that run `syncdb sync` every night: schtasks for Windows, a cron line.
-
-    Changes nothing: run the one for this machine yourself. The task needs
-    SYNCDB_KEY_FILE (a key file that seals the community's keyring), since
-    no one is there at night to type a passphrase.
-
-    Example: syncdb schedule C:\\社区数据 --office http://192.0.2.10:8765 --at 01:30
-    """
     from .nightly import schedule_commands
 
     made = schedule_commands(workdir, _office_url(url, "--office"), at=at)
     key_file = os.environ.get("SYNCDB_KEY_FILE")
-    click.echo("Windows (Task Scheduler), in a command prompt:")
+    click.echo(_("Windows (Task Scheduler), in a command prompt:"))
     shown_key = key_file or "C:\\path\\to\\community.key"
     click.echo(f'  setx SYNCDB_KEY_FILE "{shown_key}"')
     click.echo(f"  {made['windows']}")
-    click.echo("Linux (cron), a line for `crontab -e`:")
+    click.echo(_("Linux (cron), a line for `crontab -e`:"))
     click.echo(f"  {made['cron']}")
     if not key_file:
-        click.echo("SYNCDB_KEY_FILE is not set here: put the key file's path in the lines above "
-                   "(a passphrase cannot be typed at night).", err=True)
+        click.echo(_("SYNCDB_KEY_FILE is not set here: put the key file's path in the lines above "
+                     "(a passphrase cannot be typed at night)."), err=True)
 
 
 def _time_of_day(value):
@@ -577,31 +684,35 @@ def _time_of_day(value):
     return value
 
 
+# What a bundle did to a table, by operation (the ops are bundle.OPS and rekey).
+_OPERATIONS = {"insert": N_("{n} insert"), "update": N_("{n} update"), "delete": N_("{n} delete"),
+               "rekey": N_("{n} rekey")}
+
+
 def _counts(counts):
     parts = []
     for table, ops in counts.items():
-        done = ", ".join(f"{n} {op}" for op, n in ops.items() if n)
+        done = ", ".join(_(_OPERATIONS[op]).format(n=n) if op in _OPERATIONS else f"{n} {op}"
+                         for op, n in ops.items() if n)
         parts.append(f"{table}: {done}")
     return "(" + "; ".join(parts) + ")" if parts else ""
 
 
-@cli.command()
+@cli.command(help=_(
+    "Run the office ingest service that `syncdb push --to` sends to.\n\n"
+    "Accepted bundles are kept in the inbox, acknowledged, then merged.\n\n"
+    "Example: SYNCDB_KEY_FILE=/root/office.key syncdb serve /srv/office --host 0.0.0.0 --port 8765"
+))
 @click.argument("store", type=click.Path(file_okay=False, exists=True))
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=8765, show_default=True, help="Port to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True, help=_("Address to listen on."))
+@click.option("--port", type=int, default=8765, show_default=True, help=_("Port to listen on."))
 @click.option("--max-bundle-mb", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Refuse uploads larger than this.")
+              help=_("Refuse uploads larger than this."))
 @click.option("--merge/--no-merge", "merging", default=True, show_default=True,
-              help="Merge accepted bundles into the store (needs the office passphrase or key file); "
-                   "with --no-merge they wait in the inbox for `syncdb merge`.")
+              help=_("Merge accepted bundles into the store (needs the office passphrase or key file); "
+                   "with --no-merge they wait in the inbox for `syncdb merge`."))
 @schemas_option
 def serve(store, host, port, max_bundle_mb, merging, schemas):
-    """Run the office ingest service that `syncdb push --to` sends to.
-
-    Accepted bundles are kept in the inbox, acknowledged, then merged.
-
-    Example: SYNCDB_KEY_FILE=/root/office.key syncdb serve /srv/office --host 0.0.0.0 --port 8765
-    """
     from . import server
     from .publish import bind
 
@@ -609,7 +720,8 @@ def serve(store, host, port, max_bundle_mb, merging, schemas):
     try:
         secret = _secret() if merging else None
     except SyncdbError as e:
-        raise SyncdbError(f"{e}; or run `syncdb serve --no-merge` to only receive bundles") from None
+        raise SyncdbError(_("{error}; or run `syncdb serve --no-merge` to only receive bundles").format(error=e)) \
+            from None
     try:
         server.serve(store, host=host, port=port, max_body=max_bundle_mb * 1024 * 1024,
                      secret=secret, domains=load_domains(schemas) if merging else None)
@@ -617,31 +729,29 @@ def serve(store, host, port, max_bundle_mb, merging, schemas):
         if e.code in (0, None, 1, 2):
             raise
         # uvicorn's "startup failed" (3): the port was taken in the moment since the check above.
-        raise SyncdbError(f"the ingest service could not start on {host}:{port} (see the lines above); "
-                          "check that no other program uses the port, or choose another with --port") from None
+        raise SyncdbError(_("the ingest service could not start on {host}:{port} (see the lines above); check "
+                            "that no other program uses the port, or choose another with --port")
+                          .format(host=host, port=port)) from None
 
 
-@cli.command()
+@cli.command(help=_(
+    "Merge bundle files or folders into the office store.\n\n"
+    "Bundles are verified and received into the inbox first (exactly as if pushed), then every "
+    "bundle whose predecessors are applied is merged, one transaction each. With no PATHS, merges "
+    "what the inbox already holds.\n\n"
+    "Exit status 1 when a bundle was refused, a record rejected, or a bundle held for any reason "
+    "but waiting for an earlier one (a failed merge, a schema the office lacks): a scheduled run "
+    "sees the night that failed.\n\n"
+    "Example: syncdb merge /srv/office /media/usb/outbox"
+))
 @click.argument("store", type=click.Path(file_okay=False, exists=True))
 @click.argument("paths", nargs=-1, type=click.Path(exists=True))
 @schemas_option
 def merge(store, paths, schemas):
-    """Merge bundle files or folders into the office store.
-
-    Bundles are verified and received into the inbox first (exactly as if
-    pushed), then every bundle whose predecessors are applied is merged, one
-    transaction each. With no PATHS, merges what the inbox already holds.
-
-    Exit status 1 when a bundle was refused, a record rejected, or a bundle
-    held for any reason but waiting for an earlier one (a failed merge, a
-    schema the office lacks): a scheduled run sees the night that failed.
-
-    Example: syncdb merge /srv/office /media/usb/outbox
-    """
     from . import merge as merge_lib
 
     secret, domains = _secret(), load_domains(schemas)  # a passphrase prompt gets its line before the bar
-    with _Bar("Merging changes") as bar:
+    with _Bar(_("Merging changes")) as bar:
         def progress(done, total, name):
             bar.step(done, total)
 
@@ -656,21 +766,20 @@ def merge(store, paths, schemas):
         sys.exit(1)
 
 
-@cli.group(cls=Group)
+@cli.group(cls=Group, help=_("List, show, review and settle the conflicts the rules left for a person."))
 def conflicts():
-    """List, show, review and settle the conflicts the rules left for a person."""
+    pass
 
 
-@conflicts.command(name="list")
+@conflicts.command(name="list", help=_(
+    "List open conflicts: table, record, column, kind and candidates.\n\n"
+    "Example: syncdb conflicts list /srv/office"
+))
 @click.argument("store", type=click.Path(file_okay=False, exists=True))
-@click.option("--all", "show_all", is_flag=True, help="Closed conflicts too.")
+@click.option("--all", "show_all", is_flag=True, help=_("Closed conflicts too."))
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @schemas_option
 def conflicts_list(store, show_all, fmt, schemas):
-    """List open conflicts: table, record, column, kind and candidates.
-
-    Example: syncdb conflicts list /srv/office
-    """
     from .conflicts import list_conflicts
     from .office import label, read_names
 
@@ -681,10 +790,12 @@ def conflicts_list(store, show_all, fmt, schemas):
                 c["origin_name"] = names.get(c["origin"])
             click.echo(json.dumps(item, ensure_ascii=False))
         else:
-            candidates = "; ".join(f"{label(c['origin'], names)}: {c['value']!r}{' (deleted)' if c['deleted'] else ''}"
-                                   for c in item["candidates"])
-            click.echo(f"#{item['id']} [{item['status']}] {item['table']} {item['record']} "
-                       f"{item['column']} ({item['kind']}): {candidates}; provisional {item['winner']}")
+            candidates = "; ".join(f"{label(c['origin'], names)}: {c['value']!r}"
+                                   + (_(" (deleted)") if c["deleted"] else "") for c in item["candidates"])
+            click.echo(_("#{id} [{status}] {table} {record} {column} ({kind}): {candidates}; provisional {winner}")
+                       .format(id=item["id"], status=item["status"], table=item["table"], record=item["record"],
+                               column=item["column"], kind=item["kind"], candidates=candidates,
+                               winner=item["winner"]))
 
 
 def _when(version: str) -> str:
@@ -702,31 +813,31 @@ def _show(item, names: dict) -> None:
 
     click.echo(f"#{item['id']} [{item['status']}] {item['table']} {item['record']} · {item['column']} "
                f"{item['label']} ({item['kind']})")
-    click.echo(f"opened {item['opened']}; provisional winner by {item['rule']}: {item['winner']}")
+    click.echo(_("opened {opened}; provisional winner by {rule}: {winner}").format(
+        opened=item["opened"], rule=item["rule"], winner=item["winner"]))
     if item["status"] != "open":
         click.echo(f"{item['status']} {item['closed']}: {item['note']}")
-    click.echo("candidates:")
+    click.echo(_("candidates:"))
     for n, c in enumerate(item["candidates"], start=1):
-        shown = "(deleted)" if c["deleted"] else repr(c["value"])
+        shown = _("(deleted)") if c["deleted"] else repr(c["value"])
         click.echo(f"  {n}) {label(c['origin'], names):<14} {_when(c['version'])}  {shown}   [{c['version']}]")
     if item["record_cells"]:
-        click.echo("the record in the store now:")
+        click.echo(_("the record in the store now:"))
         for cell in item["record_cells"]:
             click.echo(f"  {cell['label']} ({cell['column']}): {cell['value'] if cell['value'] is not None else ''}")
     for other in item["others_open"]:
-        click.echo(f"also open on this record: #{other['id']} ({other['column']})")
+        click.echo(_("also open on this record: #{id} ({column})").format(id=other["id"], column=other["column"]))
 
 
-@conflicts.command(name="show")
+@conflicts.command(name="show", help=_(
+    "Show one conflict in full: each candidate with its origin and time, and the record as stored.\n\n"
+    "Example: syncdb conflicts show /srv/office 12"
+))
 @click.argument("store", type=click.Path(file_okay=False, exists=True))
 @click.argument("conflict_id", type=int)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @schemas_option
 def conflicts_show(store, conflict_id, fmt, schemas):
-    """Show one conflict in full: each candidate with its origin and time, and the record as stored.
-
-    Example: syncdb conflicts show /srv/office 12
-    """
     from .conflicts import show_conflict
     from .office import read_names
 
@@ -736,23 +847,21 @@ def conflicts_show(store, conflict_id, fmt, schemas):
         return
     _show(item, read_names(store))
     if item["status"] == "open":
-        click.echo("settle it with one of:")
+        click.echo(_("settle it with one of:"))
         for c in item["candidates"]:
             click.echo(f"  syncdb conflicts resolve {store} {conflict_id} --keep {c['origin']}")
         click.echo(f"  syncdb conflicts resolve {store} {conflict_id} --value TEXT")
 
 
-@conflicts.command(name="review")
+@conflicts.command(name="review", help=_(
+    "Walk through the open conflicts one by one and settle each, or skip it.\n\n"
+    "For each: type a candidate's number to keep it, v to type a value, s to skip, q to stop. Each "
+    "answer is an office resolution, as with `resolve`.\n\n"
+    "Example: syncdb conflicts review /srv/office"
+))
 @click.argument("store", type=click.Path(file_okay=False, exists=True))
 @schemas_option
 def conflicts_review(store, schemas):
-    """Walk through the open conflicts one by one and settle each, or skip it.
-
-    For each: type a candidate's number to keep it, v to type a value, s to
-    skip, q to stop. Each answer is an office resolution, as with `resolve`.
-
-    Example: syncdb conflicts review /srv/office
-    """
     from . import conflicts as queue_lib
     from .office import names as community_names
     from .resolve import settle
@@ -762,17 +871,18 @@ def conflicts_review(store, schemas):
         names = community_names(st.conn)
         queue = [item["id"] for item in queue_lib.items(st)]
         if not queue:
-            click.echo("No open conflicts.")
+            click.echo(_("No open conflicts."))
             return
         settled = skipped = 0
         for n, conflict_id in enumerate(queue, start=1):
             item = queue_lib.show(st, conflict_id)
             if item["status"] != "open":
                 continue  # settled along with an earlier one (--keep keeps a whole record)
-            click.echo(f"\n({n} of {len(queue)})")
+            click.echo("\n" + _("({n} of {total})").format(n=n, total=len(queue)))
             _show(item, names)
             choices = [str(i) for i in range(1, len(item["candidates"]) + 1)]
-            answer = click.prompt(f"keep {'/'.join(choices)}, v = type a value, s = skip, q = quit",
+            answer = click.prompt(_("keep {choices}, v = type a value, s = skip, q = quit").format(
+                                      choices="/".join(choices)),
                                   type=click.Choice(choices + ["v", "s", "q"]), show_choices=False)
             if answer == "q":
                 break
@@ -781,61 +891,58 @@ def conflicts_review(store, schemas):
                 continue
             try:
                 if answer == "v":
-                    summary = settle(st, conflict_id, value=click.prompt(f"value for {item['label']}"))
+                    summary = settle(st, conflict_id, value=click.prompt(
+                        _("value for {column}").format(column=item["label"])))
                 else:
                     summary = settle(st, conflict_id, keep=item["candidates"][int(answer) - 1]["version"])
             except SyncdbError as e:
                 # Settled at another desk meanwhile, or a value the schema refuses: say so, go on.
-                click.echo(f"  not settled: {e}")
+                click.echo("  " + _("not settled: {reason}").format(reason=e))
                 skipped += 1
                 continue
             settled += 1
             for line in summary.lines()[1:]:
                 click.echo(f"  {line}")
         left = len(queue_lib.items(st))
-    click.echo(f"\n{settled} settled, {skipped} skipped; {left} still open")
+    click.echo("\n" + _("{settled} settled, {skipped} skipped; {left} still open").format(
+        settled=settled, skipped=skipped, left=left))
 
 
-@conflicts.command(name="resolve")
+@conflicts.command(name="resolve", help=_(
+    "Settle an open conflict with an office resolution.\n\n"
+    "The resolution is a change signed by the office, merged like any other and recorded in the "
+    "audit ledger; it wins over every candidate it settles.\n\n"
+    "Example: syncdb conflicts resolve /srv/office 12 --keep 441900003002"
+))
 @click.argument("store", type=click.Path(file_okay=False, exists=True))
 @click.argument("conflict_id", type=int)
-@click.option("--keep", metavar="ORIGIN", help="Keep the candidate from this community (or with this version).")
-@click.option("--value", help="Set this value instead of any candidate.")
+@click.option("--keep", metavar="ORIGIN", help=_("Keep the candidate from this community (or with this version)."))
+@click.option("--value", help=_("Set this value instead of any candidate."))
 @schemas_option
 def conflicts_resolve(store, conflict_id, keep, value, schemas):
-    """Settle an open conflict with an office resolution.
-
-    The resolution is a change signed by the office, merged like any other and
-    recorded in the audit ledger; it wins over every candidate it settles.
-
-    Example: syncdb conflicts resolve /srv/office 12 --keep 441900003002
-    """
     from .resolve import resolve_conflict
 
     if (keep is None) == (value is None):
-        raise click.UsageError("give exactly one of --keep ORIGIN or --value TEXT")
+        raise click.UsageError(_("give exactly one of --keep ORIGIN or --value TEXT"))
     summary = resolve_conflict(store, _secret(), load_domains(schemas), conflict_id, keep=keep, value=value)
-    click.echo(f"conflict #{conflict_id} resolved; conflicts closed: {summary.closed}")
+    click.echo(_("conflict #{id} resolved; conflicts closed: {closed}").format(id=conflict_id, closed=summary.closed))
 
 
-@cli.group(cls=Group)
+@cli.group(cls=Group, help=_("Check the tamper-evident audit ledger."))
 def audit():
-    """Check the tamper-evident audit ledger."""
+    pass
 
 
-@audit.command(name="verify")
+@audit.command(name="verify", help=_(
+    "Check every audit ledger entry against its seal; exit 1 naming the first bad one.\n\n"
+    "The ledger must also record every change of every bundle the store applied: a ledger deleted "
+    "whole, head and all, fails too. The logs `syncdb publish` keeps in STORE/publish.db (views of "
+    "plaintext, sign-in lock-outs) are checked the same way.\n\n"
+    "Example: syncdb audit verify /srv/office"
+))
 @click.argument("store", type=click.Path(file_okay=False, exists=True))
 @schemas_option
 def audit_verify(store, schemas):
-    """Check every audit ledger entry against its seal; exit 1 naming the first bad one.
-
-    The ledger must also record every change of every bundle the store
-    applied: a ledger deleted whole, head and all, fails too. The logs
-    `syncdb publish` keeps in STORE/publish.db (views of plaintext, sign-in
-    lock-outs) are checked the same way.
-
-    Example: syncdb audit verify /srv/office
-    """
     from . import audit as audit_lib
     from .publishdb import verify_views
     from .signin import verify_lockouts
@@ -846,9 +953,10 @@ def audit_verify(store, schemas):
         entries = audit_lib.entry_count(st)
         views = verify_views(st)
         lockouts = verify_lockouts(store, st.keyring)
-    click.echo(f"audit ledger intact: {entries} entries recording {changes} changes")
-    click.echo(f"page-view log intact: {views} views of plaintext")
-    click.echo(f"sign-in lock-out log intact: {lockouts} lock-outs")
+    click.echo(_("audit ledger intact: {entries} entries recording {changes} changes").format(
+        entries=entries, changes=changes))
+    click.echo(_("page-view log intact: {views} views of plaintext").format(views=views))
+    click.echo(_("sign-in lock-out log intact: {lockouts} lock-outs").format(lockouts=lockouts))
 
 
 @cli.command(name="export")
@@ -885,104 +993,98 @@ def export_table(store, table, fmt, where, output, schemas):
     click.echo(f"{count} row(s) exported", err=True)
 
 
-@cli.group(cls=Group)
+@cli.group(cls=Group, help=_("Manage the office keys."))
 def keys():
-    """Manage the office keys."""
+    pass
 
 
-@keys.command(name="rotate")
+@keys.command(name="rotate", help=_(
+    "Re-encrypt every sensitive value under a new data key, resumably.\n\n"
+    "Run it again after an interruption: it finishes the rotation it started.\n\n"
+    "Example: syncdb keys rotate /srv/office"
+))
 @click.argument("store", type=click.Path(file_okay=False, exists=True))
 @schemas_option
 def keys_rotate(store, schemas):
-    """Re-encrypt every sensitive value under a new data key, resumably.
-
-    Run it again after an interruption: it finishes the rotation it started.
-
-    Example: syncdb keys rotate /srv/office
-    """
     from . import keys as keys_lib
 
     counts = keys_lib.rotate(store, _secret(), load_domains(schemas))
     for what, n in counts.items():
-        click.echo(f"{what}: {n} re-encrypted")
+        click.echo(_("{what}: {n} re-encrypted").format(what=what, n=n))
 
 
-@cli.command()
+@cli.command(help=_(
+    "Serve the store read-only in Datasette, for the office's staff.\n\n"
+    "Decrypts into memory only: a masked database for every signed-in member of staff, a plaintext "
+    "one for the view-pii role (each view logged). Needs the office passphrase or key file, and "
+    "staff accounts (`syncdb users add`).\n\n"
+    "Example: syncdb publish /srv/office --host 0.0.0.0 --port 8001"
+))
 @click.argument("store", type=click.Path(file_okay=False, exists=True))
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=8001, show_default=True, help="Port to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True, help=_("Address to listen on."))
+@click.option("--port", type=int, default=8001, show_default=True, help=_("Port to listen on."))
 @click.option("--refresh", type=click.FloatRange(min=1), default=30, show_default=True,
-              help="Seconds between looks at the store for newly merged data.")
-@click.option("--title", help="The site's title (default 街道办人口数据).")
+              help=_("Seconds between looks at the store for newly merged data."))
+@click.option("--title", help=_("The site's title (default 街道办人口数据)."))
 @click.option("--session-hours", type=click.FloatRange(min=0, min_open=True), default=8, show_default=True,
-              help="How long a sign-in lasts.")
+              help=_("How long a sign-in lasts."))
 @schemas_option
 def publish(store, host, port, refresh, title, session_hours, schemas):
-    """Serve the store read-only in Datasette, for the office's staff.
-
-    Decrypts into memory only: a masked database for every signed-in member
-    of staff, a plaintext one for the view-pii role (each view logged). Needs
-    the office passphrase or key file, and staff accounts (`syncdb users add`).
-
-    Example: syncdb publish /srv/office --host 0.0.0.0 --port 8001
-    """
     from .publish import serve as serve_lib
 
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     serve_lib(store, _secret(), load_domains(schemas), host=host, port=port, refresh_seconds=refresh,
-              title=title, session_hours=session_hours, ready=lambda url: click.echo(f"Publishing {store} at {url} (Ctrl-C to stop)", err=True))
+              title=title, session_hours=session_hours, ready=lambda url: click.echo(
+                  _("Publishing {store} at {url} (Ctrl-C to stop)").format(store=store, url=url), err=True))
 
 
-@cli.group(cls=Group)
+@cli.group(cls=Group, help=_("Staff accounts for `syncdb publish`."))
 def users():
-    """Staff accounts for `syncdb publish`."""
+    pass
 
 
-@users.command(name="add")
+@users.command(name="add", help=_(
+    "Add a member of staff, or give one a new password and roles.\n\n"
+    "Example: syncdb users add /srv/office wangfang --role view-pii"
+))
 @click.argument("store", type=click.Path(file_okay=False, exists=True))
 @click.argument("name")
 @click.option("--role", "roles", multiple=True, type=click.Choice(["view-pii", "admin"]),
-              help="view-pii: may see plaintext (every view is logged); admin: may run SQL. Repeatable.")
-@click.password_option(prompt="Password for the new account",
-                       help="Prompted for (twice) when not given; at least 8 characters.")
+              help=_("view-pii: may see plaintext (every view is logged); admin: may run SQL. Repeatable."))
+@click.password_option(prompt=_("Password for the new account"),
+                       help=_("Prompted for (twice) when not given; at least 8 characters."))
 def users_add(store, name, roles, password):
-    """Add a member of staff, or give one a new password and roles.
-
-    Example: syncdb users add /srv/office wangfang --role view-pii
-    """
     from .staff import add_user
 
     add_user(store, name, password, roles)
-    click.echo(f"{name}: {', '.join(sorted(roles)) or 'masked data only'}")
+    click.echo(f"{name}: " + (", ".join(sorted(roles)) or _("masked data only")))
 
 
-@users.command(name="list")
+@users.command(name="list", help=_(
+    "List staff accounts and their roles.\n\n"
+    "Example: syncdb users list /srv/office"
+))
 @click.argument("store", type=click.Path(file_okay=False, exists=True))
 def users_list(store):
-    """List staff accounts and their roles.
-
-    Example: syncdb users list /srv/office
-    """
     from .staff import read_users
 
     for name, user in sorted(read_users(store).items()):
-        click.echo(f"{name}\t{', '.join(user['roles']) or '-'}\tadded {user['added']}")
+        click.echo(f"{name}\t{', '.join(user['roles']) or '-'}\t" + _("added {when}").format(when=user["added"]))
 
 
-@users.command(name="remove")
+@users.command(name="remove", help=_(
+    "Remove a staff account; its signed-in sessions end at once.\n\n"
+    "Example: syncdb users remove /srv/office wangfang"
+))
 @click.argument("store", type=click.Path(file_okay=False, exists=True))
 @click.argument("name")
 def users_remove(store, name):
-    """Remove a staff account; its signed-in sessions end at once.
-
-    Example: syncdb users remove /srv/office wangfang
-    """
     from .staff import remove_user
 
     remove_user(store, name)
-    click.echo(f"removed {name}")
+    click.echo(_("removed {name}").format(name=name))
 
 
 def _keyring_if_unattended(store):
@@ -996,26 +1098,24 @@ def _keyring_if_unattended(store):
     return office_lib.load_keyring(store, _secret())
 
 
-@cli.command()
+@cli.command(help=_(
+    "What needs a person, at the office (PATH is the STORE) or at a community (PATH is the "
+    "WORKDIR).\n\n"
+    "Exits 1 when something needs a person, so a scheduled task can alert, and 0 otherwise. Reads "
+    "only (opens the databases read-only); with SYNCDB_KEY_FILE or SYNCDB_PASSPHRASE set it also "
+    "opens the office keyring to check the key rotation and held bundles fully. --ack writes "
+    "STORE/status-ack.json and nothing else.\n\n"
+    "Example: syncdb status /srv/office"
+))
 @click.argument("path", type=click.Path(file_okay=False, exists=True))
 @click.option("--ack", is_flag=True,
-              help="Office: mark the refusals and rejected records shown as seen, so that they stop making "
-                   "status exit 1 (held bundles, conflicts and key rotations need dealing with instead).")
+              help=_("Office: mark the refusals and rejected records shown as seen, so that they stop making "
+                   "status exit 1 (held bundles, conflicts and key rotations need dealing with instead)."))
 @click.option("--max-lag", type=click.FloatRange(min=0), default=48, show_default=True, metavar="HOURS",
-              help="Community: a bundle unacknowledged for longer than this needs a person.")
+              help=_("Community: a bundle unacknowledged for longer than this needs a person."))
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @schemas_option
 def status(path, ack, max_lag, fmt, schemas):
-    """What needs a person, at the office (PATH is the STORE) or at a community (PATH is the WORKDIR).
-
-    Exits 1 when something needs a person, so a scheduled task can alert,
-    and 0 otherwise. Reads only (opens the databases read-only); with
-    SYNCDB_KEY_FILE or SYNCDB_PASSPHRASE set it also opens the office
-    keyring to check the key rotation and held bundles fully. --ack writes
-    STORE/status-ack.json and nothing else.
-
-    Example: syncdb status /srv/office
-    """
     from pathlib import Path
 
     from . import status as status_lib
@@ -1023,7 +1123,7 @@ def status(path, ack, max_lag, fmt, schemas):
     domains = load_domains(schemas)
     is_store = (Path(path) / "store.db").exists()
     if ack and not is_store:
-        raise click.UsageError("--ack is for an office store: a community clears its alerts by fixing them")
+        raise click.UsageError(_("--ack is for an office store: a community clears its alerts by fixing them"))
     keyring = _keyring_if_unattended(path) if is_store else None
     report = status_lib.status(path, domains, keyring, max_lag_hours=max_lag)
     if fmt == "json":
@@ -1033,30 +1133,28 @@ def status(path, ack, max_lag, fmt, schemas):
             click.echo(line)
     if ack:
         status_lib.acknowledge(path)
-        click.echo(f"Refusals and rejected records up to now are acknowledged ({path}/{status_lib.ACK_FILE}); "
-                   "new ones make status exit 1 again.", err=True)
+        click.echo(_("Refusals and rejected records up to now are acknowledged ({file}); new ones make status "
+                     "exit 1 again.").format(file=f"{path}/{status_lib.ACK_FILE}"), err=True)
         report = status_lib.status(path, domains, keyring, max_lag_hours=max_lag)
     sys.exit(1 if report.needs_person else 0)
 
 
-@cli.group(cls=Group)
+@cli.group(cls=Group, help=_("List the office's bundles; skip or ask again for one that cannot be applied."))
 def bundles():
-    """List the office's bundles; skip or ask again for one that cannot be applied."""
+    pass
 
 
-@bundles.command(name="list")
+@bundles.command(name="list", help=_(
+    "Bundles received, applied, skipped and held, and why each held one waits.\n\n"
+    "Exits 1 when a bundle needs a person.\n\n"
+    "Example: syncdb bundles list /srv/office --code 441900003001"
+))
 @click.argument("store", type=click.Path(file_okay=False, exists=True))
-@click.option("--code", help="Only this community's bundles.")
-@click.option("--all", "everything", is_flag=True, help="Every applied bundle, not only the last of each community.")
+@click.option("--code", help=_("Only this community's bundles."))
+@click.option("--all", "everything", is_flag=True, help=_("Every applied bundle, not only the last of each community."))
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @schemas_option
 def bundles_list(store, code, everything, fmt, schemas):
-    """Bundles received, applied, skipped and held, and why each held one waits.
-
-    Exits 1 when a bundle needs a person.
-
-    Example: syncdb bundles list /srv/office --code 441900003001
-    """
     from . import bundles as bundles_lib
     from . import office as office_lib
 
@@ -1066,65 +1164,70 @@ def bundles_list(store, code, everything, fmt, schemas):
         if fmt == "json":
             click.echo(json.dumps(dict(e.as_dict(), name=names.get(e.origin)), ensure_ascii=False))
             continue
-        done = f", {e.changes} change(s)" if e.state == "applied" else ""
-        when = f" applied {e.applied}" if e.applied else (f" received {e.received}" if e.received else "")
+        done = _(", {changes} change(s)").format(changes=e.changes) if e.state == "applied" else ""
+        when = (_(" applied {when}").format(when=e.applied) if e.applied
+                else _(" received {when}").format(when=e.received) if e.received else "")
         why = f": {e.why}" if e.why else ""
         click.echo(f"{office_lib.label(e.origin, names)} #{e.sequence} [{e.state}]{when}{done}{why}")
     if not entries and fmt == "text":
-        click.echo("No bundles yet.")
+        click.echo(_("No bundles yet."))
     sys.exit(1 if any(e.needs_person for e in entries) else 0)
 
 
-@bundles.command(name="skip")
+@bundles.command(name="skip", help=_(
+    "Give up a community's next bundle for good, so its later bundles apply.\n\n"
+    "What the bundle carried is not lost: the office asks the community (in its acknowledgement, "
+    "at the community's next pull) to send every record again, whole, at its next push. The skip "
+    "(who, when, why) is kept in the audit ledger; the bundle's file is kept in STORE/quarantine.\n\n"
+    "Example: syncdb bundles skip /srv/office 441900003001 7 --reason \"inbox copy damaged, "
+    "community no longer has it\""
+))
 @click.argument("store", type=click.Path(file_okay=False, exists=True))
 @click.argument("code")
 @click.argument("sequence", type=click.IntRange(min=1))
-@click.option("--reason", required=True, help="Why it is given up; kept in the audit ledger (no residents' details).")
-@click.option("--by", "who", help="Who decides (default: the user running the command).")
+@click.option("--reason", required=True, help=_("Why it is given up; kept in the audit ledger (no residents' details)."))
+@click.option("--by", "who", help=_("Who decides (default: the user running the command)."))
 @schemas_option
 def bundles_skip(store, code, sequence, reason, who, schemas):
-    """Give up a community's next bundle for good, so its later bundles apply.
-
-    What the bundle carried is not lost: the office asks the community (in
-    its acknowledgement, at the community's next pull) to send every record
-    again, whole, at its next push. The skip (who, when, why) is kept in the
-    audit ledger; the bundle's file is kept in STORE/quarantine.
-
-    Example: syncdb bundles skip /srv/office 441900003001 7 --reason "inbox copy damaged, community no longer has it"
-    """
     from . import bundles as bundles_lib
     from . import office as office_lib
 
     done = bundles_lib.skip(store, _secret(), load_domains(schemas), code, sequence, reason, who)
     who_ = office_lib.label(code, office_lib.read_names(store))
-    click.echo(f"Bundle {sequence} of {who_} is skipped and recorded in the audit ledger"
-               + (f"; its file is kept as {done.file}" if done.file else "") + ".")
-    click.echo(f"{done.later} later bundle(s) of it apply at the next merge (`syncdb merge {store}`)."
-               if done.later else "Its next bundles apply as they arrive.")
+    if done.file:
+        click.echo(_("Bundle {sequence} of {community} is skipped and recorded in the audit ledger; its file is "
+                     "kept as {file}.").format(sequence=sequence, community=who_, file=done.file))
+    else:
+        click.echo(_("Bundle {sequence} of {community} is skipped and recorded in the audit ledger.").format(
+            sequence=sequence, community=who_))
+    click.echo(_("{n} later bundle(s) of it apply at the next merge (`syncdb merge {store}`).").format(
+        n=done.later, store=store) if done.later else _("Its next bundles apply as they arrive."))
 
 
-@bundles.command(name="resend")
+@bundles.command(name="resend", help=_(
+    "Forget a received bundle that is not applied, so the community's next push sends it again.\n\n"
+    "Only a community that still has the bundle can send it: one that carries bundles on a USB "
+    "stick keeps them until the office's acknowledgement reaches it, but one that pushes over the "
+    "network deletes each bundle as soon as the office acknowledges it. If it cannot, its later "
+    "bundles wait until this one is skipped (`syncdb bundles skip`).\n\n"
+    "Example: syncdb bundles resend /srv/office 441900003001 7"
+))
 @click.argument("store", type=click.Path(file_okay=False, exists=True))
 @click.argument("code")
 @click.argument("sequence", type=click.IntRange(min=1))
 def bundles_resend(store, code, sequence):
-    """Forget a received bundle that is not applied, so the community's next push sends it again.
-
-    Only a community that still has the bundle can send it: one that carries
-    bundles on a USB stick keeps them until the office's acknowledgement
-    reaches it, but one that pushes over the network deletes each bundle as
-    soon as the office acknowledges it. If it cannot, its later bundles wait
-    until this one is skipped (`syncdb bundles skip`).
-
-    Example: syncdb bundles resend /srv/office 441900003001 7
-    """
     from . import bundles as bundles_lib
     from . import office as office_lib
 
     done = bundles_lib.resend(store, code, sequence)
     who = office_lib.label(code, office_lib.read_names(store))
-    click.echo(f"The office has forgotten bundle {sequence} of {who}"
-               + (f" (its copy is kept as {done.file})" if done.file else "") + ".")
-    click.echo(f"It comes again with the community's next push only if the community still has it in its outbox "
-               f"(`syncdb status WORKDIR` there lists it). If it does not, its later bundles wait for it: give it "
-               f"up with `syncdb bundles skip {store} {code} {sequence} --reason TEXT`.")
+    if done.file:
+        click.echo(_("The office has forgotten bundle {sequence} of {community} (its copy is kept as {file}).")
+                   .format(sequence=sequence, community=who, file=done.file))
+    else:
+        click.echo(_("The office has forgotten bundle {sequence} of {community}.").format(
+            sequence=sequence, community=who))
+    click.echo(_("It comes again with the community's next push only if the community still has it in its outbox "
+                 "(`syncdb status WORKDIR` there lists it). If it does not, its later bundles wait for it: give it "
+                 "up with `syncdb bundles skip {store} {code} {sequence} --reason TEXT`.").format(
+        store=store, code=code, sequence=sequence))

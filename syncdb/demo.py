@@ -29,6 +29,7 @@ from .resolve import office_edit, resolve_conflict
 from .crypto import Secret
 from .errors import SyncdbError
 from .http_channel import HttpChannel
+from .i18n import _
 from .sample import generate
 from .staff import add_user
 from .masks import mask
@@ -45,8 +46,8 @@ def _fresh_folder(directory: Path) -> None:
     """Reuse a folder only if an earlier demo made it; never wipe anything else."""
     if directory.exists() and any(directory.iterdir()):
         if not (directory / MARKER).exists():
-            raise SyncdbError(f"{directory} is not empty and was not made by `syncdb demo`; "
-                              "give the demo a new folder")
+            raise SyncdbError(_("{folder} is not empty and was not made by `syncdb demo`; give the demo a new folder")
+                              .format(folder=directory))
         shutil.rmtree(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / MARKER).write_text("made by syncdb demo; safe to delete\n")
@@ -79,7 +80,7 @@ class _Server:
         deadline = time.monotonic() + 15
         while not self.server.started:
             if time.monotonic() > deadline or not self.thread.is_alive():
-                raise SyncdbError("the demo ingest service did not start")
+                raise SyncdbError(_("the demo ingest service did not start"))
             time.sleep(0.05)
         return self
 
@@ -96,11 +97,12 @@ def run_demo(directory, communities: int, residents: int, domains: dict, echo=pr
     secret = Secret(key_file_bytes=key_file.read_bytes())
     store = directory / "office"
 
-    echo(f"== Street office store in {store}")
+    echo(_("== Street office store in {store}").format(store=store))
     migrations.init(store, secret, domains=domains)
 
 
-    echo(f"== {communities} sample communities of {residents} residents")
+    echo(_("== {communities} sample communities of {residents} residents").format(
+        communities=communities, residents=residents))
     folders = {}
     for n, code in enumerate(community_codes(communities), start=1):
         folder = directory / "communities" / code
@@ -108,54 +110,60 @@ def run_demo(directory, communities: int, residents: int, domains: dict, echo=pr
         community.init(folder, code, office.public_key_path(store), domains, secret)
         office.enroll(store, code, folder / f"{code}.pub.json")
         folders[code] = folder
-        echo(f"   {code}: " + ", ".join(f"{t} {c}" for t, c in counts.items()) + "; enrolled")
+        made = ", ".join(f"{t} {c}" for t, c in counts.items())
+        echo("   " + _("{code}: {counts}; enrolled").format(code=code, counts=made))
 
     with _Server(store) as ingest:
-        echo("== Night 1: every community pushes over HTTP to the office ingest service")
+        echo(_("== Night 1: every community pushes over HTTP to the office ingest service"))
         _push_all(folders, domains, secret, ingest.url, echo)
         _merge(store, secret, domains, echo)
 
-        echo("== Day 2: a resident moves from one community to another, and a third registers them too")
+        echo(_("== Day 2: a resident moves from one community to another, and a third registers them too"))
         _stage_transfer(list(folders.values()), echo)
-        echo("== Day 2: the office corrects a resident's name while the community changes it too")
+        echo(_("== Day 2: the office corrects a resident's name while the community changes it too"))
         _stage_concurrent_edit(store, secret, domains, list(folders.values())[0], echo)
-        echo("== Night 2: push and merge again")
+        echo(_("== Night 2: push and merge again"))
         _push_all(folders, domains, secret, ingest.url, echo)
         _merge(store, secret, domains, echo)
 
     open_conflicts = list_conflicts(store, secret, domains)
-    echo(f"== {len(open_conflicts)} open conflict(s) for the data administrator (syncdb conflicts list):")
+    echo(_("== {n} open conflict(s) for the data administrator (syncdb conflicts list):").format(
+        n=len(open_conflicts)))
     for item in open_conflicts:
-        sides = "; ".join(f"{c['origin']} says {c['value']}" for c in item["candidates"])
+        sides = "; ".join(_("{origin} says {value}").format(origin=c["origin"], value=c["value"])
+                          for c in item["candidates"])
         echo(f"   #{item['id']} {item['table']} {item['record']} {item['column']} ({item['kind']}): {sides}")
     codes = list(folders)
     for item in open_conflicts:
         if item["kind"] == "duplicate-registration" and len(codes) > 1:
-            echo(f"== The data administrator settles #{item['id']}: the resident lives in {codes[1]} now")
+            echo(_("== The data administrator settles #{id}: the resident lives in {code} now").format(
+                id=item["id"], code=codes[1]))
             echo(f"   syncdb conflicts resolve {store} {item['id']} --keep {codes[1]}")
             summary = resolve_conflict(store, secret, domains, item["id"], keep=codes[1])
             echo(f"   {summary.lines()[1]}; {summary.lines()[2]}")
             for code in summary.sent_back:
-                echo(f"== {code} holds the record and pulls the settlement (syncdb pull --inbox …)")
+                echo(_("== {code} holds the record and pulls the settlement (syncdb pull --inbox …)").format(
+                    code=code))
                 inbox = FolderChannel(outbound_dir(store, code))
                 report = transport.pull(folders[code], inbox, domains, secret)
                 for line in report.lines():
                     echo(f"   {line}")
     left = list_conflicts(store, secret, domains)
-    echo(f"== {len(left)} open conflict(s) left; the audit ledger records every change and the resolution")
+    echo(_("== {n} open conflict(s) left; the audit ledger records every change and the resolution").format(
+        n=len(left)))
     staff = {"staff": ("", []), "pii": ("", ["view-pii"])}
-    for name, (_, roles) in list(staff.items()):
+    for name, (_unused, roles) in list(staff.items()):
         password = secrets.token_urlsafe(9)
         add_user(store, name, password, roles)
         staff[name] = (password, roles)
-    echo(f"Look around: export SYNCDB_KEY_FILE={key_file}")
+    echo(_("Look around: export SYNCDB_KEY_FILE={file}").format(file=key_file))
     echo(f"   syncdb conflicts list {store} --all")
     echo(f"   syncdb audit verify {store}")
     echo(f"   syncdb export {store} huji.persons --where status=normal | head")
     echo(f"   syncdb publish {store}")
-    echo("Staff accounts for the published site (syncdb users list):")
+    echo(_("Staff accounts for the published site (syncdb users list):"))
     for name, (password, roles) in staff.items():
-        echo(f"   {name} / {password}   ({', '.join(roles) or 'masked values only'})")
+        echo(f"   {name} / {password}   (" + (", ".join(roles) or _("masked values only")) + ")")
     return {"store": store, "communities": folders, "secret": secret, "staff": staff}
 
 
@@ -168,7 +176,8 @@ def _stage_concurrent_edit(store, secret, domains, folder: Path, echo) -> None:
         {"table": "huji.persons", "key": {"id_number": id_number}, "cells": {"name": name + "华"}}])
     conn.execute("UPDATE persons SET name = ? WHERE id_number = ?", (name + "明", id_number))
     conn.close()
-    echo(f"   {mask(id_number)}: the office writes {mask(name + '华')}, {folder.name} writes {mask(name + '明')}")
+    echo("   " + _("{person}: the office writes {office_name}, {code} writes {community_name}").format(
+        person=mask(id_number), office_name=mask(name + "华"), code=folder.name, community_name=mask(name + "明")))
 
 
 def _push_all(folders, domains, secret, url, echo):
@@ -176,10 +185,11 @@ def _push_all(folders, domains, secret, url, echo):
     for code, folder in folders.items():
         pushed = transport.push(folder, channel, domains, secret, echo=lambda m: None)
         result, report = pushed.exported, pushed.delivery
-        made = f"bundle {result.sequence} with {result.changes} changes" if result.sequence else "no changes"
+        made = (_("bundle {sequence} with {changes} changes").format(sequence=result.sequence, changes=result.changes)
+                if result.sequence else _("no changes"))
         echo(f"   {code}: {made}; {report.summary()}")
         if not report.ok:
-            raise SyncdbError(f"the demo push from {code} failed: {report.error}")
+            raise SyncdbError(_("the demo push from {code} failed: {error}").format(code=code, error=report.error))
 
 
 def _merge(store, secret, domains, echo):
@@ -197,10 +207,10 @@ def _stage_transfer(folders: list[Path], echo) -> None:
     first.execute("UPDATE persons SET status = 'moved_out' WHERE id_number = ?", (resident["id_number"],))
     first.close()
     shown = mask(resident["id_number"])
-    echo(f"   {folders[0].name}: {shown} marked moved_out")
+    echo("   " + _("{code}: {person} marked moved_out").format(code=folders[0].name, person=shown))
     for folder in folders[1:3]:
         row = dict(resident, community_code=folder.name, household_no=None, relationship=None, address_code=None)
         conn = workdir.connect(workdir.db_path(folder, "huji"))
         conn.execute(f"INSERT INTO persons ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
         conn.close()
-        echo(f"   {folder.name}: {shown} registered")
+        echo("   " + _("{code}: {person} registered").format(code=folder.name, person=shown))
