@@ -28,6 +28,7 @@ import sqlite3
 import uuid
 
 from .errors import SyncdbError
+from .i18n import _, ngettext
 from .masks import mask
 from .schema import TYPES, Domain, Table
 
@@ -118,14 +119,16 @@ def table_problems(conn: sqlite3.Connection, domain: Domain) -> dict[str, str]:
     for table in domain.tables.values():
         present = {row[1].lower() for row in conn.execute(f"PRAGMA table_info([{table.name}])")}
         if not present:
-            problems[table.name] = f"table '{table.name}' is missing"
+            problems[table.name] = _("table '{table}' is missing").format(table=table.name)
             continue
         missing = [c for c in table.columns if c.lower() not in present]
         if missing:
             adds = "; ".join(f"ALTER TABLE {table.name} ADD COLUMN {c} {TYPES[table.columns[c].type]}"
                              for c in missing)
-            problems[table.name] = (f"table '{table.name}' has no column {', '.join(missing)} "
-                                    f"(add {'it' if len(missing) == 1 else 'them'}: {adds})")
+            problems[table.name] = ngettext("table '{table}' has no column {columns} (add it: {adds})",
+                                            "table '{table}' has no column {columns} (add them: {adds})",
+                                            len(missing)).format(table=table.name, columns=", ".join(missing),
+                                                                 adds=adds)
     return problems
 
 
@@ -141,7 +144,7 @@ def key_is_unique(conn: sqlite3.Connection, table: Table) -> bool:
     pk = [row for row in info if row[5]]
     if len(pk) == 1 and pk[0][2].upper() == "INTEGER" and pk[0][1].lower() in key:
         return True  # INTEGER PRIMARY KEY: the rowid itself, listed by no index
-    for _, name, unique, _, partial in conn.execute(f"PRAGMA index_list([{table.name}])"):
+    for __, name, unique, __, partial in conn.execute(f"PRAGMA index_list([{table.name}])"):
         if not unique or partial:
             continue
         columns = [row[2] for row in conn.execute(f"PRAGMA index_info([{name}])")]
@@ -164,11 +167,12 @@ class DuplicateKeys(SyncdbError):
 
     def __init__(self, table: Table, duplicates: list[tuple[list, int]], where: str):
         self.table, self.duplicates = table, duplicates
-        super().__init__(
-            f"{where}: in table '{table.name}', {shown_duplicates(table, duplicates)}. syncdb sends "
-            f"each record by its natural key ({', '.join(table.key)}), so one of those rows would never "
-            f"reach the office. Keep one row per key (correct or delete the others), then run the "
-            "command again; nothing was changed")
+        super().__init__(_(
+            "{where}: in table '{table}', {duplicates}. syncdb sends "
+            "each record by its natural key ({key}), so one of those rows would never "
+            "reach the office. Keep one row per key (correct or delete the others), then run the "
+            "command again; nothing was changed").format(
+            where=where, table=table.name, duplicates=shown_duplicates(table, duplicates), key=", ".join(table.key)))
 
 
 def shown_duplicates(table: Table, duplicates: list[tuple[list, int]], most: int = 5) -> str:
@@ -176,9 +180,11 @@ def shown_duplicates(table: Table, duplicates: list[tuple[list, int]], most: int
         return " / ".join(mask(v) if table.columns[k].sensitive else str(v)
                           for k, v in zip(table.key, values))
 
-    listed = ", ".join(f"{shown(values)} ({n} rows)" for values, n in duplicates[:most])
-    more = f" and {len(duplicates) - most} more" if len(duplicates) > most else ""
-    return f"the natural key ({', '.join(table.key)}) is not unique: {listed}{more}"
+    listed = ", ".join(_("{key} ({rows} rows)").format(key=shown(values), rows=n) for values, n in duplicates[:most])
+    if len(duplicates) > most:
+        return _("the natural key ({key}) is not unique: {listed} and {more} more").format(
+            key=", ".join(table.key), listed=listed, more=len(duplicates) - most)
+    return _("the natural key ({key}) is not unique: {listed}").format(key=", ".join(table.key), listed=listed)
 
 
 def _ensure_unique_key(conn: sqlite3.Connection, table: Table, allow_duplicates: bool = False) -> None:
@@ -216,21 +222,22 @@ def needs_full_compare(conn: sqlite3.Connection, domain: Domain, expected: dict 
     (capture id and generation) after the last push, or None before the first.
     """
     if expected is None:
-        return "first push from this database"
+        return _("first push from this database")
     missing = missing_triggers(conn, domain)
     if missing:
-        return f"capture triggers were dropped ({', '.join(missing[:3])}{'…' if len(missing) > 3 else ''})"
+        return _("capture triggers were dropped ({triggers})").format(
+            triggers=", ".join(missing[:3]) + ("…" if len(missing) > 3 else ""))
     current = meta(conn)
     if current.get("capture_id") != expected.get("capture_id"):
-        return "the database file was replaced (its capture id changed)"
+        return _("the database file was replaced (its capture id changed)")
     if current.get("generation") != str(expected.get("generation")):
-        return "the database file was replaced by an older or newer copy (its generation changed)"
+        return _("the database file was replaced by an older or newer copy (its generation changed)")
     if not {"new_key"} <= {row[1] for row in conn.execute(f"PRAGMA table_info({LOG})")}:
-        return "its change capture was set up by an older syncdb"
+        return _("its change capture was set up by an older syncdb")
     loose = [t.name for t in domain.tables.values() if not key_is_unique(conn, t)]
     if loose:
         # Without the index a second row with the same key may have come in unseen.
-        return f"the unique index on the natural key of {', '.join(loose)} was dropped"
+        return _("the unique index on the natural key of {tables} was dropped").format(tables=", ".join(loose))
     return None
 
 

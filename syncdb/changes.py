@@ -102,7 +102,7 @@ def changes_of(conn, state: State, domain: Domain, full_reason, vetted: dict, on
         return last_seq, out
     last_seq, logged, moves = capture.logged_keys(conn, domain)
     for tname, key_json in state.held_keys():
-        domain_name, _, table_name = tname.partition(".")
+        domain_name, __, table_name = tname.partition(".")
         if domain_name == domain.name and table_name in logged:
             logged[table_name].setdefault(key_json, now)
     handled = moved(state.moves(domain.name) + moves)

@@ -26,9 +26,11 @@ from typing import Callable, Iterator
 from . import bundle, limits, outbox
 from .errors import SyncdbError
 from .files import write_atomic
+from .i18n import N_, _
 
 Echo = Callable[[str], None]
-DEFAULT_ADVICE = "keep this folder's outbox as it is and call the street office's data administrator"
+# Translated where shown: _(DEFAULT_ADVICE).
+DEFAULT_ADVICE = N_("keep this folder's outbox as it is and call the street office's data administrator")
 
 
 def office_url(url: str) -> str:
@@ -45,8 +47,8 @@ def office_url(url: str) -> str:
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         example = f"http://{text}" if text and "://" not in text else "http://192.0.2.10:8765"
-        raise SyncdbError(f"{url!r} is not an office address: give it with http:// or https:// in front, "
-                          f"e.g. {example} (the address `syncdb serve` prints)")
+        raise SyncdbError(_("{url!r} is not an office address: give it with http:// or https:// in front, "
+                            "e.g. {example} (the address `syncdb serve` prints)").format(url=url, example=example))
     return text.rstrip("/")
 
 
@@ -70,18 +72,25 @@ class PushReport:
 
     def summary(self) -> str:
         if self.copied is not None:
-            return f"Copied {len(self.copied)} unacknowledged bundle(s) to {self.url}"
-        done = f"{len(self.sent)} bundle(s) sent"
+            return _("Copied {bundles} unacknowledged bundle(s) to {url}").format(
+                bundles=len(self.copied), url=self.url)
         if self.duplicates:
-            done += f", {len(self.duplicates)} the office already had"
+            done = _("{sent} bundle(s) sent, {duplicates} the office already had").format(
+                sent=len(self.sent), duplicates=len(self.duplicates))
+        else:
+            done = _("{sent} bundle(s) sent").format(sent=len(self.sent))
         if not self.ok:
-            return f"Push stopped ({done}): {self.error}"
+            return _("Push stopped ({done}): {error}").format(done=done, error=self.error)
         if not self.sent and not self.duplicates:
             if not self.holds:
-                return f"Nothing to send: this community has made no bundle yet (the office at {self.url} answered)."
-            return f"Nothing to send: the office at {self.url} has every bundle (1 to {self.holds})."
-        return f"{done} to {self.url}; the outbox is empty." if not self.pending else \
-            f"{done} to {self.url}; {len(self.pending)} bundle(s) left in the outbox."
+                return _("Nothing to send: this community has made no bundle yet (the office at {url} "
+                         "answered).").format(url=self.url)
+            return _("Nothing to send: the office at {url} has every bundle (1 to {holds}).").format(
+                url=self.url, holds=self.holds)
+        if not self.pending:
+            return _("{done} to {url}; the outbox is empty.").format(done=done, url=self.url)
+        return _("{done} to {url}; {pending} bundle(s) left in the outbox.").format(
+            done=done, url=self.url, pending=len(self.pending))
 
 
 class Channel:
@@ -127,10 +136,11 @@ class FolderChannel(Channel):
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise SyncdbError(f"cannot create the folder {self.folder}: {e.strerror}") from None
+            raise SyncdbError(_("cannot create the folder {folder}: {problem}").format(
+                folder=self.folder, problem=e.strerror)) from None
         for path in outbox.delivered(workdir, self.folder):
             path.unlink(missing_ok=True)
-            echo(f"removed {path.name} from {self.folder}: the office holds it")
+            echo(_("removed {name} from {folder}: the office holds it").format(name=path.name, folder=self.folder))
         report = PushReport(url=self.where, copied=[])
         for path in outbox.pending(workdir):
             if self._copy(path, echo):
@@ -143,16 +153,18 @@ class FolderChannel(Channel):
         try:
             data = path.read_bytes()
         except OSError as e:
-            raise SyncdbError(f"cannot read {path} from the outbox: {e.strerror}; {DEFAULT_ADVICE}") from None
+            raise SyncdbError(_("cannot read {path} from the outbox: {problem}; {advice}").format(
+                path=path, problem=e.strerror, advice=_(DEFAULT_ADVICE))) from None
         target = self.folder / path.name
         try:
             if target.read_bytes() == data:
-                echo(f"{path.name} is already in {self.folder}")
+                echo(_("{name} is already in {folder}").format(name=path.name, folder=self.folder))
                 return False
         except OSError:
             pass
         write_atomic(target, data)
-        echo(f"copied {path.name} ({shown_size(len(data))}) to {self.folder}")
+        echo(_("copied {name} ({size}) to {folder}").format(
+            name=path.name, size=shown_size(len(data)), folder=self.folder))
         return True
 
     def resolutions(self, code: str, office: str, after: int) -> Iterator[tuple[int, bytes]]:

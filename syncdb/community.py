@@ -27,6 +27,7 @@ from . import bundle, capture, changes, holds, integrity, limits, outbox, pull, 
 from .crypto import Keyring, PublicKey, Secret
 from .errors import SyncdbError
 from .files import storage_error, write_atomic
+from .i18n import _
 from .holds import (  # noqa: F401 - names callers of earlier releases find here
     DELETE_MINIMUM, DELETE_SHARE, DELETION_HELD, HeldDeletes, deletions_to_hold, shown_key)
 from .outbox import acknowledge, ask_resend, pending  # noqa: F401 - as above
@@ -71,16 +72,17 @@ def init(workdir_path, code: str, office_key_file, domains: dict[str, Domain], s
     try:
         VALIDATORS["community_code"](code)
     except Invalid as e:
-        raise SyncdbError(f"community code {code!r}: {e}") from None
+        raise SyncdbError(_("community code {code!r}: {why}").format(code=code, why=e)) from None
     folder = Path(workdir_path)
     office_key = PublicKey.read(office_key_file)
     if office_key.role != "office":
-        raise SyncdbError(f"{office_key_file} is a {office_key.role} key, not the office key; "
-                          "use the office.pub.json that `syncdb office init` wrote")
+        raise SyncdbError(_("{file} is a {role} key, not the office key; "
+                            "use the office.pub.json that `syncdb office init` wrote").format(
+            file=office_key_file, role=office_key.role))
     sdir = state_dir(folder)
     if (sdir / "keyring.json").exists():
-        raise SyncdbError(f"{folder} is already set up for community "
-                          f"{read_config(folder).get('code')}; nothing was changed")
+        raise SyncdbError(_("{folder} is already set up for community {code}; nothing was changed").format(
+            folder=folder, code=read_config(folder).get("code")))
     found = _check_folder(folder, domains, create_tables)
     sdir.mkdir(exist_ok=True)
     outbox_dir(folder).mkdir(exist_ok=True)
@@ -106,24 +108,28 @@ def _check_folder(folder: Path, domains: dict[str, Domain], create_tables: bool)
     """The domains whose working database the folder holds, each fit to capture; else SyncdbError."""
     names = ", ".join(f"{name}.db" for name in domains)
     if not folder.is_dir():
-        raise SyncdbError(f"{folder}: no such folder. Give the folder that holds the community's working "
-                          f"databases ({names}); nothing was set up")
+        raise SyncdbError(_("{folder}: no such folder. Give the folder that holds the community's working "
+                            "databases ({names}); nothing was set up").format(folder=folder, names=names))
     found = [d for d in domains.values() if workdir.db_path(folder, d.name).exists()]
     if not found and create_tables:
         workdir.create(folder, domains)
         return list(domains.values())
     if not found:
-        raise SyncdbError(f"{folder} holds no working database ({names}). Give the folder the community's "
-                          "programs keep them in, or add --create-tables to start with empty ones; "
-                          "nothing was set up")
+        raise SyncdbError(_("{folder} holds no working database ({names}). Give the folder the community's "
+                            "programs keep them in, or add --create-tables to start with empty ones; "
+                            "nothing was set up").format(folder=folder, names=names))
     faults = []
     for domain in found:
         faults.extend(_unfit_for_capture(workdir.db_path(folder, domain.name), domain, create_tables))
     if faults:
-        again = "" if create_tables else " (--create-tables creates missing tables, empty)"
-        raise SyncdbError("cannot set up capture: " + "; ".join(faults) + ". Nothing was set up: correct "
-                          f"the database{again}, or point --schemas at the schemas it follows, then run "
-                          "`syncdb community init` again")
+        if create_tables:
+            message = _("cannot set up capture: {faults}. Nothing was set up: correct the database, or point "
+                        "--schemas at the schemas it follows, then run `syncdb community init` again")
+        else:
+            message = _("cannot set up capture: {faults}. Nothing was set up: correct the database (--create-tables "
+                        "creates missing tables, empty), or point --schemas at the schemas it follows, then run "
+                        "`syncdb community init` again")
+        raise SyncdbError(message.format(faults="; ".join(faults)))
     return found
 
 
@@ -134,7 +140,7 @@ def _unfit_for_capture(path: Path, domain: Domain, create_tables: bool) -> list[
         try:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.DatabaseError as e:
-            return [f"{path} is not an SQLite database ({e})"]
+            return [_("{path} is not an SQLite database ({error})").format(path=path, error=e)]
         problems = capture.table_problems(conn, domain)
         faults = [f"{path}: {why}" for name, why in problems.items()
                   if not (create_tables and not conn.execute(f"PRAGMA table_info([{name}])").fetchone())]
@@ -143,8 +149,9 @@ def _unfit_for_capture(path: Path, domain: Domain, create_tables: bool) -> list[
                 continue
             duplicates = capture.duplicate_keys(conn, table, limit=6)
             if duplicates:
-                faults.append(f"{path}: in table '{table.name}', {capture.shown_duplicates(table, duplicates)} "
-                              "(keep one row per key: correct or delete the others)")
+                faults.append(_("{path}: in table '{table}', {duplicates} "
+                                "(keep one row per key: correct or delete the others)").format(
+                    path=path, table=table.name, duplicates=capture.shown_duplicates(table, duplicates)))
         return faults
     finally:
         conn.close()
@@ -173,7 +180,7 @@ def export(workdir_path, domains: dict[str, Domain], secret: Secret, notify=lamb
         return _export(Path(workdir_path), domains, secret, notify, caps or office_limits(workdir_path),
                        progress, confirm_deletes, delete_share)
     except (OSError, sqlite3.Error) as e:
-        raise storage_error(e, workdir_path, then="run `syncdb push` again") from None
+        raise storage_error(e, workdir_path, then=_("run `syncdb push` again")) from None
 
 
 PROGRESS_ROWS = 1000
@@ -221,7 +228,7 @@ def _export(folder: Path, domains: dict[str, Domain], secret: Secret, notify, ca
 
         # Stamp in the order the PC clock saw the writes; the HLC keeps them monotonic.
         found.collected.sort(key=lambda item: item[0])
-        for ms, _, _, change in found.collected:
+        for ms, __, __, change in found.collected:
             change["hlc"] = str(clock.tick(ms))
 
         awaiting = {}
@@ -235,7 +242,7 @@ def _export(folder: Path, domains: dict[str, Domain], secret: Secret, notify, ca
         held = found.held_tables + [f"{tbl} / {shown_key(tables[tbl], key_json)} / {why}"
                                     for (tbl, key_json), why in sorted(found.vetted.items()) if why]
         for line in held:
-            notify(f"not sent until fixed: {line}")
+            notify(_("not sent until fixed: {line}").format(line=line))
         result = ExportResult(None, None, len(collected), full_compares=found.full_compares, held=held,
                               deletes_held=found.deletes_held)
         # Every bundle is written before the state that remembers them is committed.
@@ -248,13 +255,13 @@ def _export(folder: Path, domains: dict[str, Domain], secret: Secret, notify, ca
                 {"origin": code, "sequence": sequence, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                  "schemas": {d.name: {"version": d.version, "fingerprint": d.fingerprint}
                              for d in domains.values()}},
-                _reported((change for _, _, _, change in part), progress, written, len(collected)),
+                _reported((change for __, __, __, change in part), progress, written, len(collected)),
                 ring, office_key)
             written += len(part)
             result.add(sequence, path, len(part), header["counts"])
         with state.transaction():
             _remember(state, found, collected, awaiting, clock, result)
-        for domain, conn, last_seq, _, generation in found.cleanups:
+        for domain, conn, last_seq, __, generation in found.cleanups:
             capture.clear_log(conn, last_seq, generation + 1)
             conn.close()
         return result
@@ -278,11 +285,12 @@ def _read_domain(folder: Path, state: State, domain: Domain, found: _Found, conf
         found.untracked |= holds.untracked_tables(conn, domain)
     # While a table is unfit, every push compares in full: its log would be cleared unread.
     reason = found.resend or capture.needs_full_compare(conn, domain, expected) or (
-        f"{', '.join(sorted(skip))} cannot be read" if skip else None)
+        _("{tables} cannot be read").format(tables=", ".join(sorted(skip))) if skip else None)
     duplicated = {}
     if reason:
         found.full_compares[domain.name] = reason
-        notify(f"{domain.name}.db: {reason}; comparing every row with what was last sent")
+        notify(_("{domain}.db: {reason}; comparing every row with what was last sent").format(
+            domain=domain.name, reason=reason))
         capture.install(conn, domain, skip=skip, allow_duplicates=True)
         duplicated = holds.duplicated_keys(conn, domain, skip)
     last_seq, changed = changes.changes_of(conn, state, domain, reason, found.vetted, on_row, skip, duplicated,
@@ -294,7 +302,7 @@ def _read_domain(folder: Path, state: State, domain: Domain, found: _Found, conf
 
 def _remember(state: State, found: _Found, collected: list, awaiting: dict, clock, result: ExportResult) -> None:
     """What this export sent and held, in state.db (one transaction, after the bundles are written)."""
-    for _, table, key_json, change in collected:
+    for __, table, key_json, change in collected:
         state.apply(table, key_json, change)
     for (tbl, key_json), why in found.vetted.items():
         if why:
@@ -305,7 +313,7 @@ def _remember(state: State, found: _Found, collected: list, awaiting: dict, cloc
     for (tbl, key_json), why in awaiting.items():
         state.hold(tbl, key_json, why)
     state.replace_moves([domain.name for domain, *_ in found.cleanups], found.held_moves)
-    for domain, _, _, capture_id, generation in found.cleanups:
+    for domain, __, __, capture_id, generation in found.cleanups:
         state.set_source(domain.name, capture_id, generation + 1)
     state.keep_clock(clock)
     state.drop_meta(RESEND)

@@ -13,6 +13,8 @@ import json
 import time
 from dataclasses import dataclass
 
+from .i18n import _
+
 _MS_WIDTH = 15
 _COUNTER_WIDTH = 6
 
@@ -34,7 +36,7 @@ class Stamp:
                 raise ValueError
             return cls(int(ms), int(counter), node)
         except ValueError:
-            raise ValueError(f"not an HLC stamp: {text!r}") from None
+            raise ValueError(_("not an HLC stamp: {text!r}").format(text=text)) from None
 
 
 def now_ms() -> int:

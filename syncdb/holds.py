@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from . import capture, integrity, limits, workdir
 from .schema import Domain, Table
 from .state import State
+from .i18n import N_, _
 from .masks import mask
 from .validate import check_record
 
@@ -35,22 +36,30 @@ class HeldDeletes:
     dropped: bool = False
 
     def message(self, command: str = "syncdb push WORKDIR … --confirm-deletes") -> str:
+        domain, __, name = self.table.partition(".")
         if self.dropped:
-            found = (f"table '{self.table.split('.')[1]}' is gone from {self.table.split('.')[0]}.db "
-                     f"(dropped, renamed or lost with a restore); the office holds {self.rows} of its records "
-                     "from this community")
-            undo = "Restore the table from a backup"
-        else:
-            found = (f"this push would delete {self.deletes} of the {self.rows} records of {self.table} "
-                     f"the office holds from this community")
-            undo = "If they were deleted by mistake, restore them from a backup"
-        return (f"{found}. None of those deletions was sent, so the office still holds every record. "
-                f"{undo}; if the office really should delete them, run: {command}")
+            return _("table '{table}' is gone from {domain}.db (dropped, renamed or lost with a restore); the "
+                     "office holds {rows} of its records from this community. None of those deletions was sent, "
+                     "so the office still holds every record. Restore the table from a backup; if the office "
+                     "really should delete them, run: {command}").format(
+                table=name, domain=domain, rows=self.rows, command=command)
+        return _("this push would delete {deletes} of the {rows} records of {table} the office holds from this "
+                 "community. None of those deletions was sent, so the office still holds every record. If they "
+                 "were deleted by mistake, restore them from a backup; if the office really should delete them, "
+                 "run: {command}").format(deletes=self.deletes, rows=self.rows, table=self.table, command=command)
 
 
 DELETE_SHARE = 0.2  # one push deleting more of a table than this is held for a person
 DELETE_MINIMUM = 10  # … but a small table may lose this many at once (a 3-row table may lose 1)
-DELETION_HELD = "deletion held: confirm it with `syncdb push --confirm-deletes`"  # state.db held.why
+# Stored as state.db held.why and looked up by it (State.held_for): kept in English there, and
+# translated where it is shown (shown_why).
+DELETION_HELD = N_("deletion held: confirm it with `syncdb push --confirm-deletes`")
+
+
+def shown_why(why: str) -> str:
+    """A held record's reason as a person reads it: the one reason stored as a key is translated here;
+    the others were written in the user's language when the push held the record."""
+    return _(DELETION_HELD) if why == DELETION_HELD else why
 
 
 def record_problems(table: Table, record: dict, domain: Domain) -> str | None:
@@ -58,23 +67,30 @@ def record_problems(table: Table, record: dict, domain: Domain) -> str | None:
     garbled = [c for c, v in record.items() if isinstance(v, workdir.Undecodable)]
     if garbled:
         # Read as text with U+FFFD in place of the bad bytes: never sent like that.
-        return "; ".join(f"{c}: is not UTF-8 text (the program that wrote it used another encoding); "
-                         "type the value again" for c in garbled)
+        return "; ".join(_("{column}: is not UTF-8 text (the program that wrote it used another encoding); "
+                           "type the value again").format(column=c) for c in garbled)
     errors = [p for p in check_record(table, record, domain) if p.severity == "error"]
-    return "; ".join(f"{p.field}: {p.why}" for p in errors) or None
+    return "; ".join(_problem(p) for p in errors) or None
+
+
+def _problem(p) -> str:
+    """One problem of a held record as the worker reads it: the field, then why."""
+    return _("{field}: {why}").format(field=p.field, why=p.why)
 
 
 def duplicate_why(table: Table, key_json: str, duplicated: dict) -> str | None:
     rows = duplicated.get(table.name, {}).get(key_json)
     if not rows:
         return None
-    return (f"{rows} rows of table '{table.name}' have this {', '.join(table.key)}; syncdb sends one record "
-            "per key, so keep one row (correct or delete the others)")
+    return _("{rows} rows of table '{table}' have this {key}; syncdb sends one record "
+             "per key, so keep one row (correct or delete the others)").format(
+        rows=rows, table=table.name, key=", ".join(table.key))
 
 
 def moved_why(table: Table, new_key_json: str) -> str:
-    return (f"its key was changed to {shown_key(table, new_key_json)}, which is held back; the record "
-            "stays at the office as it was, and the change goes as one once that record is fixed")
+    return _("its key was changed to {key}, which is held back; the record "
+             "stays at the office as it was, and the change goes as one once that record is fixed").format(
+        key=shown_key(table, new_key_json))
 
 
 def shown_key(table: Table, key_json: str) -> str:
@@ -117,7 +133,7 @@ def within_rules(collected: list, records: integrity.WorkingRecords, vetted: dic
         if not problems:
             kept.append(item)
             continue
-        vetted[(table.qualified, key_json)] = "; ".join(f"{p.field}: {p.why}" for p in problems)
+        vetted[(table.qualified, key_json)] = "; ".join(_problem(p) for p in problems)
         if change["op"] == "rekey":  # the old key is held with it: the change goes whole or not at all
             old = capture.key_json(table, change["key"])
             vetted[(table.qualified, old)] = moved_why(table, key_json)
@@ -139,15 +155,16 @@ def unfit_tables(conn, state: State, domain: Domain, confirm_deletes: bool, held
         table = domain.tables[name]
         if capture.table_exists(conn, name):
             skip.add(name)
-            held_tables.append(f"{table.qualified} / {domain.name}.db: {why}; nothing of the table was sent")
+            held_tables.append(_("{table} / {domain}.db: {why}; nothing of the table was sent").format(
+                table=table.qualified, domain=domain.name, why=why))
             continue
         rows = state.live_rows(table.qualified)
         if rows and not confirm_deletes:
             skip.add(name)
             deletes_held.append(HeldDeletes(table.qualified, rows, rows, dropped=True))
         elif rows:
-            notify(f"{domain.name}.db: table '{name}' is gone; made again empty, as confirmed, and its "
-                   f"{rows} records are deleted at the office")
+            notify(_("{domain}.db: table '{table}' is gone; made again empty, as confirmed, and its "
+                     "{rows} records are deleted at the office").format(domain=domain.name, table=name, rows=rows))
     return skip
 
 
@@ -224,7 +241,7 @@ def hold_mass_deletes(state: State, collected: list, share: float, awaiting: dic
             if not items:
                 continue
         deletes_held.append(HeldDeletes(qualified, len(items), rows))
-        for _, _, key_json, _ in items:
+        for __, __, key_json, __ in items:
             awaiting[(qualified, key_json)] = DELETION_HELD
             held.add((qualified, key_json))
     return [item for item in collected

@@ -30,26 +30,34 @@ import requests
 from . import bundle, limits, outbox
 from .channels import DEFAULT_ADVICE, Channel, Echo, PushReport, shown_size
 from .errors import SyncdbError
+from .i18n import N_, _
 from .state import read_config, remember_office_limits
 
 # What a community worker can do about each refusal; the office's own message says why.
+# Keyed by the office's machine word; translated where shown.
 ADVICE = {
-    "unenrolled": "ask the street office to enrol this community with its CODE.pub.json "
-                  "(`syncdb office enroll`), then push again",
-    "bad-signature": "this folder's key is not the one the office enrolled; ask the data administrator "
-                     "to enrol the CODE.pub.json of this folder, or push from the folder that was enrolled",
-    "wrong-recipient": "this community was set up with another office's key (or before the office key "
-                       "changed), so this office cannot read its bundles; they stay in the outbox. Ask the "
-                       "data administrator for this office's office.pub.json, then run "
-                       "`syncdb community set-office-key WORKDIR office.pub.json` and push again",
-    "replay": "keep this folder's outbox as it is and call the data administrator",
-    "unsupported": "the office runs an older syncdb; ask the data administrator to upgrade it",
-    "too-large": "upgrade syncdb here (it makes bundles to fit the office's limits), or ask the data "
-                 "administrator to raise the office's limits (STORE/limits.json, `syncdb serve "
-                 "--max-bundle-mb`)",
-    "disk-full": "nothing is lost: they go at the next push, once the street office has freed space; "
-                 "tell its data administrator",
+    "unenrolled": N_("ask the street office to enrol this community with its CODE.pub.json "
+                     "(`syncdb office enroll`), then push again"),
+    "bad-signature": N_("this folder's key is not the one the office enrolled; ask the data administrator "
+                        "to enrol the CODE.pub.json of this folder, or push from the folder that was enrolled"),
+    "wrong-recipient": N_("this community was set up with another office's key (or before the office key "
+                          "changed), so this office cannot read its bundles; they stay in the outbox. Ask the "
+                          "data administrator for this office's office.pub.json, then run "
+                          "`syncdb community set-office-key WORKDIR office.pub.json` and push again"),
+    "replay": N_("keep this folder's outbox as it is and call the data administrator"),
+    "unsupported": N_("the office runs an older syncdb; ask the data administrator to upgrade it"),
+    "too-large": N_("upgrade syncdb here (it makes bundles to fit the office's limits), or ask the data "
+                    "administrator to raise the office's limits (STORE/limits.json, `syncdb serve "
+                    "--max-bundle-mb`)"),
+    "disk-full": N_("nothing is lost: they go at the next push, once the street office has freed space; "
+                    "tell its data administrator"),
 }
+# The operating system's words for the usual connection failures (_why), for the catalogue.
+CONNECTION_PROBLEMS = (
+    N_("connection refused"), N_("no route to host"), N_("network is unreachable"),
+    N_("name or service not known"), N_("temporary failure in name resolution"),
+    N_("connection reset by peer"), N_("connection timed out"),
+)
 MAX_DELAY = 60.0
 LIMITS_TIMEOUT = 10.0  # seconds; asking for the caps is a courtesy, never worth a long wait
 
@@ -98,7 +106,7 @@ class HttpChannel(Channel):
         """POST one bundle; acknowledge it once the office holds it. False: stop (the report says why)."""
         try:
             data = _read_bundle(path)
-            header, _ = bundle.read_header(io.BytesIO(data))
+            header, __ = bundle.read_header(io.BytesIO(data))
             status, answer = self._post(http, data, left, echo)
             _check_answer(status, answer, header, path, left, self.base)
         except _Stop as e:
@@ -106,16 +114,16 @@ class HttpChannel(Channel):
             return False
         except bundle.BundleError as e:
             report.ok = False
-            report.error = (f"{path.name} in the outbox is damaged ({e}); nothing more was sent; "
-                            f"{DEFAULT_ADVICE}")
+            report.error = _("{name} in the outbox is damaged ({error}); nothing more was sent; {advice}").format(
+                name=path.name, error=e, advice=_(DEFAULT_ADVICE))
             return False
         outbox.acknowledge(workdir, header.sequence)
         if answer["status"] == "duplicate":
             report.duplicates.append(header.sequence)
-            echo(f"sent {path.name} ({shown_size(len(data))}): already at the office")
+            echo(_("sent {name} ({size}): already at the office").format(name=path.name, size=shown_size(len(data))))
         else:
             report.sent.append(header.sequence)
-            echo(f"sent {path.name} ({shown_size(len(data))}): accepted")
+            echo(_("sent {name} ({size}): accepted").format(name=path.name, size=shown_size(len(data))))
         return True
 
     def _take_acknowledgement(self, http, workdir, code: str, echo: Echo) -> list[int]:
@@ -126,11 +134,12 @@ class HttpChannel(Channel):
         try:
             n = outbox.acknowledgement(workdir, found[1])
         except SyncdbError as e:
-            echo(f"the office's acknowledgement was not used ({e})")
+            echo(_("the office's acknowledgement was not used ({error})").format(error=e))
             return []
         cleared = outbox.clear_acknowledged(workdir, n)
         if cleared:
-            echo(f"the office holds bundles up to {n}: {len(cleared)} removed from the outbox without sending")
+            echo(_("the office holds bundles up to {sequence}: {cleared} removed from the outbox without "
+                   "sending").format(sequence=n, cleared=len(cleared)))
         return cleared
 
     def _confirm_held(self, http, workdir, code: str) -> int:
@@ -139,23 +148,26 @@ class HttpChannel(Channel):
         try:
             response = http.get(f"{base}/v1/communities/{code}/acknowledged", timeout=timeout)
         except requests.Timeout:
-            raise _Stop(f"nothing is left to send, but the office at {base} did not answer within {timeout:g} s, "
-                        "so it is not known to hold every bundle; push again later") from None
+            raise _Stop(_("nothing is left to send, but the office at {base} did not answer within {timeout:g} s, "
+                          "so it is not known to hold every bundle; push again later").format(
+                base=base, timeout=timeout)) from None
         except requests.RequestException as e:
             problem = _why(e) if isinstance(e, requests.ConnectionError) else type(e).__name__
-            raise _Stop(f"nothing is left to send, but the office at {base} did not answer ({problem}), so it is "
-                        "not known to hold every bundle; check the --to address and the line, then push again") from None
+            raise _Stop(_("nothing is left to send, but the office at {base} did not answer ({problem}), so it is "
+                          "not known to hold every bundle; check the --to address and the line, then push "
+                          "again").format(base=base, problem=problem)) from None
         answer = _json(response)
         held = answer.get("acknowledged") if answer and response.status_code == 200 else None
         if type(held) is not int:
-            raise _Stop(f"nothing is left to send, but {base} answered {response.status_code} without saying which "
-                        "bundles it holds: it does not look like the office ingest service (`syncdb serve`); "
-                        "check the --to URL")
+            raise _Stop(_("nothing is left to send, but {base} answered {status} without saying which "
+                          "bundles it holds: it does not look like the office ingest service (`syncdb serve`); "
+                          "check the --to URL").format(base=base, status=response.status_code))
         made = outbox.made(workdir)
         if held < made:
-            raise _Stop(f"the office at {base} holds this community's bundles only up to {held}, yet it "
-                        f"acknowledged all {made} earlier and the outbox no longer has them: its store may have "
-                        "been restored from an older backup. Call the street office's data administrator")
+            raise _Stop(_("the office at {base} holds this community's bundles only up to {held}, yet it "
+                          "acknowledged all {made} earlier and the outbox no longer has them: its store may have "
+                          "been restored from an older backup. Call the street office's data administrator").format(
+                base=base, held=held, made=made))
         return held
 
     def _post(self, http, data: bytes, left: int, echo: Echo) -> tuple[int, dict | None]:
@@ -167,12 +179,12 @@ class HttpChannel(Channel):
                 response = http.post(f"{base}/v1/bundles", data=data, timeout=timeout,
                                      headers={"Content-Type": "application/octet-stream"})
             except requests.Timeout:
-                problem = f"no answer within {timeout:g} s"
+                problem = _("no answer within {timeout:g} s").format(timeout=timeout)
             except requests.ConnectionError as e:
                 problem = _why(e)
             except requests.RequestException as e:  # a URL requests cannot use: trying again won't help
-                raise _Stop(f"cannot send to {base} ({type(e).__name__}: {e}); check the --to URL, like "
-                            "http://192.0.2.10:8765") from None
+                raise _Stop(_("cannot send to {base} ({kind}: {error}); check the --to URL, like "
+                              "http://192.0.2.10:8765").format(base=base, kind=type(e).__name__, error=e)) from None
             else:
                 answer = _json(response)
                 if (response.status_code < 500 and response.status_code not in (408, 429)) \
@@ -182,17 +194,22 @@ class HttpChannel(Channel):
                 if answer and answer.get("message"):
                     problem += f": {answer['message']}"
             if attempt == tries:
-                left_behind = (f"the {left} bundle(s) stay in the outbox for the next run, "
-                               "or carry them with --outbox")
                 if answered:
-                    raise _Stop(f"the office at {base} failed to take the bundle {tries} time(s) ({problem}); "
-                                f"{left_behind}; if this goes on, ask the data administrator to look at "
-                                "the office log")
-                raise _Stop(f"the office at {base} did not answer after {tries} tries ({problem}); {left_behind}")
+                    raise _Stop(_("the office at {base} failed to take the bundle {tries} time(s) ({problem}); "
+                                  "the {left} bundle(s) stay in the outbox for the next run, or carry them with "
+                                  "--outbox; if this goes on, ask the data administrator to look at "
+                                  "the office log").format(base=base, tries=tries, problem=problem, left=left))
+                raise _Stop(_("the office at {base} did not answer after {tries} tries ({problem}); the {left} "
+                              "bundle(s) stay in the outbox for the next run, or carry them with --outbox").format(
+                    base=base, tries=tries, problem=problem, left=left))
             # Jitter, so that communities pushing at the same hour spread out after an office restart.
             delay = min(MAX_DELAY, self.backoff * 2 ** (attempt - 1)) * random.uniform(0.75, 1.0)
-            what = f"the office answered {problem}" if answered else f"the office did not answer ({problem})"
-            echo(f"{what}; trying again in {delay:.1f} s (try {attempt + 1} of {tries})")
+            if answered:
+                what = _("the office answered {problem}; trying again in {delay:.1f} s (try {attempt} of {tries})")
+            else:
+                what = _("the office did not answer ({problem}); trying again in {delay:.1f} s "
+                         "(try {attempt} of {tries})")
+            echo(what.format(problem=problem, delay=delay, attempt=attempt + 1, tries=tries))
             time.sleep(delay)
         raise AssertionError("unreachable")
 
@@ -230,17 +247,20 @@ class HttpChannel(Channel):
         try:
             listing = requests.get(f"{base}/v1/communities/{code}/outbound", timeout=self.timeout)
             if listing.status_code != 200:
-                raise SyncdbError(f"the office at {base} answered {listing.status_code} for the list of resolutions; "
-                                  "check the --from URL (the address `syncdb serve` listens on)")
+                raise SyncdbError(_("the office at {base} answered {status} for the list of resolutions; "
+                                    "check the --from URL (the address `syncdb serve` listens on)").format(
+                    base=base, status=listing.status_code))
             for sequence in sorted(s for s in listing.json()["bundles"] if s > after):
                 answer = requests.get(f"{base}/v1/communities/{code}/outbound/{sequence}", timeout=self.timeout)
                 if answer.status_code != 200:
-                    raise SyncdbError(f"the office at {base} did not give resolutions bundle {sequence} "
-                                      f"(HTTP {answer.status_code}); pull again later")
+                    raise SyncdbError(_("the office at {base} did not give resolutions bundle {sequence} "
+                                        "(HTTP {status}); pull again later").format(
+                        base=base, sequence=sequence, status=answer.status_code))
                 yield sequence, answer.content
         except requests.RequestException as e:
-            raise SyncdbError(f"could not reach the office at {base} ({type(e).__name__}); nothing was changed, "
-                              "pull again when the line is up, or use --inbox with a USB stick") from None
+            raise SyncdbError(_("could not reach the office at {base} ({kind}); nothing was changed, "
+                                "pull again when the line is up, or use --inbox with a USB stick").format(
+                base=base, kind=type(e).__name__)) from None
 
     def acknowledgement(self, code: str, office: str) -> tuple[str, bytes] | None:
         # An office that does not answer now is told by the resolutions before it.
@@ -260,10 +280,10 @@ def _read_bundle(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise _Stop(f"{path.name} is missing from the outbox ({path}) although the office never "
-                    f"acknowledged it; {DEFAULT_ADVICE}") from None
+        raise _Stop(_("{name} is missing from the outbox ({path}) although the office never "
+                      "acknowledged it; {advice}").format(name=path.name, path=path, advice=_(DEFAULT_ADVICE))) from None
     except OSError as e:
-        raise _Stop(f"cannot read {path}: {e.strerror}") from None
+        raise _Stop(_("cannot read {path}: {problem}").format(path=path, problem=e.strerror)) from None
 
 
 
@@ -273,20 +293,23 @@ def _check_answer(status: int, answer: dict | None, header: bundle.Header, path:
     if status in (200, 201) and answer is not None and answer.get("status") in ("accepted", "duplicate"):
         if answer.get("origin") == header.origin and answer.get("sequence") == header.sequence:
             return
-        raise _Stop(f"the office acknowledged bundle {answer.get('origin')} #{answer.get('sequence')} "
-                    f"when sent {path.name}; nothing was marked as delivered; {DEFAULT_ADVICE}")
-    kept = f"nothing more was sent, and the {left} bundle(s) stay in the outbox"
+        raise _Stop(_("the office acknowledged bundle {origin} #{sequence} when sent {name}; nothing was marked "
+                      "as delivered; {advice}").format(origin=answer.get("origin"), sequence=answer.get("sequence"),
+                                                      name=path.name, advice=_(DEFAULT_ADVICE)))
+    kept = _("nothing more was sent, and the {left} bundle(s) stay in the outbox").format(left=left)
     if status in (404, 405):
-        raise _Stop(f"{base} has no syncdb ingest endpoint at /v1/bundles (HTTP {status}); check the "
-                    "--to URL: it is the address `syncdb serve` listens on, like http://192.0.2.10:8765; "
-                    f"{kept}")
+        raise _Stop(_("{base} has no syncdb ingest endpoint at /v1/bundles (HTTP {status}); check the "
+                      "--to URL: it is the address `syncdb serve` listens on, like http://192.0.2.10:8765; "
+                      "{kept}").format(base=base, status=status, kept=kept))
     if answer is None or "error" not in answer:
         # A proxy, a captive portal or another service answered, not a syncdb office.
-        raise _Stop(f"{base} answered {status} without a syncdb answer: it does not look like the "
-                    f"office ingest service (`syncdb serve`); check the --to URL; {kept}")
+        raise _Stop(_("{base} answered {status} without a syncdb answer: it does not look like the "
+                      "office ingest service (`syncdb serve`); check the --to URL; {kept}").format(
+            base=base, status=status, kept=kept))
     reason = answer["error"]
-    raise _Stop(f"the office refused {path.name} ({reason}, HTTP {status}): {answer.get('message', '')}; "
-                f"{kept}; {ADVICE.get(reason, DEFAULT_ADVICE)}")
+    raise _Stop(_("the office refused {name} ({reason}, HTTP {status}): {message}; {kept}; {advice}").format(
+        name=path.name, reason=reason, status=status, message=answer.get("message", ""), kept=kept,
+        advice=_(ADVICE.get(reason, DEFAULT_ADVICE))))
 
 
 
@@ -304,4 +327,6 @@ def _json(response) -> dict | None:
 def _why(error: requests.ConnectionError) -> str:
     """'connection refused' rather than urllib3's paragraph."""
     match = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(error))
-    return match.group(1).strip().lower() if match else "could not connect"
+    # The usual ones are in the catalogue (CONNECTION_PROBLEMS); any other reads as the system says it.
+    text = match.group(1).strip().lower() if match else ""
+    return _(text) if text else _("could not connect")  # _("") would be the catalogue's header

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
+from .i18n import _
 from .masks import mask
 from .schema import Column, Domain, Table
 from .workdir import db_path
@@ -99,14 +100,15 @@ def _implies(table: Table, column: Column, record: dict, domain: Domain) -> list
         other_column = table.columns[other]
         problems.append(Problem(
             other,
-            f"{column.name} {_meaning(domain, column, code)} needs {other} {_meaning(domain, other_column, wanted)}, "
-            f"but it is {_meaning(domain, other_column, actual)}; correct one of them"))
+            _("{column} {code} needs {other} {wanted}, but it is {actual}; correct one of them").format(
+                column=column.name, code=_meaning(domain, column, code), other=other,
+                wanted=_meaning(domain, other_column, wanted), actual=_meaning(domain, other_column, actual))))
     return problems
 
 
 def target_table(domains: dict[str, Domain], column: Column) -> Table | None:
     """The table a ``references`` column names, or None when its domain is not loaded."""
-    domain_name, _, table_name = column.references.partition(".")
+    domain_name, __, table_name = column.references.partition(".")
     domain = domains.get(domain_name)
     return domain.tables.get(table_name) if domain else None
 
@@ -123,18 +125,22 @@ def _reference(table: Table, column: Column, record: dict, domains, records: Rec
     shown = _shown(column, value)
     if found is None:
         return [Problem(column.name,
-                        f"{shown} is no record of {target.qualified} ({target.label}); enter that record first, "
-                        f"or correct the {column.name}")]
+                        _("{value} is no record of {table} ({label}); enter that record first, "
+                          "or correct the {column}").format(
+                            value=shown, table=target.qualified, label=target.label, column=column.name))]
     problems = []
     for left, right in column.same.items():
         mine, theirs = _text(record.get(left)), _text(found.get(right))
         if mine != theirs:
             left_column, right_column = table.columns[left], target.columns[right]
+            empty = _("(empty)")
             problems.append(Problem(
                 column.name,
-                f"{target.qualified} {shown} has {right} "
-                f"{'(empty)' if theirs is None else _shown(right_column, theirs)}, but this record's {left} is "
-                f"{'(empty)' if mine is None else _shown(left_column, mine)}; they must be the same"))
+                _("{table} {value} has {right} {theirs}, but this record's {left} is {mine}; "
+                  "they must be the same").format(
+                    table=target.qualified, value=shown, right=right, left=left,
+                    theirs=empty if theirs is None else _shown(right_column, theirs),
+                    mine=empty if mine is None else _shown(left_column, mine))))
     return problems
 
 
@@ -149,12 +155,12 @@ def _one_per(table: Table, record: dict, domain: Domain, records: Records) -> li
     shown_group = _shown(table.columns[rule.group], group)
     if count == 0:
         return [Problem(rule.group,
-                        f"{rule.group} {shown_group} has no record with {rule.column} {value}; "
-                        "exactly one must have it")]
+                        _("{group} {value} has no record with {column} {wanted}; exactly one must have it").format(
+                            group=rule.group, value=shown_group, column=rule.column, wanted=value))]
     if count > 1 and _text(record.get(rule.column)) == rule.value:
         return [Problem(rule.column,
-                        f"{rule.group} {shown_group} has {count} records with {rule.column} {value}; "
-                        "exactly one may have it")]
+                        _("{group} {value} has {count} records with {column} {wanted}; exactly one may have it").format(
+                            group=rule.group, value=shown_group, count=count, column=rule.column, wanted=value))]
     return []
 
 
@@ -216,10 +222,10 @@ class WorkingRecords:
         # One pass per table (cached): a per-record count would read the table once per record.
         if table.qualified not in self._groups:
             rule = table.one_per
-            where = "".join(f" AND trim([{c}]) = ?" for c, _ in rule.where)
+            where = "".join(f" AND trim([{c}]) = ?" for c, _value in rule.where)
             rows = self._conn(table).execute(
                 f"SELECT [{rule.group}], count(*) FROM [{table.name}] WHERE trim([{rule.column}]) = ?{where} "
-                f"GROUP BY [{rule.group}]", (rule.value, *(v for _, v in rule.where)))
+                f"GROUP BY [{rule.group}]", (rule.value, *(v for _column, v in rule.where)))
             counts = Counter()
             for value, n in rows:
                 if _text(value) is not None:
@@ -270,7 +276,7 @@ def read_columns(table: Table, domains: dict[str, Domain]) -> list[str]:
     schema order: the office decrypts only these (a name or a phone no rule needs stays sealed)."""
     wanted = set(table.key) | {table.owner}
     if table.one_per:
-        wanted |= {table.one_per.group, table.one_per.column, *(c for c, _ in table.one_per.where)}
+        wanted |= {table.one_per.group, table.one_per.column, *(c for c, __ in table.one_per.where)}
     for column in table.columns.values():
         if column.references:
             wanted |= {column.name, *column.same}

@@ -24,6 +24,7 @@ from . import transport
 from .crypto import Secret
 from .errors import SyncdbError
 from .http_channel import HttpChannel
+from .i18n import _
 from .schema import Domain
 from .state import read_config, state_dir
 
@@ -54,29 +55,30 @@ def sync(workdir, url: str, domains: dict[str, Domain], secret: Secret, *, log_p
     try:
         log = open(result.log, "a", encoding="utf-8")
     except OSError as e:
-        raise SyncdbError(f"cannot write the log file {result.log}: {e.strerror}; give another with --log") from None
+        raise SyncdbError(_("cannot write the log file {log}: {problem}; give another with --log").format(
+            log=result.log, problem=e.strerror)) from None
     with log:
         def say(line: str) -> None:
             log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
             log.flush()
             echo(line)
 
-        say(f"sync of {workdir} with the office at {url}")
+        say(_("sync of {folder} with the office at {url}").format(folder=workdir, url=url))
         channel = HttpChannel(url, retries=retries)
         try:
             _push(workdir, channel, domains, secret, say, result)
         except SyncdbError as e:
-            say(f"push failed: {e}")
-            result.problems.append(f"push: {e}")
+            say(_("push failed: {error}").format(error=e))
+            result.problems.append(_("push: {problem}").format(problem=e))
         try:
             for line in transport.pull(workdir, channel, domains, secret).lines():
                 say(line)
         except SyncdbError as e:
-            say(f"pull failed: {e}")
-            result.problems.append(f"pull: {e}")
+            say(_("pull failed: {error}").format(error=e))
+            result.problems.append(_("pull: {problem}").format(problem=e))
         result.ok = not result.problems
-        say("sync finished: every step went well" if result.ok
-            else f"sync finished with {len(result.problems)} problem(s); see above")
+        say(_("sync finished: every step went well") if result.ok
+            else _("sync finished with {problems} problem(s); see above").format(problems=len(result.problems)))
     return result
 
 
@@ -84,27 +86,27 @@ def _push(workdir, channel: HttpChannel, domains: dict[str, Domain], secret: Sec
           say: Callable[[str], None], result: SyncResult) -> None:
     """``syncdb push --to URL``: what went, and each deletion held for a person, as a problem."""
     def exported(made) -> None:
-        for sequence, _, changes in made.bundles:
-            say(f"Bundle {sequence}: {changes} change(s)")
+        for sequence, __, changes in made.bundles:
+            say(_("Bundle {sequence}: {changes} change(s)").format(sequence=sequence, changes=changes))
         if not made.bundles:
-            say("No new changes since the last push.")
-    pushed = transport.push(workdir, channel, domains, secret, notify=lambda m: say(f"Note: {m}"),
+            say(_("No new changes since the last push."))
+    pushed = transport.push(workdir, channel, domains, secret, notify=lambda m: say(_("Note: {note}").format(note=m)),
                             exported=exported, echo=say)
     say(pushed.delivery.summary())
     if not pushed.delivery.ok:
-        result.problems.append(f"push: {pushed.delivery.error}")
+        result.problems.append(_("push: {problem}").format(problem=pushed.delivery.error))
     # The rest went; these wait for a person, as `syncdb push` says (and exits 1).
     again = shlex.join(["syncdb", "push", str(workdir), "--to", channel.where, "--confirm-deletes"])
     for held in pushed.exported.deletes_held:
-        say(f"Held: {held.message(again)}")
-        result.problems.append(f"push: held: {held.message(again)}")
+        say(_("Held: {message}").format(message=held.message(again)))
+        result.problems.append(_("push: held: {message}").format(message=held.message(again)))
 
 
 def parse_time(at: str) -> tuple[int, int]:
     """(hour, minute) of ``HH:MM``; raises SyncdbError for anything else."""
     match = re.fullmatch(r"([0-9]{1,2}):([0-9]{2})", at.strip())
     if not match or int(match[1]) > 23 or int(match[2]) > 59:
-        raise SyncdbError(f"{at!r} is not a time of day; give it as HH:MM, e.g. 02:00")
+        raise SyncdbError(_("{at!r} is not a time of day; give it as HH:MM, e.g. 02:00").format(at=at))
     return int(match[1]), int(match[2])
 
 

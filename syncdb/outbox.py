@@ -20,6 +20,7 @@ from pathlib import Path
 from . import bundle
 from .crypto import PublicKey
 from .errors import SyncdbError
+from .i18n import _
 from .state import RESEND, open_state, outbox_dir, read_config, state_dir
 
 LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?:tmp|payload)-(?P<pid>[0-9]+)")
@@ -30,7 +31,7 @@ def pending(workdir) -> list[Path]:
     """Bundles in the outbox not yet acknowledged by the office, in sequence order."""
     with open_state(workdir) as state:
         rows = state.unacknowledged()
-    return [outbox_dir(workdir) / name for _, name in rows]
+    return [outbox_dir(workdir) / name for __, name in rows]
 
 
 def made(workdir) -> int:
@@ -126,7 +127,9 @@ def ask_resend(workdir, skipped: int) -> bool:
         if int(state.meta("resend_honoured", 0)) >= skipped:
             return False
         state.set_meta("resend_honoured", skipped)
-        state.set_meta(RESEND, f"the office could not apply bundle {skipped}: sending every record again")
+        # Free text shown by the next push (only truthiness is read back): written in the user's language.
+        state.set_meta(RESEND, _("the office could not apply bundle {sequence}: sending every record again").format(
+            sequence=skipped))
         return True
 
 
@@ -154,13 +157,14 @@ def genuine_acknowledgement(workdir, data: bytes) -> bundle.Header:
     try:
         header = bundle.verify(io.BytesIO(data), {office_key.code: office_key}.get)
     except bundle.BundleError as e:
-        raise SyncdbError(f"not signed by this community's office: {e}") from None
+        raise SyncdbError(_("not signed by this community's office: {error}").format(error=e)) from None
     mine = own_key_id(folder)
     if header.kind != "resolutions" or header.origin != office_key.code or "acknowledged" not in header.fields:
-        raise SyncdbError(f"not an acknowledgement (kind {header.kind}, from {header.origin})")
+        raise SyncdbError(_("not an acknowledgement (kind {kind}, from {origin})").format(
+            kind=header.kind, origin=header.origin))
     if header["recipient"] != mine:
-        raise SyncdbError(f"made for key {header['recipient']}, not for this community's key {mine}: "
-                          "it is another community's")
+        raise SyncdbError(_("made for key {key}, not for this community's key {mine}: "
+                            "it is another community's").format(key=header["recipient"], mine=mine))
     return header
 
 

@@ -61,6 +61,7 @@ from .crypto import Keyring, PublicKey, Secret
 from .errors import SyncdbError
 from .files import storage_error
 from .hlc import unpack_versions
+from .i18n import _
 from .http_channel import HttpChannel
 from .schema import Domain
 from .state import State, open_state, read_config, state_dir, state_path
@@ -82,31 +83,33 @@ class PullReport:
     def lines(self) -> list[str]:
         out = []
         if self.finished:
-            out.append(f"Finished the previous pull, which was stopped half way: {self.finished} record(s) "
-                       "brought up to date")
+            out.append(_("Finished the previous pull, which was stopped half way: {records} record(s) "
+                         "brought up to date").format(records=self.finished))
         if not self.applied:
-            out.append("Nothing new from the office.")
+            out.append(_("Nothing new from the office."))
         else:
-            out.append(f"Applied {len(self.applied)} bundle(s) of resolutions from the office: "
-                       f"{self.cells} value(s) set")
+            out.append(_("Applied {bundles} bundle(s) of resolutions from the office: {cells} value(s) set").format(
+                bundles=len(self.applied), cells=self.cells))
         out += self._ack_lines()
         if not self.applied:
             return out
-        out += [f"kept the local value of {line}: it goes to the office at the next push" for line in self.kept]
+        out += [_("kept the local value of {line}: it goes to the office at the next push").format(line=line)
+                for line in self.kept]
         if self.older:
-            out.append(f"{self.older} value(s) left as they are: the office set them before it had this "
-                       "PC's last push, and settles them there")
-        out += [f"not here: {line}" for line in self.missing]
-        out += [f"the office did not keep this PC's value of {line}; the value stays here and is not sent "
-                "again: if the resident lives here, ask that community to transfer them, otherwise remove "
-                "or correct the record here" for line in self.superseded]
+            out.append(_("{values} value(s) left as they are: the office set them before it had this "
+                         "PC's last push, and settles them there").format(values=self.older))
+        out += [_("not here: {line}").format(line=line) for line in self.missing]
+        out += [_("the office did not keep this PC's value of {line}; the value stays here and is not sent "
+                  "again: if the resident lives here, ask that community to transfer them, otherwise remove "
+                  "or correct the record here").format(line=line) for line in self.superseded]
         return out
 
     def _ack_lines(self) -> list[str]:
-        out = [f"not used: {line}" for line in self.unusable]
+        out = [_("not used: {line}").format(line=line) for line in self.unusable]
         if self.cleared:
-            out.append(f"The office holds this community's bundles up to {self.acknowledged}: "
-                       f"{len(self.cleared)} removed from the outbox")
+            out.append(_("The office holds this community's bundles up to {acknowledged}: "
+                         "{cleared} removed from the outbox").format(
+                acknowledged=self.acknowledged, cleared=len(self.cleared)))
         return out
 
 
@@ -127,9 +130,9 @@ def pull_from(workdir_path, channel: Channel, domains: dict[str, Domain], secret
             done = int(state.meta("pulled", 0))
             for sequence, data in channel.resolutions(code, office_key.code, done):
                 if sequence != done + 1:
-                    raise SyncdbError(f"the office's resolutions {done + 1} for {code} are missing (found "
-                                      f"{sequence}); pull again from the office, or bring every file of its "
-                                      "outbound folder")
+                    raise SyncdbError(_("the office's resolutions {expected} for {code} are missing (found "
+                                        "{sequence}); pull again from the office, or bring every file of its "
+                                        "outbound folder").format(expected=done + 1, code=code, sequence=sequence))
                 header = _apply(folder, state, domains, ring, office_key, data, sequence, report)
                 _note_acknowledged(report, header.fields.get("acknowledged"))
                 done = sequence
@@ -139,11 +142,12 @@ def pull_from(workdir_path, channel: Channel, domains: dict[str, Domain], secret
             try:
                 _note_acknowledged(report, outbox.acknowledgement(folder, data))
             except SyncdbError as e:
-                report.unusable.append(f"the office's acknowledgement from {where} ({e})")
+                report.unusable.append(_("the office's acknowledgement from {where} ({error})").format(
+                    where=where, error=e))
         if report.acknowledged:
             report.cleared = outbox.clear_acknowledged(folder, report.acknowledged)
     except (OSError, sqlite3.Error) as e:
-        raise storage_error(e, folder, then="run `syncdb pull` again") from None
+        raise storage_error(e, folder, then=_("run `syncdb pull` again")) from None
     return report
 
 
@@ -166,11 +170,13 @@ def _apply(folder, state: State, domains, ring, office_key, data, sequence, repo
     try:
         header = bundle.verify(io.BytesIO(data), {office_key.code: office_key}.get)
     except bundle.BundleError as e:
-        raise SyncdbError(f"resolutions bundle {sequence} from the office is refused ({e}); nothing of it "
-                          "was applied. Ask the data administrator for a fresh copy") from None
+        raise SyncdbError(_("resolutions bundle {sequence} from the office is refused ({error}); nothing of it "
+                            "was applied. Ask the data administrator for a fresh copy").format(
+            sequence=sequence, error=e)) from None
     if header.kind != "resolutions" or header.origin != office_key.code or header.sequence != sequence:
-        raise SyncdbError(f"the file given as resolutions bundle {sequence} is not one "
-                          f"(kind {header.kind}, from {header.origin}, number {header.sequence}); nothing was applied")
+        raise SyncdbError(_("the file given as resolutions bundle {sequence} is not one "
+                            "(kind {kind}, from {origin}, number {number}); nothing was applied").format(
+            sequence=sequence, kind=header.kind, origin=header.origin, number=header.sequence))
     changes = list(bundle.changes(io.BytesIO(data), ring))
     tables = {t.qualified: t for d in domains.values() for t in d.tables.values()}
     clock = state.clock(read_config(folder)["code"])
@@ -182,7 +188,7 @@ def _apply(folder, state: State, domains, ring, office_key, data, sequence, repo
             for change in changes:
                 table = tables.get(change["table"])
                 if table is None:
-                    report.missing.append(f"{change['table']} (no schema here)")
+                    report.missing.append(_("{table} (no schema here)").format(table=change["table"]))
                     continue
                 if table.domain not in conns:
                     conns[table.domain] = workdir.connect(workdir.db_path(folder, table.domain))
@@ -311,7 +317,7 @@ def _apply_change(conn, state: State, table, change, report, intent: list) -> No
 
     if change["op"] == "delete":
         if any(unsent(c) for c in table.non_key):
-            report.kept.append(f"{table.qualified} / {shown} (the office deleted it)")
+            report.kept.append(_("{table} / {key} (the office deleted it)").format(table=table.qualified, key=shown))
             return
         if any(unseen(c) for c in table.non_key):
             report.older += 1
@@ -362,5 +368,6 @@ def _note_superseded(state, table, key_json, shown, change, cols, report) -> Non
         return
     owner = change.get("owner")
     state.note_superseded(table.qualified, key_json, cols, owner, change["hlc"])
-    whose = f"the record belongs to {owner}" if owner else "the record belongs to another community"
+    whose = _("the record belongs to {owner}").format(owner=owner) if owner else \
+        _("the record belongs to another community")
     report.superseded.append(f"{table.qualified} / {shown} / {', '.join(cols)} ({whose})")

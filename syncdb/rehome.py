@@ -21,6 +21,7 @@ from pathlib import Path
 from . import bundle
 from .crypto import PublicKey
 from .errors import SyncdbError
+from .i18n import _
 from .files import write_atomic
 from .state import RESEND, open_state, outbox_dir, read_config, state_dir
 
@@ -31,10 +32,12 @@ def set_office_key(workdir_path, office_key_file) -> dict:
     config = read_config(folder)
     key = PublicKey.read(office_key_file)
     if key.role != "office":
-        raise SyncdbError(f"{office_key_file} is a {key.role} key, not an office key; use the office.pub.json "
-                          "that `syncdb office init` wrote at the street office")
+        raise SyncdbError(_("{file} is a {role} key, not an office key; use the office.pub.json "
+                            "that `syncdb office init` wrote at the street office").format(
+            file=office_key_file, role=key.role))
     if key.id == PublicKey.read(state_dir(folder) / "office.pub.json").id:
-        raise SyncdbError(f"{folder} already encrypts to this office key ({key.id}); nothing was changed")
+        raise SyncdbError(_("{folder} already encrypts to this office key ({key}); nothing was changed").format(
+            folder=folder, key=key.id))
     unsent_dir = state_dir(folder) / "unsent"
     with open_state(folder) as state, state.transaction():
         pending = state.unacknowledged()
@@ -44,15 +47,17 @@ def set_office_key(workdir_path, office_key_file) -> dict:
         if rows:
             later = [seq for seq, name in pending if seq > rows[0][0] and (seq, name) not in rows]
             if later:
-                raise SyncdbError(f"bundles {', '.join(map(str, later))} were made for office key {key.id} "
-                                  f"after bundle {rows[0][0]}, made for another key; push them first, "
-                                  "then run this again")
+                raise SyncdbError(_("bundles {later} were made for office key {key} "
+                                    "after bundle {sequence}, made for another key; push them first, "
+                                    "then run this again").format(
+                    later=", ".join(map(str, later)), key=key.id, sequence=rows[0][0]))
             # The office refused all of them at receipt: their numbers are free again.
-            state.forget_bundles([seq for seq, _ in rows])
-        state.set_meta(RESEND, "the office key changed: sending every record again")
+            state.forget_bundles([seq for seq, __ in rows])
+        # Free text shown by the next push (only truthiness is read back): written in the user's language.
+        state.set_meta(RESEND, _("the office key changed: sending every record again"))
     # The key last: a run stopped before it is simply run again (the key still differs).
     moved = []
-    for _, name in rows:
+    for __, name in rows:
         source = outbox_dir(folder) / name
         if source.exists():
             unsent_dir.mkdir(exist_ok=True)
@@ -68,7 +73,7 @@ def _recipient(folder: Path, name: str) -> str | None:
     """The office key id an outbox bundle is encrypted to (None if the file is gone or unreadable)."""
     try:
         with open(outbox_dir(folder) / name, "rb") as f:
-            header, _ = bundle.read_header(f)
+            header, __ = bundle.read_header(f)
         return header["recipient"]
     except (OSError, bundle.BundleError):
         return None

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from . import sample_planted, validate, workdir
 from .errors import SyncdbError
+from .i18n import _
 from .sample_ids import Regions
 from .sample_migrants import MIGRANTS_PER_RESIDENT, Migrants
 from .sample_migrants import row as migrant_row
@@ -63,15 +64,18 @@ def generate(directory, code: str, residents: int, seed: int, domains: dict) -> 
         # The validator's own rule, so that no sample record can fail it.
         validate.community_code(code)
     except validate.Invalid as e:
-        raise SyncdbError(f"community code {e}") from None
+        raise SyncdbError(_("community code {why}").format(why=e)) from None
     if residents < 1:
-        raise SyncdbError(f"a sample community needs at least one resident, not {residents}")
+        raise SyncdbError(_("a sample community needs at least one resident, not {residents}").format(
+            residents=residents))
     wanted = {d: domains[d] for d in DOMAINS if d in domains}
     if not wanted:
-        raise SyncdbError(f"the schemas declare none of the domains {', '.join(DOMAINS)}; nothing to generate")
+        raise SyncdbError(_("the schemas declare none of the domains {domains}; nothing to generate").format(
+            domains=", ".join(DOMAINS)))
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
-        raise SyncdbError(f"{directory} is a file; give a folder for the sample community")
+        raise SyncdbError(_("{directory} is a file; give a folder for the sample community").format(
+            directory=directory))
     _refuse_data(directory, wanted)
 
     rows = _build(code, residents, seed)
@@ -167,11 +171,12 @@ def _refuse_data(directory: Path, domains: dict) -> None:
             finally:
                 conn.close()
         except sqlite3.DatabaseError as e:
-            raise SyncdbError(f"{path} exists and is not an empty working database ({e}); "
-                              "write the sample community into a new folder")
+            raise SyncdbError(_("{path} exists and is not an empty working database ({error}); "
+                                "write the sample community into a new folder").format(path=path, error=e))
         if held:
-            raise SyncdbError(f"{path} already holds {held} record(s); sample data is never written over "
-                              f"existing data: choose a new folder, e.g. {directory}-sample")
+            raise SyncdbError(_("{path} already holds {held} record(s); sample data is never written over "
+                                "existing data: choose a new folder, e.g. {directory}-sample").format(
+                path=path, held=held, directory=directory))
 
 
 def _write(path: Path, tables: dict[str, list[dict]], domain) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import codes, plugins
 from .errors import SchemaError
+from .i18n import _
 from .paths import shipped
 
 # Where the shipped schemas live; SYNCDB_SCHEMAS or --schemas points elsewhere.
@@ -225,13 +226,13 @@ def load_domains(directory: str | os.PathLike | None = None, extra_policies=()) 
     """
     folder = schemas_dir(directory)
     if not folder.is_dir():
-        raise SchemaError(folder, "no such schemas folder; point --schemas or SYNCDB_SCHEMAS at one")
+        raise SchemaError(folder, _("no such schemas folder; point --schemas or SYNCDB_SCHEMAS at one"))
     domains = {}
     for path in sorted(folder.glob("*.toml")):
         domain = load_domain(path, extra_policies)
         domains[domain.name] = domain
     if not domains:
-        raise SchemaError(folder, "holds no *.toml schema file")
+        raise SchemaError(folder, _("holds no *.toml schema file"))
     for domain in domains.values():
         check_references(domain, domains)
     return domains
@@ -256,27 +257,31 @@ def _check_reference(domain, table, column, domains):
     def fail(message):
         raise SchemaError(domain.path, message, table=table.name, column=column.name)
 
-    target_domain, _, target_name = column.references.partition(".")
+    target_domain, __, target_name = column.references.partition(".")
     if target_domain not in domains:
         return
     target = domains[target_domain].tables.get(target_name)
     if target is None:
-        fail(f"'references' names '{column.references}', but domain '{target_domain}' has no table "
-             f"'{target_name}'; use one of {', '.join(domains[target_domain].tables)}")
+        fail(_("'references' names '{references}', but domain '{domain}' has no table "
+               "'{table}'; use one of {tables}").format(
+            references=column.references, domain=target_domain, table=target_name,
+            tables=", ".join(domains[target_domain].tables)))
     if len(target.key) != 1:
-        fail(f"'references' names '{column.references}', whose key ({', '.join(target.key)}) is not one column; "
-             "only a table keyed by one column can be referenced")
+        fail(_("'references' names '{references}', whose key ({key}) is not one column; "
+               "only a table keyed by one column can be referenced").format(
+            references=column.references, key=", ".join(target.key)))
     # A column holding another record's key (or, by 'same', another record's value) holds that
     # value: sensitive there, it must be sensitive here, or it would lie in plaintext at the office.
     if target.columns[target.key[0]].sensitive and not column.sensitive:
-        fail(f"'references' names '{column.references}', whose key {target.key[0]} is sensitive; "
-             "mark this column sensitive = true too")
+        fail(_("'references' names '{references}', whose key {key} is sensitive; "
+               "mark this column sensitive = true too").format(references=column.references, key=target.key[0]))
     for left, right in column.same.items():
         if right not in target.columns:
-            fail(f"'same' names '{right}', which is not a column of {column.references}")
+            fail(_("'same' names '{right}', which is not a column of {references}").format(
+                right=right, references=column.references))
         if target.columns[right].sensitive and not table.columns[left].sensitive:
-            fail(f"'same' makes '{left}' equal to {column.references}.{right}, which is sensitive; "
-                 f"mark '{left}' sensitive = true too")
+            fail(_("'same' makes '{left}' equal to {references}.{right}, which is sensitive; "
+                   "mark '{left}' sensitive = true too").format(left=left, references=column.references, right=right))
 
 
 def load_domain(path: str | os.PathLike, extra_policies=()) -> Domain:
@@ -288,24 +293,24 @@ def load_domain(path: str | os.PathLike, extra_policies=()) -> Domain:
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
-        raise SchemaError(path, f"is not valid TOML: {e}")
+        raise SchemaError(path, _("is not valid TOML: {error}").format(error=e))
     except (OSError, UnicodeDecodeError) as e:
-        raise SchemaError(path, f"cannot be read: {e}")
+        raise SchemaError(path, _("cannot be read: {error}").format(error=e))
     name = path.stem
     if not name.isidentifier() or not name.isascii():
-        raise SchemaError(path, "the file name is the domain name and must be a plain identifier, like huji.toml")
+        raise SchemaError(path, _("the file name is the domain name and must be a plain identifier, like huji.toml"))
     _unknown_keys(path, doc, DOMAIN_KEYWORDS)
     label = _text(path, doc, "label", required=True)
     version = doc.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise SchemaError(path, "'version' must be a positive integer")
+        raise SchemaError(path, _("'version' must be a positive integer"))
     domain_codes, was = _load_codes(path, doc.get("codes", {}))
     # name → codes; a domain's own table of a name stands before the national one (as code_table does)
     known_codes = {**codes.NATIONAL, **domain_codes}
     policies = set(POLICIES) | set(plugins.policies()) | set(extra_policies)
     raw_tables = doc.get("tables")
     if not isinstance(raw_tables, dict) or not raw_tables:
-        raise SchemaError(path, "declares no tables; add a [tables.NAME] section")
+        raise SchemaError(path, _("declares no tables; add a [tables.NAME] section"))
     tables = {
         tname: _load_table(path, name, tname, raw, known_codes, policies)
         for tname, raw in raw_tables.items()
@@ -316,29 +321,30 @@ def load_domain(path: str | os.PathLike, extra_policies=()) -> Domain:
 
 def _load_table(path, domain, name, raw, known_codes, policies) -> Table:
     if not isinstance(raw, dict):
-        raise SchemaError(path, "must be a [tables.NAME] section", table=name)
+        raise SchemaError(path, _("must be a [tables.NAME] section"), table=name)
     if not name.isidentifier():
-        raise SchemaError(path, "table names must be plain identifiers", table=name)
+        raise SchemaError(path, _("table names must be plain identifiers"), table=name)
     _unknown_keys(path, raw, TABLE_KEYWORDS, table=name)
     label = _text(path, raw, "label", required=True, table=name)
     default_policy = raw.get("policy", "lww")
     _check_policy(path, default_policy, policies, table=name)
     raw_columns = raw.get("columns")
     if not isinstance(raw_columns, dict) or not raw_columns:
-        raise SchemaError(path, "declares no columns", table=name)
+        raise SchemaError(path, _("declares no columns"), table=name)
     key = raw.get("key")
     if isinstance(key, str):
         key = [key]
     if not isinstance(key, list) or not key or not all(isinstance(k, str) for k in key):
-        raise SchemaError(path, "'key' must be a list of column names, like key = [\"id_number\"]", table=name)
+        raise SchemaError(path, _("'key' must be a list of column names, like key = [\"id_number\"]"), table=name)
     for k in key:
         if k not in raw_columns:
-            raise SchemaError(path, "is named in 'key' but is not a column of the table", table=name, column=k)
+            raise SchemaError(path, _("is named in 'key' but is not a column of the table"), table=name, column=k)
     owner = raw.get("owner")
     if not isinstance(owner, str):
-        raise SchemaError(path, "'owner' must name the column holding the owning community, like owner = \"community_code\"", table=name)
+        raise SchemaError(path, _("'owner' must name the column holding the owning community, like "
+                                  "owner = \"community_code\""), table=name)
     if owner not in raw_columns:
-        raise SchemaError(path, "is named as 'owner' but is not a column of the table", table=name, column=owner)
+        raise SchemaError(path, _("is named as 'owner' but is not a column of the table"), table=name, column=owner)
     columns = {}
     for cname, craw in raw_columns.items():
         columns[cname] = _load_column(
@@ -355,36 +361,38 @@ def _load_column(path, table, name, raw, default_policy, known_codes, policies, 
         raise SchemaError(path, message, table=table, column=name)
 
     if not isinstance(raw, dict):
-        fail("must be an inline table, like name = { type = \"text\", label = \"姓名\" }")
+        fail(_("must be an inline table, like name = { type = \"text\", label = \"姓名\" }"))
     if not name.isidentifier():
-        fail("column names must be plain identifiers")
+        fail(_("column names must be plain identifiers"))
     _unknown_keys(path, raw, COLUMN_KEYWORDS, table=table, column=name)
     ctype = raw.get("type", "text")
     if ctype not in TYPES:
-        fail(f"unknown type '{ctype}'; use one of {', '.join(TYPES)}")
+        fail(_("unknown type '{type}'; use one of {types}").format(type=ctype, types=", ".join(TYPES)))
     label = _text(path, raw, "label", required=True, table=table, column=name)
     policy = raw.get("policy", default_policy)
     _check_policy(path, policy, policies, table=table, column=name)
     for flag in ("required", "sensitive"):
         if not isinstance(raw.get(flag, False), bool):
-            fail(f"'{flag}' must be true or false")
+            fail(_("'{flag}' must be true or false").format(flag=flag))
     validator = raw.get("validator")
     if validator is not None and validator not in VALIDATORS:
-        fail(f"unknown validator '{validator}'; use one of {', '.join(VALIDATORS)}")
+        fail(_("unknown validator '{validator}'; use one of {validators}").format(
+            validator=validator, validators=", ".join(VALIDATORS)))
     code_table = raw.get("codes")
     if code_table is not None and code_table not in known_codes:
-        fail(f"unknown code table '{code_table}'; declare it under [codes.{code_table}] or use one of {', '.join(sorted(known_codes))}")
+        fail(_("unknown code table '{codes}'; declare it under [codes.{codes}] or use one of {known}").format(
+            codes=code_table, known=", ".join(sorted(known_codes))))
     matches = raw.get("matches", {})
     if matches:
         if validator != "id_number":
-            fail("'matches' only applies to a column with validator = \"id_number\"")
+            fail(_("'matches' only applies to a column with validator = \"id_number\""))
         if not isinstance(matches, dict):
-            fail("'matches' must be an inline table, like { birth_date = \"birth_date\", sex = \"sex\" }")
+            fail(_("'matches' must be an inline table, like { birth_date = \"birth_date\", sex = \"sex\" }"))
         for what, other in matches.items():
             if what not in MATCHES:
-                fail(f"'matches' knows {', '.join(MATCHES)}, not '{what}'")
+                fail(_("'matches' knows {known}, not '{what}'").format(known=", ".join(MATCHES), what=what))
             if other not in all_columns:
-                fail(f"'matches' names '{other}', which is not a column of the table")
+                fail(_("'matches' names '{other}', which is not a column of the table").format(other=other))
     references, same = _load_references(fail, raw.get("references"), all_columns)
     implies = _load_implies(fail, raw.get("implies"), code_table, known_codes, all_columns)
     return Column(
@@ -416,16 +424,16 @@ def _load_references(fail, raw, all_columns) -> tuple[str | None, dict]:
     if isinstance(raw, dict):
         extra = set(raw) - {"table", "same"}
         if extra:
-            fail(f"'references' knows table and same, not {', '.join(sorted(extra))}")
+            fail(_("'references' knows table and same, not {extra}").format(extra=", ".join(sorted(extra))))
         same = raw.get("same", {})
         raw = raw.get("table")
         if not isinstance(same, dict) or not all(isinstance(v, str) for v in same.values()):
-            fail("'same' must be an inline table of column names, like same = { household_no = \"household_no\" }")
+            fail(_("'same' must be an inline table of column names, like same = { household_no = \"household_no\" }"))
         for left in same:
             if left not in all_columns:
-                fail(f"'same' names '{left}', which is not a column of the table")
+                fail(_("'same' names '{left}', which is not a column of the table").format(left=left))
     if not isinstance(raw, str) or raw.count(".") != 1 or not all(p.isidentifier() for p in raw.split(".")):
-        fail("'references' must name a table as \"domain.table\", like references = \"huji.households\"")
+        fail(_("'references' must name a table as \"domain.table\", like references = \"huji.households\""))
     return raw, dict(same)
 
 
@@ -434,27 +442,31 @@ def _load_implies(fail, raw, code_table, known_codes, all_columns) -> dict:
     if raw is None:
         return {}
     if not code_table:
-        fail("'implies' only applies to a column with a code table (codes = \"…\")")
+        fail(_("'implies' only applies to a column with a code table (codes = \"…\")"))
     if not isinstance(raw, dict) or not raw:
-        fail("'implies' must be an inline table, like implies = { \"11\" = { sex = \"1\" } }")
+        fail(_("'implies' must be an inline table, like implies = { \"11\" = { sex = \"1\" } }"))
     for code, wanted in raw.items():
         if code not in known_codes[code_table]:
-            fail(f"'implies' names code '{code}', which is not in code table '{code_table}'")
+            fail(_("'implies' names code '{code}', which is not in code table '{codes}'").format(
+                code=code, codes=code_table))
         if not isinstance(wanted, dict) or not wanted:
-            fail(f"'implies' for code '{code}' must be an inline table of values, like {{ sex = \"1\" }}")
+            fail(_("'implies' for code '{code}' must be an inline table of values, like {{ sex = \"1\" }}").format(
+                code=code))
         for other, value in wanted.items():
             if other not in all_columns:
-                fail(f"'implies' for code '{code}' names '{other}', which is not a column of the table")
+                fail(_("'implies' for code '{code}' names '{other}', which is not a column of the table").format(
+                    code=code, other=other))
             if not isinstance(value, str):
-                fail(f"'implies' for code '{code}': the value of '{other}' must be in quotes")
+                fail(_("'implies' for code '{code}': the value of '{other}' must be in quotes").format(
+                    code=code, other=other))
     return {code: dict(wanted) for code, wanted in raw.items()}
 
 
 def _load_one_per(path, table, raw, all_columns) -> OnePer | None:
     if raw is None:
         return None
-    shape = ("'one_per' must be { group = \"COLUMN\", column = \"COLUMN\", value = \"VALUE\" }, "
-             "with an optional where = { COLUMN = \"VALUE\", … }")
+    shape = _("'one_per' must be { group = \"COLUMN\", column = \"COLUMN\", value = \"VALUE\" }, "
+              "with an optional where = { COLUMN = \"VALUE\", … }")
     where = raw.get("where", {}) if isinstance(raw, dict) else None
     if not isinstance(raw, dict) or not {"group", "column", "value"} <= set(raw) <= {"group", "column", "value", "where"} \
             or not all(isinstance(raw[k], str) for k in ("group", "column", "value")) \
@@ -462,7 +474,8 @@ def _load_one_per(path, table, raw, all_columns) -> OnePer | None:
         raise SchemaError(path, shape, table=table)
     for what, name in [("group", raw["group"]), ("column", raw["column"]), *(("where", c) for c in where)]:
         if name not in all_columns:
-            raise SchemaError(path, f"'one_per' {what} names '{name}', which is not a column of the table",
+            raise SchemaError(path, _("'one_per' {what} names '{name}', which is not a column of the table").format(
+                what=what, name=name),
                               table=table)
     return OnePer(raw["group"], raw["column"], raw["value"], tuple(sorted(where.items())))
 
@@ -470,18 +483,21 @@ def _load_one_per(path, table, raw, all_columns) -> OnePer | None:
 def _load_codes(path, raw) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, Was]]]:
     """The domain's code tables, and each one's ``was`` table (old code -> Was)."""
     if not isinstance(raw, dict):
-        raise SchemaError(path, "'codes' must hold [codes.NAME] sections")
+        raise SchemaError(path, _("'codes' must hold [codes.NAME] sections"))
     tables, was = {}, {}
     for name, entries in raw.items():
         if not isinstance(entries, dict):
-            raise SchemaError(path, f"code table '{name}' must map codes to Chinese names, like 01 = \"汉族\"")
+            raise SchemaError(path, _("code table '{name}' must map codes to Chinese names, like 01 = \"汉族\"").format(
+                name=name))
         entries = dict(entries)
         old = entries.pop("was", None)
         if not entries:
-            raise SchemaError(path, f"code table '{name}' must map codes to Chinese names, like 01 = \"汉族\"")
+            raise SchemaError(path, _("code table '{name}' must map codes to Chinese names, like 01 = \"汉族\"").format(
+                name=name))
         for code, meaning in entries.items():
             if not isinstance(meaning, str):
-                raise SchemaError(path, f"code table '{name}': code '{code}' must map to a name in quotes")
+                raise SchemaError(path, _("code table '{name}': code '{code}' must map to a name in quotes").format(
+                    name=name, code=code))
         tables[name] = entries
         if old is not None:
             was[name] = _load_was(path, name, old, entries)
@@ -490,26 +506,28 @@ def _load_codes(path, raw) -> tuple[dict[str, dict[str, str]], dict[str, dict[st
 
 def _load_was(path, name, raw, entries) -> dict[str, Was]:
     """``[codes.NAME.was]``: OLD = "NEW" or OLD = { code = "NEW", set = { COLUMN = "VALUE" } }."""
-    where = f"code table '{name}': [codes.{name}.was]"
+    where = _("code table '{name}': [codes.{name}.was]").format(name=name)
     if not isinstance(raw, dict) or not raw:
-        raise SchemaError(path, f"{where} must map old codes to codes of the table, like pension_employee = \"110\"")
+        raise SchemaError(path, _("{where} must map old codes to codes of the table, like pension_employee = \"110\"").format(
+            where=where))
     mapped = {}
     for old, target in raw.items():
         if isinstance(target, dict):
             if set(target) - {"code", "set"} or not isinstance(target.get("set", {}), dict):
-                raise SchemaError(path, f"{where}: '{old}' must be \"NEW\" or {{ code = \"NEW\", set = {{ COLUMN = "
-                                        "\"VALUE\" } }")
+                raise SchemaError(path, _("{where}: '{old}' must be \"NEW\" or {{ code = \"NEW\", set = {{ COLUMN = "
+                                          "\"VALUE\" }} }}").format(where=where, old=old))
             new, sets = target.get("code"), dict(target.get("set", {}))
         else:
             new, sets = target, {}
         if new not in entries:
-            raise SchemaError(path, f"{where}: old code '{old}' maps to '{new}', which is not a code of the table; "
-                                    f"use one of {', '.join(entries)}")
+            raise SchemaError(path, _("{where}: old code '{old}' maps to '{new}', which is not a code of the table; "
+                                      "use one of {codes}").format(where=where, old=old, new=new, codes=", ".join(entries)))
         if old in entries:
-            raise SchemaError(path, f"{where}: '{old}' is a code of the table now; an old code in use "
-                                    "again cannot be rewritten")
+            raise SchemaError(path, _("{where}: '{old}' is a code of the table now; an old code in use "
+                                      "again cannot be rewritten").format(where=where, old=old))
         if not all(isinstance(v, str) for v in sets.values()):
-            raise SchemaError(path, f"{where}: the values 'set' for '{old}' gives must be in quotes")
+            raise SchemaError(path, _("{where}: the values 'set' for '{old}' gives must be in quotes").format(
+                where=where, old=old))
         mapped[old] = Was(new, sets)
     return mapped
 
@@ -525,17 +543,20 @@ def _check_was_sets(path, was, known_codes, tables) -> None:
                 for other, value in target.set.items():
                     column = table.columns.get(other)
                     if column is None or column.name in table.key:
-                        raise SchemaError(path, f"[codes.{name}.was]: '{old}' sets '{other}', which is not a "
-                                                "column outside the key of the table", table=table.name)
+                        raise SchemaError(path, _("[codes.{name}.was]: '{old}' sets '{other}', which is not a "
+                                                  "column outside the key of the table").format(
+                            name=name, old=old, other=other), table=table.name)
                     if column.codes and value not in known_codes[column.codes]:
-                        raise SchemaError(path, f"[codes.{name}.was]: '{old}' sets '{other}' to '{value}', which is "
-                                                f"not in code table '{column.codes}'", table=table.name)
+                        raise SchemaError(path, _("[codes.{name}.was]: '{old}' sets '{other}' to '{value}', which is "
+                                                  "not in code table '{codes}'").format(
+                            name=name, old=old, other=other, value=value, codes=column.codes), table=table.name)
 
 
 def _check_policy(path, policy, policies, table=None, column=None):
     if policy not in policies:
         raise SchemaError(
-            path, f"unknown conflict policy '{policy}'; use one of {', '.join(sorted(policies))}",
+            path, _("unknown conflict policy '{policy}'; use one of {policies}").format(
+                policy=policy, policies=", ".join(sorted(policies))),
             table=table, column=column,
         )
 
@@ -544,7 +565,7 @@ def _unknown_keys(path, raw, allowed, table=None, column=None):
     for key in raw:
         if key not in allowed:
             raise SchemaError(
-                path, f"unknown keyword '{key}'; allowed here: {', '.join(allowed)}",
+                path, _("unknown keyword '{key}'; allowed here: {allowed}").format(key=key, allowed=", ".join(allowed)),
                 table=table, column=column,
             )
 
@@ -554,7 +575,7 @@ def _text(path, raw, key, required=False, table=None, column=None):
     if value is None and not required:
         return ""
     if not isinstance(value, str) or not value.strip():
-        raise SchemaError(path, f"'{key}' must be a non-empty string", table=table, column=column)
+        raise SchemaError(path, _("'{key}' must be a non-empty string").format(key=key), table=table, column=column)
     return value
 
 

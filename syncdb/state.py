@@ -31,6 +31,7 @@ from typing import Iterator
 
 from . import capture, limits
 from .errors import SyncdbError
+from .i18n import _
 from .hlc import Clock, Stamp, pack_versions, unpack_versions
 from .schema import Domain, Table
 
@@ -80,8 +81,8 @@ def read_config(workdir) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise SyncdbError(f"{workdir} is not a community folder set up for sync; "
-                          "run `syncdb community init` there first") from None
+        raise SyncdbError(_("{folder} is not a community folder set up for sync; "
+                            "run `syncdb community init` there first").format(folder=workdir)) from None
 
 
 def office_limits(workdir) -> limits.Limits:

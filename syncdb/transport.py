@@ -32,6 +32,7 @@ from .errors import SyncdbError
 from .files import storage_error
 from .holds import DELETE_SHARE
 from .http_channel import HttpChannel
+from .i18n import _
 from .pull import PullReport, finish_interrupted, pull_from
 from .schema import Domain
 from .state import read_config
@@ -40,7 +41,7 @@ from .state import read_config
 def channel_for(url: str | None = None, folder=None, *, retries: int = 5, timeout: float = 30) -> Channel:
     """The channel a command names: the office at ``url`` (checked), or ``folder``; exactly one."""
     if bool(url) == bool(folder):
-        raise SyncdbError("give exactly one of an office address or a folder")
+        raise SyncdbError(_("give exactly one of an office address or a folder"))
     return HttpChannel(office_url(url), retries=retries, timeout=timeout) if url else FolderChannel(folder)
 
 
@@ -68,7 +69,7 @@ def push(workdir, channel: Channel, domains: dict[str, Domain], secret: Secret, 
     line of the sending. Raises SyncdbError when the export fails; the result
     says how the sending went (a network problem never raises).
     """
-    tidy(workdir, channel.folder, then="run `syncdb push` again")
+    tidy(workdir, channel.folder, then=_("run `syncdb push` again"))
     channel.learn_limits(workdir)  # so the export makes bundles the office will take
     made = community.export(workdir, domains, secret, notify=notify, progress=progress,
                             confirm_deletes=confirm_deletes, delete_share=delete_share)
@@ -81,7 +82,7 @@ def pull(workdir, channel: Channel, domains: dict[str, Domain], secret: Secret) 
     return pull_from(workdir, channel, domains, secret)
 
 
-def tidy(workdir, folder=None, then: str = "run the same command again") -> list[Path]:
+def tidy(workdir, folder=None, then: str | None = None) -> list[Path]:
     """Clear what a killed run left: finish a pull stopped half way, remove the temporary files.
 
     Looks in the outbox, and in ``folder`` (a USB stick) if given; returns

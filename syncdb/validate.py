@@ -32,6 +32,7 @@ except ImportError:  # older ones: the standard's algorithm below
     _stdnum_uscc = None
 
 from .errors import SyncdbError
+from .i18n import _
 from .integrity import WorkingRecords, has_rules, rule_problems
 from .schema import Column, Domain, Table
 from .workdir import db_path
@@ -65,7 +66,7 @@ class Finding:
     path: str
 
     def __str__(self) -> str:
-        why = self.why if self.severity == ERROR else f"warning: {self.why}"
+        why = self.why if self.severity == ERROR else _("warning: {why}").format(why=self.why)
         # Table-level findings have no key or field; '-' keeps five columns.
         parts = (self.community, self.table, self.key or "-", self.field or "-", why)
         return " / ".join(parts)
@@ -85,17 +86,19 @@ def id_number(value: str) -> list[str]:
     """Check an 18-character 公民身份号码 (GB 11643); return warnings, raise Invalid."""
     if value != value.strip():
         # It is a natural key: ' 1101…' and '1101…' would be two people.
-        raise Invalid(f"has spaces around it: {value!r}; store the 18 characters only")
+        raise Invalid(_("has spaces around it: {value!r}; store the 18 characters only").format(value=value))
     if len(value) == 15 and value.isdigit():
-        raise Invalid("is an old 15-digit number; store the 18-character number from the current ID card")
+        raise Invalid(_("is an old 15-digit number; store the 18-character number from the current ID card"))
     if len(value) != 18:
-        raise Invalid(f"must be 18 characters, got {len(value)}{_fullwidth_hint(value)}")
+        raise Invalid(_("must be 18 characters, got {length}{hint}").format(
+            length=len(value), hint=_fullwidth_hint(value)))
     if value[-1] == "x" and _ID_FORMAT.fullmatch(value[:-1] + "X"):
         # GB 11643 writes the check character 10 as capital X; with 'x' the
         # same person would sync as a second natural key.
-        raise Invalid("ends in lowercase 'x'; use capital 'X'")
+        raise Invalid(_("ends in lowercase 'x'; use capital 'X'"))
     if not _ID_FORMAT.fullmatch(value):
-        raise Invalid(f"must be 17 digits and a final digit or X, got {value!r}{_fullwidth_hint(value)}")
+        raise Invalid(_("must be 17 digits and a final digit or X, got {value!r}{hint}").format(
+            value=value, hint=_fullwidth_hint(value)))
     # The date first: when it is impossible, saying so helps more than the
     # check character it also breaks.
     try:
@@ -103,18 +106,20 @@ def id_number(value: str) -> list[str]:
         # get_birth_date would clean the number again: most of the time spent here).
         born = datetime.date(int(value[6:10]), int(value[10:12]), int(value[12:14]))
     except ValueError:
-        raise Invalid(f"birth date {value[6:14]} in the number is not a real date") from None
+        raise Invalid(_("birth date {date} in the number is not a real date").format(date=value[6:14])) from None
     if born > datetime.date.today():
-        raise Invalid(f"birth date {born.isoformat()} in the number is in the future")
+        raise Invalid(_("birth date {date} in the number is in the future").format(date=born.isoformat()))
     if born.year < EARLIEST_BIRTH_YEAR:
-        raise Invalid(f"birth date {born.isoformat()} in the number is before {EARLIEST_BIRTH_YEAR}")
+        raise Invalid(_("birth date {date} in the number is before {year}").format(
+            date=born.isoformat(), year=EARLIEST_BIRTH_YEAR))
     expected = ric.calc_check_digit(value)
     if value[-1] != expected:
-        raise Invalid(f"wrong check character: expected {expected}, got {value[-1]}")
+        raise Invalid(_("wrong check character: expected {expected}, got {got}").format(
+            expected=expected, got=value[-1]))
     if not _region_known(value[:10]):
         return [
-            f"region code {value[:6]} not found for birth year {born.year}; "
-            "region codes are retired and added, the number stays valid"
+            _("region code {region} not found for birth year {year}; "
+              "region codes are retired and added, the number stays valid").format(region=value[:6], year=born.year)
         ]
     return []
 
@@ -155,23 +160,25 @@ VILLAGE_SEGMENT = range(1, 400)
 def community_code(value: str) -> list[str]:
     """Check a 12-digit 统计用区划代码: county (6) + township (3) + village (3)."""
     if not re.fullmatch(r"[0-9]{12}", value):
-        raise Invalid(
-            f"must be 12 digits (统计用区划代码: 6-digit county, 3-digit street, "
-            f"3-digit community, like 441900003001), got {value!r}{_fullwidth_hint(value)}"
-        )
+        raise Invalid(_(
+            "must be 12 digits (统计用区划代码: 6-digit county, 3-digit street, "
+            "3-digit community, like 441900003001), got {value!r}{hint}").format(value=value, hint=_fullwidth_hint(value)))
     if value[:2] not in PROVINCES:
-        raise Invalid(f"starts with {value[:2]}, which is no province code (11 北京市 … 82 澳门特别行政区)")
+        raise Invalid(_no_province().format(start=value[:2]))
     if int(value[6:9]) not in TOWNSHIP_SEGMENT:
-        raise Invalid(
-            f"has township segment {value[6:9]} (digits 7–9), which 统计用区划代码 does not use: "
-            "streets are 001–099, towns 100–199, townships 200–399, zones 400–599"
-        )
+        raise Invalid(_(
+            "has township segment {segment} (digits 7–9), which 统计用区划代码 does not use: "
+            "streets are 001–099, towns 100–199, townships 200–399, zones 400–599").format(segment=value[6:9]))
     if int(value[9:12]) not in VILLAGE_SEGMENT:
-        raise Invalid(
-            f"has village segment {value[9:12]} (digits 10–12), which 统计用区划代码 does not use: "
-            "居委会 (communities) are 001–199, 村委会 (villages) 200–399"
-        )
+        raise Invalid(_(
+            "has village segment {segment} (digits 10–12), which 统计用区划代码 does not use: "
+            "居委会 (communities) are 001–199, 村委会 (villages) 200–399").format(segment=value[9:12]))
     return []
+
+
+def _no_province() -> str:
+    """The message for a code whose first two digits are no province (community and division codes)."""
+    return _("starts with {start}, which is no province code (11 北京市 … 82 澳门特别行政区)")
 
 
 def division_code(value: str) -> list[str]:
@@ -181,11 +188,10 @@ def division_code(value: str) -> list[str]:
     over the years, and an old one (a native place, an ID's region) stays true.
     """
     if not re.fullmatch(r"[0-9]{6}", value):
-        raise Invalid(
-            f"must be 6 digits (行政区划代码, GB/T 2260, like 441900), got {value!r}{_fullwidth_hint(value)}"
-        )
+        raise Invalid(_("must be 6 digits (行政区划代码, GB/T 2260, like 441900), got {value!r}{hint}").format(
+            value=value, hint=_fullwidth_hint(value)))
     if value[:2] not in PROVINCES:
-        raise Invalid(f"starts with {value[:2]}, which is no province code (11 北京市 … 82 澳门特别行政区)")
+        raise Invalid(_no_province().format(start=value[:2]))
     return []
 
 
@@ -205,19 +211,21 @@ def _uscc_check_character(first17: str) -> str:
 def uscc(value: str) -> list[str]:
     """Check an 18-character 统一社会信用代码 (GB 32100-2015) and its check character."""
     if value != value.strip():
-        raise Invalid(f"has spaces around it: {value!r}; store the 18 characters only")
+        raise Invalid(_("has spaces around it: {value!r}; store the 18 characters only").format(value=value))
     if len(value) != 18:
-        raise Invalid(f"must be 18 characters (统一社会信用代码), got {len(value)}{_fullwidth_hint(value)}")
+        raise Invalid(_("must be 18 characters (统一社会信用代码), got {length}{hint}").format(
+            length=len(value), hint=_fullwidth_hint(value)))
     if value != value.upper() and _USCC_FORMAT.fullmatch(value.upper()):
-        raise Invalid("holds lowercase letters; GB 32100 writes them in capitals")
+        raise Invalid(_("holds lowercase letters; GB 32100 writes them in capitals"))
     if not _USCC_FORMAT.fullmatch(value):
-        raise Invalid(
-            f"must be 2 registration characters, a 6-digit division code and 10 characters of "
-            f"0–9 and A–Y without I, O, S, V or Z (GB 32100), got {value!r}{_fullwidth_hint(value)}"
-        )
+        raise Invalid(_(
+            "must be 2 registration characters, a 6-digit division code and 10 characters of "
+            "0–9 and A–Y without I, O, S, V or Z (GB 32100), got {value!r}{hint}").format(
+            value=value, hint=_fullwidth_hint(value)))
     expected = _uscc_check_character(value[:17])
     if value[-1] != expected:
-        raise Invalid(f"wrong check character: expected {expected}, got {value[-1]}")
+        raise Invalid(_("wrong check character: expected {expected}, got {got}").format(
+            expected=expected, got=value[-1]))
     return []
 
 
@@ -251,16 +259,15 @@ def phone(value: str) -> list[str]:
     # 0769-22123456-801: a last short group after a full landline is an extension.
     if extension is None and len(groups) >= 3 and len(groups[-1]) <= 6 and _LANDLINE.fullmatch("".join(groups[:-1])):
         return []
-    raise Invalid(
-        f"{value!r} is neither a mobile number (11 digits, 13x–19x) nor a landline "
-        f"with its area code (like 0769-22123456){_fullwidth_hint(value)}"
-    )
+    raise Invalid(_(
+        "{value!r} is neither a mobile number (11 digits, 13x–19x) nor a landline "
+        "with its area code (like 0769-22123456){hint}").format(value=value, hint=_fullwidth_hint(value)))
 
 
 def _fullwidth_hint(value: str) -> str:
     # Chinese input methods in full-width mode (全角) type look-alike digits.
     if unicodedata.normalize("NFKC", value) != value:
-        return " (it holds full-width characters 全角; retype it in half-width 半角)"
+        return _(" (it holds full-width characters 全角; retype it in half-width 半角)")
     return ""
 
 
@@ -304,10 +311,11 @@ def _check_value(column: Column, value, record: dict, domain: Domain) -> list[Pr
     name = column.name
     if value is None or (isinstance(value, str) and not value.strip()):
         if column.required:
-            return [Problem(ERROR, name, "required value is missing")]
+            return [Problem(ERROR, name, _("required value is missing"))]
         return []
     if isinstance(value, bytes):
-        return [Problem(ERROR, name, f"holds binary data ({len(value)} bytes), expected {column.type}")]
+        return [Problem(ERROR, name, _("holds binary data ({size} bytes), expected {type}").format(
+            size=len(value), type=column.type))]
     text = value if isinstance(value, str) else str(value)
     why = _type_error(column.type, value, text)
     if why:
@@ -335,20 +343,20 @@ def _type_error(ctype: str, value, text: str) -> str | None:
             or (isinstance(value, float) and value.is_integer())
             or (isinstance(value, str) and _INTEGER.fullmatch(value))
         ):
-            return f"expected a whole number, got {text!r}"
+            return _("expected a whole number, got {text!r}").format(text=text)
     elif ctype == "real":
         if isinstance(value, bool) or not (
             (isinstance(value, (int, float)) and math.isfinite(value))
             or (isinstance(value, str) and _REAL.fullmatch(value))
         ):
-            return f"expected a number, got {text!r}"
+            return _("expected a number, got {text!r}").format(text=text)
     elif ctype == "date":
         if not _ISO_DATE.fullmatch(text):
-            return f"expected a date as YYYY-MM-DD, got {text!r}"
+            return _("expected a date as YYYY-MM-DD, got {text!r}").format(text=text)
         try:
             datetime.date.fromisoformat(text)
         except ValueError:
-            return f"{text} is not a real date"
+            return _("{text} is not a real date").format(text=text)
     return None
 
 
@@ -362,7 +370,8 @@ def _check_matches(column: Column, number: str, record: dict) -> list[Problem]:
         # A malformed birth_date is reported by its own type check.
         if isinstance(recorded, str) and _ISO_DATE.fullmatch(recorded) and recorded != born:
             problems.append(Problem(
-                ERROR, birth_column, f"ID number says born {born} but {birth_column} is {recorded}"))
+                ERROR, birth_column, _("ID number says born {born} but {column} is {recorded}").format(
+                    born=born, column=birth_column, recorded=recorded)))
     sex_column = column.matches.get("sex")
     if sex_column:
         recorded = str(record.get(sex_column))
@@ -370,11 +379,13 @@ def _check_matches(column: Column, number: str, record: dict) -> list[Problem]:
         # and 2 of GB/T 2261.1. 0 and 9 (unknown, unstated) cannot disagree.
         said = "1" if int(number[16]) % 2 else "2"
         if recorded in ("1", "2") and recorded != said:
-            sexes = {"1": "male", "2": "female"}
+            sexes = {"1": _("male"), "2": _("female")}
             problems.append(Problem(
                 ERROR, sex_column,
-                f"ID number says {sexes[said]} ({said}, 17th digit {number[16]}) "
-                f"but {sex_column} is {recorded} ({sexes[recorded]})"))
+                _("ID number says {said_sex} ({said}, 17th digit {digit}) "
+                  "but {column} is {recorded} ({recorded_sex})").format(
+                    said_sex=sexes[said], said=said, digit=number[16], column=sex_column, recorded=recorded,
+                    recorded_sex=sexes[recorded])))
     return problems
 
 
@@ -382,13 +393,14 @@ def _unknown_code(name: str, value: str, table: dict[str, str], domain: Domain) 
     hint = ""
     by_meaning = {meaning: code for code, meaning in table.items()}
     if value in by_meaning:
-        hint = f"; that is the name, store its code '{by_meaning[value]}'"
+        hint = _("; that is the name, store its code '{code}'").format(code=by_meaning[value])
     elif value.isdigit() and value.zfill(len(next(iter(table)))) in table:
         # A program that stored the code as a number lost its leading zero.
-        hint = f"; codes keep their leading zeros: '{value.zfill(len(next(iter(table))))}'"
+        hint = _("; codes keep their leading zeros: '{code}'").format(code=value.zfill(len(next(iter(table)))))
     standard = "" if name in domain.codes else STANDARDS.get(name, "")
     where = f"{standard}: " if standard else ""
-    return f"unknown {name} code '{value}' ({where}{_some_codes(table)}){hint}"
+    return _("unknown {name} code '{value}' ({where}{codes}){hint}").format(
+        name=name, value=value, where=where, codes=_some_codes(table), hint=hint)
 
 
 def _some_codes(table: dict[str, str]) -> str:
@@ -410,7 +422,7 @@ def _some_codes(table: dict[str, str]) -> str:
         if len(run) >= 3:
             shown.append(f"{run[0][0]} {run[0][1]} … {run[-1][0]} {run[-1][1]}")
         else:
-            shown.extend(code for code, _ in run)
+            shown.extend(code for code, __ in run)
     return ", ".join(shown)
 
 
@@ -431,21 +443,22 @@ def validate_paths(paths: Iterable, domains: dict[str, Domain]) -> Iterator[Find
             files = [db_path(path, name) for name in domains if db_path(path, name).is_file()]
             if not files:
                 names = ", ".join(f"{name}.db" for name in domains)
-                raise SyncdbError(
-                    f"{path}: holds no working database ({names}); "
-                    "give a community folder or the database files themselves")
+                raise SyncdbError(_(
+                    "{path}: holds no working database ({names}); "
+                    "give a community folder or the database files themselves").format(path=path, names=names))
             for file in files:
                 yield from validate_file(file, domains[file.stem], domains)
         elif path.is_file():
             domain = domains.get(path.stem)
             if domain is None:
                 names = ", ".join(f"{name}.db" for name in domains)
-                raise SyncdbError(
-                    f"{path}: no schema for domain '{path.stem}'; working databases are "
-                    f"named after their domain ({names}), or point --schemas at the folder declaring it")
+                raise SyncdbError(_(
+                    "{path}: no schema for domain '{domain}'; working databases are "
+                    "named after their domain ({names}), or point --schemas at the folder declaring it").format(
+                    path=path, domain=path.stem, names=names))
             yield from validate_file(path, domain, domains)
         else:
-            raise SyncdbError(f"{path}: no such file or folder")
+            raise SyncdbError(_("{path}: no such file or folder").format(path=path))
 
 
 def validate_file(path, domain: Domain, domains: dict[str, Domain] | None = None) -> Iterator[Finding]:
@@ -461,9 +474,9 @@ def validate_file(path, domain: Domain, domains: dict[str, Domain] | None = None
         for table in domain.tables.values():
             yield from _validate_table(conn, path, table, domain, records)
     except sqlite3.DatabaseError as e:
-        raise SyncdbError(
-            f"{path}: cannot be read ({e}); check it with `sqlite3 {path.name} 'PRAGMA integrity_check'` "
-            "or restore it from a backup") from e
+        raise SyncdbError(_(
+            "{path}: cannot be read ({error}); check it with `sqlite3 {name} 'PRAGMA integrity_check'` "
+            "or restore it from a backup").format(path=path, error=e, name=path.name)) from e
     finally:
         conn.close()
         if records:
@@ -478,9 +491,10 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as e:
         conn.close()
-        raise SyncdbError(
-            f"{path}: is not an SQLite database ({e}); give the community's working database "
-            f"({path.stem}.db as its programs write it) or the folder holding it") from e
+        raise SyncdbError(_(
+            "{path}: is not an SQLite database ({error}); give the community's working database "
+            "({domain}.db as its programs write it) or the folder holding it").format(
+            path=path, error=e, domain=path.stem)) from e
     return conn
 
 
@@ -489,15 +503,17 @@ def _validate_table(conn: sqlite3.Connection, path: Path, table: Table, domain: 
     present = {row[1].lower() for row in conn.execute(f"PRAGMA table_info([{table.name}])")}
     if not present:
         yield Finding(ERROR, "?", table.qualified, "", "",
-                      f"table '{table.name}' is missing from {path}; is this the community's "
-                      f"{domain.name} database? `syncdb community init` creates the tables", str(path))
+                      _("table '{table}' is missing from {path}; is this the community's "
+                        "{domain} database? `syncdb community init` creates the tables").format(
+                          table=table.name, path=path, domain=domain.name), str(path))
         return
     columns = [c for c in table.columns if c.lower() in present]
     missing = [c for c in table.columns if c.lower() not in present]
     for column in missing:
         yield Finding(ERROR, "?", table.qualified, "", column,
-                      f"column '{column}' is missing from table '{table.name}' in {path}; "
-                      "add it (ALTER TABLE … ADD COLUMN) so the records can sync", str(path))
+                      _("column '{column}' is missing from table '{table}' in {path}; "
+                        "add it (ALTER TABLE … ADD COLUMN) so the records can sync").format(
+                          column=column, table=table.name, path=path), str(path))
     # A missing column was reported once above, not again for every row.
     skip = set(missing)
     select = ", ".join(f"[{c}]" for c in columns)
@@ -535,5 +551,5 @@ def _duplicate_keys(conn: sqlite3.Connection, path: Path, table: Table) -> Itera
     for values, rows in duplicate_keys(conn, table):
         key = "/".join("?" if v is None else str(v) for v in values)
         yield Finding(ERROR, "?", table.qualified, key, ", ".join(table.key),
-                      f"{rows} rows have this {', '.join(table.key)}; records sync by it, so keep one row "
-                      "(correct or delete the others)", str(path))
+                      _("{rows} rows have this {key}; records sync by it, so keep one row "
+                        "(correct or delete the others)").format(rows=rows, key=", ".join(table.key)), str(path))

@@ -29,6 +29,7 @@ import sqlite_utils
 from . import capture, holds, workdir
 from .errors import SyncdbError
 from .files import storage_error
+from .i18n import _
 from .masks import mask
 from .schema import TYPES, Column, Domain, Table
 from .state import open_state, state_dir
@@ -67,13 +68,14 @@ def upgrade(workdir_path, domains: dict[str, Domain], create_databases: bool = F
     """
     folder = Path(workdir_path)
     if not folder.is_dir():
-        raise SyncdbError(f"{folder}: no such folder. Give the folder that holds the community's working "
-                          "databases; nothing was changed")
+        raise SyncdbError(_("{folder}: no such folder. Give the folder that holds the community's working "
+                            "databases; nothing was changed").format(folder=folder))
     present = [d for d in domains.values() if workdir.db_path(folder, d.name).is_file()]
     if not present and not create_databases:
         names = ", ".join(f"{name}.db" for name in domains)
-        raise SyncdbError(f"{folder} holds no working database ({names}); give the community's folder, or "
-                          "add --create-databases to start with empty ones; nothing was changed")
+        raise SyncdbError(_("{folder} holds no working database ({names}); give the community's folder, or "
+                            "add --create-databases to start with empty ones; nothing was changed").format(
+            folder=folder, names=names))
     set_up = (state_dir(folder) / "config.json").is_file()
     done = Upgraded()
     try:
@@ -87,8 +89,8 @@ def upgrade(workdir_path, domains: dict[str, Domain], create_databases: bool = F
         # After capture is set up afresh: the moved rows are captured, and pushed, like any edit.
         move_household_assistance(folder, domains, done)
     except sqlite3.Error as e:
-        raise storage_error(e, folder, then="correct it and run `syncdb community upgrade` again; each "
-                                            "database is upgraded whole or not at all") from None
+        raise storage_error(e, folder, then=_("correct it and run `syncdb community upgrade` again; each "
+                                              "database is upgraded whole or not at all")) from None
     return done
 
 
@@ -128,8 +130,9 @@ def _gone_tables(folder: Path, conn: sqlite3.Connection, domain: Domain) -> dict
         return {}
     with open_state(folder) as state:
         rows = {t.name: state.live_rows(t.qualified) for t in missing}
-    return {name: (f"{domain.name}.db: table '{name}' is gone while the office holds {n} record(s) of it "
-                   "from here; it was not made again (`syncdb push` asks before deleting them there)")
+    return {name: _("{domain}.db: table '{table}' is gone while the office holds {records} record(s) of it "
+                    "from here; it was not made again (`syncdb push` asks before deleting them there)").format(
+                domain=domain.name, table=name, records=n)
             for name, n in rows.items() if n}
 
 
@@ -146,8 +149,9 @@ def _add_columns(conn: sqlite3.Connection, db: sqlite_utils.Database, table: Tab
         (rows,) = conn.execute(f"SELECT count(*) FROM [{table.name}]").fetchone()
         if rows:
             done.empty_required.append(
-                f"{table.qualified}: {', '.join(required)} must be filled in its {rows} record(s); until then "
-                "a record that changes is held back by `syncdb push`, saying which value is missing")
+                _("{table}: {columns} must be filled in its {records} record(s); until then "
+                  "a record that changes is held back by `syncdb push`, saying which value is missing").format(
+                    table=table.qualified, columns=", ".join(required), records=rows))
 
 
 def _unsynced(db: sqlite_utils.Database, domain: Domain) -> list[str]:
@@ -205,13 +209,16 @@ def _recode_column(conn: sqlite3.Connection, table: Table, column: Column, mappe
             f"SELECT {', '.join(f'[{k}]' for k in table.key)} FROM [{table.name}] WHERE [{column.name}] = ?", (old,))]
         if kept:
             shown = "; ".join(holds.shown_key(table, capture.key_json(table, k)) for k in kept[:_LISTED])
-            more = f" and {len(kept) - _LISTED} more" if len(kept) > _LISTED else ""
-            done.recoded.append(
-                f"note: {where}: {len(kept)} record(s) keep the old code '{old}' ({shown}{more}): another record "
-                f"already holds the key with '{target.code}'; keep one of the two (copy over what the other "
-                "adds), delete the other, and run `syncdb community upgrade` again")
+            if len(kept) > _LISTED:
+                shown = _("{listed} and {count} more").format(listed=shown, count=len(kept) - _LISTED)
+            done.recoded.append(_(
+                "note: {where}: {records} record(s) keep the old code '{old}' ({keys}): another record "
+                "already holds the key with '{new}'; keep one of the two (copy over what the other "
+                "adds), delete the other, and run `syncdb community upgrade` again").format(
+                where=where, records=len(kept), old=old, keys=shown, new=target.code))
     if rewritten:
-        done.recoded.append(f"{where}: old codes rewritten ({'; '.join(rewritten)}); the next push sends them")
+        done.recoded.append(_("{where}: old codes rewritten ({rewritten}); the next push sends them").format(
+            where=where, rewritten="; ".join(rewritten)))
 
 
 # -- 民政 version 2: 低保 and 特困 granted per household ---------------------------------------
@@ -289,9 +296,10 @@ def _move_rows(conn: sqlite3.Connection, domain: Domain, households: dict[str, s
         exists = conn.execute("SELECT 1 FROM assistance WHERE household_no = ? AND assistance_type = ?",
                               (household, kind)).fetchone()
         amounts = sorted({m["monthly_amount"] for m in members if m["monthly_amount"] is not None})
-        why = ("the household already has a record of this type in minzheng.assistance" if exists
-               else f"its members' monthly amounts differ ({', '.join(f'{a:g}' for a in amounts)}): a person "
-                    "decides the household's amount" if len(amounts) > 1
+        why = (_("the household already has a record of this type in minzheng.assistance") if exists
+               else _("its members' monthly amounts differ ({amounts}): a person "
+                      "decides the household's amount").format(amounts=", ".join(f"{a:g}" for a in amounts))
+               if len(amounts) > 1
                else holds.record_problems(table, record, domain))
         if why:
             left.setdefault(why, []).extend(members)
@@ -304,20 +312,20 @@ def _move_rows(conn: sqlite3.Connection, domain: Domain, households: dict[str, s
         written += 1
     if moved:
         done.moved_rows += moved
-        done.assistance.append(
-            f"minzheng: {moved} per-person 低保/特困 record(s) of minzheng.benefits moved into "
-            f"{written} household record(s) of minzheng.assistance; the next push sends them and deletes the per-person "
+        done.assistance.append(_(
+            "minzheng: {moved} per-person 低保/特困 record(s) of minzheng.benefits moved into "
+            "{written} household record(s) of minzheng.assistance; the next push sends them and deletes the per-person "
             "records at the office (if it holds those deletions back, confirm them with `syncdb push "
-            "--confirm-deletes`)")
+            "--confirm-deletes`)").format(moved=moved, written=written))
     if homeless:
-        left.setdefault("no household in huji.db (huji.persons.household_no empty, or naming a household "
-                        "huji.households does not hold; if another community registers the household, it enters "
-                        "the household's record, and this one is deleted here once it has)", []).extend(homeless)
+        left.setdefault(_("no household in huji.db (huji.persons.household_no empty, or naming a household "
+                          "huji.households does not hold; if another community registers the household, it enters "
+                          "the household's record, and this one is deleted here once it has)"), []).extend(homeless)
     for why, members in left.items():
-        done.assistance.append(
-            f"minzheng.benefits: {len(members)} 低保/特困 record(s) left per person ({_listed(members)}): {why}; "
+        done.assistance.append(_(
+            "minzheng.benefits: {records} 低保/特困 record(s) left per person ({keys}): {why}; "
             "correct that and run `syncdb community upgrade` again, or enter the household's record in "
-            "minzheng.assistance and delete them")
+            "minzheng.assistance and delete them").format(records=len(members), keys=_listed(members), why=why))
 
 
 def _household_record(household: str, kind: str, members: list[dict]) -> dict:
@@ -343,12 +351,15 @@ def _count_retired(conn: sqlite3.Connection, done: Upgraded) -> None:
         rows = [dict(zip(_BENEFIT, r)) for r in conn.execute(
             f"SELECT {', '.join(_BENEFIT)} FROM benefits WHERE benefit_type = ? ORDER BY rowid", (code,))]
         if rows:
-            done.assistance.append(
-                f"minzheng.benefits: {len(rows)} {label} ({code}) record(s) kept as they were: {label} is handled "
+            done.assistance.append(_(
+                "minzheng.benefits: {records} {label} ({code}) record(s) kept as they were: {label} is handled "
                 "by 退役军人事务 since 2018 and is no 民政 benefit type now, so a push holds back a change to one; "
-                "hand them over and delete them (the push deletes them at the office too)")
+                "hand them over and delete them (the push deletes them at the office too)").format(
+                records=len(rows), label=label, code=code))
 
 
 def _listed(rows: list[dict]) -> str:
     shown = ", ".join(f"{mask(r['id_number'])} {r['benefit_type']}" for r in rows[:_LISTED])
-    return shown + (f" and {len(rows) - _LISTED} more" if len(rows) > _LISTED else "")
+    if len(rows) > _LISTED:
+        return _("{listed} and {count} more").format(listed=shown, count=len(rows) - _LISTED)
+    return shown
