@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import bundles, community, conflicts, integrity, office
+from . import bundles, community, conflicts, holds, integrity, office
 from .crypto import Keyring
 from .errors import SyncdbError
 from .files import write_atomic
@@ -454,7 +454,7 @@ def _whole_tables(folder: Path, domains, conn) -> list[str]:
 def _held_back(conn, report: Report, tables: list[str] = ()) -> None:
     rows = conn.execute("SELECT tbl, key, why FROM held ORDER BY tbl, key").fetchall() \
         if bundles.has_table(conn, "held") else []
-    lines = [f"{tbl} / {_key_text(key)}: {why}" for tbl, key, why in rows]
+    lines = [f"{tbl} / {_key_text(key)}: {holds.shown_why(why)}" for tbl, key, why in rows]
     for line in tables:  # the whole table, before its records
         report.alerts.append(f"the next push holds back deletions: {line}")
     lines = list(tables) + lines

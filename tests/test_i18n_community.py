@@ -138,3 +138,25 @@ def test_a_push_to_an_office_that_is_not_listening_says_so_in_the_users_language
     for words in expected:
         assert words in said(result), said(result)
     assert [p.name for p in c.pending()] == [f"{c.code}-00000001.bundle"]
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_deletions_held_for_a_person_are_shown_by_status_in_the_users_language(make_community, syncdb_env,
+                                                                               tmp_path, language):
+    """The one hold reason state.db keeps as a key (in English, whatever the language of the push)
+    reads in the user's language where status shows it."""
+    c = make_community("441900003001")
+    c.add_persons(3)
+    stick = tmp_path / "stick"
+    assert syncdb(syncdb_env, "en", "push", c.path, "--outbox", stick).returncode == 0
+    conn = sqlite3.connect(c.path / "huji.db")
+    with conn:
+        conn.execute("DELETE FROM persons")
+    conn.close()
+    pushed = syncdb(syncdb_env, "en", "push", c.path, "--outbox", stick)
+    assert pushed.returncode == 1, said(pushed)
+
+    status = syncdb(syncdb_env, language, "status", c.path)
+    expected = {"zh_CN": "删除已暂缓：请用 `syncdb push --confirm-deletes` 确认",
+                "en": "deletion held: confirm it with `syncdb push --confirm-deletes`"}[language]
+    assert said(status).count(expected) == 3, said(status)
