@@ -819,12 +819,12 @@ def _show(item, names: dict) -> None:
         click.echo(f"{item['status']} {item['closed']}: {item['note']}")
     click.echo(_("candidates:"))
     for n, c in enumerate(item["candidates"], start=1):
-        shown = _("(deleted)") if c["deleted"] else repr(c["value"])
+        shown = _("(deleted)") if c["deleted"] else repr(c["value"]) if c["shown"] == c["value"] else c["shown"]
         click.echo(f"  {n}) {label(c['origin'], names):<14} {_when(c['version'])}  {shown}   [{c['version']}]")
     if item["record_cells"]:
         click.echo(_("the record in the store now:"))
         for cell in item["record_cells"]:
-            click.echo(f"  {cell['label']} ({cell['column']}): {cell['value'] if cell['value'] is not None else ''}")
+            click.echo(f"  {cell['label']} ({cell['column']}): {cell['shown'] if cell['value'] is not None else ''}")
     for other in item["others_open"]:
         click.echo(_("also open on this record: #{id} ({column})").format(id=other["id"], column=other["column"]))
 
@@ -959,38 +959,48 @@ def audit_verify(store, schemas):
     click.echo(_("sign-in lock-out log intact: {lockouts} lock-outs").format(lockouts=lockouts))
 
 
-@cli.command(name="export")
+@cli.command(name="export", help=_(
+    "Export a table of the store, decrypted, for a keyholder.\n\n"
+    "TABLE is domain.table, e.g. huji.persons. CSV and Excel read as the published site does: "
+    "Chinese column names, codes with their meanings (2 女性, 正常), ID numbers and other numbers that "
+    "are really text kept as text, so Excel keeps every digit and leading zero. --where takes a "
+    "column's name or Chinese name, and a code or its meaning. Mind where the output goes: it holds "
+    "the plaintext of sensitive columns.\n\n"
+    "Example: syncdb export /srv/office huji.persons --where 人员状态=正常 --format xlsx -o 人员.xlsx"))
 @click.argument("store", type=click.Path(file_okay=False, exists=True))
 @click.argument("table")
-@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True,
-              help="csv (with a UTF-8 BOM for Excel) or json (one object per line).")
-@click.option("--where", multiple=True, metavar="COLUMN=VALUE", help="Keep only rows where COLUMN equals VALUE.")
-@click.option("-o", "--output", type=click.File("w", encoding="utf-8", lazy=True), default="-",
-              help="File to write (default: standard output).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "xlsx", "json"]), default="csv", show_default=True,
+              help=_("csv (UTF-8 with a BOM, for Excel), xlsx (an Excel workbook) or json "
+                     "(one object per line, column names and codes as stored)."))
+@click.option("--where", multiple=True, metavar=_("COLUMN=VALUE"),
+              help=_("Keep only rows where COLUMN equals VALUE, e.g. status=normal, 人员状态=正常, 性别=女."))
+@click.option("--raw", is_flag=True,
+              help=_("CSV with the column names and bare codes as the store holds them, for another program."))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+              help=_("File to write (default: standard output)."))
 @schemas_option
-def export_table(store, table, fmt, where, output, schemas):
-    """Export a table of the store, decrypted, for a keyholder.
-
-    TABLE is domain.table, e.g. huji.persons. Mind where the output goes:
-    it holds the plaintext of sensitive columns.
-
-    Example: syncdb export /srv/office huji.persons --where status=normal -o persons.csv
-    """
+def export_table(store, table, fmt, where, raw, output, schemas):
     from . import export as export_lib
 
     filters = {}
     for item in where:
         column, sep, value = item.partition("=")
         if not sep:
-            raise click.BadParameter(f"'{item}' is not COLUMN=VALUE", param_hint="--where")
+            raise click.BadParameter(_("'{item}' is not COLUMN=VALUE").format(item=item), param_hint="--where")
         filters[column.strip()] = value.strip()
     domains = load_domains(schemas)
-    domain, _, name = table.partition(".")
+    domain, _dot, name = table.partition(".")
     if domain not in domains or name not in domains[domain].tables:
-        raise click.BadParameter(f"no table {table}; use domain.table, e.g. huji.persons", param_hint="TABLE")
-    columns = list(domains[domain].tables[name].columns)
-    count = export_lib.write(export_lib.rows(store, _secret(), domains, table, filters), columns, fmt, output)
-    click.echo(f"{count} row(s) exported", err=True)
+        raise click.BadParameter(_("no table {table}; use domain.table, e.g. huji.persons").format(table=table),
+                                 param_hint="TABLE")
+    if fmt == "xlsx" and output == "-" and sys.stdout.isatty():
+        raise click.UsageError(_("an Excel workbook is not for the screen: write it to a file with -o FILE.xlsx"))
+    records = export_lib.rows(store, _secret(), domains, table, filters)  # refuses before the file is made
+    binary = fmt == "xlsx"
+    with click.open_file(output, "wb" if binary else "w", encoding=None if binary else "utf-8",
+                         lazy=True) as out:
+        count = export_lib.write(records, domains[domain], domains[domain].tables[name], fmt, out, raw=raw)
+    click.echo(i18n.ngettext("{count} row exported", "{count} rows exported", count).format(count=count), err=True)
 
 
 @cli.group(cls=Group, help=_("Manage the office keys."))

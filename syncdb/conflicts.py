@@ -14,6 +14,7 @@ import json
 import sqlite3
 import time
 
+from . import meanings
 from .errors import SyncdbError
 from .masks import mask
 from .store import Store, open_store, table_name
@@ -110,9 +111,13 @@ def show(store: Store, conflict_id: int) -> dict:
     found = stored.fetchone()
     cells = dict(zip(names, found)) if found else {}
     item["label"] = table.columns[item["column"]].label
+    domain, column = store.domains[table.domain], table.columns[item["column"]]
+    for c in item["candidates"]:
+        c["shown"] = meanings.shown(domain, column, c["value"])  # 2 女性, 正常: codes read as words
     item["record_cells"] = [
-        {"column": c, "label": table.columns[c].label, "value": store.plain(table, c, cells.get(c), key)}
-        for c in table.columns] if found else []
+        {"column": c, "label": table.columns[c].label, "value": value,
+         "shown": meanings.shown(domain, table.columns[c], value)}
+        for c, value in ((c, store.plain(table, c, cells.get(c), key)) for c in table.columns)] if found else []
     item["others_open"] = [
         {"id": cid, "column": col} for cid, col in store.conn.execute(
             "SELECT id, col FROM conflicts WHERE tbl = ? AND key = ? AND status = 'open' AND id != ? ORDER BY id",

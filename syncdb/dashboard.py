@@ -254,7 +254,9 @@ def _bars(values: list[dict], category: str, measured: str, offset: bool) -> dic
     return {"$schema": "https://vega.github.io/schema/vega-lite/v5.json", "data": {"values": values},
             "mark": {"type": "bar", "tooltip": False},
             "encoding": encoding, "width": 520, "height": {"step": 14 if offset else 22},
-            "config": {"aria": False, "font": "sans-serif"}}
+            # The browser's fonts are not the ones vl-convert measured with: room for wider labels.
+            "padding": {"left": 24, "right": 8, "top": 4, "bottom": 4},
+            "config": {"aria": False, "font": "sans-serif", "axis": {"labelLimit": 240}}}
 
 
 def render(specs: list[dict]) -> list[dict]:

@@ -27,6 +27,7 @@ from itsdangerous import BadSignature
 from markupsafe import Markup, escape
 
 from . import dashboard, i18n, office, pages, projection, publishdb, signin, staff
+from .excel import register_output_renderer  # noqa: F401 (a hook: 导出 Excel on every table page)
 from .crypto import Keyring, Secret
 from .errors import SyncdbError
 from .store import Store, open_store
@@ -332,7 +333,7 @@ def _tilde_path(scope: dict) -> dict:
         if "%" not in segment:
             continue
         name, ext = unquote(segment), ""
-        found = re.fullmatch(r"(.+)(\.(?:json|csv))", name) if i == len(segments) - 1 else None
+        found = re.fullmatch(r"(.+)(\.(?:json|csv|xlsx))", name) if i == len(segments) - 1 else None
         if found:
             name, ext = found.groups()
         segments[i] = tilde_encode(name) + ext
@@ -585,6 +586,8 @@ def render_cell(value, column, table, database, datasette):
     if column == projection.PERSON_COLUMN and isinstance(value, str) and len(value) == 32:
         return Markup(f'<a href="/-/person/{escape(value)}">查看</a>')
     ctx = getattr(datasette, "_syncdb", None)
+    if ctx is not None and (word := projection.code_cell(ctx.domains, database, table, column, value)):
+        return word  # a code as a person reads it: 2 女性, 正常
     if ctx is not None and database in (projection.MASKED_DB, projection.PLAIN_DB) and value \
             and (table, column) in ctx.address_columns() and re.fullmatch(r"[0-9A-Za-z]{1,40}", str(value)):
         return Markup(f'<a href="/-/address/{escape(value)}">{escape(value)}</a>')

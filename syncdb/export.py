@@ -1,37 +1,62 @@
 """Export a store table, decrypted, for a keyholder at the office.
 
-CSV starts with a UTF-8 byte-order mark so that Excel opens Chinese text
-correctly; JSON is one object per line. The output goes where the keyholder
-sends it — syncdb writes no plaintext file of its own.
+What a person opens (CSV and Excel) reads as the published site does: the
+columns under their Chinese labels, codes with their meanings (``2 女性``,
+``正常``), and every identifier kept as text, so that Excel keeps an ID
+number's 18 digits and a 户号's leading zeros:
+
+- ``xlsx``: each text column is written as text cells (number format ``@``),
+  dates as dates and amounts as numbers (excel.py);
+- ``csv``: starts with a UTF-8 byte-order mark so that Excel reads Chinese, and a
+  text value made only of digits is written ``="0012345"``, the form Excel
+  takes for text however it opens the file;
+- ``json`` (one object per line), or ``raw=True`` for CSV: the column names and
+  the bare codes as the store holds them, for another program.
+
+``--where`` takes a column's name or label, and a code or its meaning
+(``status=normal``, ``人员状态=正常``, ``性别=女``).
+
+The output goes where the keyholder sends it; syncdb writes no plaintext file
+of its own, temporary ones included (the workbook is assembled in memory).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from typing import Iterator, TextIO
+from typing import BinaryIO, Iterator, TextIO
 
+from . import excel, meanings
 from .crypto import Secret
 from .errors import SyncdbError
-from .schema import Domain
+from .i18n import _
+from .schema import Domain, Table
 from .store import open_store, table_name
+
+FORMATS = ("csv", "xlsx", "json")
 
 
 def rows(store_dir, secret: Secret, domains: dict[str, Domain], qualified: str,
          where: dict[str, str] | None = None, include_deleted=False) -> Iterator[dict]:
-    """The table's records, decrypted. The store is opened (and the key and filters
-    checked) here, before the first record is asked for: an error comes before any output."""
+    """The table's records, decrypted, by column name. The store is opened (and the key and
+    filters checked) here, before the first record is asked for: an error comes before any output."""
     store = open_store(store_dir, secret, domains)
     try:
         table = store.table(qualified)
-        for column in where or {}:
-            if column not in table.columns:
-                raise SyncdbError(f"--where names '{column}', which is not a column of {qualified} "
-                                  f"(its columns: {', '.join(table.columns)})")
+        wanted = filters(domains[table.domain], table, where or {})
     except BaseException:
         store.close()
         raise
-    return _records(store, table, where or {}, include_deleted)
+    return _records(store, table, wanted, include_deleted)
+
+
+def filters(domain: Domain, table: Table, where: dict[str, str]) -> dict[str, str]:
+    """``--where`` as {column name: stored value}: a label for a name, a meaning for a code."""
+    wanted = {}
+    for name, value in where.items():
+        column = meanings.column_named(table, name)
+        wanted[column.name] = meanings.code_for(domain, column, value)
+    return wanted
 
 
 def _records(store, table, where: dict[str, str], include_deleted: bool) -> Iterator[dict]:
@@ -48,17 +73,50 @@ def _records(store, table, where: dict[str, str], include_deleted: bool) -> Iter
         store.conn.close()
 
 
-def write(records: Iterator[dict], columns: list[str], fmt: str, out: TextIO) -> int:
-    count = 0
-    if fmt == "csv":
-        out.write("\ufeff")
-        writer = csv.DictWriter(out, fieldnames=columns)
-        writer.writeheader()
-        for record in records:
-            writer.writerow(record)
-            count += 1
-    else:
+def readable(domain: Domain, table: Table, record: dict) -> list:
+    """A record's cells as a person reads them, in column order: codes with their meanings."""
+    return [meanings.shown(domain, column, record.get(name)) for name, column in table.columns.items()]
+
+
+def headers(table: Table) -> list[str]:
+    """The Chinese labels of the table's columns, in order."""
+    return [column.label for column in table.columns.values()]
+
+
+def kept_as_text(value) -> str:
+    """A CSV value Excel would read as a number (an ID number, 户号 00123) written so it stays text."""
+    text = "" if value is None else str(value)
+    return f'="{text}"' if text.isdigit() else text
+
+
+def write(records: Iterator[dict], domain: Domain, table: Table, fmt: str, out: TextIO | BinaryIO,
+          raw: bool = False) -> int:
+    """Write the records to ``out`` (binary for xlsx, text otherwise); return how many."""
+    if fmt == "xlsx":
+        return excel.write_workbook(out, table.label, headers(table), excel.kinds(table.columns.values()),
+                                    (readable(domain, table, r) for r in records))
+    if fmt == "json":
+        count = 0
         for record in records:
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
             count += 1
+        return count
+    if fmt != "csv":
+        raise SyncdbError(_("no export format '{format}'; use one of {choices}").format(
+            format=fmt, choices=", ".join(FORMATS)))
+    return _write_csv(records, domain, table, out, raw)
+
+
+def _write_csv(records, domain: Domain, table: Table, out: TextIO, raw: bool) -> int:
+    out.write("\ufeff")
+    writer = csv.writer(out)
+    writer.writerow(list(table.columns) if raw else headers(table))
+    texts = [column.type == "text" for column in table.columns.values()]
+    count = 0
+    for record in records:
+        if raw:
+            writer.writerow([record.get(name) for name in table.columns])
+        else:
+            writer.writerow([kept_as_text(v) if text else v for v, text in zip(readable(domain, table, record), texts)])
+        count += 1
     return count

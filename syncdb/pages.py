@@ -12,7 +12,7 @@ import json
 import re
 import time
 
-from . import conflicts, office
+from . import conflicts, meanings, office
 from .projection import PERSON_COLUMN, mask_value, person_column, published_name
 from .schema import Domain, Table
 from .store import Store
@@ -81,8 +81,10 @@ def open_conflicts(store: Store, plaintext: bool) -> list[dict]:
     for item in conflicts.items(store):
         table = store.table(item["table"])
         column = table.columns[item["column"]]
+        hidden = column.sensitive and not plaintext
         candidates = [{"origin": office.label(c["origin"], names), "version": c["version"], "deleted": c["deleted"],
-                       "value": c["value"] if plaintext or not column.sensitive else mask_value(column, c["value"])}
+                       "value": meanings.shown(store.domains[table.domain], column,
+                                               mask_value(column, c["value"]) if hidden else c["value"], hidden)}
                       for c in item["candidates"]]
         out.append({"id": item["id"], "table": published_name(store.domains[table.domain], table),
                     "record": item["record"], "column": column.label, "kind": item["kind"], "rule": item["rule"],

@@ -11,6 +11,12 @@ Keeping the masked values in a database of their own, rather than masking
 cells as they are drawn, means no sort, facet, filter, CSV or JSON path can
 reveal what a mask hides: permissions decide which database a person may
 open at all. Tables and columns carry their Chinese labels from the schemas.
+
+Codes read as words (meanings.py): each code table a column uses is published
+as a table of its own (``代码_性别``: 代码, 名称), and the column is a foreign
+key to it, so Datasette's own labels show the meaning on table pages and in
+facets while filters and facets still work on the code; ``code_cell`` draws a
+coded cell as ``2 女性`` (or ``正常``) on table and row pages.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from . import conflicts
+from . import conflicts, meanings
 from .schema import Column, Domain, Table
 from .masks import mask
 from .store import Store, table_name
@@ -76,6 +82,87 @@ def indexed(table: Table) -> list[str]:
     return [c.label for c in table.columns.values() if c.references and c.name not in table.key]
 
 
+# ---------------------------------------------------------------- code tables
+
+CODE_TABLE_PREFIX = "代码"
+CODE, MEANING = "代码", "名称"  # the columns of a published code table
+
+
+def coded_columns(domains: dict[str, Domain]):
+    """(domain, table, column) of every column with a code table, in schema order."""
+    for domain in domains.values():
+        for table in domain.tables.values():
+            for column in table.columns.values():
+                if column.codes:
+                    yield domain, table, column
+
+
+def _source(domain: Domain, column: Column) -> tuple[str, str]:
+    """Which code table a column uses: the domain's own one of that name, or the national one."""
+    return (domain.name if column.codes in domain.codes else "", column.codes)
+
+
+def code_table_names(domains: dict[str, Domain]) -> dict[tuple[str, str, str], str]:
+    """(domain, table, column) -> the published code table it is a foreign key to.
+
+    Named after the column's label (代码_性别); columns with the same label and the
+    same code table share one; a label two different code tables answer to is
+    told apart by the domain (代码_户籍_状态), then by the table.
+    """
+    sources: dict[str, set] = {}
+    for domain, table, column in coded_columns(domains):
+        sources.setdefault(column.label, set()).add(_source(domain, column))
+    names, claimed = {}, {}
+    for domain, table, column in coded_columns(domains):
+        source = _source(domain, column)
+        for parts in ([column.label], [domain.label, column.label], [domain.label, table.label, column.label]):
+            if len(parts) == 1 and len(sources[column.label]) > 1:
+                continue
+            name = "_".join([CODE_TABLE_PREFIX, *parts])
+            if claimed.setdefault(name, source) == source:
+                break
+        names[(domain.name, table.name, column.name)] = name
+    return names
+
+
+def labelled(column: Column, masked: bool) -> bool:
+    """Is the column linked to its code table in this database? Never a sensitive one in the
+    masked database: the meaning of a masked value would tell what the mask hides."""
+    return bool(column.codes) and not (masked and column.sensitive)
+
+
+def _fill_code_tables(domains: dict[str, Domain], masked, plain, exclusive) -> list[str]:
+    """Each published code table under its new name; returns the names."""
+    tables = {}
+    for (domain, table, column_name), name in code_table_names(domains).items():
+        column = domains[domain].tables[table].columns[column_name]
+        tables.setdefault(name, meanings.code_table(domains[domain], column))
+    for name, codes in tables.items():
+        with exclusive():
+            for conn in (masked, plain):
+                conn.execute(f"DROP TABLE IF EXISTS [_new_{name}]")
+                conn.execute(f"CREATE TABLE [_new_{name}] ([{CODE}] TEXT PRIMARY KEY, [{MEANING}] TEXT)")
+        for conn in (masked, plain):
+            conn.execute("BEGIN")
+            conn.executemany(f"INSERT INTO [_new_{name}] VALUES (?, ?)", list(codes.items()))
+            conn.execute("COMMIT")
+    return list(tables)
+
+
+def _definition(domains: dict[str, Domain], table: Table, names: list[str], linked: bool, masked: bool) -> str:
+    """The published table's columns, a coded one a foreign key to its code table."""
+    code_tables = code_table_names(domains)
+    columns = []
+    for name in names:
+        column = table.columns[name]
+        target = code_tables.get((table.domain, table.name, name))
+        columns.append(f"[{column.label}]" + (f" REFERENCES [{target}]([{CODE}])"
+                                              if target and labelled(column, masked) else ""))
+    return ", ".join(columns + ([f"[{PERSON_COLUMN}]"] if linked else []))
+
+
+# ---------------------------------------------------------------- filling the databases
+
 def memory_uri(name: str) -> str:
     """The URI Datasette opens a named in-memory database with (shared by every connection of the process)."""
     return f"file:{name}?mode=memory&cache=shared"
@@ -97,7 +184,7 @@ def fill(store: Store, masked, plain, exclusive=contextlib.nullcontext) -> int:
     swapped in at the end, so pages keep the old data until the new is whole.
     """
     records = 0
-    built = []
+    built = [(name, []) for name in _fill_code_tables(store.domains, masked, plain, exclusive)]
     for domain in store.domains.values():
         for table in domain.tables.values():
             name = published_name(domain, table)
@@ -107,9 +194,10 @@ def fill(store: Store, masked, plain, exclusive=contextlib.nullcontext) -> int:
             labels = [table.columns[c].label for c in names] + ([PERSON_COLUMN] if linked else [])
             select = ", ".join(f"[{c}]" for c in names) + (f", [{linked}__bi]" if linked else "")
             with exclusive():
-                for conn in (masked, plain):
+                for conn, hides in ((masked, True), (plain, False)):
                     conn.execute(f"DROP TABLE IF EXISTS [_new_{name}]")
-                    conn.execute(f"CREATE TABLE [_new_{name}] ({', '.join(f'[{c}]' for c in labels)})")
+                    conn.execute(f"CREATE TABLE [_new_{name}] "
+                                 f"({_definition(store.domains, table, names, bool(linked), hides)})")
             insert = f"INSERT INTO [_new_{name}] VALUES ({', '.join('?' * len(labels))})"
             cursor = store.conn.execute(f"SELECT _key, {select} FROM [{table_name(table)}] WHERE _exists = 1")
             while True:
@@ -166,6 +254,10 @@ def metadata(domains: dict[str, Domain], title: str) -> dict:
                             if c.description or referenced(domains, c)}
                 | ({PERSON_COLUMN: "该人员在各业务库中的全部记录"} if person_column(table) else {}),
             }
+    for name in set(code_table_names(domains).values()):
+        # Datasette labels a foreign key with this column; hidden from the table list, where
+        # dozens of code tables would bury the records, but open to anyone following a link.
+        tables[name] = {"label_column": MEANING, "hidden": True, "description": "代码表：代码与名称"}
     return {
         "title": title,
         "description_html": (
@@ -182,6 +274,37 @@ def metadata(domains: dict[str, Domain], title: str) -> dict:
         },
     }
 
+
+
+def code_cell(domains: dict[str, Domain], database: str, table: str, column: str, value) -> str | None:
+    """A published coded cell as a person reads it (``2 女性``, ``正常``), for Datasette's render_cell;
+    None for any other cell. On a table page Datasette hands a labelled foreign key as
+    {"value": …, "label": …}; on a row page the bare code."""
+    if database not in (MASKED_DB, PLAIN_DB):
+        return None
+    found = published_columns(domains).get((table, column))
+    if found is None or not found[1].codes:
+        return None
+    domain, coded = found
+    code = value.get("value") if isinstance(value, dict) else value
+    if code is None or code == "":
+        return None
+    shown = meanings.shown(domain, coded, code, masked=database == MASKED_DB)
+    return None if shown == code else str(shown)
+
+
+_columns_cache: dict[int, tuple] = {}
+
+
+def published_columns(domains: dict[str, Domain]) -> dict[tuple[str, str], tuple[Domain, Column]]:
+    """(published table, column label) -> (domain, column) of every published column; built once per schemas."""
+    cached = _columns_cache.get(id(domains))
+    if cached is None or cached[0] is not domains:
+        cells = {(published_name(domain, table), column.label): (domain, column)
+                 for domain in domains.values() for table in domain.tables.values()
+                 for column in table.columns.values()}
+        cached = _columns_cache[id(domains)] = (domains, cells)
+    return cached[1]
 
 
 def signature(store: Store) -> tuple:
