@@ -928,6 +928,157 @@ def conflicts_resolve(store, conflict_id, keep, value, schemas):
     click.echo(_("conflict #{id} resolved; conflicts closed: {closed}").format(id=conflict_id, closed=summary.closed))
 
 
+# ---------------------------------------------------------------- syncdb checks (checks.py, cases.py)
+
+@cli.group(cls=Group, help=_("Cross-domain checks (信息比对): the cases they found, and settling them."))
+def checks():
+    pass
+
+
+def _case_line(item: dict) -> str:
+    return _("#{id} [{state}] {title} · {community} · {subject}: {message}").format(
+        id=item["id"], state=item["state_label"], title=item["title"], community=item["community"] or "-",
+        subject=item["subject"], message=item["message"])
+
+
+@checks.command(name="list", help=_(
+    "List the open and confirmed cases: id, state, check, community, subject (masked) and what is wrong.\n\n"
+    "With --checks, list the checks themselves and their cases per state instead.\n\n"
+    "Example: syncdb checks list /srv/office --check deceased_paid --community 441900003001"
+))
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@click.option("--check", "check_name", metavar="NAME", help=_("Only this check's cases."))
+@click.option("--community", metavar="CODE", help=_("Only the cases of this community."))
+@click.option("--all", "show_all", is_flag=True, help=_("Dismissed and fixed cases too."))
+@click.option("--checks", "list_checks", is_flag=True, help=_("List the checks instead of their cases."))
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@schemas_option
+def checks_list(store, check_name, community, show_all, list_checks, fmt, schemas):
+    from . import cases as cases_lib
+    from . import checks as checks_lib
+    from .store import open_store
+
+    with open_store(store, _secret(), load_domains(schemas)) as st:
+        if list_checks:
+            counts = checks_lib.case_counts(st)
+            for check in checks_lib.registered():
+                states = {}
+                for per_state in counts.get(check.name, {}).values():
+                    for state, n in per_state.items():
+                        states[state] = states.get(state, 0) + n
+                if fmt == "json":
+                    click.echo(json.dumps({"name": check.name, "title": _(check.title), "severity": check.severity,
+                                           "subject": check.subject, "reads": list(check.reads), "cases": states},
+                                          ensure_ascii=False))
+                    continue
+                shown = ", ".join(f"{_(cases_lib.STATES[s])} {n}" for s, n in sorted(states.items())) or "-"
+                click.echo(_("{name}: {title} ({severity}; reads {reads}); cases: {cases}").format(
+                    name=check.name, title=_(check.title), severity=_(checks_lib.SEVERITIES[check.severity]),
+                    reads=", ".join(check.reads), cases=shown))
+            return
+        states = tuple(cases_lib.STATES) if show_all else cases_lib.ACTIVE
+        items = checks_lib.list_cases(st, check_name, community, states, masked=True)
+    for item in items:
+        click.echo(json.dumps(item, ensure_ascii=False) if fmt == "json" else _case_line(item))
+    if not items and fmt == "text":
+        click.echo(_("No cases."))
+
+
+@checks.command(name="show", help=_(
+    "Show one case in full: what is wrong, the figures behind it, the records concerned, who changed it and when.\n\n"
+    "Example: syncdb checks show /srv/office 12"
+))
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@click.argument("case_id", type=int)
+@click.option("--masked", is_flag=True, help=_("Mask ID numbers, as a masked role sees them."))
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@schemas_option
+def checks_show(store, case_id, masked, fmt, schemas):
+    from . import checks as checks_lib
+    from .store import open_store
+
+    with open_store(store, _secret(), load_domains(schemas)) as st:
+        item = checks_lib.show_case(st, case_id, masked=masked)
+    if fmt == "json":
+        click.echo(json.dumps(item, ensure_ascii=False, indent=2))
+        return
+    click.echo(_case_line(item))
+    click.echo(_("severity {severity}; opened {opened}; last checked {checked}; {state} since {changed} by {by}")
+               .format(severity=item["severity_label"], opened=item["opened"], checked=item["checked"],
+                       state=item["state_label"], changed=item["changed"], by=item["changed_by"]))
+    if item["reason"]:
+        click.echo(_("reason: {reason}").format(reason=item["reason"]))
+    click.echo(_("figures:"))
+    for name, value in item["figures"].items():
+        click.echo(f"  {name}: {json.dumps(value, ensure_ascii=False)}")
+    click.echo(_("records concerned:"))
+    for record in item["records"]:
+        click.echo(f"  {record['label']} ({record['table']}): {' / '.join(str(v) for v in record['key'])}")
+    if item["state"] in ("open", "confirmed"):
+        click.echo(_("work it with one of:"))
+        if item["state"] == "open":
+            click.echo(f"  syncdb checks confirm {store} {case_id}")
+        click.echo(f"  syncdb checks dismiss {store} {case_id} --reason TEXT")
+
+
+def _decide(store, case_id, state, reason, who, schemas) -> None:
+    from . import cases as cases_lib
+    from .store import open_store
+
+    with open_store(store, _secret(), load_domains(schemas), write=True) as st:
+        item = cases_lib.decide(st, case_id, state, by=who, reason=reason)
+    click.echo(_("case #{id} is {state}; recorded in the audit ledger by {by}").format(
+        id=case_id, state=_(cases_lib.STATES[item["state"]]), by=item["changed_by"]))
+
+
+@checks.command(name="confirm", help=_(
+    "Confirm a case: a person has looked and the problem is real (it stays a case until the data is put right, "
+    "then closes by itself as fixed). Recorded in the audit ledger.\n\n"
+    "Example: syncdb checks confirm /srv/office 12 --by 王芳"
+))
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@click.argument("case_id", type=int)
+@click.option("--reason", help=_("What was found (optional; kept sealed in the store and the audit ledger)."))
+@click.option("--by", "who", help=_("Who decides (default: the user running the command)."))
+@schemas_option
+def checks_confirm(store, case_id, reason, who, schemas):
+    _decide(store, case_id, "confirmed", reason, who, schemas)
+
+
+@checks.command(name="dismiss", help=_(
+    "Dismiss a case with a reason: the data is right as it is. It stays dismissed while the data that showed it "
+    "stays the same; other data showing the problem opens a new case. Recorded in the audit ledger.\n\n"
+    "Example: syncdb checks dismiss /srv/office 12 --reason \"death registered late; benefit already recovered\""
+))
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@click.argument("case_id", type=int)
+@click.option("--reason", required=True, help=_("Why (kept sealed in the store and the audit ledger)."))
+@click.option("--by", "who", help=_("Who decides (default: the user running the command)."))
+@schemas_option
+def checks_dismiss(store, case_id, reason, who, schemas):
+    _decide(store, case_id, "dismissed", reason, who, schemas)
+
+
+@checks.command(name="run", help=_(
+    "Run the checks now: on what changed since they last ran (as after every merge), or with --all on every "
+    "record. Thresholds come from STORE/checks.toml (docs/checks.md). Exit status 1 if a check failed.\n\n"
+    "Example: syncdb checks run /srv/office --all"
+))
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@click.option("--all", "everything", is_flag=True, help=_("Check every record, not only what changed."))
+@click.option("--check", "names", metavar="NAME", multiple=True, help=_("Only this check (repeatable)."))
+@schemas_option
+def checks_run(store, everything, names, schemas):
+    from . import checks as checks_lib
+    from .store import open_store
+
+    with open_store(store, _secret(), load_domains(schemas), write=True) as st:
+        report = checks_lib.run(st, everything=everything, names=names or None)
+    for line in report.lines():
+        click.echo(line)
+    sys.exit(1 if report.failed else 0)
+
+
 @cli.group(cls=Group, help=_("Check the tamper-evident audit ledger."))
 def audit():
     pass

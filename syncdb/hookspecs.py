@@ -13,6 +13,7 @@ from pluggy import HookimplMarker, HookspecMarker
 
 if TYPE_CHECKING:
     # For readers and type checkers only: rules.py imports this module for hookimpl.
+    from .checks import Check
     from .row import Row
     from .rules import Candidate, Decision, Holding
     from .schema import Table
@@ -56,4 +57,14 @@ def record_holder(table: Table, claims: dict[str, Candidate], row: Row) -> Holdi
     (queued for a person on the owner column and on ``review`` columns).
     Decide from the claims and ``row.candidates(column)`` alone, never from the
     order bundles arrived in.
+    """
+
+
+@hookspec
+def cross_checks() -> list[Check]:
+    """Return the cross-domain checks (信息比对) this plugin adds: syncdb.checks.Check objects.
+
+    The office runs them on the store's records, decrypted in memory only,
+    after each merge and with ``syncdb checks run``; each finding becomes a
+    case for a person to work (docs/checks.md). A check never changes a record.
     """

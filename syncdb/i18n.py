@@ -114,15 +114,17 @@ def extract():
     catalog = Catalog(project="syncdb", domain=DOMAIN, charset="utf-8")
     package = Path(__file__).parent
     sources = [
-        (package, [("**.py", "python"), ("templates/**.html", "jinja2")], package.parent),
-        (Path(click.__file__).parent, [("**.py", "python")], None),
+        (package, [("**.py", "python"), ("templates/**.html", "jinja2")], "syncdb"),
+        # The shipped plugins (the built-in checks' titles and findings) speak through the same catalogue.
+        (package.parent / "plugins", [("*.py", "python")], "plugins"),
+        (Path(click.__file__).parent, [("**.py", "python")], "click"),
     ]
-    for folder, method_map, relative_to in sources:
+    for folder, method_map, prefix in sources:
         options = {"templates/**.html": {"extensions": "jinja2.ext.i18n", "newstyle_gettext": "true"}}
         for filename, lineno, message, comments, context in extract_from_dir(
             str(folder), method_map, options_map=options, keywords=KEYWORDS, comment_tags=("Translators:",)
         ):
-            where = f"syncdb/{filename}" if relative_to else f"click/{filename}"
+            where = f"{prefix}/{filename}"
             catalog.add(message, locations=[(where, lineno)], auto_comments=comments, context=context)
     return catalog
 

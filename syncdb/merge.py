@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import audit, bundle, conflicts, limits, migrations, office, outbound
+from . import audit, bundle, checks, conflicts, limits, migrations, office, outbound
 from .crypto import Secret
 from .errors import SyncdbError
 from .files import is_disk_full, storage_error
@@ -49,6 +49,7 @@ class Summary:
     closed: int = 0
     sent_back: dict = field(default_factory=dict)  # community -> resolutions bundle made for it
     set_aside: list = field(default_factory=list)  # printable lines: changes to records another community holds
+    checked: list = field(default_factory=list)  # printable lines: the cross-domain checks run after it (checks.py)
 
     def lines(self) -> list[str]:
         out = [f"bundles: {self.received} received, {self.duplicates} already held, "
@@ -59,6 +60,7 @@ class Summary:
         out += [f"held {name}: {why}" for name, why in self.held]
         out += [f"rejected {line}" for line in self.rejected]
         out += [f"set aside {line}" for line in self.set_aside]
+        out += self.checked
         return out
 
 
@@ -76,6 +78,8 @@ def merge(store_dir, paths, secret: Secret, domains: dict[str, Domain], progress
             else:
                 summary.received += 1
         apply_inbox(store, Path(store_dir), summary, progress)
+        # Cross-domain checks on what changed, after the bundles' transactions: they never fail the merge.
+        summary.checked = checks.after_merge(store)
         # A USB-only community learns what the office holds from its next pull of this folder.
         outbound.write_acknowledgements(store, store_dir)
     outbound.finish(store_dir)  # resolutions queued by a run that stopped before naming them

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import audit, bundles, conflicts, office, outbound, publishdb
+from . import audit, bundles, cases, conflicts, office, outbound, publishdb
 from .crypto import Keyring, Secret
 from .errors import SyncdbError
 from .files import fsync_dir, storage_error
@@ -41,6 +41,8 @@ OWNED_TABLES = {
     "conflicts": conflicts.TABLES,
     "outbound": outbound.OUTBOUND_TABLE,
     "bundles": bundles.SKIPPED_TABLE,
+    # New in a store already at version 1 too: cases.ensure makes them where the checks first write.
+    "cases": cases.TABLES,
 }
 
 # Steps from one store version to the next, each run inside the upgrade's transaction

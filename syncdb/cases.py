@@ -1,0 +1,331 @@
+"""The cases of the cross-domain checks: the one module that reads and writes their tables.
+
+A case is one finding of one check about one subject (a person, a
+household, a house), keyed by (check, subject, digest): the subject is
+kept as a blind index and the digest is a keyed MAC of the data that shows
+the problem, so neither can be read back. What the finding says (the
+subject, the sentence, the figures, the records' keys) is sealed like every
+sensitive value of the store; so is a dismissal's reason.
+
+States: ``open`` → ``confirmed`` or ``dismissed`` (by a person, with a
+reason) → ``fixed`` (by the engine, when the data no longer shows the
+problem). A dismissed case stays dismissed while its data stays the same;
+the same subject showing the problem with other data is a new case. Every
+change of state is an entry in the audit ledger (audit.py): who, when, and
+the reason sealed.
+
+checks.py runs the checks and hands ``reconcile`` what they found; the CLI
+and the office pages read ``listing``, ``counts`` and ``get``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+from . import audit
+from .errors import SyncdbError
+from .i18n import N_, _
+from .store import Store
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS cases (
+    id INTEGER PRIMARY KEY, check_name TEXT NOT NULL, subject_kind TEXT NOT NULL, subject BLOB NOT NULL,
+    digest BLOB NOT NULL, community TEXT, severity TEXT NOT NULL, state TEXT NOT NULL, finding BLOB NOT NULL,
+    opened TEXT NOT NULL, checked TEXT NOT NULL, changed TEXT NOT NULL, changed_by TEXT NOT NULL, reason BLOB);
+CREATE UNIQUE INDEX IF NOT EXISTS cases_by_data ON cases (check_name, subject, digest);
+CREATE INDEX IF NOT EXISTS cases_by_state ON cases (check_name, state, community);
+CREATE TABLE IF NOT EXISTS case_records (
+    tbl TEXT NOT NULL, key BLOB NOT NULL, case_id INTEGER NOT NULL, PRIMARY KEY (tbl, key, case_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS check_points (check_name TEXT PRIMARY KEY, point INTEGER NOT NULL, at TEXT NOT NULL);
+"""
+
+STATES = {"open": N_("open"), "confirmed": N_("confirmed"), "dismissed": N_("dismissed"), "fixed": N_("fixed")}
+ACTIVE = ("open", "confirmed")
+ENGINE = "syncdb"  # who closes a case whose data no longer shows the problem
+MAX_REASON = 500
+# The sealing's associated data names the cell a sealed value belongs to; these are the cases' own.
+_FINDING = SimpleNamespace(qualified="checks.cases")
+LEDGER_BUNDLE = "checks"  # the ledger entries of case changes, apart from every bundle's
+
+
+@dataclass
+class Prepared:
+    """A finding as the case table takes it: ``finding`` is sealed here, the rest is kept as it is."""
+    subject: bytes  # blind index of the subject
+    digest: bytes  # keyed MAC of the data that shows the problem
+    community: str | None
+    finding: dict  # subject, message, figures, records: sealed
+    records: list[tuple[str, bytes]]  # (table, blind key) of the records concerned
+
+
+def ensure(store: Store) -> None:
+    """Make the cases' tables if this store has not got them yet (a store made before checks existed)."""
+    for statement in (s.strip() for s in TABLES.split(";")):
+        if statement:
+            store.conn.execute(statement)
+
+
+def present(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'cases'").fetchone() is not None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def user() -> str:
+    """Who is running the command, for the ledger when no --by is given."""
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in the environment (a service account): still recorded
+        return "unknown"
+
+
+# ---------------------------------------------------------------- sealing
+
+def digest(store: Store, evidence) -> bytes:
+    """A keyed MAC of the data that shows a problem: equal for equal data, unreadable without the keys."""
+    text = json.dumps(evidence, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)
+    return store.suite.mac(store.suite.derive(store.keyring.index_key, b"", b"syncdb check digest"),
+                           text.encode())[:16]
+
+
+def subject_index(store: Store, kind: str, value: str) -> bytes:
+    """The blind index a case keeps for its subject: a person's is the store's own ``id_number__bi``,
+    so a page can join a case to the person's records without any plaintext."""
+    return store.blind_id(value if kind == "person" else f"{kind}|{value}")
+
+
+def _seal(store: Store, column: str, value, cell: bytes) -> bytes:
+    return store.seal(value, _FINDING, column, cell)
+
+
+def _open(store: Store, column: str, sealed, cell: bytes):
+    return store.open(sealed, _FINDING, column, cell)
+
+
+def _finding_cell(check: str, subject: bytes, digest_: bytes) -> bytes:
+    return check.encode() + b"|" + bytes(subject) + bytes(digest_)
+
+
+def _reason_cell(case_id: int) -> bytes:
+    return f"case {case_id}".encode()
+
+
+# ---------------------------------------------------------------- the engine's side
+
+def points(store: Store) -> dict[str, int]:
+    """Check name -> the point in the store's history (store.change_point) it last checked up to."""
+    if not present(store.conn):
+        return {}
+    return dict(store.conn.execute("SELECT check_name, point FROM check_points"))
+
+
+def set_point(store: Store, check: str, point: int) -> None:
+    store.conn.execute("INSERT OR REPLACE INTO check_points VALUES (?, ?, ?)", (check, point, _now()))
+
+
+def subjects_on(store: Store, check: str, changed: dict[str, set[bytes]]) -> set[str]:
+    """The subjects of the check's open and confirmed cases built on a changed record, decrypted:
+    a person who moved out of an overfull house changes the house's case, not only their own."""
+    if not present(store.conn):
+        return set()
+    found = set()
+    for tbl, keys in changed.items():
+        for key in keys:
+            for cid, subject, digest_, sealed in store.conn.execute(
+                    "SELECT c.id, c.subject, c.digest, c.finding FROM case_records r JOIN cases c ON c.id = r.case_id "
+                    "WHERE r.tbl = ? AND r.key = ? AND c.check_name = ? AND c.state IN ('open', 'confirmed')",
+                    (tbl, key, check)):
+                found.add(_open(store, "finding", sealed, _finding_cell(check, subject, digest_))["subject"])
+    return found
+
+
+@dataclass
+class Tally:
+    opened: int = 0
+    reopened: int = 0
+    fixed: int = 0
+    kept: int = 0  # open, confirmed or dismissed, and still so
+
+
+def reconcile(store: Store, check: str, severity: str, kind: str, found: list[Prepared],
+              scope: set[bytes] | None) -> Tally:
+    """Bring the check's cases in line with what it found on ``scope`` (blind subjects; None: every one).
+
+    Call inside the caller's transaction. A case found again keeps its state
+    (a fixed one opens again); an open or confirmed case in scope not found
+    again is fixed; every change of state goes to the audit ledger.
+    """
+    tally, ledger = Tally(), audit.Ledger(store, LEDGER_BUNDLE, store.office_code)
+    now, seen = _now(), set()
+    for item in found:
+        seen.add(_case_for(store, check, severity, kind, item, now, tally, ledger))
+    conn = store.conn
+    active = conn.execute("SELECT id, subject, state FROM cases WHERE check_name = ? AND state IN ('open', 'confirmed')",
+                          (check,)).fetchall()
+    for cid, subject, state in active:
+        if cid not in seen and (scope is None or bytes(subject) in scope):
+            _set_state(store, ledger, cid, check, state, "fixed", ENGINE, now)
+            tally.fixed += 1
+    ledger.commit()
+    return tally
+
+
+def _case_for(store, check, severity, kind, item: Prepared, now, tally: Tally, ledger) -> int:
+    """The case this finding is (made, opened again or brought up to date); return its id."""
+    conn = store.conn
+    exact = conn.execute("SELECT id, state FROM cases WHERE check_name = ? AND subject = ? AND digest = ?",
+                         (check, item.subject, item.digest)).fetchone()
+    if exact is None:
+        # The same problem showing in other data: an open or confirmed case follows it, a dismissed one does not.
+        exact = conn.execute("SELECT id, state FROM cases WHERE check_name = ? AND subject = ? "
+                             "AND state IN ('open', 'confirmed') ORDER BY id LIMIT 1",
+                             (check, item.subject)).fetchone()
+    sealed = _seal(store, "finding", item.finding, _finding_cell(check, item.subject, item.digest))
+    if exact is None:
+        cid = conn.execute(
+            "INSERT INTO cases (check_name, subject_kind, subject, digest, community, severity, state, finding, "
+            "opened, checked, changed, changed_by) VALUES (?, ?, ?, ?, ?, ?, 'open', ?, ?, ?, ?, ?)",
+            (check, kind, item.subject, item.digest, item.community, severity, sealed, now, now, now, ENGINE)).lastrowid
+        ledger.append("", "checks.cases", b"", "opened", {"case": cid, "check": check, "state": "open", "by": ENGINE})
+        tally.opened += 1
+    else:
+        cid, state = exact
+        conn.execute("UPDATE cases SET digest = ?, community = ?, severity = ?, finding = ?, checked = ? WHERE id = ?",
+                     (item.digest, item.community, severity, sealed, now, cid))
+        if state == "fixed":
+            _set_state(store, ledger, cid, check, state, "open", ENGINE, now)
+            tally.reopened += 1
+        else:
+            tally.kept += 1
+    conn.execute("DELETE FROM case_records WHERE case_id = ?", (cid,))
+    conn.executemany("INSERT OR IGNORE INTO case_records VALUES (?, ?, ?)",
+                     [(tbl, key, cid) for tbl, key in item.records])
+    return cid
+
+
+def _set_state(store: Store, ledger, cid: int, check: str, was: str, state: str, by: str, now: str,
+               reason: str | None = None) -> None:
+    sealed = _seal(store, "reason", reason, _reason_cell(cid)) if reason else None
+    store.conn.execute("UPDATE cases SET state = ?, changed = ?, changed_by = ?, reason = ? WHERE id = ?",
+                       (state, now, by, sealed, cid))
+    ledger.append("", "checks.cases", b"", state, {"case": cid, "check": check, "state": state, "was": was,
+                                                   "by": by, "reason": sealed.hex() if sealed else None})
+
+
+# ---------------------------------------------------------------- people working a case
+
+def decide(store: Store, case_id: int, state: str, by: str | None = None, reason: str | None = None) -> dict:
+    """A person confirms (``confirmed``) or dismisses (``dismissed``, a reason required) a case,
+    or opens a dismissed one again (``open``); recorded in the audit ledger. Return the case."""
+    if state not in ("confirmed", "dismissed", "open"):
+        raise SyncdbError(_("a case can be confirmed, dismissed or opened again, not set to {state}").format(state=state))
+    reason = _checked_reason(reason, required=state == "dismissed")
+    by = (by or "").strip() or user()
+    with store.transaction():
+        ensure(store)
+        row = store.conn.execute("SELECT check_name, state FROM cases WHERE id = ?", (case_id,)).fetchone()
+        if row is None:
+            raise _no_case(store, case_id)
+        check, was = row
+        if was == "fixed":
+            raise SyncdbError(_("case #{id} is closed: the data no longer shows the problem; nothing was changed")
+                              .format(id=case_id))
+        if was == state:
+            raise SyncdbError(_("case #{id} is already {state}; nothing was changed").format(id=case_id, state=_(STATES[state])))
+        ledger = audit.Ledger(store, LEDGER_BUNDLE, store.office_code)
+        _set_state(store, ledger, case_id, check, was, state, by, _now(), reason)
+        ledger.commit()
+    return get(store, case_id)
+
+
+def _checked_reason(reason: str | None, required: bool) -> str | None:
+    text = (reason or "").strip()
+    if required and not text:
+        raise SyncdbError(_("say why the case is dismissed (--reason TEXT): the audit ledger keeps it, sealed"))
+    if len(text) > MAX_REASON or any(not ch.isprintable() for ch in text):
+        raise SyncdbError(_("the reason must be one line of at most {n} printable characters").format(n=MAX_REASON))
+    return text or None
+
+
+def _no_case(store: Store, case_id: int) -> SyncdbError:
+    return SyncdbError(_("there is no case #{id}; see `syncdb checks list {store}`").format(id=case_id, store=store.folder))
+
+
+# ---------------------------------------------------------------- reading the cases
+
+COLUMNS = "id, check_name, subject_kind, subject, digest, community, severity, state, finding, opened, checked, " \
+          "changed, changed_by, reason"
+
+
+def listing(store: Store, check: str | None = None, community: str | None = None,
+            states=ACTIVE) -> list[dict]:
+    """The cases (open and confirmed unless ``states`` says), oldest first, their findings opened in memory."""
+    if not present(store.conn):
+        return []
+    where, params = [f"state IN ({', '.join('?' * len(states))})"], list(states)
+    if check:
+        where.append("check_name = ?")
+        params.append(check)
+    if community:
+        where.append("community = ?")
+        params.append(community)
+    rows = store.conn.execute(f"SELECT {COLUMNS} FROM cases WHERE {' AND '.join(where)} ORDER BY id", params)
+    return [_item(store, row) for row in rows.fetchall()]
+
+
+def get(store: Store, case_id: int) -> dict:
+    """One case, its finding and reason opened in memory; refused if there is none."""
+    row = store.conn.execute(f"SELECT {COLUMNS} FROM cases WHERE id = ?", (case_id,)).fetchone() \
+        if present(store.conn) else None
+    if row is None:
+        raise _no_case(store, case_id)
+    return _item(store, row)
+
+
+def counts(store: Store) -> list[tuple[str, str | None, str, int]]:
+    """(check, community, state, cases) for every combination that has any: what a dashboard shows."""
+    if not present(store.conn):
+        return []
+    return store.conn.execute("SELECT check_name, community, state, count(*) FROM cases "
+                              "GROUP BY check_name, community, state ORDER BY check_name, community, state").fetchall()
+
+
+def _item(store: Store, row) -> dict:
+    cid, check, kind, subject, digest_, community, severity, state, sealed, opened, checked, changed, by, reason = row
+    finding = _open(store, "finding", sealed, _finding_cell(check, subject, digest_))
+    return {"id": cid, "check": check, "subject_kind": kind, "subject": finding["subject"], "community": community,
+            "severity": severity, "state": state, "message": finding["message"], "figures": finding["figures"],
+            "records": finding["records"], "opened": opened, "checked": checked, "changed": changed,
+            "changed_by": by, "reason": _open(store, "reason", reason, _reason_cell(cid)) if reason else None}
+
+
+def data_keys_used(store: Store) -> set[int]:
+    """The data key ids the cases are sealed under (for a key rotation to re-seal them)."""
+    if not present(store.conn):
+        return set()
+    used = {bytes(f)[1] for (f,) in store.conn.execute("SELECT finding FROM cases")}
+    return used | {bytes(r)[1] for (r,) in store.conn.execute("SELECT reason FROM cases WHERE reason IS NOT NULL")}
+
+
+def reseal(store: Store, current: int) -> int:
+    """Seal every case's finding and reason again under the current data key; return how many cases."""
+    n = 0
+    with store.transaction() as conn:
+        for row in conn.execute(f"SELECT {COLUMNS} FROM cases").fetchall():
+            cid, check, subject, digest_, sealed, reason = row[0], row[1], row[3], row[4], row[8], row[13]
+            if bytes(sealed)[1] == current and (reason is None or bytes(reason)[1] == current):
+                continue
+            cell = _finding_cell(check, subject, digest_)
+            again = _seal(store, "finding", _open(store, "finding", sealed, cell), cell)
+            kept = _seal(store, "reason", _open(store, "reason", reason, _reason_cell(cid)), _reason_cell(cid)) \
+                if reason else None
+            conn.execute("UPDATE cases SET finding = ?, reason = ? WHERE id = ?", (again, kept, cid))
+            n += 1
+    return n

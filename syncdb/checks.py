@@ -1,0 +1,415 @@
+"""Cross-domain checks (信息比对): what one department's records say that another's contradict.
+
+A check is a plugin: a module (or object) whose ``cross_checks()`` hook
+returns ``Check`` objects (hookspecs.py; docs/checks.md walks through one).
+A check names the tables it reads and the kind of subject its findings are
+about, and its ``find`` function, handed a read-only view of the store's
+records (``Records``: decrypted in memory, on first read, never written
+anywhere) and the subjects to look at, returns ``Finding`` objects. A check
+never changes a record: people do.
+
+``run`` runs the checks and hands what they found to cases.py, which keeps
+each finding as a case. After a merge (``after_merge``) only the subjects
+the merge touched are looked at: the records changed since each check's
+last run (``store.changed_since``), mapped to subjects by the check's own
+``subjects_of``, and the subjects of its cases built on a changed record.
+``run(store, everything=True)`` (``syncdb checks run STORE --all``) looks
+at every record.
+
+Office-set thresholds live in ``STORE/checks.toml`` (``settings``): a table
+per check, overriding the defaults the check declares, and ``today``, the
+date the checks count from (default: the day they run).
+"""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+from . import cases
+from .errors import SyncdbError
+from .i18n import N_, _
+from .masks import mask
+from .plugins import manager
+from .schema import Table
+from .store import Store, table_name
+
+log = logging.getLogger("syncdb.checks")
+
+SEVERITIES = {"high": N_("high"), "medium": N_("medium"), "low": N_("low")}
+SUBJECTS = {"person": N_("person"), "household": N_("household"), "house": N_("house")}
+SETTINGS_FILE = "checks.toml"
+_CHUNK = 500  # values per IN (...) of one query: well under SQLite's limit on parameters
+
+
+class Record(Mapping):
+    """One record of the store as a check reads it: ``record["column"]``, a sensitive cell
+    decrypted in memory the first time it is read. ``table`` is its ``domain.table``;
+    ``key`` its blind key; ``live`` False for a deleted record (only ``Records.get`` gives those)."""
+
+    __slots__ = ("table", "key", "live", "_schema", "_cells", "_store", "_opened")
+
+    def __init__(self, store: Store, schema: Table, cells: dict):
+        self._store, self._schema, self._cells = store, schema, cells
+        self.table, self.key, self.live = schema.qualified, bytes(cells["_key"]), bool(cells["_exists"])
+        self._opened: dict = {}
+
+    def __getitem__(self, column: str):
+        spec = self._schema.columns[column]
+        if not spec.sensitive:
+            return self._cells.get(column)
+        if column not in self._opened:
+            self._opened[column] = self._store.open(self._cells.get(column), self._schema, column, self.key)
+        return self._opened[column]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._schema.columns)
+
+    def __len__(self) -> int:
+        return len(self._schema.columns)
+
+    def key_values(self) -> list:
+        """The natural key (decrypted), as the schema lists its columns."""
+        return [self[c] for c in self._schema.key]
+
+    def __repr__(self) -> str:  # never the values: a traceback or a log line must show no plaintext
+        return f"<Record {self.table} {self.key.hex()}>"
+
+
+class Records:
+    """The store's live records, read-only, decrypted in memory as they are read.
+
+    ``rows(table)`` gives every live record of a table; ``where(table,
+    column, values)`` those whose column holds one of the values, found by the
+    store's blind index for an ID-number column and by the plain value
+    otherwise. With ``everything`` each table is read once and indexed in
+    memory (a run over all records); without, ``where`` asks the store for
+    just those records (a run after a merge, over what it touched).
+    """
+
+    def __init__(self, store: Store, everything: bool = False):
+        self.store, self.everything = store, everything
+        self._tables: dict[str, list[Record]] = {}
+        self._indexes: dict[tuple[str, str], dict] = {}
+        self._asked: dict[tuple[str, str], dict] = {}
+
+    def rows(self, table: str) -> list[Record]:
+        if table not in self._tables:
+            self._tables[table] = self._select(table, "_exists = 1", ())
+        return self._tables[table]
+
+    def where(self, table: str, column: str, values: Iterable) -> list[Record]:
+        wanted = {v for v in values if v is not None}
+        schema = self.store.table(table)
+        if column not in schema.columns:
+            raise SyncdbError(_("{table} has no column {column}").format(table=table, column=column))
+        by_id = column in schema.id_columns
+        lookups = {(self.store.blind_id(v) if by_id else v) for v in wanted}
+        if self.everything or table in self._tables or (schema.columns[column].sensitive and not by_id):
+            index = self._index(table, column, by_id)
+            return [r for k in lookups for r in index.get(k, ())]
+        asked = self._asked.setdefault((table, column), {})
+        missing = [k for k in lookups if k not in asked]
+        stored = f"[{column}__bi]" if by_id else f"[{column}]"
+        for start in range(0, len(missing), _CHUNK):
+            part = missing[start:start + _CHUNK]
+            for k in part:
+                asked[k] = []
+            for record in self._select(table, f"_exists = 1 AND {stored} IN ({', '.join('?' * len(part))})", part):
+                asked[record._cells[f"{column}__bi" if by_id else column]].append(record)
+        return [r for k in lookups for r in asked[k]]
+
+    def one(self, table: str, column: str, value) -> Record | None:
+        """The first record whose column holds ``value``, or None."""
+        found = self.where(table, column, [value])
+        return found[0] if found else None
+
+    def meaning(self, table: str, column: str, code) -> str:
+        """A code as people read it: its meaning from the schema's code table (the code itself if none)."""
+        schema = self.store.table(table)
+        name = schema.columns[column].codes
+        if code is None or name is None:
+            return "" if code is None else str(code)
+        return self.store.domains[schema.domain].code_table(name).get(str(code), str(code))
+
+    def get(self, table: str, key: bytes) -> Record | None:
+        """The record with this blind key, deleted or not (what a change touched), or None."""
+        found = self._select(table, "_key = ?", (key,))
+        return found[0] if found else None
+
+    def _index(self, table: str, column: str, by_id: bool) -> dict:
+        if (table, column) not in self._indexes:
+            index: dict = {}
+            for record in self.rows(table):
+                index.setdefault(record._cells.get(f"{column}__bi") if by_id else record[column], []).append(record)
+            self._indexes[table, column] = index
+        return self._indexes[table, column]
+
+    def _select(self, table: str, where: str, params) -> list[Record]:
+        schema = self.store.table(table)
+        cursor = self.store.conn.execute(f"SELECT * FROM [{table_name(schema)}] WHERE {where}", params)
+        names = [d[0] for d in cursor.description]
+        return [Record(self.store, schema, dict(zip(names, row))) for row in cursor]
+
+
+@dataclass
+class Finding:
+    """What a check found about one subject.
+
+    ``subject``: the value the finding is about (an ID number, a 户号, a
+    房屋编码), one finding per subject and check. ``message``: the sentence
+    saying what is wrong, through ``_()``, with no name or ID number in it
+    (the subject and the records carry who it is). ``records``: the records
+    concerned. ``figures``: the numbers and dates behind it, for the page.
+    ``evidence``: the data that shows the problem: a dismissed case stays
+    dismissed while it is the same (default: the records' keys and figures,
+    so leave out of the figures what changes by itself, such as months
+    counted up to today, or give the evidence). ``community``: the
+    community code the case is listed under (default: the first record's).
+    """
+    subject: str
+    message: str
+    records: Sequence[Record]
+    figures: dict = field(default_factory=dict)
+    evidence: object = None
+    community: str | None = None
+
+
+@dataclass(frozen=True)
+class Check:
+    """One cross-domain check, as a plugin's ``cross_checks()`` returns it.
+
+    ``name``: a stable identifier (cases are kept under it). ``title``: what
+    staff read, in English through ``N_`` for syncdb's catalogue, or in
+    Chinese directly in an office's own plugin. ``reads``: the tables it
+    reads (``domain.table``): it is skipped where the office's schemas lack
+    one. ``subject``: ``person``, ``household`` or ``house`` (or a kind of
+    its own). ``find(records, subjects, settings)``: the findings, looking
+    only at ``subjects`` unless it is None (every subject). ``subjects_of(
+    table, record)``: the subjects a changed record of a table it reads
+    bears on. ``severity``: ``high``, ``medium`` or ``low``. ``settings``:
+    its office-set thresholds and their defaults (STORE/checks.toml).
+    """
+    name: str
+    title: str
+    reads: tuple[str, ...]
+    subject: str
+    find: Callable[[Records, "set[str] | None", dict], Iterable[Finding]]
+    subjects_of: Callable[[str, Record], Iterable[str]]
+    severity: str = "medium"
+    settings: Mapping = field(default_factory=dict)
+    description: str = ""
+
+
+def registered() -> list[Check]:
+    """Every check the plugins add, by name; two checks of the same name are refused."""
+    found: dict[str, Check] = {}
+    for result in manager().hook.cross_checks():
+        for check in result or []:
+            if check.name in found:
+                raise SyncdbError(_("two plugins add a check named {name}; rename one of them").format(name=check.name))
+            if check.severity not in SEVERITIES:
+                raise SyncdbError(_("check {name} has severity {severity}; use high, medium or low")
+                                  .format(name=check.name, severity=check.severity))
+            found[check.name] = check
+    return [found[name] for name in sorted(found)]
+
+
+def title(name: str) -> str:
+    """A check's title in the user's language (its name if no plugin adds it any more)."""
+    for check in registered():
+        if check.name == name:
+            return _(check.title)
+    return name
+
+
+def settings(store_folder, check: Check) -> dict:
+    """The check's settings: its defaults, overridden by its table in STORE/checks.toml; ``today`` added."""
+    path = Path(store_folder) / SETTINGS_FILE
+    try:
+        given = tomllib.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise SyncdbError(_("{path} is not valid TOML ({why}); correct it, then run the checks again")
+                          .format(path=path, why=e)) from None
+    own = given.get(check.name, {})
+    unknown = sorted(set(own) - set(check.settings) - {"enabled"})
+    if unknown:
+        raise SyncdbError(_("{path}: check {name} has no setting {setting}; it has: {known}").format(
+            path=path, name=check.name, setting=", ".join(unknown), known=", ".join(check.settings) or "-"))
+    today = given.get("today", date.today())
+    if not isinstance(today, date):
+        raise SyncdbError(_("{path}: today must be a date such as 2026-06-30").format(path=path))
+    return {**check.settings, **own, "today": today}
+
+
+# ---------------------------------------------------------------- running them
+
+@dataclass
+class Report:
+    """What a run did: per check, the subjects looked at (None: all) and how its cases moved."""
+    looked: dict = field(default_factory=dict)  # check name -> subjects looked at, or None for all
+    tallies: dict = field(default_factory=dict)  # check name -> cases.Tally
+    failed: list = field(default_factory=list)  # (check name, why): its cases were left as they were
+    skipped: list = field(default_factory=list)  # (check name, why)
+
+    def lines(self) -> list[str]:
+        opened = sum(t.opened + t.reopened for t in self.tallies.values())
+        fixed = sum(t.fixed for t in self.tallies.values())
+        out = [_("checks: {checks} run, {opened} case(s) opened, {fixed} closed as fixed").format(
+            checks=len(self.tallies), opened=opened, fixed=fixed)]
+        out += [_("check {name} failed and was left as it was: {why}").format(name=n, why=w) for n, w in self.failed]
+        out += [_("check {name} skipped: {why}").format(name=n, why=w) for n, w in self.skipped]
+        return out
+
+
+def run(store: Store, everything: bool = False, names: Iterable[str] | None = None) -> Report:
+    """Run the checks (``names``, or all) and keep what they find as cases.
+
+    Without ``everything``, each check looks only at what changed since its
+    last run (a check never run before looks at everything). A check that
+    raises is reported and its cases are left as they were; the others go on.
+    """
+    report, checks = Report(), _selected(names)
+    point = store.change_point()
+    last = cases.points(store)
+    views = {True: Records(store, everything=True), False: Records(store, everything=False)}
+    changes: dict[int, dict] = {}
+    results = []
+    for check in checks:
+        lacking = [t for t in check.reads if t not in store.tables]
+        if lacking:
+            report.skipped.append((check.name, _("the office's schemas lack {tables}").format(tables=", ".join(lacking))))
+            continue
+        try:
+            options = settings(store.folder, check)
+            if options.get("enabled", True) is False:
+                report.skipped.append((check.name, _("turned off in {file}").format(file=SETTINGS_FILE)))
+                continue
+            whole = everything or check.name not in last
+            if whole:
+                subjects = None
+            else:
+                since = last[check.name]
+                if since not in changes:
+                    changes[since] = store.changed_since(since)
+                subjects = _subjects(store, views[False], check, changes[since])
+            found = [] if subjects == set() else _found(store, check, views[whole], subjects, options)
+        except Exception as e:  # a plugin's bug must not stop the others, nor a merge
+            report.failed.append((check.name, _why(e)))
+            log.error("check %s failed: %s", check.name, _why(e))
+            continue
+        report.looked[check.name] = None if subjects is None else len(subjects)
+        results.append((check, subjects, found))
+    with store.transaction():
+        cases.ensure(store)
+        for check, subjects, found in results:
+            scope = None if subjects is None else {cases.subject_index(store, check.subject, s) for s in subjects}
+            report.tallies[check.name] = cases.reconcile(store, check.name, check.severity, check.subject, found, scope)
+            cases.set_point(store, check.name, point)
+    return report
+
+
+def after_merge(store: Store) -> list[str]:
+    """Run the checks on what changed; never raises: a merge's data stays whatever the checks do.
+    Return the lines to report with the merge."""
+    try:
+        report = run(store)
+    except Exception as e:
+        log.error("the checks after the merge failed: %s", _why(e))
+        return [_("checks: not run after this merge ({why}); run `syncdb checks run {store} --all`")
+                .format(why=_why(e), store=store.folder)]
+    # Only what moved or failed: a check skipped for a domain the office does not keep is no news at each merge.
+    moved = any(t.opened or t.reopened or t.fixed for t in report.tallies.values())
+    return report.lines()[:1 + len(report.failed)] if moved or report.failed else []
+
+
+def _selected(names: Iterable[str] | None) -> list[Check]:
+    checks = registered()
+    if names is None:
+        return checks
+    known = {c.name: c for c in checks}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SyncdbError(_("no check is named {names}; `syncdb checks list --checks` names them")
+                          .format(names=", ".join(unknown)))
+    return [known[n] for n in names]
+
+
+def _subjects(store: Store, records: Records, check: Check, changed: dict[str, set[bytes]]) -> set[str]:
+    """The subjects the changed records bear on, and those of the check's cases built on one."""
+    subjects: set[str] = set()
+    for table in check.reads:
+        for key in changed.get(table, ()):
+            record = records.get(table, key)
+            if record is not None:
+                subjects.update(s for s in check.subjects_of(table, record) if s)
+    return subjects | cases.subjects_on(store, check.name, {t: changed.get(t, set()) for t in check.reads})
+
+
+def _found(store: Store, check: Check, records: Records, subjects, options) -> list[cases.Prepared]:
+    prepared: dict[bytes, cases.Prepared] = {}
+    for finding in check.find(records, subjects, options):
+        subject = cases.subject_index(store, check.subject, finding.subject)
+        if subject in prepared:
+            log.warning("check %s found its subject twice; the first finding is kept", check.name)
+            continue
+        shown = [{"table": r.table, "key": r.key_values()} for r in finding.records]
+        evidence = finding.evidence if finding.evidence is not None else [shown, finding.figures]
+        community = finding.community or next((r.get("community_code") for r in finding.records), None)
+        prepared[subject] = cases.Prepared(
+            subject, cases.digest(store, [check.name, finding.subject, evidence]), community,
+            {"subject": finding.subject, "message": finding.message, "figures": finding.figures, "records": shown},
+            [(r.table, r.key) for r in finding.records])
+    return list(prepared.values())
+
+
+def _why(error: BaseException) -> str:
+    """The error's kind and where it was raised: never its message, which may hold a value a check read."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return f"{type(error).__name__}{where}"
+
+
+# ---------------------------------------------------------------- for the pages and the CLI
+
+def list_cases(store: Store, check: str | None = None, community: str | None = None, states=cases.ACTIVE,
+               masked: bool = True) -> list[dict]:
+    """The cases by check and community, each with its check's title; subjects masked unless ``masked`` is False."""
+    titles = {c.name: _(c.title) for c in registered()}
+    return [_shown(store, item, titles.get(item["check"], item["check"]), masked)
+            for item in cases.listing(store, check, community, states)]
+
+
+def show_case(store: Store, case_id: int, masked: bool = True) -> dict:
+    """One case in full for a role: decrypted, or with ID numbers and names masked for a masked role."""
+    return _shown(store, cases.get(store, case_id), title(cases.get(store, case_id)["check"]), masked)
+
+
+def _shown(store: Store, item: dict, check_title: str, masked: bool) -> dict:
+    item = dict(item, title=check_title, severity_label=_(SEVERITIES.get(item["severity"], item["severity"])),
+                state_label=_(cases.STATES[item["state"]]))
+    records = []
+    for r in item["records"]:
+        schema = store.tables.get(r["table"])
+        sensitive = [bool(schema and schema.columns[c].sensitive) for c in (schema.key if schema else [])]
+        key = [mask(v) if masked and s else v for v, s in zip(r["key"], sensitive or [False] * len(r["key"]))]
+        records.append({"table": r["table"], "label": schema.label if schema else r["table"], "key": key})
+    item["records"] = records
+    if masked and item["subject_kind"] == "person":
+        item["subject"] = mask(item["subject"])
+    return item
+
+
+def case_counts(store: Store) -> dict[str, dict[str | None, dict[str, int]]]:
+    """check -> community -> state -> cases: the counts per community a 核查 page or dashboard shows."""
+    out: dict = {}
+    for check, community, state, n in cases.counts(store):
+        out.setdefault(check, {}).setdefault(community, {})[state] = n
+    return out
+
