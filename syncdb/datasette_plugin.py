@@ -1,7 +1,8 @@
 """The Datasette plugin behind ``syncdb publish`` (see publish.py for the parts and the why).
 
 Only hooks that Datasette 1.0 keeps are used: ``startup``, ``prepare_connection``,
-``register_routes``, ``render_cell`` and ``asgi_wrapper``. The publishing context (store folder,
+``register_routes``, ``render_cell`` and ``asgi_wrapper``. Datasette's own words are put in the
+user's language by the template overrides in syncdb/templates and by chrome.py (see there). The publishing context (store folder,
 keyring, schemas) is handed over as ``datasette._syncdb`` by ``publish.make_datasette()``,
 never through metadata, which Datasette shows at ``/-/metadata``.
 """
@@ -26,10 +27,11 @@ from datasette.utils.asgi import Request, Response
 from itsdangerous import BadSignature
 from markupsafe import Markup, escape
 
-from . import dashboard, i18n, office, pages, projection, publishdb, signin, staff
+from . import dashboard, chrome, i18n, office, pages, projection, publishdb, signin, staff
 from .excel import register_output_renderer  # noqa: F401 (a hook: 导出 Excel on every table page)
 from .crypto import Keyring, Secret
 from .errors import SyncdbError
+from .i18n import _, ngettext
 from .store import Store, open_store
 
 log = logging.getLogger("syncdb.publish")
@@ -77,8 +79,8 @@ class Gate:
             except asyncio.TimeoutError:
                 self.writer = False
                 self.changed.notify_all()
-                raise TimeoutError(f"pages still open after {self.patience:g} s; the new data waits "
-                                   "for the next refresh") from None
+                raise TimeoutError(_("pages still open after {seconds} s; the new data waits for the next "
+                                     "refresh").format(seconds=f"{self.patience:g}")) from None
 
     async def _give(self):
         async with self.changed:
@@ -140,14 +142,17 @@ class Context:
                 try:
                     ring = office.load_keyring(self.store_dir, self.secret)
                     if ring.public.id != self.keyring.public.id or ring.index_key != self.keyring.index_key:
-                        raise SyncdbError(f"it is office {ring.public.code}'s keyring (key {ring.public.id}), "
-                                          f"not this store's (key {self.keyring.public.id})")
+                        raise SyncdbError(_("it is office {code}'s keyring (key {key}), not this store's "
+                                            "(key {own})").format(code=ring.public.code, key=ring.public.id,
+                                                                  own=self.keyring.public.id))
                 except SyncdbError as e:
-                    log.error("keyring.json in %s changed but cannot be used (%s); publishing goes on with "
-                              "the keyring read before: put back the store's own keyring.json", self.store_dir, e)
+                    log.error(_("keyring.json in {store} changed but cannot be used ({why}); publishing goes on "
+                                "with the keyring read before: put back the store's own keyring.json")
+                              .format(store=self.store_dir, why=e))
                 else:
                     self.keyring = ring
-                    log.info("keyring.json changed: read it again (current data key %s)", ring.data_key_id)
+                    log.info(_("keyring.json changed: read it again (current data key {key})")
+                             .format(key=ring.data_key_id))
         return self.keyring
 
 
@@ -191,7 +196,8 @@ async def reload(datasette) -> None:
     signature, records = await asyncio.to_thread(_fill, ctx)
     ctx.signature = signature
     ctx.loaded_at = time.strftime("%Y-%m-%d %H:%M:%S")
-    log.info("published %d records from %s", records, ctx.store_dir)
+    log.info(ngettext("published {count} record from {store}", "published {count} records from {store}", records)
+             .format(count=records, store=ctx.store_dir))
 
 
 async def _follow_merges(datasette) -> None:
@@ -204,8 +210,8 @@ async def _follow_merges(datasette) -> None:
             if signature != ctx.signature:
                 await reload(datasette)
         except Exception:
-            log.exception("reloading the published data failed; the pages show the data loaded at %s",
-                          ctx.loaded_at)
+            log.exception(_("reloading the published data failed; the pages show the data loaded at {time}")
+                          .format(time=ctx.loaded_at))
 
 
 def _signature(ctx: Context) -> tuple:
@@ -220,6 +226,11 @@ def speak_the_users_language(datasette) -> None:
         env.add_extension("jinja2.ext.i18n")
     env.install_gettext_callables(i18n._, i18n.ngettext, newstyle=True)
     env.globals["syncdb_language"] = i18n.language()
+    # Datasette's own words: its blocks' HTML (chrome.translate), the table's description line, its errors.
+    env.filters["syncdb_chrome"] = chrome.translate
+    env.globals["syncdb_describe_table"] = chrome.describe_table
+    env.globals["syncdb_error_text"] = chrome.error_text
+    env.globals["syncdb_person_column"] = projection.PERSON_COLUMN
 
 
 @hookimpl
@@ -305,16 +316,45 @@ def asgi_wrapper(datasette):
             path = scope["path"]
             request = Request(scope, receive)
             actor = actor_of(datasette, request)
+            if path == TABLE_JS:
+                return await _table_js().asgi_send(send)
             if actor is None and not path.startswith(PUBLIC_PATHS):
                 target = path + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
                 response = Response.redirect("/-/login?" + urlencode({"next": target}))
                 return await response.asgi_send(send)
+            if path.rstrip("/") in DEBUG_PAGES:
+                return await _not_found(datasette, request, send)
             if not _reads_published(path):
                 return await _serve(datasette, app, scope, receive, send, path, actor)
             async with _context(datasette).gate.reading():
                 return await _serve(datasette, app, scope, receive, send, path, actor)
         return guarded
     return wrap
+
+
+TABLE_JS = "/-/static/table.js"
+# Datasette's pages for developers: nothing a member of staff needs (and /-/messages would let anyone
+# put words on someone else's next page), so they are not served.
+DEBUG_PAGES = ("/-/patterns", "/-/messages", "/-/allow-debug")
+_script: Response | None = None
+
+
+def _table_js() -> Response:
+    """Datasette's table.js (the column menu) with its words in the user's language, made once."""
+    global _script
+    if _script is None:
+        source, missing = chrome.table_js(chrome.datasette_static("table.js").read_text(encoding="utf-8"))
+        if missing:
+            log.warning(_("Datasette's table.js no longer has {pieces}: those words stay in English")
+                        .format(pieces=", ".join(missing)))
+        _script = Response(source, content_type="application/javascript; charset=utf-8")
+    return _script
+
+
+async def _not_found(datasette, request: Request, send) -> None:
+    html = await datasette.render_template("error.html", {"status": 404, "error": "404", "title": None},
+                                           request=request)
+    await Response.html(html, status=404).asgi_send(send)
 
 
 def _tilde_path(scope: dict) -> dict:
@@ -362,9 +402,11 @@ async def _serve(datasette, app, scope, receive, send, path, actor):
                 await asyncio.to_thread(_log_view, _context(datasette), actor["id"], path,
                                         scope.get("query_string", b"").decode("latin-1"))
             except Exception:
-                log.exception("could not record a view of plaintext by %s; the page was not shown", actor["id"])
+                log.exception(_("could not record a view of plaintext by {account}; the page was not shown")
+                              .format(account=actor["id"]))
                 refused = True
-                response = Response.text("这次查看无法记入访问日志，因此没有显示。请联系数据管理员。", status=503)
+                response = Response.text(_("This view could not be written to the page-view log, so it was "
+                                           "not shown. Please contact the data administrator."), status=503)
                 return await response.asgi_send(send)
         await send(message)
     await app(scope, receive, logged_first)
@@ -423,14 +465,14 @@ async def login(datasette, request):
         if "ds_csrftoken" not in request.cookies:
             # Datasette checks the form's token only against a cookie; a cross-site form
             # sends none, so without one the sign-in is refused.
-            return Response.html("请重新打开登录页面再登录。", status=403)
+            return Response.html(escape(_("Open the sign-in page again, then sign in.")), status=403)
         form = await request.post_vars()
         next_path = _safe_next(form.get("next"))
         name = form.get("username", "")
         attempt = await asyncio.to_thread(ctx.signin.admit, name, _peer(request))
         if attempt.wait:
             # The same words whether the account exists or not; the password is not even checked.
-            error = f"登录失败次数过多，请 {signin.wait_text(attempt.wait)}后再试。"
+            error = _("Too many failed sign-ins: try again in {wait}.").format(wait=signin.wait_text(attempt.wait))
             status, headers = 429, {"Retry-After": str(math.ceil(attempt.wait))}
         else:
             actor = await asyncio.to_thread(staff.check_password, ctx.store_dir, name, form.get("password", ""))
@@ -452,7 +494,7 @@ async def _signed_in(datasette, ctx: Context, attempt, actor: dict, next_path: s
     response = Response.redirect(next_path)
     cookie = {"a": actor, "e": baseconv.base62.encode(int(expires)), "s": sid}
     response.set_cookie("ds_actor", datasette.sign(cookie, "actor"), httponly=True, samesite="lax")
-    log.info("%s signed in", actor["id"])
+    log.info(_("{account} signed in").format(account=actor["id"]))
     return response
 
 
@@ -462,15 +504,25 @@ async def _failed(ctx: Context, attempt, name: str) -> str:
     known = name if await asyncio.to_thread(staff.account, ctx.store_dir, name) else ""
     lockouts = await asyncio.to_thread(ctx.signin.failed, attempt, known)
     for lockout in lockouts:
-        who = f"account {lockout.account}" if lockout.kind == "account" and lockout.account else \
-            "an unknown account name" if lockout.kind == "account" else f"address {lockout.address}"
-        log.warning("sign-in locked for %d s: %s after %d failed tries (the last from %s)",
-                    lockout.seconds, who, lockout.failures, lockout.address or "an unknown address")
+        log.warning(_lockout_line(lockout))
     await asyncio.sleep(1)  # slow down guessing, without holding up anyone else's page
     if lockouts:
-        return (f"用户名或密码不正确。失败次数过多，请 "
-                f"{signin.wait_text(max(lockout.seconds for lockout in lockouts))}后再试。")
-    return "用户名或密码不正确"
+        return _("Wrong name or password. Too many failed tries: try again in {wait}.").format(
+            wait=signin.wait_text(max(lockout.seconds for lockout in lockouts)))
+    return _("Wrong name or password.")
+
+
+def _lockout_line(lockout) -> str:
+    """The log's line for a lock-out: whom it locks, for how long, after how many tries."""
+    if lockout.kind == "account" and lockout.account:
+        who = _("account {name}").format(name=lockout.account)
+    elif lockout.kind == "account":
+        who = _("an unknown account name")
+    else:
+        who = _("address {address}").format(address=lockout.address)
+    return _("sign-in locked for {seconds} s: {who} after {failures} failed tries (the last from {address})").format(
+        seconds=lockout.seconds, who=who, failures=lockout.failures,
+        address=lockout.address or _("an unknown address"))
 
 
 async def logout(datasette, request):
@@ -479,7 +531,7 @@ async def logout(datasette, request):
         found = _session(datasette, request)
         if found is not None:
             await asyncio.to_thread(_context(datasette).signin.end_session, found[1])
-            log.info("%s signed out", found[0].get("id"))
+            log.info(_("{account} signed out").format(account=found[0].get("id")))
         response = Response.redirect("/-/login")
         response.set_cookie("ds_actor", "", expires=0, max_age=0)
         return response
@@ -584,7 +636,8 @@ def prepare_connection(conn, database, datasette):
 @hookimpl
 def render_cell(value, column, table, database, datasette):
     if column == projection.PERSON_COLUMN and isinstance(value, str) and len(value) == 32:
-        return Markup(f'<a href="/-/person/{escape(value)}">查看</a>')
+        words = _("View")  # (not inside the f-string, where the catalogue's extraction cannot see it)
+        return Markup(f'<a href="/-/person/{escape(value)}">{escape(words)}</a>')
     ctx = getattr(datasette, "_syncdb", None)
     if ctx is not None and (word := projection.code_cell(ctx.domains, database, table, column, value)):
         return word  # a code as a person reads it: 2 女性, 正常

@@ -35,6 +35,7 @@ from datasette.plugins import pm
 from . import datasette_plugin, office, projection, staff
 from .crypto import Secret
 from .errors import SyncdbError
+from .i18n import _
 from .signin import SignIn
 from .store import open_store
 
@@ -50,11 +51,11 @@ def make_datasette(store_dir, secret: Secret, domains, refresh_seconds: float = 
     keyring = office.load_keyring(store_dir, secret)
     open_store(store_dir, keyring, domains).close()  # an office store, up to date, sealed under this keyring
     if not staff.read_users(store_dir):
-        raise SyncdbError(f"{store_dir} has no staff account yet: add one with "
-                          f"`syncdb users add {store_dir} NAME --role view-pii`, then publish")
+        raise SyncdbError(_("{store} has no staff account yet: add one with "
+                            "`syncdb users add {store} NAME --role view-pii`, then publish").format(store=store_dir))
     ds = Datasette(
         memory=False,
-        metadata=projection.metadata(domains, title or "街道办人口数据"),
+        metadata=projection.metadata(domains, title or _("Street office population data")),
         template_dir=str(Path(__file__).parent / "templates"),
         settings={"allow_download": False, "default_allow_sql": False, "default_page_size": 50},
         # A new signing key at each start: sessions end when publishing restarts, and no key is kept on disk.
@@ -75,17 +76,19 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as e:
         sock.close()
         if e.errno == errno.EADDRINUSE:
-            raise SyncdbError(f"port {port} on {host} is already in use (another syncdb serve or publish, or "
-                              "another program): stop that program, or choose a free port with --port") from None
+            raise SyncdbError(_("port {port} on {host} is already in use (another syncdb serve or publish, or "
+                                "another program): stop that program, or choose a free port with --port")
+                              .format(port=port, host=host)) from None
         if e.errno == errno.EACCES:
-            raise SyncdbError(f"port {port} needs administrator rights on this machine; "
-                              "choose a port above 1024 with --port") from None
-        raise SyncdbError(f"cannot listen on {host}:{port} ({e.strerror or e}); give --host an address of this "
-                          "machine, e.g. 127.0.0.1 or 0.0.0.0") from None
+            raise SyncdbError(_("port {port} needs administrator rights on this machine; "
+                                "choose a port above 1024 with --port").format(port=port)) from None
+        raise SyncdbError(_("cannot listen on {host}:{port} ({why}); give --host an address of this "
+                            "machine, e.g. 127.0.0.1 or 0.0.0.0").format(host=host, port=port,
+                                                                         why=e.strerror or e)) from None
     except (socket.gaierror, UnicodeError, OverflowError) as e:
         sock.close()
-        raise SyncdbError(f"cannot listen on {host}:{port} ({e}); give --host an address of this machine "
-                          "and --port a number from 1 to 65535") from None
+        raise SyncdbError(_("cannot listen on {host}:{port} ({why}); give --host an address of this machine "
+                            "and --port a number from 1 to 65535").format(host=host, port=port, why=e)) from None
     return sock
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from .chain import Chain, ChainGap, ChainMismatch, Head
 from .crypto import Keyring
 from .errors import SyncdbError
+from .i18n import _
 from .files import storage_error
 from .sql import immediate
 
@@ -181,8 +182,8 @@ def _walk(chain: Chain, entries: list[tuple], where: str) -> Head:
         try:
             head = chain.follow(head, entry_id, _view_content(at, actor, page), mac)
         except (ChainGap, ChainMismatch):
-            raise SyncdbError(f"page-view log entry {entry_id} in {where} was edited, deleted or reordered "
-                              "by hand") from None
+            raise SyncdbError(_("page-view log entry {entry} in {where} was edited, deleted or reordered "
+                                "by hand").format(entry=entry_id, where=where)) from None
     return head
 
 
@@ -204,16 +205,18 @@ def verify_views(store) -> int:
         if conn:
             conn.close()
     if sealed is None and head.id:
-        raise SyncdbError(f"the page-view log's sealed head in {where} is missing: it was deleted by hand")
+        raise SyncdbError(_("the page-view log's sealed head in {where} is missing: it was deleted by hand")
+                          .format(where=where))
     if sealed is not None:
         stored = Head(sealed[0], bytes(sealed[1]))
         if not chain.sealed(stored, sealed[2]):
-            raise SyncdbError(f"the page-view log's sealed head in {where} was edited by hand")
+            raise SyncdbError(_("the page-view log's sealed head in {where} was edited by hand").format(where=where))
         if stored != head:
-            raise SyncdbError(f"page-view log entries after entry {head.id} in {where} are missing (the sealed "
-                              f"head says the last is {stored.id}): they were deleted by hand")
+            raise SyncdbError(_("page-view log entries after entry {entry} in {where} are missing (the sealed "
+                                "head says the last is {last}): they were deleted by hand").format(
+                                    entry=head.id, where=where, last=stored.id))
     old = _views(store.conn)
-    _walk(chain, old, f"{store.folder / 'store.db'} (not yet carried to publish.db)")
+    _walk(chain, old, _("{db} (not yet carried to publish.db)").format(db=store.folder / "store.db"))
     return head.id + len(old) - _carried(old, entries)
 
 
@@ -243,10 +246,10 @@ def carry_page_views(store) -> int:
         with immediate(conn):
             entries = _views(conn)
             if _carried(old, entries) < min(len(old), len(entries)):
-                raise SyncdbError(
-                    f"the page-view log in {store.folder / 'store.db'} and the one in {db_path(store.folder)} "
-                    "began apart, so the old one cannot be carried over; keep a copy of both files and ask for "
-                    "support; the store was not changed")
+                raise SyncdbError(_(
+                    "the page-view log in {old} and the one in {new} began apart, so the old one cannot be "
+                    "carried over; keep a copy of both files and ask for support; the store was not changed")
+                    .format(old=store.folder / "store.db", new=db_path(store.folder)))
             added = old[len(entries):]
             conn.executemany("INSERT INTO page_views (id, at, actor, page, mac) VALUES (?, ?, ?, ?, ?)", added)
             if added:

@@ -36,6 +36,7 @@ from . import publishdb
 from .chain import Chain, ChainGap, ChainMismatch, Head
 from .crypto import Keyring
 from .errors import SyncdbError
+from .i18n import _, ngettext
 
 DELAY_VARIABLE = "SYNCDB_SIGN_IN_DELAY"
 
@@ -56,9 +57,12 @@ def account_key(name: str) -> str:
 
 
 def wait_text(seconds: float) -> str:
-    """How long to wait, for the page: 30 秒, 2 分钟."""
+    """How long to wait, for the page: "30 seconds", "2 minutes"."""
     seconds = max(1, math.ceil(seconds))
-    return f"{seconds} 秒" if seconds < 60 else f"{math.ceil(seconds / 60)} 分钟"
+    if seconds < 60:
+        return ngettext("{count} second", "{count} seconds", seconds).format(count=seconds)
+    minutes = math.ceil(seconds / 60)
+    return ngettext("{count} minute", "{count} minutes", minutes).format(count=minutes)
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,9 @@ class Limits:
         except ValueError:
             delay = -1.0
         if not 0 < delay <= 3600:
-            raise SyncdbError(f"{DELAY_VARIABLE}={value!r} is not a number of seconds between 0 and 3600; "
-                              "set it to the first sign-in lock-out's length, or unset it for 30")
+            raise SyncdbError(_("{variable}={value} is not a number of seconds between 0 and 3600; set it to the "
+                                "first sign-in lock-out's length, or unset it for 30").format(
+                                    variable=DELAY_VARIABLE, value=repr(value)))
         return cls(delay=delay, cap=max(delay, cls.cap))
 
 
@@ -254,7 +259,7 @@ def _content(fields: list) -> bytes:
 
 def verify_lockouts(store_dir, keyring: Keyring) -> int:
     """Walk the lock-out chain; return its length or raise naming the first bad entry."""
-    _, chain = _keys(keyring)
+    _subjects, chain = _keys(keyring)
     conn = publishdb.connect_read_only(store_dir)
     if conn is None:
         return 0
@@ -267,8 +272,8 @@ def verify_lockouts(store_dir, keyring: Keyring) -> int:
             try:
                 head = chain.follow(head, entry_id, _content(fields), mac)
             except (ChainGap, ChainMismatch):
-                raise SyncdbError(f"sign-in lock-out log entry {entry_id} in {publishdb.db_path(store_dir)} was "
-                                  "edited, deleted or reordered by hand") from None
+                raise SyncdbError(_("sign-in lock-out log entry {entry} in {db} was edited, deleted or reordered "
+                                    "by hand").format(entry=entry_id, db=publishdb.db_path(store_dir))) from None
         return head.id
     finally:
         conn.close()

@@ -21,6 +21,7 @@ from pathlib import Path
 from . import office, publishdb
 from .errors import SyncdbError
 from .files import fsync_dir
+from .i18n import _
 
 ROLES = ("view-pii", "admin")
 USERS_FILE = "publish-users.json"  # where an earlier release kept the accounts
@@ -72,9 +73,9 @@ def _import_users_file(conn: sqlite3.Connection, store_dir: Path) -> None:
                 f"{path.name}.imported-{time.strftime('%Y%m%d-%H%M%S')}"))
             fsync_dir(store_dir)
     except OSError as e:
-        raise SyncdbError(f"the staff accounts of {path} are now in {publishdb.db_path(store_dir)}, but the file "
-                          f"could not be renamed aside ({e.strerror or e}); move it out of the store folder "
-                          "by hand") from None
+        raise SyncdbError(_("the staff accounts of {file} are now in {db}, but the file could not be renamed "
+                            "aside ({why}); move it out of the store folder by hand").format(
+                                file=path, db=publishdb.db_path(store_dir), why=e.strerror or e)) from None
 
 
 def _read_users_file(path: Path) -> dict:
@@ -86,9 +87,9 @@ def _read_users_file(path: Path) -> dict:
     except FileNotFoundError:
         return {}  # renamed aside meanwhile by another process
     except (ValueError, KeyError, TypeError, AttributeError):
-        raise SyncdbError(f"{path} is damaged, so its staff accounts cannot be carried into "
-                          f"{publishdb.db_path(path.parent)}; restore it from a backup, or move it out of "
-                          "the store folder and add the staff accounts again with `syncdb users add`") from None
+        raise SyncdbError(_("{file} is damaged, so its staff accounts cannot be carried into {db}; restore it "
+                            "from a backup, or move it out of the store folder and add the staff accounts again "
+                            "with `syncdb users add`").format(file=path, db=publishdb.db_path(path.parent))) from None
 
 
 def read_users(store_dir) -> dict[str, dict]:
@@ -115,12 +116,13 @@ def account(store_dir, name: str) -> dict | None:
 def add_user(store_dir, name: str, password: str, roles=()) -> None:
     """Add a member of staff, or set a new password and roles for one."""
     if not name or not name.replace("-", "").replace("_", "").isalnum():
-        raise SyncdbError(f"'{name}' is not a usable sign-in name: letters, digits, - and _ only")
+        raise SyncdbError(_("'{name}' is not a usable sign-in name: letters, digits, - and _ only").format(name=name))
     if len(password) < 8:
-        raise SyncdbError("the password must be at least 8 characters")
+        raise SyncdbError(_("the password must be at least 8 characters"))
     unknown = set(roles) - set(ROLES)
     if unknown:
-        raise SyncdbError(f"unknown role {', '.join(sorted(unknown))}; roles are {', '.join(ROLES)}")
+        raise SyncdbError(_("unknown role {unknown}; roles are {roles}").format(
+            unknown=", ".join(sorted(unknown)), roles=", ".join(ROLES)))
     salt = os.urandom(16)
     conn = _connect(store_dir)
     try:
@@ -136,7 +138,7 @@ def remove_user(store_dir, name: str) -> None:
     conn = _connect(store_dir)
     try:
         if not conn.execute("DELETE FROM staff WHERE name = ?", (name,)).rowcount:
-            raise SyncdbError(f"there is no account '{name}'; see `syncdb users list`")
+            raise SyncdbError(_("there is no account '{name}'; see `syncdb users list`").format(name=name))
     finally:
         conn.close()
 

@@ -116,12 +116,12 @@ def test_item11_wrong_passwords_lock_out(site, office_store):
         tries = dict(zip(("lilei", "nobody"), pool.map(five_wrong, ("lilei", "nobody"))))
     for name, answers in tries.items():
         assert [a.status_code for a in answers] == [403] * 5, name
-        assert all("用户名或密码不正确" in a.text for a in answers)
-        assert f"请 {DELAY} 秒后再试" in answers[-1].text and "后再试" not in answers[-2].text
+        assert all("Wrong name or password" in a.text for a in answers)
+        assert f"try again in {DELAY} seconds" in answers[-1].text and "try again" not in answers[-2].text
     # Now the right password is refused too, in the same words as for a name that is no account.
     refused = try_sign_in(site, "lilei", STAFF["lilei"][0])
     assert refused.status_code == 429 and "ds_actor" not in refused.cookies
-    assert "后再试" in refused.text and 0 < int(refused.headers["Retry-After"]) <= DELAY
+    assert "try again in" in refused.text and 0 < int(refused.headers["Retry-After"]) <= DELAY
     nobody = try_sign_in(site, "nobody", "wrong")
     assert nobody.status_code == 429 and error_of(nobody) == error_of(refused)
     # Neither another spelling of the name nor a made-up X-Forwarded-For gets round it.
@@ -143,7 +143,7 @@ def test_a_lock_out_doubles_when_the_next_try_fails_too(site):
         try_sign_in(site, "zhaomin", f"wrong-{n}")
     time.sleep(DELAY + 0.5)
     again = try_sign_in(site, "zhaomin", "wrong-again")  # one try after the lock-out, and it fails
-    assert again.status_code == 403 and f"请 {2 * DELAY} 秒后再试" in again.text
+    assert again.status_code == 403 and f"try again in {2 * DELAY} seconds" in again.text
     assert try_sign_in(site, "zhaomin", STAFF["zhaomin"][0]).status_code == 429
 
 
@@ -177,7 +177,7 @@ def test_item11_another_account_and_another_address_are_not_locked(site, office_
     assert try_sign_in(site, "lilei", STAFF["lilei"][0]).status_code == 429
     assert try_sign_in(site, "wangfang", STAFF["wangfang"][0]).status_code == 302  # same address, other account
     status, text = try_from(site, "127.0.0.2", "lilei", STAFF["lilei"][0])  # the account, from elsewhere
-    assert status == 429 and "后再试" in text
+    assert status == 429 and "try again in" in text
     # One address trying many names is locked at its own limit (20), sent all at once or not.
     names = [f"guess{n}" for n in range(30)]
     with ThreadPoolExecutor(8) as pool:
