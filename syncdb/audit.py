@@ -25,6 +25,7 @@ import zlib
 from .bundle import file_name
 from .chain import Chain, ChainGap, ChainMismatch, Head
 from .errors import SyncdbError
+from .i18n import _
 
 _LINE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 COLUMNS = ("id", "at", "bundle", "origin", "changes", "body")
@@ -134,29 +135,32 @@ def verify(store) -> int:
         try:
             head = chain.follow(head, row[0], _content(tuple(row)), mac)
         except ChainGap as gap:
-            raise SyncdbError(f"audit ledger entry {gap.expected} is missing (the next entry is {gap.found}): "
-                              "entries were deleted by hand") from None
+            raise SyncdbError(_("audit ledger entry {expected} is missing (the next entry is {found}): "
+                                "entries were deleted by hand").format(expected=gap.expected, found=gap.found)) from None
         except ChainMismatch:
-            raise SyncdbError(f"audit ledger entry {row[0]} (bundle {row[2]} from {row[3]}) does not match "
-                              "its seal: it was edited, reordered or replaced by hand") from None
+            raise SyncdbError(_("audit ledger entry {id} (bundle {bundle} from {code}) does not match "
+                                "its seal: it was edited, reordered or replaced by hand").format(
+                id=row[0], bundle=row[2], code=row[3])) from None
         try:
             if len(entries(row[5])) != row[4]:
                 raise ValueError
         except (zlib.error, ValueError, UnicodeDecodeError):
-            raise SyncdbError(f"audit ledger entry {row[0]} (bundle {row[2]}) has a damaged body") from None
+            raise SyncdbError(_("audit ledger entry {id} (bundle {bundle}) has a damaged body").format(
+                id=row[0], bundle=row[2])) from None
         changes += row[4]
         recorded[row[2]] = recorded.get(row[2], 0) + row[4]
     stored = store.conn.execute("SELECT id, mac, seal FROM ledger_head").fetchone()
     if stored is None:
         if head.id:
-            raise SyncdbError("the audit ledger's sealed head is missing: it was deleted by hand")
+            raise SyncdbError(_("the audit ledger's sealed head is missing: it was deleted by hand"))
     else:
         sealed = Head(stored[0], bytes(stored[1]))
         if not chain.sealed(sealed, stored[2]):
-            raise SyncdbError("the audit ledger's sealed head was edited by hand")
+            raise SyncdbError(_("the audit ledger's sealed head was edited by hand"))
         if sealed != head:
-            raise SyncdbError(f"audit ledger entries after entry {head.id} are missing "
-                              f"(the sealed head says the last is {sealed.id}): they were deleted by hand")
+            raise SyncdbError(_("audit ledger entries after entry {id} are missing "
+                                "(the sealed head says the last is {last}): they were deleted by hand").format(
+                id=head.id, last=sealed.id))
     _check_anchors(store, recorded)
     return changes
 
@@ -170,13 +174,15 @@ def _check_anchors(store, recorded: dict[str, int]) -> None:
             "WHERE a.changes > 0 ORDER BY a.applied, a.origin, a.sequence"):
         name = name or file_name(origin, sequence)
         if recorded.get(name, 0) != count:
-            raise SyncdbError(f"the audit ledger records {recorded.get(name, 0)} of the {count} changes the store "
-                              f"applied from bundle {sequence} of {origin}: ledger entries were deleted or "
-                              "replaced by hand; restore the store folder from a backup")
+            raise SyncdbError(_("the audit ledger records {recorded} of the {count} changes the store "
+                                "applied from bundle {sequence} of {code}: ledger entries were deleted or "
+                                "replaced by hand; restore the store folder from a backup").format(
+                recorded=recorded.get(name, 0), count=count, sequence=sequence, code=origin))
     if not recorded:
         for table in store.tables.values():
             name = f"{table.domain}__{table.name}"
             if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() \
                     and conn.execute(f"SELECT 1 FROM [{name}] LIMIT 1").fetchone():
-                raise SyncdbError(f"the store holds records in {table.qualified} but the audit ledger is empty: "
-                                  "the ledger was deleted by hand; restore the store folder from a backup")
+                raise SyncdbError(_("the store holds records in {table} but the audit ledger is empty: "
+                                    "the ledger was deleted by hand; restore the store folder from a backup").format(
+                    table=table.qualified))

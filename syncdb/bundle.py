@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from .crypto import SUITES, Keyring, PublicKey, b64, suite
 from .errors import SyncdbError
 from .files import disk_error, fsync_dir
+from .i18n import N_, _
 from .limits import DEFAULT as DEFAULT_LIMITS
 from .limits import RANGES, Limits
 
@@ -231,8 +232,8 @@ def _blocks(head: bytes, body: BinaryIO, tail: bytes) -> Iterator[bytes]:
 def _read_exact(f: BinaryIO, n: int, what: str) -> bytes:
     data = f.read(n)
     if len(data) != n:
-        raise BundleError(f"the bundle is truncated (it ends inside the {what}); "
-                          "copy it again from the community's outbox", "truncated")
+        raise BundleError(_("the bundle is truncated (it ends inside the {part}); "
+                            "copy it again from the community's outbox").format(part=_(what)), "truncated")
     return data
 
 
@@ -243,15 +244,15 @@ def read_header(f: BinaryIO) -> tuple[Header, int]:
     """
     magic = f.read(len(MAGIC))
     if magic != MAGIC:
-        raise BundleError("this is not a syncdb bundle (wrong magic bytes); "
-                          "check that the right file was copied and not opened in another program", "garbled")
-    (hlen,) = struct.unpack(">I", _read_exact(f, 4, "header length"))
+        raise BundleError(_("this is not a syncdb bundle (wrong magic bytes); "
+                            "check that the right file was copied and not opened in another program"), "garbled")
+    (hlen,) = struct.unpack(">I", _read_exact(f, 4, N_("header length")))
     if hlen > MAX_HEADER:
-        raise BundleError(f"the bundle header is {hlen:,} bytes, more than a header can be "
-                          f"({MAX_HEADER:,}); the file is damaged", "garbled")
-    raw = _read_exact(f, hlen, "header")
+        raise BundleError(_("the bundle header is {size:,} bytes, more than a header can be "
+                            "({most:,}); the file is damaged").format(size=hlen, most=MAX_HEADER), "garbled")
+    raw = _read_exact(f, hlen, N_("header"))
     fields = _parse_header(raw)
-    (payload_len,) = struct.unpack(">Q", _read_exact(f, 8, "payload length"))
+    (payload_len,) = struct.unpack(">Q", _read_exact(f, 8, N_("payload length")))
     return Header(fields, raw), payload_len
 
 
@@ -261,18 +262,19 @@ def _parse_header(raw: bytes) -> dict:
     except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack
         fields = None
     if not isinstance(fields, dict):
-        raise BundleError("the bundle header is garbled (not a JSON object); the file is damaged", "garbled")
+        raise BundleError(_("the bundle header is garbled (not a JSON object); the file is damaged"), "garbled")
     version = fields.get("format")
     if type(version) is int and version != FORMAT:
-        raise BundleError(f"bundle format {_shown(version)} is not supported by this syncdb "
-                          f"(it reads format {FORMAT}); upgrade syncdb at the office", "unsupported")
-    problem = f"'format' is {_shown(version)}" if type(version) is not int else _header_problem(fields)
+        raise BundleError(_("bundle format {version} is not supported by this syncdb "
+                            "(it reads format {format}); upgrade syncdb at the office").format(
+                              version=_shown(version), format=FORMAT), "unsupported")
+    problem = _("'{name}' is {value}").format(name="format", value=_shown(version)) if type(version) is not int else _header_problem(fields)
     if problem:
-        raise BundleError(f"the bundle header is garbled ({problem}); the file is damaged "
-                          "or was not written by syncdb", "garbled")
+        raise BundleError(_("the bundle header is garbled ({problem}); the file is damaged "
+                            "or was not written by syncdb").format(problem=problem), "garbled")
     if fields["kind"] not in KINDS:
-        raise BundleError(f"this is a bundle of kind {_shown(fields['kind'])}, which this syncdb does not "
-                          "know; upgrade syncdb", "unsupported")
+        raise BundleError(_("this is a bundle of kind {kind}, which this syncdb does not "
+                            "know; upgrade syncdb").format(kind=_shown(fields['kind'])), "unsupported")
     return fields
 
 
@@ -280,18 +282,18 @@ def _header_problem(h: dict) -> str | None:
     """What is wrong with the header's fields (a short phrase naming one), or None."""
     for name, ok in _HEADER_FIELDS:
         if name not in h:
-            return f"'{name}' is missing"
+            return _("'{name}' is missing").format(name=name)
         if not ok(h[name]):
-            return f"'{name}' is {_shown(h[name])}"
-    if "acknowledged" in h and not _is_int(h["acknowledged"], 0, MAX_SEQUENCE):
-        return f"'acknowledged' is {_shown(h['acknowledged'])}"
-    if "resend" in h and not _is_int(h["resend"], 1, MAX_SEQUENCE):
-        return f"'resend' is {_shown(h['resend'])}"
+            return _("'{name}' is {value}").format(name=name, value=_shown(h[name]))
+    for name, low in (("acknowledged", 0), ("resend", 1)):
+        if name in h and not _is_int(h[name], low, MAX_SEQUENCE):
+            return _("'{name}' is {value}").format(name=name, value=_shown(h[name]))
     counted = sum(n for ops in h["counts"].values() for n in ops.values())
     if counted != h["changes"]:
-        return f"'changes' is {h['changes']} but the counts add up to {counted}"
+        return _("'changes' is {changes} but the counts add up to {counted}").format(
+            changes=h['changes'], counted=counted)
     if (h["changes"] == 0) != (h["hlc"]["min"] is None):
-        return "'hlc' must be null exactly when there are no changes"
+        return _("'hlc' must be null exactly when there are no changes")
     return None
 
 
@@ -365,9 +367,9 @@ _HEADER_FIELDS = (
 def _shown(v) -> str:
     """A hostile value, short enough to put in a message or a log."""
     if isinstance(v, dict):
-        return "a JSON object"
+        return _("a JSON object")
     if isinstance(v, list):
-        return "a JSON list"
+        return _("a JSON list")
     text = json.dumps(v, ensure_ascii=False)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -385,27 +387,28 @@ def _verify_after_header(f: BinaryIO, header: Header, payload_len: int, lookup_k
     """``verify`` from the first payload byte on, the header already read and checked."""
     signer = lookup_key(header.origin)
     if signer is None:
-        raise BundleError(f"community {header.origin} is not enrolled at this office; "
-                          f"enrol it with `syncdb office enroll STORE {header.origin} PUBKEY_FILE`",
-                          "unenrolled")
+        raise BundleError(_("community {code} is not enrolled at this office; "
+                            "enrol it with `syncdb office enroll STORE {code} PUBKEY_FILE`").format(
+                              code=header.origin), "unenrolled")
     digest = hashlib.sha512()
     remaining = payload_len
     while remaining:
         block = f.read(min(remaining, 1 << 20))
         if not block:
-            raise BundleError("the bundle is truncated (it ends inside the payload); "
-                              "copy it again from the community's outbox", "truncated")
+            raise BundleError(_("the bundle is truncated (it ends inside the payload); "
+                                "copy it again from the community's outbox"), "truncated")
         digest.update(block)
         remaining -= len(block)
     signature = f.read(SIGNATURE_SIZE)
     if len(signature) != SIGNATURE_SIZE:
-        raise BundleError("the bundle is truncated (its signature is missing); "
-                          "copy it again from the community's outbox", "truncated")
+        raise BundleError(_("the bundle is truncated (its signature is missing); "
+                            "copy it again from the community's outbox"), "truncated")
     if f.read(1):
-        raise BundleError("the bundle has extra bytes after its signature; the file is damaged", "garbled")
+        raise BundleError(_("the bundle has extra bytes after its signature; the file is damaged"), "garbled")
     if not signer.verify(signature, _signed_message(header.raw, payload_len, digest.digest())):
-        raise BundleError(f"the signature does not match community {header.origin}'s enrolled key: "
-                          "the bundle was altered, or signed by another key", "bad-signature")
+        raise BundleError(_("the signature does not match community {code}'s enrolled key: "
+                            "the bundle was altered, or signed by another key").format(code=header.origin),
+                          "bad-signature")
     return header
 
 
@@ -430,19 +433,22 @@ def _changes_after_header(f: BinaryIO, header: Header, payload_len: int, keyring
     caps = limits or DEFAULT_LIMITS
     enc = header["encryption"]
     if header.fields.get("compression") != COMPRESSION or enc["kem"] != "x25519-hkdf" or enc["suite"] not in SUITES:
-        raise BundleError("this bundle uses a compression, key agreement or cipher suite this syncdb "
-                          "does not know; upgrade syncdb at the office", "unsupported")
+        raise BundleError(_("this bundle uses a compression, key agreement or cipher suite this syncdb "
+                            "does not know; upgrade syncdb at the office"), "unsupported")
     if header["recipient"] != keyring.public.id:
-        raise BundleError(f"this bundle is encrypted to key {header['recipient']}, not to this "
-                          f"office's key {keyring.public.id}; it was made for another office "
-                          "or before the office key changed", "wrong-recipient")
+        raise BundleError(_("this bundle is encrypted to key {theirs}, not to this "
+                            "office's key {ours}; it was made for another office "
+                            "or before the office key changed").format(theirs=header['recipient'],
+                                                                        ours=keyring.public.id),
+                          "wrong-recipient")
     if header["changes"] > caps.max_changes:
-        raise _too_large(f"{header['changes']:,} changes", f"{caps.max_changes:,} changes")
+        raise _too_large(_("{n:,} changes").format(n=header['changes']), _("{n:,} changes").format(n=caps.max_changes))
     try:
         ephemeral = base64.b64decode(enc["ephemeral"], validate=True)
         key = _chunk_key(keyring.agree(ephemeral), ephemeral, keyring.public.x25519, enc["suite"])
     except ValueError:
-        raise BundleError("the bundle header's ephemeral key is not a key; the file is damaged", "garbled") from None
+        raise BundleError(_("the bundle header's ephemeral key is not a key; the file is damaged"),
+                          "garbled") from None
     lines = _Lines(header, caps, lists_allowed=header.kind != "changes" or header.origin == keyring.public.code)
     decompressor = zlib.decompressobj(zdict=ZDICT)
     for chunk in _opened_chunks(f, payload_len, key, ephemeral, suite(enc["suite"]), enc["chunk_size"]):
@@ -451,14 +457,14 @@ def _changes_after_header(f: BinaryIO, header: Header, payload_len: int, keyring
                 # At most one block of output at a time: a small chunk may inflate to gigabytes.
                 out = decompressor.decompress(chunk, INFLATE_BLOCK)
             except zlib.error:
-                raise BundleError("the payload's compressed stream is damaged", "garbled") from None
+                raise BundleError(_("the payload's compressed stream is damaged"), "garbled") from None
             chunk = decompressor.unconsumed_tail
             yield from lines.feed(out)
             if not chunk and len(out) < INFLATE_BLOCK:
                 break  # this chunk is used up (a full block may have more to come, even with no input)
     if not decompressor.eof or decompressor.unused_data:
-        raise BundleError("the payload's compressed stream is cut short or has bytes after its end; "
-                          "the file is damaged", "garbled")
+        raise BundleError(_("the payload's compressed stream is cut short or has bytes after its end; "
+                            "the file is damaged"), "garbled")
     lines.finish()
 
 
@@ -467,27 +473,28 @@ def _opened_chunks(f: BinaryIO, payload_len: int, key: bytes, ephemeral: bytes, 
     remaining = payload_len
     index = 0
     while remaining > 0:
-        (sealed_len,) = struct.unpack(">I", _read_exact(f, 4, "payload"))
+        (sealed_len,) = struct.unpack(">I", _read_exact(f, 4, N_("payload")))
         if sealed_len > chunk_size + 16:
-            raise BundleError("a payload chunk is larger than the header allows; the file is damaged", "garbled")
-        sealed = _read_exact(f, sealed_len, "payload")
+            raise BundleError(_("a payload chunk is larger than the header allows; the file is damaged"), "garbled")
+        sealed = _read_exact(f, sealed_len, N_("payload"))
         remaining -= 4 + sealed_len
         last = remaining == 0
         try:
             yield s.open(key, _chunk_nonce(index), sealed, _chunk_aad(ephemeral, index, last))
         except InvalidTag:
-            raise BundleError(f"payload chunk {index} does not decrypt: the bundle was altered or "
-                              "cut short, or is not for this office's key", "tampered") from None
+            raise BundleError(_("payload chunk {index} does not decrypt: the bundle was altered or "
+                                "cut short, or is not for this office's key").format(index=index),
+                              "tampered") from None
         index += 1
     if remaining < 0:
-        raise BundleError("the payload chunks overrun the payload length; the file is damaged", "garbled")
+        raise BundleError(_("the payload chunks overrun the payload length; the file is damaged"), "garbled")
 
 
 def _too_large(what: str, cap: str) -> BundleError:
-    return BundleError(f"the bundle holds more than this office takes ({what}; the limit is {cap}); "
-                       "a current syncdb splits large exports to fit, so upgrade syncdb at the community "
-                       "and push again, or ask the data administrator to raise the office's limits "
-                       "(STORE/limits.json)", "too-large")
+    return BundleError(_("the bundle holds more than this office takes ({what}; the limit is {cap}); "
+                         "a current syncdb splits large exports to fit, so upgrade syncdb at the community "
+                         "and push again, or ask the data administrator to raise the office's limits "
+                         "(STORE/limits.json)").format(what=what, cap=cap), "too-large")
 
 
 class _Lines:
@@ -506,8 +513,8 @@ class _Lines:
     def feed(self, data: bytes) -> Iterator[dict]:
         self.size += len(data)
         if self.size > self.caps.max_payload:
-            raise _too_large(f"over {self.caps.max_payload:,} bytes of changes once decompressed",
-                             f"{self.caps.max_payload:,} bytes")
+            raise _too_large(_("over {n:,} bytes of changes once decompressed").format(n=self.caps.max_payload),
+                             _("{n:,} bytes").format(n=self.caps.max_payload))
         buffer = self.pending
         buffer += data
         start = 0
@@ -520,77 +527,84 @@ class _Lines:
             raise self.line_too_long()
 
     def line_too_long(self) -> BundleError:
-        return _too_large(f"change {self.count + 1} is over {self.caps.max_line:,} bytes",
-                          f"{self.caps.max_line:,} bytes for one change")
+        return _too_large(_("change {number} is over {n:,} bytes").format(number=self.count + 1, n=self.caps.max_line),
+                          _("{n:,} bytes for one change").format(n=self.caps.max_line))
 
     def check(self, line: bytes) -> dict:
         if len(line) + 1 > self.caps.max_line:
             raise self.line_too_long()
         self.count += 1
-        where = f"change {self.count} of the payload"
+        number = self.count
         try:
             change = json.loads(line.decode("utf-8"))
         except (ValueError, RecursionError):
-            raise BundleError(f"{where} is not a JSON line; the file is damaged", "garbled") from None
+            raise BundleError(_("change {number} of the payload is not a JSON line; the file is damaged").format(
+                number=number), "garbled") from None
         problem = _change_problem(change, self.lists_allowed)
         if problem:
-            raise BundleError(f"{where} is not a valid change ({problem}); the bundle is damaged "
-                              "or was not written by syncdb", "garbled")
+            raise BundleError(_("change {number} of the payload is not a valid change ({problem}); the bundle "
+                                "is damaged or was not written by syncdb").format(number=number, problem=problem),
+                              "garbled")
         table, op = change["table"], change["op"]
         ops = self.seen.setdefault(table, dict.fromkeys((*OPS, REKEY), 0))
         ops[op] += 1
         if self.count > self.total or ops[op] > self.expected.get(table, {}).get(op, 0):
-            raise BundleError(f"{where} is one more {op} for {_shown(table)} than the header counts; "
-                              "the bundle was not written by syncdb", "garbled")
+            raise BundleError(_("change {number} of the payload is one more {op} for {table} than the header "
+                                "counts; the bundle was not written by syncdb").format(
+                                  number=number, op=op, table=_shown(table)), "garbled")
         if not self.low <= change["hlc"] <= self.high:
-            raise BundleError(f"{where} has an HLC stamp outside the header's range; "
-                              "the bundle was not written by syncdb", "garbled")
+            raise BundleError(_("change {number} of the payload has an HLC stamp outside the header's range; "
+                                "the bundle was not written by syncdb").format(number=number), "garbled")
         return change
 
     def finish(self) -> None:
         if self.pending:
-            raise BundleError("the payload ends in the middle of a change; the file is damaged", "garbled")
+            raise BundleError(_("the payload ends in the middle of a change; the file is damaged"), "garbled")
         if self.count != self.total:
-            raise BundleError(f"the payload holds {self.count} changes but its header counts {self.total}; "
-                              "the bundle was not written by syncdb", "garbled")
+            raise BundleError(_("the payload holds {count} changes but its header counts {total}; "
+                                "the bundle was not written by syncdb").format(count=self.count, total=self.total),
+                              "garbled")
 
 
 def _change_problem(change, lists_allowed: bool) -> str | None:
     """What is wrong with one decoded change line (a short phrase), or None."""
     if not isinstance(change, dict):
-        return "not a JSON object"
+        return _("not a JSON object")
     for name in ("table", "op", "key", "cells", "base", "hlc"):
         if name not in change:
-            return f"'{name}' is missing"
+            return _("'{name}' is missing").format(name=name)
     if not _is_name(change["table"]):
-        return f"'table' is {_shown(change['table'])}"
+        return _("'{name}' is {value}").format(name="table", value=_shown(change['table']))
     if change["op"] not in OPS and change["op"] != REKEY:
-        return f"'op' is {_shown(change['op'])}"
+        return _("'{name}' is {value}").format(name="op", value=_shown(change['op']))
     if change["op"] == REKEY:
         new_key = change.get("new_key")
         if not isinstance(new_key, dict) or not isinstance(change["key"], dict) \
                 or set(new_key) != set(change["key"]) or new_key == change["key"]:
-            return f"'new_key' is {_shown(new_key)}"
+            return _("'{name}' is {value}").format(name="new_key", value=_shown(new_key))
         for name, value in new_key.items():
             if not (value is None or isinstance(value, (str, int, float))):
-                return f"'new_key' has {_shown(name)}: {_shown(value)}"
+                return _("'{name}' has {column}: {value}").format(name="new_key", column=_shown(name),
+                                                                  value=_shown(value))
     if not _is_stamp(change["hlc"]):
-        return f"'hlc' is {_shown(change['hlc'])}"
+        return _("'{name}' is {value}").format(name="hlc", value=_shown(change['hlc']))
     for part, most in (("key", MAX_KEY_COLUMNS), ("cells", MAX_COLUMNS)):
         values = change[part]
         if not isinstance(values, dict) or len(values) > most or (part == "key" and not values):
-            return f"'{part}' is {_shown(values)}"
+            return _("'{name}' is {value}").format(name=part, value=_shown(values))
         for name, value in values.items():
             if not _is_name(name) or not (value is None or isinstance(value, (str, int, float))):
-                return f"'{part}' has {_shown(name)}: {_shown(value)}"
+                return _("'{name}' has {column}: {value}").format(name=part, column=_shown(name),
+                                                                  value=_shown(value))
     base = change["base"]
     if not isinstance(base, dict) or len(base) > MAX_COLUMNS:
-        return f"'base' is {_shown(base)}"
+        return _("'{name}' is {value}").format(name="base", value=_shown(base))
     for name, version in base.items():
         ok = _is_stamp(version) or (lists_allowed and isinstance(version, list)
                                     and 0 < len(version) <= MAX_BASES and all(map(_is_stamp, version)))
         if not _is_name(name) or not ok:
-            return f"'base' has {_shown(name)}: {_shown(version)}"
+            return _("'{name}' has {column}: {value}").format(name="base", column=_shown(name),
+                                                              value=_shown(version))
     return None
 
 
@@ -606,8 +620,8 @@ def schema_mismatch(domains: dict, header: Header) -> str | None:
         ours = domains.get(domain)
         theirs = written.get(domain, {})
         if ours is None:
-            return (f"it has changes for domain '{domain}', which the office has no schema for; "
-                    f"add schemas/{domain}.toml at the office and merge again")
+            return _("it has changes for domain '{domain}', which the office has no schema for; "
+                     "add schemas/{domain}.toml at the office and merge again").format(domain=domain)
         if theirs.get("fingerprint") != ours.fingerprint:
             return _schema_advice(header, domain, theirs, ours)
     return None
@@ -615,17 +629,21 @@ def schema_mismatch(domains: dict, header: Header) -> str | None:
 
 def _schema_advice(header: Header, domain: str, theirs: dict, ours) -> str:
     """What frees a bundle written under other schemas than the office's, by which side is behind."""
-    said = (f"{header.origin} wrote '{domain}' under schema version {theirs.get('version')} "
-            f"({theirs.get('fingerprint')}), the office has version {ours.version} ({ours.fingerprint})")
+    said = _("{code} wrote '{domain}' under schema version {version} ({fingerprint}), the office has "
+             "version {ours} ({our_fingerprint})").format(
+        code=header.origin, domain=domain, version=theirs.get('version'), fingerprint=theirs.get('fingerprint'),
+        ours=ours.version, our_fingerprint=ours.fingerprint)
     version = theirs.get("version")
     if isinstance(version, int) and version < ours.version:
         # Written already: upgrading the community cannot rewrite it, but its next push can send it all again.
-        return (f"{said}: upgrade the community (`syncdb community upgrade` there, with the office's schema "
-                f"files), then give this bundle up with `syncdb bundles skip STORE {header.origin} "
-                f"{header.sequence} --reason TEXT`; the community's next push then sends every record again")
+        return _("{said}: upgrade the community (`syncdb community upgrade` there, with the office's schema "
+                 "files), then give this bundle up with `syncdb bundles skip STORE {code} {sequence} "
+                 "--reason TEXT`; the community's next push then sends every record again").format(
+            said=said, code=header.origin, sequence=header.sequence)
     if isinstance(version, int) and version > ours.version:
-        return f"{said}: put the newer schemas/{domain}.toml at the office and merge again (the merge upgrades the store)"
-    return f"{said}: bring both to the same schemas/{domain}.toml and merge again"
+        return _("{said}: put the newer schemas/{domain}.toml at the office and merge again "
+                 "(the merge upgrades the store)").format(said=said, domain=domain)
+    return _("{said}: bring both to the same schemas/{domain}.toml and merge again").format(said=said, domain=domain)
 
 
 class Reader:
@@ -642,7 +660,7 @@ class Reader:
         try:
             self.file = open(self.path, "rb")
         except OSError as e:
-            raise SyncdbError(f"cannot read bundle {path}: {e.strerror}") from None
+            raise SyncdbError(_("cannot read bundle {path}: {problem}").format(path=path, problem=e.strerror)) from None
         try:
             self.header, self.payload_len = read_header(self.file)
         except BaseException:
@@ -674,7 +692,7 @@ def open_verified(path, lookup_key) -> Header:
         with open(path, "rb") as f:
             return verify(f, lookup_key)
     except OSError as e:
-        raise SyncdbError(f"cannot read bundle {path}: {e.strerror}") from None
+        raise SyncdbError(_("cannot read bundle {path}: {problem}").format(path=path, problem=e.strerror)) from None
 
 
 def iter_path(path, keyring: Keyring) -> Iterator[dict]:

@@ -37,6 +37,7 @@ from . import audit, bundle, conflicts, limits, office
 from .crypto import Keyring, PublicKey, Secret
 from .errors import SyncdbError
 from .files import storage_error, write_atomic
+from .i18n import N_, _
 from .schema import Domain
 from .store import STORE_TABLES, open_store
 
@@ -68,21 +69,30 @@ class Entry:
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
+    @property
+    def state_shown(self) -> str:
+        """The state as a person reads it (``state`` stays the word machines read)."""
+        return _(STATES.get(self.state, self.state))
+
+
+STATES = {"applied": N_("applied"), "skipped": N_("skipped"), "held": N_("held"), "waiting": N_("waiting"),
+          "unmerged": N_("unmerged"), "missing": N_("missing")}
+
 
 def read_only(store_dir) -> sqlite3.Connection:
     """The store database opened so that nothing can be written through it."""
     path = Path(store_dir) / "store.db"
     if not path.is_file() or not office.keyring_path(store_dir).exists():
-        raise SyncdbError(f"{store_dir} is not an office store (no store.db and keyring.json there); "
-                          "give the folder `syncdb office init` made")
+        raise SyncdbError(_("{store} is not an office store (no store.db and keyring.json there); "
+                            "give the folder `syncdb office init` made").format(store=store_dir))
     try:
         conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=30)
         conn.execute("SELECT count(*) FROM communities").fetchone()
         stand_ins(conn)
         conn.execute("PRAGMA query_only = 1")
     except sqlite3.Error as e:
-        raise SyncdbError(f"{path} cannot be read as an office store ({e}); restore it from a backup "
-                          "of the store folder") from None
+        raise SyncdbError(_("{path} cannot be read as an office store ({problem}); restore it from a backup "
+                            "of the store folder").format(path=path, problem=e)) from None
     return conn
 
 
@@ -130,11 +140,10 @@ def held(conn: sqlite3.Connection, store_dir, domains: dict[str, Domain], keyrin
         expected = last.get(origin, 0) + 1
         first, name, received = queue[0]
         if first != expected:
-            out.append(Entry(origin, expected, "missing", needs_person=True, why=(
-                f"bundle {expected} never reached the office (or was forgotten there), and {len(queue)} later "
-                f"bundle(s) wait for it: the community sends it with its next push if it still has it; "
-                f"if it does not, give it up with `syncdb bundles skip {store_dir} {origin} {expected} "
-                "--reason TEXT`")))
+            out.append(Entry(origin, expected, "missing", needs_person=True, why=_(
+                "bundle {sequence} never reached the office (or was forgotten there), and {n} later "
+                "bundle(s) wait for it: the community sends it with its next push if it still has it; "
+                "if it does not, give it up with `syncdb bundles skip {store} {code} {sequence} --reason TEXT`").format(sequence=expected, n=len(queue), store=store_dir, code=origin)))
         else:
             why, cause = _diagnose(Path(store_dir), domains, keys, keyring, origin, first, name)
             if cause:
@@ -142,11 +151,13 @@ def held(conn: sqlite3.Connection, store_dir, domains: dict[str, Domain], keyrin
             else:
                 late = age_seconds(received, now) > UNMERGED_GRACE
                 out.append(Entry(origin, first, "unmerged", name, received, needs_person=late, why=(
-                    f"received {received} and not applied since: run `syncdb merge {store_dir}`, which applies "
-                    "it or says why it holds it" if late else f"received {received}; the next merge applies it")))
+                    _("received {at} and not applied since: run `syncdb merge {store}`, which applies "
+                      "it or says why it holds it") if late else _("received {at}; the next merge applies it")
+                ).format(at=received, store=store_dir)))
             queue = queue[1:]
         for sequence, later, at in queue:
-            out.append(Entry(origin, sequence, "waiting", later, at, why=f"waits for bundle {expected}"))
+            out.append(Entry(origin, sequence, "waiting", later, at,
+                             why=_("waits for bundle {sequence}").format(sequence=expected)))
     return out
 
 
@@ -154,31 +165,34 @@ def _diagnose(store_dir: Path, domains, keys, keyring, origin: str, sequence: in
               name: str) -> tuple[str, bool]:
     """(why, True) when the next bundle of a community cannot be applied as it is, else ("", False)."""
     path = office.inbox_dir(store_dir) / name
-    what_now = (f"ask the community to send it again (`syncdb bundles resend {store_dir} {origin} {sequence}`) "
-                f"or give it up (`syncdb bundles skip {store_dir} {origin} {sequence} --reason TEXT`)")
+    what_now = _("ask the community to send it again (`syncdb bundles resend {store} {code} {sequence}`) "
+                 "or give it up (`syncdb bundles skip {store} {code} {sequence} --reason TEXT`)").format(
+        store=store_dir, code=origin, sequence=sequence)
     if not path.is_file():
-        return f"its inbox file {path} is missing: restore it from a backup of the store folder, or {what_now}", True
+        return _("its inbox file {path} is missing: restore it from a backup of the store folder, or {what_now}").format(
+            path=path, what_now=what_now), True
     try:
         with bundle.Reader(path) as reader:
             try:
                 reader.verify(keys.get)
             except bundle.BundleError as e:
-                return (f"its inbox copy no longer verifies ({e}): restore {path} from a backup of the store "
-                        f"folder, or {what_now}"), True
+                return _("its inbox copy no longer verifies ({problem}): restore {path} from a backup of the store "
+                         "folder, or {what_now}").format(problem=e, path=path, what_now=what_now), True
             mismatch = bundle.schema_mismatch(domains, reader.header)  # the merge's own test
             if mismatch:
                 return mismatch, True
             if keyring is not None:
                 try:
-                    for _ in reader.changes(keyring, limits.load(store_dir)):
+                    for _change in reader.changes(keyring, limits.load(store_dir)):
                         pass
                 except bundle.BundleError as e:
-                    return (f"it cannot be applied as community {origin} made it ({e}); if the office's limits "
-                            f"were lowered since it arrived, raise them in {store_dir / 'limits.json'} and merge "
-                            f"again, or {what_now}"), True
+                    return _("it cannot be applied as community {code} made it ({problem}); if the office's limits "
+                             "were lowered since it arrived, raise them in {file} and merge "
+                             "again, or {what_now}").format(code=origin, problem=e, file=store_dir / 'limits.json',
+                                                            what_now=what_now), True
     except bundle.BundleError as e:  # the header itself
-        return (f"its inbox copy no longer verifies ({e}): restore {path} from a backup of the store folder, "
-                f"or {what_now}"), True
+        return _("its inbox copy no longer verifies ({problem}): restore {path} from a backup of the store "
+                 "folder, or {what_now}").format(problem=e, path=path, what_now=what_now), True
     return "", False
 
 
@@ -205,7 +219,7 @@ def listing(store_dir, domains: dict[str, Domain], keyring: Keyring | None = Non
                 continue
             if skip:
                 out.append(Entry(origin, sequence, "skipped", name, received, applied, 0,
-                                 why=f"skipped by {skip[0]} at {skip[1]}: {skip[2]}"))
+                                 why=_("skipped by {who} at {at}: {why}").format(who=skip[0], at=skip[1], why=skip[2])))
             else:
                 out.append(Entry(origin, sequence, "applied", name, received, applied, changes))
         out += [e for e in held(conn, store_dir, domains, keyring) if not code or e.origin == code]
@@ -254,30 +268,34 @@ def _next_in_line(conn, store_dir: Path, code: str, sequence: int) -> tuple[str 
     known = conn.execute("SELECT 1 FROM communities WHERE code = ? UNION "
                          "SELECT 1 FROM received WHERE origin = ?", (code, code)).fetchone()
     if known is None:
-        raise SyncdbError(f"community {code} is not enrolled at {store_dir} and sent nothing; check the code")
+        raise SyncdbError(_("community {code} is not enrolled at {store} and sent nothing; check the code").format(
+            code=code, store=store_dir))
     (done,) = conn.execute("SELECT coalesce(max(sequence), 0) FROM applied WHERE origin = ?", (code,)).fetchone()
     if sequence <= done:
-        raise SyncdbError(f"bundle {sequence} of {code} is already applied or skipped (the office is at bundle "
-                          f"{done}); see `syncdb bundles list {store_dir}`")
+        raise SyncdbError(_("bundle {sequence} of {code} is already applied or skipped (the office is at bundle "
+                            "{done}); see `syncdb bundles list {store}`").format(
+            sequence=sequence, code=code, done=done, store=store_dir))
     if sequence != done + 1:
         # Bundles apply in order: moving the mark past this one would pass over those before it.
-        raise SyncdbError(f"bundle {sequence} of {code} is not next in line: bundle {done + 1} is; deal with "
-                          "that one first (`syncdb bundles list` says why it waits)")
+        raise SyncdbError(_("bundle {sequence} of {code} is not next in line: bundle {next} is; deal with "
+                            "that one first (`syncdb bundles list` says why it waits)").format(
+            sequence=sequence, code=code, next=done + 1))
     row = conn.execute("SELECT sha256, file FROM received WHERE origin = ? AND sequence = ?",
                        (code, sequence)).fetchone()
     if row is None and not conn.execute("SELECT 1 FROM received WHERE origin = ? AND sequence > ?",
                                         (code, sequence)).fetchone():
-        raise SyncdbError(f"bundle {sequence} of {code} has not arrived, and nothing after it has: nothing "
-                          "waits for it, so there is nothing to skip")
+        raise SyncdbError(_("bundle {sequence} of {code} has not arrived, and nothing after it has: nothing "
+                            "waits for it, so there is nothing to skip").format(sequence=sequence, code=code))
     return (row[0], row[1]) if row else (None, None)
 
 
 def _checked_reason(reason: str) -> str:
     text = (reason or "").strip()
     if not text:
-        raise SyncdbError("say why the bundle is skipped (--reason TEXT): the audit ledger keeps it")
+        raise SyncdbError(_("say why the bundle is skipped (--reason TEXT): the audit ledger keeps it"))
     if len(text) > MAX_REASON or any(not ch.isprintable() for ch in text):
-        raise SyncdbError(f"the reason must be one line of at most {MAX_REASON} printable characters")
+        raise SyncdbError(_("the reason must be one line of at most {most} printable characters").format(
+            most=MAX_REASON))
     return text
 
 
@@ -310,11 +328,12 @@ def resend(store_dir, code: str, sequence: int, who: str | None = None) -> Forgo
             row = conn.execute("SELECT file FROM received WHERE origin = ? AND sequence = ?",
                                (code, sequence)).fetchone()
             if row is None:
-                raise SyncdbError(f"the office holds no bundle {sequence} from {code}; "
-                                  f"see `syncdb bundles list {store_dir}`")
+                raise SyncdbError(_("the office holds no bundle {sequence} from {code}; "
+                                    "see `syncdb bundles list {store}`").format(
+                    sequence=sequence, code=code, store=store_dir))
             if conn.execute("SELECT 1 FROM applied WHERE origin = ? AND sequence = ?", (code, sequence)).fetchone():
-                raise SyncdbError(f"bundle {sequence} of {code} is already applied (or skipped); the office keeps "
-                                  "what it applied, so it cannot be sent again")
+                raise SyncdbError(_("bundle {sequence} of {code} is already applied (or skipped); the office keeps "
+                                    "what it applied, so it cannot be sent again").format(sequence=sequence, code=code))
             conn.execute("DELETE FROM received WHERE origin = ? AND sequence = ?", (code, sequence))
             conn.execute("COMMIT")
         except BaseException:

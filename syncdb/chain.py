@@ -19,6 +19,7 @@ import hmac
 from dataclasses import dataclass
 
 from .crypto import Suite
+from .i18n import _
 
 GENESIS = b"\x00" * 32
 
@@ -35,7 +36,7 @@ class ChainGap(Exception):
     """An entry's number is not the one after the previous entry's."""
 
     def __init__(self, expected: int, found: int):
-        super().__init__(f"entry {expected} missing (the next entry is {found})")
+        super().__init__(_("entry {expected} missing (the next entry is {found})").format(expected=expected, found=found))
         self.expected, self.found = expected, found
 
 
@@ -43,7 +44,7 @@ class ChainMismatch(Exception):
     """An entry's MAC is not the one its content and the previous MAC give."""
 
     def __init__(self, entry: int):
-        super().__init__(f"entry {entry} does not match its MAC")
+        super().__init__(_("entry {entry} does not match its MAC").format(entry=entry))
         self.entry = entry
 
 

@@ -16,6 +16,7 @@ import time
 
 from . import meanings
 from .errors import SyncdbError
+from .i18n import N_, _
 from .masks import mask
 from .store import Store, open_store, table_name
 
@@ -28,6 +29,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS conflicts_open ON conflicts (tbl, key, col) WH
 """
 
 COLUMNS = "id, tbl, key, col, kind, candidates, winner, rule, status, opened, closed, note"
+STATUSES = {"open": N_("open"), "closed": N_("closed")}  # the stored word, and what a person reads for it
 
 
 # ---------------------------------------------------------------- the merge's side
@@ -92,11 +94,20 @@ def items(store: Store, include_closed: bool = False) -> list[dict]:
             if _in_schemas(store, row[1], row[3])]
 
 
+def open_ids(store: Store, records: set[tuple[str, bytes]]) -> set[int]:
+    """Ids of the open conflicts on these records, (table, blind key) each: the person page's."""
+    found: set[int] = set()
+    for tbl, key in records:
+        found |= {cid for (cid,) in store.conn.execute(
+            "SELECT id FROM conflicts WHERE tbl = ? AND key = ? AND status = 'open'", (tbl, key))}
+    return found
+
+
 def get(store: Store, conflict_id: int) -> dict:
     """One conflict as its queue entry says, decrypted; refused if there is none."""
     row = store.conn.execute(f"SELECT {COLUMNS} FROM conflicts WHERE id = ?", (conflict_id,)).fetchone()
     if row is None:
-        raise SyncdbError(f"there is no conflict #{conflict_id}; see `syncdb conflicts list`")
+        raise SyncdbError(_("there is no conflict #{id}; see `syncdb conflicts list`").format(id=conflict_id))
     item = _item(store, row)
     item["key"] = bytes(row[2])
     return item
@@ -134,8 +145,9 @@ def _in_schemas(store: Store, tbl: str, col: str) -> bool:
 def _item(store: Store, row) -> dict:
     cid, tbl, key, col, kind, candidates, winner, rule, status, opened, closed, note = row
     if not _in_schemas(store, tbl, col):
-        raise SyncdbError(f"conflict #{cid} is on {tbl}.{col}, which the office's schemas no longer have; "
-                          "it stays in the store as it is: bring the column back to its schema to settle it")
+        raise SyncdbError(_("conflict #{id} is on {table}.{column}, which the office's schemas no longer have; "
+                            "it stays in the store as it is: bring the column back to its schema to settle it").format(
+            id=cid, table=tbl, column=col))
     table = store.table(tbl)
     key = bytes(key)
     sealed = table.columns[col].sensitive

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .errors import SyncdbError
 from .files import write_atomic
+from .i18n import _
 
 KEYRING_FORMAT = 1
 PUBLIC_KEY_FORMAT = 1
@@ -126,7 +127,8 @@ def suite(name: str) -> Suite:
     try:
         return SUITES[name]
     except KeyError:
-        raise SyncdbError(f"unknown cipher suite '{name}'; use one of {', '.join(SUITES)}") from None
+        raise SyncdbError(_("unknown cipher suite '{name}'; use one of {suites}").format(
+            name=name, suites=', '.join(SUITES))) from None
 
 
 def b64(data: bytes) -> str:
@@ -176,25 +178,27 @@ class PublicKey:
         }, indent=2, ensure_ascii=False) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, where: str = "public key") -> "PublicKey":
+    def from_json(cls, text: str, where: str | None = None) -> "PublicKey":
         try:
             doc = json.loads(text)
             if doc.get("syncdb_public_key") != PUBLIC_KEY_FORMAT:
-                raise ValueError("not a syncdb public key file")
+                raise ValueError(_("not a syncdb public key file"))
             key = cls(doc["role"], doc["code"], doc["suite"], unb64(doc["x25519"]), unb64(doc["ed25519"]))
             if len(key.x25519) != 32 or len(key.ed25519) != 32:
-                raise ValueError("keys must be 32 bytes")
+                raise ValueError(_("keys must be 32 bytes"))
             return key
         except (ValueError, KeyError, TypeError) as e:
-            raise SyncdbError(f"{where} is not a valid syncdb public key file ({e}); "
-                              "copy the .pub.json file that `office init` or `community init` wrote") from None
+            raise SyncdbError(_("{where} is not a valid syncdb public key file ({problem}); "
+                                "copy the .pub.json file that `office init` or `community init` wrote").format(
+                where=_("public key") if where is None else where, problem=e)) from None
 
     @classmethod
     def read(cls, path) -> "PublicKey":
         try:
             return cls.from_json(Path(path).read_text(encoding="utf-8"), where=str(path))
         except OSError as e:
-            raise SyncdbError(f"cannot read public key file {path}: {e.strerror}") from None
+            raise SyncdbError(_("cannot read public key file {path}: {problem}").format(
+                path=path, problem=e.strerror)) from None
 
     def verify(self, signature: bytes, message: bytes) -> bool:
         try:
@@ -269,17 +273,19 @@ class Keyring:
             aad = json.dumps(doc["public"], sort_keys=True).encode()
             nonce, sealed, protection = unb64(doc["nonce"]), unb64(doc["sealed"]), doc["protection"]
         except FileNotFoundError:
-            raise SyncdbError(f"no keyring at {path}; run `syncdb office init` or `syncdb community init` first") from None
+            raise SyncdbError(_("no keyring at {path}; run `syncdb office init` or `syncdb community init` "
+                                "first").format(path=path)) from None
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise SyncdbError(f"keyring {path} is damaged ({e}); restore it from your backup") from None
+            raise SyncdbError(_("keyring {path} is damaged ({problem}); restore it from your backup").format(
+                path=path, problem=e)) from None
         s = suite(public.suite)
         kek = secret.kek(s, protection, path)
         try:
             secrets = json.loads(s.open(kek, nonce, sealed, aad))
         except InvalidTag:
             raise SyncdbError(
-                f"wrong passphrase or key file for keyring {path}; set SYNCDB_PASSPHRASE "
-                "or SYNCDB_KEY_FILE to the one chosen at init") from None
+                _("wrong passphrase or key file for keyring {path}; set SYNCDB_PASSPHRASE "
+                  "or SYNCDB_KEY_FILE to the one chosen at init").format(path=path)) from None
         return cls(
             public, unb64(secrets["x25519"]), unb64(secrets["ed25519"]),
             {k: unb64(v) for k, v in secrets["data_keys"].items()},
@@ -302,22 +308,23 @@ class Secret:
             try:
                 data = Path(key_file).read_bytes()
             except OSError as e:
-                raise SyncdbError(f"cannot read SYNCDB_KEY_FILE {key_file}: {e.strerror}") from None
+                raise SyncdbError(_("cannot read SYNCDB_KEY_FILE {path}: {problem}").format(
+                    path=key_file, problem=e.strerror)) from None
             if len(data) < 32:
-                raise SyncdbError(f"key file {key_file} is too short; it needs at least 32 random bytes "
-                                  "(make one with: head -c 32 /dev/urandom > keyfile)")
+                raise SyncdbError(_("key file {path} is too short; it needs at least 32 random bytes "
+                                    "(make one with: head -c 32 /dev/urandom > keyfile)").format(path=key_file))
             return cls(key_file_bytes=data)
         passphrase = os.environ.get("SYNCDB_PASSPHRASE")
         if passphrase:
             return cls(passphrase=passphrase)
         if not sys.stdin.isatty():
-            raise SyncdbError("no passphrase: set SYNCDB_PASSPHRASE or SYNCDB_KEY_FILE "
-                              "(unattended runs cannot be asked for one)")
-        passphrase = getpass.getpass("Passphrase: ")
-        if confirm and getpass.getpass("Repeat passphrase: ") != passphrase:
-            raise SyncdbError("the two passphrases differ; nothing was written")
+            raise SyncdbError(_("no passphrase: set SYNCDB_PASSPHRASE or SYNCDB_KEY_FILE "
+                                "(unattended runs cannot be asked for one)"))
+        passphrase = getpass.getpass(_("Passphrase: "))
+        if confirm and getpass.getpass(_("Repeat passphrase: ")) != passphrase:
+            raise SyncdbError(_("the two passphrases differ; nothing was written"))
         if not passphrase:
-            raise SyncdbError("an empty passphrase protects nothing; choose one")
+            raise SyncdbError(_("an empty passphrase protects nothing; choose one"))
         return cls(passphrase=passphrase)
 
     def new_kek(self, s: Suite) -> tuple[dict, bytes]:
@@ -332,13 +339,15 @@ class Secret:
         kind = protection.get("kind")
         if kind == "keyfile":
             if self.key_file_bytes is None:
-                raise SyncdbError(f"keyring {path} is sealed with a key file; set SYNCDB_KEY_FILE to it")
+                raise SyncdbError(_("keyring {path} is sealed with a key file; set SYNCDB_KEY_FILE to it").format(
+                    path=path))
             return s.derive(self.key_file_bytes, unb64(protection["salt"]), b"syncdb keyring")
         if kind == "scrypt":
             if self.passphrase is None:
-                raise SyncdbError(f"keyring {path} is sealed with a passphrase; set SYNCDB_PASSPHRASE")
+                raise SyncdbError(_("keyring {path} is sealed with a passphrase; set SYNCDB_PASSPHRASE").format(
+                    path=path))
             return self._scrypt(s, protection)
-        raise SyncdbError(f"keyring {path} uses an unknown protection '{kind}'")
+        raise SyncdbError(_("keyring {path} uses an unknown protection '{kind}'").format(path=path, kind=kind))
 
     def _scrypt(self, s: Suite, p: dict) -> bytes:
         kdf = Scrypt(salt=unb64(p["salt"]), length=s.key_size, n=p["n"], r=p["r"], p=p["p"])

@@ -4,6 +4,8 @@ Raised where the problem is known, printed once at the CLI edge
 (``cli.py`` turns them into exit status 1).
 """
 
+from .i18n import _
+
 
 class SyncdbError(Exception):
     """Refused input or a failed operation; the message says what to do."""
@@ -16,10 +18,10 @@ class SchemaError(SyncdbError):
         self.path, self.table, self.column = str(path), table, column
         where = [self.path]
         if table:
-            where.append(f"table '{table}'")
+            where.append(_("table '{table}'").format(table=table))
         if column:
-            where.append(f"column '{column}'")
-        super().__init__(f"{', '.join(where)}: {message}")
+            where.append(_("column '{column}'").format(column=column))
+        super().__init__(_("{where}: {message}").format(where=_(", ").join(where), message=message))
 
 
 class DiskFull(SyncdbError):

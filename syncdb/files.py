@@ -14,6 +14,7 @@ import sqlite3
 from pathlib import Path
 
 from .errors import DiskFull, SyncdbError
+from .i18n import _
 
 
 def write_atomic(path, data: bytes, mode: int = 0o644) -> Path:
@@ -53,11 +54,11 @@ def fsync_dir(folder) -> None:
 def disk_error(e: OSError, path) -> SyncdbError:
     """Turn an OSError into a message that says what to do."""
     if e.errno == errno.ENOSPC:
-        return DiskFull(f"the disk is full while writing {path}; free some space and run again "
-                        "(nothing was lost: the previous state is untouched)")
+        return DiskFull(_("the disk is full while writing {path}; free some space and run again "
+                          "(nothing was lost: the previous state is untouched)").format(path=path))
     if e.errno in (errno.EACCES, errno.EPERM):
-        return SyncdbError(f"no permission to write {path}; run as the user that owns the folder")
-    return SyncdbError(f"cannot write {path}: {e.strerror or e}")
+        return SyncdbError(_("no permission to write {path}; run as the user that owns the folder").format(path=path))
+    return SyncdbError(_("cannot write {path}: {problem}").format(path=path, problem=e.strerror or e))
 
 
 # Below this much free space, an I/O error from SQLite is taken for a full disk:
@@ -80,13 +81,18 @@ def is_disk_full(e: Exception, path=None) -> bool:
     return False
 
 
-def storage_error(e: Exception, path, then: str = "run the same command again") -> SyncdbError:
-    """A message for an OSError or sqlite3 error met while using the files at ``path``."""
+def storage_error(e: Exception, path, then: str | None = None) -> SyncdbError:
+    """A message for an OSError or sqlite3 error met while using the files at ``path``.
+
+    ``then`` is what to do once the cause is fixed (default: run the same command again).
+    """
+    then = _("run the same command again") if then is None else then
     if is_disk_full(e, path):
-        return DiskFull(f"the disk holding {path} is full; free some space there, then {then}. "
-                        "Nothing was lost: every step is kept whole or not at all")
+        return DiskFull(_("the disk holding {path} is full; free some space there, then {then}. "
+                          "Nothing was lost: every step is kept whole or not at all").format(path=path, then=then))
     if isinstance(e, OSError):
         return disk_error(e, path)
-    return SyncdbError(f"SQLite could not use the database in {path} ({e}); check that the disk is "
-                       f"present and healthy and that this user may write there, then {then}. "
-                       "Nothing was lost: every step is kept whole or not at all")
+    return SyncdbError(_("SQLite could not use the database in {path} ({problem}); check that the disk is "
+                         "present and healthy and that this user may write there, then {then}. "
+                         "Nothing was lost: every step is kept whole or not at all").format(
+        path=path, problem=e, then=then))

@@ -5,14 +5,17 @@ touched; then every sealed value still under an older key is re-sealed, in
 batches of one transaction each. A sealed value names its key, so a rotation
 that was interrupted simply continues where it stopped when run again.
 Old keys stay in the keyring: backups made before the rotation need them.
+The conflict queue's candidates and the checks' cases (findings and reasons)
+are re-sealed after the records, so none of them needs the old key after it.
 """
 
 from __future__ import annotations
 
 import os
 
-from . import conflicts, migrations, office
+from . import cases, conflicts, migrations, office
 from .crypto import Secret
+from .i18n import _
 from .store import table_name
 
 BATCH = 2000
@@ -27,7 +30,7 @@ def rotate(store_dir, secret: Secret, domains, resume_only=False, progress=None)
         if not resume_only and not _unfinished(store, ring.data_key_id):
             new_id = str(max(int(k) for k in ring.data_keys) + 1)
             if int(new_id) > 255:
-                raise ValueError("no more data key ids")
+                raise ValueError(_("no more data key ids"))
             ring.data_keys[new_id] = os.urandom(ring.suite.key_size)
             ring.data_key_id = new_id
             ring.save(office.keyring_path(store_dir), secret)
@@ -59,6 +62,8 @@ def rotate(store_dir, secret: Secret, domains, resume_only=False, progress=None)
             counts[table.qualified] = done
         counts["frontier"] = _reseal_frontier(store, current)
         counts["conflicts"] = _reseal_conflicts(store, current)
+        # The checks' cases last: their findings and reasons are sealed under the data key too.
+        counts["cases"] = cases.reseal(store, current)
     finally:
         store.close()
     return counts
@@ -80,7 +85,7 @@ def _unfinished(store, key_id) -> bool:
                                        "AND substr(value, 2, 1) != ?", (current,)).fetchall():
         if tbl in store.tables and store.table(tbl).columns[col].sensitive:
             return True
-    return conflicts.needs_reseal(store, int(key_id))
+    return conflicts.needs_reseal(store, int(key_id)) or bool(cases.data_keys_used(store) - {int(key_id)})
 
 
 def _reseal(store, sealed, table, column, key) -> bytes:

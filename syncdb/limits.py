@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .errors import SyncdbError
 from .files import write_atomic
+from .i18n import _
 
 KiB, MiB = 1 << 10, 1 << 20
 FILE_NAME = "limits.json"
@@ -53,24 +54,28 @@ RANGES = {
 }
 
 
-def from_dict(doc, where: str = "the limits") -> Limits:
+def from_dict(doc, where: str | None = None) -> Limits:
     """Limits from a JSON object (missing fields take their default); SyncdbError if out of range."""
+    where = _("the limits") if where is None else where
     if not isinstance(doc, dict):
-        raise SyncdbError(f"{where} must be a JSON object like {json.dumps(DEFAULT.as_dict())}")
+        raise SyncdbError(_("{where} must be a JSON object like {example}").format(
+            where=where, example=json.dumps(DEFAULT.as_dict())))
     values = {}
     for f in fields(Limits):
         value = doc.get(f.name, getattr(DEFAULT, f.name))
         low, high = RANGES[f.name]
         if type(value) is not int or not low <= value <= high:
-            raise SyncdbError(f"{where}: {f.name} must be a whole number from {low:,} to {high:,} "
-                              f"(it is {json.dumps(value)[:40]}); the default is {getattr(DEFAULT, f.name):,}")
+            raise SyncdbError(_("{where}: {name} must be a whole number from {low:,} to {high:,} "
+                                "(it is {value}); the default is {default:,}").format(
+                where=where, name=f.name, low=low, high=high, value=json.dumps(value)[:40],
+                default=getattr(DEFAULT, f.name)))
         values[f.name] = value
     if values["max_value"] > values["max_line"]:
-        raise SyncdbError(f"{where}: max_value ({values['max_value']:,}) cannot be more than "
-                          f"max_line ({values['max_line']:,}): a value travels inside a line")
+        raise SyncdbError(_("{where}: max_value ({max_value:,}) cannot be more than "
+                            "max_line ({max_line:,}): a value travels inside a line").format(where=where, **values))
     if values["max_line"] > values["max_payload"]:
-        raise SyncdbError(f"{where}: max_line ({values['max_line']:,}) cannot be more than "
-                          f"max_payload ({values['max_payload']:,})")
+        raise SyncdbError(_("{where}: max_line ({max_line:,}) cannot be more than "
+                            "max_payload ({max_payload:,})").format(where=where, **values))
     return Limits(**values)
 
 
@@ -86,11 +91,12 @@ def load(store) -> Limits:
     except FileNotFoundError:
         return DEFAULT
     except OSError as e:
-        raise SyncdbError(f"cannot read {file}: {e.strerror}") from None
+        raise SyncdbError(_("cannot read {file}: {problem}").format(file=file, problem=e.strerror)) from None
     try:
         doc = json.loads(text)
     except ValueError as e:
-        raise SyncdbError(f"{file} is not valid JSON ({e}); fix it or delete it to use the defaults") from None
+        raise SyncdbError(_("{file} is not valid JSON ({problem}); fix it or delete it to use the defaults").format(
+            file=file, problem=e)) from None
     return from_dict(doc, str(file))
 
 
@@ -122,9 +128,9 @@ def oversized(change: dict, max_value: int) -> list[tuple[str, str]]:
                 continue
             size = value_size(value)
             if size > max_value:
-                found.append((str(name), f"the value is {size:,} bytes, over the office's limit of "
-                                          f"{max_value:,} bytes for one value; shorten it in the "
-                                          "community's database"))
+                found.append((str(name), _("the value is {size:,} bytes, over the office's limit of "
+                                           "{most:,} bytes for one value; shorten it in the "
+                                           "community's database").format(size=size, most=max_value)))
     return found
 
 
@@ -135,8 +141,8 @@ def fits(change: dict, limits: Limits) -> str | None:
         return "; ".join(f"{name}: {why}" for name, why in problems)
     size = len(line_bytes(change))
     if size > limits.max_line:
-        return (f"the record is {size:,} bytes as a change, over the office's limit of {limits.max_line:,} "
-                "bytes for one record; shorten its longest values")
+        return _("the record is {size:,} bytes as a change, over the office's limit of {most:,} "
+                 "bytes for one record; shorten its longest values").format(size=size, most=limits.max_line)
     return None
 
 

@@ -25,6 +25,7 @@ from . import audit, bundle, checks, conflicts, limits, migrations, office, outb
 from .crypto import Secret
 from .errors import SyncdbError
 from .files import is_disk_full, storage_error
+from .i18n import _
 from .plugins import manager
 from .hlc import Stamp, pack_versions
 from .rules import Candidate, Decision, latest
@@ -52,14 +53,17 @@ class Summary:
     checked: list = field(default_factory=list)  # printable lines: the cross-domain checks run after it (checks.py)
 
     def lines(self) -> list[str]:
-        out = [f"bundles: {self.received} received, {self.duplicates} already held, "
-               f"{len(self.refused)} refused, {self.applied} applied, {len(self.held)} held",
-               f"changes: {self.changes} applied, {len(self.rejected)} rejected record(s)",
-               f"conflicts: {self.opened} opened, {self.closed} closed"]
-        out += [f"refused {name}: {why}" for name, why in self.refused]
-        out += [f"held {name}: {why}" for name, why in self.held]
-        out += [f"rejected {line}" for line in self.rejected]
-        out += [f"set aside {line}" for line in self.set_aside]
+        out = [_("bundles: {received} received, {duplicates} already held, {refused} refused, "
+                 "{applied} applied, {held} held").format(
+                   received=self.received, duplicates=self.duplicates, refused=len(self.refused),
+                   applied=self.applied, held=len(self.held)),
+               _("changes: {applied} applied, {rejected} rejected record(s)").format(
+                   applied=self.changes, rejected=len(self.rejected)),
+               _("conflicts: {opened} opened, {closed} closed").format(opened=self.opened, closed=self.closed)]
+        out += [_("refused {name}: {why}").format(name=name, why=why) for name, why in self.refused]
+        out += [_("held {name}: {why}").format(name=name, why=why) for name, why in self.held]
+        out += [_("rejected {line}").format(line=line) for line in self.rejected]
+        out += [_("set aside {line}").format(line=line) for line in self.set_aside]
         out += self.checked
         return out
 
@@ -110,7 +114,8 @@ def apply_inbox(store: Store, store_dir: Path, summary: Summary, progress=None) 
         for s, n in queue:
             if s >= sequence:
                 summary.held.append((n, why if s == sequence or waiting else
-                                     f"waiting behind bundle {sequence} from {origin}, which is held"))
+                                     _("waiting behind bundle {sequence} from {code}, which is held").format(
+                                         sequence=sequence, code=origin)))
                 total -= sizes[n]
         if not waiting:
             summary.blocked.append(dict(queue)[sequence])
@@ -119,7 +124,8 @@ def apply_inbox(store: Store, store_dir: Path, summary: Summary, progress=None) 
         for sequence, name in queue:
             expected = last.get(origin, 0) + 1
             if sequence != expected:
-                hold(queue, sequence, f"waiting for bundle {expected} from {origin}", waiting=True)
+                hold(queue, sequence, _("waiting for bundle {sequence} from {code}").format(
+                    sequence=expected, code=origin), waiting=True)
                 break
             path = office.inbox_dir(store_dir) / name
 
@@ -140,25 +146,27 @@ def apply_inbox(store: Store, store_dir: Path, summary: Summary, progress=None) 
                 if reader is not None and _still_signed(store, reader):
                     # As its community signed it, yet it cannot be applied (taken in by an older
                     # syncdb, or under caps the office has lowered since): held, never guessed at.
-                    hold(queue, sequence, f"it cannot be applied as community {origin} made it ({e}); "
-                                          "nothing of it was applied, and its later bundles wait behind it")
+                    hold(queue, sequence, _("it cannot be applied as community {code} made it ({problem}); "
+                                            "nothing of it was applied, and its later bundles wait behind it").format(
+                                              code=origin, problem=e))
                     break
                 # Verified when it arrived, so the office's own copy was damaged since.
                 office.quarantine_copy(store_dir, path, e)
-                summary.refused.append((name, f"the inbox copy no longer verifies ({e}); it is kept in "
-                                              "the inbox and copied to quarantine: restore it from a "
-                                              "backup of the store folder, then merge again"))
+                summary.refused.append((name, _("the inbox copy no longer verifies ({problem}); it is kept in "
+                                                "the inbox and copied to quarantine: restore it from a "
+                                                "backup of the store folder, then merge again").format(problem=e)))
                 total -= sizes[name]
                 break
             except Exception as e:
                 if isinstance(e, (OSError, sqlite3.Error)) and is_disk_full(e, store_dir):
                     # Every other bundle would fail the same way: stop here.
-                    raise storage_error(e, store_dir, then=f"run `syncdb merge {store_dir}` again (merging "
-                                        f"{name} stopped, nothing of it was applied, and the bundles wait "
-                                        "in the inbox)") from None
+                    raise storage_error(e, store_dir, then=_(
+                        "run `syncdb merge {store}` again (merging {name} stopped, nothing of it was applied, "
+                        "and the bundles wait in the inbox)").format(store=store_dir, name=name)) from None
                 # A fault in a rule or plugin holds this community's queue, not everybody's.
-                hold(queue, sequence, f"merging it failed ({type(e).__name__}: {e}); nothing of it was applied. "
-                                      "Fix the cause (see the office log) and merge again")
+                hold(queue, sequence, _("merging it failed ({kind}: {problem}); nothing of it was applied. "
+                                        "Fix the cause (see the office log) and merge again").format(
+                                          kind=type(e).__name__, problem=e))
                 break
             finally:
                 if reader is not None:
@@ -320,7 +328,7 @@ class _Merger:
             self._apply_batch(batch)
         more = self.rejected_count - MAX_REJECTED
         if more > 0:
-            line = f"{more:,} more record(s) rejected that are not listed one by one"
+            line = _("{n:,} more record(s) rejected that are not listed one by one").format(n=more)
             self.rejected.append(f"{self.origin} / - / - / - / {line}")
             self.store.conn.execute(
                 "INSERT INTO rejected (origin, sequence, tbl, key, shown_key, field, why, at) "
@@ -441,8 +449,8 @@ class _Merger:
         holding = row._holding
         if not self.from_office and (holding.holder is not None or row.blank) and self.origin not in holding.eligible:
             self.set_aside.append(f"{self.origin} / {table.qualified} / {self._shown(table, key_values)} / "
-                                  f"the record is held by {holding.holder or 'nobody'}: "
-                                  "this community's version is kept aside and not shown")
+                                  + _("the record is held by {holder}: this community's version is kept aside "
+                                      "and not shown").format(holder=holding.holder or _("nobody")))
         self._write(row, key_values)
         # Compact: the cells touched; their old versions where they had one; and
         # the resulting version only where it is not this change's own stamp.
@@ -489,39 +497,42 @@ class _Merger:
         try:
             node = Stamp.parse(hlc).node
         except (ValueError, AttributeError):
-            return "-", "its time stamp is not a syncdb stamp; the bundle was not made by syncdb"
+            return "-", _("its time stamp is not a syncdb stamp; the bundle was not made by syncdb")
         if self.relayed:
-            return "-", "it came through a relay, which this office does not accept yet"
+            return "-", _("it came through a relay, which this office does not accept yet")
         if set(change["key"]) != set(table.key) or (change["op"] == bundle.REKEY
                                                     and set(change["new_key"]) != set(table.key)):
-            return "-", (f"its key names {', '.join(map(str, change['key']))}, not the table's key "
-                         f"({', '.join(table.key)}); the bundle was not made by syncdb")
+            return "-", _("its key names {names}, not the table's key ({key}); the bundle was not made by "
+                          "syncdb").format(names=', '.join(map(str, change['key'])), key=', '.join(table.key))
         if node != self.origin:
-            return "-", (f"it is stamped as community {node}'s change but signed by {self.origin}: "
-                         "a community sends only its own changes")
+            return "-", _("it is stamped as community {node}'s change but signed by {code}: "
+                          "a community sends only its own changes").format(node=node, code=self.origin)
         if hlc <= self.floor:
-            return "-", (f"its time stamp is not later than those of the bundles {self.origin} sent before; "
-                         "a community's clock never runs backwards (was the community folder restored "
-                         "from a backup? or did a stolen key send stamps from the future? then give the "
-                         "community a new key and enrol it again: that clears its old stamps)")
+            return "-", _("its time stamp is not later than those of the bundles {code} sent before; "
+                          "a community's clock never runs backwards (was the community folder restored "
+                          "from a backup? or did a stolen key send stamps from the future? then give the "
+                          "community a new key and enrol it again: that clears its old stamps)").format(
+                code=self.origin)
         owner = table.owner
         base = change.get("base") or {}
         if change["op"] != "delete" and owner in change["cells"] and change["cells"][owner] != self.origin:
-            return owner, (f"it files the record under community {change['cells'][owner]}; "
-                           f"community {self.origin} may file records only under its own code")
+            return owner, _("it files the record under community {other}; "
+                            "community {code} may file records only under its own code").format(
+                other=change['cells'][owner], code=self.origin)
         if change["op"] == "update" and owner in change["cells"] and owner not in base:
-            return owner, ("it files a record anew without naming the version of its community code it "
-                           "replaces; a community re-files only its own copy of a record")
+            return owner, _("it files a record anew without naming the version of its community code it "
+                            "replaces; a community re-files only its own copy of a record")
         for version in base.values():
             if not isinstance(version, str):
-                return "-", "its base versions are not stamps; the bundle was not made by syncdb"
+                return "-", _("its base versions are not stamps; the bundle was not made by syncdb")
             made_by = origin_of(version) if version.count(".") >= 2 else ""
             if made_by not in (self.origin, self.store.office_code):
-                return "-", (f"it changes community {made_by or '?'}'s version of the record: a community "
-                             "changes only records it holds; a resident who moved in is registered anew")
+                return "-", _("it changes community {code}'s version of the record: a community "
+                              "changes only records it holds; a resident who moved in is registered anew").format(
+                    code=made_by or '?')
         if change["op"] != "insert" and not base:
-            return "-", ("it changes a record without naming the version it changes; a community "
-                         "changes only records it holds")
+            return "-", _("it changes a record without naming the version it changes; a community "
+                          "changes only records it holds")
         return None
 
     def _shown(self, table: Table, key_values: list) -> str:
@@ -603,7 +614,7 @@ class _Merger:
                 # Versions of those who do not hold the record never win and are never queued.
                 if eligible:
                     row.winners[col] = eligible[0]
-                self._close(row, col, f"closed by {hlc}")
+                self._close(row, col, _("closed by {version}").format(version=hlc))
                 continue
             frontier = eligible
             decision: Decision = self.hook.resolve_conflict(table=table, column=col, candidates=frontier, row=row)
@@ -611,7 +622,7 @@ class _Merger:
             if decision.review:
                 self._open(row, col, frontier, decision)
             else:
-                self._close(row, col, f"settled by {decision.rule}")
+                self._close(row, col, _("settled by {rule}").format(rule=decision.rule))
                 winner = decision.winner
                 if (winner.origin == self.store.office_code != self.origin and winner.live
                         and winner.version != hlc and any(c.version == hlc for c in frontier)):

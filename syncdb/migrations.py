@@ -29,6 +29,7 @@ from . import audit, bundles, cases, conflicts, office, outbound, publishdb
 from .crypto import Keyring, Secret
 from .errors import SyncdbError
 from .files import fsync_dir, storage_error
+from .i18n import _
 from .hlc import pack_versions, unpack_versions
 from .schema import Domain, Table, load_domains
 from .store import STORE_TABLES, STORE_VERSION, Store, create_sql, id_columns, opened, table_name
@@ -100,9 +101,10 @@ def upgrade(store: Store) -> Path | None:
 
 def _refuse_later_release(store: Store, version: int) -> None:
     if version > STORE_VERSION:
-        raise SyncdbError(f"the store in {store.folder} was made by a later release of syncdb (store "
-                          f"version {version}, this one knows {STORE_VERSION}); install that release at the "
-                          "office; nothing was changed")
+        raise SyncdbError(_("the store in {folder} was made by a later release of syncdb (store "
+                            "version {version}, this one knows {known}); install that release at the "
+                            "office; nothing was changed").format(folder=store.folder, version=version,
+                                                                  known=STORE_VERSION))
 
 
 def _holds_records(conn: sqlite3.Connection) -> bool:
@@ -126,8 +128,8 @@ def _backup(store: Store) -> Path:
         fsync_dir(folder)
     except (OSError, sqlite3.Error) as e:
         target.unlink(missing_ok=True)
-        raise storage_error(e, store.folder, then="free some space and run the command again; the store "
-                                                  "was not changed") from None
+        raise storage_error(e, store.folder, then=_("free some space and run the command again; the store "
+                                                    "was not changed")) from None
     return target
 
 

@@ -30,6 +30,7 @@ from . import bundle, limits
 from .crypto import Keyring, PublicKey, Secret
 from .errors import SyncdbError
 from .files import disk_error, fsync_dir, storage_error, write_atomic
+from .i18n import _
 from .sql import immediate
 from .validate import VALIDATORS, Invalid
 
@@ -71,7 +72,8 @@ def store_file(store) -> Path:
     """STORE/store.db, if it is there and not emptied (whether it is a store is for SQLite to say)."""
     path = Path(store) / "store.db"
     if not path.exists():
-        raise SyncdbError(f"{store} is not an office store; create one with `syncdb office init {store}`")
+        raise SyncdbError(_("{store} is not an office store; create one with `syncdb office init {store}`").format(
+            store=store))
     _refuse_if_not_a_store(path)
     return path
 
@@ -103,8 +105,8 @@ def connect(store) -> sqlite3.Connection:
 
 
 def _not_a_store(path: Path) -> str:
-    return (f"{path} is empty or not an office store; restore it from a backup of the store folder; "
-            "nothing was written to it (only `syncdb office init` creates a store)")
+    return _("{path} is empty or not an office store; restore it from a backup of the store folder; "
+             "nothing was written to it (only `syncdb office init` creates a store)").format(path=path)
 
 
 def _refuse_if_not_a_store(path: Path) -> None:
@@ -136,7 +138,7 @@ def create(store, secret: Secret, suite_name: str = "std", code: str = "office")
     public key file. ``migrations.init`` (``syncdb office init``) then makes the store whole."""
     folder = Path(store)
     if keyring_path(folder).exists():
-        raise SyncdbError(f"{folder} already holds an office store; nothing was changed")
+        raise SyncdbError(_("{folder} already holds an office store; nothing was changed").format(folder=folder))
     folder.mkdir(parents=True, exist_ok=True)
     for sub in (inbox_dir(folder), quarantine_dir(folder)):
         sub.mkdir(exist_ok=True)
@@ -160,21 +162,23 @@ def enroll(store, code: str, public_key_file, name: str | None = None) -> Public
     try:
         VALIDATORS["community_code"](code)
     except Invalid as e:
-        raise SyncdbError(f"community code {code!r}: {e}") from None
+        raise SyncdbError(_("community code {code}: {problem}").format(code=repr(code), problem=e)) from None
     office_code = PublicKey.read(public_key_path(store)).code
     if code == office_code:
-        raise SyncdbError(f"{code} is the office's own code; a community needs its own")
+        raise SyncdbError(_("{code} is the office's own code; a community needs its own").format(code=code))
     if re.fullmatch(r"[0-9]{9}", office_code) and not code.startswith(office_code):
         # A 9-digit office code is its street's 统计用区划代码: its communities' codes begin with it.
-        raise SyncdbError(f"community {code} is not in this office's street {office_code} (its code would begin "
-                          f"with {office_code}); check the code, or enrol it at its own street office")
+        raise SyncdbError(_("community {code} is not in this office's street {office} (its code would begin "
+                            "with {office}); check the code, or enrol it at its own street office").format(
+            code=code, office=office_code))
     name = _checked_name(name) if name is not None else None
     key = PublicKey.read(public_key_file)
     if key.role != "community":
-        raise SyncdbError(f"{public_key_file} is an {key.role} key; enrol the community's CODE.pub.json")
+        raise SyncdbError(_("{file} is an {role} key; enrol the community's CODE.pub.json").format(
+            file=public_key_file, role=key.role))
     if key.code != code:
-        raise SyncdbError(f"{public_key_file} belongs to community {key.code}, not {code}; "
-                          "check which file you copied")
+        raise SyncdbError(_("{file} belongs to community {theirs}, not {code}; "
+                            "check which file you copied").format(file=public_key_file, theirs=key.code, code=code))
     conn = connect(store)
     try:
         add_missing_columns(conn)  # a store from before names: enrolling gives one
@@ -207,8 +211,9 @@ def rename(store, code: str, name: str) -> str | None:
         with immediate(conn):
             row = conn.execute("SELECT name FROM communities WHERE code = ?", (code,)).fetchone()
             if row is None:
-                raise SyncdbError(f"community {code} is not enrolled at {store}; enrol it with "
-                                  f"`syncdb office enroll {store} {code} {code}.pub.json --name {name}`")
+                raise SyncdbError(_("community {code} is not enrolled at {store}; enrol it with "
+                                    "`syncdb office enroll {store} {code} {code}.pub.json --name {name}`").format(
+                    code=code, store=store, name=name))
             conn.execute("UPDATE communities SET name = ? WHERE code = ?", (name, code))
     finally:
         conn.close()
@@ -221,10 +226,10 @@ MAX_NAME = 40  # characters: 街道 and 社区 names run to a dozen or so
 def _checked_name(name: str) -> str:
     text = name.strip()
     if not text:
-        raise SyncdbError("a community's name cannot be empty; give it as people write it, e.g. 岗贝社区")
+        raise SyncdbError(_("a community's name cannot be empty; give it as people write it, e.g. 岗贝社区"))
     if len(text) > MAX_NAME or any(not ch.isprintable() for ch in text):
-        raise SyncdbError(f"{name!r} is not a community name: at most {MAX_NAME} printable characters, "
-                          "e.g. 岗贝社区")
+        raise SyncdbError(_("{name} is not a community name: at most {most} printable characters, "
+                            "e.g. 岗贝社区").format(name=repr(name), most=MAX_NAME))
     return text
 
 
@@ -334,28 +339,30 @@ def receive_file(store, f: BinaryIO, source: str = "upload") -> Receipt:
 def _unfit(header: bundle.Header, office_key: PublicKey, caps: limits.Limits) -> tuple[str, str] | None:
     """(reason, message) when a verified bundle is not for this office's inbox, else None."""
     if header.kind != "changes":
-        return "wrong-kind", f"a '{header.kind}' bundle is for a community, not for the office"
+        return "wrong-kind", _("a '{kind}' bundle is for a community, not for the office").format(kind=header.kind)
     if header["recipient"] != office_key.id:
         # Refused now, not at the merge: stored, it would be acknowledged, the community would
         # delete its only copy, and the office could never read it.
-        return "wrong-recipient", (
-            f"{header.origin} encrypted bundle {header.sequence} to key {header['recipient']}, not to this "
-            f"office's key {office_key.id}: the community was set up with another office's key "
+        return "wrong-recipient", _(
+            "{code} encrypted bundle {sequence} to key {theirs}, not to this "
+            "office's key {ours}: the community was set up with another office's key "
             "(its .syncdb/office.pub.json), or before this office's key changed, and this office cannot "
             "read it. Nothing was kept and the community keeps its bundles; give the community this "
-            "office's office.pub.json to use with `syncdb community set-office-key WORKDIR office.pub.json`")
+            "office's office.pub.json to use with `syncdb community set-office-key WORKDIR office.pub.json`").format(
+            code=header.origin, sequence=header.sequence, theirs=header['recipient'], ours=office_key.id)
     if header["changes"] > caps.max_changes:
-        return "too-large", (
-            f"bundle {header.sequence} from {header.origin} holds {header['changes']:,} changes, more than the "
-            f"{caps.max_changes:,} this office takes in one bundle; a current syncdb splits large exports "
-            "to fit, or the data administrator may raise max_changes in STORE/limits.json")
+        return "too-large", _(
+            "bundle {sequence} from {code} holds {changes:,} changes, more than the "
+            "{most:,} this office takes in one bundle; a current syncdb splits large exports "
+            "to fit, or the data administrator may raise max_changes in STORE/limits.json").format(
+            sequence=header.sequence, code=header.origin, changes=header['changes'], most=caps.max_changes)
     return None
 
 
 def keep(conn, store: Path, data: bytes | BinaryIO, header, source: str) -> Receipt:
     """Put a verified bundle in the inbox and record it; the caller holds an IMMEDIATE transaction."""
     f = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-    digest, _ = _digest(f)
+    digest, _size = _digest(f)
     name = bundle.file_name(header.origin, header.sequence)
     seen = conn.execute("SELECT sha256 FROM received WHERE origin = ? AND sequence = ?",
                         (header.origin, header.sequence)).fetchone()
@@ -363,9 +370,10 @@ def keep(conn, store: Path, data: bytes | BinaryIO, header, source: str) -> Rece
         return Receipt(header.origin, header.sequence, "duplicate", inbox_dir(store) / name)
     if seen:
         _refuse(store, f, header, "replay",
-                f"community {header.origin} already sent a different bundle numbered "
-                f"{header.sequence}: this is a replay or a fork (two copies of the community "
-                "folder pushing). Keep the community's outbox as it is and call the data administrator",
+                _("community {code} already sent a different bundle numbered "
+                  "{sequence}: this is a replay or a fork (two copies of the community "
+                  "folder pushing). Keep the community's outbox as it is and call the data administrator").format(
+                    code=header.origin, sequence=header.sequence),
                 source)
     path = _copy_atomic(f, inbox_dir(store) / name)
     # The bundle is on disk before it is acknowledged; only then is it recorded.
@@ -492,7 +500,8 @@ def receive_files(store, paths) -> list[tuple[Path, Receipt | Refused]]:
         except Refused as e:
             results.append((path, e))
         except OSError as e:
-            results.append((path, Refused(f"cannot read {path}: {e.strerror}", "unreadable")))
+            results.append((path, Refused(_("cannot read {path}: {problem}").format(path=path, problem=e.strerror),
+                                          "unreadable")))
     return results
 
 

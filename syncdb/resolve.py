@@ -17,6 +17,7 @@ from . import bundle, conflicts, office
 from .crypto import Secret
 from .errors import SyncdbError
 from .hlc import Clock, Stamp, now_ms
+from .i18n import _
 from .merge import Summary, apply_changes
 from .row import Row
 from .schema import Domain
@@ -59,7 +60,8 @@ def apply_edits(store: Store, edits: list[dict], refused: str | None = None,
             name = office.record(store.conn, header, header.sha256)
             outcome = apply_changes(store, header, name, changes, store_dir)
             if refused and outcome.merger.rejected:
-                raise SyncdbError(f"{refused}: " + "; ".join(outcome.merger.rejected) + "; nothing was changed")
+                raise SyncdbError(_("{refused}: {why}; nothing was changed").format(
+                    refused=refused, why=_("; ").join(outcome.merger.rejected)))
     except BaseException:
         if written is not None:
             written.unlink(missing_ok=True)  # never recorded: the next edit takes its number
@@ -76,16 +78,17 @@ def _no_office_bundle_waiting(store: Store) -> None:
         "(SELECT 1 FROM applied a WHERE a.origin = r.origin AND a.sequence = r.sequence)",
         (store.office_code,)).fetchone()
     if waiting:
-        raise SyncdbError(f"an earlier office edit waits in the inbox; run `syncdb merge {store.folder}` to "
-                          "apply it first, then this again (nothing was changed)")
+        raise SyncdbError(_("an earlier office edit waits in the inbox; run `syncdb merge {store}` to "
+                            "apply it first, then this again (nothing was changed)").format(store=store.folder))
 
 
 def _still_open(store: Store, conflict_id: int) -> None:
     """Settled by someone else since it was read (two desks, or a merge): their decision stands."""
     status = conflicts.get(store, conflict_id)["status"]
     if status != "open":
-        raise SyncdbError(f"conflict #{conflict_id} was {status} meanwhile, by another resolution or a merge; "
-                          f"see `syncdb conflicts show {store.folder} {conflict_id}` (nothing was changed)")
+        raise SyncdbError(_("conflict #{id} was {status} meanwhile, by another resolution or a merge; "
+                            "see `syncdb conflicts show {store} {id}` (nothing was changed)").format(
+            id=conflict_id, status=_(conflicts.STATUSES.get(status, status)), store=store.folder))
 
 
 def _clock(store: Store) -> Clock:
@@ -99,13 +102,13 @@ def _change(store: Store, edit: dict) -> dict:
     key = store.blind_key(table, key_values)
     row = Row(store, table, key, special=True)
     if not row.exists:
-        raise SyncdbError(f"{table.qualified} has no record with that key; the office edits only "
-                          "records a community has sent")
+        raise SyncdbError(_("{table} has no record with that key; the office edits only "
+                            "records a community has sent").format(table=table.qualified))
     deleting = bool(edit.get("delete"))
     columns = [c for c in table.columns if c not in table.key] if deleting else list(edit["cells"])
     for column in columns:
         if column not in table.columns or column in table.key:
-            raise SyncdbError(f"{table.qualified} has no editable column '{column}'")
+            raise SyncdbError(_("{table} has no editable column '{column}'").format(table=table.qualified, column=column))
     clock = _clock(store)
     # Sort after what it settles, but never follow a stamp from a desktop whose clock (or a
     # stolen key) says it is far in the future: the office's clock would stay there for good.
@@ -163,10 +166,11 @@ def resolve_conflict(store_dir, secret: Secret, domains: dict[str, Domain], conf
 def settle(store: Store, conflict_id: int, keep: str | None = None, value=None) -> Summary:
     """``resolve_conflict`` on an open store: `conflicts review` settles one after another with it."""
     if (keep is None) == (value is None):
-        raise SyncdbError("say which value wins: keep a candidate (--keep ORIGIN) or give one (--value TEXT)")
+        raise SyncdbError(_("say which value wins: keep a candidate (--keep ORIGIN) or give one (--value TEXT)"))
     found = conflicts.get(store, conflict_id)
     if found["status"] != "open":
-        raise SyncdbError(f"conflict #{conflict_id} is already {found['status']}")
+        raise SyncdbError(_("conflict #{id} is already {status}").format(
+            id=conflict_id, status=_(conflicts.STATUSES.get(found['status'], found['status']))))
     table, key, col = store.table(found["table"]), found["key"], found["column"]
     stored = store.conn.execute(
         f"SELECT {', '.join(f'[{k}]' for k in table.key)} FROM [{table_name(table)}] WHERE _key = ?",
@@ -178,8 +182,9 @@ def settle(store: Store, conflict_id: int, keep: str | None = None, value=None) 
         chosen = [c for c in candidates if keep in (c["origin"], c["version"])]
         if len(chosen) != 1:
             origins = ", ".join(c["origin"] for c in candidates)
-            raise SyncdbError(f"--keep {keep} names {len(chosen)} of the candidates ({origins}); "
-                              "name one origin, or a version when an origin has several")
+            raise SyncdbError(_("--keep {keep} names {n} of the candidates ({origins}); "
+                                "name one origin, or a version when an origin has several").format(
+                keep=keep, n=len(chosen), origins=origins))
         if chosen[0]["deleted"]:
             edit["delete"] = True
         else:
@@ -196,7 +201,8 @@ def settle(store: Store, conflict_id: int, keep: str | None = None, value=None) 
     else:
         edit["cells"] = {col: _checked_value(store, table, key, key_values, col, value)}
     # Checked above, so only a rule or a plugin of the office's own can refuse it: then nothing is kept.
-    return apply_edits(store, [edit], refused=f"the merge refused the resolution of conflict #{conflict_id}",
+    return apply_edits(store, [edit], refused=_("the merge refused the resolution of conflict #{id}").format(
+                           id=conflict_id),
                        settles=conflict_id)
 
 
@@ -216,6 +222,6 @@ def _checked_value(store: Store, table, key: bytes, key_values: dict, col: str, 
     problems = [p for p in check_record(table, record, store.domains[table.domain])
                 if p.field == col and p.severity == "error"]
     if problems:
-        raise SyncdbError(f"{column.label} ({col}) cannot be {value!r}: "
-                          + "; ".join(p.why for p in problems) + "; nothing was changed")
+        raise SyncdbError(_("{label} ({column}) cannot be {value}: {why}; nothing was changed").format(
+            label=column.label, column=col, value=repr(value), why=_("; ").join(p.why for p in problems)))
     return value

@@ -41,6 +41,7 @@ from pathlib import Path
 from . import bundle, limits, office, outbound
 from .errors import DiskFull, SyncdbError
 from .files import is_disk_full
+from .i18n import _
 
 log = logging.getLogger("syncdb.server")
 
@@ -91,7 +92,7 @@ def app(store, max_body: int = 256 * 2**20, merger=None):
                 await asyncio.to_thread(merger)
             except Exception:
                 # The bundles stay in the inbox; the next bundle or `syncdb merge` retries.
-                log.exception("merging the inbox failed; the bundles wait in the inbox")
+                log.exception(_("merging the inbox failed; the bundles wait in the inbox"))
 
     def merge_soon():
         if merger is None:
@@ -116,8 +117,8 @@ def app(store, max_body: int = 256 * 2**20, merger=None):
         try:
             await _route(scope, receive, tracked_send)
         except Exception:
-            log.exception("unexpected error answering %s %s from %s", scope["method"], scope["path"],
-                          _client(scope))
+            log.exception(_("unexpected error answering {method} {path} from {client}").format(
+                method=scope["method"], path=scope["path"], client=_client(scope)))
             if not started:
                 await _server_error(send)
 
@@ -148,7 +149,8 @@ def app(store, max_body: int = 256 * 2**20, merger=None):
             found = await asyncio.to_thread(outbound.path_of, store, code, int(sequence))
             if found is None or not found.exists():
                 return await _json(send, 404, {"error": "not-found",
-                                               "message": f"no resolutions bundle {sequence} for {code}"})
+                                               "message": _("no resolutions bundle {sequence} for {code}").format(
+                                                   sequence=sequence, code=code)})
             return await _file(send, found)
 
         match = ACKNOWLEDGEMENT_PATH.match(path)
@@ -157,8 +159,9 @@ def app(store, max_body: int = 256 * 2**20, merger=None):
                 return await _method_not_allowed(send, "GET")
             found = await asyncio.to_thread(outbound.acknowledgement_path, store, match.group(1))
             if found is None:
-                return await _json(send, 404, {"error": "not-found", "message": f"no acknowledgement for "
-                                               f"{match.group(1)} yet: the office holds none of its bundles"})
+                return await _json(send, 404, {"error": "not-found", "message": _(
+                    "no acknowledgement for {code} yet: the office holds none of its bundles").format(
+                    code=match.group(1))})
             return await _file(send, found)
 
         if path == "/v1/limits":
@@ -173,8 +176,9 @@ def app(store, max_body: int = 256 * 2**20, merger=None):
             return await _post_bundle(scope, receive, send)
 
         await _json(send, 404, {"error": "not-found",
-                                "message": f"no such address {path!r} at this office ingest service; "
-                                           "push to the service's base URL, e.g. http://office:8765"})
+                                "message": _("no such address {path} at this office ingest service; "
+                                             "push to the service's base URL, e.g. http://office:8765").format(
+                                    path=repr(path))})
 
     async def _post_bundle(scope, receive, send):
         client = _client(scope)
@@ -182,10 +186,10 @@ def app(store, max_body: int = 256 * 2**20, merger=None):
         if length is not None:
             if not length.isdigit():
                 return await _json(send, 400, {"error": "bad-request",
-                                               "message": "the Content-Length header is not a number"})
+                                               "message": _("the Content-Length header is not a number")})
             if int(length) > max_body:
-                log.warning("refused an upload of %s bytes from %s: over the %s limit",
-                            length, client, _size(max_body))
+                log.warning(_("refused an upload of {size} bytes from {client}: over the {limit} limit").format(
+                    size=length, client=client, limit=_size(max_body)))
                 return await _too_large(send)
 
         # Spooled: a small bundle stays in memory, a large one goes to an anonymous file in the
@@ -196,13 +200,15 @@ def app(store, max_body: int = 256 * 2**20, merger=None):
                 while True:
                     message = await receive()
                     if message["type"] == "http.disconnect":
-                        log.info("%s went away in the middle of an upload; nothing was kept", client)
+                        log.info(_("{client} went away in the middle of an upload; nothing was kept").format(
+                            client=client))
                         return
                     chunk = message.get("body", b"")
                     size += len(chunk)
                     if size > max_body:
                         # Stop here: uvicorn discards what the client still sends.
-                        log.warning("refused an upload from %s: over the %s limit", client, _size(max_body))
+                        log.warning(_("refused an upload from {client}: over the {limit} limit").format(
+                            client=client, limit=_size(max_body)))
                         return await _too_large(send)
                     body.write(chunk)
                     if not message.get("more_body", False):
@@ -212,25 +218,29 @@ def app(store, max_body: int = 256 * 2**20, merger=None):
                                                       source=f"http from {client}")
             except bundle.BundleError as e:
                 status = STATUS_FOR_REASON.get(e.reason, 400)
-                log.warning("refused a bundle from %s (%s): %s", client, e.reason, e)
+                log.warning(_("refused a bundle from {client} ({reason}): {problem}").format(
+                    client=client, reason=e.reason, problem=e))
                 return await _json(send, status, {"error": e.reason, "message": str(e)})
             except (DiskFull, OSError) as e:
                 if isinstance(e, OSError) and not is_disk_full(e):
                     raise
-                log.error("could not keep a bundle from %s: %s", client, e)
+                log.error(_("could not keep a bundle from {client}: {problem}").format(client=client, problem=e))
                 return await _json(send, 507, {
                     "error": "disk-full",
-                    "message": "the office's disk is full, so it could not keep the bundle; nothing was acknowledged"})
+                    "message": _("the office's disk is full, so it could not keep the bundle; "
+                                 "nothing was acknowledged")})
             except SyncdbError as e:
-                log.error("could not keep a bundle from %s: %s", client, e)
+                log.error(_("could not keep a bundle from {client}: {problem}").format(client=client, problem=e))
                 return await _server_error(send)
 
-        log.info("%s bundle %s #%d from %s", receipt.status, receipt.origin, receipt.sequence, client)
+        logged = (_("duplicate bundle {code} #{sequence} from {client}") if receipt.status == "duplicate"
+                  else _("accepted bundle {code} #{sequence} from {client}"))
+        log.info(logged.format(code=receipt.origin, sequence=receipt.sequence, client=client))
         answer = receipt.as_dict()
         if receipt.status == "duplicate":
-            answer["message"] = "already have it"
+            answer["message"] = _("already have it")
             return await _json(send, 200, answer)
-        answer["message"] = "received; it will be merged into the store"
+        answer["message"] = _("received; it will be merged into the store")
         await _json(send, 201, answer)
         merge_soon()
 
@@ -256,7 +266,7 @@ def serve(store, host: str = "127.0.0.1", port: int = 8765, max_body: int = 256 
             summary = merge_lib.merge(store, [], secret, domains)
             if summary.applied or summary.held:
                 for line in summary.lines():
-                    log.info("merge: %s", line)
+                    log.info(_("merge: {line}").format(line=line))
 
     application = app(store, max_body=max_body, merger=merger)
     log_config = {
@@ -270,8 +280,8 @@ def serve(store, host: str = "127.0.0.1", port: int = 8765, max_body: int = 256 
             "syncdb": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
         },
     }
-    print(f"Serving the office store {store} on http://{host}:{port} "
-          f"(bundles up to {_size(max_body)})", file=sys.stderr, flush=True)
+    print(_("Serving the office store {store} on http://{host}:{port} (bundles up to {limit})").format(
+        store=store, host=host, port=port, limit=_size(max_body)), file=sys.stderr, flush=True)
     # Our own log line per bundle replaces the access log; bodies are never logged.
     # limit_concurrency bounds the uploads in flight (each holds at most SPOOL_IN_MEMORY
     # in memory, the rest spooled to disk); past the limit clients get 503 and retry later.
@@ -309,22 +319,22 @@ async def _file(send, path: Path):
 
 
 async def _method_not_allowed(send, allowed: str):
-    await _json(send, 405, {"error": "method-not-allowed", "message": f"use {allowed} here"},
+    await _json(send, 405, {"error": "method-not-allowed", "message": _("use {method} here").format(method=allowed)},
                 headers=[(b"allow", allowed.encode())])
 
 
 async def _too_large(send):
     await _json(send, 413, {"error": "too-large",
-                            "message": "the bundle is larger than this office accepts; ask the data "
-                                       "administrator to raise `syncdb serve --max-bundle-mb`, or carry "
-                                       "it on a USB stick with `syncdb push --outbox`"})
+                            "message": _("the bundle is larger than this office accepts; ask the data "
+                                         "administrator to raise `syncdb serve --max-bundle-mb`, or carry "
+                                         "it on a USB stick with `syncdb push --outbox`")})
 
 
 async def _server_error(send):
     await _json(send, 500, {"error": "server-error",
-                            "message": "the office could not finish this request because of an error on "
-                                       "its side; nothing was acknowledged, so push again later, and ask "
-                                       "the data administrator to look at the office log"})
+                            "message": _("the office could not finish this request because of an error on "
+                                         "its side; nothing was acknowledged, so push again later, and ask "
+                                         "the data administrator to look at the office log")})
 
 
 def _header(scope, name: bytes) -> str | None:

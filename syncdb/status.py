@@ -38,6 +38,7 @@ from . import bundles, community, conflicts, holds, integrity, office
 from .crypto import Keyring
 from .errors import SyncdbError
 from .files import write_atomic
+from .i18n import N_, _
 from .schema import Domain
 from .store import Store, table_name
 
@@ -63,14 +64,15 @@ class Report:
     def lines(self) -> list[str]:
         out = [self.title]
         for heading, lines in self.sections:
-            out.append(f"\n{heading}:")
-            out += [f"  {line}" for line in lines] or ["  none"]
+            # Headings are kept in English (N_): they are the keys of --format json's sections.
+            out.append("\n" + _("{heading}:").format(heading=_(heading)))
+            out += [f"  {line}" for line in lines] or ["  " + _("none")]
         out.append("")
         if self.alerts:
-            out.append(f"Needs a person ({len(self.alerts)}):")
+            out.append(_("Needs a person ({n}):").format(n=len(self.alerts)))
             out += [f"  - {alert}" for alert in self.alerts]
         else:
-            out.append("Nothing needs a person.")
+            out.append(_("Nothing needs a person."))
         return out
 
     def as_dict(self) -> dict:
@@ -87,8 +89,8 @@ def status(path, domains: dict[str, Domain], keyring: Keyring | None = None,
     if (community.state_dir(folder) / "config.json").exists():
         return _steady(community.state_dir(folder) / "state.db",
                        lambda: community_status(folder, max_lag_hours, domains=domains))
-    raise SyncdbError(f"{folder} is neither an office store (`syncdb office init`) nor a community folder "
-                      "(`syncdb community init`); give the folder one of them made")
+    raise SyncdbError(_("{folder} is neither an office store (`syncdb office init`) nor a community folder "
+                        "(`syncdb community init`); give the folder one of them made").format(folder=folder))
 
 
 def _wal(path: Path) -> Path:
@@ -118,16 +120,16 @@ def _store_read_only(store_dir: Path) -> sqlite3.Connection:
     """The store, read-only; the tables the first merge has not made yet read as empty."""
     path = store_dir / "store.db"
     if not path.is_file() or not office.keyring_path(store_dir).exists():
-        raise SyncdbError(f"{store_dir} is not an office store (no store.db and keyring.json there); "
-                          "give the folder `syncdb office init` made")
+        raise SyncdbError(_("{store} is not an office store (no store.db and keyring.json there); "
+                            "give the folder `syncdb office init` made").format(store=store_dir))
     try:
         conn = open_read_only(path)
         conn.execute("SELECT count(*) FROM communities").fetchone()
         bundles.stand_ins(conn)
         conn.execute("PRAGMA query_only = 1")
     except sqlite3.Error as e:
-        raise SyncdbError(f"{path} cannot be read as an office store ({e}); restore it from a backup "
-                          "of the store folder") from None
+        raise SyncdbError(_("{path} cannot be read as an office store ({problem}); restore it from a backup "
+                            "of the store folder").format(path=path, problem=e)) from None
     return conn
 
 
@@ -139,7 +141,7 @@ def office_status(store_dir, domains: dict[str, Domain], keyring: Keyring | None
     try:
         names = office.names(conn)
         ack = _read_ack(store_dir)
-        report = Report(f"Office store {store_dir}")
+        report = Report(_("Office store {store}").format(store=store_dir))
         keyring = _keyring_fits(conn, store_dir, domains, keyring, report)
         _communities(conn, names, now, report)
         _held(conn, store_dir, domains, keyring, names, now, report)
@@ -150,8 +152,8 @@ def office_status(store_dir, domains: dict[str, Domain], keyring: Keyring | None
         _record_rules(conn, domains, keyring, report)
         return report
     except sqlite3.Error as e:
-        raise SyncdbError(f"{store_dir / 'store.db'} cannot be read ({e}); restore it from a backup of the "
-                          "store folder") from None
+        raise SyncdbError(_("{path} cannot be read ({problem}); restore it from a backup of the "
+                            "store folder").format(path=store_dir / 'store.db', problem=e)) from None
     finally:
         conn.close()
 
@@ -175,7 +177,7 @@ def _hours(stamp: str | None, now: float) -> str:
         hours = (now - time.mktime(time.strptime(stamp or "", "%Y-%m-%dT%H:%M:%S"))) / 3600
     except ValueError:
         return "?"
-    return f"{hours:.0f} h" if hours >= 10 else f"{hours:.1f} h"
+    return (_("{hours:.0f} h") if hours >= 10 else _("{hours:.1f} h")).format(hours=hours)
 
 
 def _communities(conn, names, now, report: Report) -> None:
@@ -184,18 +186,20 @@ def _communities(conn, names, now, report: Report) -> None:
         applied = conn.execute("SELECT max(sequence), max(applied) FROM applied WHERE origin = ?", (code,)).fetchone()
         received = conn.execute("SELECT max(sequence) FROM received WHERE origin = ?", (code,)).fetchone()[0]
         if applied[0]:
-            line = (f"{office.label(code, names)}: last bundle {applied[0]} applied {applied[1]} "
-                    f"({_hours(applied[1], now)} ago)")
+            line = _("{community}: last bundle {sequence} applied {at} ({hours} ago)").format(
+                community=office.label(code, names), sequence=applied[0], at=applied[1], hours=_hours(applied[1], now))
             if received and received > applied[0]:
-                line += f"; received up to {received}"
+                line += _("; received up to {sequence}").format(sequence=received)
         elif received:
-            line = f"{office.label(code, names)}: received up to bundle {received}, none applied yet"
+            line = _("{community}: received up to bundle {sequence}, none applied yet").format(
+                community=office.label(code, names), sequence=received)
         else:
-            line = f"{office.label(code, names)}: enrolled {enrolled}, nothing received yet"
+            line = _("{community}: enrolled {at}, nothing received yet").format(
+                community=office.label(code, names), at=enrolled)
         lines.append(line)
         facts.append({"code": code, "name": names.get(code), "last_applied": applied[0] or 0,
                       "applied_at": applied[1], "last_received": received or 0})
-    report.sections.append(("Communities enrolled", lines))
+    report.sections.append((N_("Communities enrolled"), lines))
     report.facts["communities"] = facts
 
 
@@ -204,10 +208,12 @@ def _held(conn, store_dir, domains, keyring, names, now, report: Report) -> None
     lines = []
     for e in entries:
         who = office.label(e.origin, names)
-        lines.append(f"{who} bundle {e.sequence} ({e.state}): {e.why}")
+        lines.append(_("{community} bundle {sequence} ({state}): {why}").format(
+            community=who, sequence=e.sequence, state=e.state_shown, why=e.why))
         if e.needs_person:
-            report.alerts.append(f"bundle {e.sequence} of {who} is {e.state}: {e.why}")
-    report.sections.append(("Bundles not applied", lines))
+            report.alerts.append(_("bundle {sequence} of {community} is {state}: {why}").format(
+                sequence=e.sequence, community=who, state=e.state_shown, why=e.why))
+    report.sections.append((N_("Bundles not applied"), lines))
     report.facts["not_applied"] = [e.as_dict() for e in entries]
 
 
@@ -233,7 +239,7 @@ def refusals(store_dir: Path) -> list[dict]:
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            record = {"reason": "unreadable", "message": f"the record {path.name} cannot be read"}
+            record = {"reason": "unreadable", "message": _("the record {name} cannot be read").format(name=path.name)}
         out.append(dict(record, stamp=stamp[1], file=path.name))
     out.sort(key=lambda r: r["stamp"])
     return out
@@ -248,16 +254,19 @@ def _quarantine(store_dir: Path, names, ack: dict, report: Report) -> None:
     for sender, records in sorted(by_sender.items()):
         new = [r for r in records if r["stamp"] > seen]
         reasons = sorted({str(r.get("reason")) for r in records})
-        who = "senders not verified" if sender == "unknown" else office.label(sender, names)
-        lines.append(f"{who}: {len(records)} refused ({', '.join(reasons)}), {len(new)} since the last --ack")
+        who = _("senders not verified") if sender == "unknown" else office.label(sender, names)
+        lines.append(_("{community}: {n} refused ({reasons}), {new} since the last --ack").format(
+            community=who, n=len(records), reasons=', '.join(reasons), new=len(new)))
         for r in records[-SHOWN:]:
-            seq = f" bundle {r['sequence']}" if r.get("sequence") is not None else ""
+            seq = " " + _("bundle {sequence}").format(sequence=r['sequence']) if r.get("sequence") is not None else ""
             lines.append(f"    {r.get('refused', r['stamp'])}{seq} [{r.get('reason')}]: {_short(r.get('message'))}")
         if new:
-            report.alerts.append(f"{len(new)} bundle(s) from {who} refused since the last acknowledgement "
-                                 f"({', '.join(sorted({str(r.get('reason')) for r in new}))}): see above; once "
-                                 f"dealt with, `syncdb status {store_dir} --ack`")
-    report.sections.append(("Refused at receipt (quarantine)", lines))
+            report.alerts.append(_(
+                "{n} bundle(s) from {community} refused since the last acknowledgement ({reasons}): see above; "
+                "once dealt with, `syncdb status {store} --ack`").format(
+                n=len(new), community=who, reasons=', '.join(sorted({str(r.get('reason')) for r in new})),
+                store=store_dir))
+    report.sections.append((N_("Refused at receipt (quarantine)"), lines))
 
 
 def _short(text, limit: int = 240) -> str:
@@ -267,12 +276,14 @@ def _short(text, limit: int = 240) -> str:
 
 def _conflicts(conn, store_dir: Path, report: Report) -> None:
     rows = conflicts.open_by_kind(conn)  # a store fresh from office init: its stand-in, empty
-    lines = [f"{kind}: {n} open (oldest opened {oldest})" for kind, n, oldest in rows]
-    total = sum(n for _, n, _ in rows)
-    report.facts["open_conflicts"] = {kind: n for kind, n, _ in rows}
+    lines = [_("{kind}: {n} open (oldest opened {oldest})").format(kind=kind, n=n, oldest=oldest)
+             for kind, n, oldest in rows]
+    total = sum(n for _kind, n, _oldest in rows)
+    report.facts["open_conflicts"] = {kind: n for kind, n, _oldest in rows}
     if total:
-        report.alerts.append(f"{total} open conflict(s): settle them with `syncdb conflicts review {store_dir}`")
-    report.sections.append(("Open conflicts", lines))
+        report.alerts.append(_("{n} open conflict(s): settle them with `syncdb conflicts review {store}`").format(
+            n=total, store=store_dir))
+    report.sections.append((N_("Open conflicts"), lines))
 
 
 def key_ids_in_use(conn, domains: dict[str, Domain]) -> set[int]:
@@ -299,18 +310,18 @@ def key_ids_in_use(conn, domains: dict[str, Domain]) -> set[int]:
 def _rotation(conn, store_dir: Path, domains, keyring: Keyring | None, report: Report) -> None:
     used = sorted(key_ids_in_use(conn, domains))
     current = int(keyring.data_key_id) if keyring else None
-    shown = ", ".join(map(str, used)) or "none yet"
-    line = f"values sealed under data key(s): {shown}"
+    shown = ", ".join(map(str, used)) or _("none yet")
+    line = _("values sealed under data key(s): {keys}").format(keys=shown)
     if current is not None:
-        line += f"; the keyring's current key is {current}"
+        line += _("; the keyring's current key is {key}").format(key=current)
     else:
-        line += " (set SYNCDB_KEY_FILE or SYNCDB_PASSPHRASE to compare with the keyring's current key)"
+        line += _(" (set SYNCDB_KEY_FILE or SYNCDB_PASSPHRASE to compare with the keyring's current key)")
     unfinished = len(used) > 1 or (current is not None and used and used != [current])
     report.facts["keys"] = {"in_use": used, "current": current, "rotation_unfinished": bool(unfinished)}
     if unfinished:
-        report.alerts.append(f"a key rotation is unfinished (values under data keys {shown}): run "
-                             f"`syncdb keys rotate {store_dir}` again to finish it")
-    report.sections.append(("Keys", [line]))
+        report.alerts.append(_("a key rotation is unfinished (values under data keys {keys}): run "
+                               "`syncdb keys rotate {store}` again to finish it").format(keys=shown, store=store_dir))
+    report.sections.append((N_("Keys"), [line]))
 
 
 def _rejected(conn, store_dir: Path, names, ack: dict, report: Report) -> None:
@@ -319,16 +330,18 @@ def _rejected(conn, store_dir: Path, names, ack: dict, report: Report) -> None:
     for origin, n, new, last in conn.execute(
             "SELECT origin, count(*), sum(id > ?), max(at) FROM rejected GROUP BY origin ORDER BY origin", (seen,)):
         who = office.label(origin, names)
-        lines.append(f"{who}: {n} record(s) refused by the merge, {new} since the last --ack (latest {last})")
+        lines.append(_("{community}: {n} record(s) refused by the merge, {new} since the last --ack "
+                       "(latest {last})").format(community=who, n=n, new=new, last=last))
         for sequence, tbl, shown, col, why in reversed(conn.execute(
                 "SELECT sequence, tbl, shown_key, field, why FROM rejected WHERE origin = ? ORDER BY id DESC "
                 f"LIMIT {SHOWN}", (origin,)).fetchall()):
-            lines.append(f"    bundle {sequence} / {tbl} / {shown} / {col}: {_short(why)}")
+            lines.append("    " + _("bundle {sequence} / {table} / {key} / {column}: {why}").format(
+                sequence=sequence, table=tbl, key=shown, column=col, why=_short(why)))
         if new:
-            report.alerts.append(f"{new} record(s) from {who} refused by the merge since the last acknowledgement: "
-                                 "the community corrects them and pushes again; once told, "
-                                 f"`syncdb status {store_dir} --ack`")
-    report.sections.append(("Refused by the merge (rejected records)", lines))
+            report.alerts.append(_("{n} record(s) from {community} refused by the merge since the last "
+                                   "acknowledgement: the community corrects them and pushes again; once told, "
+                                   "`syncdb status {store} --ack`").format(n=new, community=who, store=store_dir))
+    report.sections.append((N_("Refused by the merge (rejected records)"), lines))
 
 
 RULES_SHOWN = 20  # broken record rules listed in full; the rest are counted
@@ -341,9 +354,10 @@ def _record_rules(conn, domains, keyring: Keyring | None, report: Report) -> Non
     bundle came first; here they are listed for the communities to correct.
     Checking needs the keyring (the values are decrypted in memory only).
     """
-    heading = "Record rules broken (warnings: references, implies, one_per)"
+    heading = N_("Record rules broken (warnings: references, implies, one_per)")
     if keyring is None:
-        report.sections.append((heading, ["not checked: the keyring is needed (SYNCDB_KEY_FILE or SYNCDB_PASSPHRASE)"]))
+        report.sections.append((heading, [_("not checked: the keyring is needed (SYNCDB_KEY_FILE or "
+                                            "SYNCDB_PASSPHRASE)")]))
         return
     store = Store(conn, keyring, domains, read_only=True)
 
@@ -356,7 +370,7 @@ def _record_rules(conn, domains, keyring: Keyring | None, report: Report) -> Non
     lines = integrity.office_warnings(live_records, domains)
     shown = lines[:RULES_SHOWN]
     if len(lines) > RULES_SHOWN:
-        shown.append(f"… and {len(lines) - RULES_SHOWN} more")
+        shown.append(_("… and {n} more").format(n=len(lines) - RULES_SHOWN))
     report.sections.append((heading, shown))
     report.facts["record_rules"] = lines
 
@@ -381,13 +395,15 @@ def acknowledge(store_dir) -> dict:
 def _state_read_only(folder: Path) -> sqlite3.Connection:
     path = community.state_dir(folder) / "state.db"
     if not path.is_file():
-        raise SyncdbError(f"{path} is missing: {folder} was set up for sync but its state is gone; restore the "
-                          "folder's .syncdb from a backup, or call the street office's data administrator")
+        raise SyncdbError(_("{path} is missing: {folder} was set up for sync but its state is gone; restore the "
+                            "folder's .syncdb from a backup, or call the street office's data administrator").format(
+            path=path, folder=folder))
     try:
         conn = open_read_only(path)
         conn.execute("SELECT count(*) FROM bundles").fetchone()
     except sqlite3.Error as e:
-        raise SyncdbError(f"{path} cannot be read ({e}); restore the folder's .syncdb from a backup") from None
+        raise SyncdbError(_("{path} cannot be read ({problem}); restore the folder's .syncdb from a backup").format(
+            path=path, problem=e)) from None
     return conn
 
 
@@ -399,7 +415,7 @@ def community_status(workdir, max_lag_hours: float = MAX_LAG_HOURS, now: float |
     code = community.read_config(folder).get("code", "?")
     conn = _state_read_only(folder)
     try:
-        report = Report(f"Community {code} in {folder}")
+        report = Report(_("Community {code} in {folder}").format(code=code, folder=folder))
         _outbox(conn, folder, max_lag_hours, now, report)
         _held_back(conn, report, _whole_tables(folder, domains, conn))
         _superseded(conn, report)
@@ -414,21 +430,24 @@ def _outbox(conn, folder: Path, max_lag_hours: float, now: float, report: Report
     lines = []
     for sequence, name, changes, created in pending:
         missing = not (community.outbox_dir(folder) / name).is_file()
-        lines.append(f"bundle {sequence}: {changes} change(s), made {created}" + (" — its file is missing" if missing else ""))
+        lines.append(_("bundle {sequence}: {n} change(s), made {at}").format(sequence=sequence, n=changes, at=created)
+                     + (_(" — its file is missing") if missing else ""))
         if missing:
-            report.alerts.append(f"bundle {sequence} is missing from the outbox ({name}) although the office never "
-                                 "acknowledged it: call the street office's data administrator")
+            report.alerts.append(_("bundle {sequence} is missing from the outbox ({name}) although the office never "
+                                   "acknowledged it: call the street office's data administrator").format(
+                sequence=sequence, name=name))
     if pending:
         age = bundles.age_seconds(pending[0][3], now) / 3600
         if age > max_lag_hours:
-            report.alerts.append(f"bundle {pending[0][0]} has waited {age:.0f} h for the office to acknowledge it "
-                                 f"(more than {max_lag_hours:g} h): check that `syncdb push` runs and reaches the "
-                                 "office (its log says why not)")
-    report.sections.append((f"Outbox: {len(pending)} bundle(s) the office has not acknowledged", lines))
+            report.alerts.append(_("bundle {sequence} has waited {age:.0f} h for the office to acknowledge it "
+                                   "(more than {most:g} h): check that `syncdb push` runs and reaches the "
+                                   "office (its log says why not)").format(
+                sequence=pending[0][0], age=age, most=max_lag_hours))
+    report.sections.append((_("Outbox: {n} bundle(s) the office has not acknowledged").format(n=len(pending)), lines))
     last = conn.execute("SELECT sequence, acknowledged FROM bundles WHERE acknowledged IS NOT NULL "
                         "ORDER BY acknowledged DESC, sequence DESC LIMIT 1").fetchone()
-    report.sections.append(("Office", [f"last acknowledged bundle {last[0]} at {last[1]}" if last
-                                       else "the office has acknowledged no bundle yet"]))
+    report.sections.append((N_("Office"), [_("last acknowledged bundle {sequence} at {at}").format(
+        sequence=last[0], at=last[1]) if last else _("the office has acknowledged no bundle yet")]))
 
 
 def _key_text(key_json: str) -> str:
@@ -445,8 +464,8 @@ def _whole_tables(folder: Path, domains, conn) -> list[str]:
     try:
         found = community.deletions_to_hold(folder, domains, conn)
     except sqlite3.Error as e:
-        raise SyncdbError(f"a working database in {folder} cannot be read ({e}); check it with "
-                          f"`syncdb validate {folder}`") from None
+        raise SyncdbError(_("a working database in {folder} cannot be read ({problem}); check it with "
+                            "`syncdb validate {folder}`").format(folder=folder, problem=e)) from None
     again = f"syncdb push {folder} --to URL (or --outbox DIR) --confirm-deletes"
     return [held.message(again) for held in found]
 
@@ -456,21 +475,22 @@ def _held_back(conn, report: Report, tables: list[str] = ()) -> None:
         if bundles.has_table(conn, "held") else []
     lines = [f"{tbl} / {_key_text(key)}: {holds.shown_why(why)}" for tbl, key, why in rows]
     for line in tables:  # the whole table, before its records
-        report.alerts.append(f"the next push holds back deletions: {line}")
+        report.alerts.append(_("the next push holds back deletions: {what}").format(what=line))
     lines = list(tables) + lines
     if rows:
-        report.alerts.append(f"{len(rows)} record(s) are held back, not sent until fixed: correct them in the "
-                             "working database as listed; the next push sends them")
-    report.sections.append(("Held back (not sent until fixed)", lines))
+        report.alerts.append(_("{n} record(s) are held back, not sent until fixed: correct them in the "
+                               "working database as listed; the next push sends them").format(n=len(rows)))
+    report.sections.append((N_("Held back (not sent until fixed)"), lines))
 
 
 def _superseded(conn, report: Report) -> None:
     rows = conn.execute("SELECT tbl, key, col, owner, pulled FROM superseded ORDER BY tbl, key, col").fetchall() \
         if bundles.has_table(conn, "superseded") else []
-    lines = [f"{tbl} / {_key_text(key)} / {col}: the record belongs to {owner or 'another community'} "
-             f"(pulled {pulled})" for tbl, key, col, owner, pulled in rows]
+    lines = [_("{table} / {key} / {column}: the record belongs to {owner} (pulled {at})").format(
+        table=tbl, key=_key_text(key), column=col, owner=owner or _("another community"), at=pulled)
+        for tbl, key, col, owner, pulled in rows]
     if rows:
-        report.alerts.append(f"the office did not keep this community's value of {len(rows)} cell(s): if the "
-                             "resident lives here, ask the community holding the record to transfer them; "
-                             "otherwise correct or remove the record here")
-    report.sections.append(("Superseded at the office", lines))
+        report.alerts.append(_("the office did not keep this community's value of {n} cell(s): if the "
+                               "resident lives here, ask the community holding the record to transfer them; "
+                               "otherwise correct or remove the record here").format(n=len(rows)))
+    report.sections.append((N_("Superseded at the office"), lines))

@@ -34,6 +34,7 @@ from . import audit, office
 from .crypto import Keyring, Secret
 from .errors import SyncdbError
 from .files import storage_error
+from .i18n import _
 from .sql import immediate
 from .schema import Domain, Table
 
@@ -159,16 +160,16 @@ class Store:
         """
         (version,) = self.conn.execute("PRAGMA user_version").fetchone()
         if version > STORE_VERSION:
-            return (f"it was made by a later release of syncdb (store version {version}, this one knows "
-                    f"{STORE_VERSION}); install that release at the office")
+            return _("it was made by a later release of syncdb (store version {version}, this one knows "
+                     "{known}); install that release at the office").format(version=version, known=STORE_VERSION)
         if version < STORE_VERSION:
-            return "it was made by an earlier release of syncdb"
+            return _("it was made by an earlier release of syncdb")
         known = dict(self.conn.execute("SELECT tbl, columns FROM store_columns"))
         for table in self.tables.values():
             # A table not made yet reads as empty (stand_in_missing_tables); one made under
             # other columns must be brought to the schema's first.
             if table.qualified in known and known[table.qualified] != json.dumps(table.non_key):
-                return f"the schema of {table.qualified} has columns the store's copy of it lacks"
+                return _("the schema of {table} has columns the store's copy of it lacks").format(table=table.qualified)
         return None
 
     def unmade_tables(self) -> list[str]:
@@ -182,10 +183,11 @@ class Store:
             folder = self.folder
             (version,) = self.conn.execute("PRAGMA user_version").fetchone()
             if version > STORE_VERSION:  # no merge of this release can help: it refuses such a store too
-                raise SyncdbError(f"the store in {folder} cannot be opened by this release: {why}; "
-                                  "nothing was changed")
-            raise SyncdbError(f"the store in {folder} must be upgraded first: {why}. Run `syncdb merge {folder}` "
-                              "(it keeps a backup copy of the store first, and loses nothing), then run this again")
+                raise SyncdbError(_("the store in {folder} cannot be opened by this release: {why}; "
+                                    "nothing was changed").format(folder=folder, why=why))
+            raise SyncdbError(_("the store in {folder} must be upgraded first: {why}. Run `syncdb merge {folder}` "
+                                "(it keeps a backup copy of the store first, and loses nothing), then run this "
+                                "again").format(folder=folder, why=why))
 
     # What changed: the audit ledger records every change the store applies, in order.
     def change_point(self) -> int:
@@ -215,11 +217,11 @@ class Store:
             row = conn.execute("SELECT office_key, mac FROM keyring_check").fetchone()
         if row is None:
             if not self._opens_a_sealed_value():
-                raise _foreign_keyring(conn, ring, "it does not open the values sealed in it")
+                raise _foreign_keyring(conn, ring, _("it does not open the values sealed in it"))
         elif row[0] != mine[0]:
-            raise _foreign_keyring(conn, ring, f"the store was sealed under office key {row[0]}")
+            raise _foreign_keyring(conn, ring, _("the store was sealed under office key {key}").format(key=row[0]))
         elif bytes(row[1]) != mine[1]:
-            raise _foreign_keyring(conn, ring, "its index key is not the one the store was sealed under")
+            raise _foreign_keyring(conn, ring, _("its index key is not the one the store was sealed under"))
         return mine
 
     def _opens_a_sealed_value(self) -> bool:
@@ -242,8 +244,8 @@ class Store:
         try:
             return self.tables[qualified]
         except KeyError:
-            raise SyncdbError(f"table {qualified} is not in the office's schemas; "
-                              "add its schema file at the office first") from None
+            raise SyncdbError(_("table {table} is not in the office's schemas; "
+                                "add its schema file at the office first").format(table=qualified)) from None
 
     # Blind indexes: 16 bytes of HMAC under the index key, with a domain-separating label.
     def blind_key(self, table: Table, key_values: list) -> bytes:
@@ -276,13 +278,15 @@ class Store:
             return None
         sealed = bytes(sealed)
         if sealed[0] != SEALED_FORMAT:
-            raise SyncdbError(f"a sealed value in {table.qualified}.{column} has an unknown format")
+            raise SyncdbError(_("a sealed value in {table}.{column} has an unknown format").format(
+                table=table.qualified, column=column))
         opener = self._openers.get(sealed[1])
         if opener is None:
             data_key = self.keyring.data_keys.get(str(sealed[1]))
             if data_key is None:
-                raise SyncdbError(f"a value in {table.qualified}.{column} is sealed under data key "
-                                  f"{sealed[1]}, which this keyring does not hold")
+                raise SyncdbError(_("a value in {table}.{column} is sealed under data key "
+                                    "{key}, which this keyring does not hold").format(
+                    table=table.qualified, column=column, key=sealed[1]))
             opener = self._openers[sealed[1]] = self.suite.opener(data_key)
         return json.loads(opener(sealed[2:14], sealed[14:], self._aad(table, column) + key))
 
@@ -353,7 +357,7 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
 
 
 def _store_file(conn: sqlite3.Connection) -> str:
-    return conn.execute("PRAGMA database_list").fetchone()[2] or "the store database"
+    return conn.execute("PRAGMA database_list").fetchone()[2] or _("the store database")
 
 
 def _refuse_if_not_a_store(conn: sqlite3.Connection) -> None:
@@ -366,12 +370,14 @@ def _refuse_if_not_a_store(conn: sqlite3.Connection) -> None:
         found = False
     if not found:
         path = _store_file(conn)
-        raise SyncdbError(f"{path} is empty or not an office store; restore it from a backup of the store "
-                          f"folder; no table was made in it (only `syncdb office init` creates a store)")
+        raise SyncdbError(_("{path} is empty or not an office store; restore it from a backup of the store "
+                            "folder; no table was made in it (only `syncdb office init` creates a store)").format(
+            path=path))
 
 
 def _foreign_keyring(conn: sqlite3.Connection, ring: Keyring, why: str) -> SyncdbError:
     folder = Path(_store_file(conn)).parent
-    return SyncdbError(f"the keyring in {folder} (office {ring.public.code}, key {ring.public.id}) is not this "
-                       f"store's: {why}. Put back the store's own keyring.json from your backup; "
-                       "nothing was changed")
+    return SyncdbError(_("the keyring in {folder} (office {code}, key {key}) is not this "
+                         "store's: {why}. Put back the store's own keyring.json from your backup; "
+                         "nothing was changed").format(folder=folder, code=ring.public.code, key=ring.public.id,
+                                                       why=why))
