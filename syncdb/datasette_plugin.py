@@ -288,7 +288,8 @@ def sees_plaintext(actor: dict | None) -> bool:
 
 
 MASKED_PAGES = ("/-/login", "/-/logout", "/-/sync", "/-/dashboard", "/-/static/", "/-/static-plugins/", "/-/actor",
-                "/-/databases", "/-/metadata", "/-/versions", "/-/plugins", "/-/settings", "/favicon.ico")
+                "/-/databases", "/-/metadata", "/-/versions", "/-/plugins", "/-/settings", "/favicon.ico",
+                "/-/lookup")  # the look-up logs itself, for every role, with what was looked up
 
 
 def _shows_plaintext(path: str, actor) -> bool:
@@ -383,7 +384,8 @@ def _tilde_path(scope: dict) -> dict:
 
 def _reads_published(path: str) -> bool:
     """Does this page query the in-memory databases? (Sign-in, sync status and conflicts read none.)"""
-    return not path.startswith("/-/") or path.startswith(("/-/person/", "/-/address/", "/-/dashboard"))
+    return not path.startswith("/-/") or path.startswith(("/-/person/", "/-/address/", "/-/dashboard",
+                                                          "/-/household/", "/-/lookup"))
 
 
 async def _serve(datasette, app, scope, receive, send, path, actor):
@@ -541,9 +543,12 @@ async def logout(datasette, request):
 
 
 async def person(datasette, request):
+    """Everything about one person: each domain's records, where they live, their household with its
+    members, the open conflicts on their records, and (once the checks exist) their open cases."""
     token = request.url_vars["token"]
     actor = actor_of(datasette, request)
     plain = sees_plaintext(actor)
+    ctx = _context(datasette)
     db = datasette.get_database(projection.PLAIN_DB if plain else projection.MASKED_DB)
     sections = []
     for name in await db.table_names():
@@ -557,11 +562,109 @@ async def person(datasette, request):
             sections.append({"table": name, "columns": shown, "rows": [[r[c] for c in shown] for r in rows],
                              "url": datasette.urls.table(db.name, name) + "?"
                              + urlencode({projection.PERSON_COLUMN: token})})
-    places = await db.execute_fn(lambda conn: pages.person_places(conn, _context(datasette).domains, token)) \
-        if sections else []
-    html = await datasette.render_template("syncdb_person.html", {
-        "sections": sections, "places": places, "plaintext": plain, "token": token}, request=request)
-    return Response.html(html, status=200 if sections else 404)
+    about = {"places": [], "households": [], "conflicts": [], "cases": None}
+    if sections:
+        about = await _about_person(datasette, ctx, db, token, plain)
+    html = await datasette.render_template("syncdb_person.html", dict(
+        about, sections=sections, plaintext=plain, token=token, **_printed(datasette, actor, plain)),
+        request=request)
+    return Response.html(html, status=200 if sections else 404, headers=PRIVATE)
+
+
+async def _about_person(datasette, ctx: Context, db, token: str, plain: bool) -> dict:
+    """The person page beyond each domain's records: places, households, open conflicts and cases."""
+    places = await db.execute_fn(lambda conn: pages.person_places(conn, ctx.domains, token))
+    households = await db.execute_fn(lambda conn: pages.person_households(conn, ctx.domains, token))
+    # The records' natural keys stay in memory: the store finds conflicts by their blind keys.
+    keys = await datasette.get_database(projection.PLAIN_DB).execute_fn(
+        lambda conn: pages.person_keys(conn, ctx.domains, token))
+
+    def read():
+        with ctx.store() as store:
+            return pages.person_conflicts(store, keys, plain), pages.person_cases(store, keys, plain)
+    conflicts_found, cases = await asyncio.to_thread(read)
+    return {"places": places, "households": households, "conflicts": conflicts_found, "cases": cases}
+
+
+def _printed(datasette, actor, plain: bool) -> dict:
+    """What a printed page carries on every sheet: the office, when, and masked or whose plaintext it is."""
+    office_name = datasette.metadata("title") or ""
+    printed_at = time.strftime("%Y-%m-%d %H:%M")
+    viewer = str((actor or {}).get("id", ""))
+    mark = i18n._("Plaintext, viewed by {viewer}").format(viewer=viewer) if plain else \
+        i18n._("Masked, printed by {viewer}").format(viewer=viewer)
+    when = i18n._("Printed {time}").format(time=printed_at)
+    return {"office": office_name, "printed_at": printed_at, "viewer": viewer, "print_mark": mark,
+            # Escaped by css_string for a <style> element, where HTML escaping would not be undone.
+            "print_marks": {"office": Markup(pages.css_string(office_name)), "mark": Markup(pages.css_string(mark)),
+                            "time": Markup(pages.css_string(when))}}
+
+
+# The person, household and look-up pages may hold plaintext: no browser keeps them in its cache on disk.
+PRIVATE = {"Cache-Control": "no-store"}
+
+
+async def household(datasette, request):
+    """One household (户): its record, its address, its members with the head marked."""
+    number = request.url_vars["number"]
+    actor = actor_of(datasette, request)
+    plain = sees_plaintext(actor)
+    ctx = _context(datasette)
+    db = datasette.get_database(projection.PLAIN_DB if plain else projection.MASKED_DB)
+    found = await db.execute_fn(lambda conn: pages.household_page(conn, ctx.domains, number))
+    html = await datasette.render_template("syncdb_household.html", dict(
+        household=found, plaintext=plain, number=number, **_printed(datasette, actor, plain)), request=request)
+    return Response.html(html, status=200 if found else 404, headers=PRIVATE)
+
+
+async def lookup(datasette, request):
+    """The search box's answer: a full ID number goes to the person page, a full name lists the people
+    of that name; part of either only for view-pii. Every look-up, by any role, is in the page-view log
+    (as its blind index) before the answer is sent. The form posts, so no ID number or name is ever in
+    an address the browser keeps in its history."""
+    actor = actor_of(datasette, request)
+    plain = sees_plaintext(actor)
+    if request.method != "POST":
+        return await _lookup_answer(datasette, request, plain, pages.Query("empty", ""), [], 200)
+    query = pages.read_query((await request.post_vars()).get("q", ""), plaintext=plain)
+    if query.kind == "empty":
+        return await _lookup_answer(datasette, request, plain, query, [], 200)
+    ctx = _context(datasette)
+    try:
+        token = await asyncio.to_thread(_log_lookup, ctx, actor["id"], query)
+    except Exception:
+        log.exception("could not record a look-up by %s; it was not answered", actor["id"])
+        return Response.text(i18n._("This look-up could not be written to the page-view log, so it was not "
+                                    "answered. Please contact the data administrator."), status=503)
+    if query.kind == "refused":
+        return await _lookup_answer(datasette, request, plain, query, [], 403)
+    db = datasette.get_database(projection.PLAIN_DB if plain else projection.MASKED_DB)
+    if query.kind == "id":
+        if await db.execute_fn(lambda conn: pages.person_known(conn, ctx.domains, token)):
+            return Response.redirect(f"/-/person/{token}", status=303)
+        return await _lookup_answer(datasette, request, plain, query, [], 404)
+    tokens = await datasette.get_database(projection.PLAIN_DB).execute_fn(
+        lambda conn: pages.find_people(conn, ctx.domains, query))
+    groups = await db.execute_fn(lambda conn: pages.found_people(conn, ctx.domains, tokens)) if tokens else []
+    return await _lookup_answer(datasette, request, plain, query, groups, 200 if groups else 404,
+                                more=len(tokens) > pages.MOST_FOUND)
+
+
+def _log_lookup(ctx: Context, actor: str, query) -> str:
+    """Write the look-up to the page-view log as its blind index; return the full index (a person's token)."""
+    with ctx.store() as store:
+        page = shown_page(store, "/-/lookup", urlencode({query.kind: query.text}))
+        token = store.blind_id(query.text).hex()
+    publishdb.log_view(ctx.store_dir, store.keyring, actor, page)
+    return token
+
+
+async def _lookup_answer(datasette, request, plain: bool, query, groups: list, status: int, more=False):
+    # Only what the clerk may see of the query is shown back: a name or part of one is plaintext.
+    html = await datasette.render_template("syncdb_lookup.html", {
+        "query": query, "groups": groups, "plaintext": plain, "more": more, "most": pages.MOST_FOUND,
+        "syncdb_typed": query.text if plain or query.kind == "name" else ""}, request=request)
+    return Response.html(html, status=status, headers=PRIVATE)
 
 
 async def address(datasette, request):
@@ -620,6 +723,8 @@ def register_routes(datasette):
         (r"^/-/logout$", logout),
         (r"^/-/person/(?P<token>[0-9a-f]{32})$", person),
         (r"^/-/address/(?P<code>[0-9A-Za-z]{1,40})$", address),
+        (r"^/-/household/(?P<number>[0-9A-Za-z_-]{1,40})$", household),
+        (r"^/-/lookup$", lookup),
         (r"^/-/sync$", sync),
         (r"^/-/conflicts$", conflicts),
         (r"^/-/dashboard$", dashboard_page),

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import re
 import time
+import unicodedata
+from dataclasses import dataclass
 
 from . import conflicts, meanings, office
 from .projection import PERSON_COLUMN, mask_value, person_column, published_name
@@ -276,3 +278,241 @@ def address_page(conn, domains: dict[str, Domain], code: str) -> dict | None:
         if houses_table is not None else []
     place["residents"] = residents
     return place
+
+
+# ---------------------------------------------------------------- look-ups: by ID number or name, for every role
+#
+# A full ID number is found through its blind index, the token the 档案 column
+# holds, so a masked clerk finds a resident without anything being unmasked. A
+# name is compared in publish's memory only (the plaintext database), and the
+# answer is read from the database the reader may open. Part of a number or of
+# a name would let anyone list residents one guess at a time: only ``view-pii``
+# may search by a part.
+
+FULL_ID = re.compile(r"\d{17}[\dX]")
+WILDCARDS = set("*%?_")
+MOST_FOUND = 200  # a look-up lists at most this many people: a clerk narrows it down beyond that
+SHORTEST_PART = 2  # a part of one character (a surname, a digit) would match half the street
+# What a look-up's list shows of each person: those of these columns their table has.
+FOUND_COLUMNS = ("name", "id_number", "sex", "birth_date", "household_no", "status", "community_code",
+                 "arrival_date")
+
+
+@dataclass(frozen=True)
+class Query:
+    """What was typed into the search box, read: ``kind`` is ``id`` (a full ID number), ``name`` (a
+    full name), ``part`` (part of a name or number: view-pii only), ``refused`` or ``empty``."""
+
+    kind: str
+    text: str
+    why: str = ""  # for ``refused``: ``partial_id`` or ``fragment``
+
+
+def read_query(typed: str, plaintext: bool) -> Query:
+    """Read a look-up: full-width characters as half-width, spaces ignored in a number, lower-case x as X."""
+    text = " ".join(unicodedata.normalize("NFKC", typed or "").split())
+    if not text:
+        return Query("empty", "")
+    number = "".join(text.split()).upper()
+    if FULL_ID.fullmatch(number):
+        return Query("id", number)
+    partial_id = any(c.isdigit() for c in number)
+    fragment = partial_id or len(text) < SHORTEST_PART or bool(WILDCARDS & set(text))
+    if not fragment and not plaintext:
+        return Query("name", text)
+    part = number if partial_id else text.strip("".join(WILDCARDS)).strip()
+    if not plaintext:
+        return Query("refused", part or text, "partial_id" if partial_id else "fragment")
+    if len(part) < SHORTEST_PART:
+        return Query("refused", part or text, "too_short")
+    return Query("part", part)
+
+
+def person_tables(domains: dict[str, Domain]) -> list[Table]:
+    """Every table whose records name a person by ID number (the person page's sections)."""
+    return [t for d in domains.values() for t in d.tables.values() if person_column(t)]
+
+
+def named_tables(domains: dict[str, Domain]) -> list[Table]:
+    """Tables of people with a name: one record per person, keyed by the ID number (户籍's persons, migrants)."""
+    return [t for t in person_tables(domains) if t.key == (person_column(t),) and "name" in t.columns]
+
+
+def person_known(conn, domains: dict[str, Domain], token: str) -> bool:
+    """Does any published record name the person with this token?"""
+    db = Published(conn, domains)
+    return any(db.rows(t, {PERSON_COLUMN: [token]}) for t in person_tables(domains))
+
+
+def _like(text: str) -> str:
+    return "%" + re.sub(r"([\\%_])", r"\\\1", text) + "%"
+
+
+def find_people(plain_conn, domains: dict[str, Domain], query: Query) -> list[str]:
+    """Tokens of the people a name (or, for view-pii, a part of a name or number) finds.
+
+    ``plain_conn`` is the plaintext in-memory database: names are compared
+    there and never leave publish's memory; only tokens come back.
+    """
+    db = Published(plain_conn, domains)
+    tokens: list[str] = []
+    for table in named_tables(domains):
+        # A former name (曾用名) finds the person too: papers from before the change still carry it.
+        columns = [table.columns[c].label for c in ("name", "former_name") if c in table.columns]
+        if query.kind == "part" and any(c.isdigit() for c in query.text):
+            columns = [table.columns[c].label for c in table.id_columns]
+        test = "LIKE ? ESCAPE '\\'" if query.kind == "part" else "= ?"
+        value = _like(query.text) if query.kind == "part" else query.text
+        where = " OR ".join(f"[{c}] {test}" for c in columns)
+        found = plain_conn.execute(f"SELECT [{PERSON_COLUMN}] FROM [{db.name(table)}] WHERE {where} LIMIT ?",
+                                   [value] * len(columns) + [MOST_FOUND + 1])
+        tokens += [t for (t,) in found if t and t not in tokens]
+    return tokens
+
+
+def found_people(conn, domains: dict[str, Domain], tokens: list[str]) -> list[dict]:
+    """The look-up's list, from the database the reader may open: per table, each person found and a link."""
+    db = Published(conn, domains)
+    groups = []
+    for table in named_tables(domains):
+        names = [c for c in FOUND_COLUMNS if c in table.columns]
+        rows = db.rows(table, {PERSON_COLUMN: tokens[:MOST_FOUND]})
+        if rows:
+            groups.append({"table": db.name(table), "columns": [c["label"] for c in db.shown(table, names, {})],
+                           "rows": [{"cells": db.shown(table, names, row), "token": row.get(PERSON_COLUMN)}
+                                    for row in rows]})
+    return groups
+
+
+# ---------------------------------------------------------------- households (户)
+#
+# The household page and the person page's household read the published
+# database the reader may open, like the address page. A household's address
+# is its 户号 (not sensitive in huji's schema, so it shows in the masked tables
+# as well); were a schema to mark it sensitive, the 户号 would give away what
+# the mask hides, so there is no household page then.
+
+HOUSEHOLDS = "huji.households"  # 户
+HOUSEHOLD_NUMBER = re.compile(r"[0-9A-Za-z_-]{1,40}")  # what a household page's address may hold
+MEMBER_COLUMNS = ("name", "id_number", "sex", "birth_date", "relationship", "status", "phone")
+
+
+def households_table(domains: dict[str, Domain]) -> Table | None:
+    """huji's households, if published with a 户号 that may appear in an address."""
+    table = Published(None, domains).table(HOUSEHOLDS)
+    if table is None or len(table.key) != 1 or table.columns[table.key[0]].sensitive:
+        return None
+    return table
+
+
+def household_href(domains: dict[str, Domain], number) -> str | None:
+    """The household page of this 户号, or None where there can be none."""
+    if households_table(domains) is None or not HOUSEHOLD_NUMBER.fullmatch(str(number or "")):
+        return None
+    return f"/-/household/{number}"
+
+
+def member_tables(domains: dict[str, Domain]) -> list[Table]:
+    """Tables of a household's members: one record per person naming its household (户籍's persons)."""
+    return [t for t in person_tables(domains) if t.key == (person_column(t),) and references(t, HOUSEHOLDS)]
+
+
+def _is_head(table: Table, row: dict, head_token) -> bool:
+    """The head: the person the household names as its head, or, failing that, the member coded 户主
+    (the schema's one-per rule: one 02 per household among the members still registered)."""
+    if head_token:
+        return row.get(PERSON_COLUMN) == head_token
+    rule = table.one_per
+    return bool(rule) and str(row.get(rule.column) or "") == rule.value and rule.counts(row)
+
+
+def _members(db: Published, number: str, head_token) -> list[dict]:
+    members = []
+    for table in member_tables(db.domains):
+        names = [c for c in MEMBER_COLUMNS if c in table.columns]
+        for row in db.rows(table, {c: [number] for c in references(table, HOUSEHOLDS)}):
+            members.append({"table": db.name(table), "token": row.get(PERSON_COLUMN),
+                            "head": _is_head(table, row, head_token), "cells": db.shown(table, names, row),
+                            "order": (str(row.get("relationship") or "99"), str(row.get("birth_date") or ""))})
+    members.sort(key=lambda m: (not m["head"], m["order"]))
+    return members
+
+
+def household_page(conn, domains: dict[str, Domain], number: str) -> dict | None:
+    """One household: its record (户号, 户别, address linked to its page), its members with their
+    relationship to the head and the head marked, and the records of other tables naming it
+    (社会救助 …); None for an unknown 户号."""
+    households = households_table(domains)
+    if households is None:
+        return None
+    db = Published(conn, domains)
+    found = db.rows(households, {households.key[0]: [number]})
+    if not found:
+        return None
+    row = found[0]
+    to_address = references(households, ADDRESSES)
+    places = [_address(db, row.get(c)) or {"code": row.get(c), "text": "", "unknown": True}
+              for c in to_address if row.get(c)]
+    shown = [c for c in households.columns if c not in to_address]
+    members = _members(db, number, row.get(PERSON_COLUMN))
+    return {"number": number, "cells": db.shown(households, shown, row), "places": places,
+            "members": members, "member_columns": [c["label"] for c in members[0]["cells"]] if members else [],
+            "records": _naming_household(db, number)}
+
+
+def _naming_household(db: Published, number: str) -> list[dict]:
+    """Records of tables other than the members' that name the household (社会救助 …), by table."""
+    members = {t.qualified for t in member_tables(db.domains)}
+    sections = []
+    for table in (t for d in db.domains.values() for t in d.tables.values()):
+        if table.qualified in members or table.qualified == HOUSEHOLDS or not references(table, HOUSEHOLDS):
+            continue
+        rows = db.rows(table, {c: [number] for c in references(table, HOUSEHOLDS)})
+        if rows:
+            names = [c for c in table.columns if c not in references(table, HOUSEHOLDS)]
+            sections.append({"table": db.name(table), "columns": [c["label"] for c in db.shown(table, names, {})],
+                             "rows": [db.shown(table, names, r) for r in rows]})
+    return sections
+
+
+def person_households(conn, domains: dict[str, Domain], token: str) -> list[dict]:
+    """The households the person with this token is registered in (one, as a rule), with their members."""
+    db = Published(conn, domains)
+    numbers = []
+    for table in member_tables(domains):
+        for row in db.rows(table, {PERSON_COLUMN: [token]}):
+            numbers += [row.get(c) for c in references(table, HOUSEHOLDS) if row.get(c) not in (None, "")]
+    pages = [household_page(conn, domains, n) for n in dict.fromkeys(numbers)]
+    return [dict(p, href=household_href(domains, p["number"])) for p in pages if p]
+
+
+# ---------------------------------------------------------------- what the person page says about the person
+
+def person_keys(plain_conn, domains: dict[str, Domain], token: str) -> list[tuple[str, list]]:
+    """(table, natural key values) of every record naming the person, read from the plaintext database:
+    the store finds conflicts by a record's blind key, the HMAC of its plaintext key. Kept in memory."""
+    db = Published(plain_conn, domains)
+    return [(t.qualified, [row.get(k) for k in t.key])
+            for t in person_tables(domains) for row in db.rows(t, {PERSON_COLUMN: [token]})]
+
+
+def person_conflicts(store: Store, keys: list[tuple[str, list]], plaintext: bool) -> list[dict]:
+    """The open conflicts on the person's records, as the conflicts page shows them (masked by role)."""
+    records = {(q, store.blind_key(store.table(q), values)) for q, values in keys}
+    ids = conflicts.open_ids(store, records)
+    return [c for c in open_conflicts(store, plaintext) if c["id"] in ids] if ids else []
+
+
+def person_cases(store: Store, keys: list[tuple[str, list]], plaintext: bool) -> list[dict] | None:
+    """The open cross-domain cases about the person (DESIGN section 8), masked by role.
+
+    The hook the cross-domain checks fill in: until they exist there are no
+    cases to show, and None tells the page to say that the checks are not
+    running yet (rather than claim there is nothing to check).
+    """
+    return None
+
+
+def css_string(text: str) -> str:
+    """``text`` as a CSS string for a print stylesheet (@page margin boxes), safe inside a <style> element."""
+    return '"' + re.sub(r'[\\"<>&\n\r]', lambda m: f"\\{ord(m.group()):x} ", str(text)) + '"'
