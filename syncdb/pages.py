@@ -14,7 +14,7 @@ import time
 import unicodedata
 from dataclasses import dataclass
 
-from . import conflicts, meanings, office
+from . import checks, conflicts, meanings, office
 from .projection import PERSON_COLUMN, mask_value, person_column, published_name
 from .schema import Domain, Table
 from .store import Store
@@ -148,14 +148,15 @@ class Published:
         return [{by_label.get(label, label): value for label, value in zip(labels, row)} for row in cursor]
 
     def shown(self, table: Table, names, row: dict) -> list[dict]:
-        """Cells as a page shows them: label, and a code's meaning from the schema rather than the code."""
+        """Cells as a page shows them: label, and a code with its meaning from the schema (`2 女性`)."""
         cells = []
         for name in names:
             if name not in table.columns:
                 continue
             column, value = table.columns[name], row.get(name)
-            if column.codes and value not in (None, ""):
-                value = self.domains[table.domain].code_table(column.codes).get(str(value), value)
+            # A sensitive coded column counts as masked: its meaning is never looked up on a page
+            # that may be the masked one (the meaning would tell what the mask hides).
+            value = meanings.shown(self.domains[table.domain], column, value, masked=column.sensitive)
             cells.append({"name": name, "label": column.label, "value": "" if value is None else value})
         return cells
 
@@ -506,11 +507,11 @@ def person_conflicts(store: Store, keys: list[tuple[str, list]], plaintext: bool
 def person_cases(store: Store, keys: list[tuple[str, list]], plaintext: bool) -> list[dict] | None:
     """The open cross-domain cases about the person (DESIGN section 8), masked by role.
 
-    The hook the cross-domain checks fill in: until they exist there are no
-    cases to show, and None tells the page to say that the checks are not
-    running yet (rather than claim there is nothing to check).
+    The cases built on any of the person's records (checks.cases_of_records),
+    each with its line (``text``) and its place on its check's page (``href``).
     """
-    return None
+    records = {(q, store.blind_key(store.table(q), values)) for q, values in keys}
+    return checks.cases_of_records(store, records, masked=not plaintext)
 
 
 def css_string(text: str) -> str:

@@ -159,7 +159,7 @@ def test_the_person_page_shows_the_address_house_and_grid(street, publisher):
         assert page.status_code == 200
         assert f'<a href="/-/address/{ADDRESS}">{READ_AS}</a>' in page.text
         assert "第一网格" in page.text and "陈*英" in page.text and WORKER not in page.text
-        assert "住宅" in page.text and "核定居住人数 4" in page.text and "是否出租屋 是" in page.text
+        assert "住宅" in page.text and "核定居住人数 4" in page.text and "是否出租屋 1 是" in page.text  # a code with its meaning
         assert HEAD["name"] not in page.text and MIGRANT["name"] not in page.text
     # The registered resident's place comes from 户籍, the migrant's from the house she lives in.
     assert "户籍_人员" in li.get(f"{site.url}/-/person/{person}").text
