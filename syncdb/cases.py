@@ -297,6 +297,19 @@ def counts(store: Store) -> list[tuple[str, str | None, str, int]]:
                               "GROUP BY check_name, community, state ORDER BY check_name, community, state").fetchall()
 
 
+def naming(store: Store, records: set[tuple[str, bytes]], states=ACTIVE) -> list[int]:
+    """The ids of the cases (open and confirmed unless ``states`` says) built on any of these records
+    ((table, blind key)): a person page's cases, found without opening any other case."""
+    if not present(store.conn) or not records:
+        return []
+    found: set[int] = set()
+    for tbl, key in records:
+        found.update(cid for (cid,) in store.conn.execute(
+            f"SELECT c.id FROM case_records r JOIN cases c ON c.id = r.case_id WHERE r.tbl = ? AND r.key = ? "
+            f"AND c.state IN ({', '.join('?' * len(states))})", (tbl, key, *states)))
+    return sorted(found)
+
+
 def _item(store: Store, row) -> dict:
     cid, check, kind, subject, digest_, community, severity, state, sealed, opened, checked, changed, by, reason = row
     finding = _open(store, "finding", sealed, _finding_cell(check, subject, digest_))

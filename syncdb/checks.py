@@ -391,6 +391,19 @@ def show_case(store: Store, case_id: int, masked: bool = True) -> dict:
     return _shown(store, cases.get(store, case_id), title(cases.get(store, case_id)["check"]), masked)
 
 
+def cases_of_records(store: Store, records: set[tuple[str, bytes]], masked: bool = True) -> list[dict]:
+    """The open and confirmed cases built on any of these records ((table, blind key)), shown for a
+    role, each with the line a person page lists (``text``) and its place on its check's page (``href``)."""
+    found = []
+    for case_id in cases.naming(store, records):
+        item = show_case(store, case_id, masked)
+        item["text"] = _("{title} ({state}): {message}").format(
+            title=item["title"], state=item["state_label"], message=item["message"])
+        item["href"] = f"/-/checks/{item['check']}#case-{case_id}"
+        found.append(item)
+    return found
+
+
 def _shown(store: Store, item: dict, check_title: str, masked: bool) -> dict:
     item = dict(item, title=check_title, severity_label=_(SEVERITIES.get(item["severity"], item["severity"])),
                 state_label=_(cases.STATES[item["state"]]))

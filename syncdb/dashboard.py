@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import vl_convert
 
-from . import audit, conflicts, pages
+from . import audit, checks_pages, conflicts, pages
 from .i18n import N_, _
 from .projection import published_name
 from .schema import Domain, Table
@@ -148,13 +148,14 @@ def counts(conn, domains: dict[str, Domain], today: str) -> dict:
 
 
 def store_facts(store: Store, store_dir, since: str) -> dict:
-    """From the store (read-only): sync status, open conflicts per community, recent changes."""
+    """From the store (read-only): sync status, open conflicts and cases per community, recent changes."""
     involved: dict[str, int] = {}
     for item in conflicts.items(store):
         for origin in {c["origin"] for c in item["candidates"]}:
             involved[origin] = involved.get(origin, 0) + 1
     return {"sync": pages.sync_status(store, store_dir), "conflicts": involved,
-            "open_conflicts": conflicts.signature(store)[0], "recent": recent_changes(store, since)}
+            "open_conflicts": conflicts.signature(store)[0], "recent": recent_changes(store, since),
+            "cases": checks_pages.open_per_community(store)}
 
 
 def recent_changes(store: Store, since: str) -> dict[str, dict[str, dict[str, set]]]:
@@ -191,11 +192,11 @@ def assemble(domains: dict[str, Domain], found: dict, facts: dict, today: str) -
         rows.append({"code": code, "name": row.get("name", ""),
                      "counts": {m["key"]: found["measures"].get(m["key"], {}).get(code, 0) for m in shown},
                      "support": {t["key"]: found["support"][t["key"]]["by"].get(code, 0) for t in types},
-                     "conflicts": facts["conflicts"].get(code, 0),
+                     "conflicts": facts["conflicts"].get(code, 0), "cases": facts["cases"].get(code, 0),
                      "synced_at": row.get("applied_at", ""), "lag_hours": row.get("lag_hours")})
     totals = {"counts": {m["key"]: sum(r["counts"][m["key"]] for r in rows) for m in shown},
               "support": {t["key"]: sum(r["support"][t["key"]] for r in rows) for t in types},
-              "conflicts": facts["open_conflicts"]}
+              "conflicts": facts["open_conflicts"], "cases": sum(facts["cases"].values())}
     return Board(rows, totals, shown, types, recent_rows(domains, facts["recent"], rows, today))
 
 
@@ -272,6 +273,8 @@ NOTES = (
     N_("Assistance (per household) and benefits (per person): records whose status is {active}, by type."),
     N_("Open conflicts: the conflicts waiting for the data administrator that this community's data is part "
        "of; the street's total counts each conflict once."),
+    N_("Open cases: the cross-domain checks' cases still to be worked on (open or confirmed) listed under "
+       "this community; the street's total also counts a case listed under no community."),
     N_("Last successful sync: when the community's last bundle was merged."),
     N_("Changes in the last {days} days come from the audit ledger: records added, removed, and records "
        "whose status (or leaving date) changed. The ledger keeps versions, not values, so it cannot say "

@@ -27,7 +27,7 @@ from datasette.utils.asgi import Request, Response
 from itsdangerous import BadSignature
 from markupsafe import Markup, escape
 
-from . import dashboard, chrome, i18n, office, pages, projection, publishdb, signin, staff
+from . import checks_pages, dashboard, chrome, i18n, office, pages, projection, publishdb, signin, staff
 from .excel import register_output_renderer  # noqa: F401 (a hook: 导出 Excel on every table page)
 from .crypto import Keyring, Secret
 from .errors import SyncdbError
@@ -714,6 +714,38 @@ async def dashboard_page(datasette, request):
     return Response.html(html)
 
 
+async def checks_index(datasette, request):
+    """核查: every check with its open and confirmed cases per community (counts only)."""
+    ctx = _context(datasette)
+
+    def read():
+        with ctx.store() as store:
+            return checks_pages.overview(store)
+    found = await asyncio.to_thread(read)
+    html = await datasette.render_template("syncdb_checks.html", {"overview": found}, request=request)
+    return Response.html(html)
+
+
+async def check_cases(datasette, request):
+    """One check's cases, masked or plaintext by role (view-pii's view logged by _serve before it is sent);
+    read-only: the state of a case is changed with `syncdb checks confirm|dismiss`."""
+    ctx = _context(datasette)
+    plain = sees_plaintext(actor_of(datasette, request))
+    state = request.args.get("state") or "active"
+    state = state if state in checks_pages.STATES else "active"
+    community = request.args.get("community") or None
+    page = int(request.args["page"]) if (request.args.get("page") or "").isdigit() else 1
+
+    def read():
+        with ctx.store() as store:
+            return checks_pages.check_page(store, request.url_vars["name"], plain, state, community, page)
+    found = await asyncio.to_thread(read)
+    html = await datasette.render_template("syncdb_check.html", {
+        "check": found, "name": request.url_vars["name"], "plaintext": plain, "state": state,
+        "states": {k: _(v) for k, v in checks_pages.STATES.items()}, "community": community or ""}, request=request)
+    return Response.html(html, status=200 if found else 404, headers=PRIVATE)
+
+
 @hookimpl
 def register_routes(datasette):
     if getattr(datasette, "_syncdb", None) is None:
@@ -728,6 +760,8 @@ def register_routes(datasette):
         (r"^/-/sync$", sync),
         (r"^/-/conflicts$", conflicts),
         (r"^/-/dashboard$", dashboard_page),
+        (r"^/-/checks$", checks_index),
+        (r"^/-/checks/(?P<name>[0-9A-Za-z_]{1,60})$", check_cases),
     ]
 
 
