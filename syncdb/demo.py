@@ -6,6 +6,10 @@ Builds everything in one folder so it can be looked at and thrown away:
     DIR/communities/CODE/   each community's working databases and .syncdb/
     DIR/demo.key            the key file sealing every keyring in the demo
 
+The sample's records are dated as of its own day (sample_people.TODAY), so the
+demo tells the cross-domain checks to count from that day (``today`` in
+STORE/checks.toml) before the first merge runs them, and says what they found.
+
 A real office seals its keyring under a passphrase or a key file kept apart
 from the data; the demo keeps one key file beside it so it can run unattended.
 """
@@ -21,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import community, merge, migrations, office, server, transport, workdir
+from . import checks, community, merge, migrations, office, server, transport, workdir
 from .channels import FolderChannel
 from .conflicts import list_conflicts
 from .outbound import outbound_dir
@@ -31,6 +35,8 @@ from .errors import SyncdbError
 from .http_channel import HttpChannel
 from .i18n import _
 from .sample import generate
+from .sample_people import TODAY
+from .store import open_store
 from .staff import add_user
 from .masks import mask
 
@@ -99,7 +105,8 @@ def run_demo(directory, communities: int, residents: int, domains: dict, echo=pr
 
     echo(_("== Street office store in {store}").format(store=store))
     migrations.init(store, secret, domains=domains)
-
+    # The checks count months and days up to "today": the sample's today, not the calendar's.
+    (store / checks.SETTINGS_FILE).write_text(f"today = {TODAY.isoformat()}\n", encoding="utf-8")
 
     echo(_("== {communities} sample communities of {residents} residents").format(
         communities=communities, residents=residents))
@@ -125,6 +132,8 @@ def run_demo(directory, communities: int, residents: int, domains: dict, echo=pr
         echo(_("== Night 2: push and merge again"))
         _push_all(folders, domains, secret, ingest.url, echo)
         _merge(store, secret, domains, echo)
+
+    _cases_found(store, secret, domains, echo)
 
     open_conflicts = list_conflicts(store, secret, domains)
     echo(_("== {n} open conflict(s) for the data administrator (syncdb conflicts list):").format(
@@ -159,12 +168,26 @@ def run_demo(directory, communities: int, residents: int, domains: dict, echo=pr
     echo(_("Look around: export SYNCDB_KEY_FILE={file}").format(file=key_file))
     echo(f"   syncdb conflicts list {store} --all")
     echo(f"   syncdb audit verify {store}")
+    echo(f"   syncdb checks list {store}")
     echo(f"   syncdb export {store} huji.persons --where status=normal | head")
     echo(f"   syncdb publish {store}")
     echo(_("Staff accounts for the published site (syncdb users list):"))
     for name, (password, roles) in staff.items():
         echo(f"   {name} / {password}   (" + (", ".join(roles) or _("masked values only")) + ")")
     return {"store": store, "communities": folders, "secret": secret, "staff": staff}
+
+
+def _cases_found(store, secret, domains, echo) -> None:
+    """What the cross-domain checks found in the merges: the cases each check holds open."""
+    with open_store(store, secret, domains) as opened:
+        counts = checks.case_counts(opened)
+        found = {c.name: (_(c.title), sum(n for states in counts.get(c.name, {}).values()
+                                                     for state, n in states.items() if state in ("open", "confirmed")))
+                 for c in checks.registered()}
+    echo(_("== The cross-domain checks found {n} case(s) for the office to look into (syncdb checks list):").format(
+        n=sum(n for __, n in found.values())))
+    for title, n in found.values():
+        echo("   " + _("{check}: {n}").format(check=title, n=n))
 
 
 def _stage_concurrent_edit(store, secret, domains, folder: Path, echo) -> None:

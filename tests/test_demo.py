@@ -24,6 +24,11 @@ def test_demo_pushes_merges_and_publishes(tmp_path, syncdb_env):
         assert "Published read-only at" in output, output
         assert "sent to http://127.0.0.1:" in output  # the communities pushed over HTTP
         assert "conflicts: 2 opened" in output and "1 open conflict(s) left" in output, output
+        # The checks counted from the sample's day (checks.toml) and found the planted cases.
+        found = dict(re.findall(r"^   (Deceased or moved out, yet still paid|Rented house over its approved capacity"
+                                r"|Residence permit expired, still living here): (\d+)$", output, re.M))
+        assert len(found) == 3 and all(int(n) > 0 for n in found.values()), output
+        assert "The cross-domain checks found " in output
         accounts = dict(re.findall(r"^   (staff|pii) / (\S+)", output, re.M))
         url = f"http://127.0.0.1:{port}"
         session = requests.Session()
@@ -35,6 +40,8 @@ def test_demo_pushes_merges_and_publishes(tmp_path, syncdb_env):
         assert persons.status_code == 200 and len(persons.json()) == 5
         conflicts = session.get(f"{url}/-/conflicts")
         assert conflicts.status_code == 200 and "姓名" in conflicts.text  # the staged concurrent edit, still open
+        checks_page = session.get(f"{url}/-/checks")
+        assert checks_page.status_code == 200 and 'href="/-/checks/deceased_paid"' in checks_page.text
         sync = session.get(f"{url}/-/sync")
         assert all(code in sync.text for code in ("441900003001", "441900003002", "441900003003"))
     finally:
