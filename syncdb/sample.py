@@ -115,13 +115,16 @@ def _build(code: str, residents: int, seed: int) -> dict[str, list[dict]]:
     places.draw_grids(names, lambda: _mobile(streams["places"], pools))
     enrolments = [dict(zip(ENROLMENT, r)) for h in households for p in h.members
                   for r in _enrolments(p, h, code, streams["shebao"], pools.companies)]
-    benefit_rows, assistance_rows = _benefits(households, code, streams["minzheng"])
+    benefit_rows, assistance_rows = _benefits(households, code, streams["minzheng"], _earning(enrolments))
     benefits = [dict(zip(BENEFIT, r)) for r in benefit_rows]
     assistance = [dict(zip(ASSISTANCE, r)) for r in assistance_rows]
     persons = [p for h in households for p in h.members]
-    sample_planted.plant(streams["planted"], residents, persons, benefits, migrants, places.lodgings)
+    household_rows = [_household_row(h, code) for h in households]
+    sample_planted.plant(streams["planted"], residents, persons, benefits, migrants, places.lodgings,
+                         households=households, household_rows=household_rows, enrolments=enrolments,
+                         assistance=assistance, companies=pools.companies)
     return {
-        "huji.households": [_household_row(h, code) for h in households],
+        "huji.households": household_rows,
         "huji.persons": [_person_row(p, h, code) for h in households for p in h.members],
         "shebao.enrolments": enrolments,
         "minzheng.benefits": benefits,
@@ -286,7 +289,14 @@ def _resident(person, rng, years_old) -> list[tuple]:
     return [(RESIDENT_PENSION_SCHEME, status, start, None, None, retired)] + plan
 
 
-def _benefits(households: list[Household], code: str, rng: random.Random) -> tuple[list[tuple], list[tuple]]:
+def _earning(enrolments: list[dict]) -> set[str]:
+    """Who pays into an employee scheme now (not retired): no 低保 or 特困 household has such a member."""
+    return {e["id_number"] for e in enrolments if e["insurance_type"] in (EMPLOYEE_PENSION, EMPLOYEE_MEDICAL)
+            and e["status"] == PAYING and e["retired"] != "1"}
+
+
+def _benefits(households: list[Household], code: str, rng: random.Random,
+              earning: set[str]) -> tuple[list[tuple], list[tuple]]:
     """民政: 社会救助 per household (低保, 特困 for some who live alone, 低保边缘, 临时救助) and
     the person-level benefits (高龄津贴 for all 80+, 残疾人补贴 for a few): (benefits, assistance)."""
     rows, assistance = [], []
@@ -296,7 +306,12 @@ def _benefits(households: list[Household], code: str, rng: random.Random) -> tup
         rows.append((person.id_number, kind, status, float(amount), start.isoformat(), end, code))
 
     for household in households:
-        assistance += _assistance(household, code, rng)
+        # Drawn all the same, so that the next household's draws stay where they were; then 低保 and
+        # 特困 are left out where a member earns a wage (the checks across domains find that, planted).
+        granted = _assistance(household, code, rng)
+        relief = bool(granted) and granted[0][1] in ("1", "2")
+        if not (relief and any(p.id_number in earning for p in household.members)):
+            assistance += granted
         for person in household.members:
             years_old = age(person.birth, person.death or TODAY)
             if person.status == "moved_out":
