@@ -103,15 +103,6 @@ def open_ids(store: Store, records: set[tuple[str, bytes]]) -> set[int]:
     return found
 
 
-def open_ids(store: Store, records: set[tuple[str, bytes]]) -> set[int]:
-    """Ids of the open conflicts on these records, (table, blind key) each: the person page's."""
-    found: set[int] = set()
-    for tbl, key in records:
-        found |= {cid for (cid,) in store.conn.execute(
-            "SELECT id FROM conflicts WHERE tbl = ? AND key = ? AND status = 'open'", (tbl, key))}
-    return found
-
-
 def get(store: Store, conflict_id: int) -> dict:
     """One conflict as its queue entry says, decrypted; refused if there is none."""
     row = store.conn.execute(f"SELECT {COLUMNS} FROM conflicts WHERE id = ?", (conflict_id,)).fetchone()
