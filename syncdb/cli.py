@@ -266,7 +266,7 @@ def validate(paths, fmt, warnings, schemas):
 @schemas_option
 def sample(directory, code, residents, seed, report, schemas):
     from .sample import generate
-    from .sample_planted import CLASSES
+    from .sample_planted import CLASSES, chance
     from .sample_planted import report as planted
 
     domains = load_domains(schemas)
@@ -276,6 +276,12 @@ def sample(directory, code, residents, seed, report, schemas):
     if report:
         for name, cases in planted(directory).items():
             click.echo(f"{CLASSES[name]} ({name}): {len(cases)}")
+            for case in cases:
+                click.echo(f"  {case}")
+        # What the random names and dates made alike by chance: the checks find these too.
+        for name, cases in chance(directory).items():
+            click.echo(_("{title} ({name}), by chance, not planted: {count}").format(
+                title=CLASSES[name], name=name, count=len(cases)))
             for case in cases:
                 click.echo(f"  {case}")
 
