@@ -24,7 +24,10 @@ from __future__ import annotations
 import contextlib
 import os
 
+from markupsafe import escape
+
 from . import conflicts, meanings
+from .i18n import _
 from .schema import Column, Domain, Table
 from .masks import mask
 from .store import Store, table_name
@@ -229,7 +232,7 @@ def fill(store: Store, masked, plain, exclusive=contextlib.nullcontext) -> int:
                 for label in columns:
                     conn.execute(f"CREATE INDEX [{name}_{label}_{generation}] ON [_new_{name}] ([{label}])")
             conn.execute("BEGIN IMMEDIATE")
-            for name, _ in built:
+            for name, _columns in built:
                 conn.execute(f"DROP TABLE IF EXISTS [{name}]")
                 conn.execute(f"ALTER TABLE [_new_{name}] RENAME TO [{name}]")
             conn.execute("COMMIT")
@@ -252,24 +255,28 @@ def metadata(domains: dict[str, Domain], title: str) -> dict:
                 "description": table.description or f"{domain.label} · {table.label}",
                 "columns": {c.label: c.description or referenced(domains, c) for c in table.columns.values()
                             if c.description or referenced(domains, c)}
-                | ({PERSON_COLUMN: "该人员在各业务库中的全部记录"} if person_column(table) else {}),
+                | ({PERSON_COLUMN: _("All this person's records across the domains")} if person_column(table) else {}),
             }
     for name in set(code_table_names(domains).values()):
         # Datasette labels a foreign key with this column; hidden from the table list, where
         # dozens of code tables would bury the records, but open to anyone following a link.
-        tables[name] = {"label_column": MEANING, "hidden": True, "description": "代码表：代码与名称"}
+        tables[name] = {"label_column": MEANING, "hidden": True, "description": _("Code table: codes and their meanings")}
     return {
         "title": title,
         "description_html": (
-            "只读发布：数据由各社区每晚同步，经街道办合并。"
-            f'<ul><li><a href="/{MASKED_DB}">人口数据（脱敏）</a></li>'
-            '<li><a href="/-/conflicts">待处理冲突</a></li><li><a href="/-/sync">同步状态</a></li>'
-            '<li><a href="/-/logout">退出登录</a></li></ul>'),
+            escape(_("Read-only: each community syncs its data every night; the street office merges them."))
+            + "<ul>" + "".join(f'<li><a href="{href}">{escape(words)}</a></li>' for href, words in (
+                (f"/{MASKED_DB}", _("Population data (masked)")),
+                ("/-/dashboard", _("Dashboard")),
+                ("/-/checks", _("Cross-domain checks")),
+                ("/-/conflicts", _("Open conflicts")),
+                ("/-/sync", _("Sync status")),
+                ("/-/logout", _("Sign out")))) + "</ul>"),
         # Signed-in staff only; the plaintext database for view-pii; SQL for admins.
         "allow": {"id": "*"},
         "databases": {
-            MASKED_DB: {"title": "人口数据（脱敏）", "allow_sql": {"roles": ["admin"]}, "tables": tables},
-            PLAIN_DB: {"title": "人口数据（明文，访问留痕）", "allow": {"roles": ["view-pii"]},
+            MASKED_DB: {"title": _("Population data (masked)"), "allow_sql": {"roles": ["admin"]}, "tables": tables},
+            PLAIN_DB: {"title": _("Population data (plaintext, every view logged)"), "allow": {"roles": ["view-pii"]},
                        "allow_sql": {"roles": ["admin"]}, "tables": tables},
         },
     }
