@@ -114,10 +114,19 @@ DECEASED_PAID = Check(
 # ---------------------------------------------------------------- residence permits
 
 def _year_after(day: date) -> date:
+    if day.year >= date.max.year:  # a community may send any valid date: no year after 9999, never due
+        return date.max
     try:
         return day.replace(year=day.year + 1)
     except ValueError:  # 29 February
         return day.replace(year=day.year + 1, day=28)
+
+
+def _days_after(day: date, days: int) -> date:
+    try:
+        return day + timedelta(days=days)
+    except OverflowError:  # past 9999-12-31: never
+        return date.max
 
 
 def _permit_lapsed(migrant: Record, today: date, grace: int) -> Finding | None:
@@ -127,7 +136,7 @@ def _permit_lapsed(migrant: Record, today: date, grace: int) -> Finding | None:
         message = _("residence permit expired on {date} ({days} days ago), yet still living here").format(
             date=expires.isoformat(), days=(today - expires).days)
         figures = {"permit_expires": expires.isoformat(), "days": (today - expires).days, "lapse": "expired"}
-    elif last and _year_after(last) + timedelta(days=grace) < today:
+    elif last and _days_after(_year_after(last), grace) < today:
         due = _year_after(last)
         message = _("the residence permit's yearly endorsement was due on {date} ({days} days ago), yet still "
                     "living here").format(date=due.isoformat(), days=(today - due).days)

@@ -79,27 +79,39 @@ def _permit_valid(migrant: Record, today: date) -> bool:
 def _find_unregistered(records: Records, subjects, settings):
     today = settings["today"]
     paid = _payments(records, subjects)
-    registered = {p["id_number"] for p in records.where(PERSONS, "id_number", paid)}
-    migrants = {}
-    for m in records.where(MIGRANTS, "id_number", paid):
-        migrants[m["id_number"]] = m
-    for id_number, rows in sorted(paid.items()):
-        migrant = migrants.get(id_number)
-        if id_number in registered or (migrant is not None and _permit_valid(migrant, today)):
+    # By community: a community pays whom it registers or houses. Another community's record of the person
+    # clears nothing: with owner-scoped merges, that is the one record a stolen community key could add.
+    registered = {(p["id_number"], p["community_code"]) for p in records.where(PERSONS, "id_number", paid)}
+    migrants = {(m["id_number"], m["community_code"]): m for m in records.where(MIGRANTS, "id_number", paid)}
+    anywhere = {i for i, __ in registered}
+    for id_number, paying in sorted(paid.items()):
+        rows = [r for r in paying if (id_number, r["community_code"]) not in registered
+                and not _permit_valid_at(migrants.get((id_number, r["community_code"])), today)]
+        if not rows:
             continue
+        migrant = next((migrants[id_number, r["community_code"]] for r in rows
+                        if (id_number, r["community_code"]) in migrants), None)
         what = "、".join(records.meaning(r.table, "benefit_type" if r.table == BENEFITS else "insurance_type",
                                         r["benefit_type"] if r.table == BENEFITS else r["insurance_type"])
                         for r in rows)
-        if migrant is None:
+        figures = {"paid": what, "monthly_amount": round(sum(float(r["monthly_amount"] or 0) for r in rows
+                                                             if r.table == BENEFITS), 2), "migrant": migrant is not None}
+        if id_number in anywhere:
+            message = _("paid ({what}) by a community where the person is not registered; the household "
+                        "registration is in another community of this street").format(what=what)
+            figures["registered_elsewhere"] = True
+        elif migrant is None:
             message = _("paid ({what}), yet not registered in this street's household registration nor "
                         "living here as a migrant").format(what=what)
         else:
             message = _("paid ({what}), yet not registered in this street's household registration, and "
                         "recorded as a migrant with no valid residence permit").format(what=what)
-        amount = round(sum(float(r["monthly_amount"] or 0) for r in rows if r.table == BENEFITS), 2)
-        yield Finding(id_number, message, [*rows, *([migrant] if migrant else [])],
-                      {"paid": what, "monthly_amount": amount, "migrant": migrant is not None},
+        yield Finding(id_number, message, [*rows, *([migrant] if migrant else [])], figures,
                       community=rows[0]["community_code"])
+
+
+def _permit_valid_at(migrant: Record | None, today: date) -> bool:
+    return migrant is not None and _permit_valid(migrant, today)
 
 
 BENEFIT_UNREGISTERED = Check(
@@ -191,7 +203,9 @@ def _find_elderly(records: Records, subjects, settings):
         if person["status"] != "normal" or birth is None or age(birth, today) < threshold:
             continue
         # A suspended allowance was stopped by someone who knew; only one never granted or ended is a case.
-        if any(b["status"] in ("active", "suspended") for b in paid.get(person["id_number"], ())):
+        # Only the person's own community's allowance counts: another's (a stolen key's) clears nothing.
+        if any(b["status"] in ("active", "suspended") and b["community_code"] == person["community_code"]
+               for b in paid.get(person["id_number"], ())):
             continue
         years = age(birth, today)
         message = _("{age} years old and living here, yet not paid the allowance for the elderly (from "

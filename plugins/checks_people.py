@@ -17,6 +17,10 @@ docs/checks.md explains the interface.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
+from heapq import merge
+from itertools import islice
+
 from stdnum.cn.ric import calc_check_digit
 
 from syncdb.checks import Check, Finding, Record, Records
@@ -28,6 +32,7 @@ PEOPLE = (PERSONS, MIGRANTS)  # the tables whose records are people with a name 
 HEAD = "02"  # GB/T 4761 与户主关系: 户主
 SEXES = ("1", "2")  # GB/T 2261.1: 0 未知 and 9 未说明 say nothing to disagree with
 BODY = 17  # an ID number's characters before its check character
+MAX_LISTED = 20  # the twins a probable-duplicate case lists; more are said, not listed
 
 
 def _by_id(table: str, record: Record):
@@ -92,46 +97,75 @@ class People:
             self._add(self.records.where(table, "birth_date", {r["birth_date"] for r in own}))
             self._add(self.records.where(table, "id_number", {n for i in ids for n in _neighbours(i)}))
 
-    def candidates(self) -> dict[str, set[str]]:
-        """ID number -> the other ID numbers it is probably the same person as (in memory only)."""
-        groups: dict[tuple, list[str]] = {}
+    def groups(self) -> dict[tuple, list[str]]:
+        """Key -> the ID numbers alike by it (in order): the same name and birth date, or the same name and
+        body but for the digit at one place. Built in memory only, and never pair by pair: N people of one
+        name and birth date (a community can send them) cost N here, not N²."""
+        found: dict[tuple, set[str]] = {}
         for id_number, rows in self.by_id.items():
             for r in rows:
-                groups.setdefault((r["name"], r["birth_date"]), []).append(id_number)
+                found.setdefault((r["name"], r["birth_date"]), set()).add(id_number)
                 for i in range(BODY):
-                    groups.setdefault((r["name"], i, id_number[:i] + id_number[i + 1:BODY]), []).append(id_number)
-        linked: dict[str, set[str]] = {}
-        for ids in groups.values():
-            distinct = set(ids)
-            if len(distinct) > 1:
-                for i in distinct:
-                    linked.setdefault(i, set()).update(distinct - {i})
-        return linked
+                    found.setdefault((r["name"], i, id_number[:i] + id_number[i + 1:BODY]), set()).add(id_number)
+        return {key: sorted(ids) for key, ids in found.items() if len(ids) > 1}
+
+
+def _keys_of(groups: dict[tuple, list[str]]) -> dict[str, list[tuple]]:
+    keys: dict[str, list[tuple]] = {}
+    for key, ids in groups.items():
+        for i in ids:
+            keys.setdefault(i, []).append(key)
+    return keys
+
+
+def _later(groups, keys, id_number: str) -> list[str]:
+    """The first MAX_LISTED + 1 twins after this ID number, in order (one more than a case lists,
+    to know whether there are more)."""
+    tails = [groups[k][bisect_right(groups[k], id_number):] for k in keys.get(id_number, ())]
+    return list(islice(dict.fromkeys(merge(*(t[:MAX_LISTED + 1] for t in tails))), MAX_LISTED + 1))
+
+
+def _earlier(groups, keys, subjects) -> set[str]:
+    """The twins before any subject in order: their cases list the subjects."""
+    last: dict[tuple, str] = {}
+    for s in subjects:
+        for key in keys.get(s, ()):
+            last[key] = max(last.get(key, s), s)
+    out: set[str] = set()
+    for key, s in last.items():
+        out.update(groups[key][:bisect_left(groups[key], s)])
+    return out
 
 
 def _find_duplicates(records: Records, subjects, settings):
     people = People(records, subjects)
     if subjects is not None:
         people.of(set(subjects))
-        # A twin of a subject files the pair under the smaller ID number: read its other twins too.
-        people.of({i for i in people.candidates() if i not in subjects})
-    linked = people.candidates()
-    wanted = set(linked) if subjects is None else {s for s in subjects if s in linked} | {
-        i for s in subjects for i in linked.get(s, ()) if i < s}
+        # A twin before a subject files the pair: read all of its own twins too.
+        groups = people.groups()
+        people.of(_earlier(groups, _keys_of(groups), set(subjects)) - set(subjects))
+    groups = people.groups()
+    keys = _keys_of(groups)
+    wanted = set(keys) if subjects is None else {s for s in subjects if s in keys} | _earlier(groups, keys, set(subjects))
     for id_number in sorted(wanted):
-        # One case per pair, filed under its smaller ID number.
-        twins = sorted(i for i in linked.get(id_number, ()) if i > id_number)
-        pairs = [(t, _pair_reason(people.by_id[id_number], people.by_id[t])) for t in twins]
+        # One case per ID number with twins after it, filed under the first; it lists MAX_LISTED of them.
+        later = _later(groups, keys, id_number)
+        pairs = [(t, _pair_reason(people.by_id[id_number], people.by_id[t])) for t in later[:MAX_LISTED]]
         pairs = [(t, why) for t, why in pairs if why]
         if not pairs:
             continue
         own = people.by_id[id_number]
         others = [r for t, __ in pairs for r in people.by_id[t]]
-        message = _("probably the same person as {n} other record(s) with another ID number: {why}").format(
-            n=len(pairs), why="；".join(dict.fromkeys(_(REASONS[why]) for __, why in pairs)))
-        yield Finding(id_number, message, [*own, *others],
-                      {"others": len(pairs), "reasons": sorted({why for __, why in pairs})},
-                      community=own[0]["community_code"])
+        why = "；".join(dict.fromkeys(_(REASONS[why]) for __, why in pairs))
+        figures = {"others": len(pairs), "reasons": sorted({why for __, why in pairs})}
+        if len(later) > MAX_LISTED:
+            figures["more"] = True
+            message = _("probably the same person as more than {n} other records with other ID numbers (the "
+                        "first {n} listed): {why}").format(n=len(pairs), why=why)
+        else:
+            message = _("probably the same person as {n} other record(s) with another ID number: {why}").format(
+                n=len(pairs), why=why)
+        yield Finding(id_number, message, [*own, *others], figures, community=own[0]["community_code"])
 
 
 REASONS = {"birth_date": N_("the same name and birth date"),

@@ -42,6 +42,7 @@ CREATE INDEX IF NOT EXISTS cases_by_state ON cases (check_name, state, community
 CREATE TABLE IF NOT EXISTS case_records (
     tbl TEXT NOT NULL, key BLOB NOT NULL, case_id INTEGER NOT NULL, PRIMARY KEY (tbl, key, case_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS check_points (check_name TEXT PRIMARY KEY, point INTEGER NOT NULL, at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS check_settings (check_name TEXT PRIMARY KEY, used TEXT NOT NULL);
 """
 
 STATES = {"open": N_("open"), "confirmed": N_("confirmed"), "dismissed": N_("dismissed"), "fixed": N_("fixed")}
@@ -128,6 +129,18 @@ def points(store: Store) -> dict[str, int]:
 
 def set_point(store: Store, check: str, point: int) -> None:
     store.conn.execute("INSERT OR REPLACE INTO check_points VALUES (?, ?, ?)", (check, point, _now()))
+
+
+def settings_used(store: Store) -> dict[str, dict]:
+    """Check name -> the settings its last run used (checks.py decides from them whether to look at everything)."""
+    conn = store.conn
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'check_settings'").fetchone() is None:
+        return {}  # cases made before the settings were kept: every check looks at everything once
+    return {name: json.loads(used) for name, used in conn.execute("SELECT check_name, used FROM check_settings")}
+
+
+def set_settings_used(store: Store, check: str, used: dict) -> None:
+    store.conn.execute("INSERT OR REPLACE INTO check_settings VALUES (?, ?)", (check, json.dumps(used, sort_keys=True)))
 
 
 def subjects_on(store: Store, check: str, changed: dict[str, set[bytes]]) -> set[str]:

@@ -23,6 +23,7 @@ date the checks count from (default: the day they run).
 
 from __future__ import annotations
 
+import json
 import logging
 import tomllib
 import traceback
@@ -272,12 +273,13 @@ def run(store: Store, everything: bool = False, names: Iterable[str] | None = No
     """Run the checks (``names``, or all) and keep what they find as cases.
 
     Without ``everything``, each check looks only at what changed since its
-    last run (a check never run before looks at everything). A check that
+    last run; a check never run before, or whose settings changed, or that
+    counts from the day when the day has changed, looks at everything. A check that
     raises is reported and its cases are left as they were; the others go on.
     """
     report, checks = Report(), _selected(names)
     point = store.change_point()
-    last = cases.points(store)
+    last, used = cases.points(store), cases.settings_used(store)
     views = {True: Records(store, everything=True), False: Records(store, everything=False)}
     changes: dict[int, dict] = {}
     results = []
@@ -291,7 +293,8 @@ def run(store: Store, everything: bool = False, names: Iterable[str] | None = No
             if options.get("enabled", True) is False:
                 report.skipped.append((check.name, _("turned off in {file}").format(file=SETTINGS_FILE)))
                 continue
-            whole = everything or check.name not in last
+            # Other settings, or another day for a check that counts from it, may change any finding.
+            whole = everything or check.name not in last or _moved(used.get(check.name), options)
             if whole:
                 subjects = None
             else:
@@ -299,20 +302,55 @@ def run(store: Store, everything: bool = False, names: Iterable[str] | None = No
                 if since not in changes:
                     changes[since] = store.changed_since(since)
                 subjects = _subjects(store, views[False], check, changes[since])
-            found = [] if subjects == set() else _found(store, check, views[whole], subjects, options)
+            watched = _Watched(options)
+            found = [] if subjects == set() else _found(store, check, views[whole], subjects, watched)
         except Exception as e:  # a plugin's bug must not stop the others, nor a merge
             report.failed.append((check.name, _why(e)))
             log.error("check %s failed: %s", check.name, _why(e))
             continue
         report.looked[check.name] = None if subjects is None else len(subjects)
-        results.append((check, subjects, found))
+        dated = watched.dated or bool(used.get(check.name, {}).get("dated"))
+        results.append((check, subjects, found, _used(options, dated)))
     with store.transaction():
         cases.ensure(store)
-        for check, subjects, found in results:
+        for check, subjects, found, kept in results:
             scope = None if subjects is None else {cases.subject_index(store, check.subject, s) for s in subjects}
             report.tallies[check.name] = cases.reconcile(store, check.name, check.severity, check.subject, found, scope)
             cases.set_point(store, check.name, point)
+            cases.set_settings_used(store, check.name, kept)
     return report
+
+
+class _Watched(dict):
+    """The settings handed to a check, noting whether it read ``today``: a check that counts from the
+    day (a permit expires, a resident turns 80) must look at everything again when the day moves on,
+    though no record changed; one that never reads it need not."""
+
+    dated = False
+
+    def __getitem__(self, key):
+        self.dated = self.dated or key == "today"
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.dated = self.dated or key == "today"
+        return super().get(key, default)
+
+
+def _plain(options: Mapping) -> dict:
+    """The settings but the day, as JSON keeps them (so a kept copy compares equal)."""
+    return json.loads(json.dumps({k: v for k, v in options.items() if k != "today"}, sort_keys=True, default=str))
+
+
+def _used(options: Mapping, dated: bool) -> dict:
+    return {"settings": _plain(options), "today": str(options["today"]), "dated": dated}
+
+
+def _moved(previous: dict | None, options: Mapping) -> bool:
+    """Did the settings change since the check's last run, or the day, for a check that reads it?"""
+    if previous is None:
+        return True
+    return previous["settings"] != _plain(options) or (previous["dated"] and previous["today"] != str(options["today"]))
 
 
 def after_merge(store: Store) -> list[str]:
