@@ -114,6 +114,7 @@ class Context:
     secret: Secret | None = None  # to read keyring.json again when it changes
     keyring_stamp: tuple | None = None
     keyring_lock: threading.Lock = field(default_factory=threading.Lock)
+    misses: pages.Misses = field(default_factory=pages.Misses)  # masked clerks' look-ups that found nobody
     _address_columns: set | None = None
 
     def address_columns(self) -> set[tuple[str, str]]:
@@ -638,16 +639,35 @@ async def lookup(datasette, request):
                                     "answered. Please contact the data administrator."), status=503)
     if query.kind == "refused":
         return await _lookup_answer(datasette, request, plain, query, [], 403)
+    # Checked before anything is found: an answer, even "found", would confirm a guess.
+    wait = 0.0 if plain else ctx.misses.wait(actor["id"])
+    if wait:
+        return await _lookup_answer(datasette, request, plain, pages.Query("refused", query.text, "guessing"),
+                                    [], 429, wait=signin.wait_text(wait))
     db = datasette.get_database(projection.PLAIN_DB if plain else projection.MASKED_DB)
     if query.kind == "id":
         if await db.execute_fn(lambda conn: pages.person_known(conn, ctx.domains, token)):
             return Response.redirect(f"/-/person/{token}", status=303)
+        _missed(ctx, actor, plain)
         return await _lookup_answer(datasette, request, plain, query, [], 404)
     tokens = await datasette.get_database(projection.PLAIN_DB).execute_fn(
         lambda conn: pages.find_people(conn, ctx.domains, query))
     groups = await db.execute_fn(lambda conn: pages.found_people(conn, ctx.domains, tokens)) if tokens else []
+    if not groups:
+        _missed(ctx, actor, plain)
     return await _lookup_answer(datasette, request, plain, query, groups, 200 if groups else 404,
                                 more=len(tokens) > pages.MOST_FOUND)
+
+
+def _missed(ctx: Context, actor: dict, plain: bool) -> None:
+    """A masked clerk's look-up found nobody: counted, and the log says so when it is one too many."""
+    if plain:
+        return  # view-pii sees the plaintext anyway: nothing to guess
+    count = ctx.misses.missed(actor["id"])
+    if count >= ctx.misses.most:
+        log.warning(_("{count} look-ups by {account} found nobody within {minutes} minutes: their look-ups wait "
+                      "(someone may be guessing ID numbers or names that are masked)").format(
+                          count=count, account=actor["id"], minutes=f"{ctx.misses.window / 60:g}"))
 
 
 def _log_lookup(ctx: Context, actor: str, query) -> str:
@@ -659,10 +679,10 @@ def _log_lookup(ctx: Context, actor: str, query) -> str:
     return token
 
 
-async def _lookup_answer(datasette, request, plain: bool, query, groups: list, status: int, more=False):
+async def _lookup_answer(datasette, request, plain: bool, query, groups: list, status: int, more=False, wait=""):
     # Only what the clerk may see of the query is shown back: a name or part of one is plaintext.
     html = await datasette.render_template("syncdb_lookup.html", {
-        "query": query, "groups": groups, "plaintext": plain, "more": more, "most": pages.MOST_FOUND,
+        "query": query, "groups": groups, "plaintext": plain, "more": more, "most": pages.MOST_FOUND, "wait": wait,
         "syncdb_typed": query.text if plain or query.kind == "name" else ""}, request=request)
     return Response.html(html, status=status, headers=PRIVATE)
 

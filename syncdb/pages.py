@@ -329,6 +329,38 @@ def read_query(typed: str, plaintext: bool) -> Query:
     return Query("part", part)
 
 
+# Guessing what a mask hides: a masked ID number hides only the month and day of birth (the masked
+# table shows the year, and the check character narrows it further), so some thirty numbers fit it, and
+# a masked name (张*明) hides a character or two. A look-up that finds nobody is a wrong guess: after
+# MOST_MISSES of them within MISS_WINDOW seconds, a masked clerk's look-ups wait, so no one can try them all.
+MOST_MISSES = 10
+MISS_WINDOW = 3600.0
+
+
+class Misses:
+    """A masked clerk's look-ups that found nobody, per account, in publish's memory.
+
+    Used on the event loop only (the look-up page), so no lock. A restart of publish forgets them:
+    a clerk cannot restart it, and each miss is in the page-view log all the same.
+    """
+
+    def __init__(self, most: int = MOST_MISSES, window: float = MISS_WINDOW):
+        self.most, self.window = most, window
+        self.seen: dict[str, list[float]] = {}
+
+    def wait(self, account: str) -> float:
+        """Seconds before this account may look up again; 0 for now."""
+        now = time.monotonic()
+        recent = [t for t in self.seen.get(account, ()) if t > now - self.window]
+        self.seen[account] = recent
+        return 0.0 if len(recent) < self.most else recent[0] + self.window - now
+
+    def missed(self, account: str) -> int:
+        """Count a look-up that found nobody; the account's misses within the window."""
+        self.seen.setdefault(account, []).append(time.monotonic())
+        return len(self.seen[account])
+
+
 def person_tables(domains: dict[str, Domain]) -> list[Table]:
     """Every table whose records name a person by ID number (the person page's sections)."""
     return [t for d in domains.values() for t in d.tables.values() if person_column(t)]

@@ -1,0 +1,81 @@
+"""A second, hostile read of issue 12's publish side: look-ups, households, exports, codes as words,
+the chrome translation and the dashboard, attacked as a careless or curious clerk would.
+
+Real `syncdb publish` on 127.0.0.1 over HTTP with staff signed in (the fixtures of test_household.py
+and test_lookup.py), real `syncdb export` files opened as Excel would open them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+
+from stdnum.cn import ric
+
+from test_household import HEAD, MEMBERS, SON, WIFE, family, page_views, token_of  # noqa: F401
+from test_lookup import look_up, office_files, secrets_of
+from syncdb.schema import schemas_dir
+
+
+def masked_row(session, url: str, token: str) -> dict:
+    """What a masked clerk reads of a resident in the masked table."""
+    rows = session.get(f"{url}/renkou/户籍_人员.json", params={"_shape": "array", "档案": token}).json()
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+def candidates(masked_id: str, year: str) -> list[str]:
+    """Every valid ID number a masked one (110105********042X) and a masked birth date (1980) allow,
+    the last day of the year first: the real one (1 January) comes last."""
+    prefix, tail = masked_id[:6], masked_id[-4:]
+    day, out = datetime.date(int(year), 12, 31), []
+    while day.year == int(year):
+        body = prefix + day.strftime("%Y%m%d") + tail[:3]
+        if ric.calc_check_digit(body + "0") == tail[-1]:
+            out.append(body + tail[-1])
+        day -= datetime.timedelta(days=1)
+    return out
+
+
+# ---------------------------------------------------------------- look-ups: guessing what a mask hides
+
+def test_a_masked_clerk_cannot_unmask_an_id_number_by_looking_up_every_birth_date(family, publisher):
+    """The ID mask hides the eight birth-date digits, the masked table shows the birth year and the
+    check character: some 30 numbers fit. Each look-up says whether it is the resident (it goes to
+    the token the masked table links to), so without a limit a masked clerk unmasks any number in
+    a minute."""
+    site = publisher(family, "--schemas", str(schemas_dir()))
+    wife = token_of(site.sign_in("wangfang"), site.url, WIFE["id_number"])
+    li = site.sign_in("lilei")
+    seen = masked_row(li, site.url, wife)
+    guesses = candidates(seen["公民身份号码"], seen["出生日期"])
+    assert WIFE["id_number"] in guesses and 20 < len(guesses) < 40
+    before = len(page_views(family))
+    answers = [look_up(li, site.url, guess) for guess in guesses]
+    confirmed = [g for g, a in zip(guesses, answers) if a.headers.get("Location") == f"/-/person/{wife}"]
+    assert confirmed == [], "a masked clerk unmasked an ID number by trying the birth dates"
+    waiting = [a for a in answers if a.status_code == 429]
+    assert waiting and "found nobody" in waiting[0].text
+    # Every try is still in the page-view log, as its blind index; the log says who was guessing.
+    assert len(page_views(family)) == before + len(guesses)
+    assert "lilei" in site.log() and "found nobody" in site.log()
+    # Another clerk is not held up, and the one who guessed may still not confirm the number.
+    assert look_up(site.sign_in("zhaomin"), site.url, WIFE["id_number"]).status_code == 303
+    assert look_up(li, site.url, WIFE["id_number"]).status_code == 429
+    site.stop()
+    for secret in secrets_of(*MEMBERS) + [g.encode() for g in guesses]:
+        assert secret not in office_files(family, site.log_path), secret
+
+
+def test_a_masked_clerk_cannot_unmask_a_name_by_guessing_its_hidden_character(family, publisher):
+    """张*明 hides one character: trying 张一明, 张二明 … would name the resident."""
+    site = publisher(family, "--schemas", str(schemas_dir()))
+    son = token_of(site.sign_in("wangfang"), site.url, SON["id_number"])
+    li = site.sign_in("lilei")
+    shown = masked_row(li, site.url, son)["姓名"]
+    assert shown == "张*明"
+    guesses = [shown.replace("*", c) for c in "一二三四五六七八九十大天文武国家建志春秋红" + "小"]
+    answers = [look_up(li, site.url, guess) for guess in guesses]
+    named = [g for g, a in zip(guesses, answers) if f'href="/-/person/{son}"' in a.text]
+    assert named == [], "a masked clerk unmasked a name by guessing its hidden character"
+    assert answers[-1].status_code == 429
