@@ -9,7 +9,8 @@ number's 18 digits and a 户号's leading zeros:
   dates as dates and amounts as numbers (excel.py);
 - ``csv``: starts with a UTF-8 byte-order mark so that Excel reads Chinese, and a
   text value made only of digits is written ``="0012345"``, the form Excel
-  takes for text however it opens the file;
+  takes for text however it opens the file; so is one that Excel would run as a
+  formula (``=HYPERLINK(…)``, ``+cmd|…``: a community's free text may be anything);
 - ``json`` (one object per line), or ``raw=True`` for CSV: the column names and
   the bare codes as the store holds them, for another program.
 
@@ -83,10 +84,21 @@ def headers(table: Table) -> list[str]:
     return [column.label for column in table.columns.values()]
 
 
+# A cell Excel would run as a formula: a record's free text (a name, an address) comes from a community
+# and may be '=HYPERLINK(…)' or '+cmd|…', and the office's clerks open these files in Excel.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+EXCEL_STRING = 255  # the longest string Excel takes inside a formula
+
+
 def kept_as_text(value) -> str:
-    """A CSV value Excel would read as a number (an ID number, 户号 00123) written so it stays text."""
+    """A CSV value Excel would read as a number (an ID number, 户号 00123) or run as a formula,
+    written so that Excel shows it as the text it is: ="…", a string Excel shows and never runs."""
     text = "" if value is None else str(value)
-    return f'="{text}"' if text.isdigit() else text
+    if not text.isdigit() and not text.startswith(FORMULA_START):
+        return text
+    if len(text) > EXCEL_STRING:
+        return "'" + text  # too long for ="…": Excel shows the quote, and runs nothing
+    return '="' + text.replace('"', '""') + '"'
 
 
 def write(records: Iterator[dict], domain: Domain, table: Table, fmt: str, out: TextIO | BinaryIO,

