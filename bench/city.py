@@ -15,7 +15,9 @@ them into a temporary folder, then:
    file with one raw ``executemany`` per table, timed per community alike.
    Figures: merge throughput / raw upsert (with ``--jobs`` when ``syncdb merge``
    has it, else "n/a"); the last community's first load per change / the
-   first's; store.db size / the plain file's.
+   first's; store.db size / the plain file's. The cross-domain checks a merge
+   runs on what it changed count in its time (they are one of its duties);
+   each merge figure is printed again without them, to say where time goes.
 2. starts a real ``syncdb publish`` in a child (this script with
    ``--child-publish``: the command itself, with its make_datasette and reload
    timed and printed), reads its RSS after start-up, and times masked table and
@@ -422,13 +424,14 @@ def p95(values: list[float]) -> float:
 def compare_pages(session, publish_url: str, plain_url: str, kinds: dict, samples: int) -> dict:
     """Each page kind fetched ``samples`` times from each server, alternating, after one warm-up each."""
     times: dict = {kind: {"syncdb": [], "plain": []} for kind in kinds}
+    plain = requests.Session()  # kept alive, as the signed-in session is
     for kind, path in kinds.items():
         fetch(session, f"{publish_url}/{projection.MASKED_DB}{path}")
-        fetch(requests, f"{plain_url}/plain{path}")
+        fetch(plain, f"{plain_url}/plain{path}")
     for _ in range(samples):
         for kind, path in kinds.items():
             times[kind]["syncdb"].append(fetch(session, f"{publish_url}/{projection.MASKED_DB}{path}")[1])
-            times[kind]["plain"].append(fetch(requests, f"{plain_url}/plain{path}")[1])
+            times[kind]["plain"].append(fetch(plain, f"{plain_url}/plain{path}")[1])
     return times
 
 
@@ -551,11 +554,14 @@ def merge_figures(loads: list[dict], jobs_took: list[float] | None) -> list[tupl
     else:
         lines.append(("merge --jobs / raw upsert", "n/a", f">= {GOAL_JOBS}x", "n/a: no merge --jobs yet"))
     lines.append(("merge, one process / raw upsert", f"{one:.3f}x", f">= {GOAL_ONE}x", verdict(one >= GOAL_ONE)))
+    applied = (changes / (merged - in_checks)) / (rows / raw)
+    lines.append(("  (the same without the checks)", f"{applied:.3f}x", f">= {GOAL_ONE}x", verdict(applied >= GOAL_ONE)))
     if len(loads) > 1:
-        first, last = (x["merge"] / x["changes"] for x in (loads[0], loads[-1]))
-        lines.append((f"first load of community {len(loads)} / of 1", f"{last / first:.2f}x "
-                      f"({last * 1e6:.0f} vs {first * 1e6:.0f} µs/change)", f"<= {GOAL_LAST_LOAD}x",
-                      verdict(last / first <= GOAL_LAST_LOAD)))
+        for name, spent in ((f"first load of community {len(loads)} / of 1", lambda x: x["merge"]),
+                            ("  (the same without the checks)", lambda x: x["merge"] - x["checks"])):
+            first, last = (spent(x) / x["changes"] for x in (loads[0], loads[-1]))
+            lines.append((name, f"{last / first:.2f}x ({last * 1e6:,.0f} vs {first * 1e6:,.0f} µs/change)",
+                          f"<= {GOAL_LAST_LOAD}x", verdict(last / first <= GOAL_LAST_LOAD)))
     return lines
 
 
@@ -564,8 +570,10 @@ def night_figures(loads: list[dict], got: dict, records: int) -> list[tuple]:
     took = statistics.median(t for t, _, _ in got["nights"])
     changes = statistics.median(n for _, n, _ in got["nights"])
     ratio = took / merged
+    applied = statistics.median(t - c for t, _, c in got["nights"]) / (merged - sum(x["checks"] for x in loads))
     return [(f"1% night merge / first load ({changes / records:.1%} of records)",
-             f"{ratio:.2%} ({took:.2f} s vs {merged:.1f} s)", f"<= {GOAL_NIGHT:.0%}", verdict(ratio <= GOAL_NIGHT))]
+             f"{ratio:.2%} ({took:.2f} s vs {merged:.1f} s)", f"<= {GOAL_NIGHT:.0%}", verdict(ratio <= GOAL_NIGHT)),
+            ("  (the same without the checks)", f"{applied:.2%}", f"<= {GOAL_NIGHT:.0%}", verdict(applied <= GOAL_NIGHT))]
 
 
 def publish_figures(got: dict, records: int) -> list[tuple]:
