@@ -187,3 +187,39 @@ def test_the_sites_csv_never_hands_excel_a_formula_from_a_record(formulas, publi
         for row in csv.reader(io.StringIO(got.content.decode("utf-8-sig"))):
             for cell in row:
                 assert not runs_in_excel(cell), (who, cell)
+
+
+# ---------------------------------------------------------------- input that would stall publish
+
+import time  # noqa: E402
+
+import requests  # noqa: E402
+
+
+def peak_memory_kib(pid: int) -> int:
+    """The process's peak resident memory (VmHWM), in KiB."""
+    status = open(f"/proc/{pid}/status").read()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status)[1])
+
+
+def test_a_huge_form_is_refused_before_it_is_read_even_before_sign_in(family, publisher):
+    """The sign-in form is open to anyone on the office's network, and Datasette (its CSRF check, then
+    the form) reads a whole body into memory: 200 MB posted would cost publish 200 MB or more."""
+    site = publisher(family, "--schemas", str(schemas_dir()))
+    anyone = requests.Session()
+    token = anyone.get(f"{site.url}/-/login").text.split('name="csrftoken" value="', 1)[1].split('"', 1)[0]
+    before = peak_memory_kib(site.process.pid)
+    body = b"csrftoken=" + token.encode() + b"&username=lilei&password=" + b"x" * (200 * 1024 * 1024)
+    started = time.monotonic()
+    try:
+        answer = anyone.post(f"{site.url}/-/login", data=body, allow_redirects=False, timeout=60,
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+        status = answer.status_code
+    except requests.ConnectionError:
+        status = None  # refused and closed while the client was still sending: refused all the same
+    assert status in (413, None), status
+    assert time.monotonic() - started < 30
+    assert peak_memory_kib(site.process.pid) - before < 50 * 1024, "publish read the whole body into memory"
+    # And a clerk's look-up still answers, at once.
+    li = site.sign_in("lilei")
+    assert look_up(li, site.url, WIFE["id_number"]).status_code == 303
