@@ -314,6 +314,9 @@ def asgi_wrapper(datasette):
         async def guarded(scope, receive, send):
             if scope["type"] != "http" or getattr(datasette, "_syncdb", None) is None:
                 return await app(scope, receive, send)
+            if _too_big(scope):  # before anyone reads it (Datasette's CSRF check reads a whole body)
+                return await Response.text(_("This request is too large: the site's forms take at most {size} KB.")
+                                           .format(size=MOST_BODY // 1024), status=413).asgi_send(send)
             scope = _tilde_path(scope)
             path = scope["path"]
             request = Request(scope, receive)
@@ -335,6 +338,18 @@ def asgi_wrapper(datasette):
 
 
 TABLE_JS = "/-/static/table.js"
+# The site's forms (sign-in, look-up, sign-out) are a few hundred bytes. Datasette reads a request's body
+# whole into memory, the sign-in form's before anyone is signed in: a bigger one is refused unread.
+MOST_BODY = 64 * 1024
+
+
+def _too_big(scope: dict) -> bool:
+    """A body longer than MOST_BODY, or one sent without saying how long (chunked): refused unread."""
+    headers = dict(scope.get("headers") or ())
+    length = headers.get(b"content-length")
+    if length is None:
+        return b"transfer-encoding" in headers
+    return not length.strip().isdigit() or int(length) > MOST_BODY
 # Datasette's pages for developers: nothing a member of staff needs (and /-/messages would let anyone
 # put words on someone else's next page), so they are not served.
 DEBUG_PAGES = ("/-/patterns", "/-/messages", "/-/allow-debug")
