@@ -39,11 +39,18 @@ PERSON_COLUMN = "档案"  # the blind index of the record's ID number, shown as 
 
 # ---------------------------------------------------------------- masking
 
+CODE_MASK = "***"
+
+
 def mask_value(column: Column, value):
     """What staff without ``view-pii`` see of a sensitive value."""
     if value is None or value == "":
         return value
     text = str(value)
+    if column.codes:
+        # A sensitive code is its meaning: masked whole and every code alike ('n****l' and 'm*******t'
+        # would say normal and moved_out, and a facet on the masked database would count them apart).
+        return CODE_MASK
     if column.validator == "id_number":
         return mask(text)
     if column.validator == "phone" and len(text) >= 7:

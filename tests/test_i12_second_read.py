@@ -223,3 +223,23 @@ def test_a_huge_form_is_refused_before_it_is_read_even_before_sign_in(family, pu
     # And a clerk's look-up still answers, at once.
     li = site.sign_in("lilei")
     assert look_up(li, site.url, WIFE["id_number"]).status_code == 303
+
+
+# ---------------------------------------------------------------- codes as words: a sensitive coded column
+
+import dataclasses  # noqa: E402
+
+from syncdb.projection import mask_value  # noqa: E402
+
+
+def test_a_sensitive_coded_column_masks_every_code_alike(domains):
+    """A schema may mark a coded column sensitive (a disability or a benefit kind, say). Its mask must
+    not tell one code from another: 'm*******t' and 'd******d' say moved_out and deceased as well as
+    the words would, and so would a facet on the masked database."""
+    persons = domains["huji"].tables["persons"]
+    for name in ("status", "relationship", "sex", "ethnicity"):
+        column = dataclasses.replace(persons.columns[name], sensitive=True)
+        codes = domains["huji"].code_table(column.codes)
+        masked = {mask_value(column, code) for code in codes}
+        assert len(masked) == 1, (name, sorted(masked))
+        assert not any(code in masked for code in codes)
