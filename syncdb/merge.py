@@ -201,7 +201,7 @@ def apply_bundle(store: Store, reader: bundle.Reader, summary: Summary, on_batch
     path = reader.path
     store_dir = Path(store_dir) if store_dir is not None else path.parent.parent  # STORE/inbox/NAME
     header = reader.verify(office.signer_keys(store.conn, store.keyring.public).get)
-    with store.transaction() as conn:
+    with store.bundle_cache(), store.transaction() as conn:
         (done,) = conn.execute("SELECT coalesce(max(sequence), 0) FROM applied WHERE origin = ?",
                                (header.origin,)).fetchone()
         if done >= header.sequence:
@@ -263,6 +263,14 @@ def apply_changes(store: Store, header: bundle.Header, name: str, changes, store
         header.origin, header.sequence, digest, time.strftime("%Y-%m-%dT%H:%M:%S"),
         merger.changes, merger.rejected_count))
     return Applied(merger, sent)
+
+
+def _upsert_sql(table: Table, cols: list[str]) -> str:
+    """Write whole rows of a record table: new ones appended, stored ones updated where they are."""
+    names = ", ".join(f"[{c}]" for c in cols)
+    sets = ", ".join(f"[{c}] = excluded.[{c}]" for c in cols if c != "_key")
+    return (f"INSERT INTO [{table_name(table)}] ({names}) VALUES ({', '.join('?' * len(cols))}) "
+            f"ON CONFLICT ([_key]) DO UPDATE SET {sets}")
 
 
 class _Special(set):
@@ -371,9 +379,10 @@ class _Merger:
         for qualified, rows in self.pending.items():
             table = self.store.tables[qualified]
             cols = write_columns(table)
-            self.store.conn.executemany(
-                f"INSERT OR REPLACE INTO [{table_name(table)}] ({', '.join(f'[{c}]' for c in cols)}) "
-                f"VALUES ({', '.join('?' * len(cols))})", [[v.get(c) for c in cols] for v in rows.values()])
+            # An upsert keeps a stored record's rowid (INSERT OR REPLACE would delete it and append
+            # it anew); in key order, each index page the batch touches is visited once.
+            self.store.conn.executemany(_upsert_sql(table, cols),
+                                        [[rows[k].get(c) for c in cols] for k in sorted(rows)])
         self.pending = {}
 
     def apply(self, change: dict, table: Table, key_values: list, key: bytes) -> None:

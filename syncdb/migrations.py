@@ -20,6 +20,7 @@ or the new one. Columns are added, never dropped.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -46,10 +47,46 @@ OWNED_TABLES = {
     "cases": cases.TABLES,
 }
 
+
+def rowid_layout(store: Store) -> None:
+    """Step 2: every record table the store has made (``store_columns`` names them, whichever schemas
+    this process loaded) rebuilt as a rowid table (store.create_sql says why), row for row."""
+    conn = store.conn
+    for (qualified,) in conn.execute("SELECT tbl FROM store_columns").fetchall():
+        domain, _, name = qualified.partition(".")
+        _rebuild_with_rowid(conn, f"{domain}__{name}")
+
+
+def _rebuild_with_rowid(conn: sqlite3.Connection, name: str) -> None:
+    """One WITHOUT ROWID table made anew as a rowid table: every column (a column a schema has
+    dropped since included), every row, every index; inside the upgrade's transaction."""
+    found = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+    if found is None or not re.search(r"\bWITHOUT\s+ROWID\s*$", found[0], re.IGNORECASE):
+        return
+    indexes = [sql for (sql,) in conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL", (name,))]
+    columns = conn.execute(f"PRAGMA table_info([{name}])").fetchall()  # cid, name, type, notnull, default, pk
+    defined = [f"[{col}] {kind}".rstrip() + (" NOT NULL" if notnull or pk else "")
+               + (f" DEFAULT {default}" if default is not None else "")
+               for _, col, kind, notnull, default, pk in columns]
+    names = ", ".join(f"[{col}]" for _, col, *_ in columns)
+    rebuilt = f"{name}__rowid"
+    conn.execute(f"CREATE TABLE [{rebuilt}] ({', '.join(defined)})")
+    # In key order: the rowids follow the keys, and the UNIQUE index below is built from sorted keys.
+    conn.execute(f"INSERT INTO [{rebuilt}] ({names}) SELECT {names} FROM [{name}] ORDER BY [_key]")
+    conn.execute(f"DROP TABLE [{name}]")  # its indexes with it; made again on the new table below
+    conn.execute(f"ALTER TABLE [{rebuilt}] RENAME TO [{name}]")
+    conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS [{name}__key] ON [{name}] ([_key])")
+    for sql in indexes:
+        conn.execute(re.sub(r"^CREATE (UNIQUE )?INDEX (IF NOT EXISTS )?", r"CREATE \1INDEX IF NOT EXISTS ",
+                            sql, flags=re.IGNORECASE))
+
+
 # Steps from one store version to the next, each run inside the upgrade's transaction
 # after the tables above are made: STEPS[n] brings a store from version n - 1 to n.
 STEPS: dict[int, Callable[[Store], object]] = {
     1: publishdb.carry_page_views,  # what publish writes lives in publish.db, beside the store
+    2: rowid_layout,  # record tables: rowid tables, the blind key in a UNIQUE index
 }
 
 
@@ -152,3 +189,4 @@ def _add_new_columns(conn: sqlite3.Connection, table: Table) -> None:
     for col in id_columns(table):
         if f"{col}__bi" not in present:
             conn.execute(f"ALTER TABLE [{name}] ADD COLUMN [{col}__bi] BLOB")
+

@@ -1,9 +1,11 @@
 """The office's shared store: one SQLite database (WAL) in the store folder.
 
-Each schema table ``domain.table`` is the SQLite table ``domain__table``:
+Each schema table ``domain.table`` is the SQLite table ``domain__table``, a
+rowid table (store version 2; version 1 kept it WITHOUT ROWID, keyed by ``_key``):
 
-    _key          16-byte keyed blind index (HMAC) of the natural key: rows are
-                  found by it, so no merge ever needs a plaintext key on disk
+    _key          16-byte keyed blind index (HMAC) of the natural key, in a UNIQUE
+                  index: rows are found by it, so no merge ever needs a plaintext
+                  key on disk
     <columns>     plain values, or for a sensitive column an AEAD-sealed value
     <col>__bi     blind index of a sensitive ID-number column, for equality look-ups
     _versions     JSON: the version (HLC) of each cell; "*" holds the row's most
@@ -39,11 +41,12 @@ from .sql import immediate
 from .schema import Domain, Table
 
 SEALED_FORMAT = 1
+BUNDLE_CACHE_MIB = 128  # SQLite's page cache while a bundle is applied (Store.bundle_cache)
 # Built once: json.dumps with arguments builds an encoder on every call.
 _KEY_TEXT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _VALUE_TEXT = json.JSONEncoder(ensure_ascii=False).encode
 
-STORE_VERSION = 1  # PRAGMA user_version of a store this release made or upgraded (0: an earlier release)
+STORE_VERSION = 2  # PRAGMA user_version of a store this release made or upgraded (0: an earlier release)
 
 # The tables this module owns. The other tables of store.db belong to their
 # modules (audit: ledger; conflicts: the queue; office: communities, received,
@@ -75,6 +78,12 @@ def table_name(table: Table) -> str:
     return f"{table.domain}__{table.name}"
 
 
+def key_index_sql(table: Table) -> str:
+    """The UNIQUE index of a record table's blind key: records are found, and upserted, by it."""
+    name = table_name(table)
+    return f"CREATE UNIQUE INDEX IF NOT EXISTS [{name}__key] ON [{name}] ([_key])"
+
+
 def id_columns(table: Table) -> list[str]:
     """Sensitive ID-number columns, which get a blind index for look-ups by ID."""
     return table.id_columns
@@ -88,14 +97,19 @@ def write_columns(table: Table) -> list[str]:
 
 
 def create_sql(table: Table) -> list[str]:
-    cols = ["[_key] BLOB PRIMARY KEY"]
+    """The table of a schema table's records and its indexes (the table first: the TEMP stand-in's)."""
+    cols = ["[_key] BLOB NOT NULL"]
     for c in table.columns.values():
         cols.append(f"[{c.name}] {'BLOB' if c.sensitive else ''}".rstrip())
     for name in id_columns(table):
         cols.append(f"[{name}__bi] BLOB")
     cols += ["[_versions] TEXT NOT NULL", "[_exists] INTEGER NOT NULL"]
     name = table_name(table)
-    sql = [f"CREATE TABLE IF NOT EXISTS [{name}] ({', '.join(cols)}) WITHOUT ROWID"]
+    # A rowid table, its blind key in a UNIQUE index: a new record is appended at the table's end and
+    # only the small index takes the random blind keys. Keyed by them (WITHOUT ROWID), whole rows
+    # landed on random pages of the whole table, and a first load cost more the more the store
+    # held (bench/layout.py).
+    sql = [f"CREATE TABLE IF NOT EXISTS [{name}] ({', '.join(cols)})", key_index_sql(table)]
     for col in id_columns(table):
         sql.append(f"CREATE INDEX IF NOT EXISTS [{name}_{col}__bi] ON [{name}] ([{col}__bi])")
     return sql
@@ -141,6 +155,21 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
+
+    @contextmanager
+    def bundle_cache(self) -> Iterator[None]:
+        """SQLite's page cache at BUNDLE_CACHE_MIB while a bundle is applied, then as it was.
+
+        A community's first load changes pages all over the blind-key indexes; with SQLite's
+        default 2 MiB cache they were written to the WAL again and again before the commit
+        (bench/layout.py). Given back after the bundle, so a long-running ``serve`` keeps little.
+        """
+        (before,) = self.conn.execute("PRAGMA cache_size").fetchone()
+        self.conn.execute(f"PRAGMA cache_size = {-BUNDLE_CACHE_MIB * 1024}")
+        try:
+            yield
+        finally:
+            self.conn.execute(f"PRAGMA cache_size = {before}")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
