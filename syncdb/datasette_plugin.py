@@ -108,6 +108,7 @@ class Context:
     loaded_at: str = ""
     tasks: set = field(default_factory=set)
     writers: list = field(default_factory=list)  # connections that fill the in-memory databases
+    published: projection.Published | None = None  # what they hold, and what a refresh needs
     gate: Gate = field(default_factory=Gate)
     filling: threading.Lock = field(default_factory=threading.Lock)
     signin: signin.SignIn | None = None  # sessions and the sign-in throttle (publish.db)
@@ -172,20 +173,25 @@ def _context(datasette) -> Context:
 
 # ---------------------------------------------------------------- loading the in-memory databases
 
-def _fill(ctx: Context) -> tuple[tuple, int]:
-    """Decrypt the store into the in-memory databases (in a worker thread, one at a time)."""
+def _fill(ctx: Context) -> tuple[tuple, int, bool]:
+    """Bring the in-memory databases up to the store (in a worker thread, one at a time):
+    (signature, records decrypted, whether it was a full build)."""
     with ctx.filling:
-        if not ctx.writers:
+        if ctx.published is None:
             # Kept open for the life of the process: a shared in-memory database
             # lives only while some connection to it is open.
-            ctx.writers = [sqlite3.connect(projection.memory_uri(name), uri=True, isolation_level=None,
-                                           check_same_thread=False)
-                           for name in (projection.MASKED_DB, projection.PLAIN_DB)]
-            for conn in ctx.writers:
+            writers = [sqlite3.connect(projection.memory_uri(name), uri=True, isolation_level=None,
+                                       check_same_thread=False)
+                       for name in (projection.MASKED_DB, projection.PLAIN_DB)]
+            for conn in writers:
                 conn.execute("PRAGMA temp_store = MEMORY")
+                # Before any table is made: lets a refresh give freed pages back (projection.give_back_memory).
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            ctx.writers, ctx.published = writers, projection.Published(*writers)
         with ctx.store() as store:
             signature = projection.signature(store)
-            return signature, projection.fill(store, *ctx.writers, exclusive=ctx.gate.exclusive)
+            whole = ctx.published.point is None
+            return signature, ctx.published.update(store, exclusive=ctx.gate.exclusive), whole
 
 
 async def reload(datasette) -> None:
@@ -194,11 +200,16 @@ async def reload(datasette) -> None:
     for name in (projection.MASKED_DB, projection.PLAIN_DB):
         if name not in datasette.databases:
             datasette.add_memory_database(name)
-    signature, records = await asyncio.to_thread(_fill, ctx)
+    signature, records, whole = await asyncio.to_thread(_fill, ctx)
     ctx.signature = signature
     ctx.loaded_at = time.strftime("%Y-%m-%d %H:%M:%S")
-    log.info(ngettext("published {count} record from {store}", "published {count} records from {store}", records)
-             .format(count=records, store=ctx.store_dir))
+    if whole:
+        log.info(ngettext("published {count} record from {store}", "published {count} records from {store}",
+                          records).format(count=records, store=ctx.store_dir))
+    else:
+        log.info(ngettext("refreshed {count} changed record from {store}",
+                          "refreshed {count} changed records from {store}", records)
+                 .format(count=records, store=ctx.store_dir))
 
 
 async def _follow_merges(datasette) -> None:
@@ -805,6 +816,9 @@ def prepare_connection(conn, database, datasette):
     if getattr(datasette, "_syncdb", None) is not None and database in (projection.MASKED_DB, projection.PLAIN_DB):
         # A big sort spills to temporary files unless told otherwise: plaintext on a disk.
         conn.execute("PRAGMA temp_store = MEMORY")
+        # A refresh writes the tables in place in short transactions; in a shared cache a page
+        # would otherwise fail with "table is locked" meanwhile (it sees the old or new row).
+        conn.execute("PRAGMA read_uncommitted = 1")
 
 
 @hookimpl

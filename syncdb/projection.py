@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 
 from markupsafe import escape
 
@@ -178,72 +179,236 @@ def memory_uri(name: str) -> str:
     return f"file:{name}?mode=memory&cache=shared"
 
 
-CHUNK = 2000
+CHUNK = 2000  # rows decrypted and written at a time at a full build
+BATCH = 500  # records re-read, decrypted and written in one short transaction at a refresh
+
+
+def facet_columns(table: Table) -> list[str]:
+    """Labels of the columns staff facet and filter on: codes and the owning community.
+
+    Indexed, so a facet, a filter and the count beside it read an index instead of
+    scanning the table (and Datasette's suggested facets stop at an index's first groups).
+    """
+    return [c.label for c in table.columns.values() if c.codes or c.name == table.owner]
+
+
+def _indexed_columns(table: Table) -> list[str]:
+    linked = [PERSON_COLUMN] if person_column(table) else []
+    return list(dict.fromkeys(indexed(table) + linked + facet_columns(table)))
+
+
+class _Layout:
+    """How one store table is published: its columns read, its published labels, its masks."""
+
+    def __init__(self, domains: dict[str, Domain], domain: Domain, table: Table):
+        self.table, self.name = table, published_name(domain, table)
+        self.names = list(table.columns)
+        self.linked = person_column(table)
+        self.born = birth_date_columns(table)
+        self.labels = [table.columns[c].label for c in self.names] + ([PERSON_COLUMN] if self.linked else [])
+        self.select = ", ".join(f"[{c}]" for c in self.names) + (f", [{self.linked}__bi]" if self.linked else "")
+        self.definitions = {hides: _definition(domains, table, self.names, bool(self.linked), hides)
+                            for hides in (True, False)}
+
+    def rows(self, store: Store, chunk) -> tuple[list, list]:
+        """(plaintext rows, masked rows) of stored rows (``_key`` first), each headed by its rowid placeholder."""
+        shown, hidden = [], []
+        columns = [self.table.columns[c] for c in self.names]
+        for key, *values in chunk:
+            row = [store.plain(self.table, c, v, key) for c, v in zip(self.names, values)]
+            masked_row = [mask_value(column, v) if column.sensitive
+                          else (v[:4] if column.name in self.born and isinstance(v, str) else v)
+                          for column, v in zip(columns, row)]
+            if self.linked:
+                token = bytes(values[-1]).hex() if values[-1] is not None else None
+                row.append(token)
+                masked_row.append(token)
+            shown.append(row)
+            hidden.append(masked_row)
+        return shown, hidden
+
+    def insert(self, target: str, verb: str = "INSERT") -> str:
+        columns = ", ".join(["rowid"] + [f"[{label}]" for label in self.labels])
+        return f"{verb} INTO [{target}] ({columns}) VALUES ({', '.join('?' * (len(self.labels) + 1))})"
+
+
+def shape(domains: dict[str, Domain]) -> tuple:
+    """What the published databases' tables and columns are made from: a change means a full build."""
+    return tuple((d.name, t.name, tuple((c.name, c.label, c.sensitive, c.codes) for c in t.columns.values()))
+                 for d in domains.values() for t in d.tables.values())
+
+
+class Published:
+    """The two in-memory databases as this process filled them, and what a refresh needs.
+
+    ``masked`` and ``plain`` are connections (isolation_level=None) to them. Each
+    record's published row has the same rowid in both; which rowid is kept in a
+    private in-memory database of this object (blind key -> rowid), never in the
+    published ones, where staff would see it. ``point`` is the store's change point
+    the databases show; ``decrypted`` counts the records the last build or refresh
+    decrypted (a refresh after a night decrypts only what the night changed).
+    """
+
+    def __init__(self, masked, plain):
+        self.masked, self.plain = masked, plain
+        self.rowids = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        self.rowids.execute("PRAGMA auto_vacuum = INCREMENTAL")  # before any table: see give_back_memory
+        self.point: int | None = None
+        self.shape: tuple | None = None
+        self.decrypted = 0
+        self.next_rowid: dict[str, int] = {}
+
+    def update(self, store: Store, exclusive=contextlib.nullcontext) -> int:
+        """Bring both databases up to the store; return how many records were decrypted.
+
+        The first time, when the schemas changed, or when the store went back in its
+        history (a restored backup), a full build; otherwise only the records the audit
+        ledger saw change since the last update. The point is read first: a merge
+        committing meanwhile is read again next time, which costs a little and loses nothing.
+        """
+        point = store.change_point()
+        if self.point is None or point < self.point or self.shape != shape(store.domains):
+            self.decrypted = self.build(store, exclusive)
+        elif point == self.point:
+            self.decrypted = 0
+        else:
+            self.decrypted = self.refresh(store, store.changed_since(self.point))
+        self.point, self.shape = point, shape(store.domains)
+        return self.decrypted
+
+    # ------------------------------------------------------------ a full build
+
+    def build(self, store: Store, exclusive=contextlib.nullcontext) -> int:
+        """Decrypt every live record into new tables, swapped in when whole; return how many.
+
+        ``exclusive()`` is held while the schema changes: an in-memory database's
+        connections share one cache, where a page reading during a CREATE, DROP or
+        RENAME would fail with "table is locked" instead of waiting. Streams in chunks,
+        so memory holds the published databases and one chunk, never a Python copy of
+        the store; pages keep the old data until the new is whole.
+        """
+        records = 0
+        built = [(name, []) for name in _fill_code_tables(store.domains, self.masked, self.plain, exclusive)]
+        for domain in store.domains.values():
+            for table in domain.tables.values():
+                layout = _Layout(store.domains, domain, table)
+                records += self._build_table(store, layout, exclusive)
+                built.append((layout.name, _indexed_columns(table)))
+        self._swap(built, exclusive)
+        return records
+
+    def _build_table(self, store: Store, layout: _Layout, exclusive) -> int:
+        name = layout.name
+        with exclusive():
+            for conn, hides in ((self.masked, True), (self.plain, False)):
+                conn.execute(f"DROP TABLE IF EXISTS [_new_{name}]")
+                conn.execute(f"CREATE TABLE [_new_{name}] ({layout.definitions[hides]})")
+        self.rowids.execute(f"DROP TABLE IF EXISTS [_new_{name}]")
+        self.rowids.execute(f"CREATE TABLE [_new_{name}] (key BLOB PRIMARY KEY, published INTEGER NOT NULL) WITHOUT ROWID")
+        insert = layout.insert(f"_new_{name}")
+        # In the store's key order: the private index of rowids is written in order, so it packs tight.
+        cursor = store.conn.execute(f"SELECT _key, {layout.select} FROM [{table_name(layout.table)}] "
+                                    f"WHERE _exists = 1 ORDER BY _key")
+        rowid = 0
+        while chunk := cursor.fetchmany(CHUNK):
+            shown, hidden = layout.rows(store, chunk)
+            rowids = range(rowid + 1, rowid + 1 + len(chunk))
+            rowid += len(chunk)
+            for conn, rows in ((self.plain, shown), (self.masked, hidden)):
+                conn.execute("BEGIN")
+                conn.executemany(insert, ([r, *row] for r, row in zip(rowids, rows)))
+                conn.execute("COMMIT")
+            self.rowids.execute("BEGIN")
+            self.rowids.executemany(f"INSERT INTO [_new_{name}] VALUES (?, ?)",
+                                    ((bytes(row[0]), r) for r, row in zip(rowids, chunk)))
+            self.rowids.execute("COMMIT")
+        self.next_rowid[f"_new_{name}"] = rowid + 1
+        return rowid
+
+    def _swap(self, built: list[tuple[str, list[str]]], exclusive) -> None:
+        generation = os.urandom(4).hex()  # an index keeps its name through the RENAME: one name per build
+        with exclusive():
+            for conn in (self.masked, self.plain):
+                for name, columns in built:
+                    for label in columns:
+                        conn.execute(f"CREATE INDEX [{name}_{label}_{generation}] ON [_new_{name}] ([{label}])")
+                conn.execute("BEGIN IMMEDIATE")
+                for name, _columns in built:
+                    conn.execute(f"DROP TABLE IF EXISTS [{name}]")
+                    conn.execute(f"ALTER TABLE [_new_{name}] RENAME TO [{name}]")
+                conn.execute("COMMIT")
+        for name, _columns in built:
+            if f"_new_{name}" in self.next_rowid:
+                self.rowids.execute(f"DROP TABLE IF EXISTS [{name}]")
+                self.rowids.execute(f"ALTER TABLE [_new_{name}] RENAME TO [{name}]")
+                self.next_rowid[name] = self.next_rowid.pop(f"_new_{name}")
+        give_back_memory(self.masked, self.plain, self.rowids)
+
+    # ------------------------------------------------------------ a refresh
+
+    def refresh(self, store: Store, changed: dict[str, set[bytes]]) -> int:
+        """Re-read, decrypt and write only the ``changed`` records (table -> blind keys), in place.
+
+        Each batch is its own short transaction, so pages (which read uncommitted, see
+        datasette_plugin.prepare_connection) never wait long and never fail; a record
+        deleted or no longer live leaves both databases.
+        """
+        records = 0
+        for domain in store.domains.values():
+            for table in domain.tables.values():
+                keys = sorted(changed.get(table.qualified, ()))
+                if not keys:
+                    continue
+                layout = _Layout(store.domains, domain, table)
+                for start in range(0, len(keys), BATCH):
+                    records += self._refresh_batch(store, layout, keys[start:start + BATCH])
+        if records:
+            give_back_memory(self.masked, self.plain, self.rowids)
+        return records
+
+    def _refresh_batch(self, store: Store, layout: _Layout, keys: list[bytes]) -> int:
+        name, marks = layout.name, ", ".join("?" * len(keys))
+        live = store.conn.execute(f"SELECT _key, {layout.select} FROM [{table_name(layout.table)}] "
+                                  f"WHERE _exists = 1 AND _key IN ({marks})", keys).fetchall()
+        known = dict(self.rowids.execute(f"SELECT key, published FROM [{name}] WHERE key IN ({marks})", keys))
+        gone = [(key, known.pop(key)) for key in set(known) - {bytes(row[0]) for row in live}]
+        new = []
+        for row in live:
+            key = bytes(row[0])
+            if key not in known:
+                known[key] = self.next_rowid[name]
+                self.next_rowid[name] += 1
+                new.append((key, known[key]))
+        shown, hidden = layout.rows(store, live)
+        rowids = [known[bytes(row[0])] for row in live]
+        replace = layout.insert(name, "INSERT OR REPLACE")
+        for conn, rows in ((self.plain, shown), (self.masked, hidden)):
+            conn.execute("BEGIN")
+            conn.executemany(f"DELETE FROM [{name}] WHERE rowid = ?", ((rowid,) for _key, rowid in gone))
+            conn.executemany(replace, ([r, *row] for r, row in zip(rowids, rows)))
+            conn.execute("COMMIT")
+        self.rowids.execute("BEGIN")
+        self.rowids.executemany(f"DELETE FROM [{name}] WHERE key = ?", ((key,) for key, _rowid in gone))
+        self.rowids.executemany(f"INSERT INTO [{name}] VALUES (?, ?)", new)
+        self.rowids.execute("COMMIT")
+        return len(live)
+
+
+def give_back_memory(*connections) -> None:
+    """Return the pages a build or refresh freed: an in-memory database keeps them otherwise.
+
+    The published databases are made with auto_vacuum=INCREMENTAL (see datasette_plugin),
+    so incremental_vacuum truncates the freed pages off their end; shrink_memory then
+    hands the page cache's spare memory back to the allocator.
+    """
+    for conn in connections:
+        conn.execute("PRAGMA incremental_vacuum").fetchall()
+        conn.execute("PRAGMA shrink_memory")
 
 
 def fill(store: Store, masked, plain, exclusive=contextlib.nullcontext) -> int:
-    """Decrypt every live record into the two in-memory databases; return how many.
-
-    ``masked`` and ``plain`` are connections (isolation_level=None) to them.
-    ``exclusive()`` is held while the schema changes: an in-memory database's
-    connections share one cache, where a page reading during a CREATE, DROP or
-    RENAME would fail with "table is locked" instead of waiting.
-
-    Streams in chunks, so memory holds the published databases and one chunk,
-    never a Python copy of the store. Each table is built under a new name and
-    swapped in at the end, so pages keep the old data until the new is whole.
-    """
-    records = 0
-    built = [(name, []) for name in _fill_code_tables(store.domains, masked, plain, exclusive)]
-    for domain in store.domains.values():
-        for table in domain.tables.values():
-            name = published_name(domain, table)
-            names = list(table.columns)
-            linked = person_column(table)
-            born = birth_date_columns(table)
-            labels = [table.columns[c].label for c in names] + ([PERSON_COLUMN] if linked else [])
-            select = ", ".join(f"[{c}]" for c in names) + (f", [{linked}__bi]" if linked else "")
-            with exclusive():
-                for conn, hides in ((masked, True), (plain, False)):
-                    conn.execute(f"DROP TABLE IF EXISTS [_new_{name}]")
-                    conn.execute(f"CREATE TABLE [_new_{name}] "
-                                 f"({_definition(store.domains, table, names, bool(linked), hides)})")
-            insert = f"INSERT INTO [_new_{name}] VALUES ({', '.join('?' * len(labels))})"
-            cursor = store.conn.execute(f"SELECT _key, {select} FROM [{table_name(table)}] WHERE _exists = 1")
-            while True:
-                chunk = cursor.fetchmany(CHUNK)
-                if not chunk:
-                    break
-                shown, hidden = [], []
-                for key, *values in chunk:
-                    row = [store.plain(table, c, v, key) for c, v in zip(names, values)]
-                    masked_row = [mask_value(table.columns[c], v) if table.columns[c].sensitive
-                                  else (v[:4] if c in born and isinstance(v, str) else v)
-                                  for c, v in zip(names, row)]
-                    if linked:
-                        token = bytes(values[-1]).hex() if values[-1] is not None else None
-                        row.append(token)
-                        masked_row.append(token)
-                    shown.append(row)
-                    hidden.append(masked_row)
-                for conn, rows in ((plain, shown), (masked, hidden)):
-                    conn.execute("BEGIN")
-                    conn.executemany(insert, rows)
-                    conn.execute("COMMIT")
-                records += len(chunk)
-            built.append((name, indexed(table) + ([PERSON_COLUMN] if linked else [])))
-    generation = os.urandom(4).hex()  # an index keeps its name through the RENAME: one name per build
-    with exclusive():
-        for conn in (masked, plain):
-            for name, columns in built:
-                for label in columns:
-                    conn.execute(f"CREATE INDEX [{name}_{label}_{generation}] ON [_new_{name}] ([{label}])")
-            conn.execute("BEGIN IMMEDIATE")
-            for name, _columns in built:
-                conn.execute(f"DROP TABLE IF EXISTS [{name}]")
-                conn.execute(f"ALTER TABLE [_new_{name}] RENAME TO [{name}]")
-            conn.execute("COMMIT")
-    return records
+    """Decrypt every live record into the two in-memory databases; return how many (a full build)."""
+    return Published(masked, plain).build(store, exclusive)
 
 
 def referenced(domains: dict[str, Domain], column: Column) -> str:
