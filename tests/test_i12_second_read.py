@@ -243,3 +243,44 @@ def test_a_sensitive_coded_column_masks_every_code_alike(domains):
         masked = {mask_value(column, code) for code in codes}
         assert len(masked) == 1, (name, sorted(masked))
         assert not any(code in masked for code in codes)
+
+
+# ---------------------------------------------------------------- the site's Excel download and everyone else
+
+import threading  # noqa: E402
+
+
+@pytest.fixture
+def crowded(office_world, make_community, domains, syncdb_secret):
+    """One community of 4,000 residents: an Excel download of them takes publish a few seconds."""
+    a = make_community(A)
+    a.add_persons(4000)
+    summary = merge.merge(office_world.store, [a.export().path], syncdb_secret, domains)
+    assert summary.rejected == [] and summary.changes == 4000, summary
+    return office_world.store
+
+
+def test_an_excel_download_does_not_stop_everyone_elses_pages(crowded, publisher):
+    """The workbook was made on publish's event loop: while one clerk's download was being made,
+    no one else's page was answered."""
+    site = publisher(crowded)
+    li, wang = site.sign_in("lilei"), site.sign_in("wangfang")
+    took = {}
+
+    def download():
+        started = time.monotonic()
+        got = li.get(f"{site.url}/renkou/户籍_人员.xlsx", timeout=120)
+        took["download"] = time.monotonic() - started
+        took["status"] = got.status_code
+    worker = threading.Thread(target=download)
+    worker.start()
+    time.sleep(0.3)  # the download is under way
+    waits = []
+    while worker.is_alive():
+        started = time.monotonic()
+        assert wang.get(f"{site.url}/-/sync", timeout=120).status_code == 200
+        waits.append(time.monotonic() - started)
+        time.sleep(0.1)
+    worker.join()
+    assert took["status"] == 200 and took["download"] > 1.0, took
+    assert waits and max(waits) < took["download"] / 3, (max(waits), took)
