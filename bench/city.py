@@ -410,7 +410,12 @@ def pages(domains) -> dict[str, str]:
 def fetch(session: requests.Session, url: str) -> tuple[float, float]:
     """(start, seconds) of one page, read whole; wall-clock start, to compare with the child's reloads."""
     wall, started = time.time(), time.perf_counter()
-    answer = session.get(url, timeout=600)
+    try:
+        answer = session.get(url, timeout=600)
+    except requests.ConnectionError:
+        # A kept-alive connection the server closed as idle (while publish was paused); once more,
+        # and the page's time counts from the first try.
+        answer = session.get(url, timeout=600)
     took = time.perf_counter() - started
     if answer.status_code != 200:
         raise SystemExit(f"{url} answered {answer.status_code}")
@@ -520,6 +525,7 @@ def publishing(store: Path, work: Path, shm: Path, folders, domains, samples: in
                 got["nights"].append(night(store, folders, domains, n + 1, jobs))
             finally:
                 publisher.resume()
+            session.close()  # its kept-alive connections were idle for the whole night: open new ones
             if n == 0:
                 got["during"], reloaded = pages_until(publisher, session, kinds)
             else:
