@@ -79,6 +79,10 @@ def test_a_masked_clerk_cannot_unmask_a_name_by_guessing_its_hidden_character(fa
     named = [g for g, a in zip(guesses, answers) if f'href="/-/person/{son}"' in a.text]
     assert named == [], "a masked clerk unmasked a name by guessing its hidden character"
     assert answers[-1].status_code == 429
+    # Nor by a link: a look-up in an address (GET) is not a look-up, and is not answered.
+    before = len(page_views(family))
+    got = li.get(f"{site.url}/-/lookup", params={"q": SON["id_number"]}, allow_redirects=False)
+    assert got.status_code == 200 and son not in got.text and len(page_views(family)) == before
 
 
 # ---------------------------------------------------------------- exports a clerk opens in Excel
