@@ -561,7 +561,8 @@ def merge_figures(loads: list[dict], jobs_took: list[float] | None) -> list[tupl
         lines.append(("merge --jobs / raw upsert", "n/a", f">= {GOAL_JOBS}x", "n/a: no merge --jobs yet"))
     lines.append(("merge, one process / raw upsert", f"{one:.3f}x", f">= {GOAL_ONE}x", verdict(one >= GOAL_ONE)))
     applied = (changes / (merged - in_checks)) / (rows / raw)
-    lines.append(("  (the same without the checks)", f"{applied:.3f}x", f">= {GOAL_ONE}x", verdict(applied >= GOAL_ONE)))
+    lines.append(("  (the same without the checks)", f"{applied:.3f}x", f">= {GOAL_ONE}x",
+                  verdict(applied >= GOAL_ONE)))
     if len(loads) > 1:
         for name, spent in ((f"first load of community {len(loads)} / of 1", lambda x: x["merge"]),
                             ("  (the same without the checks)", lambda x: x["merge"] - x["checks"])):
@@ -579,7 +580,8 @@ def night_figures(loads: list[dict], got: dict, records: int) -> list[tuple]:
     applied = statistics.median(t - c for t, _, c in got["nights"]) / (merged - sum(x["checks"] for x in loads))
     return [(f"1% night merge / first load ({changes / records:.1%} of records)",
              f"{ratio:.2%} ({took:.2f} s vs {merged:.1f} s)", f"<= {GOAL_NIGHT:.0%}", verdict(ratio <= GOAL_NIGHT)),
-            ("  (the same without the checks)", f"{applied:.2%}", f"<= {GOAL_NIGHT:.0%}", verdict(applied <= GOAL_NIGHT))]
+            ("  (the same without the checks)", f"{applied:.2%}", f"<= {GOAL_NIGHT:.0%}",
+             verdict(applied <= GOAL_NIGHT))]
 
 
 def publish_figures(got: dict, records: int) -> list[tuple]:
