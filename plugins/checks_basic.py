@@ -179,6 +179,10 @@ def _living(records: Records, house: Record) -> tuple[list[Record], list[Record]
 
 def _find_overfull(records: Records, subjects, settings):
     houses = records.rows(HOUSES) if subjects is None else records.where(HOUSES, "house_code", subjects)
+    rented = [h for h in houses if h["rented"] == "1" and h["capacity"] is not None]
+    # Everyone living in any of them, read at once: each house's look-up below then finds its own in memory.
+    records.where(PERSONS, "address_code", [h["address_code"] for h in rented if h["house_code"] == h["address_code"]])
+    records.where(MIGRANTS, "house_code", [h["house_code"] for h in rented])
     for house in houses:
         if house["rented"] != "1" or house["capacity"] is None:
             continue

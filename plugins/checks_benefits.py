@@ -154,6 +154,9 @@ def _find_employed(records: Records, subjects, settings):
     for a in relief:
         if a["assistance_type"] in RELIEF and a["status"] == "active":
             by_household.setdefault(a["household_no"], []).append(a)
+    # Every household's members and their enrolments read at once; each household's look-ups below are in memory.
+    everyone = records.where(PERSONS, "household_no", by_household)
+    records.where(ENROLMENTS, "id_number", [p["id_number"] for p in everyone if p["status"] == "normal"])
     for number, grants in sorted(by_household.items()):
         members = [p for p in records.where(PERSONS, "household_no", [number]) if p["status"] == "normal"]
         jobs = _employed(records, members, above)

@@ -8,7 +8,9 @@
   the conflict queue (it is one ID number, not two).
 - ``household_head``: a household whose members registered here have no 户主
   (与户主关系 02) or several, or whose household record names as 户主 someone
-  other than the member coded 02.
+  other than the member coded 02; only the members the household's own
+  community registers count, and a member another community registers in it
+  is a case too.
 - ``birth_sex_mismatch``: an ID number whose records disagree on the birth date
   or the sex, with each other or with what the ID number itself says.
 
@@ -25,7 +27,7 @@ from stdnum.cn.ric import calc_check_digit
 
 from syncdb.checks import Check, Finding, Record, Records
 from syncdb.hookspecs import hookimpl
-from syncdb.i18n import N_, _
+from syncdb.i18n import N_, _, ngettext
 
 PERSONS, MIGRANTS, HOUSEHOLDS = "huji.persons", "liudong.migrants", "huji.households"
 PEOPLE = (PERSONS, MIGRANTS)  # the tables whose records are people with a name and a birth date
@@ -33,6 +35,8 @@ HEAD = "02"  # GB/T 4761 与户主关系: 户主
 SEXES = ("1", "2")  # GB/T 2261.1: 0 未知 and 9 未说明 say nothing to disagree with
 BODY = 17  # an ID number's characters before its check character
 MAX_LISTED = 20  # the twins a probable-duplicate case lists; more are said, not listed
+# The check character is (1 - 2 * body read in base 13) mod 11 (stdnum's calc_check_digit): each digit's weight.
+_WEIGHTS = [pow(13, BODY - 1 - i, 11) for i in range(BODY)]
 
 
 def _by_id(table: str, record: Record):
@@ -46,14 +50,21 @@ def _neighbours(id_number: str) -> list[str]:
 
     ISO 7064 MOD 11-2 makes any two valid numbers differ in at least two
     characters (a mistyped digit changes the check character too), so "one
-    character apart" is judged on the body before it.
+    character apart" is judged on the body before it. The check character of
+    each neighbour follows from this one's sum and the changed digit's weight
+    (153 neighbours a person, asked after every merge: worked out whole, they
+    cost more than the look-ups).
     """
-    body, out = id_number[:BODY], []
+    body = id_number[:BODY]
+    if len(body) != BODY or not body.isdigit():
+        return []
+    total, out = (1 - 2 * int(body, 13)) % 11, []
     for i, digit in enumerate(body):
-        for other in "0123456789":
-            if other != digit:
-                near = body[:i] + other + body[i + 1:]
-                out.append(near + calc_check_digit(near + "0"))
+        head, tail, was, weight = body[:i], body[i + 1:], int(digit), _WEIGHTS[i]
+        for other in range(10):
+            if other != was:
+                check = (total - 2 * (other - was) * weight) % 11
+                out.append(f"{head}{other}{tail}{'X' if check == 10 else check}")
     return out
 
 
@@ -91,11 +102,12 @@ class People:
         """Read the records of these ID numbers, those born the same day, and those one digit apart."""
         if self.whole:
             return
+        near = {n for i in ids for n in _neighbours(i)}
         for table in PEOPLE:
             own = self.records.where(table, "id_number", ids)
             self._add(own)
             self._add(self.records.where(table, "birth_date", {r["birth_date"] for r in own}))
-            self._add(self.records.where(table, "id_number", {n for i in ids for n in _neighbours(i)}))
+            self._add(self.records.where(table, "id_number", near))
 
     def groups(self) -> dict[tuple, list[str]]:
         """Key -> the ID numbers alike by it (in order): the same name and birth date, or the same name and
@@ -104,9 +116,10 @@ class People:
         found: dict[tuple, set[str]] = {}
         for id_number, rows in self.by_id.items():
             for r in rows:
-                found.setdefault((r["name"], r["birth_date"]), set()).add(id_number)
+                name = r["name"]
+                found.setdefault((name, r["birth_date"]), set()).add(id_number)
                 for i in range(BODY):
-                    found.setdefault((r["name"], i, id_number[:i] + id_number[i + 1:BODY]), set()).add(id_number)
+                    found.setdefault((name, i, id_number[:i] + id_number[i + 1:BODY]), set()).add(id_number)
         return {key: sorted(ids) for key, ids in found.items() if len(ids) > 1}
 
 
@@ -203,20 +216,36 @@ def _head_problem(household: Record, heads: list[Record]) -> tuple[str, str] | N
     return None
 
 
+def _foreign_problem(foreign: list[Record]) -> str:
+    communities = sorted({p["community_code"] or "-" for p in foreign})
+    return ngettext("{n} member is registered in this household by another community ({communities}), which "
+                    "does not keep the household", "{n} members are registered in this household by another "
+                    "community ({communities}), which does not keep the household", len(foreign)).format(
+        n=len(foreign), communities="、".join(communities))
+
+
 def _find_heads(records: Records, subjects, settings):
     households = records.rows(HOUSEHOLDS) if subjects is None else records.where(HOUSEHOLDS, "household_no", subjects)
+    records.where(PERSONS, "household_no", [h["household_no"] for h in households])  # all at once, then in memory
     for household in households:
-        members = [p for p in records.where(PERSONS, "household_no", [household["household_no"]])
-                   if p["status"] == "normal"]
-        if not members:
-            continue  # nobody registered here any more: no head is owed
+        registered = [p for p in records.where(PERSONS, "household_no", [household["household_no"]])
+                      if p["status"] == "normal"]
+        # Only the community that keeps the household counts its members: another one (a stolen key) could
+        # otherwise add a head to clear its case or make one. A member it registers here is a case of its own.
+        members = [p for p in registered if p["community_code"] == household["community_code"]]
+        foreign = [p for p in registered if p["community_code"] != household["community_code"]]
         heads = [p for p in members if p["relationship"] == HEAD]
-        found = _head_problem(household, heads)
-        if found:
-            lapse, message = found
-            yield Finding(household["household_no"], message, [household, *heads],
-                          {"heads": len(heads), "members": len(members), "lapse": lapse},
-                          community=household["community_code"])
+        found = _head_problem(household, heads) if members else None  # nobody registered here: no head is owed
+        if found is None and not foreign:
+            continue
+        lapse, message = found or ("foreign", _foreign_problem(foreign))
+        figures = {"heads": len(heads), "members": len(members), "lapse": lapse}
+        if foreign:
+            if found:
+                message = _("{problem}; {other}").format(problem=message, other=_foreign_problem(foreign))
+            figures["foreign"] = sorted({p["community_code"] or "-" for p in foreign})
+        yield Finding(household["household_no"], message, [household, *heads, *foreign], figures,
+                      community=household["community_code"])
 
 
 HOUSEHOLD_HEAD = Check(
@@ -224,7 +253,8 @@ HOUSEHOLD_HEAD = Check(
     reads=(HOUSEHOLDS, PERSONS), subject="household", find=_find_heads, subjects_of=_household_of,
     severity="medium",
     description=N_("A household whose members registered here have no head of household (与户主关系 02) or "
-                   "several, or whose household record names another person as head."))
+                   "several, or whose household record names another person as head; or a member registered in "
+                   "it by a community that does not keep the household."))
 
 
 # ---------------------------------------------------------------- birth date and sex

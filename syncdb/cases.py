@@ -43,6 +43,9 @@ CREATE TABLE IF NOT EXISTS case_records (
     tbl TEXT NOT NULL, key BLOB NOT NULL, case_id INTEGER NOT NULL, PRIMARY KEY (tbl, key, case_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS check_points (check_name TEXT PRIMARY KEY, point INTEGER NOT NULL, at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS check_settings (check_name TEXT PRIMARY KEY, used TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS check_bearings (
+    check_name TEXT NOT NULL, tbl TEXT NOT NULL, key BLOB NOT NULL, subject BLOB NOT NULL, sealed BLOB NOT NULL,
+    PRIMARY KEY (check_name, tbl, key, subject)) WITHOUT ROWID;
 """
 
 STATES = {"open": N_("open"), "confirmed": N_("confirmed"), "dismissed": N_("dismissed"), "fixed": N_("fixed")}
@@ -118,6 +121,10 @@ def _reason_cell(case_id: int) -> bytes:
     return f"case {case_id}".encode()
 
 
+def _bearing_cell(check: str, tbl: str, key: bytes, subject: bytes) -> bytes:
+    return f"{check}|{tbl}|".encode() + bytes(key) + bytes(subject)
+
+
 # ---------------------------------------------------------------- the engine's side
 
 def points(store: Store) -> dict[str, int]:
@@ -148,15 +155,76 @@ def subjects_on(store: Store, check: str, changed: dict[str, set[bytes]]) -> set
     a person who moved out of an overfull house changes the house's case, not only their own."""
     if not present(store.conn):
         return set()
-    found = set()
+    found, opened = set(), set()
     for tbl, keys in changed.items():
-        for key in keys:
+        keys = list(keys)
+        for start in range(0, len(keys), 500):
+            part = keys[start:start + 500]
             for cid, subject, digest_, sealed in store.conn.execute(
-                    "SELECT c.id, c.subject, c.digest, c.finding FROM case_records r JOIN cases c ON c.id = r.case_id "
-                    "WHERE r.tbl = ? AND r.key = ? AND c.check_name = ? AND c.state IN ('open', 'confirmed')",
-                    (tbl, key, check)):
-                found.add(_open(store, "finding", sealed, _finding_cell(check, subject, digest_))["subject"])
+                    f"SELECT c.id, c.subject, c.digest, c.finding FROM case_records r JOIN cases c ON c.id = r.case_id "
+                    f"WHERE r.tbl = ? AND r.key IN ({', '.join('?' * len(part))}) AND c.check_name = ? "
+                    f"AND c.state IN ('open', 'confirmed')", (tbl, *part, check)):
+                if cid not in opened:
+                    opened.add(cid)
+                    found.add(_open(store, "finding", sealed, _finding_cell(check, subject, digest_))["subject"])
     return found
+
+
+# ---------------------------------------------------------------- what each record bore on
+
+# A record's subjects, as a check's subjects_of gives them, may come from values that change (a
+# person's 户号, a migrant's house): once changed, the store keeps no old value to say which
+# household or house the record left. Each check keeps them here, per record: the subject's blind
+# index (to compare and to scope) and the subject sealed (to look at it again). Subjects a record's
+# key alone gives are never kept: the key does not change, and a deleted record keeps it.
+
+def bearings(store: Store, check: str, tbl: str, keys) -> dict[bytes, dict[bytes, bytes]]:
+    """Blind key -> {blind subject: sealed subject} the check keeps for these records of ``tbl``."""
+    found: dict[bytes, dict[bytes, bytes]] = {}
+    if not _has_bearings(store):
+        return found
+    keys = list(keys)
+    for start in range(0, len(keys), 500):
+        part = keys[start:start + 500]
+        for key, subject, sealed in store.conn.execute(
+                f"SELECT key, subject, sealed FROM check_bearings WHERE check_name = ? AND tbl = ? "
+                f"AND key IN ({', '.join('?' * len(part))})", (check, tbl, *part)):
+            found.setdefault(bytes(key), {})[bytes(subject)] = bytes(sealed)
+    return found
+
+
+def all_bearings(store: Store, check: str) -> dict[tuple[str, bytes], set[bytes]]:
+    """(table, blind key) -> the blind subjects the check keeps for that record, for every record."""
+    found: dict[tuple[str, bytes], set[bytes]] = {}
+    if not _has_bearings(store):
+        return found
+    for tbl, key, subject in store.conn.execute(
+            "SELECT tbl, key, subject FROM check_bearings WHERE check_name = ?", (check,)):
+        found.setdefault((tbl, bytes(key)), set()).add(bytes(subject))
+    return found
+
+
+def open_bearing(store: Store, check: str, tbl: str, key: bytes, subject: bytes, sealed: bytes):
+    """A kept subject, opened in memory."""
+    return _open(store, "subject", sealed, _bearing_cell(check, tbl, key, subject))
+
+
+def keep_bearings(store: Store, check: str, now: dict[tuple[str, bytes], dict[bytes, object]],
+                  before: dict[tuple[str, bytes], set[bytes]]) -> int:
+    """Keep ``now`` ((table, blind key) -> {blind subject: subject}) for those records, and nothing for the
+    records only in ``before`` (what was kept for them). Call inside the caller's transaction; only the
+    records whose subjects differ are written. Return how many records were written."""
+    conn, written = store.conn, 0
+    for tbl, key in set(now) | set(before):
+        subjects = now.get((tbl, key), {})
+        if set(subjects) == before.get((tbl, key), set()):
+            continue
+        conn.execute("DELETE FROM check_bearings WHERE check_name = ? AND tbl = ? AND key = ?", (check, tbl, key))
+        conn.executemany("INSERT INTO check_bearings VALUES (?, ?, ?, ?, ?)", [
+            (check, tbl, key, blind, _seal(store, "subject", plain, _bearing_cell(check, tbl, key, blind)))
+            for blind, plain in subjects.items()])
+        written += 1
+    return written
 
 
 @dataclass
@@ -337,7 +405,15 @@ def data_keys_used(store: Store) -> set[int]:
     if not present(store.conn):
         return set()
     used = {bytes(f)[1] for (f,) in store.conn.execute("SELECT finding FROM cases")}
-    return used | {bytes(r)[1] for (r,) in store.conn.execute("SELECT reason FROM cases WHERE reason IS NOT NULL")}
+    used |= {bytes(r)[1] for (r,) in store.conn.execute("SELECT reason FROM cases WHERE reason IS NOT NULL")}
+    if _has_bearings(store):
+        used |= {bytes(b)[1] for (b,) in store.conn.execute("SELECT DISTINCT substr(sealed, 1, 2) FROM check_bearings")}
+    return used
+
+
+def _has_bearings(store: Store) -> bool:
+    return store.conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'check_bearings'").fetchone() is not None
 
 
 def reseal(store: Store, current: int) -> int:
@@ -354,4 +430,18 @@ def reseal(store: Store, current: int) -> int:
                 if reason else None
             conn.execute("UPDATE cases SET finding = ?, reason = ? WHERE id = ?", (again, kept, cid))
             n += 1
+        if _has_bearings(store):
+            _reseal_bearings(store, current)
     return n
+
+
+def _reseal_bearings(store: Store, current: int) -> None:
+    """The subjects the checks keep per record, sealed again under the current data key (inside a transaction)."""
+    conn = store.conn
+    for check, tbl, key, subject, sealed in conn.execute(
+            "SELECT check_name, tbl, key, subject, sealed FROM check_bearings WHERE substr(sealed, 2, 1) != ?",
+            (bytes([current]),)).fetchall():
+        cell = _bearing_cell(check, tbl, key, subject)
+        conn.execute("UPDATE check_bearings SET sealed = ? WHERE check_name = ? AND tbl = ? AND key = ? "
+                     "AND subject = ?", (_seal(store, "subject", _open(store, "subject", sealed, cell), cell),
+                                         check, tbl, key, subject))

@@ -23,8 +23,10 @@ date the checks count from (default: the day they run).
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
+import re
 import tomllib
 import traceback
 from collections.abc import Mapping
@@ -32,6 +34,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
+
+from stdnum.cn import ric
 
 from . import cases
 from .errors import SyncdbError
@@ -47,6 +51,8 @@ SEVERITIES = {"high": N_("high"), "medium": N_("medium"), "low": N_("low")}
 SUBJECTS = {"person": N_("person"), "household": N_("household"), "house": N_("house")}
 SETTINGS_FILE = "checks.toml"
 _CHUNK = 500  # values per IN (...) of one query: well under SQLite's limit on parameters
+_MANY = 4 * _CHUNK  # more values asked of an indexed column than this: see first which it holds at all
+_ID_LIKE = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])")
 
 
 class Record(Mapping):
@@ -87,18 +93,27 @@ class Records:
     """The store's live records, read-only, decrypted in memory as they are read.
 
     ``rows(table)`` gives every live record of a table; ``where(table,
-    column, values)`` those whose column holds one of the values, found by the
-    store's blind index for an ID-number column and by the plain value
-    otherwise. With ``everything`` each table is read once and indexed in
-    memory (a run over all records); without, ``where`` asks the store for
-    just those records (a run after a merge, over what it touched).
+    column, values)`` those whose column holds one of the values. With
+    ``everything`` each table is read once and indexed in memory (a run over
+    all records). Without (a run after a merge, over what it touched), an
+    ID-number column is asked by the store's blind index and any column the
+    store indexes by an ``IN`` query; any other column is read once for the
+    whole run (its values and blind keys only, one scan) and looked up in
+    memory after that: asked per house or per household, it would be one
+    scan of the table per question. A record read twice is one ``Record``,
+    so each of its cells is decrypted once in a run, whichever check reads it.
     """
 
     def __init__(self, store: Store, everything: bool = False):
         self.store, self.everything = store, everything
-        self._tables: dict[str, list[Record]] = {}
-        self._indexes: dict[tuple[str, str], dict] = {}
-        self._asked: dict[tuple[str, str], dict] = {}
+        self._tables: dict[str, list[Record]] = {}  # table -> every live record
+        self._known: dict[str, dict[bytes, Record]] = {}  # table -> blind key -> the record read, live or not
+        self._indexes: dict[tuple[str, str], dict] = {}  # (table, column) -> value -> records, over rows()
+        self._scanned: dict[tuple[str, str], dict] = {}  # (table, column) -> value -> blind keys, one scan
+        self._asked: dict[tuple[str, str], dict] = {}  # (table, column) -> value asked -> records
+        self._present_values: dict[tuple[str, str], set] = {}  # (table, indexed column) -> every value held
+        self._blind: dict = {}  # ID number -> its blind index, computed once a run
+        self._store_indexed: dict[str, set[str]] = {}
 
     def rows(self, table: str) -> list[Record]:
         if table not in self._tables:
@@ -111,20 +126,16 @@ class Records:
         if column not in schema.columns:
             raise SyncdbError(_("{table} has no column {column}").format(table=table, column=column))
         by_id = column in schema.id_columns
-        lookups = {(self.store.blind_id(v) if by_id else v) for v in wanted}
+        lookups = {self.blind_id(v) for v in wanted} if by_id else wanted
         if self.everything or table in self._tables or (schema.columns[column].sensitive and not by_id):
             index = self._index(table, column, by_id)
             return [r for k in lookups for r in index.get(k, ())]
-        asked = self._asked.setdefault((table, column), {})
-        missing = [k for k in lookups if k not in asked]
-        stored = f"[{column}__bi]" if by_id else f"[{column}]"
-        for start in range(0, len(missing), _CHUNK):
-            part = missing[start:start + _CHUNK]
-            for k in part:
-                asked[k] = []
-            for record in self._select(table, f"_exists = 1 AND {stored} IN ({', '.join('?' * len(part))})", part):
-                asked[record._cells[f"{column}__bi" if by_id else column]].append(record)
-        return [r for k in lookups for r in asked[k]]
+        stored = f"{column}__bi" if by_id else column
+        if by_id or stored in self._indexed(table):
+            asked = self._ask(table, stored, lookups)
+            return [r for k in lookups for r in asked[k]]
+        scanned = self._scan(table, column)
+        return self.get_many(table, [k for v in lookups for k in scanned.get(v, ())], live=True)
 
     def one(self, table: str, column: str, value) -> Record | None:
         """The first record whose column holds ``value``, or None."""
@@ -141,8 +152,24 @@ class Records:
 
     def get(self, table: str, key: bytes) -> Record | None:
         """The record with this blind key, deleted or not (what a change touched), or None."""
-        found = self._select(table, "_key = ?", (key,))
+        found = self.get_many(table, [key])
         return found[0] if found else None
+
+    def get_many(self, table: str, keys: Iterable[bytes], live: bool = False) -> list[Record]:
+        """The records with these blind keys (only the live ones if ``live``), read by chunks, in order."""
+        known = self._known.setdefault(table, {})
+        missing = list(dict.fromkeys(k for k in keys if k not in known))
+        for start in range(0, len(missing), _CHUNK):
+            part = missing[start:start + _CHUNK]
+            self._select(table, f"_key IN ({', '.join('?' * len(part))})", part)
+        found = [known[k] for k in keys if k in known]
+        return [r for r in found if r.live] if live else found
+
+    def blind_id(self, value) -> bytes | None:
+        """The store's blind index of an ID number, kept for the run (a look-up by neighbours asks many)."""
+        if value not in self._blind:
+            self._blind[value] = self.store.blind_id(value)
+        return self._blind[value]
 
     def _index(self, table: str, column: str, by_id: bool) -> dict:
         if (table, column) not in self._indexes:
@@ -152,11 +179,72 @@ class Records:
             self._indexes[table, column] = index
         return self._indexes[table, column]
 
+    def _indexed(self, table: str) -> set[str]:
+        """The columns the store keeps an index on (first in the index): those are asked directly."""
+        if table not in self._store_indexed:
+            name, conn = table_name(self.store.table(table)), self.store.conn
+            firsts = set()
+            for index in conn.execute(f"PRAGMA index_list([{name}])").fetchall():
+                columns = conn.execute(f"PRAGMA index_info([{index[1]}])").fetchall()
+                if columns and columns[0][2]:
+                    firsts.add(columns[0][2])
+            self._store_indexed[table] = firsts
+        return self._store_indexed[table]
+
+    def _ask(self, table: str, stored: str, lookups) -> dict:
+        """Value -> the live records holding it in ``stored`` (an indexed column), asked by chunks."""
+        asked = self._asked.setdefault((table, stored), {})
+        missing = [k for k in lookups if k not in asked]
+        if len(missing) > _MANY:
+            # Thousands of values (the ID numbers one digit from some people's): most are nobody's. The
+            # index says which are there, read whole once; only those are asked.
+            present = self._present(table, stored)
+            for k in missing:
+                if k not in present:
+                    asked[k] = ()  # nobody's: no list made for each of thousands
+            missing = [k for k in missing if k in present]
+        for start in range(0, len(missing), _CHUNK):
+            part = missing[start:start + _CHUNK]
+            for k in part:
+                asked[k] = []
+            for record in self._select(table, f"_exists = 1 AND [{stored}] IN ({', '.join('?' * len(part))})", part):
+                asked[record._cells[stored]].append(record)
+        return asked
+
+    def _present(self, table: str, stored: str) -> set:
+        """Every value an indexed column holds, deleted records' too (read from the index alone)."""
+        if (table, stored) not in self._present_values:
+            name = table_name(self.store.table(table))
+            self._present_values[table, stored] = {v for (v,) in self.store.conn.execute(
+                f"SELECT [{stored}] FROM [{name}] WHERE [{stored}] IS NOT NULL")}
+        return self._present_values[table, stored]
+
+    def _scan(self, table: str, column: str) -> dict:
+        """Value -> the blind keys of the live records holding it: the column and the keys alone, read once."""
+        if (table, column) not in self._scanned:
+            index: dict = {}
+            cursor = self.store.conn.execute(
+                f"SELECT _key, [{column}] FROM [{table_name(self.store.table(table))}] WHERE _exists = 1")
+            for key, value in cursor:
+                index.setdefault(value, []).append(bytes(key))
+            self._scanned[table, column] = index
+        return self._scanned[table, column]
+
     def _select(self, table: str, where: str, params) -> list[Record]:
+        """The records the query finds; one already read is given again as it was (its cells opened once)."""
         schema = self.store.table(table)
+        known = self._known.setdefault(table, {})
         cursor = self.store.conn.execute(f"SELECT * FROM [{table_name(schema)}] WHERE {where}", params)
         names = [d[0] for d in cursor.description]
-        return [Record(self.store, schema, dict(zip(names, row))) for row in cursor]
+        at = names.index("_key")
+        out = []
+        for row in cursor:
+            key = bytes(row[at])
+            record = known.get(key)
+            if record is None:
+                record = known[key] = Record(self.store, schema, dict(zip(names, row)))
+            out.append(record)
+        return out
 
 
 @dataclass
@@ -277,6 +365,16 @@ def run(store: Store, everything: bool = False, names: Iterable[str] | None = No
     counts from the day when the day has changed, looks at everything. A check that
     raises is reported and its cases are left as they were; the others go on.
     """
+    collecting = gc.isenabled()
+    gc.disable()  # millions of small objects that never form a cycle: collecting them again and again cost a fifth
+    try:
+        return _run(store, everything, names)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _run(store: Store, everything: bool, names: Iterable[str] | None) -> Report:
     report, checks = Report(), _selected(names)
     point = store.change_point()
     last, used = cases.points(store), cases.settings_used(store)
@@ -293,15 +391,16 @@ def run(store: Store, everything: bool = False, names: Iterable[str] | None = No
             if options.get("enabled", True) is False:
                 report.skipped.append((check.name, _("turned off in {file}").format(file=SETTINGS_FILE)))
                 continue
-            # Other settings, or another day for a check that counts from it, may change any finding.
-            whole = everything or check.name not in last or _moved(used.get(check.name), options)
-            if whole:
-                subjects = None
-            else:
-                since = last[check.name]
-                if since not in changes:
-                    changes[since] = store.changed_since(since)
-                subjects = _subjects(store, views[False], check, changes[since])
+            previous, since = used.get(check.name), last.get(check.name)
+            if since is not None and _kept(previous, check) and since not in changes:
+                changes[since] = store.changed_since(since)
+            changed = changes.get(since) if _kept(previous, check) else None
+            # Other settings, or another day for a check that counts from it, may change any finding; without
+            # what it kept of the subjects records bore on, it could not see which ones they left.
+            whole = everything or changed is None or _moved(previous, options)
+            bearings = Bearings(store, views[whole], check, changed)
+            subjects = None if whole else bearings.subjects | cases.subjects_on(
+                store, check.name, {t: bearings.changed.get(t, set()) for t in check.reads})
             watched = _Watched(options)
             found = [] if subjects == set() else _found(store, check, views[whole], subjects, watched)
         except Exception as e:  # a plugin's bug must not stop the others, nor a merge
@@ -309,16 +408,96 @@ def run(store: Store, everything: bool = False, names: Iterable[str] | None = No
             log.error("check %s failed: %s", check.name, _why(e))
             continue
         report.looked[check.name] = None if subjects is None else len(subjects)
-        dated = watched.dated or bool(used.get(check.name, {}).get("dated"))
-        results.append((check, subjects, found, _used(options, dated)))
+        dated = watched.dated or bool((previous or {}).get("dated"))
+        results.append((check, subjects, found, bearings, _used(options, dated, check)))
     with store.transaction():
         cases.ensure(store)
-        for check, subjects, found, kept in results:
+        for check, subjects, found, bearings, using in results:
             scope = None if subjects is None else {cases.subject_index(store, check.subject, s) for s in subjects}
             report.tallies[check.name] = cases.reconcile(store, check.name, check.severity, check.subject, found, scope)
+            bearings.keep()
             cases.set_point(store, check.name, point)
-            cases.set_settings_used(store, check.name, kept)
+            cases.set_settings_used(store, check.name, using)
     return report
+
+
+# What a check keeps per record (Bearings); another version of it is built again, by a run over everything.
+BEARINGS_KEPT = 1
+
+
+def _kept(previous: dict | None, check: Check) -> bool:
+    """Does the store keep, for this check, the subjects each record bore on, for the tables it reads now?"""
+    return bool(previous) and previous.get("bearings") == [BEARINGS_KEPT, sorted(check.reads)]
+
+
+class Bearings:
+    """The subjects the records a check reads bear on through their values, kept per record (cases.py).
+
+    A person moving to another household, a migrant to another house, a
+    deleted record: the store keeps the record as it is now, so the
+    household or house it left, which may now show a problem (no head any
+    more) or not (no longer overfull), is known only from what was kept of
+    the record when it was last checked. Built from every record the first
+    time (``changed`` None), then brought up to date from the records changed
+    since the check last ran; ``subjects`` are those the changed records bear
+    on now and bore on before, the ones an incremental run looks at.
+    """
+
+    def __init__(self, store: Store, records: Records, check: Check, changed: dict[str, set[bytes]] | None):
+        self.store, self.check = store, check
+        self.changed = changed or {}
+        self.subjects: set = set()
+        self.now: dict[tuple[str, bytes], dict[bytes, object]] = {}
+        if changed is None:
+            for table in check.reads:
+                for record in records.rows(table):
+                    self.now[table, record.key] = self._by_values(table, record)
+            self.before = cases.all_bearings(store, check.name)
+            return
+        self.before = {}
+        for table in check.reads:
+            keys = list(changed.get(table, ()))
+            for record in records.get_many(table, keys):
+                self.subjects.update(s for s in check.subjects_of(table, record) if s)
+                self.now[table, record.key] = self._by_values(table, record) if record.live else {}
+            for key, held in cases.bearings(store, check.name, table, keys).items():
+                self.before[table, key] = set(held)
+                left = set(held) - set(self.now.get((table, key), {}))
+                self.subjects.update(cases.open_bearing(store, check.name, table, key, s, held[s]) for s in left)
+
+    def _by_values(self, table: str, record: Record) -> dict[bytes, object]:
+        """Blind subject -> subject, for those the record bears on through a value other than its key."""
+        mine = {s for s in self.check.subjects_of(table, record) if s}
+        if not mine:
+            return {}
+        try:
+            keyed = set(self.check.subjects_of(table, _KeyOnly(record)))
+        except Exception:  # a subjects_of that needs more than the key: keep every subject
+            keyed = set()
+        return {cases.subject_index(self.store, self.check.subject, s): s for s in mine - keyed}
+
+    def keep(self) -> None:
+        """Write what changed (inside the run's transaction)."""
+        cases.keep_bearings(self.store, self.check.name, self.now, self.before)
+
+
+class _KeyOnly(Mapping):
+    """A record as its key alone gives it, every other cell None: as a deleted record reads."""
+
+    def __init__(self, record: Record):
+        self._record, self.table, self.key, self.live = record, record.table, record.key, record.live
+
+    def __getitem__(self, column: str):
+        schema = self._record._schema
+        if column not in schema.columns:
+            raise KeyError(column)
+        return self._record[column] if column in schema.key else None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._record)
+
+    def __len__(self) -> int:
+        return len(self._record)
 
 
 class _Watched(dict):
@@ -342,8 +521,9 @@ def _plain(options: Mapping) -> dict:
     return json.loads(json.dumps({k: v for k, v in options.items() if k != "today"}, sort_keys=True, default=str))
 
 
-def _used(options: Mapping, dated: bool) -> dict:
-    return {"settings": _plain(options), "today": str(options["today"]), "dated": dated}
+def _used(options: Mapping, dated: bool, check: Check) -> dict:
+    return {"settings": _plain(options), "today": str(options["today"]), "dated": dated,
+            "bearings": [BEARINGS_KEPT, sorted(check.reads)]}
 
 
 def _moved(previous: dict | None, options: Mapping) -> bool:
@@ -377,17 +557,6 @@ def _selected(names: Iterable[str] | None) -> list[Check]:
         raise SyncdbError(_("no check is named {names}; `syncdb checks list --checks` names them")
                           .format(names=", ".join(unknown)))
     return [known[n] for n in names]
-
-
-def _subjects(store: Store, records: Records, check: Check, changed: dict[str, set[bytes]]) -> set[str]:
-    """The subjects the changed records bear on, and those of the check's cases built on one."""
-    subjects: set[str] = set()
-    for table in check.reads:
-        for key in changed.get(table, ()):
-            record = records.get(table, key)
-            if record is not None:
-                subjects.update(s for s in check.subjects_of(table, record) if s)
-    return subjects | cases.subjects_on(store, check.name, {t: changed.get(t, set()) for t in check.reads})
 
 
 def _found(store: Store, check: Check, records: Records, subjects, options) -> list[cases.Prepared]:
@@ -451,10 +620,37 @@ def _shown(store: Store, item: dict, check_title: str, masked: bool) -> dict:
         sensitive = [bool(schema and schema.columns[c].sensitive) for c in (schema.key if schema else [])]
         key = [mask(v) if masked and s else v for v, s in zip(r["key"], sensitive or [False] * len(r["key"]))]
         records.append({"table": r["table"], "label": schema.label if schema else r["table"], "key": key})
+    if masked:
+        ids = [item["subject"]] if item["subject_kind"] == "person" else []
+        ids += [v for r in item["records"] for v in r["key"] if isinstance(v, str) and ric.is_valid(v)]
+        item["figures"] = _masked(item["figures"], _born(ids))
+        item["message"] = _masked(item["message"], _born(ids))
     item["records"] = records
     if masked and item["subject_kind"] == "person":
         item["subject"] = mask(item["subject"])
     return item
+
+
+def _born(ids: Iterable[str]) -> dict[str, str]:
+    """The birth date each ID number carries (1990-05-17) -> its year: the ID mask hides exactly those
+    eight digits, so a date beside a masked number would give the number back."""
+    return {f"{i[6:10]}-{i[10:12]}-{i[12:14]}": i[6:10] for i in ids if len(i) == 18}
+
+
+def _masked(value, born: dict[str, str], key: str = ""):
+    """The figures (or the sentence) as a masked role sees them: a birth date cut to its year, whether a
+    figure named for one or the date an ID number of the case carries; any valid ID number masked."""
+    if isinstance(value, dict):
+        return {k: _masked(v, born, k) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_masked(v, born, key) for v in value]
+    if not isinstance(value, str):
+        return value
+    if key.endswith("birth_date") and len(value) >= 4:
+        return value[:4]
+    for day, year in born.items():
+        value = value.replace(day, year)
+    return _ID_LIKE.sub(lambda m: mask(m.group()) if ric.is_valid(m.group()) else m.group(), value)
 
 
 def case_counts(store: Store) -> dict[str, dict[str | None, dict[str, int]]]:

@@ -41,6 +41,7 @@ FIGURES = {
     "recorded": N_("as recorded"), "table": N_("table"), "birth_date": N_("birth date"), "sex": N_("sex"),
     "migrant": N_("a migrant"), "assistance": N_("assistance"), "employed": N_("members employed"),
     "highest_base": N_("highest contribution base (yuan)"), "threshold": N_("threshold"), "age": N_("age"),
+    "foreign": N_("members registered by another community"),
 }
 UNSHOWN = {"status", "lapse", "reasons"}  # machine words the sentence already says in words
 

@@ -14,6 +14,7 @@ import shlex
 import sqlite3
 import sys
 import unicodedata
+from contextlib import contextmanager
 
 import click
 
@@ -1027,11 +1028,33 @@ def checks_show(store, case_id, masked, fmt, schemas):
         click.echo(f"  syncdb checks dismiss {store} {case_id} --reason TEXT")
 
 
+LOCK_WAIT = 60  # seconds a case's decision or a run of the checks waits for a merge to let go of the store
+
+
+@contextmanager
+def _waiting_for_merges(st, store):
+    """The store open to write, waiting up to SYNCDB_LOCK_WAIT (default LOCK_WAIT) seconds for a merge that
+    holds it (a night's merge runs for minutes); still held then: say so, and that nothing was changed."""
+    try:
+        wait = float(os.environ.get("SYNCDB_LOCK_WAIT") or LOCK_WAIT)
+    except ValueError:
+        raise click.UsageError(_("SYNCDB_LOCK_WAIT must be a number of seconds")) from None
+    st.conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+    try:
+        yield st
+    except sqlite3.OperationalError as e:
+        if "locked" not in str(e) and "busy" not in str(e):
+            raise
+        raise SyncdbError(_("the store in {store} is busy: a merge is running and held it for the {seconds:g} "
+                            "seconds this command waited; nothing was changed; try again in a minute").format(
+            store=store, seconds=wait)) from None
+
+
 def _decide(store, case_id, state, reason, who, schemas) -> None:
     from . import cases as cases_lib
     from .store import open_store
 
-    with open_store(store, _secret(), load_domains(schemas), write=True) as st:
+    with open_store(store, _secret(), load_domains(schemas), write=True) as st, _waiting_for_merges(st, store):
         item = cases_lib.decide(st, case_id, state, by=who, reason=reason)
     click.echo(_("case #{id} is {state}; recorded in the audit ledger by {by}").format(
         id=case_id, state=_(cases_lib.STATES[item["state"]]), by=item["changed_by"]))
@@ -1078,7 +1101,7 @@ def checks_run(store, everything, names, schemas):
     from . import checks as checks_lib
     from .store import open_store
 
-    with open_store(store, _secret(), load_domains(schemas), write=True) as st:
+    with open_store(store, _secret(), load_domains(schemas), write=True) as st, _waiting_for_merges(st, store):
         report = checks_lib.run(st, everything=everything, names=names or None)
     for line in report.lines():
         click.echo(line)

@@ -9,12 +9,16 @@ record that is right raises none.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
+import subprocess
 from datetime import date
 
 import pytest
 
+from conftest import SYNCDB
 from syncdb import sample_planted
 from syncdb.masks import mask
 from syncdb.plugins import manager, shipped
@@ -219,3 +223,20 @@ def test_birth_sex_mismatch_where_a_schema_does_not_bind_them(tmp_path):
     changed(street, "liudong", "UPDATE migrants SET sex = ?, birth_date = '1901-01-01' WHERE id_number = ?",
             (sex, number))
     assert "birth date" in case_of(street, "birth_sex_mismatch", number)["message"]
+    # Masked, a birth date is its year, as the site shows it beside a masked ID number: the full date would
+    # give back the eight digits the mask hides.
+    carried = f"{number[6:10]}-{number[10:12]}-{number[12:14]}"
+    env = {k: v for k, v in os.environ.items() if k not in ("SYNCDB_PASSPHRASE",)}
+    env.update(SYNCDB_KEY_FILE=str(tmp_path / "keyfile"), SYNCDB_SCHEMAS=str(folder))
+    listed = subprocess.run([SYNCDB, "checks", "list", str(street.store), "--check", "birth_sex_mismatch",
+                             "--format", "json"], capture_output=True, text=True, env=env, check=True).stdout
+    (case,) = [json.loads(line) for line in listed.splitlines()]
+    shown = subprocess.run([SYNCDB, "checks", "show", str(street.store), str(case["id"]), "--masked", "--format",
+                            "json"], capture_output=True, text=True, env=env, check=True).stdout
+    for out in (listed, shown):
+        assert carried not in out and "1901-01-01" not in out and number not in out
+        assert number[6:10] in out and "1901" in out
+    assert json.loads(shown)["figures"]["id_birth_date"] == number[6:10]
+    unmasked = subprocess.run([SYNCDB, "checks", "show", str(street.store), str(case["id"]), "--format", "json"],
+                              capture_output=True, text=True, env=env, check=True).stdout
+    assert carried in unmasked and "1901-01-01" in unmasked

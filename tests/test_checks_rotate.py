@@ -1,5 +1,6 @@
-"""`syncdb keys rotate` re-seals the checks' cases (issue 13): after a rotation the findings and the
-dismissal reasons open with the new data key alone, so the old one can be retired."""
+"""`syncdb keys rotate` re-seals the checks' cases (issue 13): after a rotation the findings, the
+dismissal reasons and the subjects each record bore on open with the new data key alone, so the old
+one can be retired."""
 
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ def test_after_rotation_the_cases_open_with_the_new_data_key_only(tmp_path, doma
         assert cases.data_keys_used(st) == {2}
         after = checks.list_cases(st, states=tuple(cases.STATES), masked=False)
         shown = checks.show_case(st, before[0]["id"], masked=False)
+        # The subjects each record bore on, which the incremental runs open, too.
+        kept = st.conn.execute("SELECT check_name, tbl, key, subject, sealed FROM check_bearings").fetchall()
+        assert kept and all(cases.open_bearing(st, *row) for row in kept)
     assert after == every
     assert shown["reason"] == "核实无误，已追回" and shown["state"] == "dismissed"
     conn = sqlite3.connect(street.store / "store.db")
