@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/checks.py            # 5 communities x 10,000 residents: the issue's 50,000
     .venv/bin/python bench/checks.py --quick    # 2 communities x 1,000 residents, for a quick look
+    .venv/bin/python bench/checks.py --keep /var/tmp/checks-5x10000   # build the street once, reuse it after
 
 1. A street of sample communities (syncdb.sample: every domain, the planted
    cases among them) is pushed and merged once; the checks count from the
@@ -25,7 +26,9 @@ Nothing is asserted: the figures are printed with their goal.
 from __future__ import annotations
 
 import argparse
+import json
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -76,6 +79,21 @@ def build(root: Path, communities: int, residents: int, domains) -> tuple[Path, 
     return store, folders, records
 
 
+def kept(keep: Path, work: Path, communities: int, residents: int, domains) -> tuple[Path, dict[str, Path], int]:
+    """The street built once in ``keep`` (merged, before any night), copied to ``work`` for this run."""
+    marker = keep / "street.json"
+    size = {"communities": communities, "residents": residents}
+    if marker.exists() and {k: json.loads(marker.read_text())[k] for k in size} != size:
+        raise SystemExit(f"{keep} holds a street of another size ({marker.read_text().strip()}): give another --keep")
+    if not marker.exists():
+        shutil.rmtree(keep, ignore_errors=True)
+        __, __, records = build(keep, communities, residents, domains)
+        marker.write_text(json.dumps(dict(size, records=records)))
+    shutil.copytree(keep, work, dirs_exist_ok=True)
+    folders = {f"{STREET}{n:03d}": work / f"{STREET}{n:03d}" for n in range(1, communities + 1)}
+    return work / "office", folders, json.loads(marker.read_text())["records"]
+
+
 def night(folders: dict[str, Path], domains, seed: int) -> int:
     """Edit 1% of each edited table's records in every community; return how many records were changed."""
     rand, changed = random.Random(seed), 0
@@ -110,14 +128,20 @@ def main() -> None:
     parser.add_argument("--communities", type=int, default=5)
     parser.add_argument("--residents", type=int, default=10_000, help="residents per community (default 10,000)")
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each kind; the median counts")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="build the street in DIR once and work on a copy of it at each run")
     args = parser.parse_args()
     communities, residents = (2, 1_000) if args.quick else (args.communities, args.residents)
     domains = load_domains()
     with tempfile.TemporaryDirectory(prefix="syncdb-bench-checks-") as tmp:
         started = time.perf_counter()
-        store, folders, records = build(Path(tmp), communities, residents, domains)
+        if args.keep:
+            store, folders, records = kept(args.keep, Path(tmp), communities, residents, domains)
+        else:
+            store, folders, records = build(Path(tmp), communities, residents, domains)
+        how = f"copied from {args.keep}" if args.keep else "built and merged"
         print(f"street: {communities} communities x {residents:,} residents, {records:,} records in the store "
-              f"(built and merged in {time.perf_counter() - started:.0f} s)")
+              f"({how} in {time.perf_counter() - started:.0f} s)")
         with open_store(store, SECRET, domains, write=True) as st:
             full = timed(args.runs, lambda: checks.run(st, everything=True))
             held = sum(n for per in checks.case_counts(st).values() for states in per.values()
