@@ -268,8 +268,8 @@ def test_a_head_moving_to_another_household_is_seen_by_the_incremental_run(own, 
 def test_a_deleted_head_leaves_a_household_the_incremental_run_sees(own, tmp_path):
     """Finding: a deleted record keeps only its key, so its household was never looked at again."""
     street, code = own, CODES[0]
-    (household,) = rows(street, code, "huji", "SELECT household_no FROM persons WHERE status = 'normal' "
-                        "GROUP BY household_no HAVING count(*) >= 2 AND sum(relationship = '02') = 1 ORDER BY 1 LIMIT 1")
+    (household,) = rows(street, code, "huji", "SELECT household_no FROM persons WHERE status = 'normal' GROUP BY "
+                        "household_no HAVING count(*) >= 2 AND sum(relationship = '02') = 1 ORDER BY 1 LIMIT 1")
     street.sql(code, "huji", "DELETE FROM persons WHERE household_no = ? AND relationship = '02'",
                (household["household_no"],))
     street.push_and_merge()
