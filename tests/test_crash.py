@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CODES, SECRET, snapshot
-from syncdb import community, migrations, office, plugins
+from syncdb import cases, community, migrations, office, plugins
 from syncdb.sample import generate
 
 SYNCDB = str(Path(sys.executable).parent / "syncdb")
@@ -54,12 +54,16 @@ def record_holder(table, claims, row):
 
 
 def applied_and_ledger(store: Path) -> tuple[list, int]:
-    """Each applied bundle with its change count, and the ledger's length: what applying twice would change."""
+    """Each applied bundle with its change count, and the ledger's length: what applying twice would change.
+
+    The cross-domain checks' entries (bundle 'checks') are left out: the checks run after the whole
+    inbox is merged, so a merge killed at its third bundle has none, where a merge of the first two
+    finished them; what they find is the same once the rerun finishes (the reference has them)."""
     conn = sqlite3.connect(store / "store.db")
     try:
         applied = conn.execute(
             "SELECT origin, sequence, sha256, changes, rejected FROM applied ORDER BY origin, sequence").fetchall()
-        (entries,) = conn.execute("SELECT count(*) FROM ledger").fetchone()
+        (entries,) = conn.execute("SELECT count(*) FROM ledger WHERE bundle != ?", (cases.LEDGER_BUNDLE,)).fetchone()
         return applied, entries
     finally:
         conn.close()
