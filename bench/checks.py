@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import shutil
 import statistics
 import sys
@@ -37,12 +36,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from syncdb import cases, checks, community, merge, migrations, office, workdir  # noqa: E402
+from syncdb import cases, checks, community, merge, migrations, office  # noqa: E402
 from syncdb.crypto import Secret  # noqa: E402
 from syncdb.sample import generate  # noqa: E402
 from syncdb.sample_people import TODAY  # noqa: E402
 from syncdb.schema import load_domains  # noqa: E402
 from syncdb.store import open_store, table_name  # noqa: E402
+
+from city import edit_night  # noqa: E402  (bench/ is the script's folder, first on sys.path)
 
 SECRET = Secret(key_file_bytes=b"b" * 32)  # a key file, not a passphrase: no scrypt in the figures
 STREET = "441900003"
@@ -96,21 +97,7 @@ def kept(keep: Path, work: Path, communities: int, residents: int, domains) -> t
 
 def night(folders: dict[str, Path], domains, seed: int) -> int:
     """Edit 1% of each edited table's records in every community; return how many records were changed."""
-    rand, changed = random.Random(seed), 0
-    for folder in folders.values():
-        for domain, table, change, value in EDITS:
-            if domain not in domains or table not in domains[domain].tables:
-                continue
-            conn = workdir.connect(workdir.db_path(folder, domain))
-            try:
-                with conn:
-                    rowids = [r for (r,) in conn.execute(f"SELECT rowid FROM [{table}]")]
-                    for rowid in rand.sample(rowids, round(len(rowids) * SHARE)):
-                        conn.execute(f"UPDATE [{table}] SET {change} WHERE rowid = ?", (value(rand), rowid))
-                        changed += 1
-            finally:
-                conn.close()
-    return changed
+    return edit_night(list(folders.values()), domains, seed, edits=EDITS)
 
 
 def timed(runs: int, work) -> list[float]:

@@ -455,11 +455,12 @@ def pages_until(publisher: Publisher, session, kinds: dict) -> tuple[list, tuple
 
 # ---------------------------------------------------------------- 3. nights
 
-def edit_night(folders: list[Path], domains, seed: int) -> int:
-    """Change 1% of each edited table's records in every community's working databases; return how many."""
+def edit_night(folders: list[Path], domains, seed: int, edits=EDITS) -> int:
+    """Change 1% of each edited table's records in every community's working databases; return how many.
+    (bench/checks.py makes its nights with this too, with its own edits.)"""
     rand, changed = random.Random(seed), 0
     for folder in folders:
-        for domain, table, change, value in EDITS:
+        for domain, table, change, value in edits:
             if domain not in domains or table not in domains[domain].tables:
                 continue
             conn = workdir.connect(workdir.db_path(folder, domain))
