@@ -474,3 +474,22 @@ def publisher(tmp_path, syncdb_env):
     yield start
     for p in started:
         p.stop()
+
+
+# --- the language tests: one `syncdb` in a given language --------------------------------------
+
+LANGUAGES = ("zh_CN", "en")
+
+
+def syncdb_in(env: dict, language: str, *args) -> subprocess.CompletedProcess:
+    """`syncdb ARGS` with SYNCDB_LANG=language (the tests' own English otherwise)."""
+    return subprocess.run([SYNCDB, *map(str, args)], env=dict(env, SYNCDB_LANG=language),
+                          capture_output=True, text=True, timeout=120)
+
+
+def said(result: subprocess.CompletedProcess) -> str:
+    return result.stdout + result.stderr
+
+
+def has_chinese(text: str) -> bool:
+    return any("\u4e00" <= c <= "\u9fff" for c in text)

@@ -8,28 +8,13 @@ its compiled .mo and every `_()` from the library to the screen are what is test
 import shutil
 import socket
 import sqlite3
-import subprocess
 
 import pytest
 from stdnum.cn import ric
 
-from conftest import SYNCDB
+from conftest import LANGUAGES, has_chinese, said
+from conftest import syncdb_in as syncdb
 from syncdb.schema import DEFAULT_SCHEMAS
-
-LANGUAGES = ("zh_CN", "en")
-
-
-def syncdb(env: dict, language: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([SYNCDB, *map(str, args)], env=dict(env, SYNCDB_LANG=language),
-                          capture_output=True, text=True, timeout=120)
-
-
-def said(result: subprocess.CompletedProcess) -> str:
-    return result.stdout + result.stderr
-
-
-def has_chinese(text: str) -> bool:
-    return any("\u4e00" <= c <= "\u9fff" for c in text)
 
 
 def wrong_check_character(n: int) -> str:

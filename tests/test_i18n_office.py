@@ -10,18 +10,8 @@ import subprocess
 
 import pytest
 
-from conftest import SYNCDB
-
-LANGUAGES = ("zh_CN", "en")
-
-
-def syncdb(env: dict, language: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([SYNCDB, *map(str, args)], env=dict(env, SYNCDB_LANG=language),
-                          capture_output=True, text=True, timeout=120)
-
-
-def said(result: subprocess.CompletedProcess) -> str:
-    return result.stdout + result.stderr
+from conftest import LANGUAGES, SYNCDB, said
+from conftest import syncdb_in as syncdb
 
 
 @pytest.fixture
