@@ -209,6 +209,10 @@ RENTAL_OVERFULL = Check(
     name="rental_overfull", title=N_("Rented house over its approved capacity"),
     reads=(HOUSES, PERSONS, MIGRANTS), subject="house", find=_find_overfull, subjects_of=_houses_of,
     severity="medium",
+    # Who lives where and how many a house takes: a change of anything else moves no count.
+    watches={HOUSES: frozenset({"house_code", "address_code", "rented", "capacity", "community_code"}),
+             PERSONS: frozenset({"address_code", "status"}),
+             MIGRANTS: frozenset({"house_code", "leaving_date"})},
     description=N_("A rented house where more registered residents and migrants live than its approved capacity."))
 
 

@@ -233,6 +233,23 @@ class Store:
                     changed.setdefault(entry["table"], set()).add(bytes.fromhex(entry["key"]))
         return changed
 
+    def cells_changed_since(self, point: int) -> dict[str, dict[bytes, frozenset | None]]:
+        """Table -> blind key -> the columns changed after ``point``, or None where the record came,
+        went or changed its key (an insert, a delete, a rekey: every column counts as changed)."""
+        changed: dict[str, dict[bytes, frozenset | None]] = {}
+        for (body,) in self.conn.execute("SELECT body FROM ledger WHERE id > ? ORDER BY id", (point,)):
+            for entry in audit.entries(body):
+                if not entry["key"]:
+                    continue
+                keys = changed.setdefault(entry["table"], {})
+                key, detail = bytes.fromhex(entry["key"]), entry.get("detail") or {}
+                cells = detail.get("cells") if entry["op"] == "update" else None
+                if cells is None or key in keys and keys[key] is None:
+                    keys[key] = None
+                else:
+                    keys[key] = keys.get(key, frozenset()) | frozenset(cells)
+        return changed
+
     def _keyring_check(self) -> tuple[str, bytes]:
         """The keyring's check value; refuse a keyring that is not the one this store was sealed under.
 

@@ -354,6 +354,24 @@ def test_incremental_runs_after_random_edits_find_exactly_what_all_finds(own, tm
         audit.verify(st)
 
 
+def test_a_change_no_check_watches_is_not_compared_again(own):
+    """A night of new phone numbers: the checks that declare what they watch (probable duplicates,
+    rentals over capacity) look at none of those people again; the others still do."""
+    street, code = own, CODES[0]
+    with street.opened() as st:
+        point = st.change_point()
+    person = rows(street, code, "huji", "SELECT id_number FROM persons LIMIT 1")[0]["id_number"]
+    street.sql(code, "huji", "UPDATE persons SET phone = '13900001111' WHERE id_number = ?", (person,))
+    street.push_and_merge()
+    with street.opened() as st:
+        cells = st.cells_changed_since(point)
+    assert [set(touched) for touched in cells["huji.persons"].values()] == [{"phone"}]
+    by_name = {c.name: c for c in checks.registered()}
+    assert checks.watched_changes(cells, by_name["probable_duplicate"])["huji.persons"] == set()
+    assert checks.watched_changes(cells, by_name["rental_overfull"])["huji.persons"] == set()
+    assert len(checks.watched_changes(cells, by_name["deceased_paid"])["huji.persons"]) == 1
+
+
 # ---------------------------------------------------------------- what held
 
 def test_a_dismissal_while_a_merge_holds_the_store_waits_for_it(own):
