@@ -586,7 +586,9 @@ async def person(datasette, request):
         rows = [dict(r) for r in result.rows]
         if rows:
             shown = [c for c in columns if c != projection.PERSON_COLUMN]
-            sections.append({"table": name, "columns": shown, "rows": [[r[c] for c in shown] for r in rows],
+            # Codes read as words here as on the table pages (2 女性, 10 住宅); code_cell knows the masked database.
+            cells = [[projection.code_cell(ctx.domains, db.name, name, c, r[c]) or r[c] for c in shown] for r in rows]
+            sections.append({"table": name, "columns": shown, "rows": cells,
                              "url": datasette.urls.table(db.name, name) + "?"
                              + urlencode({projection.PERSON_COLUMN: token})})
     about = {"places": [], "households": [], "conflicts": [], "cases": None}

@@ -138,6 +138,7 @@ def test_the_person_page_shows_the_household_and_the_open_conflicts_about_the_pe
     assert len(member_rows(page.text)) == 3 and f'href="/-/person/{wife}"' in page.text
     conflicts = page.text.split('id="conflicts"', 1)[1].split('id="cases"', 1)[0]
     assert "None." in conflicts  # the wife's conflict is not about him
+    assert "<td>family</td>" not in page.text and "家庭户" in page.text  # every domain's records: codes as words
     cases = page.text.split('id="cases"', 1)[1]
     assert "None." in cases.split("</p>", 1)[0]  # the checks ran after the merge and found nothing about him
 
