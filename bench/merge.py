@@ -42,7 +42,7 @@ from syncdb.crypto import Secret  # noqa: E402
 from syncdb.plugins import extra_policies  # noqa: E402
 from syncdb.sample import generate  # noqa: E402
 from syncdb.schema import load_domains  # noqa: E402
-from syncdb.store import create_sql, table_name  # noqa: E402
+from syncdb.store import create_sql, open_store, table_name  # noqa: E402
 from syncdb.validate import check_record  # noqa: E402
 
 SECRET = Secret(key_file_bytes=b"k" * 32)  # a key file, not a passphrase: no scrypt in the figures
@@ -206,7 +206,7 @@ def bench_floor(store: Path, folder: Path, domains) -> dict:
     conflicts, ledger or rules: a lower bound on the time, so an upper bound
     on the throughput.
     """
-    st = merge.open_store(store, SECRET, domains)
+    st = open_store(store, SECRET, domains)
     files = [office.inbox_dir(store) / name for (name,) in
              st.conn.execute("SELECT file FROM received ORDER BY origin, sequence")]
     st.conn.close()
