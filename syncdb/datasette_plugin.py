@@ -117,16 +117,28 @@ class Context:
     keyring_lock: threading.Lock = field(default_factory=threading.Lock)
     misses: pages.Misses = field(default_factory=pages.Misses)  # masked clerks' look-ups that found nobody
     _address_columns: set | None = None
+    _household_columns: set | None = None
 
     def address_columns(self) -> set[tuple[str, str]]:
         """(published table, column label) of every cell holding an address code: linked to its address page."""
         if self._address_columns is None:
-            self._address_columns = {
-                (projection.published_name(self.domains[t.domain], t), c.label)
+            self._address_columns = {(t, c) for t, c, __ in self._naming(pages.ADDRESSES)}
+        return self._address_columns
+
+    def household_columns(self) -> set[tuple[str, str]]:
+        """(published table, column label) of every cell holding a 户号: linked to its household page (never a
+        sensitive one: the household page is addressed by the 户号 itself)."""
+        if self._household_columns is None:
+            self._household_columns = {(t, c) for t, c, sensitive in self._naming(pages.HOUSEHOLDS) if not sensitive}
+        return self._household_columns
+
+    def _naming(self, target: str) -> set[tuple[str, str, bool]]:
+        """(published table, column label, sensitive) of the columns naming a record of ``target``, its own
+        key included."""
+        return {(projection.published_name(self.domains[t.domain], t), c.label, c.sensitive)
                 for t in (t for d in self.domains.values() for t in d.tables.values())
                 for c in t.columns.values()
-                if c.references == pages.ADDRESSES or (t.qualified == pages.ADDRESSES and c.name in t.key)}
-        return self._address_columns
+                if c.references == target or (t.qualified == target and c.name in t.key)}
 
     def store(self) -> Store:
         """The store, read-only, on a connection of its own for the calling thread."""
@@ -834,4 +846,7 @@ def render_cell(value, column, table, database, datasette):
     if ctx is not None and database in (projection.MASKED_DB, projection.PLAIN_DB) and value \
             and (table, column) in ctx.address_columns() and re.fullmatch(r"[0-9A-Za-z]{1,40}", str(value)):
         return Markup(f'<a href="/-/address/{escape(value)}">{escape(value)}</a>')
+    if ctx is not None and database in (projection.MASKED_DB, projection.PLAIN_DB) and value \
+            and (table, column) in ctx.household_columns() and re.fullmatch(r"[0-9A-Za-z_-]{1,40}", str(value)):
+        return Markup(f'<a href="/-/household/{escape(value)}">{escape(value)}</a>')
     return None

@@ -121,6 +121,10 @@ def test_the_household_page_lists_its_members_with_the_head_marked_masked_or_log
         assert who["id_number"] in page.text
     assert page_views(family)[before:] == [("wangfang", f"/-/household/{FAMILY}")]
 
+    # Every 户号 cell of the tables links to its household page (the persons table's too).
+    table = li.get(f"{site.url}/renkou/户籍_人员?户号={FAMILY}")
+    assert table.status_code == 200 and f'<a href="/-/household/{FAMILY}">{FAMILY}</a>' in table.text
+
     # Unknown: a 404 saying so.
     missing = li.get(f"{site.url}/-/household/0300199999")
     assert missing.status_code == 404 and "There is no household with the number 0300199999" in missing.text
