@@ -493,3 +493,14 @@ def said(result: subprocess.CompletedProcess) -> str:
 
 def has_chinese(text: str) -> bool:
     return any("\u4e00" <= c <= "\u9fff" for c in text)
+
+
+def folder_unlike_the_schema(tmp_path) -> Path:
+    """A community folder whose huji.db holds a persons table with too few columns and no households."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    conn = sqlite3.connect(folder / "huji.db")
+    conn.execute("CREATE TABLE persons (id_number TEXT UNIQUE, name TEXT, community_code TEXT)")
+    conn.commit()
+    conn.close()
+    return folder

@@ -16,7 +16,7 @@ from syncdb.errors import SyncdbError
 from syncdb.masks import mask
 from syncdb.store import table_name
 
-from conftest import SYNCDB, Community
+from conftest import SYNCDB, Community, folder_unlike_the_schema
 
 CODE = "441900003001"
 
@@ -369,12 +369,7 @@ def test_item11_init_refuses_a_folder_with_no_database(tmp_path, office_store, s
 
 
 def test_item11_init_refuses_tables_that_do_not_match_the_schema(tmp_path, office_store, syncdb_env, domains):
-    folder = tmp_path / "odd"
-    folder.mkdir()
-    conn = sqlite3.connect(folder / "huji.db")
-    conn.execute("CREATE TABLE persons (id_number TEXT UNIQUE, name TEXT, community_code TEXT)")
-    conn.commit()
-    conn.close()
+    folder = folder_unlike_the_schema(tmp_path)
     before = (folder / "huji.db").read_bytes()
 
     result = init_cli(folder, office_store, syncdb_env)

@@ -12,7 +12,7 @@ import sqlite3
 import pytest
 from stdnum.cn import ric
 
-from conftest import LANGUAGES, has_chinese, said
+from conftest import LANGUAGES, folder_unlike_the_schema, has_chinese, said
 from conftest import syncdb_in as syncdb
 from syncdb.schema import DEFAULT_SCHEMAS
 
@@ -65,12 +65,7 @@ def test_community_init_on_a_folder_that_does_not_exist_says_so_in_the_users_lan
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_a_folder_with_tables_unlike_the_schema_is_refused_in_the_users_language(office_store, syncdb_env,
                                                                                  tmp_path, language):
-    folder = tmp_path / "odd"
-    folder.mkdir()
-    conn = sqlite3.connect(folder / "huji.db")
-    conn.execute("CREATE TABLE persons (id_number TEXT UNIQUE, name TEXT, community_code TEXT)")
-    conn.commit()
-    conn.close()
+    folder = folder_unlike_the_schema(tmp_path)
     result = syncdb(syncdb_env, language, "community", "init", folder, "--code", "441900003001",
                     "--office-key", office_store / "office.pub.json")
     assert result.returncode == 1, said(result)
