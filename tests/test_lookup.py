@@ -6,24 +6,14 @@ Real `syncdb publish` on 127.0.0.1 over HTTP with staff signed in, and a real he
 
 import base64
 import re
-import subprocess
-from pathlib import Path
 
-import pytest
-from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
-from selenium.webdriver.support.ui import WebDriverWait
 
 from test_household import FAMILY, HEAD, MEMBERS, NEIGHBOUR, SON, WIFE, family, page_views, token_of  # noqa: F401
 from conftest import STAFF
+from test_publish_browser import browser, chromium, wait_for  # noqa: F401  (fixtures: one Chromium set-up)
 from syncdb.schema import schemas_dir
-
-INSTALL = Path(__file__).resolve().parents[1] / "scripts" / "install-chromium"
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-WAIT = 15  # seconds for any one page or element
 
 TYPED_WIFE = f"{WIFE['id_number'][:6]} {WIFE['id_number'][6:14]} {WIFE['id_number'][14:].lower()}"  # …042x
 
@@ -119,40 +109,6 @@ def test_view_pii_may_look_up_part_of_a_name_or_number(family, publisher):
 
 
 # --- in a browser ------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def chromium():
-    """Chromium and chromedriver, installed by scripts/install-chromium (a no-op when they are there)."""
-    done = subprocess.run(["bash", str(INSTALL)], capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"{INSTALL} failed:\n{done.stdout}\n{done.stderr}"
-    return CHROMIUM
-
-
-@pytest.fixture
-def browser(chromium, tmp_path):
-    """A fresh headless Chromium with a profile of its own, reaching 127.0.0.1 only; always quit."""
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--window-size=1280,1024", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(arg)
-    service = Service(executable_path=CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log"))
-    driver = webdriver.Chrome(service=service, options=options)
-    driver.set_page_load_timeout(WAIT)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def wait_for(driver, condition, what: str):
-    try:
-        return WebDriverWait(driver, WAIT).until(condition)
-    except TimeoutException:
-        raise AssertionError(f"timed out waiting for {what} at {driver.current_url}:\n"
-                             f"{driver.page_source[:2000]}") from None
-
 
 def sign_in(driver, base: str, name: str, start: str) -> None:
     """Visit ``start`` signed out, sign in on the form it leads to, and land back on ``start``."""
