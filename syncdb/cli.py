@@ -276,13 +276,13 @@ def sample(directory, code, residents, seed, report, schemas):
         click.echo(_("{table}: {count} rows").format(table=table, count=count))
     if report:
         for name, cases in planted(directory).items():
-            click.echo(f"{CLASSES[name]} ({name}): {len(cases)}")
+            click.echo(f"{_(CLASSES[name])} ({name}): {len(cases)}")
             for case in cases:
                 click.echo(f"  {case}")
         # What the random names and dates made alike by chance: the checks find these too.
         for name, cases in chance(directory).items():
             click.echo(_("{title} ({name}), by chance, not planted: {count}").format(
-                title=CLASSES[name], name=name, count=len(cases)))
+                title=_(CLASSES[name]), name=name, count=len(cases)))
             for case in cases:
                 click.echo(f"  {case}")
 

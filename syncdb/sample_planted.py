@@ -39,18 +39,20 @@ from datetime import date, timedelta
 from stdnum.cn.ric import calc_check_digit
 
 from . import workdir
+from .i18n import N_
 from .masks import mask
 from .sample_people import TODAY, age, birthday
 
+# What each class is called where it is shown (`syncdb sample --report`), through the catalogue.
 CLASSES = {
-    "deceased_paid": "死亡人员仍在领取待遇",
-    "permit_expired": "居住证已过期仍在本地居住",
-    "rental_overfull": "出租屋居住人数超过核定人数",
-    "benefit_unregistered": "无本街道户籍、无有效居住证仍在领取待遇",
-    "dibao_employed": "低保特困家庭成员有高基数职工参保",
-    "probable_duplicate": "疑似同一人使用不同身份证号",
-    "household_head": "户主登记不一致",
-    "elderly_allowance": "高龄津贴与年龄不符",
+    "deceased_paid": N_("Deceased, still drawing a benefit"),
+    "permit_expired": N_("Residence permit expired, still living here"),
+    "rental_overfull": N_("Rented house with more residents than its approved capacity"),
+    "benefit_unregistered": N_("Paid with no registration at this street and no valid residence permit"),
+    "dibao_employed": N_("Subsistence household with a member insured on a high contribution base"),
+    "probable_duplicate": N_("Probably one person under two ID numbers"),
+    "household_head": N_("Household head registered inconsistently"),
+    "elderly_allowance": N_("Allowance for the elderly and age disagree"),
 }
 # The checks' defaults (plugins/checks_benefits.py), which the report counts by.
 DIBAO_THRESHOLD = 1430 * 3  # dibao_employed: local_standard × times
