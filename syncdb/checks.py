@@ -612,7 +612,8 @@ def list_cases(store: Store, check: str | None = None, community: str | None = N
 
 def show_case(store: Store, case_id: int, masked: bool = True) -> dict:
     """One case in full for a role: decrypted, or with ID numbers and names masked for a masked role."""
-    return _shown(store, cases.get(store, case_id), title(cases.get(store, case_id)["check"]), masked)
+    item = cases.get(store, case_id)  # opened once: it decrypts the finding
+    return _shown(store, item, title(item["check"]), masked)
 
 
 def cases_of_records(store: Store, records: set[tuple[str, bytes]], masked: bool = True) -> list[dict]:
