@@ -27,7 +27,7 @@ from datasette.utils.asgi import Request, Response
 from itsdangerous import BadSignature
 from markupsafe import Markup, escape
 
-from . import checks_pages, dashboard, chrome, i18n, office, pages, projection, publishdb, signin, staff
+from . import checks_pages, dashboard, chrome, i18n, office, pages, projection, publishdb, signin, site_csv, staff
 from .excel import register_output_renderer  # noqa: F401 (a hook: 导出 Excel on every table page)
 from .crypto import Keyring, Secret
 from .errors import SyncdbError
@@ -352,6 +352,9 @@ def asgi_wrapper(datasette):
                 return await response.asgi_send(send)
             if path.rstrip("/") in DEBUG_PAGES:
                 return await _not_found(datasette, request, send)
+            csv_of = site_csv.table_of(path)
+            if csv_of is not None:  # a published table's CSV leaves as `syncdb export` writes it, for Excel
+                send = site_csv.for_excel(send, datasette._syncdb.domains, *csv_of)
             if not _reads_published(path):
                 return await _serve(datasette, app, scope, receive, send, path, actor)
             async with _context(datasette).gate.reading():

@@ -179,9 +179,6 @@ def test_the_sites_excel_download_keeps_a_formula_looking_record_as_text(formula
         assert row[label].data_type == "s" and row[label].value == FORMULAS[name], label
 
 
-@pytest.mark.xfail(strict=True, reason="the site's CSV is Datasette's own, written cell by cell as the database "
-                   "holds it; keeping a formula from running needs the CSV rewritten as it streams (or the site's "
-                   "CSV replaced by a renderer of ours): a design decision, see the report of r12")
 def test_the_sites_csv_never_hands_excel_a_formula_from_a_record(formulas, publisher):
     store, _env = formulas
     site = publisher(store)

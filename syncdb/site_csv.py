@@ -1,0 +1,133 @@
+"""The site's CSV as ``syncdb export`` writes it, so that Excel opens it right.
+
+Datasette writes a table's CSV cell by cell as the database holds it, row by
+row as it streams: an ID number Excel turns into ``4.41900E+17``, a 户号 that
+loses its leading zeros, a community's free text (``=HYPERLINK(…)``) that Excel
+would run as a formula. publish rewrites that stream on its way out, record by
+record, with export's rules (export.kept_as_text): a UTF-8 byte-order mark, a
+text column's value that is all digits or starts like a formula written
+``="…"``, and a code with its meaning (``2 女性``; Datasette's ``…_label``
+column beside it is left out, the meaning being in the cell). Numbers and
+dates stay as they are, so sums and sorting work in Excel.
+
+The stream is cut into records where a line ends outside quotes (a quoted
+address may hold a line break), so no record is ever rewritten in halves.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+from typing import Callable
+
+from datasette.utils import tilde_decode
+
+from . import meanings, projection
+from .export import FORMULA_START, kept_as_text
+from .schema import Column, Domain
+
+BOM = "\ufeff"
+
+
+def table_of(path: str) -> tuple[str, str] | None:
+    """(database, table) of a published table's CSV address (``/renkou/~E6~88~B7….csv``), else None."""
+    parts = path.split("/")
+    if len(parts) != 3 or not parts[2].endswith(".csv"):
+        return None
+    database, table = parts[1], tilde_decode(parts[2][:-len(".csv")])
+    return (database, table) if database in (projection.MASKED_DB, projection.PLAIN_DB) else None
+
+
+def _looks_like_a_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _undescribed(text: str) -> str:
+    """A column the schemas do not describe (rowid, 档案): only what Excel would run is kept as text."""
+    if text.startswith(FORMULA_START) and not _looks_like_a_number(text):
+        return kept_as_text(text)
+    return text
+
+
+class Rewriter:
+    """Feed it Datasette's CSV bytes as they come; it returns the rewritten bytes of the whole records so far."""
+
+    def __init__(self, describe: Callable[[str], tuple[Domain, Column] | None], masked: bool):
+        self._describe, self._masked = describe, masked
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._pending = ""
+        self._cells: list[Callable[[str], str] | None] | None = None  # per column; None drops it
+
+    def feed(self, data: bytes, last: bool = False) -> bytes:
+        self._pending += self._decoder.decode(data, final=last)
+        end = len(self._pending) if last else self._whole_records()
+        if end == 0:
+            return b""
+        done, self._pending = self._pending[:end], self._pending[end:]
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\r\n")
+        for row in csv.reader(io.StringIO(done, newline="")):
+            if self._cells is None:
+                self._cells = self._columns(row)
+                out.write(BOM)
+                writer.writerow([name for name, cell in zip(row, self._cells) if cell is not None])
+                continue
+            writer.writerow([cell(value) for value, cell in zip(row, self._cells) if cell is not None])
+        return out.getvalue().encode("utf-8")
+
+    def _whole_records(self) -> int:
+        """Where the last record that is whole ends: after a line break outside quotes."""
+        text, start, quotes, end = self._pending, 0, 0, 0
+        while True:
+            at = text.find("\n", start)
+            if at < 0:
+                return end
+            quotes += text.count('"', start, at)
+            start = at + 1
+            if quotes % 2 == 0:
+                end = start
+
+    def _columns(self, header: list[str]) -> list[Callable[[str], str] | None]:
+        labelled = {name[:-len("_label")] for name in header if name.endswith("_label")} & set(header)
+        cells: list[Callable[[str], str] | None] = []
+        for name in header:
+            if name.endswith("_label") and name[:-len("_label")] in labelled:
+                cells.append(None)  # Datasette's label of a code: the code's cell carries its meaning
+                continue
+            described = self._describe(name)
+            if described is None:
+                cells.append(_undescribed)
+                continue
+            domain, column = described
+            if column.type != "text":
+                cells.append(_undescribed)
+            else:
+                cells.append(lambda value, d=domain, c=column: kept_as_text(
+                    meanings.shown(d, c, value, masked=self._masked) if value != "" else value))
+        return cells
+
+
+def for_excel(send, domains, database: str, table: str):
+    """Wrap an ASGI ``send`` so that a published table's CSV leaves as Excel should read it."""
+    columns = projection.published_columns(domains)
+    rewriter = Rewriter(lambda name: columns.get((table, name)), masked=database == projection.MASKED_DB)
+    rewriting = False
+
+    async def sending(message):
+        nonlocal rewriting
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers") or () if k.lower() != b"content-length"]
+            rewriting = message["status"] == 200 and any(
+                k.lower() == b"content-type" and v.startswith((b"text/csv", b"text/plain")) for k, v in headers)
+            if rewriting:
+                message = dict(message, headers=headers)
+        elif message["type"] == "http.response.body" and rewriting:
+            last = not message.get("more_body", False)
+            message = dict(message, body=rewriter.feed(message.get("body", b""), last=last))
+        await send(message)
+    return sending
