@@ -22,12 +22,13 @@ import json
 import time
 import zlib
 
-from .bundle import file_name
+import orjson
+
+from .bundle import file_name, read_json
 from .chain import Chain, ChainGap, ChainMismatch, Head
 from .errors import SyncdbError
 from .i18n import _
 
-_LINE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 COLUMNS = ("id", "at", "bundle", "origin", "changes", "body")
 
 LEDGER_TABLES = """
@@ -70,11 +71,12 @@ class Ledger:
     def _start(self) -> None:
         self.compressor = zlib.compressobj(6)
         self.body = b""
-        self.lines: list[str] = []
+        self.lines: list[bytes] = []
         self.count = 0
 
     def append(self, hlc: str, tbl: str, key: bytes, op: str, detail: dict) -> None:
-        self.lines.append(_LINE([hlc, tbl, key.hex(), op, detail]))
+        # orjson: the same compact JSON line as json.dumps(ensure_ascii=False), at a fraction of its cost.
+        self.lines.append(orjson.dumps([hlc, tbl, key.hex(), op, detail]))
         self.count += 1
         if len(self.lines) >= 500:
             self._compress()
@@ -82,8 +84,8 @@ class Ledger:
             self.commit()
 
     def _compress(self) -> None:
-        self.lines.append("")
-        self.body += self.compressor.compress("\n".join(self.lines).encode())
+        self.lines.append(b"")
+        self.body += self.compressor.compress(b"\n".join(self.lines))
         self.lines = []
 
     def commit(self) -> int | None:
@@ -112,9 +114,12 @@ def entry_count(store) -> int:
 
 def entries(body: bytes) -> list[dict]:
     """The changes recorded in one ledger entry's body."""
-    text = zlib.decompress(bytes(body)).decode()
-    return [dict(zip(("hlc", "table", "key", "op", "detail"), json.loads(line)))
-            for line in text.split("\n") if line]
+    return [dict(zip(("hlc", "table", "key", "op", "detail"), _line(line)))
+            for line in zlib.decompress(bytes(body)).split(b"\n") if line]
+
+
+def _line(line: bytes):
+    return read_json(line)
 
 
 def changes_after(store, at: str):

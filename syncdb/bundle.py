@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
+import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives import serialization
@@ -430,6 +431,19 @@ def changes(f: BinaryIO, keyring: Keyring, limits: Limits | None = None) -> Iter
 def _changes_after_header(f: BinaryIO, header: Header, payload_len: int, keyring: Keyring,
                           limits: Limits | None) -> Iterator[dict]:
     """``changes`` from the first payload byte on, the header already read and checked."""
+    lines, raw = _lines_after_header(f, header, payload_len, keyring, limits)
+    for line in raw:
+        yield lines.check(line)
+    lines.finish()
+
+
+def _lines_after_header(f: BinaryIO, header: Header, payload_len: int, keyring: Keyring,
+                        limits: Limits | None) -> tuple["_Lines", Iterator[bytes]]:
+    """The payload's change lines, not yet read as changes: (what checks them, the lines).
+
+    Give each line to ``_Lines.check`` (or ``parse_line`` then ``_Lines.account``, which may be
+    done elsewhere in between), and call ``_Lines.finish`` after the last.
+    """
     caps = limits or DEFAULT_LIMITS
     enc = header["encryption"]
     if header.fields.get("compression") != COMPRESSION or enc["kem"] != "x25519-hkdf" or enc["suite"] not in SUITES:
@@ -450,6 +464,11 @@ def _changes_after_header(f: BinaryIO, header: Header, payload_len: int, keyring
         raise BundleError(_("the bundle header's ephemeral key is not a key; the file is damaged"),
                           "garbled") from None
     lines = _Lines(header, caps, lists_allowed=header.kind != "changes" or header.origin == keyring.public.code)
+    return lines, _raw_lines(f, payload_len, key, ephemeral, enc, lines)
+
+
+def _raw_lines(f: BinaryIO, payload_len: int, key: bytes, ephemeral: bytes, enc: dict,
+               lines: "_Lines") -> Iterator[bytes]:
     decompressor = zlib.decompressobj(zdict=ZDICT)
     for chunk in _opened_chunks(f, payload_len, key, ephemeral, suite(enc["suite"]), enc["chunk_size"]):
         while True:
@@ -465,7 +484,8 @@ def _changes_after_header(f: BinaryIO, header: Header, payload_len: int, keyring
     if not decompressor.eof or decompressor.unused_data:
         raise BundleError(_("the payload's compressed stream is cut short or has bytes after its end; "
                             "the file is damaged"), "garbled")
-    lines.finish()
+    if lines.pending:
+        raise BundleError(_("the payload ends in the middle of a change; the file is damaged"), "garbled")
 
 
 def _opened_chunks(f: BinaryIO, payload_len: int, key: bytes, ephemeral: bytes, s, chunk_size: int):
@@ -506,11 +526,13 @@ class _Lines:
         self.total = header["changes"]
         self.low, self.high = header["hlc"]["min"], header["hlc"]["max"]
         self.seen: dict[str, dict[str, int]] = {}
-        self.count = 0
+        self.count = 0  # changes checked
+        self.cut = 0  # lines cut from the payload (ahead of count when lines are read elsewhere)
         self.size = 0
         self.pending = bytearray()  # the start of a line whose end has not come yet
 
-    def feed(self, data: bytes) -> Iterator[dict]:
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """The whole lines ``data`` ends, each within the caps."""
         self.size += len(data)
         if self.size > self.caps.max_payload:
             raise _too_large(_("over {n:,} bytes of changes once decompressed").format(n=self.caps.max_payload),
@@ -518,33 +540,30 @@ class _Lines:
         buffer = self.pending
         buffer += data
         start = 0
+        max_line = self.caps.max_line
         while (end := buffer.find(b"\n", start)) >= 0:
+            if end - start + 1 > max_line:
+                raise self.line_too_long()
             line = bytes(buffer[start:end])
             start = end + 1
-            yield self.check(line)
+            self.cut += 1
+            yield line
         del buffer[:start]
-        if len(buffer) > self.caps.max_line:
+        if len(buffer) > max_line:
             raise self.line_too_long()
 
     def line_too_long(self) -> BundleError:
-        return _too_large(_("change {number} is over {n:,} bytes").format(number=self.count + 1, n=self.caps.max_line),
+        return _too_large(_("change {number} is over {n:,} bytes").format(number=self.cut + 1, n=self.caps.max_line),
                           _("{n:,} bytes for one change").format(n=self.caps.max_line))
 
     def check(self, line: bytes) -> dict:
-        if len(line) + 1 > self.caps.max_line:
-            raise self.line_too_long()
-        self.count += 1
-        number = self.count
-        try:
-            change = json.loads(line.decode("utf-8"))
-        except (ValueError, RecursionError):
-            raise BundleError(_("change {number} of the payload is not a JSON line; the file is damaged").format(
-                number=number), "garbled") from None
-        problem = _change_problem(change, self.lists_allowed)
-        if problem:
-            raise BundleError(_("change {number} of the payload is not a valid change ({problem}); the bundle "
-                                "is damaged or was not written by syncdb").format(number=number, problem=problem),
-                              "garbled")
+        """The change of the next line, read and accounted for."""
+        number = self.count + 1
+        return self.account(parse_line(line, number, self.lists_allowed), number)
+
+    def account(self, change: dict, number: int) -> dict:
+        """Count change ``number`` (read by ``parse_line``) against the header; the changes come in order."""
+        self.count = number
         table, op = change["table"], change["op"]
         ops = self.seen.setdefault(table, dict.fromkeys((*OPS, REKEY), 0))
         ops[op] += 1
@@ -558,12 +577,46 @@ class _Lines:
         return change
 
     def finish(self) -> None:
-        if self.pending:
-            raise BundleError(_("the payload ends in the middle of a change; the file is damaged"), "garbled")
         if self.count != self.total:
             raise BundleError(_("the payload holds {count} changes but its header counts {total}; "
                                 "the bundle was not written by syncdb").format(count=self.count, total=self.total),
                               "garbled")
+
+
+def parse_line(line: bytes, number: int, lists_allowed: bool) -> dict:
+    """Change ``number`` of a payload from its line: a JSON object of the change's shape, or BundleError.
+
+    Needs nothing but the line, so it may run in another process (prepare.py).
+    """
+    try:
+        change = _json_line(line)
+    except (ValueError, RecursionError):
+        raise BundleError(_("change {number} of the payload is not a JSON line; the file is damaged").format(
+            number=number), "garbled") from None
+    problem = _change_problem(change, lists_allowed)
+    if problem:
+        raise BundleError(_("change {number} of the payload is not a valid change ({problem}); the bundle "
+                            "is damaged or was not written by syncdb").format(number=number, problem=problem),
+                          "garbled")
+    return change
+
+
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
+def read_json(data: bytes):
+    """A JSON text: orjson where it reads it as the standard decoder does (a fifth of reading a
+    bundle was json's decoder), the standard decoder for the rest: what orjson refuses (NaN, lone
+    surrogates) and integers of 19 digits or more, which orjson may read as floats."""
+    if _LONG_DIGITS.search(data) is None:
+        try:
+            return orjson.loads(data)
+        except ValueError:
+            pass
+    return json.loads(data.decode("utf-8"))
+
+
+_json_line = read_json
 
 
 def _change_problem(change, lists_allowed: bool) -> str | None:
@@ -684,6 +737,12 @@ class Reader:
     def changes(self, keyring: Keyring, limits: Limits | None = None) -> Iterator[dict]:
         self.file.seek(self.payload_start)
         return _changes_after_header(self.file, self.header, self.payload_len, keyring, limits)
+
+    def lines(self, keyring: Keyring, limits: Limits | None = None) -> tuple["_Lines", Iterator[bytes]]:
+        """The payload's change lines, each to be read by ``parse_line`` and accounted for in order by
+        the ``_Lines`` returned with them (``account``, then ``finish``): ``changes`` in steps."""
+        self.file.seek(self.payload_start)
+        return _lines_after_header(self.file, self.header, self.payload_len, keyring, limits)
 
 
 def open_verified(path, lookup_key) -> Header:

@@ -85,6 +85,34 @@ class Suite:
         return HKDF(self.hash(), length or self.key_size, salt, info).derive(secret)
 
 
+class _Nonces:
+    """12-byte AEAD nonces cut from one os.urandom call per NONCES of them: a call per sealed
+    value was a tenth of sealing's cost. Safe across threads (a list iterator hands each slice out
+    once) and across fork (a child starts on fresh bytes, never on its parent's)."""
+
+    NONCES = 256
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self._next = iter(()).__next__
+
+    def take(self) -> bytes:
+        while True:
+            try:
+                return self._next()
+            except StopIteration:
+                pool = os.urandom(NONCE_SIZE * self.NONCES)
+                self._next = iter([pool[i:i + NONCE_SIZE] for i in range(0, len(pool), NONCE_SIZE)]).__next__
+
+
+_NONCES = _Nonces()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_NONCES.reset)
+fresh_nonce = _NONCES.take
+
+
 class GMSuite(Suite):
     name = "gm"
     key_size = 16

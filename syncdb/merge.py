@@ -27,13 +27,14 @@ from .errors import SyncdbError
 from .files import is_disk_full, storage_error
 from .i18n import _
 from .plugins import manager
-from .hlc import Stamp, pack_versions
+from .hlc import pack_versions
 from .rules import Candidate, Decision, latest
 from .schema import Domain, Table
 from .row import Holders, Row, origin_of
 from .masks import mask
+from .prepare import Context, Prepared, Preparer, refusal
 from .store import Store, table_name, write_columns
-from .validate import Problem, check_record
+from .validate import Problem
 
 
 @dataclass
@@ -291,7 +292,13 @@ class _Special(set):
                     or conflicts.open_columns(self.store, tbl, key))
 
 
-_NEW = object()  # _Merger._check: a record the store has never seen, for the short path
+class _New:
+    """_Merger._check: a record the store has never seen, for the short path (with its row if prepared)."""
+
+    __slots__ = ("row",)
+
+    def __init__(self, row: dict | None):
+        self.row = row
 
 
 MAX_REJECTED = 1_000  # rejected records kept in detail per bundle; the rest are counted
@@ -302,7 +309,8 @@ class _Merger:
     BATCH = 500
 
     def __init__(self, store: Store, ledger: audit.Ledger, bundle_name: str, origin: str, sequence: int,
-                 on_batch=None, floor: str = "", relayed: bool = False, max_value: int = limits.DEFAULT.max_value):
+                 on_batch=None, floor: str = "", relayed: bool = False, max_value: int = limits.DEFAULT.max_value,
+                 preparer: Preparer | None = None):
         """``floor``: the origin's latest stamp applied before; ``relayed``: the bundle names a relay."""
         self.store, self.ledger, self.on_batch = store, ledger, on_batch
         self.seen = 0
@@ -315,6 +323,8 @@ class _Merger:
         # Rows with conflict state are few; only they need the side tables read.
         self.special = _Special(store) if self.from_office else {(t, bytes(k)) for t, k in store.conn.execute(
             "SELECT tbl, key FROM frontier UNION SELECT tbl, key FROM dominated")} | conflicts.open_records(store)
+        self.ctx = Context(origin, store.office_code, floor, relayed, max_value)
+        self.preparer = preparer or Preparer(store.seals, store.domains)
         self.changes = 0
         self.rejected: list[str] = []
         self.rejected_count = 0
@@ -344,14 +354,15 @@ class _Merger:
                 (self.origin, self.sequence, line, time.strftime("%Y-%m-%dT%H:%M:%S")))
 
     def _apply_batch(self, batch: list[dict]) -> None:
-        store = self.store
+        store, preparer, ctx = self.store, self.preparer, self.ctx
         prepared = []
         wanted: dict[str, set] = {}
         for change in batch:
+            ready = preparer.prepare(change, ctx)
             table = store.table(change["table"])
             key_values = [change["key"].get(k) for k in table.key]
-            key = store.blind_key(table, key_values)
-            prepared.append((change, table, key_values, key))
+            key = ready.key if ready is not None else store.blind_key(table, key_values)
+            prepared.append((change, table, key_values, key, ready))
             wanted.setdefault(table.qualified, set()).add(key)
             if change["op"] == bundle.REKEY:
                 wanted[table.qualified].add(store.blind_key(table, [change["new_key"].get(k) for k in table.key]))
@@ -368,8 +379,8 @@ class _Merger:
                 for found in cursor:
                     stored = dict(zip(names, found))
                     self.rows[qualified, stored["_key"]] = stored
-        for change, table, key_values, key in prepared:
-            self.apply(change, table, key_values, key)
+        for change, table, key_values, key, ready in prepared:
+            self.apply(change, table, key_values, key, ready)
         self._flush()
         self.seen += len(batch)
         if self.on_batch:
@@ -385,10 +396,10 @@ class _Merger:
                                         [[rows[k].get(c) for c in cols] for k in sorted(rows)])
         self.pending = {}
 
-    def apply(self, change: dict, table: Table, key_values: list, key: bytes) -> None:
+    def apply(self, change: dict, table: Table, key_values: list, key: bytes, ready: Prepared | None = None) -> None:
         if change["op"] == bundle.REKEY:
             return self._rekey(change, table, key_values, key)
-        checked = self._check(change, table, key_values, key)
+        checked = self._check(change, table, key_values, key, ready)
         if isinstance(checked, list):
             return self._reject(table, key, key_values, change, checked)
         self._apply(change, table, key_values, key, checked)
@@ -409,28 +420,32 @@ class _Merger:
         self._apply(gone, table, key_values, key, first)
         self._apply(came, table, new_values, new_key, second)
 
-    def _check(self, change: dict, table: Table, key_values: list, key: bytes):
+    def _check(self, change: dict, table: Table, key_values: list, key: bytes, ready: Prepared | None = None):
         """The problems that refuse this change (a list), or what to apply it to: the stored
-        row, or _NEW for a record the store has never seen."""
-        if not self.from_office:
-            refusal = self._refusal(table, change)
-            if refusal:
-                return [Problem("error", refusal[0], refusal[1])]
-        problems = self._problems(table, change)
-        if problems:
-            return problems
+        row, or a _New for a record the store has never seen. ``ready``: the change prepared."""
+        if ready is not None and ready.problems is not None:
+            if ready.problems:
+                return ready.problems
+        else:
+            if not self.from_office:
+                refused = self._refusal(table, change)
+                if refused:
+                    return [Problem("error", refused[0], refused[1])]
+            problems = self._problems(table, change)
+            if problems:
+                return problems
         stored = self.rows.get((table.qualified, key))
         if stored is None and change["op"] == "insert" and not change.get("base") \
                 and (table.qualified, key) not in self.special:
-            return _NEW
+            return _New(ready.row if ready is not None else None)
         row = Row(self.store, table, key, (table.qualified, key) in self.special, stored)
         row.key_values = key_values
         return row
 
     def _apply(self, change: dict, table: Table, key_values: list, key: bytes, row) -> None:
         self.last_hlc = max(self.last_hlc, change["hlc"])
-        if row is _NEW:
-            return self._insert_new(table, key, key_values, change)
+        if isinstance(row, _New):
+            return self._insert_new(table, key, key_values, change, row.row)
         hlc = change["hlc"]
         origin = origin_of(hlc)
         op = change["op"]
@@ -474,75 +489,23 @@ class _Merger:
         self.ledger.append(hlc, table.qualified, key, op, detail)
         self.changes += 1
 
-    def _insert_new(self, table: Table, key: bytes, key_values: list, change: dict) -> None:
+    def _insert_new(self, table: Table, key: bytes, key_values: list, change: dict, values: dict | None) -> None:
         """A record the store has never seen, with no conflict state: the common case, made short.
 
         The same result as the general path: every cell's frontier is this
         change's one version, so it wins, nothing is queued and no rule is asked.
+        ``values``: its row, if prepared (Preparer.new_row).
         """
-        store, hlc, cells = self.store, change["hlc"], change["cells"]
-        values = {"_key": key}
-        for col, value in zip(table.key, key_values):
-            values[col] = store.stored(table, col, value, key)
-        for col in table.non_key:
-            values[col] = store.stored(table, col, cells.get(col), key)
-        for col in table.id_columns:
-            plain = key_values[table.key.index(col)] if col in table.key else cells.get(col)
-            values[f"{col}__bi"] = store.blind_id(plain)
-        values["_versions"] = pack_versions(dict.fromkeys(table.non_key, hlc), table.non_key)
-        values["_exists"] = 1 if table.non_key else 0
+        if values is None:
+            values = self.preparer.new_row(table, key, key_values, change)
         self.rows[table.qualified, key] = values
         self.pending.setdefault(table.qualified, {})[key] = values
-        self.ledger.append(hlc, table.qualified, key, "insert", {"cells": sorted(table.non_key)})
+        self.ledger.append(change["hlc"], table.qualified, key, "insert", {"cells": sorted(table.non_key)})
         self.changes += 1
 
     def _refusal(self, table: Table, change: dict) -> tuple[str, str] | None:
-        """(field, why) when a community may not make this change at all, else None.
-
-        Decided from the change alone, never from what the store holds, so the
-        same bundles are refused the same way in any arrival order.
-        """
-        hlc = change["hlc"]
-        try:
-            node = Stamp.parse(hlc).node
-        except (ValueError, AttributeError):
-            return "-", _("its time stamp is not a syncdb stamp; the bundle was not made by syncdb")
-        if self.relayed:
-            return "-", _("it came through a relay, which this office does not accept yet")
-        if set(change["key"]) != set(table.key) or (change["op"] == bundle.REKEY
-                                                    and set(change["new_key"]) != set(table.key)):
-            return "-", _("its key names {names}, not the table's key ({key}); the bundle was not made by "
-                          "syncdb").format(names=', '.join(map(str, change['key'])), key=', '.join(table.key))
-        if node != self.origin:
-            return "-", _("it is stamped as community {node}'s change but signed by {code}: "
-                          "a community sends only its own changes").format(node=node, code=self.origin)
-        if hlc <= self.floor:
-            return "-", _("its time stamp is not later than those of the bundles {code} sent before; "
-                          "a community's clock never runs backwards (was the community folder restored "
-                          "from a backup? or did a stolen key send stamps from the future? then give the "
-                          "community a new key and enrol it again: that clears its old stamps)").format(
-                code=self.origin)
-        owner = table.owner
-        base = change.get("base") or {}
-        if change["op"] != "delete" and owner in change["cells"] and change["cells"][owner] != self.origin:
-            return owner, _("it files the record under community {other}; "
-                            "community {code} may file records only under its own code").format(
-                other=change['cells'][owner], code=self.origin)
-        if change["op"] == "update" and owner in change["cells"] and owner not in base:
-            return owner, _("it files a record anew without naming the version of its community code it "
-                            "replaces; a community re-files only its own copy of a record")
-        for version in base.values():
-            if not isinstance(version, str):
-                return "-", _("its base versions are not stamps; the bundle was not made by syncdb")
-            made_by = origin_of(version) if version.count(".") >= 2 else ""
-            if made_by not in (self.origin, self.store.office_code):
-                return "-", _("it changes community {code}'s version of the record: a community "
-                              "changes only records it holds; a resident who moved in is registered anew").format(
-                    code=made_by or '?')
-        if change["op"] != "insert" and not base:
-            return "-", _("it changes a record without naming the version it changes; a community "
-                          "changes only records it holds")
-        return None
+        """(field, why) when a community may not make this change at all, else None (prepare.refusal)."""
+        return refusal(table, change, self.ctx)
 
     def _shown(self, table: Table, key_values: list) -> str:
         return "/".join(mask(v) if table.columns[k].sensitive else str(v) for k, v in zip(table.key, key_values))
@@ -579,27 +542,20 @@ class _Merger:
             is not None
 
     def _problems(self, table: Table, change: dict):
+        if change["op"] != "delete":
+            return self.preparer.problems(table, change, self.max_value)
         too_big = limits.oversized(change, self.max_value)
         if too_big:
             return [Problem("error", name, why) for name, why in too_big]
-        domain = self.store.domains[table.domain]
-        if change["op"] == "delete":
-            # Only the key to judge: a delete of no valid key is nobody's record. A code a newer
-            # schema retired (民政's per-person 低保) must not keep its records here, so such a key
-            # passes, but only for a record the store holds: a made-up code would otherwise leave a
-            # tombstone whose key is any text a community likes, unsealed in the store.
-            problems = [p for p in check_record(table, dict(change["key"]), domain)
-                        if p.field in table.key and p.severity == "error"]
-            if problems and all(table.columns[p.field].codes for p in problems) and self._held(table, change):
-                return []
-            return problems
-        record = dict(change["key"])
-        record.update(change["cells"])
-        problems = check_record(table, record, domain)
-        if change["op"] == "update":
-            # A partial record: only judge the cells it carries (and its key, always).
-            problems = [p for p in problems if p.field in record or p.field in table.key]
-        return [p for p in problems if p.severity == "error"]
+        # Only the key to judge: a delete of no valid key is nobody's record. A code a newer
+        # schema retired (民政's per-person 低保) must not keep its records here, so such a key
+        # passes, but only for a record the store holds: a made-up code would otherwise leave a
+        # tombstone whose key is any text a community likes, unsealed in the store.
+        problems = [p for p in self.preparer.checker(table)(dict(change["key"]))
+                    if p.field in table.key and p.severity == "error"]
+        if problems and all(table.columns[p.field].codes for p in problems) and self._held(table, change):
+            return []
+        return problems
 
     def _resolve(self, row: Row, hlc: str) -> None:
         table = row.table

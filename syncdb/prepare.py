@@ -1,0 +1,182 @@
+"""The merge's per-change work that needs no store.
+
+A merge applies a bundle's changes in order with one SQLite writer (merge.py).
+What each change needs before that depends on the change alone: the
+community's right to make it, its values validated, its blind key, and for a
+record new to the store its whole row sealed. So it is done ahead of the
+writing, a batch at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import orjson
+
+from . import bundle, limits
+from .hlc import Stamp
+from .i18n import _
+from .row import origin_of
+from .schema import Domain, Table
+from .store import Seals
+from .validate import Problem, TableChecker
+
+
+@dataclass(frozen=True)
+class Context:
+    """What judging one bundle's changes takes beside the changes: who sent it and what came before."""
+
+    origin: str
+    office_code: str
+    floor: str  # the origin's latest stamp applied before this bundle
+    relayed: bool
+    max_value: int
+
+    @property
+    def from_office(self) -> bool:
+        return self.origin == self.office_code
+
+
+class Prepared(NamedTuple):
+    """One change made ready: its blind key; the problems that refuse it ([] if none; None when the
+    merge judges it itself: a delete or a rekey, which may look at the store); and for an insert with
+    no base, the row as the store would keep it if the record is new there (the merge decides)."""
+
+    key: bytes
+    problems: list | None
+    row: dict | None
+
+
+def refusal(table: Table, change: dict, ctx: Context) -> tuple[str, str] | None:
+    """(field, why) when a community may not make this change at all, else None.
+
+    Decided from the change alone, never from what the store holds, so the
+    same bundles are refused the same way in any arrival order.
+    """
+    hlc = change["hlc"]
+    try:
+        node = Stamp.parse(hlc).node
+    except (ValueError, AttributeError):
+        return "-", _("its time stamp is not a syncdb stamp; the bundle was not made by syncdb")
+    if ctx.relayed:
+        return "-", _("it came through a relay, which this office does not accept yet")
+    if set(change["key"]) != set(table.key) or (change["op"] == bundle.REKEY
+                                                and set(change["new_key"]) != set(table.key)):
+        return "-", _("its key names {names}, not the table's key ({key}); the bundle was not made by "
+                      "syncdb").format(names=', '.join(map(str, change['key'])), key=', '.join(table.key))
+    if node != ctx.origin:
+        return "-", _("it is stamped as community {node}'s change but signed by {code}: "
+                      "a community sends only its own changes").format(node=node, code=ctx.origin)
+    if hlc <= ctx.floor:
+        return "-", _("its time stamp is not later than those of the bundles {code} sent before; "
+                      "a community's clock never runs backwards (was the community folder restored "
+                      "from a backup? or did a stolen key send stamps from the future? then give the "
+                      "community a new key and enrol it again: that clears its old stamps)").format(
+            code=ctx.origin)
+    owner = table.owner
+    base = change.get("base") or {}
+    if change["op"] != "delete" and owner in change["cells"] and change["cells"][owner] != ctx.origin:
+        return owner, _("it files the record under community {other}; "
+                        "community {code} may file records only under its own code").format(
+            other=change['cells'][owner], code=ctx.origin)
+    if change["op"] == "update" and owner in change["cells"] and owner not in base:
+        return owner, _("it files a record anew without naming the version of its community code it "
+                        "replaces; a community re-files only its own copy of a record")
+    for version in base.values():
+        if not isinstance(version, str):
+            return "-", _("its base versions are not stamps; the bundle was not made by syncdb")
+        made_by = origin_of(version) if version.count(".") >= 2 else ""
+        if made_by not in (ctx.origin, ctx.office_code):
+            return "-", _("it changes community {code}'s version of the record: a community "
+                          "changes only records it holds; a resident who moved in is registered anew").format(
+                code=made_by or '?')
+    if change["op"] != "insert" and not base:
+        return "-", _("it changes a record without naming the version it changes; a community "
+                      "changes only records it holds")
+    return None
+
+
+class Preparer:
+    """Makes changes ready (``prepare``) with the keyring's value cryptography and the schemas.
+
+    Validators are compiled once per table and remember each value's verdict
+    for as long as the preparer lives (one bundle in the merging process, one
+    merge in a worker).
+    """
+
+    def __init__(self, seals: Seals, domains: dict[str, Domain]):
+        self.seals, self.domains = seals, domains
+        self.tables = {t.qualified: t for d in domains.values() for t in d.tables.values()}
+        self.checkers: dict[str, TableChecker] = {}
+        self.plans: dict[str, tuple] = {}
+
+    def checker(self, table: Table) -> TableChecker:
+        checker = self.checkers.get(table.qualified)
+        if checker is None:
+            checker = self.checkers[table.qualified] = TableChecker(table, self.domains[table.domain])
+        return checker
+
+    def problems(self, table: Table, change: dict, max_value: int) -> list[Problem]:
+        """The errors of an insert's or update's values (a delete's are the merge's: ``_Merger._problems``)."""
+        too_big = limits.oversized(change, max_value)
+        if too_big:
+            return [Problem("error", name, why) for name, why in too_big]
+        record = dict(change["key"])
+        record.update(change["cells"])
+        problems = self.checker(table)(record)
+        if change["op"] == "update":
+            # A partial record: only judge the cells it carries (and its key, always).
+            problems = [p for p in problems if p.field in record or p.field in table.key]
+        return [p for p in problems if p.severity == "error"]
+
+    def prepare(self, change: dict, ctx: Context) -> Prepared | None:
+        """The change made ready, or None for a change the merge must look at alone (an unknown table)."""
+        table = self.tables.get(change["table"])
+        if table is None:
+            return None
+        key_values = [change["key"].get(k) for k in table.key]
+        key = self.seals.blind_key(table, key_values)
+        op = change["op"]
+        if op not in ("insert", "update"):
+            return Prepared(key, None, None)
+        if not ctx.from_office:
+            refused = refusal(table, change, ctx)
+            if refused:
+                return Prepared(key, [Problem("error", refused[0], refused[1])], None)
+        problems = self.problems(table, change, ctx.max_value)
+        row = None
+        if not problems and op == "insert" and not change.get("base"):
+            row = self.new_row(table, key, key_values, change)
+        return Prepared(key, problems, row)
+
+    def _plan(self, table: Table) -> tuple:
+        """How a new row of ``table`` is made: each column with its seal's AAD (None: kept plain)."""
+        plan = self.plans.get(table.qualified)
+        if plan is None:
+            seals = self.seals
+            aad = {c: seals.cell_aad(table, c) if table.columns[c].sensitive else None for c in table.columns}
+            plan = self.plans[table.qualified] = (
+                [(c, aad[c]) for c in table.key], [(c, aad[c]) for c in table.non_key],
+                [(c, table.key.index(c) if c in table.key else None) for c in table.id_columns],
+                1 if table.non_key else 0)
+        return plan
+
+    def new_row(self, table: Table, key: bytes, key_values: list, change: dict) -> dict:
+        """The row of a record the store has never seen, as the store keeps it: every cell's
+        version is this change's stamp (one "*" in ``_versions``), its sensitive values sealed."""
+        keyed, others, ids, exists = self._plan(table)
+        seal, blind_id = self.seals.seal_bound, self.seals.blind_id
+        cells, hlc = change["cells"], change["hlc"]
+        values = {"_key": key}
+        for (col, aad), value in zip(keyed, key_values):
+            values[col] = value if aad is None else seal(value, aad + key)
+        for col, aad in others:
+            value = cells.get(col)
+            values[col] = value if aad is None else seal(value, aad + key)
+        for col, at in ids:
+            values[f"{col}__bi"] = blind_id(key_values[at] if at is not None else cells.get(col))
+        # What hlc.pack_versions makes of one version for every cell, made directly.
+        values["_versions"] = orjson.dumps({"*": hlc}).decode() if exists else "{}"
+        values["_exists"] = exists
+        return values
