@@ -213,6 +213,8 @@ RENTAL_OVERFULL = Check(
     watches={HOUSES: frozenset({"house_code", "address_code", "rented", "capacity", "community_code"}),
              PERSONS: frozenset({"address_code", "status"}),
              MIGRANTS: frozenset({"house_code", "leaving_date"})},
+    # Who lives in a house: its residents by their address, its migrants by their house (indexed in the store).
+    lookups={PERSONS: ("address_code",), MIGRANTS: ("house_code",)},
     description=N_("A rented house where more registered residents and migrants live than its approved capacity."))
 
 

@@ -179,6 +179,7 @@ DIBAO_EMPLOYED = Check(
     name="dibao_employed", title=N_("Subsistence allowance, yet a member employed"),
     reads=(ASSISTANCE, PERSONS, ENROLMENTS), subject="household", find=_find_employed,
     subjects_of=_households_of, severity="high",
+    lookups={ASSISTANCE: ("household_no",), PERSONS: ("household_no",)},  # a household's relief and members
     # 1,430 元 a person a month: Dongguan's 低保标准; three times it is a wage no 低保 household has.
     settings={"local_standard": 1430, "times": 3},
     description=N_("A household on active subsistence allowance (低保) or destitute support (特困) with a member "

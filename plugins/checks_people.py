@@ -198,6 +198,7 @@ PROBABLE_DUPLICATE = Check(
     reads=PEOPLE, subject="person", find=_find_duplicates, subjects_of=_by_id, severity="medium",
     # Who is alike depends on these alone: a night's new phone numbers compare no one again.
     watches={t: frozenset({"id_number", "name", "birth_date", "community_code"}) for t in PEOPLE},
+    lookups={t: ("birth_date",) for t in PEOPLE},  # who else was born that day
     description=N_("Two ID numbers with the same name and birth date, or the same name and ID numbers one digit "
                    "apart, among residents and migrants: for a person to review; never merged by the check."))
 
@@ -252,7 +253,7 @@ def _find_heads(records: Records, subjects, settings):
 HOUSEHOLD_HEAD = Check(
     name="household_head", title=N_("Household without exactly one head"),
     reads=(HOUSEHOLDS, PERSONS), subject="household", find=_find_heads, subjects_of=_household_of,
-    severity="medium",
+    severity="medium", lookups={PERSONS: ("household_no",)},  # a household's members
     description=N_("A household whose members registered here have no head of household (与户主关系 02) or "
                    "several, or whose household record names another person as head; or a member registered in "
                    "it by a community that does not keep the household."))

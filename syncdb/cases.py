@@ -43,9 +43,10 @@ CREATE TABLE IF NOT EXISTS case_records (
     tbl TEXT NOT NULL, key BLOB NOT NULL, case_id INTEGER NOT NULL, PRIMARY KEY (tbl, key, case_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS check_points (check_name TEXT PRIMARY KEY, point INTEGER NOT NULL, at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS check_settings (check_name TEXT PRIMARY KEY, used TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS check_bearings (
-    check_name TEXT NOT NULL, tbl TEXT NOT NULL, key BLOB NOT NULL, subject BLOB NOT NULL, sealed BLOB NOT NULL,
-    PRIMARY KEY (check_name, tbl, key, subject)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS bearing_lists (
+    id INTEGER PRIMARY KEY, check_name TEXT NOT NULL, tbl TEXT NOT NULL, UNIQUE (check_name, tbl));
+CREATE TABLE IF NOT EXISTS bearings (
+    list_id INTEGER NOT NULL, key BLOB NOT NULL, subject NOT NULL, PRIMARY KEY (list_id, key, subject)) WITHOUT ROWID;
 """
 
 STATES = {"open": N_("open"), "confirmed": N_("confirmed"), "dismissed": N_("dismissed"), "fixed": N_("fixed")}
@@ -121,8 +122,8 @@ def _reason_cell(case_id: int) -> bytes:
     return f"case {case_id}".encode()
 
 
-def _bearing_cell(check: str, tbl: str, key: bytes, subject: bytes) -> bytes:
-    return f"{check}|{tbl}|".encode() + bytes(key) + bytes(subject)
+def _bearing_cell(check: str, tbl: str, key: bytes) -> bytes:
+    return f"{check}|{tbl}|".encode() + bytes(key)
 
 
 # ---------------------------------------------------------------- the engine's side
@@ -174,55 +175,87 @@ def subjects_on(store: Store, check: str, changed: dict[str, set[bytes]]) -> set
 
 # A record's subjects, as a check's subjects_of gives them, may come from values that change (a
 # person's 户号, a migrant's house): once changed, the store keeps no old value to say which
-# household or house the record left. Each check keeps them here, per record: the subject's blind
-# index (to compare and to scope) and the subject sealed (to look at it again). Subjects a record's
-# key alone gives are never kept: the key does not change, and a deleted record keeps it.
+# household or house the record left. Each check keeps them here, per record: one row per subject
+# in ``bearings``, under the list of the check and table (``bearing_lists``: their names once, not
+# in every row). A subject that is the value of one of the record's own columns the schema does not
+# mark sensitive (a 户号, a house code: the record's row holds it in clear already) is kept in
+# clear, as TEXT; any other is sealed, bound to the check, table and record (a BLOB). Their blind
+# index (to compare and to scope) is computed again when read: an HMAC costs less than the 16
+# bytes a row would keep it in. Subjects a record's key alone gives are never kept: the key does
+# not change, and a deleted record keeps it. (Store version 3; before, ``check_bearings`` kept each
+# subject sealed beside its blind index and the names, 107 bytes a row against about 36.)
 
-def bearings(store: Store, check: str, tbl: str, keys) -> dict[bytes, dict[bytes, bytes]]:
-    """Blind key -> {blind subject: sealed subject} the check keeps for these records of ``tbl``."""
-    found: dict[bytes, dict[bytes, bytes]] = {}
+def _list_ids(store: Store, check: str) -> dict[str, int]:
+    """Table -> the id of the check's list of bearings for it."""
+    return {tbl: i for i, tbl in store.conn.execute("SELECT id, tbl FROM bearing_lists WHERE check_name = ?",
+                                                    (check,))}
+
+
+def _subject(store: Store, check: str, tbl: str, key: bytes, stored):
+    """A kept subject as the check gave it: in clear (TEXT), or opened in memory (a sealed BLOB)."""
+    return stored if isinstance(stored, str) else _open(store, "subject", stored, _bearing_cell(check, tbl, key))
+
+
+def bearings(store: Store, check: str, kind: str, tbl: str, keys) -> dict[bytes, dict[bytes, object]]:
+    """Blind key -> {blind subject: subject} the check keeps for these records of ``tbl``."""
+    found: dict[bytes, dict[bytes, object]] = {}
     if not _has_bearings(store):
+        return found
+    list_id = _list_ids(store, check).get(tbl)
+    if list_id is None:
         return found
     keys = list(keys)
     for start in range(0, len(keys), 500):
         part = keys[start:start + 500]
-        for key, subject, sealed in store.conn.execute(
-                f"SELECT key, subject, sealed FROM check_bearings WHERE check_name = ? AND tbl = ? "
-                f"AND key IN ({', '.join('?' * len(part))})", (check, tbl, *part)):
-            found.setdefault(bytes(key), {})[bytes(subject)] = bytes(sealed)
+        for key, stored in store.conn.execute(
+                f"SELECT key, subject FROM bearings WHERE list_id = ? AND key IN ({', '.join('?' * len(part))})",
+                (list_id, *part)):
+            key = bytes(key)
+            subject = _subject(store, check, tbl, key, stored)
+            found.setdefault(key, {})[subject_index(store, kind, subject)] = subject
     return found
 
 
-def all_bearings(store: Store, check: str) -> dict[tuple[str, bytes], set[bytes]]:
+def all_bearings(store: Store, check: str, kind: str) -> dict[tuple[str, bytes], set[bytes]]:
     """(table, blind key) -> the blind subjects the check keeps for that record, for every record."""
     found: dict[tuple[str, bytes], set[bytes]] = {}
     if not _has_bearings(store):
         return found
-    for tbl, key, subject in store.conn.execute(
-            "SELECT tbl, key, subject FROM check_bearings WHERE check_name = ?", (check,)):
-        found.setdefault((tbl, bytes(key)), set()).add(bytes(subject))
+    blind: dict[str, bytes] = {}  # a 户号 kept for each of its members is indexed once
+    for tbl, list_id in _list_ids(store, check).items():
+        for key, stored in store.conn.execute("SELECT key, subject FROM bearings WHERE list_id = ?", (list_id,)):
+            key = bytes(key)
+            if isinstance(stored, str):
+                index = blind.get(stored)
+                if index is None:
+                    index = blind[stored] = subject_index(store, kind, stored)
+            else:
+                index = subject_index(store, kind, _subject(store, check, tbl, key, stored))
+            found.setdefault((tbl, key), set()).add(index)
     return found
 
 
-def open_bearing(store: Store, check: str, tbl: str, key: bytes, subject: bytes, sealed: bytes):
-    """A kept subject, opened in memory."""
-    return _open(store, "subject", sealed, _bearing_cell(check, tbl, key, subject))
-
-
-def keep_bearings(store: Store, check: str, now: dict[tuple[str, bytes], dict[bytes, object]],
+def keep_bearings(store: Store, check: str, now: dict[tuple[str, bytes], dict[bytes, tuple[object, bool]]],
                   before: dict[tuple[str, bytes], set[bytes]]) -> int:
-    """Keep ``now`` ((table, blind key) -> {blind subject: subject}) for those records, and nothing for the
-    records only in ``before`` (what was kept for them). Call inside the caller's transaction; only the
-    records whose subjects differ are written. Return how many records were written."""
+    """Keep ``now`` ((table, blind key) -> {blind subject: (subject, whether it may be kept in clear)}) for
+    those records, and nothing for the records only in ``before`` (what was kept for them). Call inside the
+    caller's transaction; only the records whose subjects differ are written. Return how many records were
+    written."""
     conn, written = store.conn, 0
+    lists = _list_ids(store, check)
     for tbl, key in set(now) | set(before):
         subjects = now.get((tbl, key), {})
         if set(subjects) == before.get((tbl, key), set()):
             continue
-        conn.execute("DELETE FROM check_bearings WHERE check_name = ? AND tbl = ? AND key = ?", (check, tbl, key))
-        conn.executemany("INSERT INTO check_bearings VALUES (?, ?, ?, ?, ?)", [
-            (check, tbl, key, blind, _seal(store, "subject", plain, _bearing_cell(check, tbl, key, blind)))
-            for blind, plain in subjects.items()])
+        if tbl not in lists:
+            conn.execute("INSERT INTO bearing_lists (check_name, tbl) VALUES (?, ?)", (check, tbl))
+            lists = _list_ids(store, check)
+        list_id = lists[tbl]
+        conn.execute("DELETE FROM bearings WHERE list_id = ? AND key = ?", (list_id, key))
+        conn.executemany("INSERT INTO bearings VALUES (?, ?, ?)", [
+            (list_id, key, plain if clear and isinstance(plain, str)
+             else _seal(store, "subject", plain, _bearing_cell(check, tbl, key)))
+            for plain, clear in subjects.values()])
         written += 1
     return written
 
@@ -407,13 +440,14 @@ def data_keys_used(store: Store) -> set[int]:
     used = {bytes(f)[1] for (f,) in store.conn.execute("SELECT finding FROM cases")}
     used |= {bytes(r)[1] for (r,) in store.conn.execute("SELECT reason FROM cases WHERE reason IS NOT NULL")}
     if _has_bearings(store):
-        used |= {bytes(b)[1] for (b,) in store.conn.execute("SELECT DISTINCT substr(sealed, 1, 2) FROM check_bearings")}
+        used |= {bytes(b)[1] for (b,) in store.conn.execute(
+            "SELECT DISTINCT substr(subject, 1, 2) FROM bearings WHERE typeof(subject) = 'blob'")}
     return used
 
 
 def _has_bearings(store: Store) -> bool:
     return store.conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'check_bearings'").fetchone() is not None
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'bearings'").fetchone() is not None
 
 
 def reseal(store: Store, current: int) -> int:
@@ -436,12 +470,13 @@ def reseal(store: Store, current: int) -> int:
 
 
 def _reseal_bearings(store: Store, current: int) -> None:
-    """The subjects the checks keep per record, sealed again under the current data key (inside a transaction)."""
+    """The sealed subjects the checks keep per record, sealed again under the current data key (inside a
+    transaction); those kept in clear hold no key."""
     conn = store.conn
-    for check, tbl, key, subject, sealed in conn.execute(
-            "SELECT check_name, tbl, key, subject, sealed FROM check_bearings WHERE substr(sealed, 2, 1) != ?",
+    names = {i: (check, tbl) for i, check, tbl in conn.execute("SELECT id, check_name, tbl FROM bearing_lists")}
+    for list_id, key, sealed in conn.execute(
+            "SELECT list_id, key, subject FROM bearings WHERE typeof(subject) = 'blob' AND substr(subject, 2, 1) != ?",
             (bytes([current]),)).fetchall():
-        cell = _bearing_cell(check, tbl, key, subject)
-        conn.execute("UPDATE check_bearings SET sealed = ? WHERE check_name = ? AND tbl = ? AND key = ? "
-                     "AND subject = ?", (_seal(store, "subject", _open(store, "subject", sealed, cell), cell),
-                                         check, tbl, key, subject))
+        cell = _bearing_cell(*names[list_id], key)
+        conn.execute("UPDATE bearings SET subject = ? WHERE list_id = ? AND key = ? AND subject = ?",
+                     (_seal(store, "subject", _open(store, "subject", sealed, cell), cell), list_id, key, sealed))

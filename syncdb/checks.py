@@ -130,6 +130,8 @@ class Records:
         if self.everything or table in self._tables or (schema.columns[column].sensitive and not by_id):
             index = self._index(table, column, by_id)
             return [r for k in lookups for r in index.get(k, ())]
+        if not by_id and tuple(schema.key) == (column,):  # the blind key's UNIQUE index finds it
+            return self.get_many(table, [self.store.blind_key(schema, [v]) for v in lookups], live=True)
         stored = f"{column}__bi" if by_id else column
         if by_id or stored in self._indexed(table):
             asked = self._ask(table, stored, lookups)
@@ -290,6 +292,13 @@ class Check:
     out, or no ``watches`` at all, means any column. Declare it only where the
     check's cost calls for it, and make the random-history test cover it: a
     column missed here is a case missed until the next ``--all``.
+    ``lookups``: optionally, per table it reads, the columns its ``find``
+    looks records up by (``Records.where``) other than an ID number (the
+    store's blind index serves those) and a one-column key (the blind key
+    does): the store keeps an index on each (``lookup_indexes``), so a run
+    after a merge asks for the records it needs instead of reading the
+    column of the whole table. Each costs bytes in the store: declare those
+    a run after a merge asks often.
     """
     name: str
     title: str
@@ -301,6 +310,7 @@ class Check:
     settings: Mapping = field(default_factory=dict)
     description: str = ""
     watches: Mapping[str, frozenset] | None = None
+    lookups: Mapping[str, tuple[str, ...]] | None = None
 
 
 def registered() -> list[Check]:
@@ -315,6 +325,37 @@ def registered() -> list[Check]:
                                   .format(name=check.name, severity=check.severity))
             found[check.name] = check
     return [found[name] for name in sorted(found)]
+
+
+def lookup_indexes(store: Store, checks: Iterable[Check] | None = None) -> dict[str, str]:
+    """Index name -> its CREATE statement, for each column the checks (the registered ones unless given)
+    look records up by (``Check.lookups``), on the tables the store has made. A sensitive column is left
+    out: its sealed values differ each time, an index of them finds nothing."""
+    made = {n for (n,) in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    wanted: dict[str, str] = {}
+    for check in registered() if checks is None else checks:
+        for qualified, columns in (check.lookups or {}).items():
+            schema = store.tables.get(qualified)
+            if schema is None or table_name(schema) not in made:
+                continue
+            name = table_name(schema)
+            for column in columns:
+                spec = schema.columns.get(column)
+                if spec is None or spec.sensitive:
+                    continue
+                index = f"{name}__by_{column}"
+                wanted[index] = f"CREATE INDEX IF NOT EXISTS [{index}] ON [{name}] ([{column}])"
+    return wanted
+
+
+def make_lookup_indexes(store: Store, checks: Iterable[Check] | None = None) -> list[str]:
+    """Make the indexes the checks look records up by that the store lacks (a check or a table added since
+    the store was made or upgraded); inside the caller's transaction. Return their names."""
+    have = {n for (n,) in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    missing = {name: sql for name, sql in lookup_indexes(store, checks).items() if name not in have}
+    for sql in missing.values():
+        store.conn.execute(sql)
+    return sorted(missing)
 
 
 def title(name: str) -> str:
@@ -383,6 +424,11 @@ def run(store: Store, everything: bool = False, names: Iterable[str] | None = No
 
 def _run(store: Store, everything: bool, names: Iterable[str] | None) -> Report:
     report, checks = Report(), _selected(names)
+    if not store.read_only:
+        have = {n for (n,) in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        if set(lookup_indexes(store, checks)) - have:
+            with store.transaction():
+                make_lookup_indexes(store, checks)
     point = store.change_point()
     last, used = cases.points(store), cases.settings_used(store)
     views = {True: Records(store, everything=True), False: Records(store, everything=False)}
@@ -439,7 +485,7 @@ def watched_changes(cells: dict[str, dict[bytes, frozenset | None]], check: Chec
 
 
 # What a check keeps per record (Bearings); another version of it is built again, by a run over everything.
-BEARINGS_KEPT = 1
+BEARINGS_KEPT = 2  # 2: the bearings of store version 3 (cases.py); a check that kept version 1 looks at all once
 
 
 def _kept(previous: dict | None, check: Check) -> bool:
@@ -464,12 +510,12 @@ class Bearings:
         self.store, self.check = store, check
         self.changed = changed or {}
         self.subjects: set = set()
-        self.now: dict[tuple[str, bytes], dict[bytes, object]] = {}
+        self.now: dict[tuple[str, bytes], dict[bytes, tuple[object, bool]]] = {}
         if changed is None:
             for table in check.reads:
                 for record in records.rows(table):
                     self.now[table, record.key] = self._by_values(table, record)
-            self.before = cases.all_bearings(store, check.name)
+            self.before = cases.all_bearings(store, check.name, check.subject)
             return
         self.before = {}
         for table in check.reads:
@@ -477,13 +523,15 @@ class Bearings:
             for record in records.get_many(table, keys):
                 self.subjects.update(s for s in check.subjects_of(table, record) if s)
                 self.now[table, record.key] = self._by_values(table, record) if record.live else {}
-            for key, held in cases.bearings(store, check.name, table, keys).items():
+            for key, held in cases.bearings(store, check.name, check.subject, table, keys).items():
                 self.before[table, key] = set(held)
                 left = set(held) - set(self.now.get((table, key), {}))
-                self.subjects.update(cases.open_bearing(store, check.name, table, key, s, held[s]) for s in left)
+                self.subjects.update(held[s] for s in left)
 
-    def _by_values(self, table: str, record: Record) -> dict[bytes, object]:
-        """Blind subject -> subject, for those the record bears on through a value other than its key."""
+    def _by_values(self, table: str, record: Record) -> dict[bytes, tuple[object, bool]]:
+        """Blind subject -> (subject, whether it may be kept in clear), for those the record bears on through
+        a value other than its key. In clear only a subject that is the value of one of the record's columns
+        the schema does not mark sensitive: its row holds it in clear already."""
         mine = {s for s in self.check.subjects_of(table, record) if s}
         if not mine:
             return {}
@@ -491,7 +539,10 @@ class Bearings:
             keyed = set(self.check.subjects_of(table, _KeyOnly(record)))
         except Exception:  # a subjects_of that needs more than the key: keep every subject
             keyed = set()
-        return {cases.subject_index(self.store, self.check.subject, s): s for s in mine - keyed}
+        # A sensitive column's cell is sealed (bytes): a str the row holds is held in clear.
+        cells = record._cells.values()
+        return {cases.subject_index(self.store, self.check.subject, s): (s, isinstance(s, str) and s in cells)
+                for s in mine - keyed}
 
     def keep(self) -> None:
         """Write what changed (inside the run's transaction)."""

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import audit, bundles, cases, conflicts, office, outbound, publishdb
+from . import audit, bundles, cases, checks, conflicts, office, outbound, publishdb
 from .crypto import Keyring, Secret
 from .errors import SyncdbError
 from .files import fsync_dir, storage_error
@@ -82,11 +82,20 @@ def _rebuild_with_rowid(conn: sqlite3.Connection, name: str) -> None:
                             sql, flags=re.IGNORECASE))
 
 
+def compact_bearings(store: Store) -> None:
+    """Step 3: the subjects the checks kept per record move to ``bearings`` (cases.py), a third of the
+    bytes. The old table is dropped, not copied: a check whose kept version is older
+    (checks.BEARINGS_KEPT) looks at every record once at its next run and keeps them anew, so no case
+    is missed; its cases stay as they were."""
+    store.conn.execute("DROP TABLE IF EXISTS check_bearings")
+
+
 # Steps from one store version to the next, each run inside the upgrade's transaction
 # after the tables above are made: STEPS[n] brings a store from version n - 1 to n.
 STEPS: dict[int, Callable[[Store], object]] = {
     1: publishdb.carry_page_views,  # what publish writes lives in publish.db, beside the store
     2: rowid_layout,  # record tables: rowid tables, the blind key in a UNIQUE index
+    3: compact_bearings,  # the checks' bearings a third of their size; indexes for the checks' look-ups
 }
 
 
@@ -128,6 +137,7 @@ def upgrade(store: Store) -> Path | None:
             for statement in create_sql(table):
                 conn.execute(statement)
             _add_new_columns(conn, table)
+        checks.make_lookup_indexes(store)  # the columns the checks look records up by (checks.py)
         for step in range(version + 1, STORE_VERSION + 1):
             if step in STEPS:
                 STEPS[step](store)

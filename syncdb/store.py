@@ -64,7 +64,7 @@ def value_of(data: bytes):
     """The cell value a seal holds (``value_bytes`` read back; seals of older releases too)."""
     return read_json(data)
 
-STORE_VERSION = 2  # PRAGMA user_version of a store this release made or upgraded (0: an earlier release)
+STORE_VERSION = 3  # PRAGMA user_version of a store this release made or upgraded (0: an earlier release)
 
 # The tables this module owns. The other tables of store.db belong to their
 # modules (audit: ledger; conflicts: the queue; office: communities, received,

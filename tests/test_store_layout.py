@@ -80,7 +80,7 @@ def test_a_new_store_keeps_records_in_rowid_tables_and_an_update_keeps_the_rowid
     world.register(A, person(1, A), person(2, A))
     with open_store(world.store, SECRET, domains) as store:
         conn = store.conn
-        assert conn.execute("PRAGMA user_version").fetchone() == (STORE_VERSION,) == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (STORE_VERSION,) == (3,)
         for name in record_tables(domains):
             assert not without_rowid(conn, name) and key_index(conn, name) == [f"{name}__key"], name
         indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'huji__persons'")}
@@ -129,7 +129,7 @@ def test_a_version_1_store_is_rebuilt_in_place_by_the_next_merge_with_nothing_lo
     old.close()
     with open_store(world.store, SECRET, domains) as store:
         conn = store.conn
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (STORE_VERSION,)
         for name in record_tables(domains):
             assert not without_rowid(conn, name) and key_index(conn, name) == [f"{name}__key"], name
         assert {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' "

@@ -1,0 +1,143 @@
+"""What the checks keep per record (store version 3) and the store indexes they look records up by.
+
+A subject that is the plain value of one of the record's own columns is kept
+in clear; any other is sealed, bound to the check, table and record, so it
+cannot be moved to another record undetected. A version-2 store's old
+``check_bearings`` is dropped by the upgrade and built again by each check's
+next run, which looks at every record once; the look-up indexes are made by
+the upgrade. Records.where answers the same through the blind key, a look-up
+index or a scan.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from cryptography.exceptions import InvalidTag
+
+from syncdb import cases, checks, merge
+from syncdb.checks import Check, Finding, Records
+from syncdb.errors import SyncdbError
+from syncdb.hookspecs import hookimpl
+from syncdb.plugins import registered
+from syncdb.store import STORE_VERSION
+from test_checks import CODES, Street
+
+PERSONS = "huji.persons"
+
+
+class SameAddress:
+    """A check whose subject comes from a sensitive column (a person's address): kept sealed."""
+
+    @hookimpl
+    def cross_checks(self):
+        def find(records, subjects, settings):
+            people = records.rows(PERSONS) if subjects is None else records.where(PERSONS, "address", subjects)
+            by_address: dict = {}
+            for p in people:
+                if p["address"]:
+                    by_address.setdefault(p["address"], []).append(p)
+            for address, living in by_address.items():
+                if len(living) >= 6:
+                    yield Finding(address, "six or more residents at one address", living, {"residents": len(living)})
+        return [Check("same_address", "same address", (PERSONS,), "address", find,
+                      lambda table, record: [record["address"]])]
+
+
+@pytest.fixture
+def street(tmp_path, domains):
+    (tmp_path / "keyfile").write_bytes(b"v" * 32)
+    return Street(tmp_path, domains, tmp_path / "keyfile", codes=CODES[:1], residents=300)
+
+
+def kept(conn, check: str) -> list[tuple]:
+    return conn.execute("SELECT b.key, b.subject FROM bearings b JOIN bearing_lists l ON l.id = b.list_id "
+                        "WHERE l.check_name = ?", (check,)).fetchall()
+
+
+def test_a_subject_from_a_sensitive_column_is_kept_sealed_and_cannot_be_moved(street):
+    with registered(SameAddress()):
+        with street.opened(write=True) as st:
+            checks.run(st, names=["same_address"])
+            rows = kept(st.conn, "same_address")
+            addresses = {r[0] for r in st.conn.execute("SELECT address FROM huji__persons WHERE address IS NOT NULL")}
+            assert len(rows) == len(addresses) > 2
+            assert all(isinstance(subject, bytes) for __, subject in rows)
+            plain = {p["address"] for p in Records(st).rows(PERSONS)}
+            assert not any(a.encode() in b"".join(s for __, s in rows) for a in plain)
+            (first, one), (second, other) = rows[0], rows[1]
+            opened = cases.bearings(st, "same_address", "address", PERSONS, [first])
+            assert list(opened[first].values()) == [Records(st).get(PERSONS, first)["address"]]
+            # Household 户号s (plain in the persons' rows) are kept in clear.
+            assert all(isinstance(s, str) for __, s in kept(st.conn, "household_head"))
+        with street.opened(write=True) as st:  # one record's sealed subject moved to another record
+            st.conn.execute("UPDATE bearings SET subject = ? WHERE key = ? AND subject = ?", (one, second, other))
+            with pytest.raises((InvalidTag, SyncdbError)):
+                cases.bearings(st, "same_address", "address", PERSONS, [second])
+
+
+def test_an_upgrade_drops_the_old_bearings_and_the_next_run_looks_at_everything_once(street, domains):
+    before = street.cases()
+    with street.opened() as st:
+        counts = {check: len(kept(st.conn, check)) for check in ("household_head", "rental_overfull")}
+        lookups = set(checks.lookup_indexes(st))
+    assert all(counts.values()) and {"huji__persons__by_household_no", "huji__persons__by_birth_date"} <= lookups
+    # As a version-2 store left it: the old table, no look-up index, the checks' settings naming version 1.
+    conn = sqlite3.connect(street.store / "store.db", isolation_level=None)
+    conn.execute("DROP TABLE bearings")
+    conn.execute("DROP TABLE bearing_lists")
+    for name in lookups:
+        conn.execute(f"DROP INDEX [{name}]")
+    conn.execute("CREATE TABLE check_bearings (check_name TEXT NOT NULL, tbl TEXT NOT NULL, key BLOB NOT NULL, "
+                 "subject BLOB NOT NULL, sealed BLOB NOT NULL, PRIMARY KEY (check_name, tbl, key, subject)) "
+                 "WITHOUT ROWID")
+    conn.execute("INSERT INTO check_bearings VALUES ('household_head', 'huji.persons', x'00', x'01', x'02')")
+    conn.execute("UPDATE check_settings SET used = json_set(used, '$.bearings[0]', 1)")
+    conn.execute("PRAGMA user_version = 2")
+    conn.close()
+
+    looked = []
+    run = checks.run
+
+    def watched(*args, **kwargs):
+        report = run(*args, **kwargs)
+        looked.append(report.looked)
+        return report
+    checks.run = watched
+    try:
+        merge.merge(street.store, [], street.secret, street.domains)  # upgrades, then runs the checks
+    finally:
+        checks.run = run
+
+    assert looked and all(looked[0][c] is None for c in counts), "a check keeping version 1 looks at everything"
+    with street.opened(write=True) as st:
+        names = {n for (n,) in st.conn.execute("SELECT name FROM sqlite_master")}
+        assert "check_bearings" not in names and lookups <= names
+        assert st.conn.execute("PRAGMA user_version").fetchone() == (STORE_VERSION,) == (3,)
+        assert {c: len(kept(st.conn, c)) for c in counts} == counts
+        assert checks.run(st).looked["household_head"] == 0  # and then at what changes only
+    assert street.cases() == before
+
+
+def test_records_are_found_alike_by_blind_key_index_and_scan(street):
+    with street.opened() as st:
+        everything = Records(st, everything=True)
+        persons = everything.rows(PERSONS)
+        numbers = sorted({p["household_no"] for p in persons})[:7] + ["no such household"]
+        days = sorted({p["birth_date"] for p in persons})[:5]
+        addresses = sorted({p["address_code"] for p in persons if p["address_code"]})[:5]
+        asked = [("huji.households", "household_no", numbers), (PERSONS, "household_no", numbers),
+                 (PERSONS, "birth_date", days), (PERSONS, "address_code", addresses)]
+        for table, column, values in asked:
+            expected = sorted(r.key for r in everything.where(table, column, values))
+            assert expected, (table, column)
+            assert sorted(r.key for r in Records(st).where(table, column, values)) == expected, (table, column)
+        # The non-key columns are asked through their look-up indexes, the 户号 of households by its blind key.
+        for column in ("household_no", "birth_date", "address_code"):
+            plan = " ".join(row[-1] for row in st.conn.execute(
+                f"EXPLAIN QUERY PLAN SELECT * FROM huji__persons WHERE _exists = 1 AND [{column}] IN (?, ?)", ("a", "b")))
+            assert f"huji__persons__by_{column}" in plan, plan
+        records = Records(st)
+        records.where("huji.households", "household_no", numbers)
+        assert ("huji.households", "household_no") not in records._scanned
