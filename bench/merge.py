@@ -3,7 +3,8 @@
     .venv/bin/python bench/merge.py                  # 2 communities x 5,000 residents
     .venv/bin/python bench/merge.py --residents 1000 # smaller, for a quick look
 
-1. syncdb merge throughput (changes/s) over bundles already received into the inbox
+1. syncdb merge throughput (changes/s) over bundles already received into the inbox, in one
+   process and with ``--jobs`` worker processes (default: the cores available) on a copy
 2. raw executemany upsert (INSERT ... ON CONFLICT DO UPDATE) of the same decrypted rows
 3. sqlite-utils Table.upsert_all of the same rows
 4. APSW session extension: Changeset.apply of a changeset holding the same upserts
@@ -40,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from syncdb import bundle, community, merge, migrations, office  # noqa: E402
 from syncdb.crypto import Secret  # noqa: E402
 from syncdb.plugins import extra_policies  # noqa: E402
+from syncdb.prepare import default_jobs  # noqa: E402
 from syncdb.sample import generate  # noqa: E402
 from syncdb.schema import load_domains  # noqa: E402
 from syncdb.store import create_sql, open_store, table_name  # noqa: E402
@@ -126,9 +128,9 @@ def fresh_plain_db(path: Path, tables) -> sqlite3.Connection:
     return conn
 
 
-def bench_syncdb(store: Path, domains) -> tuple[float, merge.Summary]:
+def bench_syncdb(store: Path, domains, jobs: int = 1) -> tuple[float, merge.Summary]:
     started = time.perf_counter()
-    summary = merge.merge(store, [], SECRET, domains)
+    summary = merge.merge(store, [], SECRET, domains, jobs=jobs)
     return time.perf_counter() - started, summary
 
 
@@ -310,6 +312,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--residents", type=int, default=5000, help="residents per community (default 5000)")
     parser.add_argument("--communities", type=int, default=2, choices=range(1, len(CODES) + 1))
+    parser.add_argument("--jobs", type=int, default=default_jobs(),
+                        help="worker processes for the figure of merge --jobs (default: the cores available)")
     parser.add_argument("--child-merge", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_merge:
@@ -323,10 +327,16 @@ def main() -> None:
         store = prepare(root / "main", args.communities, args.residents, domains)
         big_copy = root / "rss-large"
         shutil.copytree(store, big_copy)
+        jobs_copy = root / "jobs"
+        shutil.copytree(store, jobs_copy)
         rows, total, ops = decrypted_rows(store, domains)
         prep = time.perf_counter() - t0
 
         t_syncdb, summary = bench_syncdb(store, domains)
+        t_jobs, summary_jobs = bench_syncdb(jobs_copy, domains, args.jobs)
+        if summary_jobs.changes != summary.changes:
+            raise SystemExit(f"merge --jobs {args.jobs} applied {summary_jobs.changes} changes, one process "
+                             f"{summary.changes}")
         t_raw = bench_raw(root / "raw.db", tables, rows)
         t_su = bench_sqlite_utils(root / "sqlite-utils.db", tables, rows)
         t_apsw = bench_apsw(root, tables, rows)
@@ -358,6 +368,7 @@ def main() -> None:
     r_syncdb, r_raw, r_su, r_apsw = rate(t_syncdb), rate(t_raw), rate(t_su), rate(t_apsw)
     lines = [("figure", "value", "goal", "")]
     lines.append(("1 syncdb merge", f"{r_syncdb:,.0f} changes/s ({t_syncdb:.2f}s)", "", ""))
+    lines.append((f"  syncdb merge --jobs {args.jobs}", f"{rate(t_jobs):,.0f} changes/s ({t_jobs:.2f}s)", "", ""))
     lines.append(("2 raw executemany upsert", f"{r_raw:,.0f} rows/s ({t_raw:.2f}s)", "", ""))
     lines.append(("3 sqlite-utils upsert_all",
                   f"{r_su:,.0f} rows/s ({t_su:.2f}s)" if r_su else f"skipped: {t_su}", "", ""))
@@ -365,6 +376,9 @@ def main() -> None:
                   f"{r_apsw:,.0f} rows/s ({t_apsw:.3f}s)" if r_apsw else f"skipped: {t_apsw}", "", ""))
     ratio_raw = r_syncdb / r_raw
     lines.append(("5a syncdb / raw upsert", f"{ratio_raw:.3f}x", f">= {GOAL_RAW}x", verdict(ratio_raw >= GOAL_RAW)))
+    ratio_jobs = rate(t_jobs) / r_raw
+    lines.append((f"   syncdb --jobs {args.jobs} / raw upsert", f"{ratio_jobs:.3f}x", f">= {GOAL_RAW}x",
+                  verdict(ratio_jobs >= GOAL_RAW)))
     if r_su:
         ratio_su = r_syncdb / r_su
         lines.append(("5b syncdb / sqlite-utils", f"{ratio_su:.2f}x", f">= {GOAL_SQLITE_UTILS}x",

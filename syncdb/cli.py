@@ -753,16 +753,20 @@ def serve(store, host, port, max_bundle_mb, merging, schemas):
 ))
 @click.argument("store", type=click.Path(file_okay=False, exists=True))
 @click.argument("paths", nargs=-1, type=click.Path(exists=True))
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help=_(
+    "Processes that read, check and encrypt the changes beside the one that writes the store "
+    "(the result is the same); default: the cores available. 1 merges in one process."))
 @schemas_option
-def merge(store, paths, schemas):
+def merge(store, paths, jobs, schemas):
     from . import merge as merge_lib
+    from .prepare import default_jobs
 
     secret, domains = _secret(), load_domains(schemas)  # a passphrase prompt gets its line before the bar
     with _Bar(_("Merging changes")) as bar:
         def progress(done, total, name):
             bar.step(done, total)
 
-        summary = merge_lib.merge(store, paths, secret, domains, progress=progress)
+        summary = merge_lib.merge(store, paths, secret, domains, progress=progress, jobs=jobs or default_jobs())
     from .office import named, read_names
 
     names = read_names(store)

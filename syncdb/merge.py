@@ -19,6 +19,7 @@ import json
 import sqlite3
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from . import audit, bundle, checks, conflicts, limits, migrations, office, outbound
@@ -32,7 +33,7 @@ from .rules import Candidate, Decision, latest
 from .schema import Domain, Table
 from .row import Holders, Row, origin_of
 from .masks import mask
-from .prepare import Context, Prepared, Preparer, refusal
+from .prepare import Context, Prepared, Preparer, Workers, WorkersFailed, default_jobs, refusal
 from .store import Store, table_name, write_columns
 from .validate import Problem
 
@@ -69,8 +70,14 @@ class Summary:
         return out
 
 
-def merge(store_dir, paths, secret: Secret, domains: dict[str, Domain], progress=None) -> Summary:
-    """Receive bundle files or folders (if any) into the inbox, then apply all that can be."""
+def merge(store_dir, paths, secret: Secret, domains: dict[str, Domain], progress=None,
+          jobs: int | None = 1) -> Summary:
+    """Receive bundle files or folders (if any) into the inbox, then apply all that can be.
+
+    ``jobs``: processes preparing the changes (reading, validating, sealing: prepare.py) beside
+    this one, which alone writes the store; 1 for none, None for as many as there are cores.
+    The store ends the same whatever the number.
+    """
     summary = Summary()
     # Unlock the keyring first: a wrong passphrase or key file must change nothing,
     # not even take the bundles into the inbox.
@@ -82,7 +89,7 @@ def merge(store_dir, paths, secret: Secret, domains: dict[str, Domain], progress
                 summary.duplicates += 1
             else:
                 summary.received += 1
-        apply_inbox(store, Path(store_dir), summary, progress)
+        apply_inbox(store, Path(store_dir), summary, progress, jobs=jobs)
         # Cross-domain checks on what changed, after the bundles' transactions: they never fail the merge.
         summary.checked = checks.after_merge(store)
         # A USB-only community learns what the office holds from its next pull of this folder.
@@ -91,11 +98,39 @@ def merge(store_dir, paths, secret: Secret, domains: dict[str, Domain], progress
     return summary
 
 
-def apply_inbox(store: Store, store_dir: Path, summary: Summary, progress=None) -> Summary:
+def apply_inbox(store: Store, store_dir: Path, summary: Summary, progress=None, jobs: int | None = 1) -> Summary:
     """Apply every inbox bundle whose predecessors are applied; hold the others.
 
-    Each bundle file is opened, and its header parsed, once.
+    Each bundle file is opened, and its header parsed, once. ``jobs`` as for ``merge``.
     """
+    workers = _Pool(store, default_jobs() if jobs is None else jobs)
+    try:
+        return _apply_inbox(store, store_dir, summary, progress, workers)
+    finally:
+        workers.close()
+
+
+class _Pool:
+    """The worker processes of one merge, started at the first bundle that has enough changes for them."""
+
+    SMALL = 1_000  # changes: a bundle this small is prepared here (starting workers costs more)
+
+    def __init__(self, store: Store, jobs: int):
+        self.store, self.jobs, self.workers = store, jobs, None
+
+    def get(self, changes: int) -> Workers | None:
+        if self.jobs <= 1 or changes < self.SMALL:
+            return None
+        if self.workers is None:
+            self.workers = Workers(self.jobs, self.store.keyring, self.store.domains)
+        return self.workers
+
+    def close(self) -> None:
+        if self.workers is not None:
+            self.workers.close()
+
+
+def _apply_inbox(store: Store, store_dir: Path, summary: Summary, progress, pool: _Pool) -> Summary:
     conn = store.conn
     last = dict(conn.execute("SELECT origin, max(sequence) FROM applied GROUP BY origin"))
     waiting = {}
@@ -141,7 +176,14 @@ def apply_inbox(store: Store, store_dir: Path, summary: Summary, progress=None) 
                     # Kept in the inbox, applied by the first merge after the schemas agree.
                     hold(queue, sequence, mismatch)
                     break
-                apply_bundle(store, reader, summary, on_batch, store_dir)
+                apply_bundle(store, reader, summary, on_batch, store_dir, pool.get(sizes[name]))
+            except WorkersFailed as e:
+                # Not the bundle's fault: the merge stops, and the same command merges it again.
+                raise SyncdbError(_("a worker process of the merge stopped ({problem}) while merging {name}; "
+                                    "nothing of that bundle was applied and it waits in the inbox with the "
+                                    "ones after it. Run `syncdb merge {store}` again; if it happens again, "
+                                    "run it with --jobs 1 and see the office log").format(
+                                      problem=e, name=name, store=store_dir)) from None
             except bundle.BundleError as e:
                 # Nothing of it is applied; the other communities go on.
                 if reader is not None and _still_signed(store, reader):
@@ -197,8 +239,10 @@ def _without_sensitive(why: str, table: Table, record: dict) -> str:
     return why
 
 
-def apply_bundle(store: Store, reader: bundle.Reader, summary: Summary, on_batch=None, store_dir=None) -> None:
-    """Apply one bundle in one transaction; ``on_batch(n)`` is told the changes done so far."""
+def apply_bundle(store: Store, reader: bundle.Reader, summary: Summary, on_batch=None, store_dir=None,
+                 workers: Workers | None = None) -> None:
+    """Apply one bundle in one transaction; ``on_batch(n)`` is told the changes done so far.
+    ``workers``: the processes that prepare its changes, if any (prepare.py)."""
     path = reader.path
     store_dir = Path(store_dir) if store_dir is not None else path.parent.parent  # STORE/inbox/NAME
     header = reader.verify(office.signer_keys(store.conn, store.keyring.public).get)
@@ -208,8 +252,11 @@ def apply_bundle(store: Store, reader: bundle.Reader, summary: Summary, on_batch
         if done >= header.sequence:
             return  # another merge (serve's, or a second `syncdb merge`) applied it meanwhile
         caps = limits.load(store_dir)
-        outcome = apply_changes(store, header, path.name, reader.changes(store.keyring, caps), store_dir,
-                                on_batch, caps)
+        if workers is not None and header.origin != store.office_code:
+            changes = partial(workers.prepared, reader, store.keyring, caps)
+        else:
+            changes = reader.changes(store.keyring, caps)
+        outcome = apply_changes(store, header, path.name, changes, store_dir, on_batch, caps)
     outcome.report(summary, store_dir)
 
 
@@ -235,7 +282,11 @@ class Applied:
 def apply_changes(store: Store, header: bundle.Header, name: str, changes, store_dir: Path, on_batch=None,
                   caps: limits.Limits | None = None) -> Applied:
     """Apply a verified bundle's changes, inside the caller's transaction: the engine's one way in,
-    for the inbox's bundles and for the office's own edits made in this process (resolve.py)."""
+    for the inbox's bundles and for the office's own edits made in this process (resolve.py).
+
+    ``changes``: the change dicts, or for a community's bundle a callable that, given the
+    bundle's prepare.Context, yields them prepared by worker processes (Workers.prepared).
+    """
     conn = store.conn
     caps = caps or limits.load(store_dir)
     ledger = audit.Ledger(store, name, header.origin)
@@ -251,6 +302,10 @@ def apply_changes(store: Store, header: bundle.Header, name: str, changes, store
         owners = [outbound.owner_of(store, store.table(c["table"]), c) for c in changes]
         merger.apply_all(changes)
         sent = outbound.send_back(store, store_dir, changes, owners, merger.rejected_keys)
+    elif callable(changes):
+        merger.apply_all(changes(merger.ctx), prepared=True)
+        if merger.lost:
+            sent = outbound.send_to(store, store_dir, header.origin, merger.lost)
     else:
         merger.apply_all(changes)
         if merger.lost:
@@ -334,8 +389,10 @@ class _Merger:
         self.rows: dict = {}  # (table, key) -> the stored row, for the batch being applied
         self.pending: dict = {}  # table -> key -> the row to write at the end of the batch
 
-    def apply_all(self, changes) -> None:
-        """Apply changes in order, in batches: rows are read and written per batch."""
+    def apply_all(self, changes, prepared: bool = False) -> None:
+        """Apply changes in order, in batches: rows are read and written per batch. With ``prepared``,
+        each change comes as (change, Prepared or None), made ready by worker processes (prepare.py)."""
+        self.prepared = prepared
         batch = []
         for change in changes:
             batch.append(change)
@@ -358,7 +415,10 @@ class _Merger:
         prepared = []
         wanted: dict[str, set] = {}
         for change in batch:
-            ready = preparer.prepare(change, ctx)
+            if self.prepared:
+                change, ready = change
+            else:
+                ready = preparer.prepare(change, ctx)
             table = store.table(change["table"])
             key_values = [change["key"].get(k) for k in table.key]
             key = ready.key if ready is not None else store.blind_key(table, key_values)

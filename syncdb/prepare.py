@@ -1,20 +1,33 @@
-"""The merge's per-change work that needs no store.
+"""The merge's per-change work that needs no store, and the worker processes that do it (--jobs).
 
 A merge applies a bundle's changes in order with one SQLite writer (merge.py).
-What each change needs before that depends on the change alone: the
-community's right to make it, its values validated, its blind key, and for a
-record new to the store its whole row sealed. So it is done ahead of the
-writing, a batch at a time.
+What each change needs before that depends on the change alone: its line
+read and checked, the community's right to make it, its values validated,
+its blind key, and for a record new to the store its whole row sealed. So it
+is done ahead: in the merging process (``--jobs 1``), or in a pool of worker
+processes (``--jobs N``) on chunks of the bundle's lines, handed back in the
+bundle's order, so the store ends as a one-process merge leaves it.
+
+The keyring reaches the workers in memory (inherited on fork, through the
+pool's pipe on spawn), never through a file. A worker that dies fails the
+merge: the bundle's transaction rolls back and it waits in the inbox.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import orjson
 
-from . import bundle, limits
+from . import bundle, i18n, limits, validate
+from .crypto import Keyring
+from .errors import SyncdbError
 from .hlc import Stamp
 from .i18n import _
 from .row import origin_of
@@ -180,3 +193,107 @@ class Preparer:
         values["_versions"] = orjson.dumps({"*": hlc}).decode() if exists else "{}"
         values["_exists"] = exists
         return values
+
+
+# ---------------------------------------------------------------- worker processes (--jobs)
+
+CHUNK = 500  # change lines a worker takes at a time
+CHUNK_BYTES = 1 << 20  # and at most about this many bytes of them: the lines read ahead stay few MiB
+
+
+def default_jobs() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class WorkersFailed(SyncdbError):
+    """A worker process of the merge stopped; the bundle being merged was rolled back."""
+
+
+_worker: Preparer | None = None  # in a worker process: its preparer, made once by _start
+
+
+def _start(keyring: Keyring, domains: dict[str, Domain], language: str) -> None:
+    global _worker
+    i18n.use(language)
+    _worker = Preparer(Seals(keyring), domains)
+
+
+def prepare_chunk(lines: list[bytes], first: int, lists_allowed: bool, ctx: Context):
+    """In a worker: each line read and made ready, as (change, Prepared or None); and the
+    BundleError of the first line that is no change, as (message, reason), or None."""
+    out = []
+    for number, line in enumerate(lines, start=first):
+        try:
+            change = bundle.parse_line(line, number, lists_allowed)
+        except bundle.BundleError as e:
+            return out, (str(e), e.reason)
+        try:
+            prepared = _worker.prepare(change, ctx)
+        except Exception:  # noqa: BLE001 - the merge does this change itself and meets the same fault in order
+            prepared = None
+        out.append((change, prepared))
+    return out, None
+
+
+class Workers:
+    """A pool of worker processes preparing changes for one merge; ``close`` it."""
+
+    def __init__(self, jobs: int, keyring: Keyring, domains: dict[str, Domain]):
+        self.jobs = jobs
+        validate.warm()
+        # fork where there is one (Linux), spawn elsewhere (Windows, macOS): the platform's default.
+        self.pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context(), initializer=_start,
+                                        initargs=(keyring, domains, i18n.language()))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def prepared(self, reader: bundle.Reader, keyring: Keyring, caps: limits.Limits,
+                 ctx: Context) -> Iterator[tuple[dict, Prepared | None]]:
+        """The bundle's changes, read, checked against its header and made ready, in its order.
+
+        A fault is raised where a one-process merge meets it: a fault of the
+        payload's reading waits until every line before it is handed on.
+        """
+        lines, raw = reader.lines(keyring, caps)
+        pending: deque = deque()
+        fault = None
+        number = 0
+        try:
+            while True:
+                while fault is None and len(pending) < 2 * self.jobs + 1:
+                    chunk, size = [], 0
+                    try:
+                        for line in raw:
+                            chunk.append(line)
+                            size += len(line)
+                            if len(chunk) >= CHUNK or size >= CHUNK_BYTES:
+                                break
+                    except Exception as e:  # noqa: BLE001 - raised below, in the payload's order
+                        fault = e
+                    if not chunk:
+                        break
+                    pending.append((number + 1, self.pool.submit(prepare_chunk, chunk, number + 1,
+                                                                 lines.lists_allowed, ctx)))
+                    number += len(chunk)
+                if not pending:
+                    break
+                first, future = pending.popleft()
+                try:
+                    out, error = future.result()
+                except BrokenProcessPool as e:
+                    raise WorkersFailed(str(e) or type(e).__name__) from None
+                for n, (change, prepared) in enumerate(out, start=first):
+                    yield lines.account(change, n), prepared
+                if error:
+                    raise bundle.BundleError(*error)
+            if fault is not None:
+                raise fault
+            lines.finish()
+        finally:
+            for __, future in pending:
+                future.cancel()

@@ -124,6 +124,12 @@ def id_number(value: str) -> list[str]:
     return []
 
 
+def warm() -> None:
+    """Load what the ID-number check reads on its first use (stdnum's region database), so that
+    processes forked from this one (the merge's workers) share it instead of each reading it."""
+    _region_known("1101011980")
+
+
 @functools.lru_cache(maxsize=8192)
 def _region_known(region_and_year: str) -> bool:
     # stdnum's answer depends only on the region code and the birth year, so

@@ -149,8 +149,12 @@ OPS = st.lists(st.tuples(st.integers(0, 2), st.sampled_from(KINDS), st.integers(
 @settings(max_examples=int(os.environ.get("SYNCDB_HYPOTHESIS_EXAMPLES", "25")), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(ops=OPS, seed=st.integers(0, 1000))
-def test_merge_is_order_independent(tmp_path_factory, domains, ops, seed):
-    """Random histories from three communities and the office give one store, whatever the arrival order."""
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_merge_is_order_independent(tmp_path_factory, domains, ops, seed, jobs, monkeypatch):
+    """Random histories from three communities and the office give one store, whatever the arrival order,
+    merged in one process or with worker processes (jobs=2: every bundle through them, however small)."""
+    if jobs > 1:
+        monkeypatch.setattr(merge._Pool, "SMALL", 0)
     w = World(tmp_path_factory.mktemp("w"), domains)
     w.freeze_empty_store()
     held = {code: set() for code in CODES}
@@ -182,7 +186,12 @@ def test_merge_is_order_independent(tmp_path_factory, domains, ops, seed):
         shuffled = list(w.bundles)
         rng.shuffle(shuffled)
         orders.append(shuffled)
-    results = [snapshot(w.merge_in_order(order, f"o{i}"), domains) for i, order in enumerate(orders)]
+    results = []
+    for i, order in enumerate(orders):
+        store = w.fresh_store(f"o{i}")
+        for path in order:
+            merge.merge(store, [path], SECRET, w.all_domains, jobs=jobs)
+        results.append(snapshot(store, domains))
     for other in results[1:]:
         assert other == results[0]
 
