@@ -33,7 +33,8 @@ from .files import fsync_dir, storage_error
 from .i18n import _
 from .hlc import pack_versions, unpack_versions
 from .schema import Domain, Table, load_domains
-from .store import STORE_TABLES, STORE_VERSION, Store, create_sql, id_columns, opened, table_name
+from .store import (STORE_TABLES, STORE_VERSION, Store, create_sql, id_columns, opened, redundant_index_names,
+                    table_name)
 
 # Every table of store.db, by owner, in the order they are made.
 OWNED_TABLES = {
@@ -86,8 +87,12 @@ def compact_bearings(store: Store) -> None:
     """Step 3: the subjects the checks kept per record move to ``bearings`` (cases.py), a third of the
     bytes. The old table is dropped, not copied: a check whose kept version is older
     (checks.BEARINGS_KEPT) looks at every record once at its next run and keeps them anew, so no case
-    is missed; its cases stay as they were."""
+    is missed; its cases stay as they were. And the blind-ID index of a table keyed by that ID number
+    alone (store.redundant_index_names) is dropped: the blind key's index finds those records."""
     store.conn.execute("DROP TABLE IF EXISTS check_bearings")
+    for table in store.tables.values():
+        for name in redundant_index_names(table):
+            store.conn.execute(f"DROP INDEX IF EXISTS [{name}]")
 
 
 # Steps from one store version to the next, each run inside the upgrade's transaction
