@@ -185,7 +185,8 @@ def main() -> None:
     print(f"ratio incremental / full: {ratio:.1%} (goal <= {GOAL:.0%}) {'PASS' if ratio <= GOAL else 'MISS'}")
     print(f"incremental run without the checks' look-up indexes: median {statistics.median(unindexed):.3f} s of "
           f"{', '.join(f'{t:.3f}' for t in unindexed)} ({statistics.median(unindexed) / statistics.median(small):.2f}x "
-          f"the run with them); the indexes take {index_bytes / 2**20:.1f} MiB of store.db's {store_bytes / 2**20:.1f} MiB")
+          f"the run with them); the indexes take {index_bytes / 2**20:.1f} MiB of store.db's "
+          f"{store_bytes / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,12 @@ validate, seal, version, write, ledger, commit), per change, and what the
 process read and wrote through the kernel (/proc/self/io rchar and wchar:
 SQLite's page reads and writes, WAL and checkpoints) per change. The goal is
 the issue's: the 50th community's first load ≤ 1.2x the first's.
+
+``--sizes STORE`` prints instead where a store's bytes go (SQLite's dbstat:
+each table and index, its payload and unused bytes) and, over the record
+tables, what the sealing's nonces and tags, the versions and the blind keys
+take: what a smaller store format would have to save (issue 14, item 5;
+bench/city.py compares store.db with the same rows in plain SQLite).
 """
 
 from __future__ import annotations
@@ -123,7 +129,10 @@ def main() -> None:
                         "(store.BUNDLE_CACHE_MIB), to compare sizes")
     parser.add_argument("--checks", action="store_true", help="time the checks after the first load too")
     parser.add_argument("--keep", help="folder for the generated communities, reused when it holds them")
+    parser.add_argument("--sizes", metavar="STORE", help="print where the bytes of this store go, and stop")
     args = parser.parse_args()
+    if args.sizes:
+        return where_bytes_go(Path(args.sizes))
     sizes = [int(k) for k in args.at.split(",")]
     if args.cache_mib is not None:
         store_module.BUNDLE_CACHE_MIB = args.cache_mib
@@ -158,6 +167,46 @@ def main() -> None:
         print_table(rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+SEAL_OVERHEAD = 30  # a sealed value's format and key id bytes, nonce and tag (store.Seals.seal)
+
+
+def where_bytes_go(store: Path) -> None:
+    """Where the bytes of store.db go: each table and index (dbstat), then the record tables' parts."""
+    path = store / "store.db" if store.is_dir() else store
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    total = conn.execute("SELECT sum(pgsize) FROM dbstat").fetchone()[0]
+    print(f"{path}: {total / 2**20:,.1f} MiB (page size {conn.execute('PRAGMA page_size').fetchone()[0]}, "
+          f"{conn.execute('PRAGMA freelist_count').fetchone()[0]} free pages)")
+    print(f"{'table or index':<40}{'MiB':>8}{'share':>7}{'payload MiB':>13}{'unused MiB':>12}{'leaf cells':>11}")
+    for name, size, payload, unused, cells in conn.execute(
+            "SELECT name, sum(pgsize), sum(payload), sum(unused), sum(CASE WHEN pagetype = 'leaf' THEN ncell END) "
+            "FROM dbstat GROUP BY name ORDER BY 2 DESC"):
+        if size >= total / 1000:
+            print(f"{name:<40}{size / 2**20:>8.2f}{size / total:>7.1%}{payload / 2**20:>13.2f}{unused / 2**20:>12.2f}"
+                  f"{cells or 0:>11,}")
+    sealed = sealed_rows = versions = blind = rows = 0
+    for (qualified,) in conn.execute("SELECT tbl FROM store_columns").fetchall():
+        name = qualified.replace(".", "__")
+        columns = conn.execute(f"PRAGMA table_info([{name}])").fetchall()
+        values = [c[1] for c in columns if c[2] == "BLOB" and c[1] != "_key" and not c[1].endswith("__bi")]
+        ids = [c[1] for c in columns if c[1].endswith("__bi")]
+        any_sealed = " OR ".join(f"[{c}] IS NOT NULL" for c in values) or "0"
+        id_bytes = " + ".join(f"coalesce(sum(length([{c}])), 0)" for c in ids) or "0"
+        count, per_value, with_sealed, text, keys = conn.execute(
+            f"SELECT count(*), {' + '.join(f'count([{c}])' for c in values) or '0'}, sum({any_sealed}), "
+            f"sum(length(_versions)), sum(length(_key)) + {id_bytes} FROM [{name}]").fetchone()
+        rows, sealed, sealed_rows = rows + count, sealed + per_value, sealed_rows + (with_sealed or 0)
+        versions, blind = versions + (text or 0), blind + (keys or 0)
+    mib = 2**20
+    print(f"record tables: {rows:,} rows; {sealed:,} sealed values, {SEAL_OVERHEAD} bytes each of format, key id, "
+          f"nonce and tag: {sealed * SEAL_OVERHEAD / mib:.1f} MiB ({sealed * SEAL_OVERHEAD / total:.1%}); one seal a "
+          f"row would take {sealed_rows * SEAL_OVERHEAD / mib:.1f} MiB of it")
+    print(f"versions (_versions): {versions / mib:.1f} MiB ({versions / total:.1%}), "
+          f"{versions / max(rows, 1):.0f} bytes a row; blind keys and blind IDs in the rows: {blind / mib:.1f} MiB "
+          f"({blind / total:.1%}), their indexes above")
+    conn.close()
 
 
 def _first_keys(store: Path, domains) -> None:

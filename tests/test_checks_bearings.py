@@ -142,7 +142,8 @@ def test_records_are_found_alike_by_blind_key_index_and_scan(street):
         # The non-key columns are asked through their look-up indexes, the 户号 of households by its blind key.
         for column in ("household_no", "birth_date", "address_code"):
             plan = " ".join(row[-1] for row in st.conn.execute(
-                f"EXPLAIN QUERY PLAN SELECT * FROM huji__persons WHERE _exists = 1 AND [{column}] IN (?, ?)", ("a", "b")))
+                f"EXPLAIN QUERY PLAN SELECT * FROM huji__persons WHERE _exists = 1 AND [{column}] IN (?, ?)",
+                ("a", "b")))
             assert f"huji__persons__by_{column}" in plan, plan
         records = Records(st)
         records.where("huji.households", "household_no", numbers)
