@@ -619,6 +619,9 @@ def read_json(data: bytes):
 _json_line = read_json
 
 
+_PLAIN = frozenset((str, int, float, bool))  # what JSON reads as str, int or float
+
+
 def _change_problem(change, lists_allowed: bool) -> str | None:
     """What is wrong with one decoded change line (a short phrase), or None."""
     if not isinstance(change, dict):
@@ -646,6 +649,9 @@ def _change_problem(change, lists_allowed: bool) -> str | None:
         if not isinstance(values, dict) or len(values) > most or (part == "key" and not values):
             return _("'{name}' is {value}").format(name=part, value=_shown(values))
         for name, value in values.items():
+            # The common case first, at a glance: a short name and a plain value.
+            if name.__class__ is str and 0 < len(name) <= NAME_LEN and (value is None or value.__class__ in _PLAIN):
+                continue
             if not _is_name(name) or not (value is None or isinstance(value, (str, int, float))):
                 return _("'{name}' has {column}: {value}").format(name=part, column=_shown(name),
                                                                   value=_shown(value))

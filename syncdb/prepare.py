@@ -18,7 +18,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
@@ -223,8 +223,13 @@ def _start(keyring: Keyring, domains: dict[str, Domain], language: str) -> None:
 
 
 def prepare_chunk(lines: list[bytes], first: int, lists_allowed: bool, ctx: Context):
-    """In a worker: each line read and made ready, as (change, Prepared or None); and the
-    BundleError of the first line that is no change, as (message, reason), or None."""
+    """In a worker: ``prepare_lines`` with the worker's preparer."""
+    return prepare_lines(_worker, lines, first, lists_allowed, ctx)
+
+
+def prepare_lines(preparer: Preparer, lines: list[bytes], first: int, lists_allowed: bool, ctx: Context):
+    """Each line read and made ready, as (change, Prepared or None); and the BundleError of the
+    first line that is no change, as (message, reason), or None."""
     out = []
     for number, line in enumerate(lines, start=first):
         try:
@@ -232,7 +237,7 @@ def prepare_chunk(lines: list[bytes], first: int, lists_allowed: bool, ctx: Cont
         except bundle.BundleError as e:
             return out, (str(e), e.reason)
         try:
-            prepared = _worker.prepare(change, ctx)
+            prepared = preparer.prepare(change, ctx)
         except Exception:  # noqa: BLE001 - the merge does this change itself and meets the same fault in order
             prepared = None
         out.append((change, prepared))
@@ -240,11 +245,17 @@ def prepare_chunk(lines: list[bytes], first: int, lists_allowed: bool, ctx: Cont
 
 
 class Workers:
-    """A pool of worker processes preparing changes for one merge; ``close`` it."""
+    """A pool of worker processes preparing changes for one merge; ``close`` it.
+
+    The merging process prepares a chunk itself whenever the workers have not
+    finished the one it needs next (the cores may be busy with other work), so
+    a merge with workers is never much slower than one without.
+    """
 
     def __init__(self, jobs: int, keyring: Keyring, domains: dict[str, Domain]):
         self.jobs = jobs
         validate.warm()
+        self.here = Preparer(Seals(keyring), domains)
         # fork where there is one (Linux), spawn elsewhere (Windows, macOS): the platform's default.
         self.pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context(), initializer=_start,
                                         initargs=(keyring, domains, i18n.language()))
@@ -260,21 +271,27 @@ class Workers:
         payload's reading waits until every line before it is handed on.
         """
         lines, raw = reader.lines(keyring, caps)
-        pending: deque = deque()
+        pending: deque = deque()  # (first line's number, Future), in the payload's order
         fault = None
         number = 0
+
+        def chunk_of_lines() -> list[bytes]:
+            nonlocal fault
+            chunk, size = [], 0
+            try:
+                for line in raw:
+                    chunk.append(line)
+                    size += len(line)
+                    if len(chunk) >= CHUNK or size >= CHUNK_BYTES:
+                        break
+            except Exception as e:  # noqa: BLE001 - raised below, in the payload's order
+                fault = e
+            return chunk
+
         try:
             while True:
                 while fault is None and len(pending) < 2 * self.jobs + 1:
-                    chunk, size = [], 0
-                    try:
-                        for line in raw:
-                            chunk.append(line)
-                            size += len(line)
-                            if len(chunk) >= CHUNK or size >= CHUNK_BYTES:
-                                break
-                    except Exception as e:  # noqa: BLE001 - raised below, in the payload's order
-                        fault = e
+                    chunk = chunk_of_lines()
                     if not chunk:
                         break
                     pending.append((number + 1, self.pool.submit(prepare_chunk, chunk, number + 1,
@@ -282,6 +299,14 @@ class Workers:
                     number += len(chunk)
                 if not pending:
                     break
+                if not pending[0][1].done() and fault is None:
+                    # The workers are behind: take the next chunk here rather than wait.
+                    chunk = chunk_of_lines()
+                    if chunk:
+                        done = Future()
+                        done.set_result(prepare_lines(self.here, chunk, number + 1, lines.lists_allowed, ctx))
+                        pending.append((number + 1, done))
+                        number += len(chunk)
                 first, future = pending.popleft()
                 try:
                     out, error = future.result()
