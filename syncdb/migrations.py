@@ -142,10 +142,11 @@ def upgrade(store: Store) -> Path | None:
             for statement in create_sql(table):
                 conn.execute(statement)
             _add_new_columns(conn, table)
-        checks.make_lookup_indexes(store)  # the columns the checks look records up by (checks.py)
         for step in range(version + 1, STORE_VERSION + 1):
             if step in STEPS:
                 STEPS[step](store)
+        # The columns the checks look records up by (checks.py); after the steps: step 2 would build them twice.
+        checks.make_lookup_indexes(store)
         conn.execute("INSERT OR IGNORE INTO keyring_check VALUES (1, ?, ?)", store.keyring_check)
         conn.execute(f"PRAGMA user_version = {STORE_VERSION}")
     return backup
