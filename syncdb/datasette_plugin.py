@@ -196,9 +196,7 @@ def _fill(ctx: Context) -> tuple[tuple, int, bool]:
                                        check_same_thread=False)
                        for name in (projection.MASKED_DB, projection.PLAIN_DB)]
             for conn in writers:
-                conn.execute("PRAGMA temp_store = MEMORY")
-                # Before any table is made: lets a refresh give freed pages back (projection.give_back_memory).
-                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+                projection.prepare_database(conn)
             ctx.writers, ctx.published = writers, projection.Published(*writers)
         with ctx.store() as store:
             signature = projection.signature(store)
@@ -262,6 +260,7 @@ def startup(datasette):
     if getattr(datasette, "_syncdb", None) is None:
         return None
     speak_the_users_language(datasette)
+    projection.limit_heaps()  # before the threads that fill and read the databases start
 
     async def inner():
         if "_memory" in datasette.databases:

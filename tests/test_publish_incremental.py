@@ -194,3 +194,24 @@ def test_the_site_shows_a_refresh_and_pages_answer_while_it_runs(office_store, m
     (hidden,) = found(li, MASKED_DB, "档案", changed["档案"])
     assert hidden["联系电话"] == "139****0001" and hidden["公民身份号码"] == first[:6] + "********" + first[-4:]
     assert "refreshed 1,201 changed records" in site.log() or "refreshed 1201 changed records" in site.log()
+
+
+def test_a_build_over_the_last_gives_its_pages_back(street):
+    """A whole build makes the new tables beside the old: once swapped in, the old ones' pages are given
+    back (an in-memory database keeps its freed pages unless told), and a refresh leaves none free."""
+    world = street
+    databases = _databases()
+    for conn in databases:
+        projection.prepare_database(conn)
+    published = Published(*databases)
+    with open_store(world.store, world.secret, world.all_domains) as store:
+        published.update(store)
+        first = [conn.execute("PRAGMA page_count").fetchone()[0] for conn in databases]
+        published.build(store)
+    assert [conn.execute("PRAGMA page_count").fetchone()[0] for conn in databases] == first
+    world.sql(CODES[0], "DELETE FROM persons WHERE id_number IN (?, ?)", (id_number(3), id_number(4)))
+    world.push(CODES[0], confirm_deletes=True)
+    _merge_last(world)
+    assert _refreshed(world, published) == 0  # two records gone: nothing to decrypt
+    assert [conn.execute("PRAGMA freelist_count").fetchone()[0] for conn in (*databases, published.rowids)] == [0] * 3
+    assert (_contents(published.masked), _contents(published.plain)) == _built_whole(world)
