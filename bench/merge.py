@@ -4,7 +4,7 @@
     .venv/bin/python bench/merge.py --residents 1000 # smaller, for a quick look
 
 1. syncdb merge throughput (changes/s) over bundles already received into the inbox, in one
-   process and with ``--jobs`` worker processes (default: the cores available) on a copy
+   process and with ``--jobs`` worker processes (default: every core) on a copy
 2. raw executemany upsert (INSERT ... ON CONFLICT DO UPDATE) of the same decrypted rows
 3. sqlite-utils Table.upsert_all of the same rows
 4. APSW session extension: Changeset.apply of a changeset holding the same upserts
@@ -41,7 +41,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from syncdb import bundle, community, merge, migrations, office  # noqa: E402
 from syncdb.crypto import Secret  # noqa: E402
 from syncdb.plugins import extra_policies  # noqa: E402
-from syncdb.prepare import default_jobs  # noqa: E402
 from syncdb.sample import generate  # noqa: E402
 from syncdb.schema import load_domains  # noqa: E402
 from syncdb.store import create_sql, open_store, table_name  # noqa: E402
@@ -312,8 +311,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--residents", type=int, default=5000, help="residents per community (default 5000)")
     parser.add_argument("--communities", type=int, default=2, choices=range(1, len(CODES) + 1))
-    parser.add_argument("--jobs", type=int, default=default_jobs(),
-                        help="worker processes for the figure of merge --jobs (default: the cores available)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="worker processes for the figure of merge --jobs (default: every core)")
     parser.add_argument("--child-merge", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_merge:
