@@ -43,10 +43,12 @@ CREATE TABLE IF NOT EXISTS case_records (
     tbl TEXT NOT NULL, key BLOB NOT NULL, case_id INTEGER NOT NULL, PRIMARY KEY (tbl, key, case_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS check_points (check_name TEXT PRIMARY KEY, point INTEGER NOT NULL, at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS check_settings (check_name TEXT PRIMARY KEY, used TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS bearing_lists (
-    id INTEGER PRIMARY KEY, check_name TEXT NOT NULL, tbl TEXT NOT NULL, UNIQUE (check_name, tbl));
-CREATE TABLE IF NOT EXISTS bearings (
-    list_id INTEGER NOT NULL, key BLOB NOT NULL, subject NOT NULL, PRIMARY KEY (list_id, key, subject)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS bearing_checks (
+    bit INTEGER PRIMARY KEY CHECK (bit BETWEEN 0 AND 62), check_name TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS bearing_tables (id INTEGER PRIMARY KEY, tbl TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS record_bearings (
+    tbl_id INTEGER NOT NULL, key BLOB NOT NULL, subject NOT NULL, holders INTEGER NOT NULL,
+    PRIMARY KEY (tbl_id, key, subject)) WITHOUT ROWID;
 """
 
 STATES = {"open": N_("open"), "confirmed": N_("confirmed"), "dismissed": N_("dismissed"), "fixed": N_("fixed")}
@@ -122,8 +124,8 @@ def _reason_cell(case_id: int) -> bytes:
     return f"case {case_id}".encode()
 
 
-def _bearing_cell(check: str, tbl: str, key: bytes) -> bytes:
-    return f"{check}|{tbl}|".encode() + bytes(key)
+def _bearing_cell(tbl: str, key: bytes) -> bytes:
+    return f"bearing|{tbl}|".encode() + bytes(key)
 
 
 # ---------------------------------------------------------------- the engine's side
@@ -175,25 +177,43 @@ def subjects_on(store: Store, check: str, changed: dict[str, set[bytes]]) -> set
 
 # A record's subjects, as a check's subjects_of gives them, may come from values that change (a
 # person's 户号, a migrant's house): once changed, the store keeps no old value to say which
-# household or house the record left. Each check keeps them here, per record: one row per subject
-# in ``bearings``, under the list of the check and table (``bearing_lists``: their names once, not
-# in every row). A subject that is the value of one of the record's own columns the schema does not
-# mark sensitive (a 户号, a house code: the record's row holds it in clear already) is kept in
-# clear, as TEXT; any other is sealed, bound to the check, table and record (a BLOB). Their blind
-# index (to compare and to scope) is computed again when read: an HMAC costs less than the 16
-# bytes a row would keep it in. Subjects a record's key alone gives are never kept: the key does
-# not change, and a deleted record keeps it. (Store version 3; before, ``check_bearings`` kept each
-# subject sealed beside its blind index and the names, 107 bytes a row against about 36.)
-
-def _list_ids(store: Store, check: str) -> dict[str, int]:
-    """Table -> the id of the check's list of bearings for it."""
-    return {tbl: i for i, tbl in store.conn.execute("SELECT id, tbl FROM bearing_lists WHERE check_name = ?",
-                                                    (check,))}
+# household or house the record left. Each check keeps them here, per record: one row per record
+# and subject in ``record_bearings``, whose ``holders`` has a bit for each check that keeps it
+# (``bearing_checks``; tables by a small id in ``bearing_tables``): the checks that read a
+# person's household share one row. A subject that is the value of one of the record's own
+# columns the schema does not mark sensitive (a 户号, a house code: the record's row holds it in
+# clear already) is kept in clear, as TEXT; any other is sealed, bound to the table and record
+# (a BLOB). Their blind index (to compare and to scope) is computed again when read: an HMAC costs
+# less than the 16 bytes a row would keep it in. Subjects a record's key alone gives are never
+# kept: the key does not change, and a deleted record keeps it. (Store version 3; before,
+# ``check_bearings`` kept each subject sealed beside its blind index and the names, one row per
+# check: 107 bytes a row against about 37, shared.)
+MAX_BEARING_CHECKS = 63  # bits of ``holders``
 
 
-def _subject(store: Store, check: str, tbl: str, key: bytes, stored):
+def _bit(store: Store, check: str, make: bool = False) -> int | None:
+    """The check's bit in ``holders`` (given one if ``make``), or None."""
+    conn = store.conn
+    found = conn.execute("SELECT bit FROM bearing_checks WHERE check_name = ?", (check,)).fetchone()
+    if found is None and make:
+        (taken,) = conn.execute("SELECT count(*) FROM bearing_checks").fetchone()
+        if taken >= MAX_BEARING_CHECKS:
+            raise SyncdbError(_("more than {n} checks keep what records bore on; turn some off in checks.toml")
+                              .format(n=MAX_BEARING_CHECKS))
+        taken = {b for (b,) in conn.execute("SELECT bit FROM bearing_checks")}
+        bit = min(set(range(MAX_BEARING_CHECKS)) - taken)
+        conn.execute("INSERT INTO bearing_checks VALUES (?, ?)", (bit, check))
+        return bit
+    return None if found is None else found[0]
+
+
+def _table_ids(store: Store) -> dict[str, int]:
+    return {tbl: i for i, tbl in store.conn.execute("SELECT id, tbl FROM bearing_tables")}
+
+
+def _subject(store: Store, tbl: str, key: bytes, stored):
     """A kept subject as the check gave it: in clear (TEXT), or opened in memory (a sealed BLOB)."""
-    return stored if isinstance(stored, str) else _open(store, "subject", stored, _bearing_cell(check, tbl, key))
+    return stored if isinstance(stored, str) else _open(store, "subject", stored, _bearing_cell(tbl, key))
 
 
 def bearings(store: Store, check: str, kind: str, tbl: str, keys) -> dict[bytes, dict[bytes, object]]:
@@ -201,17 +221,17 @@ def bearings(store: Store, check: str, kind: str, tbl: str, keys) -> dict[bytes,
     found: dict[bytes, dict[bytes, object]] = {}
     if not _has_bearings(store):
         return found
-    list_id = _list_ids(store, check).get(tbl)
-    if list_id is None:
+    bit, tbl_id = _bit(store, check), _table_ids(store).get(tbl)
+    if bit is None or tbl_id is None:
         return found
     keys = list(keys)
     for start in range(0, len(keys), 500):
         part = keys[start:start + 500]
         for key, stored in store.conn.execute(
-                f"SELECT key, subject FROM bearings WHERE list_id = ? AND key IN ({', '.join('?' * len(part))})",
-                (list_id, *part)):
+                f"SELECT key, subject FROM record_bearings WHERE tbl_id = ? AND key IN ({', '.join('?' * len(part))}) "
+                f"AND holders & ?", (tbl_id, *part, 1 << bit)):
             key = bytes(key)
-            subject = _subject(store, check, tbl, key, stored)
+            subject = _subject(store, tbl, key, stored)
             found.setdefault(key, {})[subject_index(store, kind, subject)] = subject
     return found
 
@@ -221,17 +241,21 @@ def all_bearings(store: Store, check: str, kind: str) -> dict[tuple[str, bytes],
     found: dict[tuple[str, bytes], set[bytes]] = {}
     if not _has_bearings(store):
         return found
+    bit = _bit(store, check)
+    if bit is None:
+        return found
+    names = {i: tbl for tbl, i in _table_ids(store).items()}
     blind: dict[str, bytes] = {}  # a 户号 kept for each of its members is indexed once
-    for tbl, list_id in _list_ids(store, check).items():
-        for key, stored in store.conn.execute("SELECT key, subject FROM bearings WHERE list_id = ?", (list_id,)):
-            key = bytes(key)
-            if isinstance(stored, str):
-                index = blind.get(stored)
-                if index is None:
-                    index = blind[stored] = subject_index(store, kind, stored)
-            else:
-                index = subject_index(store, kind, _subject(store, check, tbl, key, stored))
-            found.setdefault((tbl, key), set()).add(index)
+    for tbl_id, key, stored in store.conn.execute(
+            "SELECT tbl_id, key, subject FROM record_bearings WHERE holders & ?", (1 << bit,)):
+        key, tbl = bytes(key), names[tbl_id]
+        if isinstance(stored, str):
+            index = blind.get(stored)
+            if index is None:
+                index = blind[stored] = subject_index(store, kind, stored)
+        else:
+            index = subject_index(store, kind, _subject(store, tbl, key, stored))
+        found.setdefault((tbl, key), set()).add(index)
     return found
 
 
@@ -239,23 +263,39 @@ def keep_bearings(store: Store, check: str, now: dict[tuple[str, bytes], dict[by
                   before: dict[tuple[str, bytes], set[bytes]]) -> int:
     """Keep ``now`` ((table, blind key) -> {blind subject: (subject, whether it may be kept in clear)}) for
     those records, and nothing for the records only in ``before`` (what was kept for them). Call inside the
-    caller's transaction; only the records whose subjects differ are written. Return how many records were
-    written."""
+    caller's transaction; only the records whose subjects differ are written, and the other checks' bits
+    are left as they were. Return how many records were written."""
     conn, written = store.conn, 0
-    lists = _list_ids(store, check)
+    bit = tables = None
     for tbl, key in set(now) | set(before):
         subjects = now.get((tbl, key), {})
         if set(subjects) == before.get((tbl, key), set()):
             continue
-        if tbl not in lists:
-            conn.execute("INSERT INTO bearing_lists (check_name, tbl) VALUES (?, ?)", (check, tbl))
-            lists = _list_ids(store, check)
-        list_id = lists[tbl]
-        conn.execute("DELETE FROM bearings WHERE list_id = ? AND key = ?", (list_id, key))
-        conn.executemany("INSERT INTO bearings VALUES (?, ?, ?)", [
-            (list_id, key, plain if clear and isinstance(plain, str)
-             else _seal(store, "subject", plain, _bearing_cell(check, tbl, key)))
-            for plain, clear in subjects.values()])
+        if bit is None:
+            bit, tables = 1 << _bit(store, check, make=True), _table_ids(store)
+        if tbl not in tables:
+            conn.execute("INSERT INTO bearing_tables (tbl) VALUES (?)", (tbl,))
+            tables = _table_ids(store)
+        tbl_id = tables[tbl]
+        wanted = {plain: clear for plain, clear in subjects.values()}
+        for stored, holders in conn.execute("SELECT subject, holders FROM record_bearings WHERE tbl_id = ? "
+                                            "AND key = ?", (tbl_id, key)).fetchall():
+            plain = _subject(store, tbl, key, stored)
+            keep = plain in wanted
+            wanted.pop(plain, None)
+            rest = (holders | bit) if keep else (holders & ~bit)
+            if rest == holders:
+                continue
+            if rest:
+                conn.execute("UPDATE record_bearings SET holders = ? WHERE tbl_id = ? AND key = ? AND subject = ?",
+                             (rest, tbl_id, key, stored))
+            else:
+                conn.execute("DELETE FROM record_bearings WHERE tbl_id = ? AND key = ? AND subject = ?",
+                             (tbl_id, key, stored))
+        conn.executemany("INSERT INTO record_bearings VALUES (?, ?, ?, ?)", [
+            (tbl_id, key, plain if clear and isinstance(plain, str)
+             else _seal(store, "subject", plain, _bearing_cell(tbl, key)), bit)
+            for plain, clear in wanted.items()])
         written += 1
     return written
 
@@ -441,13 +481,13 @@ def data_keys_used(store: Store) -> set[int]:
     used |= {bytes(r)[1] for (r,) in store.conn.execute("SELECT reason FROM cases WHERE reason IS NOT NULL")}
     if _has_bearings(store):
         used |= {bytes(b)[1] for (b,) in store.conn.execute(
-            "SELECT DISTINCT substr(subject, 1, 2) FROM bearings WHERE typeof(subject) = 'blob'")}
+            "SELECT DISTINCT substr(subject, 1, 2) FROM record_bearings WHERE typeof(subject) = 'blob'")}
     return used
 
 
 def _has_bearings(store: Store) -> bool:
     return store.conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'bearings'").fetchone() is not None
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'record_bearings'").fetchone() is not None
 
 
 def reseal(store: Store, current: int) -> int:
@@ -473,10 +513,10 @@ def _reseal_bearings(store: Store, current: int) -> None:
     """The sealed subjects the checks keep per record, sealed again under the current data key (inside a
     transaction); those kept in clear hold no key."""
     conn = store.conn
-    names = {i: (check, tbl) for i, check, tbl in conn.execute("SELECT id, check_name, tbl FROM bearing_lists")}
-    for list_id, key, sealed in conn.execute(
-            "SELECT list_id, key, subject FROM bearings WHERE typeof(subject) = 'blob' AND substr(subject, 2, 1) != ?",
-            (bytes([current]),)).fetchall():
-        cell = _bearing_cell(*names[list_id], key)
-        conn.execute("UPDATE bearings SET subject = ? WHERE list_id = ? AND key = ? AND subject = ?",
-                     (_seal(store, "subject", _open(store, "subject", sealed, cell), cell), list_id, key, sealed))
+    names = {i: tbl for tbl, i in _table_ids(store).items()}
+    for tbl_id, key, sealed in conn.execute(
+            "SELECT tbl_id, key, subject FROM record_bearings WHERE typeof(subject) = 'blob' "
+            "AND substr(subject, 2, 1) != ?", (bytes([current]),)).fetchall():
+        cell = _bearing_cell(names[tbl_id], key)
+        conn.execute("UPDATE record_bearings SET subject = ? WHERE tbl_id = ? AND key = ? AND subject = ?",
+                     (_seal(store, "subject", _open(store, "subject", sealed, cell), cell), tbl_id, key, sealed))

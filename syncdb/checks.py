@@ -509,7 +509,7 @@ def watched_changes(cells: dict[str, dict[bytes, frozenset | None]], check: Chec
 
 
 # What a check keeps per record (Bearings); another version of it is built again, by a run over everything.
-BEARINGS_KEPT = 2  # 2: the bearings of store version 3 (cases.py); a check that kept version 1 looks at all once
+BEARINGS_KEPT = 3  # 3: the bearings of store version 3 (cases.py); a check that kept another looks at all once
 
 
 def _kept(previous: dict | None, check: Check) -> bool:

@@ -84,8 +84,8 @@ def _rebuild_with_rowid(conn: sqlite3.Connection, name: str) -> None:
 
 
 def compact_bearings(store: Store) -> None:
-    """Step 3: the subjects the checks kept per record move to ``bearings`` (cases.py), a third of the
-    bytes. The old table is dropped, not copied: a check whose kept version is older
+    """Step 3: the subjects the checks kept per record move to ``record_bearings`` (cases.py), a sixth
+    of the bytes. The old table is dropped, not copied: a check whose kept version is older
     (checks.BEARINGS_KEPT) looks at every record once at its next run and keeps them anew, so no case
     is missed; its cases stay as they were. And the blind-ID index of a table keyed by that ID number
     alone (store.redundant_index_names) is dropped: the blind key's index finds those records."""

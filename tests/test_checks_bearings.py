@@ -52,8 +52,8 @@ def street(tmp_path, domains):
 
 
 def kept(conn, check: str) -> list[tuple]:
-    return conn.execute("SELECT b.key, b.subject FROM bearings b JOIN bearing_lists l ON l.id = b.list_id "
-                        "WHERE l.check_name = ?", (check,)).fetchall()
+    return conn.execute("SELECT b.key, b.subject FROM record_bearings b JOIN bearing_checks c "
+                        "ON b.holders & (1 << c.bit) WHERE c.check_name = ?", (check,)).fetchall()
 
 
 def test_a_subject_from_a_sensitive_column_is_kept_sealed_and_cannot_be_moved(street):
@@ -72,7 +72,7 @@ def test_a_subject_from_a_sensitive_column_is_kept_sealed_and_cannot_be_moved(st
             # Household 户号s (plain in the persons' rows) are kept in clear.
             assert all(isinstance(s, str) for __, s in kept(st.conn, "household_head"))
         with street.opened(write=True) as st:  # one record's sealed subject moved to another record
-            st.conn.execute("UPDATE bearings SET subject = ? WHERE key = ? AND subject = ?", (one, second, other))
+            st.conn.execute("UPDATE record_bearings SET subject = ? WHERE key = ? AND subject = ?", (one, second, other))
             with pytest.raises((InvalidTag, SyncdbError)):
                 cases.bearings(st, "same_address", "address", PERSONS, [second])
 
@@ -85,8 +85,8 @@ def test_an_upgrade_drops_the_old_bearings_and_the_next_run_looks_at_everything_
     assert all(counts.values()) and {"huji__persons__by_household_no", "huji__persons__by_birth_date"} <= lookups
     # As a version-2 store left it: the old table, no look-up index, the checks' settings naming version 1.
     conn = sqlite3.connect(street.store / "store.db", isolation_level=None)
-    conn.execute("DROP TABLE bearings")
-    conn.execute("DROP TABLE bearing_lists")
+    for table in ("record_bearings", "bearing_checks", "bearing_tables"):
+        conn.execute(f"DROP TABLE {table}")
     for name in lookups:
         conn.execute(f"DROP INDEX [{name}]")
     conn.execute("CREATE INDEX huji__persons_id_number__bi ON huji__persons (id_number__bi)")  # version 2 made it
@@ -148,3 +148,36 @@ def test_records_are_found_alike_by_blind_key_index_and_scan(street):
         records = Records(st)
         records.where("huji.households", "household_no", numbers)
         assert ("huji.households", "household_no") not in records._scanned
+
+
+def test_checks_share_a_kept_subject_and_each_keeps_its_own_view(street):
+    with street.opened(write=True) as st:
+        bits = dict(st.conn.execute("SELECT check_name, bit FROM bearing_checks"))
+        both = (1 << bits["household_head"]) | (1 << bits["dibao_employed"])
+        holders = [h for (h,) in st.conn.execute(
+            "SELECT b.holders FROM record_bearings b JOIN huji__persons p ON p._key = b.key "
+            "WHERE b.subject = p.household_no")]
+        assert len(holders) == 300 and all(h & both == both for h in holders), "one row a 户号 for both checks"
+        person = Records(st).rows(PERSONS)[0]
+        key, old = person.key, person["household_no"]
+        blind = cases.subject_index(st, "household", old)
+        for check in ("household_head", "dibao_employed"):
+            assert cases.bearings(st, check, "household", PERSONS, [key]) == {key: {blind: old}}
+        # household_head alone sees the person in another household (dibao_employed failed, say).
+        moved = cases.subject_index(st, "household", "4419000000000")
+        with st.transaction():
+            cases.keep_bearings(st, "household_head", {(PERSONS, key): {moved: ("4419000000000", True)}},
+                                {(PERSONS, key): {blind}})
+        assert cases.bearings(st, "household_head", "household", PERSONS, [key]) == {key: {moved: "4419000000000"}}
+        assert cases.bearings(st, "dibao_employed", "household", PERSONS, [key]) == {key: {blind: old}}
+        with st.transaction():
+            cases.keep_bearings(st, "dibao_employed", {(PERSONS, key): {moved: ("4419000000000", True)}},
+                                {(PERSONS, key): {blind}})
+        rows = st.conn.execute("SELECT subject, holders FROM record_bearings WHERE key = ? AND holders & ?",
+                               (key, both)).fetchall()
+        assert rows == [("4419000000000", both)]  # one row again, the old 户号's gone
+        with st.transaction():  # deleted: nothing kept for it by either
+            for check in ("household_head", "dibao_employed"):
+                cases.keep_bearings(st, check, {(PERSONS, key): {}}, {(PERSONS, key): {moved}})
+        assert st.conn.execute("SELECT subject FROM record_bearings WHERE key = ? AND holders & ?",
+                               (key, both)).fetchall() == []

@@ -282,8 +282,9 @@ def test_what_a_check_keeps_of_the_subjects_is_in_clear_only_where_the_record_ho
     row holds in clear (a column the schema does not mark sensitive); no sensitive value is ever kept in clear."""
     street = own
     with street.opened() as st:
-        kept = st.conn.execute("SELECT l.check_name, l.tbl, b.key, b.subject FROM bearings b "
-                               "JOIN bearing_lists l ON l.id = b.list_id").fetchall()
+        kept = st.conn.execute("SELECT c.check_name, t.tbl, b.key, b.subject FROM record_bearings b "
+                               "JOIN bearing_tables t ON t.id = b.tbl_id "
+                               "JOIN bearing_checks c ON b.holders & (1 << c.bit)").fetchall()
         assert {c for c, *__ in kept} >= {"household_head", "dibao_employed", "rental_overfull"}
         for check, tbl, key, subject in kept:
             assert isinstance(subject, str), "the built-in checks' subjects are their records' plain values"
