@@ -341,8 +341,8 @@ class TableChecker:
         for column, kind, cache in self.columns:
             value = record.get(column.name)
             if kind == 0:
-                if value.__class__ is str and value and not value.isspace():
-                    continue  # a text value: nothing to check
+                if (value.__class__ is str and value and not value.isspace()) or (value is None and not column.required):
+                    continue  # a text value, or an optional one left empty: nothing to check
                 found = _check_value(column, value, record, domain)
             elif kind == 1:
                 try:
