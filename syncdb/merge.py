@@ -75,8 +75,9 @@ def merge(store_dir, paths, secret: Secret, domains: dict[str, Domain], progress
     """Receive bundle files or folders (if any) into the inbox, then apply all that can be.
 
     ``jobs``: processes preparing the changes (reading, validating, sealing: prepare.py) beside
-    this one, which alone writes the store; 1 for none, None for as many as there are cores.
-    The store ends the same whatever the number.
+    this one, which alone writes the store; 1 for none, None for the cores available
+    (prepare.default_jobs). The changes are applied in the bundle's order whoever prepared
+    them, so the store ends the same whatever the number.
     """
     summary = Summary()
     # Unlock the keyring first: a wrong passphrase or key file must change nothing,
