@@ -339,10 +339,7 @@ class Workers:
                         pending.append((number + 1, done))
                         number += len(chunk)
                 first, future = pending.popleft()
-                try:
-                    out, error = future.result()
-                except BrokenProcessPool as e:
-                    raise WorkersFailed(str(e) or type(e).__name__) from None
+                out, error = future.result()
                 for n, (change, prepared) in enumerate(out, start=first):
                     yield lines.account(change, n), prepared
                 if error:
@@ -350,6 +347,9 @@ class Workers:
             if fault is not None:
                 raise fault
             lines.finish()
+        except BrokenProcessPool as e:
+            # Met at a result, or at the next chunk's hand-out when a worker died in between.
+            raise WorkersFailed(str(e) or type(e).__name__) from None
         finally:
             for __, future in pending:
                 future.cancel()

@@ -1,0 +1,60 @@
+"""Second read of the faster merge and `syncdb merge --jobs` (issue 14, item 2): a killed worker
+and a hostile bundle."""
+
+import multiprocessing
+import os
+import signal
+import sqlite3
+import time
+
+import pytest
+
+from conftest import CODES, SECRET, person, snapshot
+from syncdb import merge, office, prepare
+from syncdb.errors import SyncdbError
+
+
+def _kill_a_worker_once(state: dict):
+    """A progress callback: at the first batch, a worker of the pool is killed (the kernel's OOM
+    killer, an operator's kill -9) and the merge goes on once the pool has seen it die."""
+    def progress(done, total, name):
+        if state.get("killed"):
+            return
+        workers = [p for p in multiprocessing.active_children() if p.is_alive()]
+        assert workers, "the merge started no worker process"
+        os.kill(workers[0].pid, signal.SIGKILL)
+        workers[0].join(10)
+        time.sleep(0.5)  # the pool's manager thread marks the pool broken
+        state["killed"] = True
+    return progress
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="SIGKILL")
+def test_a_worker_killed_between_chunks_fails_the_merge_as_documented(world, domains, monkeypatch):
+    """docs/merge.md: a worker that dies fails the merge, the bundle stays in the inbox and the
+    message says to run the merge again (with --jobs 1 if it recurs). A worker killed while the
+    merge applies what came back earlier is met when the next chunk is handed out; the merge
+    must say the same then, not hold the community's bundle as if the bundle were at fault."""
+    monkeypatch.setattr(merge._Pool, "SMALL", 0)
+    monkeypatch.setattr(prepare, "CHUNK", 7)
+    monkeypatch.setattr(merge._Merger, "BATCH", 10)
+    w = world
+    for n in range(90):
+        w.insert(CODES[0], person(n, CODES[0]))
+    w.push(CODES[0])
+    w.freeze_empty_store()
+    store = w.fresh_store("killed")
+    before = snapshot(store, domains)
+    state: dict = {}
+    with pytest.raises(SyncdbError) as failed:
+        merge.merge(store, w.bundles, SECRET, w.all_domains, progress=_kill_a_worker_once(state), jobs=2)
+    assert state.get("killed")
+    message = str(failed.value)
+    assert "worker process" in message and "--jobs 1" in message, message
+    assert snapshot(store, domains) == before
+    conn = sqlite3.connect(office.store_file(store))
+    assert conn.execute("SELECT count(*) FROM applied").fetchone() == (0,)
+    conn.close()
+    again = merge.merge(store, [], SECRET, w.all_domains, jobs=2)
+    assert again.applied == 1 and again.changes == 90
+    assert snapshot(store, domains) == snapshot(w.merge_in_order(w.bundles, "one"), domains)
