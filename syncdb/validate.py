@@ -344,7 +344,8 @@ class TableChecker:
                 if (value.__class__ is str and value and not value.isspace()) or (value is None and not column.required):
                     continue  # a text value, or an optional one left empty: nothing to check
                 found = _check_value(column, value, record, domain)
-            elif kind == 1:
+            elif kind == 1 and value.__class__ is not float:
+                # Not a float: -0.0 and 0.0 are equal keys, but a message quotes each as itself.
                 try:
                     found = cache[value.__class__, value]  # 1, 1.0 and True are equal keys, not equal values
                 except KeyError:
