@@ -302,7 +302,7 @@ class Workers:
         payload's reading waits until every line before it is handed on.
         """
         lines, raw = reader.lines(keyring, caps)
-        pending: deque = deque()  # (first line's number, Future), in the payload's order
+        pending: deque = deque()  # (first line's number, Future, the lines), in the payload's order
         fault = None
         number = 0
 
@@ -326,7 +326,7 @@ class Workers:
                     if not chunk:
                         break
                     pending.append((number + 1, self.pool.submit(prepare_chunk, chunk, number + 1,
-                                                                 lines.lists_allowed, ctx)))
+                                                                 lines.lists_allowed, ctx), chunk))
                     number += len(chunk)
                 if not pending:
                     break
@@ -336,10 +336,18 @@ class Workers:
                     if chunk:
                         done = Future()
                         done.set_result(prepare_lines(self.here, chunk, number + 1, lines.lists_allowed, ctx))
-                        pending.append((number + 1, done))
+                        pending.append((number + 1, done, chunk))
                         number += len(chunk)
-                first, future = pending.popleft()
-                out, error = future.result()
+                first, future, chunk = pending.popleft()
+                try:
+                    out, error = future.result()
+                except BrokenProcessPool:
+                    raise
+                except Exception:  # noqa: BLE001 - see below
+                    # The worker's answer could not come back (a change line may carry a field the
+                    # merge never reads, nested too deep for pickle): this chunk is prepared here,
+                    # as a one-process merge does, and meets any fault of its own in order.
+                    out, error = prepare_lines(self.here, chunk, first, lines.lists_allowed, ctx)
                 for n, (change, prepared) in enumerate(out, start=first):
                     yield lines.account(change, n), prepared
                 if error:
@@ -351,5 +359,5 @@ class Workers:
             # Met at a result, or at the next chunk's hand-out when a worker died in between.
             raise WorkersFailed(str(e) or type(e).__name__) from None
         finally:
-            for __, future in pending:
+            for __, future, __ in pending:
                 future.cancel()

@@ -58,3 +58,29 @@ def test_a_worker_killed_between_chunks_fails_the_merge_as_documented(world, dom
     again = merge.merge(store, [], SECRET, w.all_domains, jobs=2)
     assert again.applied == 1 and again.changes == 90
     assert snapshot(store, domains) == snapshot(w.merge_in_order(w.bundles, "one"), domains)
+
+
+def test_a_change_too_deep_to_hand_back_from_a_worker_merges_as_in_one_process(world, domains, monkeypatch):
+    """A change line may carry a field the merge does not read; a stolen key can make it a list
+    nested 600 deep, which JSON reads (orjson to 1,024 levels) but pickle cannot send back from a
+    worker. A one-process merge applies the bundle; --jobs must give the same store, not hold it."""
+    monkeypatch.setattr(merge._Pool, "SMALL", 0)
+    monkeypatch.setattr(prepare, "CHUNK", 7)
+    a = CODES[0]
+    changes = []
+    for n in range(30):
+        row = person(n, a)
+        changes.append({"table": "huji.persons", "op": "insert", "key": {"id_number": row.pop("id_number")},
+                        "cells": row, "base": {}, "hlc": f"005000000000{n:03d}.000000.{a}"})
+    deep: list = []
+    for _ in range(600):
+        deep = [deep]
+    changes[12]["note"] = deep
+    path = world.signed_bundle(a, changes)
+    world.freeze_empty_store()
+    one, pooled = world.fresh_store("one"), world.fresh_store("pooled")
+    by_one = merge.merge(one, [path], SECRET, world.all_domains, jobs=1)
+    assert by_one.applied == 1 and by_one.changes == 30 and not by_one.held
+    by_pool = merge.merge(pooled, [path], SECRET, world.all_domains, jobs=2)
+    assert (by_pool.applied, by_pool.changes, by_pool.held) == (1, 30, []), by_pool.held
+    assert snapshot(pooled, domains) == snapshot(one, domains)
