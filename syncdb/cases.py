@@ -196,15 +196,38 @@ def _bit(store: Store, check: str, make: bool = False) -> int | None:
     conn = store.conn
     found = conn.execute("SELECT bit FROM bearing_checks WHERE check_name = ?", (check,)).fetchone()
     if found is None and make:
-        (taken,) = conn.execute("SELECT count(*) FROM bearing_checks").fetchone()
-        if taken >= MAX_BEARING_CHECKS:
-            raise SyncdbError(_("more than {n} checks keep what records bore on; turn some off in checks.toml")
-                              .format(n=MAX_BEARING_CHECKS))
         taken = {b for (b,) in conn.execute("SELECT bit FROM bearing_checks")}
+        if len(taken) >= MAX_BEARING_CHECKS:
+            raise SyncdbError(_("more than {n} checks keep what records bore on, and check {name} found no room: "
+                                "remove the plugin of a check the office no longer uses (turning one off in "
+                                "checks.toml keeps its room)").format(n=MAX_BEARING_CHECKS, name=check))
         bit = min(set(range(MAX_BEARING_CHECKS)) - taken)
         conn.execute("INSERT INTO bearing_checks VALUES (?, ?)", (bit, check))
         return bit
     return None if found is None else found[0]
+
+
+def needs_bit(store: Store, check: str) -> bool:
+    """Has the check no bit in ``holders`` yet (``claim_bit`` gives it one)?"""
+    return not _has_bearings(store) or _bit(store, check) is None
+
+
+def claim_bit(store: Store, check: str, current: set[str]) -> int:
+    """The check's bit in ``holders``, given one if it has none (inside the caller's transaction). When all
+    are taken, the bit of a check no plugin adds any more (``current``: the names of those that do) is
+    cleared and given: what that check kept goes, and so does its record of the settings it used, so it
+    looks at every record again if it comes back. Raise SyncdbError when every bit is a current check's."""
+    conn = store.conn
+    if _bit(store, check) is None:
+        taken = dict(conn.execute("SELECT check_name, bit FROM bearing_checks"))
+        gone = sorted(name for name in taken if name not in current)
+        if len(taken) >= MAX_BEARING_CHECKS and gone:
+            bit = taken[gone[0]]
+            conn.execute("UPDATE record_bearings SET holders = holders & ~? WHERE holders & ?", (1 << bit, 1 << bit))
+            conn.execute("DELETE FROM record_bearings WHERE holders = 0")
+            conn.execute("DELETE FROM bearing_checks WHERE bit = ?", (bit,))
+            conn.execute("DELETE FROM check_settings WHERE check_name = ?", (gone[0],))
+    return _bit(store, check, make=True)
 
 
 def _table_ids(store: Store) -> dict[str, int]:

@@ -448,6 +448,7 @@ def run(store: Store, everything: bool = False, names: Iterable[str] | None = No
 
 def _run(store: Store, everything: bool, names: Iterable[str] | None) -> Report:
     report, checks = Report(), _selected(names)
+    current = {c.name for c in registered()} if names is not None else {c.name for c in checks}
     if not store.read_only:
         have = {n for (n,) in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         if set(lookup_indexes(store, checks)) - have:
@@ -476,6 +477,10 @@ def _run(store: Store, everything: bool, names: Iterable[str] | None) -> Report:
             # what it kept of the subjects records bore on, it could not see which ones they left.
             whole = everything or changed is None or _moved(previous, options)
             bearings = Bearings(store, views[whole], check, changed)
+            if any(bearings.now.values()) and cases.needs_bit(store, check.name):
+                with store.transaction():  # its bit of the rows the checks share, or this check fails alone
+                    cases.ensure(store)
+                    cases.claim_bit(store, check.name, current)
             subjects = None if whole else bearings.subjects | cases.subjects_on(
                 store, check.name, {t: bearings.changed.get(t, set()) for t in check.reads})
             watched = _Watched(options)

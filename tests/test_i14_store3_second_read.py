@@ -1,0 +1,99 @@
+"""Second read of store version 3's checks' bearings and look-up indexes (issue 14, item 5): what a check
+plugin's bug, or many checks over the years, must not do to the other checks and to the merge."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from syncdb import cases, checks, merge
+from syncdb.checks import Check
+from syncdb.hookspecs import hookimpl
+from syncdb.plugins import registered
+from test_checks import CODES, Street
+
+PERSONS = "huji.persons"
+
+
+def _keeping(name: str) -> Check:
+    """A check that keeps each resident's 户号 (a subject not from the record's key) and finds nothing."""
+    return Check(name, name, (PERSONS,), "household", lambda records, subjects, settings: [],
+                 lambda table, record: [record["household_no"]])
+
+
+class Many:
+    def __init__(self, names):
+        self.names = names
+
+    @hookimpl
+    def cross_checks(self):
+        return [_keeping(n) for n in self.names]
+
+
+class BadSeverity:
+    @hookimpl
+    def cross_checks(self):
+        return [Check("bad_severity", "bad", (PERSONS,), "person", lambda r, s, o: [], lambda t, r: [],
+                      severity="urgent", lookups={PERSONS: ("household_no",)})]
+
+
+@pytest.fixture
+def street(tmp_path, domains):
+    (tmp_path / "keyfile").write_bytes(b"w" * 32)
+    return Street(tmp_path, domains, tmp_path / "keyfile", codes=CODES[:1], residents=120)
+
+
+def bits(street) -> dict[str, int]:
+    conn = sqlite3.connect(street.store / "store.db")
+    try:
+        return dict(conn.execute("SELECT check_name, bit FROM bearing_checks"))
+    finally:
+        conn.close()
+
+
+def test_a_check_past_the_bits_of_holders_fails_alone_and_the_others_run(street):
+    """Past 63 checks keeping subjects, the one that finds no bit is reported failed; the run does not stop."""
+    taken = len(bits(street))
+    extra = [f"extra_{n:02d}" for n in range(cases.MAX_BEARING_CHECKS - taken + 1)]
+    with registered(Many(extra)):
+        with street.opened(write=True) as st:
+            report = checks.run(st)
+    assert [name for name, __ in report.failed] == [extra[-1]]
+    assert set(report.tallies) >= {"household_head", *extra[:-1]}
+
+
+def test_a_check_removed_from_the_plugins_gives_its_bit_back_when_one_is_needed(street):
+    """Checks come and go over the years: a removed check's bit serves a new one, and the removed check, if it
+    comes back, looks at everything again (what it kept was cleared)."""
+    taken = len(bits(street))
+    first = [f"old_{n:02d}" for n in range(cases.MAX_BEARING_CHECKS - taken)]
+    with registered(Many(first)):
+        with street.opened(write=True) as st:
+            assert not checks.run(st).failed
+    assert len(bits(street)) == cases.MAX_BEARING_CHECKS
+    second = ["new_00", "new_01"]
+    with registered(Many(second + first[2:])):
+        with street.opened(write=True) as st:
+            report = checks.run(st)
+    assert not report.failed and set(second) <= set(bits(street)) and not set(first[:2]) & set(bits(street))
+    with registered(Many(first[:1] + first[2:])):  # old_00 is back: it kept nothing, so it looks at all
+        with street.opened(write=True) as st:
+            report = checks.run(st, names=["old_00", "old_05"])
+    assert report.looked["old_00"] is None and report.looked["old_05"] == 0 and not report.failed
+
+
+def test_a_check_plugin_with_a_bug_does_not_stop_the_upgrade_and_the_merge(street):
+    """The upgrade makes the checks' look-up indexes; a check plugin the checks refuse (a severity they do not
+    know) must not stop it, nor the merge after it: the checks say so, as after any merge."""
+    conn = sqlite3.connect(street.store / "store.db", isolation_level=None)
+    conn.execute("PRAGMA user_version = 2")
+    conn.close()
+    with registered(BadSeverity()):
+        summary = merge.merge(street.store, [], street.secret, street.domains)
+    assert summary.applied == 0
+    conn = sqlite3.connect(street.store / "store.db")
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+    finally:
+        conn.close()
