@@ -97,3 +97,39 @@ def test_a_check_plugin_with_a_bug_does_not_stop_the_upgrade_and_the_merge(stree
         assert conn.execute("PRAGMA user_version").fetchone() == (3,)
     finally:
         conn.close()
+
+
+class SameAddress:
+    """A check whose subject is a sensitive value (a resident's address): its bearings are kept sealed."""
+
+    @hookimpl
+    def cross_checks(self):
+        return [Check("same_address", "same address", (PERSONS,), "address", lambda records, subjects, settings: [],
+                      lambda table, record: [record["address"]])]
+
+
+def test_keys_rotate_after_the_upgrade_reseals_the_sealed_bearings(street, domains):
+    """A version-2 store upgraded by ``keys rotate`` itself: every sealed subject the checks keep is under the
+    new data key after it, and opens with it alone."""
+    import dataclasses
+
+    from syncdb import keys, office
+    from syncdb.store import open_store
+    with registered(SameAddress()):
+        with street.opened(write=True) as st:
+            checks.run(st, names=["same_address"])
+            sealed = st.conn.execute("SELECT count(*) FROM record_bearings WHERE typeof(subject) = 'blob'").fetchone()
+            assert sealed[0] > 10 and cases.data_keys_used(st) == {1}
+        conn = sqlite3.connect(street.store / "store.db", isolation_level=None)
+        conn.execute("PRAGMA user_version = 2")
+        conn.close()
+        keys.rotate(street.store, street.secret, domains)
+        ring = office.load_keyring(street.store, street.secret)
+        retired = dataclasses.replace(ring, data_keys={"2": ring.data_keys["2"]})
+        with open_store(street.store, retired, domains) as st:
+            assert cases.data_keys_used(st) == {2}
+            assert st.conn.execute("PRAGMA user_version").fetchone() == (3,)
+            keys_ = [bytes(k) for (k,) in st.conn.execute(
+                "SELECT key FROM record_bearings WHERE typeof(subject) = 'blob' LIMIT 5")]
+            opened = cases.bearings(st, "same_address", "address", PERSONS, keys_)
+            assert len(opened) == 5 and all(opened.values())
