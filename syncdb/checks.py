@@ -347,6 +347,11 @@ def registered() -> list[Check]:
             if check.severity not in SEVERITIES:
                 raise SyncdbError(_("check {name} has severity {severity}; use high, medium or low")
                                   .format(name=check.name, severity=check.severity))
+            if check.lookups is not None and not (isinstance(check.lookups, Mapping) and all(
+                    isinstance(columns, (tuple, list)) and all(isinstance(c, str) for c in columns)
+                    for columns in check.lookups.values())):
+                raise SyncdbError(_("check {name}: its lookups must map each table to a tuple of column names")
+                                  .format(name=check.name))
             found[check.name] = check
     return [found[name] for name in sorted(found)]
 

@@ -151,6 +151,7 @@ def upgrade(store: Store) -> Path | None:
         # The columns the checks look records up by (checks.py); after the steps: step 2 would build them twice.
         try:
             wanted = checks.registered()
+            checks.lookup_indexes(store, wanted)  # what a plugin declares is read here
         except Exception as e:  # a check plugin's bug stops no upgrade nor merge; the checks' run reports it
             log.warning("the checks' look-up indexes were not made: %s", e)
             wanted = []

@@ -133,3 +133,33 @@ def test_keys_rotate_after_the_upgrade_reseals_the_sealed_bearings(street, domai
                 "SELECT key FROM record_bearings WHERE typeof(subject) = 'blob' LIMIT 5")]
             opened = cases.bearings(st, "same_address", "address", PERSONS, keys_)
             assert len(opened) == 5 and all(opened.values())
+
+
+class OddLookups:
+    """Checks declaring look-ups the store cannot index: a column no table has, a sensitive column, a table the
+    office does not keep, and one declared as a list of pairs instead of a mapping."""
+
+    @hookimpl
+    def cross_checks(self):
+        def check(name, lookups):
+            return Check(name, name, (PERSONS,), "person", lambda r, s, o: [], lambda t, r: [], lookups=lookups)
+        return [check("odd_missing", {PERSONS: ("no_such_column",), "nosuch.table": ("x",)}),
+                check("odd_sealed", {PERSONS: ("name", "phone")}),
+                check("odd_pairs", [(PERSONS, "household_no")])]
+
+
+def test_look_ups_the_store_cannot_index_stop_no_upgrade_and_no_merge(street):
+    """No index on a missing or sensitive column (sealed values differ each time: it would find nothing), and
+    a malformed declaration is refused as the check's alone; the upgrade and the merge go on."""
+    conn = sqlite3.connect(street.store / "store.db", isolation_level=None)
+    conn.execute("PRAGMA user_version = 2")
+    conn.close()
+    with registered(OddLookups()):
+        merge.merge(street.store, [], street.secret, street.domains)
+    conn = sqlite3.connect(street.store / "store.db")
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        names = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    finally:
+        conn.close()
+    assert not {n for n in names if "no_such" in n or n.endswith(("__by_name", "__by_phone"))}
