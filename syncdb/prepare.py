@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -249,8 +250,24 @@ _worker: Preparer | None = None  # in a worker process: its preparer, made once 
 
 def _start(keyring: Keyring, domains: dict[str, Domain], language: str) -> None:
     global _worker
+    _end_with_parent()
     i18n.use(language)
     _worker = Preparer(Seals(keyring), domains)
+
+
+def _end_with_parent() -> None:
+    """In a worker: end as soon as the merging process is gone. Killed (SIGKILL, out of memory),
+    it never tells its workers to stop, and each would wait for work for ever with the office
+    keyring in its memory."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()  # returns when the parent's end of the pipe closes: it has exited
+        os._exit(1)
+
+    threading.Thread(target=watch, name="syncdb-merge-parent", daemon=True).start()
 
 
 def prepare_chunk(lines: list[bytes], first: int, lists_allowed: bool, ctx: Context):

@@ -5,11 +5,14 @@ import multiprocessing
 import os
 import signal
 import sqlite3
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
+from stdnum.cn import ric
 
-from conftest import CODES, SECRET, person, snapshot
+from conftest import CODES, SECRET, SYNCDB, person, snapshot
 from syncdb import merge, office, prepare
 from syncdb.errors import SyncdbError
 
@@ -84,3 +87,64 @@ def test_a_change_too_deep_to_hand_back_from_a_worker_merges_as_in_one_process(w
     by_pool = merge.merge(pooled, [path], SECRET, world.all_domains, jobs=2)
     assert (by_pool.applied, by_pool.changes, by_pool.held) == (1, 30, []), by_pool.held
     assert snapshot(pooled, domains) == snapshot(one, domains)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_the_workers_end_when_the_merging_process_is_killed(world, tmp_path):
+    """`syncdb merge --jobs 2` killed with SIGKILL (the out-of-memory killer, a scheduler's hard
+    time limit): its workers must not wait for work forever, each holding the office keyring."""
+    a = CODES[0]
+    conn = world.connect(a)
+    conn.execute("BEGIN")
+    for n in range(1200):  # over merge._Pool.SMALL: the workers start
+        month, day = 1 + n // 280, 1 + n // 10 % 28
+        body = f"1101051980{month:02d}{day:02d}{n % 10 + 100:03d}"[:17]
+        row = person(0, a, id_number=body + ric.calc_check_digit(body + "0"),
+                     birth_date=f"1980-{month:02d}-{day:02d}", sex="1" if int(body[16]) % 2 else "2")
+        conn.execute(f"INSERT INTO persons ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                     list(row.values()))
+    conn.execute("COMMIT")
+    conn.close()
+    world.push(a)
+    key = tmp_path / "office-key"
+    key.write_bytes(SECRET.key_file_bytes)
+    env = dict(os.environ, SYNCDB_KEY_FILE=str(key))
+    merging = subprocess.Popen([SYNCDB, "merge", str(world.store), str(world.bundles[0]), "--jobs", "2"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers) < 2 and merging.poll() is None and time.monotonic() < deadline:
+            workers = _children(merging.pid)
+            time.sleep(0.02)
+        assert len(workers) >= 2, "the merge started no workers"
+        merging.kill()
+        merging.wait()
+        deadline = time.monotonic() + 15
+        while any(map(_running, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in workers if _running(pid)], "workers outlived the merge they worked for"
+    finally:
+        if merging.poll() is None:
+            merging.kill()
+        for pid in workers:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
