@@ -163,3 +163,48 @@ def test_look_ups_the_store_cannot_index_stop_no_upgrade_and_no_merge(street):
     finally:
         conn.close()
     assert not {n for n in names if "no_such" in n or n.endswith(("__by_name", "__by_phone"))}
+
+
+class GoodAndFlaky:
+    """Two checks keeping each resident's 户号 (one shared row a resident), the second failing while ``failing``."""
+
+    failing = False
+
+    @hookimpl
+    def cross_checks(self):
+        def flaky(records, subjects, settings):
+            if GoodAndFlaky.failing:
+                raise RuntimeError("flaky")
+            return []
+        return [_keeping("keeps_good"),
+                Check("keeps_flaky", "keeps_flaky", (PERSONS,), "household", flaky,
+                      lambda table, record: [record["household_no"]])]
+
+
+def test_a_check_that_failed_over_a_move_still_looks_at_the_household_left_once_it_runs(street):
+    """A resident moves to another household while one of two checks sharing the kept 户号 fails: the other
+    keeps the new one, the failed one still the old, and its next run looks at both households."""
+    code = CODES[0]
+    with registered(GoodAndFlaky()):
+        with street.opened(write=True) as st:
+            assert not checks.run(st).failed
+            person = next(p for p in checks.Records(st).rows(PERSONS) if p["household_no"])
+            key, old = person.key, person["household_no"]
+            other = next(p["household_no"] for p in checks.Records(st).rows(PERSONS) if p["household_no"] != old)
+            id_number = person["id_number"]
+        street.sql(code, "huji", "UPDATE persons SET household_no = ? WHERE id_number = ?", (other, id_number))
+        GoodAndFlaky.failing = True
+        try:
+            street.push_and_merge()
+        finally:
+            GoodAndFlaky.failing = False
+        with street.opened(write=True) as st:
+            kept = {c: set(cases.bearings(st, c, "household", PERSONS, [key])[key].values())
+                    for c in ("keeps_good", "keeps_flaky")}
+            assert kept == {"keeps_good": {other}, "keeps_flaky": {old}}
+            report = checks.run(st, names=["keeps_flaky"])
+            assert report.looked["keeps_flaky"] == 2 and not report.failed
+            assert set(cases.bearings(st, "keeps_flaky", "household", PERSONS, [key])[key].values()) == {other}
+            rows = st.conn.execute("SELECT subject FROM record_bearings WHERE key = ? AND subject IN (?, ?)",
+                                   (key, old, other)).fetchall()
+            assert rows == [(other,)]  # one row again, shared with the built-in checks keeping the 户号
