@@ -353,7 +353,7 @@ def asgi_wrapper(datasette):
                 return await _not_found(datasette, request, send)
             csv_of = site_csv.table_of(path)
             if csv_of is not None:  # a published table's CSV leaves as `syncdb export` writes it, for Excel
-                send = site_csv.for_excel(send, datasette._syncdb.domains, *csv_of)
+                scope, send = site_csv.for_excel(scope, send, datasette._syncdb.domains, *csv_of)
             if not _reads_published(path):
                 return await _serve(datasette, app, scope, receive, send, path, actor)
             async with _context(datasette).gate.reading():

@@ -12,6 +12,8 @@ dates stay as they are, so sums and sorting work in Excel.
 
 The stream is cut into records where a line ends outside quotes (a quoted
 address may hold a line break), so no record is ever rewritten in halves.
+A row page's CSV and an SQL query's are rewritten too; a query's columns are
+no table's, so there only what Excel would run is kept as text.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import codecs
 import csv
 import io
 from typing import Callable
+from urllib.parse import unquote_plus
 
 from datasette.utils import tilde_decode
 
@@ -28,14 +31,24 @@ from .export import FORMULA_START, kept_as_text
 from .schema import Column, Domain
 
 BOM = "\ufeff"
+# csv.reader refuses a field over 128 KiB, and Datasette writes what the refusal says into the CSV in place of
+# every record after it: a cell may be as long as the office's limits let a value be (up to 4 MiB), a query's longer.
+csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
 
 
-def table_of(path: str) -> tuple[str, str] | None:
-    """(database, table) of a published table's CSV address (``/renkou/~E6~88~B7….csv``), else None."""
+def table_of(path: str) -> tuple[str, str | None] | None:
+    """(database, table) of a CSV address on a published database: a table's (``/renkou/~E6~88~B7….csv``)
+    or a row's (``/renkou/~E6~88~B7…/12.csv``); (database, None) for an SQL query's (``/renkou.csv?sql=…``).
+    None for any other address."""
     parts = path.split("/")
-    if len(parts) != 3 or not parts[2].endswith(".csv"):
+    if not parts[-1].endswith(".csv"):
         return None
-    database, table = parts[1], tilde_decode(parts[2][:-len(".csv")])
+    if len(parts) == 2:
+        database, table = parts[1][:-len(".csv")], None
+    elif len(parts) in (3, 4):
+        database, table = parts[1], tilde_decode(parts[2].removesuffix(".csv"))
+    else:
+        return None
     return (database, table) if database in (projection.MASKED_DB, projection.PLAIN_DB) else None
 
 
@@ -57,8 +70,8 @@ def _undescribed(text: str) -> str:
 class Rewriter:
     """Feed it Datasette's CSV bytes as they come; it returns the rewritten bytes of the whole records so far."""
 
-    def __init__(self, describe: Callable[[str], tuple[Domain, Column] | None], masked: bool):
-        self._describe, self._masked = describe, masked
+    def __init__(self, describe: Callable[[str], tuple[Domain, Column] | None], masked: bool, header: bool = True):
+        self._describe, self._masked, self._header = describe, masked, header
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._pending = ""
         self._cells: list[Callable[[str], str] | None] | None = None  # per column; None drops it
@@ -75,7 +88,8 @@ class Rewriter:
             if self._cells is None:
                 self._cells = self._columns(row)
                 out.write(BOM)
-                writer.writerow([name for name, cell in zip(row, self._cells) if cell is not None])
+                if self._header:
+                    writer.writerow([name for name, cell in zip(row, self._cells) if cell is not None])
                 continue
             writer.writerow([cell(value) for value, cell in zip(row, self._cells) if cell is not None])
         return out.getvalue().encode("utf-8")
@@ -92,11 +106,20 @@ class Rewriter:
             if quotes % 2 == 0:
                 end = start
 
+    def _label_of_a_code(self, header: list[str], i: int) -> bool:
+        """Is column ``i`` Datasette's ``…_label`` of the coded column before it? Datasette adds it right after
+        the code; a column of the table's own that is named so stays (then the header names it twice)."""
+        if i == 0 or header[i] != header[i - 1] + "_label":
+            return False
+        code = self._describe(header[i - 1])
+        if code is None or not projection.labelled(code[1], self._masked):
+            return False
+        return self._describe(header[i]) is None or header.count(header[i]) > 1
+
     def _columns(self, header: list[str]) -> list[Callable[[str], str] | None]:
-        labelled = {name[:-len("_label")] for name in header if name.endswith("_label")} & set(header)
         cells: list[Callable[[str], str] | None] = []
-        for name in header:
-            if name.endswith("_label") and name[:-len("_label")] in labelled:
+        for i, name in enumerate(header):
+            if self._label_of_a_code(header, i):
                 cells.append(None)  # Datasette's label of a code: the code's cell carries its meaning
                 continue
             described = self._describe(name)
@@ -112,10 +135,27 @@ class Rewriter:
         return cells
 
 
-def for_excel(send, domains, database: str, table: str):
-    """Wrap an ASGI ``send`` so that a published table's CSV leaves as Excel should read it."""
+def without_header_off(scope: dict) -> tuple[dict, bool]:
+    """(the request without ``_header=…``, whether the CSV is to have its header row).
+
+    The rewriter reads the columns from the header, so Datasette always writes it; without it the
+    first record would be taken for the header and leave as it is stored (a formula bare)."""
+    kept, header = [], None
+    for part in (scope.get("query_string") or b"").decode("latin-1").split("&"):
+        name, _eq, value = part.partition("=")
+        if unquote_plus(name) != "_header":
+            kept.append(part)
+        elif header is None:
+            header = unquote_plus(value) != "off"  # Datasette reads the first
+    return dict(scope, query_string="&".join(kept).encode("latin-1")), header is not False
+
+
+def for_excel(scope: dict, send, domains, database: str, table: str | None):
+    """(scope, send) wrapped so that a published table's, row's or query's CSV leaves as Excel should read it."""
     columns = projection.published_columns(domains)
-    rewriter = Rewriter(lambda name: columns.get((table, name)), masked=database == projection.MASKED_DB)
+    scope, header = without_header_off(scope)
+    rewriter = Rewriter(lambda name: columns.get((table, name)) if table is not None else None,
+                        masked=database == projection.MASKED_DB, header=header)
     rewriting = False
 
     async def sending(message):
@@ -130,4 +170,4 @@ def for_excel(send, domains, database: str, table: str):
             last = not message.get("more_body", False)
             message = dict(message, body=rewriter.feed(message.get("body", b""), last=last))
         await send(message)
-    return sending
+    return scope, sending
