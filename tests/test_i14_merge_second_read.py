@@ -14,6 +14,7 @@ from stdnum.cn import ric
 
 from conftest import CODES, SECRET, SYNCDB, person, snapshot
 from syncdb import merge, office, prepare
+from test_merge_jobs import pushed_into_a_fresh_store
 from syncdb.errors import SyncdbError
 
 
@@ -42,12 +43,7 @@ def test_a_worker_killed_between_chunks_fails_the_merge_as_documented(world, dom
     monkeypatch.setattr(prepare, "CHUNK", 7)
     monkeypatch.setattr(merge._Merger, "BATCH", 10)
     w = world
-    for n in range(90):
-        w.insert(CODES[0], person(n, CODES[0]))
-    w.push(CODES[0])
-    w.freeze_empty_store()
-    store = w.fresh_store("killed")
-    before = snapshot(store, domains)
+    store, before = pushed_into_a_fresh_store(w, 90, "killed")
     state: dict = {}
     with pytest.raises(SyncdbError) as failed:
         merge.merge(store, w.bundles, SECRET, w.all_domains, progress=_kill_a_worker_once(state), jobs=2)

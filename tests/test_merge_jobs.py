@@ -97,6 +97,17 @@ def test_a_jobs_merge_of_many_bundles_at_once_equals_one_process(world, domains,
     assert plain_state(pooled_store, domains) == plain_state(one, domains)
 
 
+def pushed_into_a_fresh_store(w, persons: int, name: str):
+    """One community's first push of ``persons`` residents, and an empty store to merge it into, with
+    that store's snapshot before the merge."""
+    for n in range(persons):
+        w.insert(CODES[0], person(n, CODES[0]))
+    w.push(CODES[0])
+    w.freeze_empty_store()
+    store = w.fresh_store(name)
+    return store, snapshot(store, w.all_domains)
+
+
 def _dying_chunk(*args):
     os._exit(3)  # a worker killed while it prepares (out of memory, a signal)
 
@@ -104,12 +115,7 @@ def _dying_chunk(*args):
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the stand-in worker is inherited through fork")
 def test_a_worker_that_dies_fails_the_merge_and_changes_nothing(world, domains, pooled, monkeypatch):
     w = world
-    for n in range(20):
-        w.insert(CODES[0], person(n, CODES[0]))
-    w.push(CODES[0])
-    w.freeze_empty_store()
-    store = w.fresh_store("dying")
-    before = snapshot(store, domains)
+    store, before = pushed_into_a_fresh_store(w, 20, "dying")
     monkeypatch.setattr(prepare, "prepare_chunk", _dying_chunk)
     with pytest.raises(SyncdbError) as failed:
         merge.merge(store, w.bundles, SECRET, w.all_domains, jobs=2)
