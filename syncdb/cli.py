@@ -755,7 +755,7 @@ def serve(store, host, port, max_bundle_mb, merging, schemas):
 @click.argument("paths", nargs=-1, type=click.Path(exists=True))
 @click.option("--jobs", type=click.IntRange(min=1), default=None, help=_(
     "Processes that read, check and encrypt the changes beside the one that writes the store "
-    "(the result is the same); default: the cores available. 1 merges in one process."))
+    "(the result is the same); default: the cores other work leaves free. 1 merges in one process."))
 @schemas_option
 def merge(store, paths, jobs, schemas):
     from . import merge as merge_lib
