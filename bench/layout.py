@@ -169,7 +169,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-SEAL_OVERHEAD = 30  # a sealed value's format and key id bytes, nonce and tag (store.Seals.seal)
+SEAL_OVERHEAD = 30  # a value sealed alone: format and key id bytes, nonce and tag (store.Seals.seal)
+ROW_SEAL_OVERHEAD = 32  # a row's values sealed together: the same and 2 bytes of how many (store.Seals.seal_row)
 
 
 def where_bytes_go(store: Path) -> None:
@@ -186,7 +187,7 @@ def where_bytes_go(store: Path) -> None:
         if size >= total / 1000:
             print(f"{name:<40}{size / 2**20:>8.2f}{size / total:>7.1%}{payload / 2**20:>13.2f}{unused / 2**20:>12.2f}"
                   f"{cells or 0:>11,}")
-    sealed = sealed_rows = versions = blind = rows = 0
+    sealed = sealed_rows = versions = blind = rows = row_seals = 0
     for (qualified,) in conn.execute("SELECT tbl FROM store_columns").fetchall():
         name = qualified.replace(".", "__")
         columns = conn.execute(f"PRAGMA table_info([{name}])").fetchall()
@@ -197,12 +198,21 @@ def where_bytes_go(store: Path) -> None:
         count, per_value, with_sealed, text, keys = conn.execute(
             f"SELECT count(*), {' + '.join(f'count([{c}])' for c in values) or '0'}, sum({any_sealed}), "
             f"sum(length(_versions)), sum(length(_key)) + {id_bytes} FROM [{name}]").fetchone()
-        rows, sealed, sealed_rows = rows + count, sealed + per_value, sealed_rows + (with_sealed or 0)
+        if "_sealed" in values:  # store version 4: one seal a row
+            row_seals += per_value
+        else:
+            sealed, sealed_rows = sealed + per_value, sealed_rows + (with_sealed or 0)
+        rows = rows + count
         versions, blind = versions + (text or 0), blind + (keys or 0)
     mib = 2**20
-    print(f"record tables: {rows:,} rows; {sealed:,} sealed values, {SEAL_OVERHEAD} bytes each of format, key id, "
-          f"nonce and tag: {sealed * SEAL_OVERHEAD / mib:.1f} MiB ({sealed * SEAL_OVERHEAD / total:.1%}); one seal a "
-          f"row would take {sealed_rows * SEAL_OVERHEAD / mib:.1f} MiB of it")
+    if sealed:
+        print(f"record tables: {rows:,} rows; {sealed:,} values sealed alone, {SEAL_OVERHEAD} bytes each of format, "
+              f"key id, nonce and tag: {sealed * SEAL_OVERHEAD / mib:.1f} MiB ({sealed * SEAL_OVERHEAD / total:.1%}); "
+              f"one seal a row would take {sealed_rows * ROW_SEAL_OVERHEAD / mib:.1f} MiB of it")
+    else:
+        print(f"record tables: {rows:,} rows; {row_seals:,} row seals, {ROW_SEAL_OVERHEAD} bytes each of format, "
+              f"key id, count, nonce and tag: {row_seals * ROW_SEAL_OVERHEAD / mib:.1f} MiB "
+              f"({row_seals * ROW_SEAL_OVERHEAD / total:.1%})")
     print(f"versions (_versions): {versions / mib:.1f} MiB ({versions / total:.1%}), "
           f"{versions / max(rows, 1):.0f} bytes a row; blind keys and blind IDs in the rows: {blind / mib:.1f} MiB "
           f"({blind / total:.1%}), their indexes above")

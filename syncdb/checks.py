@@ -56,8 +56,8 @@ _ID_LIKE = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])")
 
 
 class Record(Mapping):
-    """One record of the store as a check reads it: ``record["column"]``, a sensitive cell
-    decrypted in memory the first time it is read. ``table`` is its ``domain.table``;
+    """One record of the store as a check reads it: ``record["column"]``, its sensitive values
+    decrypted in memory the first time one is read. ``table`` is its ``domain.table``;
     ``key`` its blind key; ``live`` False for a deleted record (only ``Records.get`` gives those)."""
 
     __slots__ = ("table", "key", "live", "_schema", "_cells", "_store", "_opened")
@@ -65,15 +65,15 @@ class Record(Mapping):
     def __init__(self, store: Store, schema: Table, cells: dict):
         self._store, self._schema, self._cells = store, schema, cells
         self.table, self.key, self.live = schema.qualified, bytes(cells["_key"]), bool(cells["_exists"])
-        self._opened: dict = {}
+        self._opened: dict | None = None
 
     def __getitem__(self, column: str):
         spec = self._schema.columns[column]
         if not spec.sensitive:
             return self._cells.get(column)
-        if column not in self._opened:
-            self._opened[column] = self._store.open(self._cells.get(column), self._schema, column, self.key)
-        return self._opened[column]
+        if self._opened is None:
+            self._opened = self._store.seals.open_row(self._schema, self._cells.get("_sealed"), self.key)
+        return self._opened.get(column)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._schema.columns)

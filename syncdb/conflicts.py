@@ -18,7 +18,7 @@ from . import meanings
 from .errors import SyncdbError
 from .i18n import N_, _
 from .masks import mask
-from .store import Store, open_store, table_name
+from .store import Store, open_store
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS conflicts (
@@ -117,10 +117,8 @@ def show(store: Store, conflict_id: int) -> dict:
     """One conflict in full: its candidates, and the record's other cells as the store holds them now."""
     item = get(store, conflict_id)
     table, key = store.table(item["table"]), item.pop("key")
-    stored = store.conn.execute(f"SELECT * FROM [{table_name(table)}] WHERE _key = ?", (key,))
-    names = [d[0] for d in stored.description]
-    found = stored.fetchone()
-    cells = dict(zip(names, found)) if found else {}
+    found = store.read_row(table, key)
+    cells = found or {}
     item["label"] = table.columns[item["column"]].label
     domain, column = store.domains[table.domain], table.columns[item["column"]]
     for c in item["candidates"]:
@@ -128,7 +126,7 @@ def show(store: Store, conflict_id: int) -> dict:
     item["record_cells"] = [
         {"column": c, "label": table.columns[c].label, "value": value,
          "shown": meanings.shown(domain, table.columns[c], value)}
-        for c, value in ((c, store.plain(table, c, cells.get(c), key)) for c in table.columns)] if found else []
+        for c, value in ((c, cells.get(c)) for c in table.columns)] if found else []
     item["others_open"] = [
         {"id": cid, "column": col} for cid, col in store.conn.execute(
             "SELECT id, col FROM conflicts WHERE tbl = ? AND key = ? AND status = 'open' AND id != ? ORDER BY id",
@@ -164,11 +162,9 @@ def _item(store: Store, row) -> dict:
 
 def record_label(store: Store, table, key: bytes) -> str:
     """The record's key as people may see it: ID numbers masked, other key columns as they are."""
-    cols = ", ".join(f"[{k}]" for k in table.key)
-    row = store.conn.execute(f"SELECT {cols} FROM [{table_name(table)}] WHERE _key = ?", (key,)).fetchone()
-    if row is None:
+    values = store.read_cells(table, key, table.key)
+    if values is None:
         return key.hex()
-    values = [store.plain(table, k, v, key) for k, v in zip(table.key, row)]
     return "/".join(mask(v) if table.columns[k].sensitive else str(v) for k, v in zip(table.key, values))
 
 

@@ -32,7 +32,7 @@ from .crypto import Secret
 from .errors import SyncdbError
 from .i18n import _
 from .schema import Domain, Table
-from .store import open_store, table_name
+from .store import Cells, open_store, table_name
 
 FORMATS = ("csv", "xlsx", "json")
 
@@ -62,12 +62,12 @@ def filters(domain: Domain, table: Table, where: dict[str, str]) -> dict[str, st
 
 def _records(store, table, where: dict[str, str], include_deleted: bool) -> Iterator[dict]:
     try:
-        cols = list(table.columns)
-        select = ", ".join(["_key", "_exists"] + [f"[{c}]" for c in cols])
-        for key, exists, *values in store.conn.execute(f"SELECT {select} FROM [{table_name(table)}]"):
+        cells = Cells(table, list(table.columns))
+        for key, exists, *values in store.conn.execute(
+                f"SELECT _key, _exists, {cells.sql} FROM [{table_name(table)}]"):
             if not exists and not include_deleted:
                 continue
-            record = {c: store.plain(table, c, v, key) for c, v in zip(cols, values)}
+            record = dict(zip(cells.columns, cells.values(store.seals, key, values)))
             if all(str(record[c]) == wanted for c, wanted in where.items()):
                 yield record
     finally:

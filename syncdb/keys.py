@@ -1,8 +1,9 @@
 """``syncdb keys rotate``: re-encrypt the store under a new data key.
 
 The new key is added to the keyring (and made current) before any value is
-touched; then every sealed value still under an older key is re-sealed, in
-batches of one transaction each. A sealed value names its key, so a rotation
+touched; then every sealed row (a record's sensitive values, sealed together)
+and sealed value still under an older key is re-sealed, in batches of one
+transaction each. A sealed value names its key, so a rotation
 that was interrupted simply continues where it stopped when run again.
 Old keys stay in the keyring: backups made before the rotation need them.
 The conflict queue's candidates and the checks' cases (findings and reasons)
@@ -36,24 +37,20 @@ def rotate(store_dir, secret: Secret, domains, resume_only=False, progress=None)
             ring.save(office.keyring_path(store_dir), secret)
         current = int(ring.data_key_id)
         for table in store.tables.values():
-            sensitive = table.sensitive_columns
-            if not sensitive:
-                continue
+            # Every table: one no longer with a sensitive column may still hold seals of its values.
             name = table_name(table)
             done = 0
             while True:
                 # Compare the key-id byte as bytes: unicode() of a lone byte >= 0xC0 is not its value.
-                stale = " OR ".join(f"(typeof([{c}]) = 'blob' AND substr([{c}], 2, 1) != x'{current:02x}')"
-                                    for c in sensitive)
                 # Read inside the write transaction: a merge committing in between
                 # would otherwise be overwritten with the values read before it.
                 with store.transaction() as conn:
-                    batch = conn.execute(f"SELECT _key, {', '.join(f'[{c}]' for c in sensitive)} FROM [{name}] "
-                                         f"WHERE {stale} LIMIT {BATCH}").fetchall()
-                    for key, *values in batch:
-                        sealed = [_reseal(store, v, table, c, key) for c, v in zip(sensitive, values)]
-                        conn.execute(f"UPDATE [{name}] SET {', '.join(f'[{c}] = ?' for c in sensitive)} "
-                                     "WHERE _key = ?", sealed + [key])
+                    batch = conn.execute(f"SELECT _key, _sealed FROM [{name}] WHERE typeof(_sealed) = 'blob' "
+                                         f"AND substr(_sealed, 2, 1) != x'{current:02x}' LIMIT {BATCH}").fetchall()
+                    for key, sealed in batch:
+                        key = bytes(key)
+                        conn.execute(f"UPDATE [{name}] SET _sealed = ? WHERE _key = ?", (
+                            store.seals.seal_row(table, store.seals.open_row(table, sealed, key), key), key))
                 if not batch:
                     break
                 done += len(batch)
@@ -74,11 +71,10 @@ def _unfinished(store, key_id) -> bool:
     if key_id == "1":
         return False
     for table in store.tables.values():
-        for c in table.sensitive_columns:
-            if store.conn.execute(
-                    f"SELECT 1 FROM [{table_name(table)}] WHERE typeof([{c}]) = 'blob' "
-                    f"AND substr([{c}], 2, 1) != ? LIMIT 1", (bytes([int(key_id)]),)).fetchone():
-                return True
+        if store.conn.execute(
+                f"SELECT 1 FROM [{table_name(table)}] WHERE typeof(_sealed) = 'blob' "
+                f"AND substr(_sealed, 2, 1) != ? LIMIT 1", (bytes([int(key_id)]),)).fetchone():
+            return True
     # The queue's side tables are re-sealed last: a rotation stopped there is unfinished too.
     current = bytes([int(key_id)])
     for tbl, col in store.conn.execute("SELECT DISTINCT tbl, col FROM frontier WHERE typeof(value) = 'blob' "

@@ -28,7 +28,7 @@ from .errors import SyncdbError
 from .files import is_disk_full, storage_error
 from .i18n import _
 from .plugins import manager
-from .hlc import pack_versions
+from .hlc import pack_row_versions
 from .rules import Candidate, Decision, latest
 from .schema import Domain, Table
 from .row import Holders, Row, origin_of
@@ -123,7 +123,7 @@ class _Pool:
         if self.jobs <= 1 or changes < self.SMALL:
             return None
         if self.workers is None:
-            self.workers = Workers(self.jobs, self.store.keyring, self.store.domains)
+            self.workers = Workers(self.jobs, self.store.keyring, self.store.domains, self.store.seals.row_columns)
         return self.workers
 
     def close(self) -> None:
@@ -437,8 +437,11 @@ class _Merger:
                 cursor = store.conn.execute(
                     f"SELECT * FROM [{name}] WHERE _key IN ({', '.join('?' * len(part))})", part)
                 names = [d[0] for d in cursor.description]
+                table = store.tables[qualified]
                 for found in cursor:
-                    stored = dict(zip(names, found))
+                    stored = store.plain_row(table, dict(zip(names, found)))
+                    # Its seal kept: a change to none of its sensitive values writes it back as it is.
+                    stored["_sealed"] = found[names.index("_sealed")]
                     self.rows[qualified, stored["_key"]] = stored
         for change, table, key_values, key, ready in prepared:
             self.apply(change, table, key_values, key, ready)
@@ -448,9 +451,13 @@ class _Merger:
             self.on_batch(self.seen)
 
     def _flush(self) -> None:
+        seal_row = self.store.seals.seal_row
         for qualified, rows in self.pending.items():
             table = self.store.tables[qualified]
             cols = write_columns(table)
+            for key, row in rows.items():
+                if "_sealed" not in row:  # its sensitive values changed (or it is new): sealed once, here
+                    row["_sealed"] = seal_row(table, row, key)
             # An upsert keeps a stored record's rowid (INSERT OR REPLACE would delete it and append
             # it anew); in key order, each index page the batch touches is visited once.
             self.store.conn.executemany(_upsert_sql(table, cols),
@@ -688,7 +695,7 @@ class _Merger:
         store, table, key = self.store, row.table, row.key
         conn = store.conn
         stored, winners = row.stored, row.winners
-        values = {}
+        values = {}  # plaintext: the row's sensitive values are sealed together when it is written (_flush)
         versions = {}
         for col in table.non_key:
             winner = winners.get(col)
@@ -698,14 +705,13 @@ class _Merger:
                 if col in row.versions:
                     versions[col] = row.versions[col]
                 continue
-            values[col] = None if winner.deleted else store.stored(table, col, winner.value, key)
+            values[col] = None if winner.deleted else winner.value
             versions[col] = ("~" if winner.deleted else "") + winner.version
         for col, value in zip(table.key, key_values):
-            # The key is the same plaintext: what is stored (sealed) for it stays, unless
-            # the schema has made the column sensitive since it was stored in the clear.
-            kept = stored.get(col)
-            values[col] = kept if kept is not None and isinstance(kept, bytes) == table.columns[col].sensitive \
-                else store.stored(table, col, value, key)
+            values[col] = value
+        if row.exists and stored.get("_sealed") is not None and not any(
+                col in winners for col in table.sensitive_columns):
+            values["_sealed"] = stored["_sealed"]  # no sensitive value changed: its seal stays
         for col in table.id_columns:
             index = f"{col}__bi"
             if col in table.key:
@@ -716,7 +722,7 @@ class _Merger:
             else:
                 values[index] = stored.get(index)
         exists = any(not v.startswith("~") for v in versions.values())
-        values["_versions"] = pack_versions(versions, table.non_key)
+        values["_versions"] = pack_row_versions(versions, table.non_key)
         values["_exists"] = 1 if exists else 0
         values["_key"] = key
         self.rows[table.qualified, key] = values

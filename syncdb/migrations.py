@@ -32,10 +32,10 @@ from .crypto import Keyring, Secret
 from .errors import SyncdbError
 from .files import fsync_dir, storage_error
 from .i18n import _
-from .hlc import pack_versions, unpack_versions
+from .hlc import pack_row_versions, unpack_row_versions
 from .schema import Domain, Table, load_domains
-from .store import (STORE_TABLES, STORE_VERSION, Store, create_sql, id_columns, opened, redundant_index_names,
-                    table_name)
+from .store import (STORE_TABLES, STORE_VERSION, Seals, Store, clear_columns, create_sql, id_columns, opened,
+                    redundant_index_names, table_name)
 
 log = logging.getLogger("syncdb.migrations")
 
@@ -98,6 +98,110 @@ def compact_bearings(store: Store) -> None:
             store.conn.execute(f"DROP INDEX IF EXISTS [{name}]")
 
 
+def reconcile_seals(store: Store, table: Table) -> None:
+    """Make a record table's row seals hold what its schema says is sensitive (step 4, and every upgrade).
+
+    - A table made before store version 4 sealed each sensitive value in a column of its own: the
+      table is made anew, row for row (rowids kept), with the values sealed together in ``_sealed``
+      and those columns gone, and the versions in bytes (hlc.pack_row_versions): the nonces and
+      tags of single values and the versions' text were a quarter of the store's bytes.
+    - A column the schema has made sensitive since: its values move into the row seals, and the
+      column of their own is emptied (columns are never dropped).
+    - A column no longer sensitive: its values are copied out of the seals to a column of their own;
+      its place in the seals is kept, marked unused ("-"), so every seal made before still opens.
+
+    The store's list of the seals' columns (``sealed_columns``) is written in the same transaction.
+    """
+    conn, seals, name = store.conn, store.seals, table_name(table)
+    held = {row[1] for row in conn.execute(f"PRAGMA table_info([{name}])")}
+    listed = seals.row_columns.get(table.qualified)
+    legacy = "_sealed" not in held
+    if listed is None and not legacy:  # a table made anew, by create_sql
+        _list_sealed(store, table.qualified, table.sensitive_columns)
+        return
+    listed = list(listed or [])
+    active = [c for c in listed if not c.startswith("-")]
+    to_seal = [c for c in table.sensitive_columns if c not in active]
+    to_unseal = [c for c in active if c not in table.sensitive_columns]
+    if not legacy and not to_seal and not to_unseal:
+        return
+    now = [f"-{c}" if c in to_unseal else c for c in listed] + to_seal
+    before, after = seals, Seals(store.keyring, {**seals.row_columns, table.qualified: now})
+    moving = [c for c in to_seal if c in held]  # the values that come into the seals, from their own columns
+    if legacy and not moving:  # nothing sealed in it yet
+        conn.execute(f"ALTER TABLE [{name}] ADD COLUMN [_sealed] BLOB")
+        _list_sealed(store, table.qualified, now)
+        return
+    for c in to_unseal:
+        if c not in held:
+            conn.execute(f"ALTER TABLE [{name}] ADD COLUMN [{c}]")
+    if legacy:
+        kept = [c for c in (row[1] for row in conn.execute(f"PRAGMA table_info([{name}])")) if c not in moving]
+        rebuilt = _made_beside(conn, name, kept)
+        write = (f"INSERT INTO [{rebuilt}] (rowid, {', '.join(f'[{c}]' for c in kept)}, [_sealed]) "
+                 f"VALUES (?, {', '.join('?' * len(kept))}, ?)")
+        read = ["rowid"] + kept + moving
+    else:
+        sets = ", ".join(["[_sealed] = ?"] + [f"[{c}] = NULL" for c in moving] + [f"[{c}] = ?" for c in to_unseal])
+        write = f"UPDATE [{name}] SET {sets} WHERE rowid = ?"
+        read = ["rowid", "_key", "_sealed"] + moving
+    at_key = read.index("_key")
+    at_versions = read.index("_versions") if legacy and "_versions" in read else None
+    cursor = conn.execute(f"SELECT {', '.join(f'[{c}]' for c in read)} FROM [{name}] ORDER BY rowid")
+    while rows := cursor.fetchmany(2000):
+        out = []
+        for row in rows:
+            rowid, key = row[0], bytes(row[at_key])
+            values = {} if legacy else before.open_row(table, row[2], key)
+            for c, value in zip(moving, row[len(read) - len(moving):]):
+                # Sealed alone by an earlier release, or plain while the column was not sensitive.
+                values[c] = before.open(value, table, c, key) if legacy and isinstance(value, bytes) else value
+            sealed = after.seal_row(table, values, key)
+            if legacy:
+                kept_values = list(row[:len(read) - len(moving)])
+                if at_versions is not None:  # the versions in bytes too (hlc.pack_row_versions)
+                    kept_values[at_versions] = pack_row_versions(
+                        unpack_row_versions(kept_values[at_versions], table.non_key), table.non_key)
+                out.append((*kept_values, sealed))
+            else:
+                out.append((sealed, *(values.get(c) for c in to_unseal), rowid))
+        conn.executemany(write, out)
+    if legacy:
+        _replace(conn, name, rebuilt, kept)
+    _list_sealed(store, table.qualified, now)
+
+
+def _list_sealed(store: Store, qualified: str, columns: list[str]) -> None:
+    store.seals.set_row_columns(qualified, columns)
+    store.conn.execute("INSERT OR REPLACE INTO sealed_columns VALUES (?, ?)", (qualified, json.dumps(columns)))
+
+
+def _made_beside(conn: sqlite3.Connection, name: str, kept: list[str]) -> str:
+    """An empty table beside ``name`` with its columns ``kept`` (as they are defined there) and ``_sealed``."""
+    defined = []
+    for _cid, col, kind, notnull, default, pk in conn.execute(f"PRAGMA table_info([{name}])").fetchall():
+        if col in kept:
+            defined.append(f"[{col}] {kind}".rstrip() + (" NOT NULL" if notnull or pk else "")
+                           + (f" DEFAULT {default}" if default is not None else ""))
+    rebuilt = f"{name}__sealed"
+    conn.execute(f"DROP TABLE IF EXISTS [{rebuilt}]")
+    conn.execute(f"CREATE TABLE [{rebuilt}] ({', '.join(defined)}, [_sealed] BLOB)")
+    return rebuilt
+
+
+def _replace(conn: sqlite3.Connection, name: str, rebuilt: str, kept: list[str]) -> None:
+    """``rebuilt`` takes the place of ``name``, with every index of it that is on columns it kept."""
+    indexes = []
+    for index, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+                                   "AND sql IS NOT NULL", (name,)).fetchall():
+        if all(col in kept for (_seq, _cid, col) in conn.execute(f"PRAGMA index_info([{index}])")):
+            indexes.append(sql)
+    conn.execute(f"DROP TABLE [{name}]")
+    conn.execute(f"ALTER TABLE [{rebuilt}] RENAME TO [{name}]")
+    for sql in indexes:
+        conn.execute(sql)
+
+
 # Steps from one store version to the next, each run inside the upgrade's transaction
 # after the tables above are made: STEPS[n] brings a store from version n - 1 to n.
 STEPS: dict[int, Callable[[Store], object]] = {
@@ -148,6 +252,10 @@ def upgrade(store: Store) -> Path | None:
         for step in range(version + 1, STORE_VERSION + 1):
             if step in STEPS:
                 STEPS[step](store)
+        for table in store.tables.values():
+            # Step 4 (a table made by an earlier release seals its rows anew), and any column the
+            # schema has made sensitive or not since; after step 2, which makes the tables rowid tables.
+            reconcile_seals(store, table)
         # The columns the checks look records up by (checks.py); after the steps: step 2 would build them twice.
         try:
             wanted = checks.registered()
@@ -199,8 +307,8 @@ def _add_new_columns(conn: sqlite3.Connection, table: Table) -> None:
     """A column added to a schema file is added to the store; nothing is ever dropped."""
     name = table_name(table)
     present = {row[1] for row in conn.execute(f"PRAGMA table_info([{name}])")}
-    for c in (c for c in table.columns.values() if c.name not in present):
-        conn.execute(f"ALTER TABLE [{name}] ADD COLUMN [{c.name}] {'BLOB' if c.sensitive else ''}")
+    for c in (c for c in clear_columns(table) if c not in present):
+        conn.execute(f"ALTER TABLE [{name}] ADD COLUMN [{c}]")
     # Rows written under another column list: their shared version ("*") never
     # covered a column new since, so mark such columns unset, once.
     non_key = table.non_key
@@ -209,7 +317,7 @@ def _add_new_columns(conn: sqlite3.Connection, table: Table) -> None:
         before = [c for c in non_key if c in json.loads(known[0])]
         rows = conn.execute(f"SELECT _key, _versions FROM [{name}]").fetchall()
         conn.executemany(f"UPDATE [{name}] SET _versions = ? WHERE _key = ?", [
-            (pack_versions(unpack_versions(text, before), non_key), key) for key, text in rows])
+            (pack_row_versions(unpack_row_versions(text, before), non_key), key) for key, text in rows])
     conn.execute("INSERT OR REPLACE INTO store_columns VALUES (?, ?)", (table.qualified, json.dumps(non_key)))
     for col in id_columns(table):
         if f"{col}__bi" not in present:

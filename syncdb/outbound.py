@@ -40,7 +40,7 @@ from pathlib import Path
 
 from . import bundle, office
 from .crypto import PublicKey
-from .store import Store, table_name
+from .store import Store
 
 OUTBOUND_TABLE = """
 CREATE TABLE IF NOT EXISTS outbound (
@@ -56,8 +56,8 @@ def outbound_dir(store_dir, code: str) -> Path:
 def owner_of(store: Store, table, change: dict) -> str | None:
     """The community that owns the record a change is about, as the store holds it now."""
     key = store.blind_key(table, [change["key"].get(k) for k in table.key])
-    row = store.conn.execute(f"SELECT [{table.owner}] FROM [{table_name(table)}] WHERE _key = ?", (key,)).fetchone()
-    return None if row is None else store.plain(table, table.owner, row[0], key)
+    row = store.read_cells(table, key, [table.owner])
+    return None if row is None else row[0]
 
 
 def send_back(store: Store, store_dir, changes: list[dict], owners_before: list, rejected: set) -> dict[str, int]:

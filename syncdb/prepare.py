@@ -24,12 +24,11 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
-import orjson
 
 from . import bundle, i18n, limits, validate
 from .crypto import Keyring
 from .errors import SyncdbError
-from .hlc import Stamp
+from .hlc import Stamp, one_row_version
 from .i18n import _
 from .row import origin_of
 from .schema import Domain, Table
@@ -188,33 +187,31 @@ class Preparer:
         return Prepared(key, problems, row)
 
     def _plan(self, table: Table) -> tuple:
-        """How a new row of ``table`` is made: each column with its seal's AAD (None: kept plain)."""
+        """How a new row of ``table`` is made: its key's columns, its other columns, its blind IDs
+        (with the key column each is, if any), and whether it has any column outside its key."""
         plan = self.plans.get(table.qualified)
         if plan is None:
-            seals = self.seals
-            aad = {c: seals.cell_aad(table, c) if table.columns[c].sensitive else None for c in table.columns}
             plan = self.plans[table.qualified] = (
-                [(c, aad[c]) for c in table.key], [(c, aad[c]) for c in table.non_key],
+                list(table.key), table.non_key,
                 [(c, table.key.index(c) if c in table.key else None) for c in table.id_columns],
                 1 if table.non_key else 0)
         return plan
 
     def new_row(self, table: Table, key: bytes, key_values: list, change: dict) -> dict:
-        """The row of a record the store has never seen, as the store keeps it: every cell's
-        version is this change's stamp (one "*" in ``_versions``), its sensitive values sealed."""
+        """The row of a record the store has never seen, as the store keeps it (with its values in
+        plaintext too, for a later change of the batch): every cell's version is this change's
+        stamp (one "*" in ``_versions``), its sensitive values sealed together in ``_sealed``."""
         keyed, others, ids, exists = self._plan(table)
-        seal, blind_id = self.seals.seal_bound, self.seals.blind_id
+        blind_id = self.seals.blind_id
         cells, hlc = change["cells"], change["hlc"]
-        values = {"_key": key}
-        for (col, aad), value in zip(keyed, key_values):
-            values[col] = value if aad is None else seal(value, aad + key)
-        for col, aad in others:
-            value = cells.get(col)
-            values[col] = value if aad is None else seal(value, aad + key)
+        values = dict(zip(keyed, key_values))
+        for col in others:
+            values[col] = cells.get(col)
+        values["_sealed"] = self.seals.seal_row(table, values, key)
+        values["_key"] = key
         for col, at in ids:
             values[f"{col}__bi"] = blind_id(key_values[at] if at is not None else cells.get(col))
-        # What hlc.pack_versions makes of one version for every cell, made directly.
-        values["_versions"] = orjson.dumps({"*": hlc}).decode() if exists else "{}"
+        values["_versions"] = one_row_version(hlc) if exists else "{}"
         values["_exists"] = exists
         return values
 
@@ -248,11 +245,11 @@ class WorkersFailed(SyncdbError):
 _worker: Preparer | None = None  # in a worker process: its preparer, made once by _start
 
 
-def _start(keyring: Keyring, domains: dict[str, Domain], language: str) -> None:
+def _start(keyring: Keyring, domains: dict[str, Domain], language: str, row_columns: dict) -> None:
     global _worker
     _end_with_parent()
     i18n.use(language)
-    _worker = Preparer(Seals(keyring), domains)
+    _worker = Preparer(Seals(keyring, row_columns), domains)
 
 
 def _end_with_parent() -> None:
@@ -300,13 +297,14 @@ class Workers:
     a merge with workers is never much slower than one without.
     """
 
-    def __init__(self, jobs: int, keyring: Keyring, domains: dict[str, Domain]):
+    def __init__(self, jobs: int, keyring: Keyring, domains: dict[str, Domain], row_columns: dict):
+        """``row_columns``: what the store's row seals hold (Seals.row_columns)."""
         self.jobs = jobs
         validate.warm()
-        self.here = Preparer(Seals(keyring), domains)
+        self.here = Preparer(Seals(keyring, row_columns), domains)
         # fork where there is one (Linux), spawn elsewhere (Windows, macOS): the platform's default.
         self.pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context(), initializer=_start,
-                                        initargs=(keyring, domains, i18n.language()))
+                                        initargs=(keyring, domains, i18n.language(), row_columns))
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

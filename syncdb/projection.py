@@ -33,7 +33,7 @@ from . import conflicts, meanings
 from .i18n import _
 from .schema import Column, Domain, Table
 from .masks import mask
-from .store import Store, table_name
+from .store import Cells, Store, table_name
 
 MASKED_DB = "renkou"
 PLAIN_DB = "renkou_mingwen"
@@ -218,7 +218,8 @@ class _Layout:
         self.linked = person_column(table)
         self.born = birth_date_columns(table)
         self.labels = [table.columns[c].label for c in self.names] + ([PERSON_COLUMN] if self.linked else [])
-        self.select = ", ".join(f"[{c}]" for c in self.names) + (f", [{self.linked}__bi]" if self.linked else "")
+        self.cells = Cells(table, self.names)
+        self.select = self.cells.sql + (f", [{self.linked}__bi]" if self.linked else "")
         self.definitions = {hides: _definition(domains, table, self.names, bool(self.linked), hides)
                             for hides in (True, False)}
 
@@ -227,7 +228,7 @@ class _Layout:
         shown, hidden = [], []
         columns = [self.table.columns[c] for c in self.names]
         for key, *values in chunk:
-            row = [store.plain(self.table, c, v, key) for c, v in zip(self.names, values)]
+            row = self.cells.values(store.seals, key, values)
             masked_row = [mask_value(column, v) if column.sensitive
                           else (v[:4] if column.name in self.born and isinstance(v, str) else v)
                           for column, v in zip(columns, row)]

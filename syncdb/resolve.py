@@ -21,7 +21,7 @@ from .i18n import _
 from .merge import Summary, apply_changes
 from .row import Row
 from .schema import Domain
-from .store import Store, open_store, table_name
+from .store import Store, open_store
 from .validate import check_record
 
 MAX_AHEAD_MS = 24 * 3600 * 1000  # the furthest ahead of the office's clock a stamp is followed
@@ -172,10 +172,7 @@ def settle(store: Store, conflict_id: int, keep: str | None = None, value=None) 
         raise SyncdbError(_("conflict #{id} is already {status}").format(
             id=conflict_id, status=_(conflicts.STATUSES.get(found['status'], found['status']))))
     table, key, col = store.table(found["table"]), found["key"], found["column"]
-    stored = store.conn.execute(
-        f"SELECT {', '.join(f'[{k}]' for k in table.key)} FROM [{table_name(table)}] WHERE _key = ?",
-        (key,)).fetchone()
-    key_values = {k: store.plain(table, k, v, key) for k, v in zip(table.key, stored)}
+    key_values = dict(zip(table.key, store.read_cells(table, key, table.key)))
     edit = {"table": table.qualified, "key": key_values}
     if keep is not None:
         candidates = found["candidates"]
@@ -213,10 +210,8 @@ def _checked_value(store: Store, table, key: bytes, key_values: dict, col: str, 
     if column.codes:
         by_meaning = {meaning: code for code, meaning in store.domains[table.domain].code_table(column.codes).items()}
         value = by_meaning.get(value, value)
-    cursor = store.conn.execute(f"SELECT * FROM [{table_name(table)}] WHERE _key = ?", (key,))
-    names = [d[0] for d in cursor.description]
-    stored = dict(zip(names, cursor.fetchone()))
-    record = {c: store.plain(table, c, stored.get(c), key) for c in table.columns if c not in table.key}
+    stored = store.read_row(table, key)
+    record = {c: stored.get(c) for c in table.columns if c not in table.key}
     record.update(key_values)
     record[col] = value
     problems = [p for p in check_record(table, record, store.domains[table.domain])

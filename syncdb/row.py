@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import conflicts
-from .hlc import unpack_versions
+from .hlc import unpack_row_versions
 from .plugins import manager
 from .rules import Candidate
 from .schema import Table
@@ -28,8 +28,9 @@ class Row:
     def __init__(self, store: Store, table: Table, key: bytes, special: bool, stored=_READ):
         """``special``: the key has frontier, conflict or dominated entries to read.
 
-        ``stored``: the row as stored (column -> value), None when there is
-        none, or left out to read it now.
+        ``stored``: the row as stored (column -> value, the sensitive ones in
+        plaintext: Store.plain_row), None when there is none, or left out to
+        read it now.
         """
         self.store, self.table, self.key = store, table, key
         self.office_code = store.office_code  # for policies and rules that favour the office
@@ -38,10 +39,15 @@ class Row:
         if stored is _READ:
             cursor = conn.execute(f"SELECT * FROM [{self.name}] WHERE _key = ?", (key,))
             found = cursor.fetchone()
-            stored = dict(zip([d[0] for d in cursor.description], found)) if found else None
+            if found:
+                names = [d[0] for d in cursor.description]
+                stored = store.plain_row(table, dict(zip(names, found)), key)
+                stored["_sealed"] = found[names.index("_sealed")]  # kept while no sensitive value changes
+            else:
+                stored = None
         self.exists = stored is not None
         self.stored = stored or {}
-        self.versions = unpack_versions(self.stored.get("_versions"), table.non_key)
+        self.versions = unpack_row_versions(self.stored.get("_versions"), table.non_key)
         self.frontiers: dict[str, list[Candidate]] = {}
         self.open_conflicts: set[str] = set()
         self.dominated: set[tuple[str, str]] = set()
@@ -70,8 +76,7 @@ class Row:
             return []
         deleted = version.startswith("~")
         version = version.lstrip("~")
-        value = self.store.plain(self.table, col, self.stored.get(col), self.key)
-        return [Candidate(value, version, origin_of(version), deleted)]
+        return [Candidate(self.stored.get(col), version, origin_of(version), deleted)]
 
     def offer(self, col: str, candidate: Candidate, base) -> None:
         """Add a version to the cell's frontier, retiring the version(s) it was based on.

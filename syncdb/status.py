@@ -40,7 +40,7 @@ from .errors import SyncdbError
 from .files import write_atomic
 from .i18n import N_, _
 from .schema import Domain
-from .store import Store, table_name
+from .store import Cells, Store, table_name
 
 ACK_FILE = "status-ack.json"
 MAX_LAG_HOURS = 48.0  # a community's unacknowledged bundle older than this: its pushes are not getting through
@@ -294,9 +294,11 @@ def key_ids_in_use(conn, domains: dict[str, Domain]) -> set[int]:
         for table in domain.tables.values():
             sensitive[table.qualified] = set(table.sensitive_columns)
             name = table_name(table)
-            if not table.sensitive_columns or not bundles.has_table(conn, name):
+            if not bundles.has_table(conn, name):
                 continue
-            for column in table.sensitive_columns:
+            held = {row[1] for row in conn.execute(f"PRAGMA table_info([{name}])")}
+            # A row's values sealed together (store version 4), or each alone (a store not upgraded yet).
+            for column in ["_sealed"] if "_sealed" in held else [c for c in table.sensitive_columns if c in held]:
                 used |= {b[0] for (b,) in conn.execute(
                     f"SELECT DISTINCT substr([{column}], 2, 1) FROM [{name}] WHERE typeof([{column}]) = 'blob'")
                     if b}
@@ -362,10 +364,9 @@ def _record_rules(conn, domains, keyring: Keyring | None, report: Report) -> Non
     store = Store(conn, keyring, domains, read_only=True)
 
     def live_records(table):
-        names = integrity.read_columns(table, domains)
-        select = ", ".join(f"[{c}]" for c in names)
-        for key, *values in conn.execute(f"SELECT _key, {select} FROM [{table_name(table)}] WHERE _exists = 1"):
-            yield {c: store.plain(table, c, v, key) for c, v in zip(names, values)}
+        cells = Cells(table, integrity.read_columns(table, domains))
+        for key, *values in conn.execute(f"SELECT _key, {cells.sql} FROM [{table_name(table)}] WHERE _exists = 1"):
+            yield dict(zip(cells.columns, cells.values(store.seals, key, values)))
 
     lines = integrity.office_warnings(live_records, domains)
     shown = lines[:RULES_SHOWN]

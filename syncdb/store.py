@@ -6,7 +6,12 @@ rowid table (store version 2; version 1 kept it WITHOUT ROWID, keyed by ``_key``
     _key          16-byte keyed blind index (HMAC) of the natural key, in a UNIQUE
                   index: rows are found by it, so no merge ever needs a plaintext
                   key on disk
-    <columns>     plain values, or for a sensitive column an AEAD-sealed value
+    <columns>     the values of the columns that are not sensitive
+    _sealed       the row's sensitive values, sealed together (store version 4; before,
+                  each in its own column, sealed alone): one AEAD over the list of
+                  values, bound to the table, the row's blind key and the names of its
+                  columns, so no value can be moved to another row or column unseen
+                  (Seals.seal_row; ``sealed_columns`` keeps each table's list)
     <col>__bi     blind index of a sensitive ID-number column, for equality look-ups
     _versions     JSON: the version (HLC) of each cell; "*" holds the row's most
                   common one, "~" before a version marks a delete's tombstone
@@ -17,7 +22,8 @@ Beside them: ``frontier`` (the concurrent versions of cells in conflict),
 queue), ``applied`` (the bundle ledger), ``rejected`` (invalid records) and
 ``ledger`` (the audit ledger, see audit.py), and ``origin_clock`` (each
 community's latest applied stamp: its next bundle's stamps must be later). A sealed value carries its key
-id, so ``keys rotate`` can re-encrypt row by row.
+id, so ``keys rotate`` can re-encrypt row by row. The frontier, the conflict queue and the checks' cases
+seal each value alone, bound to its table, column and row.
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ from .i18n import _
 from .sql import immediate
 from .schema import Domain, Table
 
-SEALED_FORMAT = 1
+SEALED_FORMAT = 1  # one value: format, key id, nonce, ciphertext and tag
+SEALED_ROW_FORMAT = 2  # a row's sensitive values: format, key id, how many (a varint), nonce, ciphertext and tag
 BUNDLE_CACHE_MIB = 128  # SQLite's page cache while a bundle is applied (Store.bundle_cache)
 # Built once: json.dumps with arguments builds an encoder on every call.
 _KEY_TEXT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -80,7 +87,77 @@ def value_of(data: bytes):
     """The cell value a seal holds (``value_bytes`` read back; seals of older releases too)."""
     return read_json(data)
 
-STORE_VERSION = 3  # PRAGMA user_version of a store this release made or upgraded (0: an earlier release)
+
+# A row seal's values, one after another: a varint of (size << 2 | kind), then the bytes.
+# kind 0: None (size 0); 1: text, UTF-8; 2: a whole number, zigzag, as a varint of its own
+# (size 0); 3: anything else (a real number, true or false) as JSON. A byte or two a value,
+# where a JSON list took three or four.
+_NONE, _TEXT, _WHOLE, _JSON = 0, 1, 2, 3
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _read_varint(data: bytes, at: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        n |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return n, at
+        shift += 7
+
+
+def values_bytes(values: list) -> bytes:
+    """A row seal's list of values as bytes (``bytes_values`` reads them back)."""
+    out = []
+    for value in values:
+        kind = value.__class__
+        if value is None:
+            out.append(b"\x00")
+        elif kind is str:
+            raw = value.encode("utf-8")
+            out += [_varint(len(raw) << 2 | _TEXT), raw]
+        elif kind is int:
+            out += [bytes([_WHOLE]), _varint(value << 1 if value >= 0 else (-value << 1) - 1)]
+        else:
+            raw = value_bytes(value)
+            out += [_varint(len(raw) << 2 | _JSON), raw]
+    return b"".join(out)
+
+
+def bytes_values(data: bytes, n: int) -> list:
+    """The ``n`` values ``values_bytes`` wrote; ValueError if the bytes are not exactly that."""
+    values, at = [], 0
+    try:
+        for _n in range(n):
+            head, at = _read_varint(data, at)
+            kind, size = head & 3, head >> 2
+            if kind == _NONE:
+                values.append(None)
+            elif kind == _WHOLE:
+                zigzag, at = _read_varint(data, at)
+                values.append(zigzag >> 1 if not zigzag & 1 else -((zigzag + 1) >> 1))
+            else:
+                raw = data[at:at + size]
+                if len(raw) != size:
+                    raise ValueError
+                values.append(raw.decode("utf-8") if kind == _TEXT else value_of(raw))
+                at += size
+    except (IndexError, UnicodeDecodeError):
+        raise ValueError from None
+    if at != len(data):
+        raise ValueError
+    return values
+
+STORE_VERSION = 4  # PRAGMA user_version of a store this release made or upgraded (0: an earlier release)
 
 # The tables this module owns. The other tables of store.db belong to their
 # modules (audit: ledger; conflicts: the queue; office: communities, received,
@@ -89,6 +166,7 @@ STORE_VERSION = 3  # PRAGMA user_version of a store this release made or upgrade
 # shape run it (office init, merge, serve, keys rotate).
 STORE_TABLES = """
 CREATE TABLE IF NOT EXISTS store_columns (tbl TEXT PRIMARY KEY, columns TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sealed_columns (tbl TEXT PRIMARY KEY, columns TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS frontier (
     tbl TEXT NOT NULL, key BLOB NOT NULL, col TEXT NOT NULL, version TEXT NOT NULL,
     origin TEXT NOT NULL, value, deleted INTEGER NOT NULL,
@@ -124,17 +202,23 @@ def id_columns(table: Table) -> list[str]:
 
 
 
+def clear_columns(table: Table) -> list[str]:
+    """The columns a record table keeps a column of its own for: those that are not sensitive."""
+    return [c.name for c in table.columns.values() if not c.sensitive]
+
+
 def write_columns(table: Table) -> list[str]:
     """Every column of a store row, as the merge writes it."""
-    return (["_key"] + list(table.columns) + [f"{c}__bi" for c in id_columns(table)]
+    return (["_key"] + clear_columns(table) + ["_sealed"] + [f"{c}__bi" for c in id_columns(table)]
             + ["_versions", "_exists"])
 
 
 def create_sql(table: Table) -> list[str]:
     """The table of a schema table's records and its indexes (the table first: the TEMP stand-in's)."""
     cols = ["[_key] BLOB NOT NULL"]
-    for c in table.columns.values():
-        cols.append(f"[{c.name}] {'BLOB' if c.sensitive else ''}".rstrip())
+    for c in clear_columns(table):
+        cols.append(f"[{c}]")
+    cols.append("[_sealed] BLOB")
     for name in id_columns(table):
         cols.append(f"[{name}__bi] BLOB")
     cols += ["[_versions] TEXT NOT NULL", "[_exists] INTEGER NOT NULL"]
@@ -174,8 +258,8 @@ class Store:
         self.suite = keyring.suite
         self.tables = {t.qualified: t for d in domains.values() for t in d.tables.values()}
         self.office_code = keyring.public.code
-        self.seals = Seals(keyring)
         _refuse_if_not_a_store(conn)
+        self.seals = Seals(keyring, read_sealed_columns(conn))
         self.keyring_check = self._keyring_check()
 
     def stand_in_missing_tables(self) -> None:
@@ -238,6 +322,9 @@ class Store:
             # other columns must be brought to the schema's first.
             if table.qualified in known and known[table.qualified] != json.dumps(table.non_key):
                 return _("the schema of {table} has columns the store's copy of it lacks").format(table=table.qualified)
+            if table.qualified in known and set(table.sensitive_columns) != set(self.seals.sealed(table)):
+                return _("the schema of {table} makes other columns sensitive than the store seals").format(
+                    table=table.qualified)
         return None
 
     def unmade_tables(self) -> list[str]:
@@ -314,12 +401,19 @@ class Store:
         for table in self.tables.values():
             if not table.sensitive_columns or not _has_table(self.conn, table_name(table)):
                 continue
-            column = table.sensitive_columns[0]
+            held = _columns_of(self.conn, table_name(table))
+            # A store of version 3 or before seals each value in its own column.
+            column = "_sealed" if "_sealed" in held else table.sensitive_columns[0]
+            if column not in held:
+                continue
             found = self.conn.execute(f"SELECT _key, [{column}] FROM [{table_name(table)}] "
                                       f"WHERE [{column}] IS NOT NULL LIMIT 1").fetchone()
             if found:
                 try:
-                    self.open(found[1], table, column, bytes(found[0]))
+                    if column == "_sealed":
+                        self.seals.open_row(table, found[1], bytes(found[0]))
+                    else:
+                        self.open(found[1], table, column, bytes(found[0]))
                     return True
                 except (InvalidTag, SyncdbError):
                     return False
@@ -352,17 +446,167 @@ class Store:
     def plain(self, table: Table, column: str, value, key: bytes):
         return self.seals.plain(table, column, value, key)
 
+    # A record table's rows: the sensitive values in one seal (``_sealed``).
+    def plain_row(self, table: Table, row: dict, key: bytes | None = None) -> dict:
+        """A record row as read (``SELECT *``: column -> stored value) with its sensitive values in
+        plaintext instead of ``_sealed``: every schema column is there, None when it holds nothing."""
+        plain = dict(row)
+        opened = self.seals.open_row(table, plain.pop("_sealed", None), bytes(plain["_key"]) if key is None else key)
+        for column in table.sensitive_columns:
+            plain[column] = opened.get(column)
+        return plain
+
+    def read_row(self, table: Table, key: bytes) -> dict | None:
+        """The record with this blind key (``plain_row``), or None."""
+        cursor = self.conn.execute(f"SELECT * FROM [{table_name(table)}] WHERE _key = ?", (key,))
+        found = cursor.fetchone()
+        return None if found is None else self.plain_row(table, dict(zip([d[0] for d in cursor.description], found)), key)
+
+    def read_cells(self, table: Table, key: bytes, columns: list[str]) -> list | None:
+        """Some columns of the record with this blind key, in plaintext, or None when there is no such record."""
+        cells = Cells(table, columns)
+        found = self.conn.execute(f"SELECT {cells.sql} FROM [{table_name(table)}] WHERE _key = ?", (key,)).fetchone()
+        return None if found is None else cells.values(self.seals, key, found)
+
+
+class Cells:
+    """Some columns of a record table, read: ``sql`` is the select list (the plain columns, then the
+    row's seal if any asked column is sensitive); ``values(seals, key, row)`` the plaintext values,
+    in ``columns``' order, of a row selected by it (more may follow them in the row)."""
+
+    def __init__(self, table: Table, columns: list[str]):
+        self.table, self.columns = table, list(columns)
+        plain = [c for c in self.columns if not table.columns[c].sensitive]
+        self.sealed = len(plain) < len(self.columns)
+        self.width = len(plain) + self.sealed  # the row's values that are these columns'
+        self.sql = ", ".join([f"[{c}]" for c in plain] + (["[_sealed]"] if self.sealed else []))
+        self._at = {c: i for i, c in enumerate(plain)}
+
+    def values(self, seals: "Seals", key: bytes, row) -> list:
+        if not self.sealed:
+            return list(row[:self.width])
+        opened = seals.open_row(self.table, row[self.width - 1], key)
+        at = self._at
+        return [row[at[c]] if c in at else opened.get(c) for c in self.columns]
+
+
+def read_sealed_columns(conn: sqlite3.Connection) -> dict[str, list[str]]:
+    """Table -> the columns its rows' seals hold, in order (``sealed_columns``; none before store version 4)."""
+    if not _has_table(conn, "sealed_columns"):
+        return {}
+    return {tbl: json.loads(columns) for tbl, columns in conn.execute("SELECT tbl, columns FROM sealed_columns")}
+
+
+def _columns_of(conn: sqlite3.Connection, name: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info([{name}])")}
+
 
 class Seals:
     """The store's value cryptography, which needs the keyring and no database: blind indexes and
-    sealed values. The merge's worker processes (prepare.py) hold one each."""
+    sealed values. The merge's worker processes (prepare.py) hold one each.
 
-    def __init__(self, keyring: Keyring):
+    ``row_columns``: table -> the columns of its rows' seals, in their order (``sealed_columns``):
+    a new sensitive column is added at the end; one no longer sensitive keeps its place, marked
+    "-" (its values were copied out to a column of their own, and new seals leave it empty), so
+    every seal ever made still opens. A table not listed seals its sensitive columns in schema order.
+    """
+
+    def __init__(self, keyring: Keyring, row_columns: dict[str, list[str]] | None = None):
         self.keyring = keyring
         self.suite = keyring.suite
+        self.row_columns = dict(row_columns or {})
         self._sealers: dict = {}  # data key id -> (value prefix, bound AEAD)
         self._openers: dict = {}
         self._aads: dict = {}
+        self._row_aads: dict = {}
+        self._slots: dict = {}
+
+    def slots(self, table: Table) -> list[str | None]:
+        """The columns a row seal of ``table`` holds, in order; None for a place no longer used."""
+        slots = self._slots.get(table.qualified)
+        if slots is None:
+            listed = self.row_columns.get(table.qualified)
+            if listed is None:
+                listed = table.sensitive_columns
+            slots = self._slots[table.qualified] = [None if c.startswith("-") else c for c in listed]
+        return slots
+
+    def sealed(self, table: Table) -> list[str]:
+        """The columns ``table``'s row seals hold now."""
+        return [c for c in self.slots(table) if c is not None]
+
+    def set_row_columns(self, qualified: str, columns: list[str]) -> None:
+        self.row_columns[qualified] = list(columns)
+        self._slots.pop(qualified, None)
+        self._row_aads = {k: v for k, v in self._row_aads.items() if k[0] != qualified}
+
+    def _row_aad(self, table: Table, n: int) -> bytes:
+        """What binds a row seal of ``n`` values: the table and its first ``n`` places' columns (the blind key follows)."""
+        try:
+            return self._row_aads[table.qualified, n]
+        except KeyError:
+            listed = self.row_columns.get(table.qualified, table.sensitive_columns)
+            names = ",".join(c.lstrip("-") for c in listed[:n])
+            aad = self._row_aads[table.qualified, n] = f"row|{table.qualified}|{names}|".encode()
+            return aad
+
+    def seal_row(self, table: Table, values, key: bytes) -> bytes | None:
+        """The sensitive values of a row (``values``: column -> plaintext), sealed together; None
+        when it has none. The trailing empty places are left out."""
+        row = [values.get(c) if c is not None else None for c in self.slots(table)]
+        n = len(row)
+        while n and row[n - 1] is None:
+            n -= 1
+        if not n:
+            return None
+        key_id = self.keyring.data_key_id
+        _prefix, seal = self._sealer(key_id)
+        header = bytes([SEALED_ROW_FORMAT, int(key_id)]) + _varint(n)
+        nonce = fresh_nonce()
+        return header + nonce + seal(nonce, values_bytes(row[:n]), header + self._row_aad(table, n) + key)
+
+    def open_row(self, table: Table, sealed, key: bytes) -> dict:
+        """Column -> plaintext of a row seal (``seal_row``); {} for None."""
+        if sealed is None:
+            return {}
+        sealed = bytes(sealed)
+        slots = self.slots(table)
+        try:
+            if sealed[0] != SEALED_ROW_FORMAT:
+                raise ValueError
+            n, at = _read_varint(sealed, 2)
+        except (IndexError, ValueError):
+            raise SyncdbError(_("a sealed row in {table} has an unknown format; restore the store from a backup")
+                              .format(table=table.qualified)) from None
+        if n > len(slots):
+            raise SyncdbError(_("a sealed row in {table} holds more values than the store lists columns for; "
+                                "restore the store from a backup").format(table=table.qualified))
+        opener = self._opener(sealed[1], table, "_sealed")
+        plain = opener(sealed[at:at + 12], sealed[at + 12:], sealed[:at] + self._row_aad(table, n) + key)
+        try:
+            values = bytes_values(plain, n)
+        except ValueError:
+            raise SyncdbError(_("a sealed row in {table} is damaged; restore the store from a backup").format(
+                table=table.qualified)) from None
+        return {c: v for c, v in zip(slots, values) if c is not None}
+
+    def _sealer(self, key_id: str):
+        sealer = self._sealers.get(key_id)
+        if sealer is None:
+            sealer = self._sealers[key_id] = (
+                bytes([SEALED_FORMAT, int(key_id)]), self.suite.sealer(self.keyring.data_keys[key_id]))
+        return sealer
+
+    def _opener(self, key_byte: int, table: Table, column: str):
+        opener = self._openers.get(key_byte)
+        if opener is None:
+            data_key = self.keyring.data_keys.get(str(key_byte))
+            if data_key is None:
+                raise SyncdbError(_("a value in {table}.{column} is sealed under data key "
+                                    "{key}, which this keyring does not hold").format(
+                    table=table.qualified, column=column, key=key_byte))
+            opener = self._openers[key_byte] = self.suite.opener(data_key)
+        return opener
 
     # Blind indexes: 16 bytes of HMAC under the index key, with a domain-separating label.
     def blind_key(self, table: Table, key_values: list) -> bytes:
@@ -385,12 +629,7 @@ class Seals:
         """``seal`` with the cell's AAD (``cell_aad(table, column)`` + blind key) already made."""
         if value is None:
             return None
-        key_id = self.keyring.data_key_id
-        sealer = self._sealers.get(key_id)
-        if sealer is None:
-            sealer = self._sealers[key_id] = (
-                bytes([SEALED_FORMAT, int(key_id)]), self.suite.sealer(self.keyring.data_keys[key_id]))
-        prefix, seal = sealer
+        prefix, seal = self._sealer(self.keyring.data_key_id)
         nonce = fresh_nonce()
         return prefix + nonce + seal(nonce, value_bytes(value), aad)
 
@@ -401,14 +640,7 @@ class Seals:
         if sealed[0] != SEALED_FORMAT:
             raise SyncdbError(_("a sealed value in {table}.{column} has an unknown format").format(
                 table=table.qualified, column=column))
-        opener = self._openers.get(sealed[1])
-        if opener is None:
-            data_key = self.keyring.data_keys.get(str(sealed[1]))
-            if data_key is None:
-                raise SyncdbError(_("a value in {table}.{column} is sealed under data key "
-                                    "{key}, which this keyring does not hold").format(
-                    table=table.qualified, column=column, key=sealed[1]))
-            opener = self._openers[sealed[1]] = self.suite.opener(data_key)
+        opener = self._opener(sealed[1], table, column)
         return value_of(opener(sealed[2:14], sealed[14:], self._aad(table, column) + key))
 
     def cell_aad(self, table: Table, column: str) -> bytes:

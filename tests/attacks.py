@@ -50,7 +50,7 @@ import requests
 from syncdb import audit, bundle, community, merge, migrations, office, resolve, workdir
 from syncdb.crypto import Keyring, PublicKey, Secret
 from syncdb.errors import SyncdbError
-from syncdb.hlc import now_ms, unpack_versions
+from syncdb.hlc import now_ms, unpack_row_versions
 from syncdb.plugins import extra_policies
 from syncdb.schema import load_domains
 from syncdb.store import table_name
@@ -206,7 +206,7 @@ class Arena:
         blind = self.reader.blind_key(table, list(key))
         row = self.reader.conn.execute(f"SELECT _versions FROM [{table_name(table)}] WHERE _key = ?",
                                        (blind,)).fetchone()
-        versions = unpack_versions(row[0] if row else None, table.non_key)
+        versions = unpack_row_versions(row[0] if row else None, table.non_key)
         return {c: v.lstrip("~") for c, v in versions.items()}
 
     # what the store holds

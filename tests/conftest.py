@@ -23,7 +23,7 @@ from syncdb import bundle, merge, migrations, office, resolve, workdir
 from syncdb import community as community_lib
 from syncdb.crypto import Keyring, PublicKey, Secret
 from syncdb.schema import load_domains
-from syncdb.store import table_name
+from syncdb.store import Cells, Seals, open_store, table_name
 
 SYNCDB = str(Path(sys.executable).with_name("syncdb"))
 
@@ -289,11 +289,11 @@ def snapshot(store_dir, domains, secret: Secret = SECRET):
         for table in st_.tables.values():
             for stored in st_.conn.execute(f"SELECT * FROM [{table_name(table)}]"):
                 names = [d[0] for d in st_.conn.execute(f"SELECT * FROM [{table_name(table)}] LIMIT 0").description]
-                record = dict(zip(names, stored))
+                record = st_.plain_row(table, dict(zip(names, stored)))
                 key = record["_key"]
                 rows[(table.qualified, key)] = (
                     record["_exists"],
-                    tuple((c, st_.plain(table, c, record[c], key)) for c in table.columns),
+                    tuple((c, record[c]) for c in table.columns),
                 )
         conflicts = set()
         for tbl, key, col, kind, candidates in st_.conn.execute(
@@ -302,6 +302,53 @@ def snapshot(store_dir, domains, secret: Secret = SECRET):
         return rows, conflicts
     finally:
         st_.conn.close()
+
+
+def stored_values(st_, qualified: str, *columns: str, where: str = "1") -> list[tuple]:
+    """(blind key, the columns' values in plaintext...) of each row of a record table of an open store
+    (``where``: SQL on its stored columns), the sensitive ones opened from the row's seal."""
+    table = st_.table(qualified)
+    cells = Cells(table, list(columns))
+    return [(bytes(key), *cells.values(st_.seals, bytes(key), row)) for key, *row in st_.conn.execute(
+        f"SELECT _key, {cells.sql} FROM [{table_name(table)}] WHERE {where}")]
+
+
+def make_version_3(store_dir: Path, domains) -> None:
+    """Turn a store of this release back into the layout of store version 3: each sensitive value
+    sealed alone (Seals.seal, which the frontier still uses) in a BLOB column of its own, no
+    ``_sealed``, no ``sealed_columns``. The rows keep their rowids."""
+    with open_store(store_dir, SECRET, domains) as st:
+        keyring = st.keyring
+        tables = [t for t in st.tables.values()]
+        rows = {}
+        for table in tables:
+            name = table_name(table)
+            if not st.conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone():
+                continue
+            rows[table.qualified] = [(rowid, st.plain_row(table, {"_key": key, "_sealed": sealed}))
+                                     for rowid, key, sealed in st.conn.execute(
+                                         f"SELECT rowid, _key, _sealed FROM [{name}]")]
+    old = Seals(keyring)
+    conn = sqlite3.connect(store_dir / "store.db", isolation_level=None)
+    conn.execute("BEGIN")
+    for table in tables:
+        if table.qualified not in rows:
+            continue
+        name = table_name(table)
+        for column in table.sensitive_columns:
+            conn.execute(f"ALTER TABLE [{name}] ADD COLUMN [{column}] BLOB")
+        for rowid, plain in rows[table.qualified]:
+            key = bytes(plain["_key"])
+            sealed = [old.seal(plain[c], table, c, key) for c in table.sensitive_columns]
+            if sealed:
+                conn.execute(f"UPDATE [{name}] SET {', '.join(f'[{c}] = ?' for c in table.sensitive_columns)} "
+                             "WHERE rowid = ?", [*sealed, rowid])
+        conn.execute(f"ALTER TABLE [{name}] DROP COLUMN _sealed")
+    conn.execute("DROP TABLE sealed_columns")
+    conn.execute("PRAGMA user_version = 3")
+    conn.execute("COMMIT")
+    conn.execute("VACUUM")
+    conn.close()
 
 
 def open_conflicts(store):

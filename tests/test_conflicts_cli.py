@@ -3,7 +3,7 @@
 import pytest
 from click.testing import CliRunner
 
-from conftest import CODES, SECRET, id_number, person
+from conftest import CODES, SECRET, id_number, person, stored_values
 from syncdb import migrations
 from syncdb.cli import cli
 
@@ -27,8 +27,7 @@ def run(env, *args, input=None):
 def names(w, domains):
     st = migrations.open_upgraded(w.store, SECRET, domains)
     try:
-        table = st.table("huji.persons")
-        return sorted(st.plain(table, "name", v, k) for k, v in st.conn.execute("SELECT _key, name FROM huji__persons"))
+        return sorted(name for _key, name in stored_values(st, "huji.persons", "name"))
     finally:
         st.conn.close()
 

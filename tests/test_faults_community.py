@@ -14,9 +14,8 @@ from syncdb import bundle, capture, community, migrations, office, workdir
 from syncdb.crypto import PublicKey
 from syncdb.errors import SyncdbError
 from syncdb.masks import mask
-from syncdb.store import table_name
 
-from conftest import SYNCDB, Community, folder_unlike_the_schema
+from conftest import SYNCDB, Community, folder_unlike_the_schema, stored_values
 
 CODE = "441900003001"
 
@@ -46,13 +45,9 @@ def sent(c, path) -> tuple[dict, list[dict]]:
 def office_persons(c) -> dict[str, str]:
     """{ID number: name} of the live persons the office holds from this community."""
     store = migrations.open_upgraded(c.store, c.secret, c.domains)
-    table = store.table("huji.persons")
     try:
-        rows = store.conn.execute(
-            f"SELECT _key, id_number, name FROM [{table_name(table)}] WHERE _exists = 1 AND community_code = ?",
-            (c.code,)).fetchall()
-        return {store.open(i, table, "id_number", bytes(k)): store.open(n, table, "name", bytes(k))
-                for k, i, n in rows}
+        return {i: n for _key, i, n in stored_values(store, "huji.persons", "id_number", "name",
+                                                     where=f"_exists = 1 AND community_code = '{c.code}'")}
     finally:
         store.conn.close()
 

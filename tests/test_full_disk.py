@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from conftest import SYNCDB
+from conftest import SYNCDB, stored_values
 from syncdb import audit, merge, migrations, office
 from syncdb.crypto import Secret
 
@@ -77,9 +77,7 @@ def run(args, env):
 def store_rows(store, secret, domains) -> dict:
     st = migrations.open_upgraded(store, secret, domains)
     try:
-        table = st.table("huji.persons")
-        return {st.plain(table, "id_number", k, key): st.plain(table, "phone", p, key)
-                for key, k, p in st.conn.execute("SELECT _key, id_number, phone FROM huji__persons")}
+        return {i: p for _key, i, p in stored_values(st, "huji.persons", "id_number", "phone")}
     finally:
         st.conn.close()
 

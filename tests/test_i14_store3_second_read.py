@@ -11,6 +11,7 @@ from syncdb import cases, checks, merge
 from syncdb.checks import Check
 from syncdb.hookspecs import hookimpl
 from syncdb.plugins import registered
+from syncdb.store import STORE_VERSION
 from test_checks import CODES, Street
 
 PERSONS = "huji.persons"
@@ -94,7 +95,7 @@ def test_a_check_plugin_with_a_bug_does_not_stop_the_upgrade_and_the_merge(stree
     assert summary.applied == 0
     conn = sqlite3.connect(street.store / "store.db")
     try:
-        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (STORE_VERSION,)
     finally:
         conn.close()
 
@@ -128,7 +129,7 @@ def test_keys_rotate_after_the_upgrade_reseals_the_sealed_bearings(street, domai
         retired = dataclasses.replace(ring, data_keys={"2": ring.data_keys["2"]})
         with open_store(street.store, retired, domains) as st:
             assert cases.data_keys_used(st) == {2}
-            assert st.conn.execute("PRAGMA user_version").fetchone() == (3,)
+            assert st.conn.execute("PRAGMA user_version").fetchone() == (STORE_VERSION,)
             keys_ = [bytes(k) for (k,) in st.conn.execute(
                 "SELECT key FROM record_bearings WHERE typeof(subject) = 'blob' LIMIT 5")]
             opened = cases.bearings(st, "same_address", "address", PERSONS, keys_)
@@ -158,7 +159,7 @@ def test_look_ups_the_store_cannot_index_stop_no_upgrade_and_no_merge(street):
         merge.merge(street.store, [], street.secret, street.domains)
     conn = sqlite3.connect(street.store / "store.db")
     try:
-        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (STORE_VERSION,)
         names = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     finally:
         conn.close()

@@ -113,10 +113,8 @@ def _office_value(w, domains, n, column):
     st = migrations.open_upgraded(w.store, SECRET, domains)
     try:
         table = st.table("huji.persons")
-        key = st.blind_key(table, [id_number(n)])
-        value, exists = st.conn.execute(f"SELECT [{column}], _exists FROM huji__persons WHERE _key = ?",
-                                        (key,)).fetchone()
-        return st.plain(table, column, value, key), exists
+        stored = st.read_row(table, st.blind_key(table, [id_number(n)]))
+        return stored[column], stored["_exists"]
     finally:
         st.conn.close()
 

@@ -38,9 +38,9 @@ def a_versions(w, domains, n):
     try:
         table = st.table(PERSONS)
         key = st.blind_key(table, [id_number(n)])
-        (text,) = st.conn.execute("SELECT _versions FROM huji__persons WHERE _key = ?", (key,)).fetchone()
-        from syncdb.hlc import unpack_versions
-        return unpack_versions(text, table.non_key)
+        (packed,) = st.conn.execute("SELECT _versions FROM huji__persons WHERE _key = ?", (key,)).fetchone()
+        from syncdb.hlc import unpack_row_versions
+        return unpack_row_versions(packed, table.non_key)
     finally:
         st.conn.close()
 
