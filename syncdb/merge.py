@@ -712,6 +712,10 @@ class _Merger:
         if row.exists and stored.get("_sealed") is not None and not any(
                 col in winners for col in table.sensitive_columns):
             values["_sealed"] = stored["_sealed"]  # no sensitive value changed: its seal stays
+        elif row.exists:
+            for col in store.seals.sealed(table):
+                if col not in table.columns:  # sealed, and no schema declares it any more: resealed as it was
+                    values[col] = stored.get(col)
         for col in table.id_columns:
             index = f"{col}__bi"
             if col in table.key:

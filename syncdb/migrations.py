@@ -122,7 +122,9 @@ def reconcile_seals(store: Store, table: Table) -> None:
     listed = list(listed or [])
     active = [c for c in listed if not c.startswith("-")]
     to_seal = [c for c in table.sensitive_columns if c not in active]
-    to_unseal = [c for c in active if c not in table.sensitive_columns]
+    # Only a column the schema still declares, in the clear, comes out: one no schema declares any
+    # more stays sealed where it is (its values are kept, and were sensitive).
+    to_unseal = [c for c in active if c in table.columns and c not in table.sensitive_columns]
     if not legacy and not to_seal and not to_unseal:
         return
     now = [f"-{c}" if c in to_unseal else c for c in listed] + to_seal

@@ -322,7 +322,13 @@ class Store:
             # other columns must be brought to the schema's first.
             if table.qualified in known and known[table.qualified] != json.dumps(table.non_key):
                 return _("the schema of {table} has columns the store's copy of it lacks").format(table=table.qualified)
-            if table.qualified in known and set(table.sensitive_columns) != set(self.seals.sealed(table)):
+            if table.qualified in known and table.qualified not in self.seals.row_columns:
+                # Left out of the schemas when the store was upgraded to version 4: still in the layout
+                # of version 3 (each value sealed alone), which would read as empty.
+                return _("it was made by an earlier release of syncdb")
+            # A sealed column no schema declares any more stays sealed (never written in the clear).
+            if table.qualified in known and set(table.sensitive_columns) != {
+                    c for c in self.seals.sealed(table) if c in table.columns}:
                 return _("the schema of {table} makes other columns sensitive than the store seals").format(
                     table=table.qualified)
         return None
@@ -454,6 +460,9 @@ class Store:
         opened = self.seals.open_row(table, plain.pop("_sealed", None), bytes(plain["_key"]) if key is None else key)
         for column in table.sensitive_columns:
             plain[column] = opened.get(column)
+        for column, value in opened.items():
+            if column not in table.columns:  # a sealed column the schema no longer declares: kept sealed
+                plain[column] = value
         return plain
 
     def read_row(self, table: Table, key: bytes) -> dict | None:

@@ -1,0 +1,88 @@
+"""Store version 4's row seals, read adversarially: a table the schemas left out while the store was
+upgraded, and a sensitive column a schema no longer declares."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from conftest import CODES, SECRET, id_number, make_version_3, person, snapshot
+from syncdb import merge, resolve
+from syncdb.schema import load_domains
+from syncdb.store import open_store
+
+SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+
+
+@pytest.fixture
+def street(world):
+    for n in range(4):
+        world.insert(CODES[0], person(n, CODES[0], former_name=f"Zqx-former-{n}"))
+    world.push(CODES[0])
+    merge.merge(world.store, world.bundles, SECRET, world.domains)
+    return world
+
+
+def store_bytes(store: Path) -> bytes:
+    """Every byte of store.db and its WAL, after a checkpoint."""
+    conn = sqlite3.connect(store / "store.db")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return b"".join(p.read_bytes() for p in store.iterdir() if p.name.startswith("store.db"))
+
+
+def test_a_table_the_schemas_left_out_during_the_upgrade_is_sealed_whole_when_it_comes_back(street, domains):
+    """A version-3 store upgraded while the schemas folder lacked huji.toml keeps huji's tables in the
+    version-3 layout (each value sealed alone, no ``_sealed``). When the schema comes back, the store
+    must be upgraded again, not read as if every sensitive value were empty."""
+    store = street.store
+    before = snapshot(store, domains)
+    assert any(dict(cells)["name"] for _exists, cells in before[0].values())
+    make_version_3(store, domains)
+    without_huji = {name: d for name, d in domains.items() if name != "huji"}
+    merge.merge(store, [], SECRET, without_huji)  # the upgrade, huji's tables left as they are
+    merge.merge(store, [], SECRET, domains)  # huji back: its tables are brought to the layout now
+    assert snapshot(store, domains) == before
+    # ... and the next night merges onto them.
+    street.sql(CODES[0], "UPDATE persons SET phone = '13911112222' WHERE id_number = ?", (id_number(2),))
+    street.push(CODES[0])
+    merge.merge(store, street.bundles[-1:], SECRET, domains)
+    with open_store(store, SECRET, domains) as st:
+        row = st.read_row(st.table("huji.persons"), st.seals.blind_key(st.table("huji.persons"), [id_number(2)]))
+        assert row["phone"] == "13911112222" and row["name"]
+
+
+def test_a_sensitive_column_no_schema_declares_any_more_stays_sealed(street, domains, tmp_path):
+    """A column taken out of the schema file was sensitive: its values are kept (nothing is ever
+    dropped) but never written in the clear, and they are there again when the column comes back."""
+    store = street.store
+    before = snapshot(store, domains)
+    folder = tmp_path / "schemas-edited"
+    shutil.copytree(SCHEMAS, folder)
+    huji = folder / "huji.toml"
+    line = 'former_name    = { type = "text", label = "曾用名", sensitive = true }\n'
+    text = huji.read_text(encoding="utf-8")
+    assert line in text
+    huji.write_text(text.replace(line, ""), encoding="utf-8")
+    edited = load_domains(folder)
+    assert "former_name" not in edited["huji"].tables["persons"].columns
+    assert b"Zqx-former-" not in store_bytes(store)  # sealed before the edit
+    merge.merge(store, [], SECRET, edited)
+    assert b"Zqx-former-" not in store_bytes(store)
+    with open_store(store, SECRET, edited):
+        pass  # current for the edited schemas: nothing left to upgrade
+    # An office edit under the edited schemas changes a sensitive value: the row is sealed anew.
+    resolve.office_edit(store, SECRET, edited, [
+        {"table": "huji.persons", "key": {"id_number": id_number(1)}, "cells": {"phone": "13911112222"}}])
+    assert b"Zqx-former-" not in store_bytes(store)
+    with open_store(store, SECRET, edited) as st:
+        persons = st.table("huji.persons")
+        assert st.read_row(persons, st.seals.blind_key(persons, [id_number(1)]))["phone"] == "13911112222"
+    # The column back in the schema: its values are where they were.
+    merge.merge(store, [], SECRET, domains)
+    rows, _conflicts = snapshot(store, domains)
+    former = {dict(cells)["former_name"] for _exists, cells in rows.values()}
+    assert former == {dict(cells)["former_name"] for _exists, cells in before[0].values()}
