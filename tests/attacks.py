@@ -234,9 +234,8 @@ class Arena:
             cursor = self.reader.conn.execute(f"SELECT * FROM [{table_name(table)}]")
             names = [d[0] for d in cursor.description]
             for found in cursor.fetchall():
-                row = dict(zip(names, found))
-                key = row["_key"]
-                plain = {c: self.reader.plain(table, c, row[c], key) for c in table.columns}
+                row = self.reader.plain_row(table, dict(zip(names, found)))  # the row's seal opened
+                plain = {c: row[c] for c in table.columns}
                 records[qualified, tuple(plain[k] for k in table.key)] = (
                     row["_exists"], tuple(sorted((c, plain[c]) for c in table.non_key)))
         self.current = (fingerprint, records, version)
