@@ -130,7 +130,12 @@ def test_a_code_table_and_the_facet_indexes_are_kept_through_a_refresh(street):
     for conn in (published.masked, published.plain):
         plan = " ".join(str(r) for r in conn.execute(f"EXPLAIN QUERY PLAN SELECT [性别], count(*) FROM [{PERSONS}] "
                                                      "GROUP BY [性别]"))
-        assert "USING COVERING INDEX" in plan, plan
+        # Facet indexes in the masked database only: the plaintext one, which view-pii alone opens, counts
+        # its facets as plain Datasette does, holding a fifth less.
+        assert ("USING COVERING INDEX" in plan) == (conn is published.masked), plan
+        household = " ".join(str(r) for r in conn.execute(f"EXPLAIN QUERY PLAN SELECT * FROM [{PERSONS}] "
+                                                          "WHERE [户号] = '1'"))
+        assert "USING INDEX" in household, household  # the household page's look-up, in both
         assert conn.execute(f"SELECT count(*) FROM [{PERSONS}] WHERE [性别] = '2'").fetchone() == (1,)
         fks = conn.execute(f"PRAGMA foreign_key_list([{PERSONS}])").fetchall()
         assert any(fk[2] == "代码_性别" for fk in fks)
