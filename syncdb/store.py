@@ -13,8 +13,9 @@ rowid table (store version 2; version 1 kept it WITHOUT ROWID, keyed by ``_key``
                   columns, so no value can be moved to another row or column unseen
                   (Seals.seal_row; ``sealed_columns`` keeps each table's list)
     <col>__bi     blind index of a sensitive ID-number column, for equality look-ups
-    _versions     JSON: the version (HLC) of each cell; "*" holds the row's most
-                  common one, "~" before a version marks a delete's tombstone
+    _versions     the version (HLC) of each cell, in bytes (hlc.pack_row_versions; JSON
+                  text before store version 4, or for what bytes cannot hold): the
+                  row's most common one, then the others; a delete's tombstone flagged
     _exists       0 once the row is deleted (kept as a tombstone for late edits)
 
 Beside them: ``frontier`` (the concurrent versions of cells in conflict),

@@ -86,3 +86,24 @@ def test_a_sensitive_column_no_schema_declares_any_more_stays_sealed(street, dom
     rows, _conflicts = snapshot(store, domains)
     former = {dict(cells)["former_name"] for _exists, cells in rows.values()}
     assert former == {dict(cells)["former_name"] for _exists, cells in before[0].values()}
+
+
+def test_docs_merge_says_what_a_sealed_row_costs_and_holds():
+    """docs/merge.md's "Sealed rows" gives the bytes a row seal takes as the code makes it: a fixed
+    part a row and a byte a short value, the count a varint, the values not JSON."""
+    import re
+
+    from syncdb.crypto import Keyring
+    from syncdb.store import Seals
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "merge.md").read_text(encoding="utf-8")
+    sealed_rows = text.split("### Sealed rows", 1)[1].split("\n#", 1)[0]
+    flat = " ".join(sealed_rows.split())
+    assert "(JSON)" not in flat and "how many values (2 bytes)" not in flat
+    per_row = int(re.search(r"(\d+) bytes a row", flat).group(1))
+    persons = load_domains()["huji"].tables["persons"]
+    seals = Seals(Keyring.generate("office", "office"))
+    for n in range(1, len(persons.sensitive_columns) + 1):
+        values = {c: "x" * 5 if i < n else None for i, c in enumerate(persons.sensitive_columns)}
+        # Each short text value: a byte of size and kind, then its 5 bytes.
+        assert len(seals.seal_row(persons, values, b"k" * 16)) == per_row + n * (1 + 5)
