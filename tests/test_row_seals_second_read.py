@@ -1,5 +1,5 @@
 """Store version 4's row seals, read adversarially: a table the schemas left out while the store was
-upgraded, and a sensitive column a schema no longer declares."""
+upgraded, a sensitive column a schema no longer declares, the doc's figures, an upgrade killed."""
 
 from __future__ import annotations
 
@@ -107,3 +107,51 @@ def test_docs_merge_says_what_a_sealed_row_costs_and_holds():
         values = {c: "x" * 5 if i < n else None for i, c in enumerate(persons.sensitive_columns)}
         # Each short text value: a byte of size and kind, then its 5 bytes.
         assert len(seals.seal_row(persons, values, b"k" * 16)) == per_row + n * (1 + 5)
+
+
+KILL_INSIDE_THE_UPGRADE = """
+import os, signal, sys
+from conftest import SECRET
+from syncdb import migrations
+from syncdb.schema import load_domains
+
+def kill(statement):
+    if statement.startswith(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)
+# The trace callback is set on the store's connection as soon as it is made.
+import sqlite3
+made = sqlite3.connect
+def connect(*args, **kwargs):
+    conn = made(*args, **kwargs)
+    conn.set_trace_callback(kill)
+    return conn
+sqlite3.connect = connect
+migrations.open_upgraded(sys.argv[1], SECRET, load_domains(None)).close()
+"""
+
+
+@pytest.mark.parametrize("statement", ["ALTER TABLE [huji__persons__sealed] RENAME", "PRAGMA user_version = 4"])
+def test_an_upgrade_killed_before_its_commit_leaves_the_version_3_store_whole(street, domains, statement):
+    """SIGKILL inside the upgrade's transaction, after huji.persons is rebuilt (or just before the
+    commit): the store is the version-3 store it was, and the next merge upgrades it with nothing lost."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    store = street.store
+    before = snapshot(store, domains)
+    make_version_3(store, domains)
+    killed = subprocess.run([sys.executable, "-c", KILL_INSIDE_THE_UPGRADE, str(store), statement],
+                            cwd=os.path.dirname(__file__), capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    conn = sqlite3.connect(store / "store.db")
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        held = [row[1] for row in conn.execute("PRAGMA table_info(huji__persons)")]
+        assert "_sealed" not in held and "name" in held
+        assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'huji__persons__sealed'").fetchone()
+    finally:
+        conn.close()
+    merge.merge(store, [], SECRET, domains)
+    assert snapshot(store, domains) == before
