@@ -170,7 +170,7 @@ def main() -> None:
 
 
 SEAL_OVERHEAD = 30  # a value sealed alone: format and key id bytes, nonce and tag (store.Seals.seal)
-ROW_SEAL_OVERHEAD = 32  # a row's values sealed together: the same and 2 bytes of how many (store.Seals.seal_row)
+ROW_SEAL_OVERHEAD = 31  # a row's values sealed together: format, key id, how many (a byte below 128), nonce, tag (Seals.seal_row)
 
 
 def where_bytes_go(store: Path) -> None:
