@@ -130,7 +130,10 @@ def reconcile_seals(store: Store, table: Table) -> None:
     now = [f"-{c}" if c in to_unseal else c for c in listed] + to_seal
     before, after = seals, Seals(store.keyring, {**seals.row_columns, table.qualified: now})
     moving = [c for c in to_seal if c in held]  # the values that come into the seals, from their own columns
-    if legacy and not moving:  # nothing sealed in it yet
+    # Version 3 left a column's sealed values as they were when a schema made it plain: opened here.
+    sealed_plain = [c for c in held if c in table.columns and not table.columns[c].sensitive and conn.execute(
+        f"SELECT 1 FROM [{name}] WHERE typeof([{c}]) = 'blob' LIMIT 1").fetchone()] if legacy else []
+    if legacy and not moving and not sealed_plain:  # nothing sealed in it yet
         conn.execute(f"ALTER TABLE [{name}] ADD COLUMN [_sealed] BLOB")
         _list_sealed(store, table.qualified, now)
         return
@@ -149,6 +152,7 @@ def reconcile_seals(store: Store, table: Table) -> None:
         read = ["rowid", "_key", "_sealed"] + moving
     at_key = read.index("_key")
     at_versions = read.index("_versions") if legacy and "_versions" in read else None
+    at_plain = [(read.index(c), c) for c in sealed_plain]
     cursor = conn.execute(f"SELECT {', '.join(f'[{c}]' for c in read)} FROM [{name}] ORDER BY rowid")
     while rows := cursor.fetchmany(2000):
         out = []
@@ -156,11 +160,16 @@ def reconcile_seals(store: Store, table: Table) -> None:
             rowid, key = row[0], bytes(row[at_key])
             values = {} if legacy else before.open_row(table, row[2], key)
             for c, value in zip(moving, row[len(read) - len(moving):]):
-                # Sealed alone by an earlier release, or plain while the column was not sensitive.
-                values[c] = before.open(value, table, c, key) if legacy and isinstance(value, bytes) else value
+                # Sealed alone by an earlier release (also in a column no schema declared when the store
+                # became version 4, kept as it was), or plain while the column was not sensitive: a
+                # record's value is never bytes (a bundle's JSON has none).
+                values[c] = before.open(value, table, c, key) if isinstance(value, bytes) else value
             sealed = after.seal_row(table, values, key)
             if legacy:
                 kept_values = list(row[:len(read) - len(moving)])
+                for at, c in at_plain:
+                    if isinstance(kept_values[at], bytes):
+                        kept_values[at] = before.open(kept_values[at], table, c, key)
                 if at_versions is not None:  # the versions in bytes too (hlc.pack_row_versions)
                     kept_values[at_versions] = pack_row_versions(
                         unpack_row_versions(kept_values[at_versions], table.non_key), table.non_key)

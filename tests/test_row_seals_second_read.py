@@ -155,3 +155,55 @@ def test_an_upgrade_killed_before_its_commit_leaves_the_version_3_store_whole(st
         conn.close()
     merge.merge(store, [], SECRET, domains)
     assert snapshot(store, domains) == before
+
+
+def without_former_name(tmp_path: Path) -> dict:
+    folder = tmp_path / "schemas-without-former-name"
+    shutil.copytree(SCHEMAS, folder)
+    huji = folder / "huji.toml"
+    line = 'former_name    = { type = "text", label = "曾用名", sensitive = true }\n'
+    text = huji.read_text(encoding="utf-8")
+    assert line in text
+    huji.write_text(text.replace(line, ""), encoding="utf-8")
+    return load_domains(folder)
+
+
+def test_values_sealed_alone_by_version_3_in_a_column_no_schema_declared_open_when_it_comes_back(
+        street, domains, tmp_path):
+    """A version-3 store upgraded while its schema left a sensitive column out keeps that column's
+    values as version 3 sealed them, each alone. The column back in the schema, sensitive: its values
+    move into the row seals, opened first (they were sealed into them as ciphertext, or stopped the upgrade)."""
+    store = street.store
+    before = snapshot(store, domains)
+    make_version_3(store, domains)
+    merge.merge(store, [], SECRET, without_former_name(tmp_path))
+    assert "former_name" in columns_of(store, "huji__persons")  # kept, sealed alone as it was
+    merge.merge(store, [], SECRET, domains)
+    assert snapshot(store, domains) == before
+    assert b"Zqx-former-" not in store_bytes(store)
+
+
+def columns_of(store: Path, name: str) -> list[str]:
+    conn = sqlite3.connect(store / "store.db")
+    try:
+        return [row[1] for row in conn.execute(f"PRAGMA table_info([{name}])")]
+    finally:
+        conn.close()
+
+
+def test_a_column_version_3_sealed_and_a_schema_made_plain_is_opened_by_the_upgrade(street, domains, tmp_path):
+    """Version 3 left the sealed values of a column a schema had made plain as they were (the readers
+    gave their ciphertext as the value). The upgrade to version 4 opens them into the plain column."""
+    store = street.store
+    before = snapshot(store, domains)
+    make_version_3(store, domains)
+    folder = tmp_path / "schemas-former-name-plain"
+    shutil.copytree(SCHEMAS, folder)
+    huji = folder / "huji.toml"
+    huji.write_text(huji.read_text(encoding="utf-8").replace(
+        'former_name    = { type = "text", label = "曾用名", sensitive = true }',
+        'former_name    = { type = "text", label = "曾用名" }'), encoding="utf-8")
+    plain = load_domains(folder)
+    merge.merge(store, [], SECRET, plain)
+    rows, _conflicts = snapshot(store, plain)
+    assert rows == before[0]
