@@ -69,10 +69,8 @@ def _rebuild_with_rowid(conn: sqlite3.Connection, name: str) -> None:
         return
     indexes = [sql for (sql,) in conn.execute(
         "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL", (name,))]
-    columns = conn.execute(f"PRAGMA table_info([{name}])").fetchall()  # cid, name, type, notnull, default, pk
-    defined = [f"[{col}] {kind}".rstrip() + (" NOT NULL" if notnull or pk else "")
-               + (f" DEFAULT {default}" if default is not None else "")
-               for _, col, kind, notnull, default, pk in columns]
+    columns = conn.execute(f"PRAGMA table_info([{name}])").fetchall()
+    defined = _definitions(conn, name)
     names = ", ".join(f"[{col}]" for _, col, *_ in columns)
     rebuilt = f"{name}__rowid"
     conn.execute(f"CREATE TABLE [{rebuilt}] ({', '.join(defined)})")
@@ -84,6 +82,15 @@ def _rebuild_with_rowid(conn: sqlite3.Connection, name: str) -> None:
     for sql in indexes:
         conn.execute(re.sub(r"^CREATE (UNIQUE )?INDEX (IF NOT EXISTS )?", r"CREATE \1INDEX IF NOT EXISTS ",
                             sql, flags=re.IGNORECASE))
+
+
+def _definitions(conn: sqlite3.Connection, name: str, only: list[str] | None = None) -> list[str]:
+    """The column definitions of table ``name`` as they are made there (``only`` these columns, if given),
+    for a table made anew beside it."""
+    return [f"[{col}] {kind}".rstrip() + (" NOT NULL" if notnull or pk else "")
+            + (f" DEFAULT {default}" if default is not None else "")
+            for _cid, col, kind, notnull, default, pk in conn.execute(f"PRAGMA table_info([{name}])").fetchall()
+            if only is None or col in only]
 
 
 def compact_bearings(store: Store) -> None:
@@ -189,11 +196,7 @@ def _list_sealed(store: Store, qualified: str, columns: list[str]) -> None:
 
 def _made_beside(conn: sqlite3.Connection, name: str, kept: list[str]) -> str:
     """An empty table beside ``name`` with its columns ``kept`` (as they are defined there) and ``_sealed``."""
-    defined = []
-    for _cid, col, kind, notnull, default, pk in conn.execute(f"PRAGMA table_info([{name}])").fetchall():
-        if col in kept:
-            defined.append(f"[{col}] {kind}".rstrip() + (" NOT NULL" if notnull or pk else "")
-                           + (f" DEFAULT {default}" if default is not None else ""))
+    defined = _definitions(conn, name, kept)
     rebuilt = f"{name}__sealed"
     conn.execute(f"DROP TABLE IF EXISTS [{rebuilt}]")
     conn.execute(f"CREATE TABLE [{rebuilt}] ({', '.join(defined)}, [_sealed] BLOB)")
