@@ -3,18 +3,18 @@ upgraded, a sensitive column a schema no longer declares, the doc's figures, an 
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from conftest import CODES, SECRET, id_number, make_version_3, person, snapshot
+from test_row_seals import columns_of, schemas_where
 from syncdb import merge, resolve
 from syncdb.schema import load_domains
 from syncdb.store import open_store
 
-SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+FORMER_NAME = 'former_name    = { type = "text", label = "曾用名", sensitive = true }'
 
 
 @pytest.fixture
@@ -60,14 +60,7 @@ def test_a_sensitive_column_no_schema_declares_any_more_stays_sealed(street, dom
     dropped) but never written in the clear, and they are there again when the column comes back."""
     store = street.store
     before = snapshot(store, domains)
-    folder = tmp_path / "schemas-edited"
-    shutil.copytree(SCHEMAS, folder)
-    huji = folder / "huji.toml"
-    line = 'former_name    = { type = "text", label = "曾用名", sensitive = true }\n'
-    text = huji.read_text(encoding="utf-8")
-    assert line in text
-    huji.write_text(text.replace(line, ""), encoding="utf-8")
-    edited = load_domains(folder)
+    edited = without_former_name(tmp_path)
     assert "former_name" not in edited["huji"].tables["persons"].columns
     assert b"Zqx-former-" not in store_bytes(store)  # sealed before the edit
     merge.merge(store, [], SECRET, edited)
@@ -158,14 +151,7 @@ def test_an_upgrade_killed_before_its_commit_leaves_the_version_3_store_whole(st
 
 
 def without_former_name(tmp_path: Path) -> dict:
-    folder = tmp_path / "schemas-without-former-name"
-    shutil.copytree(SCHEMAS, folder)
-    huji = folder / "huji.toml"
-    line = 'former_name    = { type = "text", label = "曾用名", sensitive = true }\n'
-    text = huji.read_text(encoding="utf-8")
-    assert line in text
-    huji.write_text(text.replace(line, ""), encoding="utf-8")
-    return load_domains(folder)
+    return schemas_where(tmp_path, (FORMER_NAME + "\n", ""))
 
 
 def test_values_sealed_alone_by_version_3_in_a_column_no_schema_declared_open_when_it_comes_back(
@@ -183,27 +169,13 @@ def test_values_sealed_alone_by_version_3_in_a_column_no_schema_declared_open_wh
     assert b"Zqx-former-" not in store_bytes(store)
 
 
-def columns_of(store: Path, name: str) -> list[str]:
-    conn = sqlite3.connect(store / "store.db")
-    try:
-        return [row[1] for row in conn.execute(f"PRAGMA table_info([{name}])")]
-    finally:
-        conn.close()
-
-
 def test_a_column_version_3_sealed_and_a_schema_made_plain_is_opened_by_the_upgrade(street, domains, tmp_path):
     """Version 3 left the sealed values of a column a schema had made plain as they were (the readers
     gave their ciphertext as the value). The upgrade to version 4 opens them into the plain column."""
     store = street.store
     before = snapshot(store, domains)
     make_version_3(store, domains)
-    folder = tmp_path / "schemas-former-name-plain"
-    shutil.copytree(SCHEMAS, folder)
-    huji = folder / "huji.toml"
-    huji.write_text(huji.read_text(encoding="utf-8").replace(
-        'former_name    = { type = "text", label = "曾用名", sensitive = true }',
-        'former_name    = { type = "text", label = "曾用名" }'), encoding="utf-8")
-    plain = load_domains(folder)
+    plain = schemas_where(tmp_path, (FORMER_NAME, 'former_name    = { type = "text", label = "曾用名" }'))
     merge.merge(store, [], SECRET, plain)
     rows, _conflicts = snapshot(store, plain)
     assert rows == before[0]
