@@ -120,7 +120,8 @@ def reconcile_seals(store: Store, table: Table) -> None:
     The store's list of the seals' columns (``sealed_columns``) is written in the same transaction.
     """
     conn, seals, name = store.conn, store.seals, table_name(table)
-    held = {row[1] for row in conn.execute(f"PRAGMA table_info([{name}])")}
+    types = {row[1]: row[2].upper() for row in conn.execute(f"PRAGMA table_info([{name}])")}
+    held = set(types)
     listed = seals.row_columns.get(table.qualified)
     legacy = "_sealed" not in held
     if listed is None and not legacy:  # a table made anew, by create_sql
@@ -132,14 +133,17 @@ def reconcile_seals(store: Store, table: Table) -> None:
     # Only a column the schema still declares, in the clear, comes out: one no schema declares any
     # more stays sealed where it is (its values are kept, and were sensitive).
     to_unseal = [c for c in active if c in table.columns and c not in table.sensitive_columns]
-    if not legacy and not to_seal and not to_unseal:
+    # Values version 3 sealed alone, left in a column the schema has in the clear (made plain under
+    # version 3, or kept while no schema declared it and declared plain since; version 3 made such a
+    # column BLOB): opened here.
+    sealed_plain = [c for c in types if c in table.columns and not table.columns[c].sensitive
+                    and c not in to_unseal and (legacy or types[c] == "BLOB") and conn.execute(
+                        f"SELECT 1 FROM [{name}] WHERE typeof([{c}]) = 'blob' LIMIT 1").fetchone()]
+    if not legacy and not to_seal and not to_unseal and not sealed_plain:
         return
     now = [f"-{c}" if c in to_unseal else c for c in listed] + to_seal
     before, after = seals, Seals(store.keyring, {**seals.row_columns, table.qualified: now})
     moving = [c for c in to_seal if c in held]  # the values that come into the seals, from their own columns
-    # Version 3 left a column's sealed values as they were when a schema made it plain: opened here.
-    sealed_plain = [c for c in held if c in table.columns and not table.columns[c].sensitive and conn.execute(
-        f"SELECT 1 FROM [{name}] WHERE typeof([{c}]) = 'blob' LIMIT 1").fetchone()] if legacy else []
     if legacy and not moving and not sealed_plain:  # nothing sealed in it yet
         conn.execute(f"ALTER TABLE [{name}] ADD COLUMN [_sealed] BLOB")
         _list_sealed(store, table.qualified, now)
@@ -154,9 +158,10 @@ def reconcile_seals(store: Store, table: Table) -> None:
                  f"VALUES (?, {', '.join('?' * len(kept))}, ?)")
         read = ["rowid"] + kept + moving
     else:
-        sets = ", ".join(["[_sealed] = ?"] + [f"[{c}] = NULL" for c in moving] + [f"[{c}] = ?" for c in to_unseal])
+        sets = ", ".join(["[_sealed] = ?"] + [f"[{c}] = NULL" for c in moving]
+                         + [f"[{c}] = ?" for c in to_unseal + sealed_plain])
         write = f"UPDATE [{name}] SET {sets} WHERE rowid = ?"
-        read = ["rowid", "_key", "_sealed"] + moving
+        read = ["rowid", "_key", "_sealed"] + sealed_plain + moving
     at_key = read.index("_key")
     at_versions = read.index("_versions") if legacy and "_versions" in read else None
     at_plain = [(read.index(c), c) for c in sealed_plain]
@@ -182,7 +187,9 @@ def reconcile_seals(store: Store, table: Table) -> None:
                         unpack_row_versions(kept_values[at_versions], table.non_key), table.non_key)
                 out.append((*kept_values, sealed))
             else:
-                out.append((sealed, *(values.get(c) for c in to_unseal), rowid))
+                opened = [before.open(row[at], table, c, key) if isinstance(row[at], bytes) else row[at]
+                          for at, c in at_plain]
+                out.append((sealed, *(values.get(c) for c in to_unseal), *opened, rowid))
         conn.executemany(write, out)
     if legacy:
         _replace(conn, name, rebuilt, kept)

@@ -179,3 +179,17 @@ def test_a_column_version_3_sealed_and_a_schema_made_plain_is_opened_by_the_upgr
     merge.merge(store, [], SECRET, plain)
     rows, _conflicts = snapshot(store, plain)
     assert rows == before[0]
+
+
+def test_values_sealed_alone_by_version_3_in_a_column_no_schema_declared_are_opened_when_it_comes_back_plain(
+        street, domains, tmp_path):
+    """The column version 3 sealed and the version-4 upgrade kept while no schema declared it comes
+    back in the clear: its values are opened into it (the readers gave their ciphertext as the value)."""
+    store = street.store
+    before = snapshot(store, domains)
+    make_version_3(store, domains)
+    merge.merge(store, [], SECRET, without_former_name(tmp_path / "without"))
+    plain = schemas_where(tmp_path / "plain", (FORMER_NAME, 'former_name    = { type = "text", label = "曾用名" }'))
+    merge.merge(store, [], SECRET, plain)
+    rows, _conflicts = snapshot(store, plain)
+    assert rows == before[0]
