@@ -35,7 +35,7 @@ from .i18n import _
 from .hlc import pack_row_versions, unpack_row_versions
 from .schema import Domain, Table, load_domains
 from .store import (STORE_TABLES, STORE_VERSION, Seals, Store, clear_columns, create_sql, id_columns, opened,
-                    redundant_index_names, table_name)
+                    read_sealed_columns, redundant_index_names, table_name)
 
 log = logging.getLogger("syncdb.migrations")
 
@@ -262,6 +262,9 @@ def upgrade(store: Store) -> Path | None:
     with store.transaction():
         (version,) = conn.execute("PRAGMA user_version").fetchone()  # another process may have upgraded it
         _refuse_later_release(store, version)  # ...even a later release, while this one waited for the lock
+        # ... and listed more columns in the row seals than this process read when it opened the store.
+        for qualified, columns in read_sealed_columns(conn).items():
+            store.seals.set_row_columns(qualified, columns)
         for ddl in OWNED_TABLES.values():
             for statement in statements(ddl):
                 conn.execute(statement)

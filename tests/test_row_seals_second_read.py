@@ -10,7 +10,7 @@ import pytest
 
 from conftest import CODES, SECRET, id_number, make_version_3, person, snapshot
 from test_row_seals import columns_of, schemas_where
-from syncdb import merge, resolve
+from syncdb import merge, migrations, resolve
 from syncdb.schema import load_domains
 from syncdb.store import open_store
 
@@ -20,7 +20,7 @@ FORMER_NAME = 'former_name    = { type = "text", label = "曾用名", sensitive 
 @pytest.fixture
 def street(world):
     for n in range(4):
-        world.insert(CODES[0], person(n, CODES[0], former_name=f"Zqx-former-{n}"))
+        world.insert(CODES[0], person(n, CODES[0], former_name=f"Zqx-former-{n}", native_place="110105"))
     world.push(CODES[0])
     merge.merge(world.store, world.bundles, SECRET, world.domains)
     return world
@@ -193,3 +193,24 @@ def test_values_sealed_alone_by_version_3_in_a_column_no_schema_declared_are_ope
     merge.merge(store, [], SECRET, plain)
     rows, _conflicts = snapshot(store, plain)
     assert rows == before[0]
+
+
+def test_two_processes_upgrading_at_once_read_the_list_of_sealed_columns_the_first_one_wrote(
+        street, domains, tmp_path):
+    """Two merges start together after a schema makes a column sensitive; the first takes the lock and
+    upgrades the store (its row seals hold one more column). The second, opened before that, upgrades
+    under the list the store holds now, not the one it read at its start (its seals then looked damaged:
+    "restore the store from a backup")."""
+    from syncdb.store import opened
+
+    store = street.store
+    native = 'native_place   = { type = "text", label = "籍贯", validator = "division_code" }'
+    edited = schemas_where(tmp_path, (native, native.replace(" }", ", sensitive = true }")))
+    before = snapshot(store, domains)  # (a snapshot under the edited schemas would upgrade the store)
+    second = opened(store, SECRET, edited, write=True, ready=lambda st: None)  # opened, not yet upgraded
+    try:
+        merge.merge(store, [], SECRET, edited)  # the first
+        migrations.upgrade(second)
+    finally:
+        second.conn.close()
+    assert snapshot(store, edited) == before
