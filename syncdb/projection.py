@@ -282,12 +282,21 @@ class Published:
         committing meanwhile is read again next time, which costs a little and loses nothing.
         """
         point = store.change_point()
-        if self.point is None or point < self.point or self.shape != shape(store.domains):
-            self.decrypted = self.build(store, exclusive)
-        elif point == self.point:
-            self.decrypted = 0
-        else:
-            self.decrypted = self.refresh(store, store.changed_since(self.point))
+        try:
+            if self.point is None or point < self.point or self.shape != shape(store.domains):
+                self.decrypted = self.build(store, exclusive)
+            elif point == self.point:
+                self.decrypted = 0
+            else:
+                self.decrypted = self.refresh(store, store.changed_since(self.point))
+        except BaseException:
+            # A build or refresh stopped half way (memory, a fault): its transaction is rolled back,
+            # and the next update builds everything again rather than refresh from what is unknown.
+            for conn in (self.masked, self.plain, self.rowids):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            self.point = None
+            raise
         self.point, self.shape = point, shape(store.domains)
         return self.decrypted
 

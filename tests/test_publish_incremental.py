@@ -122,6 +122,40 @@ def test_a_store_put_back_from_a_backup_is_built_whole(street, tmp_path):
     assert (_contents(published.masked), _contents(published.plain)) == _built_whole(world)
 
 
+def test_a_refresh_that_fails_half_way_leaves_no_transaction_open_and_the_next_builds_whole(street, monkeypatch):
+    """A refresh stopped by a fault in its second batch (as memory running out would): the batch's
+    transaction is rolled back, pages read what was committed, and the next update builds everything."""
+    world = street
+    published = _published(world)
+    for n in range(3):
+        world.sql(CODES[0], "UPDATE persons SET phone = ? WHERE id_number = ?", (f"1391111{n:04d}", id_number(n)))
+    world.push(CODES[0])
+    _merge_last(world)
+    monkeypatch.setattr(projection, "BATCH", 1)
+    masked = published.masked
+
+    class Failing:
+        """The masked database, whose second batch's write fails inside its transaction."""
+        writes = 0
+
+        def __getattr__(self, name):
+            return getattr(masked, name)
+
+        def executemany(self, sql, rows):
+            if sql.startswith("INSERT OR REPLACE"):
+                Failing.writes += 1
+                if Failing.writes == 2:
+                    raise sqlite3.OperationalError("out of memory")
+            return masked.executemany(sql, rows)
+    published.masked = Failing()
+    with pytest.raises(sqlite3.OperationalError):
+        _refreshed(world, published)
+    assert not any(conn.in_transaction for conn in (masked, published.plain, published.rowids))
+    published.masked = masked
+    assert _refreshed(world, published) == 30  # everything again, not the refresh from an unknown state
+    assert (_contents(published.masked), _contents(published.plain)) == _built_whole(world)
+
+
 def test_a_code_table_and_the_facet_indexes_are_kept_through_a_refresh(street):
     world = street
     published = _published(world)
