@@ -22,6 +22,7 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, NamedTuple
 
 
@@ -223,19 +224,38 @@ CHUNK_BYTES = 1 << 20  # and at most about this many bytes of them: the lines re
 
 
 def default_jobs() -> int:
-    """The cores available to this process: those it may run on, less those other work keeps busy
-    (the load average of the last minute). Workers only help on free cores: on busy ones their
-    hand-offs cost more than they save (bench/city.py measured --jobs 2 at 0.75x of one process
-    with a load of 3 on 2 cores)."""
+    """The cores available to this process: those it may run on, as many as a container's CPU quota
+    allows, less those other work keeps busy (the load average of the last minute). Workers only help
+    on free cores: on busy ones their hand-offs cost more than they save (bench/city.py measured
+    --jobs 2 at 0.75x of one process with a load of 3 on 2 cores)."""
     try:
         cores = len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
+    quota = quota_cores()
+    if quota is not None:
+        cores = max(1, min(cores, int(quota)))
     try:
         busy = os.getloadavg()[0]
     except (AttributeError, OSError):  # Windows has no load average
         busy = 0.0
     return max(1, min(cores, round(cores - busy)))
+
+
+def quota_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPUs a container's quota gives this process (cgroup v2 ``cpu.max``, or v1's CFS quota), or None
+    where there is none (no quota, no cgroup file system: Windows, macOS)."""
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        pass
+    try:
+        quota = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 class WorkersFailed(SyncdbError):

@@ -130,3 +130,24 @@ def test_a_worker_that_dies_fails_the_merge_and_changes_nothing(world, domains, 
     again = merge.merge(store, [], SECRET, w.all_domains, jobs=1)
     assert again.applied == 1 and again.changes == 20
     assert snapshot(store, domains) == snapshot(w.merge_in_order(w.bundles, "one"), domains)
+
+
+def test_the_default_jobs_keep_within_a_containers_cpu_quota(tmp_path):
+    """A container given 1.5 CPUs of a 32-core host: one worker's worth, not 32 (cgroup v2 and v1)."""
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    assert prepare.quota_cores(v2) == 1.5
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert prepare.quota_cores(v2) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert prepare.quota_cores(v1) == 2.0
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert prepare.quota_cores(v1) is None
+    assert prepare.quota_cores(tmp_path / "none") is None
+    # This machine's own default stays within its cores and quota, and at least one.
+    quota = prepare.quota_cores()
+    assert 1 <= prepare.default_jobs() <= max(1, int(quota if quota is not None else os.cpu_count()))
