@@ -148,6 +148,11 @@ def reconcile_seals(store: Store, table: Table) -> None:
         conn.execute(f"ALTER TABLE [{name}] ADD COLUMN [_sealed] BLOB")
         _list_sealed(store, table.qualified, now)
         return
+    if not legacy and not moving and not to_unseal and not sealed_plain:
+        # Only columns new to the table, with no values yet: every seal opens under the longer list
+        # (a seal is bound to the names of its own places only), so no row is sealed again.
+        _list_sealed(store, table.qualified, now)
+        return
     for c in to_unseal:
         if c not in held:
             conn.execute(f"ALTER TABLE [{name}] ADD COLUMN [{c}]")

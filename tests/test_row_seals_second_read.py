@@ -12,7 +12,7 @@ from conftest import CODES, SECRET, id_number, make_version_3, person, snapshot
 from test_row_seals import columns_of, schemas_where
 from syncdb import merge, migrations, resolve
 from syncdb.schema import load_domains
-from syncdb.store import open_store
+from syncdb.store import open_store, read_sealed_columns
 
 FORMER_NAME = 'former_name    = { type = "text", label = "曾用名", sensitive = true }'
 
@@ -214,3 +214,28 @@ def test_two_processes_upgrading_at_once_read_the_list_of_sealed_columns_the_fir
     finally:
         second.conn.close()
     assert snapshot(store, edited) == before
+
+
+def test_a_new_sensitive_column_is_listed_without_sealing_every_row_again(street, domains, tmp_path):
+    """A column added to a schema, sensitive: no record holds a value of it yet, and every seal opens
+    under the longer list, so the upgrade lists it and leaves the rows as they are (it opened and
+    sealed every row of the table again, in one transaction, for nothing)."""
+    store = street.store
+    snapshot(store, domains)
+
+    def seals() -> dict:
+        conn = sqlite3.connect(store / "store.db")
+        try:
+            return dict(conn.execute("SELECT _key, _sealed FROM huji__persons"))
+        finally:
+            conn.close()
+
+    sealed = seals()
+    added = schemas_where(tmp_path, (FORMER_NAME, FORMER_NAME + '\nnickname       = { type = "text", label = "别名", '
+                                                               'sensitive = true }'))
+    merge.merge(store, [], SECRET, added)
+    with open_store(store, SECRET, added) as st:
+        assert read_sealed_columns(st.conn)["huji.persons"][-1] == "nickname"
+    assert seals() == sealed
+    rows, _conflicts = snapshot(store, added)
+    assert all(dict(cells)["nickname"] is None and dict(cells)["former_name"] for _e, cells in rows.values())
