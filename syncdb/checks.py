@@ -391,6 +391,17 @@ def make_lookup_indexes(store: Store, checks: Iterable[Check] | None = None) -> 
     return sorted(missing)
 
 
+def stale_lookup_indexes(store: Store, have: set[str]) -> list[str]:
+    """The look-up indexes (``<table>__by_<column>``) no registered check declares any more: a check
+    removed, or its ``lookups`` changed. Each would cost every merge a write and the store its bytes."""
+    try:
+        wanted = set(lookup_indexes(store, registered()))
+    except Exception:  # noqa: BLE001 - a check plugin's bad declaration: drop nothing while unsure
+        return []
+    prefixes = tuple(f"{table_name(t)}__by_" for t in store.tables.values())
+    return sorted(n for n in have if n.startswith(prefixes) and n not in wanted)
+
+
 def title(name: str) -> str:
     """A check's title in the user's language (its name if no plugin adds it any more)."""
     for check in registered():
@@ -460,9 +471,12 @@ def _run(store: Store, everything: bool, names: Iterable[str] | None) -> Report:
     current = {c.name for c in registered()} if names is not None else {c.name for c in checks}
     if not store.read_only:
         have = {n for (n,) in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-        if set(lookup_indexes(store, checks)) - have:
+        stale = stale_lookup_indexes(store, have) if names is None else []
+        if set(lookup_indexes(store, checks)) - have or stale:
             with store.transaction():
                 make_lookup_indexes(store, checks)
+                for name in stale:
+                    store.conn.execute(f"DROP INDEX IF EXISTS [{name}]")
     point = store.change_point()
     last, used = cases.points(store), cases.settings_used(store)
     views = {True: Records(store, everything=True), False: Records(store, everything=False)}

@@ -211,3 +211,32 @@ def test_a_check_that_failed_over_a_move_still_looks_at_the_household_left_once_
             rows = st.conn.execute("SELECT subject FROM record_bearings WHERE key = ? AND subject IN (?, ?)",
                                    (key, old, other)).fetchall()
             assert rows == [(other,)]  # one row again, shared with the built-in checks keeping the 户号
+
+
+class ByEthnicity:
+    """A check that looks persons up by their ethnicity: an index the store makes for it alone."""
+
+    @hookimpl
+    def cross_checks(self):
+        return [Check("by_ethnicity", "by_ethnicity", (PERSONS,), "person", lambda r, s, o: [], lambda t, r: [],
+                      lookups={PERSONS: ("ethnicity",)})]
+
+
+def test_a_look_up_index_no_check_declares_any_more_is_dropped_by_the_next_run_of_every_check(street):
+    """A check removed (its plugin file taken out) leaves no index behind for every later merge to write;
+    the built-in checks' indexes stay, and a run of some checks only drops nothing."""
+    with registered(ByEthnicity()):
+        with street.opened(write=True) as st:
+            checks.run(st)
+            assert "huji__persons__by_ethnicity" in indexes(st.conn)
+    with street.opened(write=True) as st:
+        checks.run(st, names=["household_head"])
+        assert "huji__persons__by_ethnicity" in indexes(st.conn)
+        checks.run(st)
+        left = indexes(st.conn)
+    assert "huji__persons__by_ethnicity" not in left
+    assert {"huji__persons__by_household_no", "huji__persons__by_birth_date"} <= left
+
+
+def indexes(conn) -> set[str]:
+    return {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
