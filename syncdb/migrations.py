@@ -105,7 +105,7 @@ def compact_bearings(store: Store) -> None:
             store.conn.execute(f"DROP INDEX IF EXISTS [{name}]")
 
 
-def reconcile_seals(store: Store, table: Table) -> None:
+def reconcile_seals(store: Store, table: Table) -> bool:
     """Make a record table's row seals hold what its schema says is sensitive (step 4, and every upgrade).
 
     - A table made before store version 4 sealed each sensitive value in a column of its own: the
@@ -126,7 +126,7 @@ def reconcile_seals(store: Store, table: Table) -> None:
     legacy = "_sealed" not in held
     if listed is None and not legacy:  # a table made anew, by create_sql
         _list_sealed(store, table.qualified, table.sensitive_columns)
-        return
+        return False
     listed = list(listed or [])
     active = [c for c in listed if not c.startswith("-")]
     to_seal = [c for c in table.sensitive_columns if c not in active]
@@ -140,19 +140,19 @@ def reconcile_seals(store: Store, table: Table) -> None:
                     and c not in to_unseal and (legacy or types[c] == "BLOB") and conn.execute(
                         f"SELECT 1 FROM [{name}] WHERE typeof([{c}]) = 'blob' LIMIT 1").fetchone()]
     if not legacy and not to_seal and not to_unseal and not sealed_plain:
-        return
+        return False
     now = [f"-{c}" if c in to_unseal else c for c in listed] + to_seal
     before, after = seals, Seals(store.keyring, {**seals.row_columns, table.qualified: now})
     moving = [c for c in to_seal if c in held]  # the values that come into the seals, from their own columns
     if legacy and not moving and not sealed_plain:  # nothing sealed in it yet
         conn.execute(f"ALTER TABLE [{name}] ADD COLUMN [_sealed] BLOB")
         _list_sealed(store, table.qualified, now)
-        return
+        return False
     if not legacy and not moving and not to_unseal and not sealed_plain:
         # Only columns new to the table, with no values yet: every seal opens under the longer list
         # (a seal is bound to the names of its own places only), so no row is sealed again.
         _list_sealed(store, table.qualified, now)
-        return
+        return False
     for c in to_unseal:
         if c not in held:
             conn.execute(f"ALTER TABLE [{name}] ADD COLUMN [{c}]")
@@ -199,6 +199,7 @@ def reconcile_seals(store: Store, table: Table) -> None:
     if legacy:
         _replace(conn, name, rebuilt, kept)
     _list_sealed(store, table.qualified, now)
+    return bool(moving) and not legacy  # values in the clear moved into the seals: upgrade() clears their copies
 
 
 def _list_sealed(store: Store, qualified: str, columns: list[str]) -> None:
@@ -281,10 +282,11 @@ def upgrade(store: Store) -> Path | None:
         for step in range(version + 1, STORE_VERSION + 1):
             if step in STEPS:
                 STEPS[step](store)
+        cleared = False  # values in the clear moved into the seals
         for table in store.tables.values():
             # Step 4 (a table made by an earlier release seals its rows anew), and any column the
             # schema has made sensitive or not since; after step 2, which makes the tables rowid tables.
-            reconcile_seals(store, table)
+            cleared |= reconcile_seals(store, table)
         # The columns the checks look records up by (checks.py); after the steps: step 2 would build them twice.
         try:
             wanted = checks.registered()
@@ -295,7 +297,22 @@ def upgrade(store: Store) -> Path | None:
         checks.make_lookup_indexes(store, wanted)
         conn.execute("INSERT OR IGNORE INTO keyring_check VALUES (1, ?, ?)", store.keyring_check)
         conn.execute(f"PRAGMA user_version = {STORE_VERSION}")
+    if cleared:
+        _clear_old_copies(store)
     return backup
+
+
+def _clear_old_copies(store: Store) -> None:
+    """After values in the clear were made sensitive: store.db written anew (VACUUM), so that no copy of
+    them is left in its free space (from the merges that wrote them when they were not sensitive), and
+    the WAL emptied. The backup copied before the upgrade keeps them, as the schema had them then."""
+    try:
+        store.conn.execute("VACUUM")
+        store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.Error as e:  # another process reading or writing the store: it is the operator's to do
+        log.warning(_("a column made sensitive: old copies of its values in the clear may be left in the free "
+                      "space of {path} ({problem}); stop publish and serve, then run "
+                      "`sqlite3 {path} VACUUM` to clear them").format(path=store.folder / "store.db", problem=e))
 
 
 def _refuse_later_release(store: Store, version: int) -> None:

@@ -13,7 +13,7 @@ import pytest
 from cryptography.exceptions import InvalidTag
 
 from conftest import CODES, SECRET, id_number, make_version_3, person, snapshot, stored_values
-from syncdb import audit, merge, migrations
+from syncdb import audit, merge, migrations, office
 from syncdb.errors import SyncdbError
 from syncdb.schema import load_domains
 from syncdb.store import STORE_VERSION, Seals, open_store, read_sealed_columns
@@ -152,3 +152,36 @@ def test_columns_made_sensitive_or_not_since_move_into_and_out_of_the_seals(stre
         assert listed.count("former_name") == 1 and "-former_name" in listed and "-native_place" in listed
     migrations.open_upgraded(store, SECRET, domains).close()  # nothing left to do: no change
     assert snapshot(store, domains) == before
+
+
+def test_values_in_the_clear_made_sensitive_leave_no_plaintext_in_the_store_files(world, domains, tmp_path,
+                                                                                 monkeypatch):
+    """A column a schema makes sensitive: after the upgrade neither store.db nor its WAL holds its old
+    values in the clear (the pages they leave are zeroed and written back at once); the backup copied
+    before the upgrade keeps them, as the schema had them then. SQLite as Python's Windows build has
+    it: freed space is not zeroed unless asked (Debian's is built to)."""
+    connect = office.connect
+
+    def as_on_windows(store_dir):
+        conn = connect(store_dir)
+        conn.execute("PRAGMA secure_delete = 0")
+        return conn
+    monkeypatch.setattr(office, "connect", as_on_windows)
+    places = [f"迁往地明文{n:03d}号" for n in range(40)]
+    for n, place in enumerate(places):
+        world.insert(CODES[0], person(n, CODES[0], deregistration_destination=place))
+    world.push(CODES[0])
+    merge.merge(world.store, world.bundles, SECRET, domains)
+    assert places[0].encode() in (world.store / "store.db").read_bytes() + _wal(world.store)
+    edited = schemas_where(tmp_path, ('deregistration_destination = { type = "text", label = "迁往地" }',
+                                      'deregistration_destination = { type = "text", label = "迁往地", sensitive = true }'))
+    merge.merge(world.store, [], SECRET, edited)
+    raw = (world.store / "store.db").read_bytes() + _wal(world.store)
+    assert not [p for p in places if p.encode() in raw]
+    with open_store(world.store, SECRET, edited) as st:
+        assert sorted(v for _k, v in stored_values(st, PERSONS, "deregistration_destination")) == places
+
+
+def _wal(store: Path) -> bytes:
+    wal = store / "store.db-wal"
+    return wal.read_bytes() if wal.exists() else b""
