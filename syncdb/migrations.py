@@ -167,6 +167,9 @@ def reconcile_seals(store: Store, table: Table) -> bool:
                          + [f"[{c}] = ?" for c in to_unseal + sealed_plain])
         write = f"UPDATE [{name}] SET {sets} WHERE rowid = ?"
         read = ["rowid", "_key", "_sealed"] + sealed_plain + moving
+    # Values in the clear that come into the seals (upgrade() then clears their copies on disk): from a
+    # column kept plain until now, also where version 3's table is made anew and the old one dropped.
+    cleared = bool(moving) and not legacy or any(types[c] != "BLOB" for c in moving)
     at_key = read.index("_key")
     at_versions = read.index("_versions") if legacy and "_versions" in read else None
     at_plain = [(read.index(c), c) for c in sealed_plain]
@@ -180,7 +183,10 @@ def reconcile_seals(store: Store, table: Table) -> bool:
                 # Sealed alone by an earlier release (also in a column no schema declared when the store
                 # became version 4, kept as it was), or plain while the column was not sensitive: a
                 # record's value is never bytes (a bundle's JSON has none).
-                values[c] = before.open(value, table, c, key) if isinstance(value, bytes) else value
+                if isinstance(value, bytes):
+                    values[c] = before.open(value, table, c, key)
+                else:
+                    values[c], cleared = value, cleared or value is not None
             sealed = after.seal_row(table, values, key)
             if legacy:
                 kept_values = list(row[:len(read) - len(moving)])
@@ -199,7 +205,7 @@ def reconcile_seals(store: Store, table: Table) -> bool:
     if legacy:
         _replace(conn, name, rebuilt, kept)
     _list_sealed(store, table.qualified, now)
-    return bool(moving) and not legacy  # values in the clear moved into the seals: upgrade() clears their copies
+    return cleared
 
 
 def _list_sealed(store: Store, qualified: str, columns: list[str]) -> None:
@@ -308,7 +314,12 @@ def _clear_old_copies(store: Store) -> None:
     the WAL emptied. The backup copied before the upgrade keeps them, as the schema had them then."""
     try:
         store.conn.execute("VACUUM")
-        store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        # Another process reading the store (publish building or refreshing) lets the VACUUM run into the
+        # WAL but not back into store.db, whose old pages stay: the checkpoint waits the busy timeout for it,
+        # then gives up without raising.
+        busy, _frames, _copied = store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            raise sqlite3.OperationalError(_("another process was reading it"))
     except sqlite3.Error as e:  # another process reading or writing the store: it is the operator's to do
         log.warning(_("a column made sensitive: old copies of its values in the clear may be left in the free "
                       "space of {path} ({problem}); stop publish and serve, then run "
