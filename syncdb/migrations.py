@@ -253,6 +253,8 @@ def open_upgraded(store_dir, secret: Secret | Keyring, domains: dict[str, Domain
     def ready(store: Store) -> None:  # the keyring is checked before anything is written
         if store.behind() or store.unmade_tables():
             upgrade(store)
+        elif (store.folder / OLD_COPIES).exists():  # an upgrade stopped (killed) before it cleared them
+            _clear_old_copies(store)
     return opened(store_dir, secret, domains, write=True, ready=ready)
 
 
@@ -303,9 +305,16 @@ def upgrade(store: Store) -> Path | None:
         checks.make_lookup_indexes(store, wanted)
         conn.execute("INSERT OR IGNORE INTO keyring_check VALUES (1, ?, ?)", store.keyring_check)
         conn.execute(f"PRAGMA user_version = {STORE_VERSION}")
+        if cleared:  # before the commit: a process killed in the VACUUM, which takes minutes on a big
+            # store, leaves the next merge to finish it (the store, upgraded, is not upgraded again)
+            (store.folder / OLD_COPIES).touch()
+            fsync_dir(store.folder)
     if cleared:
         _clear_old_copies(store)
     return backup
+
+
+OLD_COPIES = "store.db-old-copies"  # in the store folder while values in the clear may be left in free space
 
 
 def _clear_old_copies(store: Store) -> None:
@@ -320,6 +329,7 @@ def _clear_old_copies(store: Store) -> None:
         busy, _frames, _copied = store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         if busy:
             raise sqlite3.OperationalError(_("another process was reading it"))
+        (store.folder / OLD_COPIES).unlink(missing_ok=True)
     except sqlite3.Error as e:  # another process reading or writing the store: it is the operator's to do
         log.warning(_("a column made sensitive: old copies of its values in the clear may be left in the free "
                       "space of {path} ({problem}); stop publish and serve, then run "

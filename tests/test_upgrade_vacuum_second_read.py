@@ -5,6 +5,7 @@ a store another process is reading while the upgrade writes it anew."""
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
 import sys
 import time
@@ -96,3 +97,43 @@ def test_a_store_read_by_another_process_during_the_upgrade_is_reported_not_left
     finally:
         reader.kill()
         reader.wait()
+
+
+KILLED_AT_THE_VACUUM = """
+import os, signal, sqlite3, sys
+from conftest import SECRET
+from syncdb import migrations
+from syncdb.schema import load_domains
+
+def kill(statement):
+    if statement.startswith("VACUUM"):
+        os.kill(os.getpid(), signal.SIGKILL)
+made = sqlite3.connect
+def connect(*args, **kwargs):  # SQLite as Python's Windows build has it, and SIGKILL as the VACUUM starts
+    conn = made(*args, **kwargs)
+    conn.execute("PRAGMA secure_delete = 0")
+    conn.set_trace_callback(kill)
+    return conn
+sqlite3.connect = connect
+migrations.open_upgraded(sys.argv[1], SECRET, load_domains(sys.argv[2])).close()
+"""
+
+
+def test_an_upgrade_killed_at_its_vacuum_has_the_next_merge_clear_the_old_copies(world, domains, tmp_path,
+                                                                                monkeypatch):
+    """The upgrade that moved values in the clear into the seals commits, then the process is killed
+    (SIGKILL, power lost) while it writes store.db anew, which on a big store takes minutes: the store
+    is version 4 and the next merge does not upgrade it, so nothing ever cleared the copies, and nobody
+    was told. The next merge must finish it."""
+    _as_on_windows(monkeypatch)
+    places = _places(world, domains)
+    edited = schemas_where(tmp_path, PLAIN)
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT_THE_VACUUM, str(world.store),
+                             str(tmp_path / "schemas-edited")],
+                            cwd=Path(__file__).parent, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert [p for p in places if p.encode() in _on_disk(world.store)]
+    merge.merge(world.store, [], SECRET, edited)
+    assert not [p for p in places if p.encode() in _on_disk(world.store)]
+    with open_store(world.store, SECRET, edited) as st:
+        assert sorted(v for _k, v in stored_values(st, PERSONS, "deregistration_destination")) == places
