@@ -242,20 +242,50 @@ def default_jobs() -> int:
     return max(1, min(cores, round(cores - busy)))
 
 
-def quota_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> float | None:
-    """The CPUs a container's quota gives this process (cgroup v2 ``cpu.max``, or v1's CFS quota), or None
-    where there is none (no quota, no cgroup file system: Windows, macOS)."""
+def quota_cores(cgroup: Path = Path("/sys/fs/cgroup"), own: Path = Path("/proc/self/cgroup")) -> float | None:
+    """The CPUs a quota gives this process (cgroup v2 ``cpu.max``, or v1's CFS quota), or None where there
+    is none (no quota, no cgroup file system: Windows, macOS). The group this process is in (``own``) and
+    every group above it count, the smallest quota binding: a container sees itself at the root, a
+    systemd service with CPUQuota= is a group below the host's root, whose own has no quota."""
+    v2 = v1 = "/"
     try:
-        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError, ZeroDivisionError):
+        for line in own.read_text().splitlines():
+            number, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+            if number == "0" and not controllers:
+                v2 = path or "/"
+            elif "cpu" in controllers.split(","):
+                v1 = path or "/"
+    except (OSError, ValueError):
         pass
+    quotas = [q for q in (_v2_quota(folder) for folder in _upwards(cgroup, v2)) if q is not None]
+    if not quotas:
+        quotas = [q for q in (_v1_quota(folder) for folder in _upwards(cgroup / "cpu", v1)) if q is not None]
+    return min(quotas) if quotas else None
+
+
+def _upwards(root: Path, path: str) -> list[Path]:
+    """The cgroup ``path`` under ``root`` and each group above it, up to ``root``."""
+    parts = [p for p in path.split("/") if p and p not in (".", "..")]
+    return [root.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
+
+
+def _v2_quota(folder: Path) -> float | None:
     try:
-        quota = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
-        period = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
-        return quota / period if quota > 0 and period > 0 else None
+        quota, period = (folder / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else _ratio(int(quota), int(period))
     except (OSError, ValueError):
         return None
+
+
+def _v1_quota(folder: Path) -> float | None:
+    try:
+        return _ratio(int((folder / "cpu.cfs_quota_us").read_text()), int((folder / "cpu.cfs_period_us").read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def _ratio(quota: int, period: int) -> float | None:
+    return quota / period if quota > 0 and period > 0 else None
 
 
 class WorkersFailed(SyncdbError):
