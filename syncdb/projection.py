@@ -318,7 +318,7 @@ class Published:
                 layout = _Layout(store.domains, domain, table)
                 records += self._build_table(store, layout, exclusive)
                 # The plaintext database, which only view-pii opens, without the facet indexes: its
-                # facets count as plain Datasette's do, and it holds a third less (bench/city.py).
+                # facets count as plain Datasette's do, and it holds a fifth less (docs/publish.md).
                 built.append((layout.name, _indexed_columns(table), _indexed_columns(table, facets=False)))
         self._swap(built, exclusive)
         return records
