@@ -272,6 +272,7 @@ class Published:
         self.shape: tuple | None = None
         self.decrypted = 0
         self.next_rowid: dict[str, int] = {}
+        self.torn = False  # a refresh's batch is in some of the three databases and not yet in the others
 
     def update(self, store: Store, exclusive=contextlib.nullcontext) -> int:
         """Bring both databases up to the store; return how many records were decrypted.
@@ -282,20 +283,27 @@ class Published:
         committing meanwhile is read again next time, which costs a little and loses nothing.
         """
         point = store.change_point()
+        building = self.point is None or point < self.point or self.shape != shape(store.domains)
         try:
-            if self.point is None or point < self.point or self.shape != shape(store.domains):
+            if building:
                 self.decrypted = self.build(store, exclusive)
             elif point == self.point:
                 self.decrypted = 0
             else:
                 self.decrypted = self.refresh(store, store.changed_since(self.point))
         except BaseException:
-            # A build or refresh stopped half way (memory, a fault): its transaction is rolled back,
-            # and the next update builds everything again rather than refresh from what is unknown.
+            # A build or refresh stopped half way (memory, a fault): its transaction is rolled back. A
+            # build, or a refresh whose batch one database has and another not, leaves what is unknown:
+            # the next update builds everything again. A refresh stopped between its batches, or in its
+            # first write of one, is refreshed again from the same point (its batches written again are
+            # the same rows): a full build needs the old tables and the new at once, about twice the
+            # memory of a refresh that may have just run out of it.
             for conn in (self.masked, self.plain, self.rowids):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-            self.point = None
+            if building or self.torn:
+                self.point = None
+            self.torn = False
             raise
         self.point, self.shape = point, shape(store.domains)
         return self.decrypted
@@ -415,10 +423,12 @@ class Published:
             conn.executemany(f"DELETE FROM [{name}] WHERE rowid = ?", ((rowid,) for _key, rowid in gone))
             conn.executemany(replace, ([r, *row] for r, row in zip(rowids, rows)))
             conn.execute("COMMIT")
+            self.torn = True
         self.rowids.execute("BEGIN")
         self.rowids.executemany(f"DELETE FROM [{name}] WHERE key = ?", ((key,) for key, _rowid in gone))
         self.rowids.executemany(f"INSERT INTO [{name}] VALUES (?, ?)", new)
         self.rowids.execute("COMMIT")
+        self.torn = False
         return len(live)
 
 

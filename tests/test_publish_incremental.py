@@ -254,3 +254,39 @@ def test_a_build_over_the_last_gives_its_pages_back(street):
     assert _refreshed(world, published) == 0  # two records gone: nothing to decrypt
     assert [conn.execute("PRAGMA freelist_count").fetchone()[0] for conn in (*databases, published.rowids)] == [0] * 3
     assert (_contents(published.masked), _contents(published.plain)) == _built_whole(world)
+
+
+def test_a_refresh_stopped_before_a_batch_is_written_anywhere_is_refreshed_again_not_built_whole(street,
+                                                                                                 monkeypatch):
+    """A refresh stopped in its second batch's first write (the plaintext database's, as memory running
+    out would), with nothing of that batch committed anywhere: the next update refreshes again from the
+    same point (3 records), rather than build everything, which holds the old tables and the new at once."""
+    world = street
+    published = _published(world)
+    for n in range(3):
+        world.sql(CODES[0], "UPDATE persons SET phone = ? WHERE id_number = ?", (f"1392222{n:04d}", id_number(n)))
+    world.push(CODES[0])
+    _merge_last(world)
+    monkeypatch.setattr(projection, "BATCH", 1)
+    plain = published.plain
+
+    class Failing:
+        """The plaintext database, whose second batch's write fails inside its transaction."""
+        writes = 0
+
+        def __getattr__(self, name):
+            return getattr(plain, name)
+
+        def executemany(self, sql, rows):
+            if sql.startswith("INSERT OR REPLACE"):
+                Failing.writes += 1
+                if Failing.writes == 2:
+                    raise sqlite3.OperationalError("out of memory")
+            return plain.executemany(sql, rows)
+    published.plain = Failing()
+    with pytest.raises(sqlite3.OperationalError):
+        _refreshed(world, published)
+    assert not any(conn.in_transaction for conn in (published.masked, plain, published.rowids))
+    published.plain = plain
+    assert _refreshed(world, published) == 3
+    assert (_contents(published.masked), _contents(published.plain)) == _built_whole(world)
