@@ -325,7 +325,8 @@ class TableChecker:
 
     def __init__(self, table: Table, domain: Domain):
         self.domain = domain
-        self.columns = []  # (column, kind, cache): kind 0 plain text, 1 cached, 2 the whole record
+        # (name, column, kind, text cache, other cache): kind 0 plain text, 1 cached, 2 the whole record.
+        self.columns = []
         for column in table.columns.values():
             if column.validator and column.matches:
                 kind = 2
@@ -333,26 +334,37 @@ class TableChecker:
                 kind = 1
             else:
                 kind = 0
-            self.columns.append((column, kind, {}))
+            self.columns.append((column.name, column, kind, {}, {}))
 
     def __call__(self, record: dict) -> list[Problem]:
         problems = []
         domain = self.domain
-        for column, kind, cache in self.columns:
-            value = record.get(column.name)
+        get = record.get
+        for name, column, kind, texts, others in self.columns:
+            value = get(name)
+            if value is None and not column.required:
+                continue  # an optional value left empty: nothing to check
             if kind == 0:
-                if (value.__class__ is str and value and not value.isspace()) or (value is None and not column.required):
-                    continue  # a text value, or an optional one left empty: nothing to check
+                if value.__class__ is str and value and not value.isspace():
+                    continue  # a text value: nothing to check
                 found = _check_value(column, value, record, domain)
+            elif kind == 1 and value.__class__ is str:
+                # Text, as nearly every value: keyed by itself. Other kinds keyed with their class below.
+                found = texts.get(value)
+                if found is None:
+                    found = _check_value(column, value, record, domain)
+                    if len(texts) >= self.CACHE:
+                        texts.clear()
+                    texts[value] = found
             elif kind == 1 and value.__class__ is not float:
                 # Not a float: -0.0 and 0.0 are equal keys, but a message quotes each as itself.
                 try:
-                    found = cache[value.__class__, value]  # 1, 1.0 and True are equal keys, not equal values
+                    found = others[value.__class__, value]  # 1, 1.0 and True are equal keys, not equal values
                 except KeyError:
                     found = _check_value(column, value, record, domain)
-                    if len(cache) >= self.CACHE:
-                        cache.clear()
-                    cache[value.__class__, value] = found
+                    if len(others) >= self.CACHE:
+                        others.clear()
+                    others[value.__class__, value] = found
                 except TypeError:  # unhashable: not a value a bundle carries, checked all the same
                     found = _check_value(column, value, record, domain)
             else:
