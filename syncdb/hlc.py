@@ -75,14 +75,19 @@ class Clock:
 _PACKED_TEXT = json.JSONEncoder(separators=(",", ":")).encode
 
 
+def _most_common(versions: dict) -> str:
+    """The version most cells have (the latest of those tied): what a packed row keeps once."""
+    counts: dict = {}
+    for v in versions.values():
+        counts[v] = counts.get(v, 0) + 1
+    return max(counts, key=lambda v: (counts[v], v))
+
+
 def pack_versions(versions: dict, columns) -> str:
     """Store the most common version once as "*", the others by column, and "-" the unset."""
     if not versions:
         return "{}"
-    counts = {}
-    for v in versions.values():
-        counts[v] = counts.get(v, 0) + 1
-    common = max(counts, key=lambda v: (counts[v], v))
+    common = _most_common(versions)
     packed = {"*": common}
     packed.update({c: v for c, v in versions.items() if v != common})
     unset = [c for c in columns if c not in versions]
@@ -155,10 +160,7 @@ def pack_row_versions(versions: dict, columns) -> bytes | str:
     """``pack_versions`` for the office's rows: the same meaning, in bytes (see above)."""
     if not versions:
         return "{}"
-    counts = {}
-    for v in versions.values():
-        counts[v] = counts.get(v, 0) + 1
-    common = max(counts, key=lambda v: (counts[v], v))
+    common = _most_common(versions)
     head = _version_bytes(common)
     others = [(c, v) for c, v in versions.items() if v != common]
     unset = [c for c in columns if c not in versions]
