@@ -122,9 +122,32 @@ def test_a_store_put_back_from_a_backup_is_built_whole(street, tmp_path):
     assert (_contents(published.masked), _contents(published.plain)) == _built_whole(world)
 
 
-def test_a_refresh_that_fails_half_way_leaves_no_transaction_open_and_the_next_builds_whole(street, monkeypatch):
-    """A refresh stopped by a fault in its second batch (as memory running out would): the batch's
-    transaction is rolled back, pages read what was committed, and the next update builds everything."""
+class _failing_second_write:
+    """A published database whose second batch's write fails inside its transaction (as memory running
+    out would); everything else goes to the database itself."""
+
+    def __init__(self, conn):
+        self.conn, self.writes = conn, 0
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+    def executemany(self, sql, rows):
+        if sql.startswith("INSERT OR REPLACE"):
+            self.writes += 1
+            if self.writes == 2:
+                raise sqlite3.OperationalError("out of memory")
+        return self.conn.executemany(sql, rows)
+
+
+@pytest.mark.parametrize("failing, decrypted", [("masked", 30), ("plain", 3)])
+def test_a_refresh_that_fails_half_way_leaves_no_transaction_open(street, monkeypatch, failing, decrypted):
+    """A refresh stopped by a fault in its second batch's write (as memory running out would): the batch's
+    transaction is rolled back and pages read what was committed. Stopped in the masked database's write,
+    which comes after the plaintext one's, the batch is in one database and not the other: the next
+    update builds everything (30 records). Stopped in the plaintext database's, nothing of the batch was
+    committed anywhere: the next update refreshes again from the same point (3 records), rather than
+    build everything, which holds the old tables and the new at once."""
     world = street
     published = _published(world)
     for n in range(3):
@@ -132,29 +155,14 @@ def test_a_refresh_that_fails_half_way_leaves_no_transaction_open_and_the_next_b
     world.push(CODES[0])
     _merge_last(world)
     monkeypatch.setattr(projection, "BATCH", 1)
-    masked = published.masked
-
-    class Failing:
-        """The masked database, whose second batch's write fails inside its transaction."""
-        writes = 0
-
-        def __getattr__(self, name):
-            return getattr(masked, name)
-
-        def executemany(self, sql, rows):
-            if sql.startswith("INSERT OR REPLACE"):
-                Failing.writes += 1
-                if Failing.writes == 2:
-                    raise sqlite3.OperationalError("out of memory")
-            return masked.executemany(sql, rows)
-    published.masked = Failing()
+    conn = getattr(published, failing)
+    setattr(published, failing, _failing_second_write(conn))
     with pytest.raises(sqlite3.OperationalError):
         _refreshed(world, published)
-    assert not any(conn.in_transaction for conn in (masked, published.plain, published.rowids))
-    published.masked = masked
-    assert _refreshed(world, published) == 30  # everything again, not the refresh from an unknown state
+    setattr(published, failing, conn)
+    assert not any(c.in_transaction for c in (published.masked, published.plain, published.rowids))
+    assert _refreshed(world, published) == decrypted
     assert (_contents(published.masked), _contents(published.plain)) == _built_whole(world)
-
 
 def test_a_code_table_and_the_facet_indexes_are_kept_through_a_refresh(street):
     world = street
@@ -253,40 +261,4 @@ def test_a_build_over_the_last_gives_its_pages_back(street):
     _merge_last(world)
     assert _refreshed(world, published) == 0  # two records gone: nothing to decrypt
     assert [conn.execute("PRAGMA freelist_count").fetchone()[0] for conn in (*databases, published.rowids)] == [0] * 3
-    assert (_contents(published.masked), _contents(published.plain)) == _built_whole(world)
-
-
-def test_a_refresh_stopped_before_a_batch_is_written_anywhere_is_refreshed_again_not_built_whole(street,
-                                                                                                 monkeypatch):
-    """A refresh stopped in its second batch's first write (the plaintext database's, as memory running
-    out would), with nothing of that batch committed anywhere: the next update refreshes again from the
-    same point (3 records), rather than build everything, which holds the old tables and the new at once."""
-    world = street
-    published = _published(world)
-    for n in range(3):
-        world.sql(CODES[0], "UPDATE persons SET phone = ? WHERE id_number = ?", (f"1392222{n:04d}", id_number(n)))
-    world.push(CODES[0])
-    _merge_last(world)
-    monkeypatch.setattr(projection, "BATCH", 1)
-    plain = published.plain
-
-    class Failing:
-        """The plaintext database, whose second batch's write fails inside its transaction."""
-        writes = 0
-
-        def __getattr__(self, name):
-            return getattr(plain, name)
-
-        def executemany(self, sql, rows):
-            if sql.startswith("INSERT OR REPLACE"):
-                Failing.writes += 1
-                if Failing.writes == 2:
-                    raise sqlite3.OperationalError("out of memory")
-            return plain.executemany(sql, rows)
-    published.plain = Failing()
-    with pytest.raises(sqlite3.OperationalError):
-        _refreshed(world, published)
-    assert not any(conn.in_transaction for conn in (published.masked, plain, published.rowids))
-    published.plain = plain
-    assert _refreshed(world, published) == 3
     assert (_contents(published.masked), _contents(published.plain)) == _built_whole(world)
