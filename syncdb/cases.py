@@ -43,6 +43,8 @@ CREATE TABLE IF NOT EXISTS case_records (
     tbl TEXT NOT NULL, key BLOB NOT NULL, case_id INTEGER NOT NULL, PRIMARY KEY (tbl, key, case_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS check_points (check_name TEXT PRIMARY KEY, point INTEGER NOT NULL, at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS check_settings (check_name TEXT PRIMARY KEY, used TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS check_lookups (
+    check_name TEXT NOT NULL, index_name TEXT NOT NULL, PRIMARY KEY (check_name, index_name)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS bearing_checks (
     bit INTEGER PRIMARY KEY CHECK (bit BETWEEN 0 AND 62), check_name TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS bearing_tables (id INTEGER PRIMARY KEY, tbl TEXT NOT NULL UNIQUE);
@@ -139,6 +141,23 @@ def points(store: Store) -> dict[str, int]:
 
 def set_point(store: Store, check: str, point: int) -> None:
     store.conn.execute("INSERT OR REPLACE INTO check_points VALUES (?, ?, ?)", (check, point, _now()))
+
+
+def set_lookups(store: Store, check: str, indexes: list[str]) -> None:
+    """The look-up indexes a check declared at its last run (checks.stale_lookup_indexes)."""
+    store.conn.execute("DELETE FROM check_lookups WHERE check_name = ?", (check,))
+    store.conn.executemany("INSERT INTO check_lookups VALUES (?, ?)", [(check, name) for name in indexes])
+
+
+def lookups_claimed(store: Store, since: str) -> set[str] | None:
+    """The look-up indexes declared by the checks that ran at ``since`` or later (an ISO time, as
+    check_points keeps it), whichever process ran them; None for a store that has not kept them yet."""
+    conn = store.conn
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'check_lookups'").fetchone() is None:
+        return None
+    return {name for (name,) in conn.execute(
+        "SELECT l.index_name FROM check_lookups l JOIN check_points p ON p.check_name = l.check_name "
+        "WHERE p.at >= ?", (since,))}
 
 
 def settings_used(store: Store) -> dict[str, dict]:

@@ -27,6 +27,7 @@ import gc
 import json
 import logging
 import re
+import time
 import tomllib
 import traceback
 from collections.abc import Mapping
@@ -391,15 +392,25 @@ def make_lookup_indexes(store: Store, checks: Iterable[Check] | None = None) -> 
     return sorted(missing)
 
 
+LOOKUPS_KEPT_DAYS = 30  # a check that has not run for this long no longer keeps its look-up indexes
+
+
 def stale_lookup_indexes(store: Store, have: set[str]) -> list[str]:
-    """The look-up indexes (``<table>__by_<column>``) no registered check declares any more: a check
-    removed, or its ``lookups`` changed. Each would cost every merge a write and the store its bytes."""
+    """The look-up indexes (``<table>__by_<column>``, syncdb's own names) no check declares any more: a
+    check removed, or its ``lookups`` changed. Each would cost every merge a write and the store its
+    bytes. An index is kept while a registered check declares it, or a check that ran in the last
+    LOOKUPS_KEPT_DAYS did (check_lookups): a process started with fewer plugins (a `checks run` from a
+    shell without SYNCDB_PLUGINS beside a `serve` with them) drops none of the others' indexes."""
     try:
         wanted = set(lookup_indexes(store, registered()))
     except Exception:  # noqa: BLE001 - a check plugin's bad declaration: drop nothing while unsure
         return []
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - LOOKUPS_KEPT_DAYS * 86400))
+    claimed = cases.lookups_claimed(store, since)
+    if claimed is None:  # a store that has not kept what each check declared: drop nothing yet
+        return []
     prefixes = tuple(f"{table_name(t)}__by_" for t in store.tables.values())
-    return sorted(n for n in have if n.startswith(prefixes) and n not in wanted)
+    return sorted(n for n in have if n.startswith(prefixes) and n not in wanted | claimed)
 
 
 def title(name: str) -> str:
@@ -515,6 +526,12 @@ def _run(store: Store, everything: bool, names: Iterable[str] | None) -> Report:
         report.looked[check.name] = None if subjects is None else len(subjects)
         dated = watched.dated or bool((previous or {}).get("dated"))
         results.append((check, subjects, found, bearings, _used(options, dated, check)))
+    declared = {}
+    for check, *_rest in results:
+        try:
+            declared[check.name] = sorted(lookup_indexes(store, [check]))
+        except Exception:  # noqa: BLE001 - refused as the check's alone when its indexes were made
+            declared[check.name] = []
     with store.transaction():
         cases.ensure(store)
         for check, subjects, found, bearings, using in results:
@@ -523,6 +540,7 @@ def _run(store: Store, everything: bool, names: Iterable[str] | None) -> Report:
             bearings.keep()
             cases.set_point(store, check.name, point)
             cases.set_settings_used(store, check.name, using)
+            cases.set_lookups(store, check.name, declared.get(check.name, []))
     return report
 
 

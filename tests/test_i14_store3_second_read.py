@@ -223,8 +223,9 @@ class ByEthnicity:
 
 
 def test_a_look_up_index_no_check_declares_any_more_is_dropped_by_the_next_run_of_every_check(street):
-    """A check removed (its plugin file taken out) leaves no index behind for every later merge to write;
-    the built-in checks' indexes stay, and a run of some checks only drops nothing."""
+    """A check removed (its plugin file taken out) leaves no index behind for every later merge to write,
+    once it has not run for LOOKUPS_KEPT_DAYS days; the built-in checks' indexes stay, and a run of some
+    checks only drops nothing."""
     with registered(ByEthnicity()):
         with street.opened(write=True) as st:
             checks.run(st)
@@ -232,6 +233,11 @@ def test_a_look_up_index_no_check_declares_any_more_is_dropped_by_the_next_run_o
     with street.opened(write=True) as st:
         checks.run(st, names=["household_head"])
         assert "huji__persons__by_ethnicity" in indexes(st.conn)
+        # Without the plugin (as a shell without SYNCDB_PLUGINS beside a serve with it): kept while
+        # the check has run in the last LOOKUPS_KEPT_DAYS days.
+        checks.run(st)
+        assert "huji__persons__by_ethnicity" in indexes(st.conn)
+        st.conn.execute("UPDATE check_points SET at = '2000-01-01T00:00:00' WHERE check_name = 'by_ethnicity'")
         checks.run(st)
         left = indexes(st.conn)
     assert "huji__persons__by_ethnicity" not in left
