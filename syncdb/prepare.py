@@ -201,7 +201,7 @@ class Preparer:
     def new_row(self, table: Table, key: bytes, key_values: list, change: dict) -> dict:
         """The row of a record the store has never seen, as the store keeps it (with its values in
         plaintext too, for a later change of the batch): every cell's version is this change's
-        stamp (one "*" in ``_versions``), its sensitive values sealed together in ``_sealed``."""
+        stamp (one version for every cell in ``_versions``), its sensitive values sealed together in ``_sealed``."""
         keyed, others, ids, exists = self._plan(table)
         blind_id = self.seals.blind_id
         cells, hlc = change["cells"], change["hlc"]

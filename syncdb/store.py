@@ -158,6 +158,7 @@ def bytes_values(data: bytes, n: int) -> list:
         raise ValueError
     return values
 
+
 STORE_VERSION = 4  # PRAGMA user_version of a store this release made or upgraded (0: an earlier release)
 
 # The tables this module owns. The other tables of store.db belong to their
@@ -470,7 +471,9 @@ class Store:
         """The record with this blind key (``plain_row``), or None."""
         cursor = self.conn.execute(f"SELECT * FROM [{table_name(table)}] WHERE _key = ?", (key,))
         found = cursor.fetchone()
-        return None if found is None else self.plain_row(table, dict(zip([d[0] for d in cursor.description], found)), key)
+        if found is None:
+            return None
+        return self.plain_row(table, dict(zip([d[0] for d in cursor.description], found)), key)
 
     def read_cells(self, table: Table, key: bytes, columns: list[str]) -> list | None:
         """Some columns of the record with this blind key, in plaintext, or None when there is no such record."""
@@ -551,7 +554,8 @@ class Seals:
         self._row_aads = {k: v for k, v in self._row_aads.items() if k[0] != qualified}
 
     def _row_aad(self, table: Table, n: int) -> bytes:
-        """What binds a row seal of ``n`` values: the table and its first ``n`` places' columns (the blind key follows)."""
+        """What binds a row seal of ``n`` values: the table and its first ``n`` places' columns (the blind
+        key follows)."""
         try:
             return self._row_aads[table.qualified, n]
         except KeyError:
