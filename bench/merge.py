@@ -262,7 +262,8 @@ def metadata_bytes(store: Path, domains) -> dict:
     data = 0
     domain_payload = 0
     for name, table in domain_tables.items():
-        cols = " + ".join(f"coalesce(length(CAST([{c}] AS BLOB)), 0)" for c in table.columns)
+        # The values: the plain columns and the row's seal (store version 4 seals a row's sensitive values together).
+        cols = " + ".join(f"coalesce(length(CAST([{c}] AS BLOB)), 0)" for c in clear_columns(table) + ["_sealed"])
         data += conn.execute(f"SELECT coalesce(sum({cols}), 0) FROM [{name}]").fetchone()[0]
         domain_payload += payload.get(name, 0)
     in_rows = domain_payload - data  # _key, __bi, _versions, _exists and record headers
@@ -404,12 +405,12 @@ def main() -> None:
               f"{k} {v / total * 1e6:.1f}" for k, v in floor.items())
           + ". read = decrypt, decompress, parse the bundles; validate = check_record (ID check digit, "
           "code tables, dates); seal = blind index of the key and ID columns and one AES-GCM call per "
-          "sensitive value; write = executemany of those rows into the store's table layout. Versions, "
+          "row for its sensitive values; write = executemany of those rows into the store's table layout. Versions, "
           "conflicts, rules and the audit ledger come on top.")
     print("\n6 defined: payload bytes from SQLite's dbstat (record bytes in b-tree cells; page slack, free "
           "pages and b-tree interior structure left out, as they would be in any SQLite file).")
     print("  data     = bytes of every schema column's value in the domain tables, length(CAST(v AS BLOB)); "
-          "sealed values count whole (nonce and tag included)")
+          "a row's seal of its sensitive values counts whole (header, nonce and tag included)")
     print("  metadata = domain-table payload minus data (_key, <col>__bi, _versions, _exists, record headers)"
           " + the payload of every other table and index (ledger, applied, received, frontier, dominated,"
           " conflicts, rejected, communities, the __bi indexes, autoindexes)")
