@@ -9,7 +9,7 @@
 3. sqlite-utils Table.upsert_all of the same rows
 4. APSW session extension: Changeset.apply of a changeset holding the same upserts
    and, for scale, the floor: the steps no merge with syncdb's duties can skip
-   (read and decrypt the bundles, validate, seal each sensitive value, write
+   (read and decrypt the bundles, validate, seal each row's sensitive values, write
    the rows), each timed alone on the same changes
 5. ratios syncdb / raw upsert and syncdb / sqlite-utils
 6. store metadata bytes per data byte
@@ -201,8 +201,8 @@ def bench_floor(store: Path, folder: Path, domains) -> dict:
     """The work no merge with syncdb's duties can skip, each step timed alone on the same changes.
 
     read: decrypt, decompress and parse the inbox bundles; validate: check_record
-    on each record; seal: blind-index the key and ID columns and seal each
-    sensitive value (AES-256-GCM, one call per value); write: executemany the
+    on each record; seal: blind-index the key and ID columns and seal the
+    row's sensitive values (AES-256-GCM, one call per row); write: executemany the
     resulting rows into a fresh table of the store's layout. No versions,
     conflicts, ledger or rules: a lower bound on the time, so an upper bound
     on the throughput.
