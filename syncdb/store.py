@@ -528,7 +528,7 @@ class Seals:
         self.keyring = keyring
         self.suite = keyring.suite
         self.row_columns = dict(row_columns or {})
-        self._sealers: dict = {}  # data key id -> (value prefix, bound AEAD)
+        self._sealers: dict = {}  # data key id -> its bound AEAD
         self._openers: dict = {}
         self._aads: dict = {}
         self._row_aads: dict = {}
@@ -574,10 +574,10 @@ class Seals:
         if not n:
             return None
         key_id = self.keyring.data_key_id
-        _prefix, seal = self._sealer(key_id)
         header = bytes([SEALED_ROW_FORMAT, int(key_id)]) + _varint(n)
         nonce = fresh_nonce()
-        return header + nonce + seal(nonce, values_bytes(row[:n]), header + self._row_aad(table, n) + key)
+        aad = header + self._row_aad(table, n) + key
+        return header + nonce + self._sealer(key_id)(nonce, values_bytes(row[:n]), aad)
 
     def open_row(self, table: Table, sealed, key: bytes) -> dict:
         """Column -> plaintext of a row seal (``seal_row``); {} for None."""
@@ -605,10 +605,10 @@ class Seals:
         return {c: v for c, v in zip(slots, values) if c is not None}
 
     def _sealer(self, key_id: str):
+        """The AEAD under data key ``key_id``, its key schedule made once."""
         sealer = self._sealers.get(key_id)
         if sealer is None:
-            sealer = self._sealers[key_id] = (
-                bytes([SEALED_FORMAT, int(key_id)]), self.suite.sealer(self.keyring.data_keys[key_id]))
+            sealer = self._sealers[key_id] = self.suite.sealer(self.keyring.data_keys[key_id])
         return sealer
 
     def _opener(self, key_byte: int, table: Table, column: str):
@@ -637,15 +637,12 @@ class Seals:
 
     # Sealed values: format byte, key id byte, nonce, ciphertext+tag; bound to their cell by the AAD.
     def seal(self, value, table: Table, column: str, key: bytes) -> bytes | None:
-        return self.seal_bound(value, self._aad(table, column) + key)
-
-    def seal_bound(self, value, aad: bytes) -> bytes | None:
-        """``seal`` with the cell's AAD (``cell_aad(table, column)`` + blind key) already made."""
         if value is None:
             return None
-        prefix, seal = self._sealer(self.keyring.data_key_id)
+        key_id = self.keyring.data_key_id
         nonce = fresh_nonce()
-        return prefix + nonce + seal(nonce, value_bytes(value), aad)
+        return (bytes([SEALED_FORMAT, int(key_id)]) + nonce
+                + self._sealer(key_id)(nonce, value_bytes(value), self._aad(table, column) + key))
 
     def open(self, sealed, table: Table, column: str, key: bytes):
         if sealed is None:
@@ -656,10 +653,6 @@ class Seals:
                 table=table.qualified, column=column))
         opener = self._opener(sealed[1], table, column)
         return value_of(opener(sealed[2:14], sealed[14:], self._aad(table, column) + key))
-
-    def cell_aad(self, table: Table, column: str) -> bytes:
-        """What binds a sealed value to its column (the row's blind key follows it)."""
-        return self._aad(table, column)
 
     def _aad(self, table: Table, column: str) -> bytes:
         try:
