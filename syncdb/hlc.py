@@ -111,7 +111,7 @@ def unpack_versions(text: str | None, columns) -> dict:
 # 16 bytes for a row with one version, where the text took 43. What they cannot
 # hold exactly (an odd stamp, a long name) is kept as the text (pack_versions).
 _DELETED, _DIGIT_NODE = 1, 2
-_MS_LIMIT, _COUNTER_LIMIT = 1 << 48, 1 << 24
+_MS_LIMIT = 1 << 48  # 6 bytes; the counter's 6 digits fit 3 bytes
 
 
 def _version_bytes(version: str) -> bytes | None:

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
-
 from . import bundle, i18n, limits, validate
 from .crypto import Keyring
 from .errors import SyncdbError
