@@ -439,9 +439,7 @@ class _Merger:
                 names = [d[0] for d in cursor.description]
                 table = store.tables[qualified]
                 for found in cursor:
-                    stored = store.plain_row(table, dict(zip(names, found)))
-                    # Its seal kept: a change to none of its sensitive values writes it back as it is.
-                    stored["_sealed"] = found[names.index("_sealed")]
+                    stored = store.plain_row(table, dict(zip(names, found)), with_seal=True)
                     self.rows[qualified, stored["_key"]] = stored
         for change, table, key_values, key, ready in prepared:
             self.apply(change, table, key_values, key, ready)

@@ -39,12 +39,8 @@ class Row:
         if stored is _READ:
             cursor = conn.execute(f"SELECT * FROM [{self.name}] WHERE _key = ?", (key,))
             found = cursor.fetchone()
-            if found:
-                names = [d[0] for d in cursor.description]
-                stored = store.plain_row(table, dict(zip(names, found)), key)
-                stored["_sealed"] = found[names.index("_sealed")]  # kept while no sensitive value changes
-            else:
-                stored = None
+            names = [d[0] for d in cursor.description]
+            stored = store.plain_row(table, dict(zip(names, found)), key, with_seal=True) if found else None
         self.exists = stored is not None
         self.stored = stored or {}
         self.versions = unpack_row_versions(self.stored.get("_versions"), table.non_key)

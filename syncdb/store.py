@@ -455,11 +455,14 @@ class Store:
         return self.seals.plain(table, column, value, key)
 
     # A record table's rows: the sensitive values in one seal (``_sealed``).
-    def plain_row(self, table: Table, row: dict, key: bytes | None = None) -> dict:
+    def plain_row(self, table: Table, row: dict, key: bytes | None = None, with_seal: bool = False) -> dict:
         """A record row as read (``SELECT *``: column -> stored value) with its sensitive values in
-        plaintext instead of ``_sealed``: every schema column is there, None when it holds nothing."""
+        plaintext instead of ``_sealed``: every schema column is there, None when it holds nothing.
+        ``with_seal``: ``_sealed`` kept beside them (the merge writes it back while no sensitive
+        value of the row changes)."""
         plain = dict(row)
-        opened = self.seals.open_row(table, plain.pop("_sealed", None), bytes(plain["_key"]) if key is None else key)
+        sealed = plain.get("_sealed") if with_seal else plain.pop("_sealed", None)
+        opened = self.seals.open_row(table, sealed, bytes(plain["_key"]) if key is None else key)
         for column in table.sensitive_columns:
             plain[column] = opened.get(column)
         for column, value in opened.items():
