@@ -300,7 +300,8 @@ def upgrade(store: Store) -> Path | None:
             wanted = checks.registered()
             checks.lookup_indexes(store, wanted)  # what a plugin declares is read here
         except Exception as e:  # a check plugin's bug stops no upgrade nor merge; the checks' run reports it
-            log.warning("the checks' look-up indexes were not made: %s", e)
+            log.warning(_("the checks' look-up indexes were not made ({problem}); the merge goes on, and the "
+                          "checks' report names the check at fault").format(problem=e))
             wanted = []
         checks.make_lookup_indexes(store, wanted)
         conn.execute("INSERT OR IGNORE INTO keyring_check VALUES (1, ?, ?)", store.keyring_check)
@@ -332,8 +333,8 @@ def _clear_old_copies(store: Store) -> None:
         (store.folder / OLD_COPIES).unlink(missing_ok=True)
     except sqlite3.Error as e:  # another process reading or writing the store: it is the operator's to do
         log.warning(_("a column made sensitive: old copies of its values in the clear may be left in the free "
-                      "space of {path} ({problem}); stop publish and serve, then run "
-                      "`sqlite3 {path} VACUUM` to clear them").format(path=store.folder / "store.db", problem=e))
+                      "space of {path} ({problem}); stop publish and serve, then run `syncdb merge {store}` "
+                      "again to clear them").format(path=store.folder / "store.db", problem=e, store=store.folder))
 
 
 def _refuse_later_release(store: Store, version: int) -> None:
