@@ -139,20 +139,17 @@ def reconcile_seals(store: Store, table: Table) -> bool:
     sealed_plain = [c for c in types if c in table.columns and not table.columns[c].sensitive
                     and c not in to_unseal and (legacy or types[c] == "BLOB") and conn.execute(
                         f"SELECT 1 FROM [{name}] WHERE typeof([{c}]) = 'blob' LIMIT 1").fetchone()]
-    if not legacy and not to_seal and not to_unseal and not sealed_plain:
-        return False
     now = [f"-{c}" if c in to_unseal else c for c in listed] + to_seal
-    before, after = seals, Seals(store.keyring, {**seals.row_columns, table.qualified: now})
     moving = [c for c in to_seal if c in held]  # the values that come into the seals, from their own columns
-    if legacy and not moving and not sealed_plain:  # nothing sealed in it yet
-        conn.execute(f"ALTER TABLE [{name}] ADD COLUMN [_sealed] BLOB")
-        _list_sealed(store, table.qualified, now)
+    if not moving and not to_unseal and not sealed_plain:
+        # Nothing to move. Columns new to the table have no values yet: every seal opens under the longer
+        # list (a seal is bound to the names of its own places only), so no row is sealed again.
+        if legacy:  # nothing sealed in it yet
+            conn.execute(f"ALTER TABLE [{name}] ADD COLUMN [_sealed] BLOB")
+        if legacy or to_seal:
+            _list_sealed(store, table.qualified, now)
         return False
-    if not legacy and not moving and not to_unseal and not sealed_plain:
-        # Only columns new to the table, with no values yet: every seal opens under the longer list
-        # (a seal is bound to the names of its own places only), so no row is sealed again.
-        _list_sealed(store, table.qualified, now)
-        return False
+    before, after = seals, Seals(store.keyring, {**seals.row_columns, table.qualified: now})
     for c in to_unseal:
         if c not in held:
             conn.execute(f"ALTER TABLE [{name}] ADD COLUMN [{c}]")
@@ -169,7 +166,7 @@ def reconcile_seals(store: Store, table: Table) -> bool:
         read = ["rowid", "_key", "_sealed"] + sealed_plain + moving
     # Values in the clear that come into the seals (upgrade() then clears their copies on disk): from a
     # column kept plain until now, also where version 3's table is made anew and the old one dropped.
-    cleared = bool(moving) and not legacy or any(types[c] != "BLOB" for c in moving)
+    cleared = (bool(moving) and not legacy) or any(types[c] != "BLOB" for c in moving)
     at_key = read.index("_key")
     at_versions = read.index("_versions") if legacy and "_versions" in read else None
     at_plain = [(read.index(c), c) for c in sealed_plain]
