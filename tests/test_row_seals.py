@@ -17,6 +17,7 @@ from syncdb import audit, merge, migrations, office
 from syncdb.errors import SyncdbError
 from syncdb.schema import load_domains
 from syncdb.store import STORE_VERSION, Seals, open_store, read_sealed_columns
+from test_schema_upgrade import columns_of as table_columns
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 PERSONS = "huji.persons"
@@ -31,11 +32,7 @@ def rowids(store_dir: Path) -> dict:
 
 
 def columns_of(store_dir: Path, name: str) -> list[str]:
-    conn = sqlite3.connect(store_dir / "store.db")
-    try:
-        return [row[1] for row in conn.execute(f"PRAGMA table_info([{name}])")]
-    finally:
-        conn.close()
+    return table_columns(store_dir / "store.db", name)
 
 
 @pytest.fixture
