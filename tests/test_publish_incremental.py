@@ -133,7 +133,7 @@ class _failing_second_write:
         return getattr(self.conn, name)
 
     def executemany(self, sql, rows):
-        if sql.startswith("INSERT OR REPLACE"):
+        if sql.startswith(("INSERT OR REPLACE", "UPDATE")):
             self.writes += 1
             if self.writes == 2:
                 raise sqlite3.OperationalError("out of memory")
@@ -163,6 +163,7 @@ def test_a_refresh_that_fails_half_way_leaves_no_transaction_open(street, monkey
     assert not any(c.in_transaction for c in (published.masked, published.plain, published.rowids))
     assert _refreshed(world, published) == decrypted
     assert (_contents(published.masked), _contents(published.plain)) == _built_whole(world)
+
 
 def test_a_code_table_and_the_facet_indexes_are_kept_through_a_refresh(street):
     world = street
@@ -262,3 +263,33 @@ def test_a_build_over_the_last_gives_its_pages_back(street):
     assert _refreshed(world, published) == 0  # two records gone: nothing to decrypt
     assert [conn.execute("PRAGMA freelist_count").fetchone()[0] for conn in (*databases, published.rowids)] == [0] * 3
     assert (_contents(published.masked), _contents(published.plain)) == _built_whole(world)
+
+
+def test_a_refresh_writes_only_the_cells_that_differ_in_value_or_type():
+    """projection._writes: an unchanged row is not written; a changed one is updated in the cells that
+    differ, a value of another type (1 and 1.0, 1 and True, '1' and 1) counting as different."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.execute("CREATE TABLE t (a, b, c)")
+    conn.executemany("INSERT INTO t (rowid, a, b, c) VALUES (?, ?, ?, ?)",
+                     [(1, "x", 1, None), (2, "y", 2, 2.5), (3, "z", 3, "3"), (4, "w", 4, 4)])
+
+    class Layout:
+        name, labels = "t", ["a", "b", "c"]
+
+        def insert(self, target, verb):
+            return f"{verb} INTO [{target}] (rowid, a, b, c) VALUES (?, ?, ?, ?)"
+
+    rows = [["x", 1, None], ["y", 2.0, 2.5], ["Z", 3, 3], ["w", 4, 4], ["v", 5, 5]]
+    writes = projection._writes(conn, Layout(), [1, 2, 3, 4, 5], rows, fresh={5})
+    assert sorted(writes) == sorted([
+        ("INSERT OR REPLACE INTO [t] (rowid, a, b, c) VALUES (?, ?, ?, ?)", [[5, "v", 5, 5]]),
+        ("UPDATE [t] SET [b] = ? WHERE rowid = ?", [[2.0, 2]]),
+        ("UPDATE [t] SET [a] = ?, [c] = ? WHERE rowid = ?", [["Z", 3, 3]]),
+    ])
+    for sql, values in writes:
+        conn.executemany(sql, values)
+    assert [tuple(r) for r in conn.execute("SELECT rowid, a, b, c FROM t ORDER BY rowid")] == \
+        [(1, "x", 1, None), (2, "y", 2.0, 2.5), (3, "Z", 3, 3), (4, "w", 4, 4), (5, "v", 5, 5)]
+    assert [type(v) for (v,) in conn.execute("SELECT b FROM t WHERE rowid = 2")] == [float]
+    assert projection._writes(conn, Layout(), [1], [["x", True, None]], fresh=set()) == \
+        [("UPDATE [t] SET [b] = ? WHERE rowid = ?", [[True, 1]])]
