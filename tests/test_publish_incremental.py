@@ -6,6 +6,7 @@ on 127.0.0.1 and read it over HTTP while merges land.
 """
 
 import sqlite3
+import sys
 import threading
 import time
 
@@ -293,3 +294,14 @@ def test_a_refresh_writes_only_the_cells_that_differ_in_value_or_type():
     assert [type(v) for (v,) in conn.execute("SELECT b FROM t WHERE rowid = 2")] == [float]
     assert projection._writes(conn, Layout(), [1], [["x", True, None]], fresh=set()) == \
         [("UPDATE [t] SET [b] = ? WHERE rowid = ?", [[True, 1]])]
+
+
+def test_a_fill_hands_the_interpreter_lock_to_pages_sooner_and_puts_the_interval_back():
+    from syncdb import datasette_plugin
+
+    before = sys.getswitchinterval()
+    with pytest.raises(RuntimeError):
+        with datasette_plugin._pages_first():
+            assert sys.getswitchinterval() == pytest.approx(datasette_plugin.FILL_SWITCH_SECONDS)
+            raise RuntimeError("a fill that failed")
+    assert sys.getswitchinterval() == before

@@ -1,0 +1,81 @@
+"""Pages while publish refreshes: more of them than bench/city.py's one browsed night gives.
+
+city.py fetches pages during the first night's refresh only, so its "page during a refresh"
+figure rests on the two or three pages that land in that window. This benchmark takes a
+street city.py kept (``--keep``, its communities already generated), loads it into a new
+store, starts publish, measures the masked persons table and facet pages outside any
+refresh, then runs ``--nights`` nights, fetching the pages back to back during each
+night's refresh. It prints each refresh's time and every page's time against its median
+outside, and the figures' goals from issue 14.
+
+    .venv/bin/python bench/refresh_pages.py --keep /var/tmp/city-10x5000 --communities 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import city  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", required=True, help="a folder bench/city.py --keep generated")
+    parser.add_argument("--communities", type=int, default=10, help="communities of it to load (default 10)")
+    parser.add_argument("--nights", type=int, default=5, help="browsed nights (default 5)")
+    parser.add_argument("--samples", type=int, default=10, help="pages of each kind outside a refresh")
+    args = parser.parse_args()
+    domains = city.sample_domains()
+    with tempfile.TemporaryDirectory(prefix="refresh-pages-") as tmp:
+        work = Path(tmp)
+        store, folders = city.copy_street(Path(args.keep), work, args.communities)
+        for n, folder in enumerate(folders, start=1):
+            city.merge_timed(store, city.bundles_of(folder), domains, None)
+            print(f"  community {n} loaded", flush=True)
+        publisher = city.Publisher(store, city.child_env(work), work / "publish.log")
+        try:
+            made, filled = publisher.next("make"), publisher.next("reload")
+            city.answering(f"{publisher.url}/-/login", publisher.process)
+            startup = (made[1] - made[0]) + (filled[1] - filled[0])
+            session, kinds = city.sign_in(publisher.url), city.pages(domains)
+            outside = {kind: [] for kind in kinds}
+            for _ in range(args.samples):
+                for kind, path in kinds.items():
+                    outside[kind].append(city.fetch(session, f"{publisher.url}/{city.projection.MASKED_DB}{path}")[1])
+            medians = {kind: statistics.median(times) for kind, times in outside.items()}
+            print(f"publish start-up {startup:.2f} s; pages outside a refresh (median): "
+                  + ", ".join(f"{kind} {took * 1e3:,.0f} ms" for kind, took in medians.items()), flush=True)
+            ratios, spans = [], []
+            for n in range(args.nights):
+                publisher.pause()
+                try:
+                    merged = city.night(store, folders, domains, 100 + n, None)
+                finally:
+                    publisher.resume()
+                session.close()
+                seen, (start, end) = city.pages_until(publisher, session, kinds)
+                during = [(kind, took / medians[kind]) for kind, at, took in seen if at < end and at + took > start]
+                ratios += [r for _, r in during]
+                spans.append(end - start)
+                print(f"  night {n + 1}: {merged[1]:,} changes; refreshed in {end - start:.2f} s "
+                      f"({(end - start) / startup:.1%} of start-up); pages in it: "
+                      + (", ".join(f"{kind} {r:.2f}x" for kind, r in during) or "none"), flush=True)
+        finally:
+            publisher.stop()
+    worst = max(ratios) if ratios else float("nan")
+    print(f"browsed refresh / start-up: median {statistics.median(spans) / startup:.1%}, "
+          f"worst {max(spans) / startup:.1%} (goal <= {city.GOAL_REFRESH:.0%})")
+    print(f"page during a refresh / outside: worst {worst:.2f}x, median "
+          f"{statistics.median(ratios) if ratios else float('nan'):.2f}x of {len(ratios)} pages "
+          f"(goal <= {city.GOAL_DURING}x)")
+
+
+if __name__ == "__main__":
+    main()
