@@ -2,8 +2,8 @@
 
 city.py fetches pages during the first night's refresh only, so its "page during a refresh"
 figure rests on the two or three pages that land in that window. This benchmark takes a
-street city.py kept (``--keep``, its communities already generated), loads it into a new
-store, starts publish, measures the masked persons table and facet pages outside any
+street city.py kept (``--keep``, its communities already generated; without it, a small
+street generated for the run), loads it into a new store, starts publish, measures the masked persons table and facet pages outside any
 refresh, then runs ``--nights`` nights, fetching the pages back to back during each
 night's refresh. It prints each refresh's time and every page's time against its median
 outside, and the figures' goals from issue 14.
@@ -27,15 +27,20 @@ import city  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keep", required=True, help="a folder bench/city.py --keep generated")
-    parser.add_argument("--communities", type=int, default=10, help="communities of it to load (default 10)")
+    parser.add_argument("--keep", help="a folder bench/city.py --keep generated (default: a street made now)")
+    parser.add_argument("--communities", type=int, default=3, help="communities of it to load (default 3)")
+    parser.add_argument("--residents", type=int, default=2000,
+                        help="residents per community, for a street made now (default 2,000)")
     parser.add_argument("--nights", type=int, default=5, help="browsed nights (default 5)")
     parser.add_argument("--samples", type=int, default=10, help="pages of each kind outside a refresh")
     args = parser.parse_args()
     domains = city.sample_domains()
     with tempfile.TemporaryDirectory(prefix="refresh-pages-") as tmp:
         work = Path(tmp)
-        store, folders = city.copy_street(Path(args.keep), work, args.communities)
+        keep = Path(args.keep) if args.keep else work / "street"
+        if not args.keep:
+            city.prepare(keep, args.communities, args.residents, domains)
+        store, folders = city.copy_street(keep, work / "run", args.communities)
         for n, folder in enumerate(folders, start=1):
             city.merge_timed(store, city.bundles_of(folder), domains, None)
             print(f"  community {n} loaded", flush=True)
