@@ -15,11 +15,12 @@ $(BIN)/syncdb: setup.cfg pyproject.toml
 demo: $(BIN)/syncdb
 	$(BIN)/syncdb demo $(DEMO_DIR)
 
+# The test files run in one process per core (pytest-xdist), a file's tests together in one.
 test: $(BIN)/syncdb
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --dist loadfile
 
 test-fast: $(BIN)/syncdb
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -n auto --dist loadfile -m "not slow"
 
 bench: $(BIN)/syncdb
 	for script in bench/*.py; do $(BIN)/python $$script || exit 1; done

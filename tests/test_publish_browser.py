@@ -10,6 +10,7 @@ tests visit is checked to render its Chinese as glyphs, not boxes, and saved
 as a PNG in build/screenshots/ (README.md, "Screenshots").
 """
 
+import fcntl
 import os
 import re
 import sqlite3
@@ -49,8 +50,14 @@ WAIT = 15  # seconds for any one page or element
 
 @pytest.fixture(scope="module")
 def chromium():
-    """Chromium, chromedriver and the fonts installed (once per run; a no-op when they are there)."""
-    done = subprocess.run(["bash", str(INSTALL)], capture_output=True, text=True, timeout=900)
+    """Chromium, chromedriver and the fonts installed (once per run; a no-op when they are there).
+
+    One install at a time: `make test` runs test files in two processes, and apt-get run twice at
+    once fails on its own lock."""
+    SCREENSHOTS.parent.mkdir(exist_ok=True)
+    with open(SCREENSHOTS.parent / "install-chromium.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = subprocess.run(["bash", str(INSTALL)], capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         pytest.fail(f"{INSTALL} failed with exit status {done.returncode}:\n{done.stdout}\n{done.stderr}")
     for path in (CHROMIUM, CHROMEDRIVER, *FONTS):
