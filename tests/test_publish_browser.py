@@ -52,7 +52,7 @@ WAIT = 15  # seconds for any one page or element
 def chromium():
     """Chromium, chromedriver and the fonts installed (once per run; a no-op when they are there).
 
-    One install at a time: `make test` runs test files in two processes, and apt-get run twice at
+    One install at a time: `make test` runs test files in one process per core, and apt-get run twice at
     once fails on its own lock."""
     SCREENSHOTS.parent.mkdir(exist_ok=True)
     with open(SCREENSHOTS.parent / "install-chromium.lock", "w") as lock:
