@@ -581,28 +581,33 @@ class Bearings:
         self.changed = changed or {}
         self.subjects: set = set()
         self.now: dict[tuple[str, bytes], dict[bytes, tuple[object, bool]]] = {}
+        self._blind: dict = {}  # subject -> its blind index, made once a run: many records share a subject
         if changed is None:
             for table in check.reads:
                 for record in records.rows(table):
-                    self.now[table, record.key] = self._by_values(table, record)
+                    self.now[table, record.key] = self._by_values(table, record, self._subjects(table, record))
             self.before = cases.all_bearings(store, check.name, check.subject)
             return
         self.before = {}
         for table in check.reads:
             keys = list(changed.get(table, ()))
             for record in records.get_many(table, keys):
-                self.subjects.update(s for s in check.subjects_of(table, record) if s)
-                self.now[table, record.key] = self._by_values(table, record) if record.live else {}
+                mine = self._subjects(table, record)
+                self.subjects.update(mine)
+                self.now[table, record.key] = self._by_values(table, record, mine) if record.live else {}
             for key, held in cases.bearings(store, check.name, check.subject, table, keys).items():
                 self.before[table, key] = set(held)
                 left = set(held) - set(self.now.get((table, key), {}))
                 self.subjects.update(held[s] for s in left)
 
-    def _by_values(self, table: str, record: Record) -> dict[bytes, tuple[object, bool]]:
-        """Blind subject -> (subject, whether it may be kept in clear), for those the record bears on through
-        a value other than its key. In clear only a subject that is the value of one of the record's columns
-        the schema does not mark sensitive: its row holds it in clear already."""
-        mine = {s for s in self.check.subjects_of(table, record) if s}
+    def _subjects(self, table: str, record: Record) -> set:
+        return {s for s in self.check.subjects_of(table, record) if s}
+
+    def _by_values(self, table: str, record: Record, mine: set) -> dict[bytes, tuple[object, bool]]:
+        """Blind subject -> (subject, whether it may be kept in clear), for those of ``mine`` (the subjects
+        the record bears on) it bears on through a value other than its key. In clear only a subject that
+        is the value of one of the record's columns the schema does not mark sensitive: its row holds it
+        in clear already."""
         if not mine:
             return {}
         try:
@@ -611,8 +616,14 @@ class Bearings:
             keyed = set()
         # A sensitive column's cell is sealed (bytes): a str the row holds is held in clear.
         cells = record._cells.values()
-        return {cases.subject_index(self.store, self.check.subject, s): (s, isinstance(s, str) and s in cells)
-                for s in mine - keyed}
+        return {self._blind_index(s): (s, isinstance(s, str) and s in cells) for s in mine - keyed}
+
+    def _blind_index(self, subject) -> bytes:
+        known = (type(subject), subject)  # 1 and 1.0 are one dict key, not one blind index
+        index = self._blind.get(known)
+        if index is None:
+            index = self._blind[known] = cases.subject_index(self.store, self.check.subject, subject)
+        return index
 
     def keep(self) -> None:
         """Write what changed (inside the run's transaction)."""
