@@ -24,8 +24,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import itertools
-import operator
+import math
 import os
 import sqlite3
 
@@ -444,7 +443,8 @@ def _writes(conn, layout: _Layout, rowids: list[int], rows: list[list], fresh: s
     A night changes a column or two of a record; rewriting the whole row would rewrite each of
     its index entries too (the masked database indexes every facet column), which cost most of a
     refresh and held the shared cache the pages read meanwhile. A cell is the same when its value
-    and its type are (the published columns have no affinity: a value reads back as written).
+    and its type are, a zero its sign too (the published columns have no affinity: a value reads
+    back as written; see _differs).
     """
     name, labels = layout.name, layout.labels
     published = {}
@@ -461,16 +461,24 @@ def _writes(conn, layout: _Layout, rowids: list[int], rows: list[list], fresh: s
             inserts.append([rowid, *row])
             continue
         row = tuple(row)
-        if old == row and list(map(type, old)) == list(map(type, row)):
+        if old == row and list(map(type, old)) == list(map(type, row)) and 0.0 not in row:
             continue
-        differ = tuple(itertools.compress(places, map(operator.or_, map(operator.ne, old, row),
-                                                      map(operator.is_not, map(type, old), map(type, row)))))
-        updates.setdefault(differ, []).append([*(row[i] for i in differ), rowid])
+        differ = tuple(i for i in places if _differs(old[i], row[i]))
+        if differ:
+            updates.setdefault(differ, []).append([*(row[i] for i in differ), rowid])
     writes = [(layout.insert(name, "INSERT OR REPLACE"), inserts)] if inserts else []
     for differ, values in updates.items():
         assignments = ", ".join(f"[{labels[i]}] = ?" for i in differ)
         writes.append((f"UPDATE [{name}] SET {assignments} WHERE rowid = ?", values))
     return writes
+
+
+def _differs(published, value) -> bool:
+    """Must a published cell be written with ``value``? When the two differ in value or type, or are
+    zeros of opposite sign: 0.0 and -0.0 are equal to Python and to SQLite's =, but a column without
+    affinity keeps each as written and the site shows it so (a bundle may carry either)."""
+    return (published != value or type(published) is not type(value)
+            or (value == 0 and type(value) is float and math.copysign(1.0, published) != math.copysign(1.0, value)))
 
 
 def give_back_memory(*connections) -> None:
