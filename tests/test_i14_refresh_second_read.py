@@ -1,6 +1,9 @@
-"""Second read of the publish refresh that writes only the cells that differ (issue 14, item 3)."""
+"""Second read of the publish refresh that writes only the cells that differ (issue 14, item 3), and of
+the parallel `make test` (pytest-xdist)."""
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,4 +78,20 @@ def test_a_refresh_writes_a_zero_of_the_other_sign_as_a_full_build_shows_it(tmp_
         assert published.update(store) == 1
     assert repr(published.plain.execute(f"SELECT [月发放金额] FROM [{BENEFITS}]").fetchone()[0]) == repr(after)
     assert (_every_value(published.masked), _every_value(published.plain)) == _built_whole(world)
+
+
+# ---------------------------------------------------------------- `make test` in one process per core
+
+
+def test_the_modules_sharing_the_chromium_fixtures_import_where_there_is_no_fcntl():
+    """`make test`'s install lock took fcntl at the top of test_publish_browser, which test_lookup and
+    test_publish_i18n import for the Chromium fixtures. Windows has no fcntl: all three files stopped at
+    collection, with them the tests that need no browser (test_lookup's look-ups over HTTP, the chrome
+    translator's test), where only the Chromium install cannot run there. Here a Python without fcntl
+    imports the three."""
+    tests = Path(__file__).resolve().parent
+    code = ("import sys; sys.modules['fcntl'] = None; sys.path.insert(0, sys.argv[1]); "
+            "import test_publish_browser, test_lookup, test_publish_i18n")
+    done = subprocess.run([sys.executable, "-c", code, str(tests)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
 

@@ -10,7 +10,6 @@ tests visit is checked to render its Chinese as glyphs, not boxes, and saved
 as a PNG in build/screenshots/ (README.md, "Screenshots").
 """
 
-import fcntl
 import os
 import re
 import sqlite3
@@ -54,6 +53,8 @@ def chromium():
 
     One install at a time: `make test` runs test files in one process per core, and apt-get run twice at
     once fails on its own lock."""
+    import fcntl  # here, not at the top: test_lookup and test_publish_i18n import this module, and Windows has none
+
     SCREENSHOTS.parent.mkdir(exist_ok=True)
     with open(SCREENSHOTS.parent / "install-chromium.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
