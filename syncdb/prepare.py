@@ -227,6 +227,16 @@ def default_jobs() -> int:
     allows, less those other work keeps busy (the load average of the last minute). Workers only help
     on free cores: on busy ones their hand-offs cost more than they save (bench/city.py measured
     --jobs 2 at 0.75x of one process with a load of 3 on 2 cores)."""
+    cores = available_cores()
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows has no load average
+        busy = 0.0
+    return max(1, min(cores, round(cores - busy)))
+
+
+def available_cores() -> int:
+    """The cores this process may run on, as many as a container's CPU quota allows."""
     try:
         cores = len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):
@@ -234,11 +244,7 @@ def default_jobs() -> int:
     quota = quota_cores()
     if quota is not None:
         cores = max(1, min(cores, int(quota)))
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):  # Windows has no load average
-        busy = 0.0
-    return max(1, min(cores, round(cores - busy)))
+    return cores
 
 
 def quota_cores(cgroup: Path = Path("/sys/fs/cgroup"), own: Path = Path("/proc/self/cgroup")) -> float | None:

@@ -36,6 +36,19 @@ def pytest_unconfigure(config):
     del sys._called_from_test
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """`make test`'s ``-n auto``: one worker per core a container's CPU quota gives, as ``merge --jobs``
+    counts them (pytest-xdist's own count is the cores the process may run on, a 32-core host's for a
+    runner given two of them). Not less for the load: a runner busy installing a moment before would
+    run the suite in one process. PYTEST_XDIST_AUTO_NUM_WORKERS still decides when set."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    from syncdb import prepare
+
+    return prepare.available_cores()
+
+
 # --- the office and its communities, built through the library ------------------------------
 
 @pytest.fixture

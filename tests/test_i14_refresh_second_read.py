@@ -99,12 +99,6 @@ def test_the_modules_sharing_the_chromium_fixtures_import_where_there_is_no_fcnt
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="a second core to leave out")
-@pytest.mark.xfail(strict=True, reason="`make test` runs `pytest -n auto`, and pytest-xdist counts the cores the "
-                   "process may run on (sched_getaffinity), not a container's CPU quota: a CI runner given 2 CPUs "
-                   "of a 32-core host starts 32 workers, each with its own publish and serve processes, on 2 CPUs "
-                   "(the tests that time a page or a push, tests/test_store.py's 1 s, were written for one). A "
-                   "pytest_xdist_auto_num_workers hook in tests/conftest.py returning prepare.default_jobs(), "
-                   "which merge --jobs keeps within the quota with, would fix it")
 def test_make_tests_workers_keep_within_the_cpu_quota_as_merge_jobs_does(pytestconfig, monkeypatch):
     pytest.importorskip("xdist")
     from syncdb import prepare
@@ -113,3 +107,6 @@ def test_make_tests_workers_keep_within_the_cpu_quota_as_merge_jobs_does(pytestc
     monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS", raising=False)
     assert prepare.default_jobs() == 1
     assert pytestconfig.hook.pytest_xdist_auto_num_workers(config=pytestconfig) == 1
+    monkeypatch.setattr(prepare, "quota_cores", lambda *args, **kwargs: None)  # no quota: every core it may use
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))  # and not fewer for a busy moment
+    assert pytestconfig.hook.pytest_xdist_auto_num_workers(config=pytestconfig) == len(os.sched_getaffinity(0))
