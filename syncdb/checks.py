@@ -535,7 +535,7 @@ def _run(store: Store, everything: bool, names: Iterable[str] | None) -> Report:
     with store.transaction():
         cases.ensure(store)
         for check, subjects, found, bearings, using in results:
-            scope = None if subjects is None else {cases.subject_index(store, check.subject, s) for s in subjects}
+            scope = None if subjects is None else {bearings.blind_index(s) for s in subjects}
             report.tallies[check.name] = cases.reconcile(store, check.name, check.severity, check.subject, found, scope)
             bearings.keep()
             cases.set_point(store, check.name, point)
@@ -581,7 +581,7 @@ class Bearings:
         self.changed = changed or {}
         self.subjects: set = set()
         self.now: dict[tuple[str, bytes], dict[bytes, tuple[object, bool]]] = {}
-        self._blind: dict = {}  # subject -> its blind index, made once a run: many records share a subject
+        self._blind: dict = {}  # (type, subject) -> its blind index, made once a run: many records share one
         if changed is None:
             for table in check.reads:
                 for record in records.rows(table):
@@ -616,9 +616,10 @@ class Bearings:
             keyed = set()
         # A sensitive column's cell is sealed (bytes): a str the row holds is held in clear.
         cells = record._cells.values()
-        return {self._blind_index(s): (s, isinstance(s, str) and s in cells) for s in mine - keyed}
+        return {self.blind_index(s): (s, isinstance(s, str) and s in cells) for s in mine - keyed}
 
-    def _blind_index(self, subject) -> bytes:
+    def blind_index(self, subject) -> bytes:
+        """The subject's blind index (cases.subject_index), made once for the run."""
         known = (type(subject), subject)  # 1 and 1.0 are one dict key, not one blind index
         index = self._blind.get(known)
         if index is None:

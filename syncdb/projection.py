@@ -447,13 +447,10 @@ def _writes(conn, layout: _Layout, rowids: list[int], rows: list[list], fresh: s
     back as written; see _differs).
     """
     name, labels = layout.name, layout.labels
-    published = {}
-    kept = [rowid for rowid in rowids if rowid not in fresh]
-    for start in range(0, len(kept), 500):
-        part = kept[start:start + 500]
-        published.update({row[0]: row[1:] for row in conn.execute(
-            f"SELECT rowid, {', '.join(f'[{label}]' for label in labels)} FROM [{name}] "
-            f"WHERE rowid IN ({', '.join('?' * len(part))})", part)})
+    kept = [rowid for rowid in rowids if rowid not in fresh]  # a refresh's batch: at most BATCH of them
+    published = {row[0]: row[1:] for row in conn.execute(
+        f"SELECT rowid, {', '.join(f'[{label}]' for label in labels)} FROM [{name}] "
+        f"WHERE rowid IN ({', '.join('?' * len(kept))})", kept)}
     inserts, updates, places = [], {}, range(len(labels))
     for rowid, row in zip(rowids, rows):
         old = published.get(rowid)
