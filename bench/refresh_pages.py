@@ -3,9 +3,9 @@
 city.py fetches pages during the first night's refresh only, so its "page during a refresh"
 figure rests on the two or three pages that land in that window. This benchmark takes a
 street city.py kept (``--keep``, its communities already generated; without it, a small
-street generated for the run), loads it into a new store, starts publish, measures the masked persons table and facet pages outside any
-refresh, then runs ``--nights`` nights, fetching the pages back to back during each
-night's refresh. It prints each refresh's time and every page's time against its median
+street generated for the run), loads it into a new store, starts publish, measures the
+masked persons table and facet pages outside any refresh, then runs ``--nights`` nights,
+fetching the pages back to back during each night's refresh. It prints each refresh's time and every page's time against its median
 outside, and the figures' goals from issue 14.
 
     .venv/bin/python bench/refresh_pages.py --keep /var/tmp/city-10x5000 --communities 10
@@ -17,7 +17,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
