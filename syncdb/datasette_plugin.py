@@ -71,6 +71,11 @@ class Gate:
                 self.readers -= 1
                 self.changed.notify_all()
 
+    def serving(self) -> bool:
+        """Are pages being served? Asked by the thread that fills the databases, which then gives way
+        (projection.Published._give_way): a glance at the count, without the event loop's lock."""
+        return self.readers > 0
+
     async def _take(self):
         async with self.changed:
             await self.changed.wait_for(lambda: not self.writer)
@@ -198,7 +203,7 @@ def _fill(ctx: Context) -> tuple[tuple, int, bool]:
                        for name in (projection.MASKED_DB, projection.PLAIN_DB)]
             for conn in writers:
                 projection.prepare_database(conn)
-            ctx.writers, ctx.published = writers, projection.Published(*writers)
+            ctx.writers, ctx.published = writers, projection.Published(*writers, serving=ctx.gate.serving)
         with ctx.store() as store, _pages_first():
             signature = projection.signature(store)
             whole = ctx.published.point is None

@@ -27,6 +27,7 @@ import ctypes.util
 import math
 import os
 import sqlite3
+import time
 
 from markupsafe import escape
 
@@ -193,6 +194,7 @@ def prepare_database(conn) -> None:
 
 
 CHUNK = 2000  # rows decrypted and written at a time at a full build
+GIVE_WAY = 1.0  # while pages are served, a build or refresh rests as long as its last chunk or batch took
 BATCH = 500  # records re-read, decrypted and written in one short transaction at a refresh
 
 
@@ -263,9 +265,11 @@ class Published:
     published ones, where staff would see it. ``point`` is the store's change point
     the databases show; ``decrypted`` counts the records the last build or refresh
     decrypted (a refresh after a night decrypts only what the night changed).
+    ``serving``, if given, says whether pages are being served (publish's Gate):
+    a build or refresh then rests between its chunks (``_give_way``).
     """
 
-    def __init__(self, masked, plain):
+    def __init__(self, masked, plain, serving=None):
         self.masked, self.plain = masked, plain
         self.rowids = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         self.rowids.execute("PRAGMA auto_vacuum = INCREMENTAL")  # before any table: see give_back_memory
@@ -274,6 +278,7 @@ class Published:
         self.decrypted = 0
         self.next_rowid: dict[str, int] = {}
         self.torn = False  # a refresh's batch is in some of the three databases and not yet in the others
+        self.serving = serving or (lambda: False)  # are pages being served? a fill then gives way (_give_way)
 
     def update(self, store: Store, exclusive=contextlib.nullcontext) -> int:
         """Bring both databases up to the store; return how many records were decrypted.
@@ -344,7 +349,7 @@ class Published:
         # In the store's key order: the private index of rowids is written in order, so it packs tight.
         cursor = store.conn.execute(f"SELECT _key, {layout.select} FROM [{table_name(layout.table)}] "
                                     f"WHERE _exists = 1 ORDER BY _key")
-        rowid = 0
+        rowid, started = 0, time.perf_counter()
         while chunk := cursor.fetchmany(CHUNK):
             shown, hidden = layout.rows(store, chunk)
             rowids = range(rowid + 1, rowid + 1 + len(chunk))
@@ -357,6 +362,8 @@ class Published:
             self.rowids.executemany(f"INSERT INTO [_new_{name}] VALUES (?, ?)",
                                     ((bytes(row[0]), r) for r, row in zip(rowids, chunk)))
             self.rowids.execute("COMMIT")
+            self._give_way(started)
+            started = time.perf_counter()
         self.next_rowid[f"_new_{name}"] = rowid + 1
         return rowid
 
@@ -381,6 +388,18 @@ class Published:
                 self.next_rowid[name] = self.next_rowid.pop(f"_new_{name}")
         give_back_memory(self.masked, self.plain, self.rowids)
 
+    def _give_way(self, started: float) -> None:
+        """While pages are being served, rest as long as the work since ``started`` took.
+
+        A fill and a page compete for the interpreter and for the shared cache of the in-memory
+        database (a page's query holds it through each step, a batch's writes through theirs):
+        with both busy, a page took up to 1.9x its time (bench/refresh_pages.py). Resting between
+        batches gives the pages the process alone half the time, while never stopping the fill:
+        a page that never ends (a client that stops reading) makes it twice as long at most.
+        """
+        if self.serving():
+            time.sleep((time.perf_counter() - started) * GIVE_WAY)
+
     # ------------------------------------------------------------ a refresh
 
     def refresh(self, store: Store, changed: dict[str, set[bytes]]) -> int:
@@ -398,7 +417,9 @@ class Published:
                     continue
                 layout = _Layout(store.domains, domain, table)
                 for start in range(0, len(keys), BATCH):
+                    started = time.perf_counter()
                     records += self._refresh_batch(store, layout, keys[start:start + BATCH])
+                    self._give_way(started)
         if records:
             give_back_memory(self.masked, self.plain, self.rowids)
         return records

@@ -305,3 +305,44 @@ def test_a_fill_hands_the_interpreter_lock_to_pages_sooner_and_puts_the_interval
             assert sys.getswitchinterval() == pytest.approx(datasette_plugin.FILL_SWITCH_SECONDS)
             raise RuntimeError("a fill that failed")
     assert sys.getswitchinterval() == before
+
+
+def test_a_fill_rests_between_its_chunks_while_pages_are_served_and_only_then(street, monkeypatch):
+    """While pages are served, a build and a refresh rest after each chunk or batch (as long as it took),
+    so a page has the process alone half the time; with no page, never. The data is the same either way."""
+    world, rests, serving = street, [], [True]
+    monkeypatch.setattr(projection, "CHUNK", 4)
+    monkeypatch.setattr(projection, "BATCH", 4)
+    monkeypatch.setattr(projection.time, "sleep", rests.append)
+    published = Published(*_databases(), serving=lambda: serving[0])
+    with open_store(world.store, world.secret, world.all_domains) as store:
+        assert published.update(store) == 30
+    assert len(rests) == 8 and all(rest > 0 for rest in rests)  # 30 persons: 8 chunks of 4
+    rests.clear()
+    for n in range(6):
+        world.sql(CODES[0], "UPDATE persons SET phone = ? WHERE id_number = ?", (f"1370000{n:04d}", id_number(n)))
+    world.push(CODES[0])
+    _merge_last(world)
+    assert _refreshed(world, published) == 6
+    assert len(rests) == 2 and all(rest > 0 for rest in rests)  # 6 records, in batches of 4
+    assert (_contents(published.masked), _contents(published.plain)) == _built_whole(world)
+    rests.clear()
+    serving[0] = False
+    world.sql(CODES[1], "UPDATE persons SET phone = '13700009999' WHERE id_number = ?", (id_number(10),))
+    world.push(CODES[1])
+    _merge_last(world)
+    assert _refreshed(world, published) == 1 and rests == []
+
+
+def test_the_gate_says_pages_are_being_served_while_they_are():
+    import asyncio
+
+    from syncdb import datasette_plugin
+
+    async def served():
+        gate = datasette_plugin.Gate()
+        seen = [gate.serving()]
+        async with gate.reading():
+            seen.append(gate.serving())
+        return seen + [gate.serving()]
+    assert asyncio.run(served()) == [False, True, False]
