@@ -440,11 +440,11 @@ class Published:
         shown, hidden = layout.rows(store, live)
         rowids = [known[bytes(row[0])] for row in live]
         fresh = {rowid for _key, rowid in new}
-        for conn, rows in ((self.plain, shown), (self.masked, hidden)):
-            writes = _writes(conn, layout, rowids, rows, fresh)
+        writes = _writes(self.plain, layout, rowids, shown, hidden, fresh)
+        for conn, statements in zip((self.plain, self.masked), writes):
             conn.execute("BEGIN")
             conn.executemany(f"DELETE FROM [{name}] WHERE rowid = ?", ((rowid,) for _key, rowid in gone))
-            for sql, values in writes:
+            for sql, values in statements:
                 conn.executemany(sql, values)
             conn.execute("COMMIT")
             self.torn = True
@@ -456,39 +456,51 @@ class Published:
         return len(live)
 
 
-def _writes(conn, layout: _Layout, rowids: list[int], rows: list[list], fresh: set[int]) -> list[tuple[str, list]]:
-    """The statements that make one database's rows ``rows`` (at ``rowids``) what they are: an
-    INSERT for a new record, and for one already published an UPDATE of only the cells that
-    differ, grouped by which cells they are (none when none differ).
+def _writes(plain, layout: _Layout, rowids: list[int], shown: list[list], hidden: list[list],
+            fresh: set[int]) -> tuple[list[tuple[str, list]], list[tuple[str, list]]]:
+    """The statements that make the rows at ``rowids`` what they are, in the plaintext database (rows
+    ``shown``) and in the masked one (rows ``hidden``): an INSERT for a new record, and for one already
+    published an UPDATE of only the cells that differ, grouped by which cells they are (none when none
+    differ).
 
     A night changes a column or two of a record; rewriting the whole row would rewrite each of
     its index entries too (the masked database indexes every facet column), which cost most of a
     refresh and held the shared cache the pages read meanwhile. A cell is the same when its value
     and its type are, a zero its sign too (the published columns have no affinity: a value reads
-    back as written; see _differs).
+    back as written; see _differs). Only the plaintext row is read and compared: a masked cell is
+    made from its plaintext cell alone (``_Layout.rows``), so where that is the same the masked
+    one is too, and the masked database the pages read is not read here at all.
     """
     name, labels = layout.name, layout.labels
     kept = [rowid for rowid in rowids if rowid not in fresh]  # a refresh's batch: at most BATCH of them
-    published = {row[0]: row[1:] for row in conn.execute(
+    published = {row[0]: row[1:] for row in plain.execute(
         f"SELECT rowid, {', '.join(f'[{label}]' for label in labels)} FROM [{name}] "
         f"WHERE rowid IN ({', '.join('?' * len(kept))})", kept)}
-    inserts, updates, places = [], {}, range(len(labels))
-    for rowid, row in zip(rowids, rows):
+    inserts: tuple[list, list] = ([], [])
+    updates: dict[tuple, tuple[list, list]] = {}
+    places = range(len(labels))
+    for rowid, row, masked_row in zip(rowids, shown, hidden):
         old = published.get(rowid)
         if old is None:
-            inserts.append([rowid, *row])
+            inserts[0].append([rowid, *row])
+            inserts[1].append([rowid, *masked_row])
             continue
         row = tuple(row)
         if old == row and list(map(type, old)) == list(map(type, row)) and 0.0 not in row:
             continue
         differ = tuple(i for i in places if _differs(old[i], row[i]))
         if differ:
-            updates.setdefault(differ, []).append([*(row[i] for i in differ), rowid])
-    writes = [(layout.insert(name, "INSERT OR REPLACE"), inserts)] if inserts else []
-    for differ, values in updates.items():
-        assignments = ", ".join(f"[{labels[i]}] = ?" for i in differ)
-        writes.append((f"UPDATE [{name}] SET {assignments} WHERE rowid = ?", values))
-    return writes
+            both = updates.setdefault(differ, ([], []))
+            both[0].append([*(row[i] for i in differ), rowid])
+            both[1].append([*(masked_row[i] for i in differ), rowid])
+    out: tuple[list, list] = ([], [])
+    for at in (0, 1):
+        if inserts[at]:
+            out[at].append((layout.insert(name, "INSERT OR REPLACE"), inserts[at]))
+        for differ, values in updates.items():
+            assignments = ", ".join(f"[{labels[i]}] = ?" for i in differ)
+            out[at].append((f"UPDATE [{name}] SET {assignments} WHERE rowid = ?", values[at]))
+    return out
 
 
 def _differs(published, value) -> bool:

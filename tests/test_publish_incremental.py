@@ -268,11 +268,17 @@ def test_a_build_over_the_last_gives_its_pages_back(street):
 
 def test_a_refresh_writes_only_the_cells_that_differ_in_value_or_type():
     """projection._writes: an unchanged row is not written; a changed one is updated in the cells that
-    differ, a value of another type (1 and 1.0, 1 and True, '1' and 1) counting as different."""
-    conn = sqlite3.connect(":memory:", isolation_level=None)
-    conn.execute("CREATE TABLE t (a, b, c)")
-    conn.executemany("INSERT INTO t (rowid, a, b, c) VALUES (?, ?, ?, ?)",
-                     [(1, "x", 1, None), (2, "y", 2, 2.5), (3, "z", 3, "3"), (4, "w", 4, 4)])
+    differ, a value of another type (1 and 1.0, 1 and True, '1' and 1) counting as different. The
+    plaintext row says which cells differ, and the masked database is written the same cells, from
+    the masked row, without being read."""
+    plain = sqlite3.connect(":memory:", isolation_level=None)
+    plain.execute("CREATE TABLE t (a, b, c)")
+    plain.executemany("INSERT INTO t (rowid, a, b, c) VALUES (?, ?, ?, ?)",
+                      [(1, "x", 1, None), (2, "y", 2, 2.5), (3, "z", 3, "3"), (4, "w", 4, 4)])
+    masked = sqlite3.connect(":memory:", isolation_level=None)
+    masked.execute("CREATE TABLE t (a, b, c)")
+    masked.executemany("INSERT INTO t (rowid, a, b, c) VALUES (?, ?, ?, ?)",
+                       [(1, "*", 1, None), (2, "*", 2, 2.5), (3, "*", 3, "3"), (4, "*", 4, 4)])
 
     class Layout:
         name, labels = "t", ["a", "b", "c"]
@@ -281,19 +287,28 @@ def test_a_refresh_writes_only_the_cells_that_differ_in_value_or_type():
             return f"{verb} INTO [{target}] (rowid, a, b, c) VALUES (?, ?, ?, ?)"
 
     rows = [["x", 1, None], ["y", 2.0, 2.5], ["Z", 3, 3], ["w", 4, 4], ["v", 5, 5]]
-    writes = projection._writes(conn, Layout(), [1, 2, 3, 4, 5], rows, fresh={5})
-    assert sorted(writes) == sorted([
+    hidden = [["*", *row[1:]] for row in rows]
+    shown_writes, hidden_writes = projection._writes(plain, Layout(), [1, 2, 3, 4, 5], rows, hidden, fresh={5})
+    assert sorted(shown_writes) == sorted([
         ("INSERT OR REPLACE INTO [t] (rowid, a, b, c) VALUES (?, ?, ?, ?)", [[5, "v", 5, 5]]),
         ("UPDATE [t] SET [b] = ? WHERE rowid = ?", [[2.0, 2]]),
         ("UPDATE [t] SET [a] = ?, [c] = ? WHERE rowid = ?", [["Z", 3, 3]]),
     ])
-    for sql, values in writes:
-        conn.executemany(sql, values)
-    assert [tuple(r) for r in conn.execute("SELECT rowid, a, b, c FROM t ORDER BY rowid")] == \
+    assert sorted(hidden_writes) == sorted([
+        ("INSERT OR REPLACE INTO [t] (rowid, a, b, c) VALUES (?, ?, ?, ?)", [[5, "*", 5, 5]]),
+        ("UPDATE [t] SET [b] = ? WHERE rowid = ?", [[2.0, 2]]),
+        ("UPDATE [t] SET [a] = ?, [c] = ? WHERE rowid = ?", [["*", 3, 3]]),
+    ])
+    for conn, writes in ((plain, shown_writes), (masked, hidden_writes)):
+        for sql, values in writes:
+            conn.executemany(sql, values)
+    assert [tuple(r) for r in plain.execute("SELECT rowid, a, b, c FROM t ORDER BY rowid")] == \
         [(1, "x", 1, None), (2, "y", 2.0, 2.5), (3, "Z", 3, 3), (4, "w", 4, 4), (5, "v", 5, 5)]
-    assert [type(v) for (v,) in conn.execute("SELECT b FROM t WHERE rowid = 2")] == [float]
-    assert projection._writes(conn, Layout(), [1], [["x", True, None]], fresh=set()) == \
-        [("UPDATE [t] SET [b] = ? WHERE rowid = ?", [[True, 1]])]
+    assert [tuple(r) for r in masked.execute("SELECT rowid, a, b, c FROM t ORDER BY rowid")] == \
+        [(1, "*", 1, None), (2, "*", 2.0, 2.5), (3, "*", 3, 3), (4, "*", 4, 4), (5, "*", 5, 5)]
+    assert [type(v) for (v,) in plain.execute("SELECT b FROM t WHERE rowid = 2")] == [float]
+    assert projection._writes(plain, Layout(), [1], [["x", True, None]], [["*", True, None]], fresh=set()) == \
+        ([("UPDATE [t] SET [b] = ? WHERE rowid = ?", [[True, 1]])], [("UPDATE [t] SET [b] = ? WHERE rowid = ?", [[True, 1]])])
 
 
 def test_a_fill_hands_the_interpreter_lock_to_pages_sooner_and_puts_the_interval_back():
