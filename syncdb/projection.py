@@ -48,7 +48,15 @@ CODE_MASK = "***"
 
 
 def mask_value(column: Column, value):
-    """What staff without ``view-pii`` see of a sensitive value."""
+    """What staff without ``view-pii`` see of a sensitive value.
+
+    Masked as the plaintext database keeps it: SQLite keeps true as 1 and NaN as NULL, and a refresh
+    tells a masked cell changed by its plaintext cell alone (``_writes``), so a mask of 'True' beside
+    a plaintext 1 would stay after a night that sent 1 for true (a text column takes any JSON value)."""
+    if value.__class__ is bool:
+        value = int(value)
+    elif value.__class__ is float and value != value:
+        value = None
     if value is None or value == "":
         return value
     text = str(value)

@@ -1,0 +1,146 @@
+"""Second read of the publish refresh that compares the plaintext row only and writes the cells that
+differ to both databases (issue 14, item 3): a masked cell must follow from its plaintext cell as the
+plaintext database holds it, or a refresh leaves a mask a full build would not show."""
+
+import math
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from conftest import CODES, SECRET, World, id_number
+from syncdb import bundle, merge, projection
+from syncdb import community as community_lib
+from syncdb.crypto import Keyring, PublicKey
+from syncdb.hlc import Stamp, now_ms
+from syncdb.projection import Published
+from syncdb.store import open_store
+
+ENROLMENTS = "社保_参保登记"
+
+
+def _signed(world: World, code: str, sequence: int, changes: list[dict]) -> Path:
+    """A bundle of ``changes`` to shebao signed with the community's own key: what a stolen key, or a
+    program of the community's other than syncdb, can send past syncdb's capture."""
+    ring = Keyring.load(community_lib.state_dir(world.folders[code]) / "keyring.json", world.secret)
+    shebao = world.all_domains["shebao"]
+    path = world.root / bundle.file_name(code, sequence)
+    bundle.write(path, {"origin": code, "sequence": sequence, "schemas": {
+        "shebao": {"version": shebao.version, "fingerprint": shebao.fingerprint}}},
+        changes, ring, PublicKey.read(world.store / "office.pub.json"))
+    return path
+
+
+def _every_value(conn) -> dict[str, list[str]]:
+    """Every published table's rows as text that tells each value apart (repr), rowids left out."""
+    tables = [name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    return {name: sorted(repr(tuple(row)) for row in conn.execute(f"SELECT * FROM [{name}]")) for name in tables}
+
+
+def _databases() -> list[sqlite3.Connection]:
+    return [sqlite3.connect(":memory:", isolation_level=None) for _ in range(2)]
+
+
+def _built_whole(world: World) -> tuple[dict, dict]:
+    masked, plain = _databases()
+    with open_store(world.store, world.secret, world.all_domains) as store:
+        projection.fill(store, masked, plain)
+    return _every_value(masked), _every_value(plain)
+
+
+def _same_as_built(world: World, published: Published) -> None:
+    """Both databases, value by value, as a full build of the store makes them (the table that differs named)."""
+    built = _built_whole(world)
+    for which, refreshed, whole in zip(("masked", "plain"), (published.masked, published.plain), built):
+        refreshed = _every_value(refreshed)
+        assert refreshed.keys() == whole.keys()
+        for name in whole:
+            assert (which, name, refreshed[name]) == (which, name, whole[name])
+
+
+class Nights:
+    """One community sending shebao enrolments by signed bundles, merged for real, one bundle a night."""
+
+    def __init__(self, tmp_path, domains):
+        self.world = World(tmp_path, domains, codes=CODES[:1], community_domains=("huji", "shebao"))
+        self.code, self.sequence, self.clock = CODES[0], 0, now_ms() - 3_600_000
+        self.stamps: dict[tuple, str] = {}  # (record, column) -> the stamp of its last version
+
+    def night(self, cells_of: dict[int, dict]) -> None:
+        changes = []
+        for n, cells in cells_of.items():
+            self.clock += 1000
+            stamp = str(Stamp(self.clock, 0, self.code))
+            key = {"id_number": id_number(n), "insurance_type": "110"}
+            if (n, "status") not in self.stamps:
+                cells = {"status": "1", "start_date": "2024-01-01", "community_code": self.code} | cells
+                change = {"table": "shebao.enrolments", "op": "insert", "key": key, "cells": cells, "base": {}}
+            else:
+                change = {"table": "shebao.enrolments", "op": "update", "key": key, "cells": cells,
+                          "base": {c: self.stamps[(n, c)] for c in cells if (n, c) in self.stamps}}
+            changes.append(change | {"hlc": stamp})
+            self.stamps.update({(n, c): stamp for c in cells})
+        self.sequence += 1
+        done = merge.merge(self.world.store, [_signed(self.world, self.code, self.sequence, changes)],
+                           SECRET, self.world.all_domains)
+        assert not done.rejected and not done.opened, done.lines()
+
+    def published(self, published: Published) -> int:
+        with open_store(self.world.store, self.world.secret, self.world.all_domains) as store:
+            return published.update(store)
+
+
+@pytest.mark.parametrize("before, after", [(True, 1), (False, 0), (math.nan, None), (True, "1")],
+                         ids=["true-then-1", "false-then-0", "nan-then-null", "true-then-text-1"])
+def test_a_refresh_masks_a_sensitive_cell_as_a_full_build_does_when_its_plaintext_reads_back_the_same(
+        tmp_path, domains, before, after):
+    """单位名称 is sensitive text: the schema asks no type of it, so a bundle may carry true, 1 or NaN.
+    SQLite keeps true as 1 and NaN as NULL, so the plaintext database reads 1 (or NULL) either way, while
+    the masked cell was made from the Python value ('T**e' for True, 'n*n' for NaN). A night that turns
+    true into 1 (or NaN into null) is a change to the merge (repr), but the refresh, comparing the
+    plaintext row only, found nothing to write, and the masked database kept 'T**e' where a full build
+    shows '*'. A masked cell is now made from the value as the plaintext database keeps it."""
+    nights = Nights(tmp_path, domains)
+    nights.night({7: {"employer": before}})
+    published = Published(*_databases())
+    assert nights.published(published) == 1
+    nights.night({7: {"employer": after}})
+    assert nights.published(published) == 1
+    _same_as_built(nights.world, published)
+
+
+def test_a_masked_cell_is_the_mask_of_the_plaintext_cell_beside_it(tmp_path, domains):
+    """Whatever type a bundle gave a sensitive value, the masked database shows the mask of what the
+    plaintext database shows for it (a clerk's mask and a view-pii page agree)."""
+    nights = Nights(tmp_path, domains)
+    values = [True, False, math.nan, 1, 0, 1.0, -0.0, "1", "", None, "True", "nan", "某某科技有限公司"]
+    nights.night({n: {"employer": v} for n, v in enumerate(values)})
+    published = Published(*_databases())
+    nights.published(published)
+    column = domains["shebao"].tables["enrolments"].columns["employer"]
+    pairs = dict(published.plain.execute(f"SELECT rowid, [单位名称] FROM [{ENROLMENTS}]"))
+    for rowid, hidden in published.masked.execute(f"SELECT rowid, [单位名称] FROM [{ENROLMENTS}]"):
+        assert repr(hidden) == repr(projection.mask_value(column, pairs[rowid])), pairs[rowid]
+
+
+def test_refreshed_databases_after_random_nights_are_what_a_full_build_makes_value_and_type(tmp_path, domains):
+    """Random nights of values of every type a bundle's JSON gives (true, 1, 1.0, '1', -0.0, NaN, null,
+    '') in a sensitive column and a plain one, each refreshed; after each, both databases, compared by
+    repr, are what a full build of the same store makes."""
+    chooser = random.Random(14)
+    employers = [True, False, 1, 0, 1.0, 0.0, -0.0, "1", "0", "", None, math.nan, "True", "某公司",
+                 "某某科技有限公司"]
+    bases = [1, 1.0, "1", 0.0, -0.0, 2.5, "2.5", None, 3000]
+    nights = Nights(tmp_path, domains)
+    nights.night({n: {"employer": chooser.choice(employers), "monthly_base": chooser.choice(bases)}
+                  for n in range(8)})
+    published = Published(*_databases())
+    nights.published(published)
+    for _night in range(6):
+        tonight = {n: {column: chooser.choice(choices) for column, choices
+                       in (("employer", employers), ("monthly_base", bases)) if chooser.random() < 0.7}
+                   for n in chooser.sample(range(8), 4)}
+        nights.night({n: cells for n, cells in tonight.items() if cells})
+        nights.published(published)
+        _same_as_built(nights.world, published)
