@@ -144,3 +144,47 @@ def test_refreshed_databases_after_random_nights_are_what_a_full_build_makes_val
         nights.night({n: cells for n, cells in tonight.items() if cells})
         nights.published(published)
         _same_as_built(nights.world, published)
+
+
+# ---------------------------------------------------------------- a fill gives way to the pages of the site itself
+
+
+def test_the_sites_refresh_rests_while_a_page_is_in_flight_and_not_otherwise(tmp_path, domains, monkeypatch):
+    """The rests of a build or refresh (projection.Published._give_way) are asked of the site's own Gate:
+    publish's Datasette, started as `syncdb publish` starts it, builds without a page in flight and rests
+    in none of it; a refresh while a page is being served (inside the Gate, as asgi_wrapper holds it)
+    rests after its batch; one after the page has left does not. The tests of the rest alone hand
+    Published a serving() of their own, and stayed green with the site's Gate not wired to it."""
+    import asyncio
+
+    from syncdb import datasette_plugin, publish, staff
+
+    nights = Nights(tmp_path, domains)
+    nights.night({n: {"employer": f"某公司{n}"} for n in range(3)})
+    staff.add_user(nights.world.store, "chenjing", "long-enough-1", roles=["view-pii"])
+    rests = []
+    monkeypatch.setattr(projection.time, "sleep", rests.append)
+
+    async def site():
+        ds = publish.make_datasette(nights.world.store, SECRET, domains, refresh_seconds=3600)
+        await ds.invoke_startup()  # the start-up build: nobody reads yet
+        built = list(rests)
+        ctx = ds._syncdb
+        await asyncio.to_thread(nights.night, {1: {"employer": "另一公司"}})
+        async with ctx.gate.reading():  # a page in flight
+            await datasette_plugin.reload(ds)
+        during = list(rests)
+        await asyncio.to_thread(nights.night, {2: {"employer": "第三公司"}})
+        await datasette_plugin.reload(ds)
+        for task in ctx.tasks:
+            task.cancel()
+        refreshed = ctx.published.plain.execute(
+            f"SELECT count(*) FROM [{ENROLMENTS}] WHERE [单位名称] IN ('另一公司', '第三公司')").fetchone()[0]
+        for conn in ctx.writers:
+            conn.close()
+        return built, during, list(rests), refreshed
+
+    built, during, after, refreshed = asyncio.run(site())
+    assert built == [] and refreshed == 2
+    assert len(during) == 1 and during[0] >= 0
+    assert after == during
