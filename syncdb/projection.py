@@ -222,6 +222,9 @@ def _indexed_columns(table: Table, facets: bool = True) -> list[str]:
     return list(dict.fromkeys(indexed(table) + linked + (facet_columns(table) if facets else [])))
 
 
+SQLITE_LEAST, SQLITE_MOST = -2 ** 63, 2 ** 63 - 1  # the integers SQLite keeps
+
+
 class _Layout:
     """How one store table is published: its columns read, its published labels, its masks."""
 
@@ -232,6 +235,8 @@ class _Layout:
         self.born = birth_date_columns(table)
         self.labels = [table.columns[c].label for c in self.names] + ([PERSON_COLUMN] if self.linked else [])
         self.cells = Cells(table, self.names)
+        # A sealed value is JSON, which keeps any whole number; SQLite keeps 64 bits (see rows).
+        self.sealed_at = [i for i, c in enumerate(self.names) if table.columns[c].sensitive]
         self.select = self.cells.sql + (f", [{self.linked}__bi]" if self.linked else "")
         self.definitions = {hides: _definition(domains, table, self.names, bool(self.linked), hides)
                             for hides in (True, False)}
@@ -242,6 +247,11 @@ class _Layout:
         columns = [self.table.columns[c] for c in self.names]
         for key, *values in chunk:
             row = self.cells.values(store.seals, key, values)
+            for i in self.sealed_at:
+                # A text column takes any JSON value: a whole number past SQLite's 64 bits is published
+                # as its digits, where binding it raised OverflowError and no build or refresh could end.
+                if row[i].__class__ is int and not SQLITE_LEAST <= row[i] <= SQLITE_MOST:
+                    row[i] = str(row[i])
             masked_row = [mask_value(column, v) if column.sensitive
                           else (v[:4] if column.name in self.born and isinstance(v, str) else v)
                           for column, v in zip(columns, row)]

@@ -188,3 +188,24 @@ def test_the_sites_refresh_rests_while_a_page_is_in_flight_and_not_otherwise(tmp
     assert built == [] and refreshed == 2
     assert len(during) == 1 and during[0] >= 0
     assert after == during
+
+
+# ---------------------------------------------------------------- a value SQLite cannot hold
+
+
+def test_a_sensitive_whole_number_past_64_bits_is_published_not_a_publish_that_cannot_start(tmp_path, domains):
+    """单位名称 is sensitive text, which the schema asks no type of: a bundle may carry 2**70 for it. The
+    merge seals it (a seal's JSON keeps any integer), but SQLite holds integers of 64 bits at most, and
+    the build raised OverflowError: `syncdb publish` could not start, nor refresh, from that night on.
+    It is published as its digits, as text, in a build and in a refresh alike."""
+    nights = Nights(tmp_path, domains)
+    nights.night({1: {"employer": 2 ** 70}, 2: {"employer": "某公司"}})
+    published = Published(*_databases())
+    assert nights.published(published) == 2
+    assert published.plain.execute(f"SELECT [单位名称] FROM [{ENROLMENTS}] WHERE [单位名称] LIKE '1%'").fetchall() \
+        == [(str(2 ** 70),)]
+    nights.night({1: {"employer": -(2 ** 64)}, 2: {"employer": 2 ** 63}})
+    assert nights.published(published) == 2
+    _same_as_built(nights.world, published)
+    assert sorted(v for (v,) in published.plain.execute(f"SELECT [单位名称] FROM [{ENROLMENTS}]")) \
+        == sorted([str(-(2 ** 64)), str(2 ** 63)])
