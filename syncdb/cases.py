@@ -309,7 +309,7 @@ def keep_bearings(store: Store, check: str, now: dict[tuple[str, bytes], dict[by
     are left as they were. Return how many records were written.
 
     What is kept for them is read 500 records at a time: a community's first load writes some for
-    each of its thousands of records, and one query each cost a tenth of the checks."""
+    each of its thousands of records, and one query each was 15,000 queries a load."""
     todo: dict[str, list[bytes]] = {}
     for tbl, key in set(now) | set(before):
         if set(now.get((tbl, key), {})) != before.get((tbl, key), set()):
