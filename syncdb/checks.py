@@ -14,7 +14,8 @@ the merge touched are looked at: the records changed since each check's
 last run (``store.changed_since``), mapped to subjects by the check's own
 ``subjects_of``, and the subjects of its cases built on a changed record.
 ``run(store, everything=True)`` (``syncdb checks run STORE --all``) looks
-at every record.
+at every record, and builds again from them what each check keeps per
+record (``Bearings``).
 
 Office-set thresholds live in ``STORE/checks.toml`` (``settings``): a table
 per check, overriding the defaults the check declares, and ``today``, the
@@ -510,7 +511,8 @@ def _run(store: Store, everything: bool, names: Iterable[str] | None) -> Report:
             # Other settings, or another day for a check that counts from it, may change any finding; without
             # what it kept of the subjects records bore on, it could not see which ones they left.
             whole = everything or changed is None or _moved(previous, options)
-            bearings = Bearings(store, views[whole], check, changed)
+            # --all builds again from every record what the check keeps of each (a repair, not only a look).
+            bearings = Bearings(store, views[whole], check, None if everything else changed)
             if any(bearings.now.values()) and cases.needs_bit(store, check.name):
                 with store.transaction():  # its bit of the rows the checks share, or this check fails alone
                     cases.ensure(store)
