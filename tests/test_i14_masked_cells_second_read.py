@@ -4,49 +4,17 @@ plaintext database holds it, or a refresh leaves a mask a full build would not s
 
 import math
 import random
-import sqlite3
-from pathlib import Path
 
 import pytest
 
 from conftest import CODES, SECRET, World, id_number
-from syncdb import bundle, merge, projection
-from syncdb import community as community_lib
-from syncdb.crypto import Keyring, PublicKey
+from syncdb import merge, projection
 from syncdb.hlc import Stamp, now_ms
 from syncdb.projection import Published
 from syncdb.store import open_store
+from test_i14_refresh_second_read import _built_whole, _databases, _every_value, _signed
 
 ENROLMENTS = "社保_参保登记"
-
-
-def _signed(world: World, code: str, sequence: int, changes: list[dict]) -> Path:
-    """A bundle of ``changes`` to shebao signed with the community's own key: what a stolen key, or a
-    program of the community's other than syncdb, can send past syncdb's capture."""
-    ring = Keyring.load(community_lib.state_dir(world.folders[code]) / "keyring.json", world.secret)
-    shebao = world.all_domains["shebao"]
-    path = world.root / bundle.file_name(code, sequence)
-    bundle.write(path, {"origin": code, "sequence": sequence, "schemas": {
-        "shebao": {"version": shebao.version, "fingerprint": shebao.fingerprint}}},
-        changes, ring, PublicKey.read(world.store / "office.pub.json"))
-    return path
-
-
-def _every_value(conn) -> dict[str, list[str]]:
-    """Every published table's rows as text that tells each value apart (repr), rowids left out."""
-    tables = [name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-    return {name: sorted(repr(tuple(row)) for row in conn.execute(f"SELECT * FROM [{name}]")) for name in tables}
-
-
-def _databases() -> list[sqlite3.Connection]:
-    return [sqlite3.connect(":memory:", isolation_level=None) for _ in range(2)]
-
-
-def _built_whole(world: World) -> tuple[dict, dict]:
-    masked, plain = _databases()
-    with open_store(world.store, world.secret, world.all_domains) as store:
-        projection.fill(store, masked, plain)
-    return _every_value(masked), _every_value(plain)
 
 
 def _same_as_built(world: World, published: Published) -> None:
@@ -82,7 +50,7 @@ class Nights:
             changes.append(change | {"hlc": stamp})
             self.stamps.update({(n, c): stamp for c in cells})
         self.sequence += 1
-        done = merge.merge(self.world.store, [_signed(self.world, self.code, self.sequence, changes)],
+        done = merge.merge(self.world.store, [_signed(self.world, self.code, self.sequence, changes, "shebao")],
                            SECRET, self.world.all_domains)
         assert not done.rejected and not done.opened, done.lines()
 

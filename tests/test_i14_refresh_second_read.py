@@ -20,14 +20,14 @@ from syncdb.store import open_store
 BENEFITS = "民政_民政待遇"
 
 
-def _signed(world: World, code: str, sequence: int, changes: list[dict]) -> Path:
-    """A bundle of ``changes`` to minzheng signed with the community's own key: what a stolen key, or a
+def _signed(world: World, code: str, sequence: int, changes: list[dict], domain: str = "minzheng") -> Path:
+    """A bundle of ``changes`` to ``domain`` signed with the community's own key: what a stolen key, or a
     program of the community's other than syncdb, can send past syncdb's capture."""
     ring = Keyring.load(community_lib.state_dir(world.folders[code]) / "keyring.json", world.secret)
-    minzheng = world.all_domains["minzheng"]
+    schemas = world.all_domains[domain]
     path = world.root / bundle.file_name(code, sequence)
     bundle.write(path, {"origin": code, "sequence": sequence, "schemas": {
-        "minzheng": {"version": minzheng.version, "fingerprint": minzheng.fingerprint}}},
+        domain: {"version": schemas.version, "fingerprint": schemas.fingerprint}}},
         changes, ring, PublicKey.read(world.store / "office.pub.json"))
     return path
 
