@@ -11,6 +11,7 @@ index or a scan.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 
 import pytest
@@ -50,6 +51,22 @@ class SameAddress:
 def street(tmp_path, domains):
     (tmp_path / "keyfile").write_bytes(b"v" * 32)
     return Street(tmp_path, domains, tmp_path / "keyfile", codes=CODES[:1], residents=300)
+
+
+@contextlib.contextmanager
+def looks():
+    """What each checks.run inside the block looked at (its Report.looked), in order."""
+    looked, run = [], checks.run
+
+    def watched(*args, **kwargs):
+        report = run(*args, **kwargs)
+        looked.append(report.looked)
+        return report
+    checks.run = watched
+    try:
+        yield looked
+    finally:
+        checks.run = run
 
 
 def kept(conn, check: str) -> list[tuple]:
@@ -99,18 +116,8 @@ def test_an_upgrade_drops_the_old_bearings_and_the_next_run_looks_at_everything_
     conn.execute("PRAGMA user_version = 2")
     conn.close()
 
-    looked = []
-    run = checks.run
-
-    def watched(*args, **kwargs):
-        report = run(*args, **kwargs)
-        looked.append(report.looked)
-        return report
-    checks.run = watched
-    try:
+    with looks() as looked:
         merge.merge(street.store, [], street.secret, street.domains)  # upgrades, then runs the checks
-    finally:
-        checks.run = run
 
     assert looked and all(looked[0][c] is None for c in counts), "a check keeping version 1 looks at everything"
     with street.opened(write=True) as st:

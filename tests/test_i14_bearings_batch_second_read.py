@@ -15,7 +15,7 @@ from syncdb.crypto import Secret
 from syncdb.plugins import registered
 from syncdb.store import open_store
 from test_checks import CODES, Street
-from test_checks_bearings import SameAddress
+from test_checks_bearings import SameAddress, looks
 
 PERSONS = "huji.persons"
 
@@ -57,18 +57,8 @@ def test_a_night_moving_more_than_500_records_of_a_table_keeps_what_a_run_from_n
             huji.close()
             liudong.close()
 
-        looked = []
-        run = checks.run
-
-        def watched(*args, **kwargs):
-            report = run(*args, **kwargs)
-            looked.append(report.looked)
-            return report
-        checks.run = watched
-        try:
+        with looks() as looked:
             summary = street.push_and_merge()
-        finally:
-            checks.run = run
         assert "failed" not in "\n".join(summary.lines())
         assert looked and looked[0]["household_head"] is not None, "the night's run looked at what changed only"
 
