@@ -505,14 +505,16 @@ def _run(store: Store, everything: bool, names: Iterable[str] | None) -> Report:
                 report.skipped.append((check.name, _("turned off in {file}").format(file=SETTINGS_FILE)))
                 continue
             previous, since = used.get(check.name), last.get(check.name)
-            if since is not None and _kept(previous, check) and since not in changes:
+            # --all builds again from every record what the check keeps of each (a repair, not only a look),
+            # and needs nothing of the ledger: since a check's last run it may be months of changes.
+            incremental = not everything and since is not None and _kept(previous, check)
+            if incremental and since not in changes:
                 changes[since] = store.cells_changed_since(since)
-            changed = watched_changes(changes[since], check) if since in changes and _kept(previous, check) else None
+            changed = watched_changes(changes[since], check) if incremental else None
             # Other settings, or another day for a check that counts from it, may change any finding; without
             # what it kept of the subjects records bore on, it could not see which ones they left.
-            whole = everything or changed is None or _moved(previous, options)
-            # --all builds again from every record what the check keeps of each (a repair, not only a look).
-            bearings = Bearings(store, views[whole], check, None if everything else changed)
+            whole = changed is None or _moved(previous, options)
+            bearings = Bearings(store, views[whole], check, changed)
             if any(bearings.now.values()) and cases.needs_bit(store, check.name):
                 with store.transaction():  # its bit of the rows the checks share, or this check fails alone
                     cases.ensure(store)

@@ -204,5 +204,9 @@ def test_a_run_over_everything_builds_again_what_each_check_keeps_per_record(str
         assert sorted(st.conn.execute("SELECT * FROM record_bearings").fetchall()) != everything
         checks.run(st)  # nothing changed since the last run: nothing is built again
         assert sorted(st.conn.execute("SELECT * FROM record_bearings").fetchall()) != everything
+
+        def unread(*args):
+            raise AssertionError("a run over everything read the ledger for what changed")
+        st.cells_changed_since = unread
         checks.run(st, everything=True)
         assert sorted(st.conn.execute("SELECT * FROM record_bearings WHERE holders != 0").fetchall()) == everything
