@@ -575,8 +575,8 @@ class Bearings:
     household or house it left, which may now show a problem (no head any
     more) or not (no longer overfull), is known only from what was kept of
     the record when it was last checked. Built from every record the first
-    time (``changed`` None), then brought up to date from the records changed
-    since the check last ran; ``subjects`` are those the changed records bear
+    time and by every run over everything (``changed`` None), then brought up
+    to date from the records changed since the check last ran; ``subjects`` are those the changed records bear
     on now and bore on before, the ones an incremental run looks at.
     """
 
