@@ -576,8 +576,9 @@ class Bearings:
     more) or not (no longer overfull), is known only from what was kept of
     the record when it was last checked. Built from every record the first
     time and by every run over everything (``changed`` None), then brought up
-    to date from the records changed since the check last ran; ``subjects`` are those the changed records bear
-    on now and bore on before, the ones an incremental run looks at.
+    to date from the records changed since the check last ran; ``subjects``
+    are those the changed records bear on now and bore on before, the ones an
+    incremental run looks at.
     """
 
     def __init__(self, store: Store, records: Records, check: Check, changed: dict[str, set[bytes]] | None):
