@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import sqlite3
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
+
+from cryptography.exceptions import InvalidTag
 
 from . import audit
 from .errors import SyncdbError
@@ -208,6 +211,8 @@ def subjects_on(store: Store, check: str, changed: dict[str, set[bytes]]) -> set
 # ``check_bearings`` kept each subject sealed beside its blind index and the names, one row per
 # check: 107 bytes a row against about 37, shared.)
 MAX_BEARING_CHECKS = 63  # bits of ``holders``
+UNOPENED_INDEX = b"unopened"  # all_bearings: a record kept a subject that does not open (no blind index is this)
+log = logging.getLogger(__name__)
 
 
 def _bit(store: Store, check: str, make: bool = False) -> int | None:
@@ -258,6 +263,19 @@ def _subject(store: Store, tbl: str, key: bytes, stored):
     return stored if isinstance(stored, str) else _open(store, "subject", stored, _bearing_cell(tbl, key))
 
 
+UNOPENED = object()  # a kept subject that does not open: no subject any record has
+
+
+def _subject_or_unopened(store: Store, tbl: str, key: bytes, stored):
+    """``_subject``, or UNOPENED for a sealed subject that does not open (damaged, or moved from another
+    record: the seal is bound to its record). What the checks keep is made from the records, so a run
+    building it again replaces such a row (``all_bearings``, ``keep_bearings``) rather than failing on it."""
+    try:
+        return _subject(store, tbl, key, stored)
+    except (InvalidTag, SyncdbError, ValueError):
+        return UNOPENED
+
+
 def bearings(store: Store, check: str, kind: str, tbl: str, keys) -> dict[bytes, dict[bytes, object]]:
     """Blind key -> {blind subject: subject} the check keeps for these records of ``tbl``."""
     found: dict[bytes, dict[bytes, object]] = {}
@@ -288,6 +306,7 @@ def all_bearings(store: Store, check: str, kind: str) -> dict[tuple[str, bytes],
         return found
     names = {i: tbl for tbl, i in _table_ids(store).items()}
     blind: dict[str, bytes] = {}  # a 户号 kept for each of its members is indexed once
+    unopened = 0
     for tbl_id, key, stored in store.conn.execute(
             "SELECT tbl_id, key, subject FROM record_bearings WHERE holders & ?", (1 << bit,)):
         key, tbl = bytes(key), names[tbl_id]
@@ -296,8 +315,16 @@ def all_bearings(store: Store, check: str, kind: str) -> dict[tuple[str, bytes],
             if index is None:
                 index = blind[stored] = subject_index(store, kind, stored)
         else:
-            index = subject_index(store, kind, _subject(store, tbl, key, stored))
+            subject = _subject_or_unopened(store, tbl, key, stored)
+            if subject is UNOPENED:
+                unopened += 1
+                found.setdefault((tbl, key), set()).add(UNOPENED_INDEX)  # kept now by no record: written again
+                continue
+            index = subject_index(store, kind, subject)
         found.setdefault((tbl, key), set()).add(index)
+    if unopened:
+        log.warning("check %s: %d kept subjects did not open (a damaged store, or one changed by hand); "
+                    "they are built again from their records", check, unopened)
     return found
 
 
@@ -335,8 +362,8 @@ def keep_bearings(store: Store, check: str, now: dict[tuple[str, bytes], dict[by
             for key in part:
                 wanted = {plain: clear for plain, clear in now.get((tbl, key), {}).values()}
                 for stored, holders in held.get(key, ()):
-                    plain = _subject(store, tbl, key, stored)
-                    keep = plain in wanted
+                    plain = _subject_or_unopened(store, tbl, key, stored)
+                    keep = plain is not UNOPENED and plain in wanted
                     wanted.pop(plain, None)
                     rest = (holders | bit) if keep else (holders & ~bit)
                     if rest == holders:
