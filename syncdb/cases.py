@@ -323,8 +323,8 @@ def all_bearings(store: Store, check: str, kind: str) -> dict[tuple[str, bytes],
             index = subject_index(store, kind, subject)
         found.setdefault((tbl, key), set()).add(index)
     if unopened:
-        log.warning("check %s: %d kept subjects did not open (a damaged store, or one changed by hand); "
-                    "they are built again from their records", check, unopened)
+        log.warning(_("check {check}: {count} kept subjects did not open (a damaged store, or one changed by "
+                      "hand); they are built again from their records").format(check=check, count=unopened))
     return found
 
 
