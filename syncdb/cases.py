@@ -35,6 +35,8 @@ from .errors import SyncdbError
 from .i18n import N_, _
 from .store import Store
 
+log = logging.getLogger(__name__)
+
 TABLES = """
 CREATE TABLE IF NOT EXISTS cases (
     id INTEGER PRIMARY KEY, check_name TEXT NOT NULL, subject_kind TEXT NOT NULL, subject BLOB NOT NULL,
@@ -211,8 +213,6 @@ def subjects_on(store: Store, check: str, changed: dict[str, set[bytes]]) -> set
 # ``check_bearings`` kept each subject sealed beside its blind index and the names, one row per
 # check: 107 bytes a row against about 37, shared.)
 MAX_BEARING_CHECKS = 63  # bits of ``holders``
-UNOPENED_INDEX = b"unopened"  # all_bearings: a record kept a subject that does not open (no blind index is this)
-log = logging.getLogger(__name__)
 
 
 def _bit(store: Store, check: str, make: bool = False) -> int | None:
@@ -264,6 +264,7 @@ def _subject(store: Store, tbl: str, key: bytes, stored):
 
 
 UNOPENED = object()  # a kept subject that does not open: no subject any record has
+UNOPENED_INDEX = b"unopened"  # all_bearings: the blind index it stands under (none is 8 bytes long)
 
 
 def _subject_or_unopened(store: Store, tbl: str, key: bytes, stored):
