@@ -100,7 +100,7 @@ def case_view(store: Store, view: checks.Records, item: dict, plaintext: bool) -
         records.append(_record(store, view, r, plaintext, secrets, links))
     subject, person = item["subject"], item["subject_kind"] == "person"
     # The subject's own person page; every record's is beside the record.
-    links["person"] = [_person_href(store.blind_id(subject).hex())] if person else []
+    links["person"] = [_person_href(projection.person_token(store.blind_id(subject)))] if person else []
     if person:
         secrets[str(subject)] = mask(subject)
     elif item["subject_kind"] == "household":
@@ -117,7 +117,7 @@ def case_view(store: Store, view: checks.Records, item: dict, plaintext: bool) -
             "reason": item["reason"] if plaintext else None, "has_reason": bool(item["reason"])}
 
 
-def _person_href(token: str) -> str:
+def _person_href(token: int) -> str:
     return f"/-/person/{token}"
 
 
@@ -134,7 +134,7 @@ def _record(store: Store, view: checks.Records, shown: dict, plaintext: bool, se
     if record is not None:
         person = projection.person_column(schema)
         if person and record[person]:
-            href = _person_href(store.blind_id(record[person]).hex())
+            href = _person_href(projection.person_token(store.blind_id(record[person])))
         numbers = [record[c] for c in pages.references(schema, pages.HOUSEHOLDS)]
         numbers += [record[c] for c in schema.key] if schema.qualified == pages.HOUSEHOLDS else []
         links["household"] += [pages.household_href(store.domains, n) for n in numbers if n]

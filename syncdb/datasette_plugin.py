@@ -613,13 +613,13 @@ async def logout(datasette, request):
 async def person(datasette, request):
     """Everything about one person: each domain's records, where they live, their household with its
     members, the open conflicts on their records, and (once the checks exist) their open cases."""
-    token = request.url_vars["token"]
+    token = projection.read_person_token(request.url_vars["token"])
     actor = actor_of(datasette, request)
     plain = sees_plaintext(actor)
     ctx = _context(datasette)
     db = datasette.get_database(projection.PLAIN_DB if plain else projection.MASKED_DB)
     sections = []
-    for name in await db.table_names():
+    for name in await db.table_names() if token is not None else ():
         columns = [c for c in await db.table_columns(name)]
         if projection.PERSON_COLUMN not in columns:
             continue
@@ -641,7 +641,7 @@ async def person(datasette, request):
     return Response.html(html, status=200 if sections else 404, headers=PRIVATE)
 
 
-async def _about_person(datasette, ctx: Context, db, token: str, plain: bool) -> dict:
+async def _about_person(datasette, ctx: Context, db, token: int, plain: bool) -> dict:
     """The person page beyond each domain's records: places, households, open conflicts and cases."""
     places = await db.execute_fn(lambda conn: pages.person_places(conn, ctx.domains, token))
     households = await db.execute_fn(lambda conn: pages.person_households(conn, ctx.domains, token))
@@ -739,11 +739,11 @@ def _missed(ctx: Context, actor: dict, plain: bool) -> None:
                           count=count, account=actor["id"], minutes=f"{ctx.misses.window / 60:g}"))
 
 
-def _log_lookup(ctx: Context, actor: str, query) -> str:
-    """Write the look-up to the page-view log as its blind index; return the full index (a person's token)."""
+def _log_lookup(ctx: Context, actor: str, query) -> int:
+    """Write the look-up to the page-view log as its blind index; return the person's number it gives."""
     with ctx.store() as store:
         page = shown_page(store, "/-/lookup", urlencode({query.kind: query.text}))
-        token = store.blind_id(query.text).hex()
+        token = projection.person_token(store.blind_id(query.text))
     publishdb.log_view(ctx.store_dir, store.keyring, actor, page)
     return token
 
@@ -842,7 +842,7 @@ def register_routes(datasette):
     return [
         (r"^/-/login$", login),
         (r"^/-/logout$", logout),
-        (r"^/-/person/(?P<token>[0-9a-f]{32})$", person),
+        (r"^/-/person/(?P<token>[0-9]{1,19})$", person),
         (r"^/-/address/(?P<code>[0-9A-Za-z]{1,40})$", address),
         (r"^/-/household/(?P<number>[0-9A-Za-z_-]{1,40})$", household),
         (r"^/-/lookup$", lookup),
@@ -866,7 +866,7 @@ def prepare_connection(conn, database, datasette):
 
 @hookimpl
 def render_cell(value, column, table, database, datasette):
-    if column == projection.PERSON_COLUMN and isinstance(value, str) and len(value) == 32:
+    if column == projection.PERSON_COLUMN and value.__class__ is int:
         words = _("View")  # (not inside the f-string, where the catalogue's extraction cannot see it)
         return Markup(f'<a href="/-/person/{escape(value)}">{escape(words)}</a>')
     ctx = getattr(datasette, "_syncdb", None)

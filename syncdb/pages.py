@@ -203,7 +203,7 @@ def _address(db: Published, code: str) -> dict | None:
             "cells": db.shown(addresses, addresses.columns, row)}
 
 
-def person_places(conn, domains: dict[str, Domain], token: str) -> list[dict]:
+def person_places(conn, domains: dict[str, Domain], token: int) -> list[dict]:
     """Where the person with this token lives, from each record of theirs that names an address or a house:
     the address as people read it, its grid, and the house."""
     db = Published(conn, domains)
@@ -371,7 +371,7 @@ def named_tables(domains: dict[str, Domain]) -> list[Table]:
     return [t for t in person_tables(domains) if t.key == (person_column(t),) and "name" in t.columns]
 
 
-def person_known(conn, domains: dict[str, Domain], token: str) -> bool:
+def person_known(conn, domains: dict[str, Domain], token: int) -> bool:
     """Does any published record name the person with this token?"""
     db = Published(conn, domains)
     return any(db.rows(t, {PERSON_COLUMN: [token]}) for t in person_tables(domains))
@@ -381,14 +381,14 @@ def _like(text: str) -> str:
     return "%" + re.sub(r"([\\%_])", r"\\\1", text) + "%"
 
 
-def find_people(plain_conn, domains: dict[str, Domain], query: Query) -> list[str]:
+def find_people(plain_conn, domains: dict[str, Domain], query: Query) -> list[int]:
     """Tokens of the people a name (or, for view-pii, a part of a name or number) finds.
 
     ``plain_conn`` is the plaintext in-memory database: names are compared
     there and never leave publish's memory; only tokens come back.
     """
     db = Published(plain_conn, domains)
-    tokens: list[str] = []
+    tokens: list[int] = []
     for table in named_tables(domains):
         # A former name (曾用名) finds the person too: papers from before the change still carry it.
         columns = [table.columns[c].label for c in ("name", "former_name") if c in table.columns]
@@ -399,11 +399,11 @@ def find_people(plain_conn, domains: dict[str, Domain], query: Query) -> list[st
         where = " OR ".join(f"[{c}] {test}" for c in columns)
         found = plain_conn.execute(f"SELECT [{PERSON_COLUMN}] FROM [{db.name(table)}] WHERE {where} LIMIT ?",
                                    [value] * len(columns) + [MOST_FOUND + 1])
-        tokens += [t for (t,) in found if t and t not in tokens]
+        tokens += [t for (t,) in found if t is not None and t not in tokens]
     return tokens
 
 
-def found_people(conn, domains: dict[str, Domain], tokens: list[str]) -> list[dict]:
+def found_people(conn, domains: dict[str, Domain], tokens: list[int]) -> list[dict]:
     """The look-up's list, from the database the reader may open: per table, each person found and a link."""
     db = Published(conn, domains)
     groups = []
@@ -453,7 +453,7 @@ def member_tables(domains: dict[str, Domain]) -> list[Table]:
 def _is_head(table: Table, row: dict, head_token) -> bool:
     """The head: the person the household names as its head, or, failing that, the member coded 户主
     (the schema's one-per rule: one 02 per household among the members still registered)."""
-    if head_token:
+    if head_token is not None:
         return row.get(PERSON_COLUMN) == head_token
     rule = table.one_per
     return bool(rule) and str(row.get(rule.column) or "") == rule.value and rule.counts(row)
@@ -508,7 +508,7 @@ def _naming_household(db: Published, number: str) -> list[dict]:
     return sections
 
 
-def person_households(conn, domains: dict[str, Domain], token: str) -> list[dict]:
+def person_households(conn, domains: dict[str, Domain], token: int) -> list[dict]:
     """The households the person with this token is registered in (one, as a rule), with their members."""
     db = Published(conn, domains)
     numbers = []
@@ -521,7 +521,7 @@ def person_households(conn, domains: dict[str, Domain], token: str) -> list[dict
 
 # ---------------------------------------------------------------- what the person page says about the person
 
-def person_keys(plain_conn, domains: dict[str, Domain], token: str) -> list[tuple[str, list]]:
+def person_keys(plain_conn, domains: dict[str, Domain], token: int) -> list[tuple[str, list]]:
     """(table, natural key values) of every record naming the person, read from the plaintext database:
     the store finds conflicts by a record's blind key, the HMAC of its plaintext key. Kept in memory."""
     db = Published(plain_conn, domains)

@@ -39,7 +39,29 @@ from .store import Cells, Store, table_name
 
 MASKED_DB = "renkou"
 PLAIN_DB = "renkou_mingwen"
-PERSON_COLUMN = "档案"  # the blind index of the record's ID number, shown as a link to the person page
+PERSON_COLUMN = "档案"  # the person's number (person_token), shown as a link to the person page
+PERSON_TOKEN_BITS = 63
+
+
+def person_token(blind: bytes) -> int:
+    """The person's number: what the 档案 column holds and the person page is addressed by.
+
+    The first 63 bits of the blind index of their ID number, so a whole number SQLite keeps in
+    8 bytes: as 32 hex characters it took 33 bytes in each database's tables and as much again
+    in each one's index on it, about a fifth of publish's memory (docs/publish.md "Memory").
+    Two people of a street of two million share a number with a chance of about 2 in 10
+    million; nobody can make it happen on purpose without the office's index key, which no
+    community holds.
+    """
+    return int.from_bytes(bytes(blind)[:8], "big") >> (64 - PERSON_TOKEN_BITS)
+
+
+def read_person_token(text: str) -> int | None:
+    """The person's number a person page's address carries, or None where no person can have it."""
+    if not text.isascii() or not text.isdigit():
+        return None
+    number = int(text)
+    return number if number < 2 ** PERSON_TOKEN_BITS and str(number) == text else None
 
 
 # ---------------------------------------------------------------- masking
@@ -181,7 +203,8 @@ def _definition(domains: dict[str, Domain], table: Table, names: list[str], link
         target = code_tables.get((table.domain, table.name, name))
         columns.append(f"[{column.label}]" + (f" REFERENCES [{target}]([{CODE}])"
                                               if target and labelled(column, masked) else ""))
-    return ", ".join(columns + ([f"[{PERSON_COLUMN}]"] if linked else []))
+    # INTEGER: the person's number, compared as a number with the text of a filter (?档案=…).
+    return ", ".join(columns + ([f"[{PERSON_COLUMN}] INTEGER"] if linked else []))
 
 
 # ---------------------------------------------------------------- filling the databases
@@ -256,7 +279,7 @@ class _Layout:
                           else (v[:4] if column.name in self.born and isinstance(v, str) else v)
                           for column, v in zip(columns, row)]
             if self.linked:
-                token = bytes(values[-1]).hex() if values[-1] is not None else None
+                token = person_token(values[-1]) if values[-1] is not None else None
                 row.append(token)
                 masked_row.append(token)
             shown.append(row)

@@ -13,6 +13,7 @@ import pytest
 from conftest import Publisher, add_staff
 from syncdb import cases, checks
 from syncdb.masks import mask
+from syncdb.projection import person_token
 from test_checks import CODES, Street, env_for
 
 
@@ -117,7 +118,7 @@ def test_each_case_links_to_the_person_household_and_address_pages(street, site)
     clerk = site.sign_in("lilei")
     with street.opened() as st:
         (paid,) = checks.list_cases(st, "deceased_paid", masked=False)[:1]
-        token = st.blind_id(paid["subject"]).hex()
+        token = person_token(st.blind_id(paid["subject"]))
     html = _page(clerk, f"{site.url}/-/checks/deceased_paid")
     row = html.split(f'id="case-{paid["id"]}"', 1)[1].split("</tr>", 1)[0]
     assert f'href="/-/person/{token}"' in row
@@ -196,7 +197,7 @@ def test_a_dismissed_case_keeps_its_reason_from_masked_roles(street, site):
 def test_the_person_page_lists_the_person_s_open_cases(street, site):
     with street.opened() as st:
         paid = checks.list_cases(st, "deceased_paid", masked=False)[0]
-        token = st.blind_id(paid["subject"]).hex()
+        token = person_token(st.blind_id(paid["subject"]))
     html = _page(site.sign_in("lilei"), f"{site.url}/-/person/{token}")
     listed = html.split('id="person-cases"', 1)[1].split("</ul>", 1)[0]
     assert "Deceased or moved out, yet still paid (open): " in listed

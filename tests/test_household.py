@@ -71,7 +71,7 @@ def token_of(session, url, real_id):
     rows = session.get(f"{url}/{PLAIN_DB}/户籍_人员.json",
                        params={"_shape": "array", "公民身份号码": real_id}).json()
     assert len(rows) == 1, rows
-    return rows[0]["档案"]
+    return str(rows[0]["档案"])  # as the person page's address spells it
 
 
 def page_views(store):

@@ -90,7 +90,7 @@ def _files(store):
 def _token(session, url, table, id_column, real_id):
     rows = session.get(f"{url}/{PLAIN_DB}/{table}.json", params={"_shape": "array", id_column: real_id}).json()
     assert len(rows) == 1, rows
-    return rows[0][PERSON_COLUMN]
+    return str(rows[0][PERSON_COLUMN])  # as the person page's address spells it
 
 
 def _views(store):
