@@ -1,0 +1,102 @@
+"""The person's number (projection.person_token) in the 档案 column and the person page's address,
+read a second time: every address a number can be spelled in, the filters that carry it, and the
+site's CSV, which Excel opens. Real `syncdb publish` over HTTP on the family of test_household.py."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+
+import pytest
+from datasette.utils import tilde_decode
+
+from conftest import Publisher
+from syncdb import projection
+from syncdb.projection import MASKED_DB, PERSON_COLUMN, PLAIN_DB
+from syncdb.schema import schemas_dir
+from test_household import FAMILY, HEAD, WIFE, family, member_rows  # noqa: F401
+
+PERSONS = "户籍_人员"
+
+
+@pytest.fixture
+def site(family, publisher) -> Publisher:  # noqa: F811
+    return publisher(family, "--schemas", str(schemas_dir()))
+
+
+def numbers(session, url) -> dict[str, int]:
+    """ID number -> the person's number, as the plaintext database holds them."""
+    rows = session.get(f"{url}/{PLAIN_DB}/{PERSONS}.json", params={"_shape": "array"}).json()
+    return {r["公民身份号码"]: r[PERSON_COLUMN] for r in rows}
+
+
+def test_a_person_number_is_read_from_its_one_spelling_only():
+    for text, number in (("0", 0), ("7", 7), (str(2 ** 63 - 1), 2 ** 63 - 1)):
+        assert projection.read_person_token(text) == number
+    for text in ("", "07", "00", str(2 ** 63), "9" * 19, "1" * 20, "-1", "+1", " 1", "1 ", "1_000",
+                 "\uff11\uff12",  # fullwidth digits, which str.isdigit takes
+                 "\u0661\u0662",  # Arabic-Indic digits
+                 "\u00b9",  # a superscript one: isdigit, and int() refuses it
+                 "1\n"):
+        assert projection.read_person_token(text) is None, repr(text)
+    # The first 63 bits of the blind index: the highest and the lowest a blind index can give.
+    assert projection.person_token(b"\xff" * 16) == 2 ** 63 - 1
+    assert projection.person_token(b"\x00" * 16) == 0
+    assert projection.person_token(b"\x00" * 7 + b"\x01" + b"\xff" * 8) == 0  # the 64th bit is left out
+
+
+def test_the_person_page_answers_at_its_number_and_nowhere_else(site):
+    li, wang = site.sign_in("lilei"), site.sign_in("wangfang")
+    wife = numbers(wang, site.url)[WIFE["id_number"]]
+    for session in (li, wang):
+        page = session.get(f"{site.url}/-/person/{wife}")
+        assert page.status_code == 200 and PERSONS in page.text, page.text[:300]
+    others = ["0", str(2 ** 63 - 1), str(2 ** 63), "1" * 20, "0" + str(wife), "00" + str(wife)[-17:],
+              "%EF%BC%91", "%D9%A1", str(wife) + "%0A", "+" + str(wife)]
+    for other in others:
+        got = li.get(f"{site.url}/-/person/{other}")  # an address with %-escapes is sent on to its ~-escaped form
+        assert got.status_code == 404, (other, got.status_code, got.headers.get("location"))
+
+
+def test_a_table_filters_on_the_number_as_its_pages_link_it(site):
+    li, wang = site.sign_in("lilei"), site.sign_in("wangfang")
+    people = numbers(wang, site.url)
+    wife, head = people[WIFE["id_number"]], people[HEAD["id_number"]]
+    for session, database in ((li, MASKED_DB), (wang, PLAIN_DB)):
+        for query in ({PERSON_COLUMN: str(wife)}, {f"{PERSON_COLUMN}__exact": str(wife)},
+                      {f"{PERSON_COLUMN}__in": f"{wife},{head}"}):
+            rows = session.get(f"{site.url}/{database}/{PERSONS}.json", params=dict(query, _shape="array")).json()
+            assert sorted(r[PERSON_COLUMN] for r in rows) == sorted(
+                [wife] if "__in" not in str(query) else [wife, head]), (database, query, rows)
+        # The person page's own link to each table's records of the person finds them.
+        page = session.get(f"{site.url}/-/person/{wife}").text
+        links = {tilde_decode(table): query.replace("&amp;", "&")
+                 for table, query in re.findall(rf'href="/{database}/([^"?/]+)\?([^"]+)"', page)}
+        rows = session.get(f"{site.url}/{database}/{PERSONS}.json?{links[PERSONS]}&_shape=array").json()
+        assert [r[PERSON_COLUMN] for r in rows] == [wife], (database, link)
+    # The household page still marks its head, now that the number is compared as a number.
+    rows = member_rows(li.get(f"{site.url}/-/household/{FAMILY}").text)
+    assert [head for head, _cells in rows].count(True) == 1, rows
+
+
+def excel_reads(cell: str) -> str:
+    """What Excel shows of a CSV cell: ="…" as its text, digits as a number of 15 significant digits."""
+    if cell.startswith('="') and cell.endswith('"'):
+        return cell[2:-1].replace('""', '"')
+    if cell.isdigit() and len(cell.lstrip("0")) > 15:
+        return cell[:15] + "0" * (len(cell) - 15)  # Excel keeps 15 digits of a number and zeroes the rest
+    return cell
+
+
+@pytest.mark.xfail(strict=True, reason="site_csv passes 档案 through as a bare number of up to 19 digits, "
+                   "which Excel rounds to 15: it should keep it as text (export.kept_as_text) as it does an ID number")
+def test_the_site_csv_keeps_the_person_number_whole_for_excel(site):
+    wang = site.sign_in("wangfang")
+    people = numbers(wang, site.url)
+    assert any(n >= 10 ** 15 for n in people.values())  # 63 bits: nine numbers in ten have 19 digits
+    for session, database in ((site.sign_in("lilei"), MASKED_DB), (wang, PLAIN_DB)):
+        got = session.get(f"{site.url}/{database}/{PERSONS}.csv")
+        assert got.status_code == 200
+        rows = list(csv.DictReader(io.StringIO(got.content.decode("utf-8-sig"), newline="")))
+        assert sorted(int(excel_reads(r[PERSON_COLUMN])) for r in rows) == sorted(people.values()), database
