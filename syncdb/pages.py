@@ -283,8 +283,9 @@ def address_page(conn, domains: dict[str, Domain], code: str) -> dict | None:
 
 # ---------------------------------------------------------------- look-ups: by ID number or name, for every role
 #
-# A full ID number is found through its blind index, the token the 档案 column
-# holds, so a masked clerk finds a resident without anything being unmasked. A
+# A full ID number is found through its blind index, whose first 63 bits are the
+# person's number the 档案 column holds (projection.person_token), so a masked
+# clerk finds a resident without anything being unmasked. A
 # name is compared in publish's memory only (the plaintext database), and the
 # answer is read from the database the reader may open. Part of a number or of
 # a name would let anyone list residents one guess at a time: only ``view-pii``

@@ -48,7 +48,8 @@ def person_token(blind: bytes) -> int:
 
     The first 63 bits of the blind index of their ID number, so a whole number SQLite keeps in
     8 bytes: as 32 hex characters it took 33 bytes in each database's tables and as much again
-    in each one's index on it, about a fifth of publish's memory (docs/publish.md "Memory").
+    in each one's index on it, and the number saves about a fifth of publish's memory
+    (docs/publish.md "Memory").
     Two people of a street of two million share a number with a chance of about 2 in 10
     million; nobody can make it happen on purpose without the office's index key, which no
     community holds.
