@@ -33,7 +33,7 @@ from .rules import Candidate, Decision, latest
 from .schema import Domain, Table
 from .row import Holders, Row, origin_of
 from .masks import mask
-from .prepare import Context, Prepared, Preparer, Workers, WorkersFailed, default_jobs, refusal
+from .prepare import Context, Prepared, Preparer, Workers, WorkersFailed, default_jobs, refusal, unkeepable
 from .store import Store, table_name, write_columns
 from .validate import Problem
 
@@ -574,7 +574,10 @@ class _Merger:
         return refusal(table, change, self.ctx)
 
     def _shown(self, table: Table, key_values: list) -> str:
-        return "/".join(mask(v) if table.columns[k].sensitive else str(v) for k, v in zip(table.key, key_values))
+        shown = "/".join(mask(v) if table.columns[k].sensitive else str(v) for k, v in zip(table.key, key_values))
+        # A lone surrogate (a rejected key's, see prepare.unkeepable) as the escape of its UTF-8 bytes:
+        # the line is printed and kept in the store, which take UTF-8 only.
+        return shown.encode("utf-8", "surrogatepass").decode("utf-8", "backslashreplace")
 
     def _reject(self, table: Table, key: bytes, key_values: list, change: dict, problems) -> None:
         self.rejected_keys.add((table.qualified, key))
@@ -610,9 +613,9 @@ class _Merger:
     def _problems(self, table: Table, change: dict):
         if change["op"] != "delete":
             return self.preparer.problems(table, change, self.max_value)
-        too_big = limits.oversized(change, self.max_value)
-        if too_big:
-            return [Problem("error", name, why) for name, why in too_big]
+        found = limits.oversized(change, self.max_value) + unkeepable(table, change)
+        if found:
+            return [Problem("error", name, why) for name, why in found]
         # Only the key to judge: a delete of no valid key is nobody's record. A code a newer
         # schema retired (民政's per-person 低保) must not keep its records here, so such a key
         # passes, but only for a record the store holds: a made-up code would otherwise leave a

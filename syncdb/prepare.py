@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import threading
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -110,10 +111,15 @@ def refusal(table: Table, change: dict, ctx: Context) -> tuple[str, str] | None:
     return None
 
 
-def _surely_small(change: dict, max_value: int) -> bool:
+SURROGATE = re.compile("[\ud800-\udfff]")  # what a JSON escape may spell and UTF-8 cannot
+SQLITE_LEAST, SQLITE_MOST = -2 ** 63, 2 ** 63 - 1  # the whole numbers SQLite keeps
+
+
+def _surely_fine(change: dict, max_value: int) -> bool:
     """True when no key or cell value of ``change`` can be over ``max_value`` bytes (limits.oversized
-    finds none), seen at a glance: strings of at most a quarter as many characters (UTF-8 takes 4
-    bytes at most for one), null, booleans, floats and integers of under 16 digits (at most 24
+    finds none) or be one the store cannot keep (``unkeepable`` finds none), seen at a glance: strings
+    of at most a quarter as many characters (UTF-8 takes 4 bytes at most for one) and, unless ASCII,
+    without a lone surrogate, null, booleans, floats and integers of under 16 digits (at most 24
     characters as JSON) under a cap of at least 64 bytes. Anything else is measured."""
     if max_value < 64:
         return False
@@ -122,7 +128,7 @@ def _surely_small(change: dict, max_value: int) -> bool:
         for value in change[part].values():
             kind = value.__class__
             if kind is str:
-                if len(value) > quarter:
+                if len(value) > quarter or (not value.isascii() and SURROGATE.search(value)):
                     return False
             elif kind is int:
                 if not -10**15 < value < 10**15:
@@ -130,6 +136,31 @@ def _surely_small(change: dict, max_value: int) -> bool:
             elif not (value is None or kind is bool or kind is float):
                 return False
     return True
+
+
+def unkeepable(table: Table, change: dict) -> list[tuple[str, str]]:
+    """(field, why) for each key or cell value of ``change`` the store cannot keep; [] if none.
+
+    Text holding a lone surrogate (a JSON escape such as \\ud800, which no UTF-8 spells: SQLite and
+    a seal's JSON take UTF-8 only), and a whole number past SQLite's 64 bits in a column the store
+    keeps as itself (a sensitive column keeps its value's JSON in its seal, which takes any number).
+    syncdb never sends either; another program, or a stolen key, may. Binding one failed the whole
+    bundle, and every later bundle of the community waited behind it: now the record alone is
+    rejected. ``why`` never quotes the value.
+    """
+    found = []
+    for part in ("key", "cells"):
+        for name, value in change[part].items():
+            if value.__class__ is str and SURROGATE.search(value):
+                found.append((str(name), _("the text holds a character no UTF-8 can spell (a lone surrogate "
+                                           "of a JSON escape); syncdb does not write it: correct the value in "
+                                           "the community's database, or ask who wrote the bundle")))
+            elif value.__class__ is int and not SQLITE_LEAST <= value <= SQLITE_MOST \
+                    and not (name in table.columns and table.columns[name].sensitive):
+                found.append((str(name), _("the whole number is beyond those the store keeps ({least:,} to "
+                                           "{most:,}); correct it in the community's database").format(
+                                               least=SQLITE_LEAST, most=SQLITE_MOST)))
+    return found
 
 
 class Preparer:
@@ -154,10 +185,10 @@ class Preparer:
 
     def problems(self, table: Table, change: dict, max_value: int) -> list[Problem]:
         """The errors of an insert's or update's values (a delete's are the merge's: ``_Merger._problems``)."""
-        if not _surely_small(change, max_value):
-            too_big = limits.oversized(change, max_value)
-            if too_big:
-                return [Problem("error", name, why) for name, why in too_big]
+        if not _surely_fine(change, max_value):
+            found = limits.oversized(change, max_value) + unkeepable(table, change)
+            if found:
+                return [Problem("error", name, why) for name, why in found]
         record = dict(change["key"])
         record.update(change["cells"])
         problems = self.checker(table)(record)

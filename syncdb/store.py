@@ -61,7 +61,8 @@ def _key_text(qualified: str, key_values: list) -> bytes:
     """[table, key values] as compact JSON, not ASCII-escaped: what a blind key is made of, so these
     bytes may never change. orjson writes strings, integers, booleans and null byte for byte as
     json does, at a fraction of its cost; floats (json writes their repr) and what orjson refuses
-    go through json."""
+    go through json, a lone surrogate as the bytes of its code point (no stored key holds one: a
+    change naming one is rejected, prepare.unkeepable, under a key the merge can still name)."""
     for value in key_values:
         if value.__class__ is float:
             break
@@ -70,7 +71,7 @@ def _key_text(qualified: str, key_values: list) -> bytes:
             return orjson.dumps([qualified, key_values])
         except TypeError:
             pass
-    return _KEY_TEXT([qualified, key_values]).encode()
+    return _KEY_TEXT([qualified, key_values]).encode("utf-8", "surrogatepass")
 
 
 def value_bytes(value) -> bytes:
