@@ -508,8 +508,8 @@ def _writes(plain, layout: _Layout, rowids: list[int], shown: list[list], hidden
     A night changes a column or two of a record; rewriting the whole row would rewrite each of
     its index entries too (the masked database indexes every facet column), which cost most of a
     refresh and held the shared cache the pages read meanwhile. A cell is the same when its value
-    and its type are, a zero its sign too (the published columns have no affinity: a value reads
-    back as written; see _differs). Only the plaintext row is read and compared: a masked cell is
+    and its type are, a zero its sign too (the published columns have no affinity but 档案, an
+    INTEGER column given whole numbers only: a value reads back as written; see _differs). Only the plaintext row is read and compared: a masked cell is
     made from its plaintext cell alone (``_Layout.rows``), so where that is the same the masked
     one is too, and the masked database the pages read is not read here at all.
     """
