@@ -148,6 +148,7 @@ def _apply_inbox(store: Store, store_dir: Path, summary: Summary, progress, pool
     def hold(queue, sequence, why: str, waiting: bool = False):
         """Hold this bundle of the queue and every later one, saying why (the later ones: behind it)."""
         nonlocal total
+        why = _utf8(why)  # it may quote a change's table or op, which a hostile line spells with a lone surrogate
         for s, n in queue:
             if s >= sequence:
                 summary.held.append((n, why if s == sequence or waiting else
@@ -228,6 +229,14 @@ def _still_signed(store: Store, reader: bundle.Reader) -> bool:
         return True
     except (bundle.BundleError, SyncdbError):
         return False
+
+
+def _utf8(text: str) -> str:
+    """``text`` with each lone surrogate (a JSON escape of a hostile change, see prepare.unkeepable) as
+    the escape of its bytes: a rejection's line is printed and kept in the store, which take UTF-8 only."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "backslashreplace")
 
 
 def _without_sensitive(why: str, table: Table, record: dict) -> str:
@@ -574,10 +583,8 @@ class _Merger:
         return refusal(table, change, self.ctx)
 
     def _shown(self, table: Table, key_values: list) -> str:
-        shown = "/".join(mask(v) if table.columns[k].sensitive else str(v) for k, v in zip(table.key, key_values))
-        # A lone surrogate (a rejected key's, see prepare.unkeepable) as the escape of its UTF-8 bytes:
-        # the line is printed and kept in the store, which take UTF-8 only.
-        return shown.encode("utf-8", "surrogatepass").decode("utf-8", "backslashreplace")
+        return _utf8("/".join(mask(v) if table.columns[k].sensitive else str(v)
+                              for k, v in zip(table.key, key_values)))
 
     def _reject(self, table: Table, key: bytes, key_values: list, change: dict, problems) -> None:
         self.rejected_keys.add((table.qualified, key))
@@ -597,11 +604,13 @@ class _Merger:
             if len(why) > MAX_WHY:
                 # A validator may quote a value of up to max_value bytes: the record is named, not copied.
                 why = why[:MAX_WHY] + "…"
-            self.rejected.append(f"{self.origin} / {table.qualified} / {shown} / {p.field} / {why}")
+            # A refusal may quote a community code or a name of the change, which may hold a lone surrogate.
+            why, name = _utf8(why), _utf8(p.field)
+            self.rejected.append(f"{self.origin} / {table.qualified} / {shown} / {name} / {why}")
             self.store.conn.execute(
                 "INSERT INTO rejected (origin, sequence, tbl, key, shown_key, field, why, at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (self.origin, self.sequence, table.qualified, key, shown, p.field, why,
+                (self.origin, self.sequence, table.qualified, key, shown, name, why,
                  time.strftime("%Y-%m-%dT%H:%M:%S")))
 
     def _held(self, table: Table, change: dict) -> bool:
