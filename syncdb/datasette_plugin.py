@@ -641,6 +641,14 @@ async def person(datasette, request):
     return Response.html(html, status=200 if sections else 404, headers=PRIVATE)
 
 
+async def person_by_index(datasette, request):
+    """The person page's address of earlier releases, the blind index of the ID number as 32 hex
+    characters (in bookmarks, and in the page-view log's entries from before): sent on to the
+    person's number it gives, whose first 63 bits it is (projection.person_token)."""
+    token = projection.person_token(bytes.fromhex(request.url_vars["index"]))
+    return Response.redirect(f"/-/person/{token}", status=301)
+
+
 async def _about_person(datasette, ctx: Context, db, token: int, plain: bool) -> dict:
     """The person page beyond each domain's records: places, households, open conflicts and cases."""
     places = await db.execute_fn(lambda conn: pages.person_places(conn, ctx.domains, token))
@@ -843,6 +851,7 @@ def register_routes(datasette):
         (r"^/-/login$", login),
         (r"^/-/logout$", logout),
         (r"^/-/person/(?P<token>[0-9]{1,19})$", person),
+        (r"^/-/person/(?P<index>[0-9a-f]{32})$", person_by_index),
         (r"^/-/address/(?P<code>[0-9A-Za-z]{1,40})$", address),
         (r"^/-/household/(?P<number>[0-9A-Za-z_-]{1,40})$", household),
         (r"^/-/lookup$", lookup),

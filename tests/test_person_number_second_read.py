@@ -9,12 +9,14 @@ import io
 import re
 
 import pytest
+import requests
 from datasette.utils import tilde_decode
 
 from conftest import Publisher
 from syncdb import projection
 from syncdb.projection import MASKED_DB, PERSON_COLUMN, PLAIN_DB
-from syncdb.schema import schemas_dir
+from syncdb.schema import load_domains, schemas_dir
+from syncdb.store import open_store
 from test_household import FAMILY, HEAD, WIFE, family, member_rows  # noqa: F401
 
 PERSONS = "户籍_人员"
@@ -78,6 +80,23 @@ def test_a_table_filters_on_the_number_as_its_pages_link_it(site):
     # The household page still marks its head, now that the number is compared as a number.
     rows = member_rows(li.get(f"{site.url}/-/household/{FAMILY}").text)
     assert [head for head, _cells in rows].count(True) == 1, rows
+
+
+def test_the_person_page_of_an_earlier_release_is_sent_on_to_the_number(family, site, syncdb_secret):  # noqa: F811
+    """Bookmarks and the page-view log's entries from before the person's number carry the blind index
+    as 32 hex characters: they reach the same person page, for the masked and the plaintext role."""
+    with open_store(family, syncdb_secret, load_domains(schemas_dir())) as store:
+        index = store.blind_id(WIFE["id_number"]).hex()
+    for who in ("lilei", "wangfang"):
+        session = site.sign_in(who)
+        wife = numbers(site.sign_in("wangfang"), site.url)[WIFE["id_number"]]
+        moved = session.get(f"{site.url}/-/person/{index}", allow_redirects=False)
+        assert moved.status_code == 301 and moved.headers["location"] == f"/-/person/{wife}", moved.headers
+        page = session.get(f"{site.url}/-/person/{index}")
+        assert page.status_code == 200 and PERSONS in page.text
+    # Nobody's index: the number it gives has no page either; the old address still needs a sign-in.
+    assert site.sign_in("lilei").get(f"{site.url}/-/person/{'0' * 32}").status_code == 404
+    assert requests.get(f"{site.url}/-/person/{index}", allow_redirects=False).status_code == 302
 
 
 def excel_reads(cell: str) -> str:
