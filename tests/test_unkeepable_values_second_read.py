@@ -61,9 +61,10 @@ def test_a_whole_number_past_64_bits_in_a_sensitive_text_column_can_be_published
     a = CODES[0]
     summary = _merged(street, [_bundle(street, a, 1, [_person(1, a), _person(2, a, **{column: 2 ** 70})])], 1)
     assert (summary.applied, summary.held) == (1, []), summary.lines()
-    published = Published(*[sqlite3.connect(":memory:", isolation_level=None) for _ in range(2)])
+    masked, plain = [sqlite3.connect(":memory:", isolation_level=None) for _ in range(2)]
     with open_store(street.store, street.secret, street.all_domains) as store:
-        published.update(store)
+        Published(masked, plain).update(store)
+    assert [str(2 ** 70)] in [[v for v in row if v == str(2 ** 70)] for row in plain.execute("SELECT * FROM 户籍_人员")]
 
 
 def _rewrite(street, path, code, sequence, changes, old, new, poison=None):
