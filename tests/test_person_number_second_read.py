@@ -1,6 +1,7 @@
 """The person's number (projection.person_token) in the 档案 column and the person page's address,
-read a second time: every address a number can be spelled in, the filters that carry it, and the
-site's CSV, which Excel opens. Real `syncdb publish` over HTTP on the family of test_household.py."""
+read a second time: every address a number can be spelled in, the address of earlier releases, the
+filters that carry it, the site's CSV, which Excel opens, and its JSON, which a script in the browser
+reads. Real `syncdb publish` over HTTP on the family of test_household.py, and a real Chromium."""
 
 from __future__ import annotations
 
