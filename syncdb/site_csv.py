@@ -61,7 +61,7 @@ def _looks_like_a_number(text: str) -> bool:
 
 
 def _undescribed(text: str) -> str:
-    """A column the schemas do not describe (rowid, 档案): only what Excel would run is kept as text."""
+    """A column the schemas do not describe (rowid): only what Excel would run is kept as text."""
     if text.startswith(FORMULA_START) and not _looks_like_a_number(text):
         return kept_as_text(text)
     return text
@@ -121,6 +121,10 @@ class Rewriter:
         for i, name in enumerate(header):
             if self._label_of_a_code(header, i):
                 cells.append(None)  # Datasette's label of a code: the code's cell carries its meaning
+                continue
+            if name == projection.PERSON_COLUMN:
+                # The person's number: up to 19 digits, which Excel would round to 15 as a number.
+                cells.append(kept_as_text)
                 continue
             described = self._describe(name)
             if described is None:

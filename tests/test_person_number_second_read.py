@@ -110,8 +110,6 @@ def excel_reads(cell: str) -> str:
     return cell
 
 
-@pytest.mark.xfail(strict=True, reason="site_csv passes 档案 through as a bare number of up to 19 digits, "
-                   "which Excel rounds to 15: it should keep it as text (export.kept_as_text) as it does an ID number")
 def test_the_site_csv_keeps_the_person_number_whole_for_excel(site):
     wang = site.sign_in("wangfang")
     people = numbers(wang, site.url)
