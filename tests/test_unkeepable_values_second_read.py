@@ -192,3 +192,24 @@ def test_worker_processes_reject_the_same_records_as_one_process(tmp_path, domai
                                                           "ORDER BY household_no"),
                          _stored(world, "SELECT shown_key, field FROM rejected ORDER BY id")))
     assert outcomes[0] == outcomes[1]
+
+
+KEYS = [["110105198001010219"], ["居民😀/1"], ["a\"b\\\\c\u2028"], [2 ** 63 - 1], [-(2 ** 63)], [2 ** 70], [1.5], [1e300],
+        [-0.0], [None], [True], ["00300100001", 7], ["x", 0.1]]
+
+
+def test_blind_keys_of_ordinary_keys_are_the_json_of_the_first_release(street):
+    """A blind key may never change (store._key_text): every ordinary key still gives HMAC of the
+    compact, not ASCII-escaped JSON the standard encoder writes, whichever encoder now writes it. A key
+    with a lone surrogate gives bytes no UTF-8 text encodes to, so it names no real record."""
+    with open_store(street.store, street.secret, street.all_domains) as store:
+        mac = store.seals.suite.keyed_mac(store.keyring.index_key)
+        table = store.table("huji.persons")
+        for values in KEYS:
+            text = json.dumps([table.qualified, values], ensure_ascii=False, separators=(",", ":")).encode()
+            assert store.blind_key(table, values) == mac(b"key|" + text)[:16], values
+        hostile = store.blind_key(table, ["00\udc00"])
+        raw = json.dumps([table.qualified, ["00\udc00"]], ensure_ascii=False, separators=(",", ":"))
+        with pytest.raises(UnicodeDecodeError):
+            raw.encode("utf-8", "surrogatepass").decode("utf-8")
+        assert hostile == mac(b"key|" + raw.encode("utf-8", "surrogatepass"))[:16]
