@@ -88,11 +88,14 @@ def _counted_as_rekeys(n: int, table: str):
     return poison
 
 
-def _syncdb(street, *args) -> subprocess.CompletedProcess:
+def _syncdb(street, *args, lang: str | None = "en") -> subprocess.CompletedProcess:
     key_file = street.root / "office.key"
     key_file.write_bytes(b"k" * 32)  # conftest.SECRET's key file
     env = {k: v for k, v in os.environ.items() if k not in ("SYNCDB_PASSPHRASE", "SYNCDB_SCHEMAS")}
-    env.update(SYNCDB_KEY_FILE=str(key_file), PYTHONIOENCODING="utf-8", SYNCDB_LANG="en")
+    env.update(SYNCDB_KEY_FILE=str(key_file), PYTHONIOENCODING="utf-8")
+    env.pop("SYNCDB_LANG", None)
+    if lang:
+        env["SYNCDB_LANG"] = lang
     return subprocess.run([SYNCDB, *args], env=env, capture_output=True, timeout=120)
 
 
@@ -213,3 +216,15 @@ def test_blind_keys_of_ordinary_keys_are_the_json_of_the_first_release(street):
         with pytest.raises(UnicodeDecodeError):
             raw.encode("utf-8", "surrogatepass").decode("utf-8")
         assert hostile == mac(b"key|" + raw.encode("utf-8", "surrogatepass"))[:16]
+
+
+def test_merge_says_in_chinese_which_value_the_store_cannot_keep(street):
+    """The two reasons of prepare.unkeepable, as `syncdb merge` prints them by default (Chinese)."""
+    a = CODES[0]
+    path = _bundle(street, a, 1, [_assistance(1, a, "00300100001", 2 ** 70), _person(2, a, name=MARK)],
+                   {1: "\\ud800"})
+    merged = _syncdb(street, "merge", str(street.store), str(path), lang="zh_CN")
+    out = merged.stdout.decode("utf-8")
+    assert merged.returncode == 1, out + merged.stderr.decode("utf-8", "replace")
+    assert "members / 该整数超出存储库能保存的范围（-9,223,372,036,854,775,808 至 9,223,372,036,854,775,807）" in out, out
+    assert "name / 文本中含有 UTF-8 无法表示的字符" in out, out
