@@ -120,7 +120,7 @@ def _surely_fine(change: dict, max_value: int) -> bool:
     finds none) or be one the store cannot keep (``unkeepable`` finds none), seen at a glance: strings
     of at most a quarter as many characters (UTF-8 takes 4 bytes at most for one) and, unless ASCII,
     without a lone surrogate, null, booleans, floats and integers of under 16 digits (at most 24
-    characters as JSON) under a cap of at least 64 bytes. Anything else is measured."""
+    characters as JSON) under a cap of at least 64 bytes; floats but NaN. Anything else is measured."""
     if max_value < 64:
         return False
     quarter = max_value // 4
@@ -133,7 +133,10 @@ def _surely_fine(change: dict, max_value: int) -> bool:
             elif kind is int:
                 if not -10**15 < value < 10**15:
                     return False
-            elif not (value is None or kind is bool or kind is float):
+            elif kind is float:
+                if value != value:  # NaN
+                    return False
+            elif not (value is None or kind is bool):
                 return False
     return True
 
@@ -142,7 +145,7 @@ def unkeepable(table: Table, change: dict) -> list[tuple[str, str]]:
     """(field, why) for each key or cell value of ``change`` the store cannot keep; [] if none.
 
     Text holding a lone surrogate (a JSON escape such as \\ud800, which no UTF-8 spells: SQLite and
-    a seal's JSON take UTF-8 only), and a whole number past SQLite's 64 bits in a column the store
+    a seal's JSON take UTF-8 only), and a whole number past SQLite's 64 bits or NaN in a column the store
     keeps as itself (a sensitive column keeps the number in its seal, which takes any: store.values_bytes).
     syncdb never sends either; another program, or a stolen key, may. Binding one failed the whole
     bundle, and every later bundle of the community waited behind it: now the record alone is
@@ -160,6 +163,13 @@ def unkeepable(table: Table, change: dict) -> list[tuple[str, str]]:
                 found.append((str(name), _("the whole number is beyond those the store keeps ({least:,} to "
                                            "{most:,}); correct it in the community's database").format(
                                                least=SQLITE_LEAST, most=SQLITE_MOST)))
+            elif value.__class__ is float and value != value \
+                    and not (name in table.columns and table.columns[name].sensitive):
+                # JSON's reader takes NaN, and SQLite keeps it as NULL: the store would say the cell
+                # was set and hold nothing. No SQLite database holds NaN, so syncdb never sends it.
+                found.append((str(name), _("the value is NaN (not a number), which the store keeps as empty; "
+                                           "syncdb does not write it: correct the value in the community's "
+                                           "database, or ask who wrote the bundle")))
     return found
 
 

@@ -67,10 +67,15 @@ def test_a_whole_number_past_64_bits_in_a_sensitive_text_column_can_be_published
     assert [str(2 ** 70)] in [[v for v in row if v == str(2 ** 70)] for row in plain.execute("SELECT * FROM 户籍_人员")]
 
 
-def _rewrite(street, path, code, sequence, changes, old, new, poison=None):
-    """``path`` made again with ``old`` written as ``new`` in its payload's lines (not its header)."""
-    lines = [json.dumps(c, ensure_ascii=False, separators=(",", ":")).replace(old, new).encode() + b"\n"
-             for c in changes]
+def _rewrite(street, path, code, sequence, changes, old, new, poison=None, more: dict | None = None):
+    """``path`` made again with ``old`` written as ``new`` in its payload's lines (not its header), and
+    each key of ``more`` as its value."""
+    lines = []
+    for change in changes:
+        line = json.dumps(change, ensure_ascii=False, separators=(",", ":")).replace(old, new)
+        for was, now in (more or {}).items():
+            line = line.replace(was, now)
+        lines.append(line.encode() + b"\n")
     ring = Keyring.load(community_lib.state_dir(street.folders[code]) / "keyring.json", street.secret)
     schemas = {d: {"version": street.all_domains[d].version, "fingerprint": street.all_domains[d].fingerprint}
                for d in sorted({c["table"].split(".")[0] for c in changes})}
@@ -228,3 +233,23 @@ def test_merge_says_in_chinese_which_value_the_store_cannot_keep(street):
     assert merged.returncode == 1, out + merged.stderr.decode("utf-8", "replace")
     assert "members / 该整数超出存储库能保存的范围（-9,223,372,036,854,775,808 至 9,223,372,036,854,775,807）" in out, out
     assert "name / 文本中含有 UTF-8 无法表示的字符" in out, out
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_nan_in_a_column_the_store_keeps_as_itself_rejects_its_record_alone(street, jobs):
+    """The JSON reader takes NaN (json.loads; orjson refuses it), a text column takes any JSON value,
+    and SQLite keeps NaN as NULL: the record was applied, its version saying the cell was set, the
+    store holding nothing, a sensitive column's seal NaN. syncdb never writes NaN (SQLite has none to
+    export); Infinity, which a REAL cell can hold, is kept."""
+    a = CODES[0]
+    changes = [_person(1, a, deregistration_destination="NAN_HERE"),
+               _person(2, a, deregistration_destination="INF_HERE"),
+               _person(3, a, former_name="NAN_HERE"),
+               _person(4, a)]
+    path = _bundle(street, a, 1, changes)
+    _rewrite(street, path, a, 1, changes, '"NAN_HERE"', "NaN", more={'"INF_HERE"': "-Infinity"})
+    summary = _merged(street, [path], jobs)
+    assert (summary.applied, summary.changes, len(summary.rejected)) == (1, 3, 1), summary.lines()
+    assert "/ deregistration_destination / " in summary.rejected[0], summary.rejected
+    assert sorted(_stored(street, "SELECT deregistration_destination FROM huji__persons"),
+                  key=repr) == sorted([(None,), (None,), (float("-inf"),)], key=repr)
