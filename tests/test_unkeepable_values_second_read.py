@@ -11,11 +11,13 @@ import sqlite3
 import subprocess
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import CODES, SYNCDB, World, id_number, person
 from mutants import compress, lines_of, signed_bundle
 from syncdb import community as community_lib
-from syncdb import projection
+from syncdb import limits, prepare, projection
 from syncdb.crypto import Keyring, PublicKey
 from syncdb.projection import Published
 from syncdb.store import open_store
@@ -253,3 +255,22 @@ def test_nan_in_a_column_the_store_keeps_as_itself_rejects_its_record_alone(stre
     assert "/ deregistration_destination / " in summary.rejected[0], summary.rejected
     assert sorted(_stored(street, "SELECT deregistration_destination FROM huji__persons"),
                   key=repr) == sorted([(None,), (None,), (float("-inf"),)], key=repr)
+
+
+_VALUES = st.one_of(st.none(), st.booleans(), st.floats(allow_nan=True, allow_infinity=True),
+                    st.integers(min_value=-(2 ** 80), max_value=2 ** 80) | st.sampled_from(
+                        [2 ** 63 - 1, 2 ** 63, -(2 ** 63), -(2 ** 63) - 1, 10 ** 15 - 1, 10 ** 15, -(10 ** 15)]),
+                    st.text(max_size=40), st.text(alphabet=st.characters(min_codepoint=0xD7F0, max_codepoint=0xE010),
+                                                  max_size=6))
+
+
+@settings(max_examples=400, deadline=None)
+@given(key=st.dictionaries(st.sampled_from(["household_no", "assistance_type"]), _VALUES, min_size=1),
+       cells=st.dictionaries(st.sampled_from(["members", "status", "monthly_amount", "x"]), _VALUES),
+       max_value=st.sampled_from([16, 63, 64, 100, 4096]))
+def test_the_fast_path_passes_nothing_the_measured_checks_would_find(domains, key, cells, max_value):
+    """prepare._surely_fine skips limits.oversized and prepare.unkeepable: whatever it passes, they find nothing."""
+    table = domains["minzheng"].tables["assistance"]
+    change = {"key": key, "cells": cells}
+    if prepare._surely_fine(change, max_value):
+        assert limits.oversized(change, max_value) == [] and prepare.unkeepable(table, change) == []
