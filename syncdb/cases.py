@@ -37,6 +37,8 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
+# case_records_by_case: a case's records are written again each time a check finds it (_case_for);
+# without it each of those writes read the whole table, and a run's cost grew with the square of the cases.
 TABLES = """
 CREATE TABLE IF NOT EXISTS cases (
     id INTEGER PRIMARY KEY, check_name TEXT NOT NULL, subject_kind TEXT NOT NULL, subject BLOB NOT NULL,
@@ -46,6 +48,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS cases_by_data ON cases (check_name, subject, d
 CREATE INDEX IF NOT EXISTS cases_by_state ON cases (check_name, state, community);
 CREATE TABLE IF NOT EXISTS case_records (
     tbl TEXT NOT NULL, key BLOB NOT NULL, case_id INTEGER NOT NULL, PRIMARY KEY (tbl, key, case_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS case_records_by_case ON case_records (case_id);
 CREATE TABLE IF NOT EXISTS check_points (check_name TEXT PRIMARY KEY, point INTEGER NOT NULL, at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS check_settings (check_name TEXT PRIMARY KEY, used TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS check_lookups (

@@ -129,6 +129,23 @@ def test_a_full_run_again_changes_nothing(street):
     assert report.looked == {c.name: None for c in checks.registered()}
 
 
+def test_a_case_s_records_are_found_by_the_case_not_by_reading_every_case_s(own_street):
+    """Each time a check finds a case its records are written again (cases._case_for): through an index on
+    the case, where reading the whole of case_records made a run's cost grow with the square of the
+    cases. A store made before the index gets it at its next run."""
+    plan = "EXPLAIN QUERY PLAN DELETE FROM case_records WHERE case_id = ?"
+    with own_street.opened(write=True) as st:
+        assert "case_records_by_case" in str(st.conn.execute(plan, (1,)).fetchall())
+        st.conn.execute("DROP INDEX case_records_by_case")  # as a store of an earlier release has it
+    with own_street.opened() as st:
+        assert "SCAN case_records" in str(st.conn.execute(plan, (1,)).fetchall())
+    with own_street.opened(write=True) as st:
+        checks.run(st)
+    with own_street.opened() as st:
+        found = str(st.conn.execute(plan, (1,)).fetchall())
+        assert "case_records_by_case" in found and "SCAN" not in found, found
+
+
 def test_no_file_of_the_office_holds_a_finding_in_plaintext(street):
     cases = street.cases()
     # The ID numbers of every person a finding names (a house code is no secret: the schema keeps it plain).
