@@ -365,13 +365,21 @@ _HEADER_FIELDS = (
 )
 
 
+def utf8(text: str) -> str:
+    """``text`` with each lone surrogate (a JSON escape of a hostile change, see prepare.unkeepable) as
+    the escape of its bytes: a message about it is printed and kept in the store, which take UTF-8 only."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "backslashreplace")
+
+
 def _shown(v) -> str:
     """A hostile value, short enough to put in a message or a log."""
     if isinstance(v, dict):
         return _("a JSON object")
     if isinstance(v, list):
         return _("a JSON list")
-    text = json.dumps(v, ensure_ascii=False)
+    text = utf8(json.dumps(v, ensure_ascii=False))
     return text if len(text) <= 40 else text[:37] + "..."
 
 

@@ -148,7 +148,7 @@ def _apply_inbox(store: Store, store_dir: Path, summary: Summary, progress, pool
     def hold(queue, sequence, why: str, waiting: bool = False):
         """Hold this bundle of the queue and every later one, saying why (the later ones: behind it)."""
         nonlocal total
-        why = _utf8(why)  # it may quote a change's table or op, which a hostile line spells with a lone surrogate
+        why = bundle.utf8(why)  # it may quote a change's table or op, which a hostile line spells with a lone surrogate
         for s, n in queue:
             if s >= sequence:
                 summary.held.append((n, why if s == sequence or waiting else
@@ -229,14 +229,6 @@ def _still_signed(store: Store, reader: bundle.Reader) -> bool:
         return True
     except (bundle.BundleError, SyncdbError):
         return False
-
-
-def _utf8(text: str) -> str:
-    """``text`` with each lone surrogate (a JSON escape of a hostile change, see prepare.unkeepable) as
-    the escape of its bytes: a rejection's line is printed and kept in the store, which take UTF-8 only."""
-    if text.isascii():
-        return text
-    return text.encode("utf-8", "surrogatepass").decode("utf-8", "backslashreplace")
 
 
 def _without_sensitive(why: str, table: Table, record: dict) -> str:
@@ -583,7 +575,7 @@ class _Merger:
         return refusal(table, change, self.ctx)
 
     def _shown(self, table: Table, key_values: list) -> str:
-        return _utf8("/".join(mask(v) if table.columns[k].sensitive else str(v)
+        return bundle.utf8("/".join(mask(v) if table.columns[k].sensitive else str(v)
                               for k, v in zip(table.key, key_values)))
 
     def _reject(self, table: Table, key: bytes, key_values: list, change: dict, problems) -> None:
@@ -605,7 +597,7 @@ class _Merger:
                 # A validator may quote a value of up to max_value bytes: the record is named, not copied.
                 why = why[:MAX_WHY] + "…"
             # A refusal may quote a community code or a name of the change, which may hold a lone surrogate.
-            why, name = _utf8(why), _utf8(p.field)
+            why, name = bundle.utf8(why), bundle.utf8(p.field)
             self.rejected.append(f"{self.origin} / {table.qualified} / {shown} / {name} / {why}")
             self.store.conn.execute(
                 "INSERT INTO rejected (origin, sequence, tbl, key, shown_key, field, why, at) "

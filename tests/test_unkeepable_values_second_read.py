@@ -128,8 +128,6 @@ def test_merge_prints_a_held_bundle_whose_reason_quotes_a_lone_surrogate(street,
     assert b"\\xed\\xa0\\x80" in merged.stdout, merged.stdout.decode()
 
 
-@pytest.mark.xfail(strict=True, reason="bundles._diagnose quotes bundle._shown's text, which keeps a lone "
-                   "surrogate (json.dumps with ensure_ascii=False): `syncdb status` fails writing it")
 @pytest.mark.parametrize("where", ["op", "table"])
 def test_status_prints_a_held_bundle_whose_reason_quotes_a_lone_surrogate(street, where):
     path = _held_bundle(street, where)
@@ -139,9 +137,6 @@ def test_status_prints_a_held_bundle_whose_reason_quotes_a_lone_surrogate(street
     assert status.returncode == 1, (status.stdout, status.stderr)
 
 
-@pytest.mark.xfail(strict=True, reason="resolve._checked_value lets a lone surrogate through: bundle.write "
-                   "fails encoding the office's bundle (UnicodeEncodeError, a traceback) before the merge's "
-                   "prepare.unkeepable could reject it")
 def test_a_resolution_typed_in_another_encoding_is_refused_and_changes_nothing(world, tmp_path):
     """`conflicts resolve --value` typed on a GBK terminal while the office's locale is UTF-8: Python
     reads the argument's bytes as lone surrogates (surrogateescape). The office's own change then
@@ -159,6 +154,7 @@ def test_a_resolution_typed_in_another_encoding_is_refused_and_changes_nothing(w
                            "张三".encode("gbk")], env=env, capture_output=True, timeout=120)
     assert b"Traceback" not in done.stderr, done.stderr.decode("utf-8", "replace")
     assert done.returncode == 1, (done.stdout, done.stderr)
+    assert b"set the terminal to UTF-8" in done.stderr, done.stderr.decode("utf-8", "replace")
     assert sorted((w.store / "inbox").iterdir()) == inbox
 
 
