@@ -33,7 +33,7 @@ from .hlc import Stamp, one_row_version
 from .i18n import _
 from .row import origin_of
 from .schema import Domain, Table
-from .store import Seals
+from .store import SQLITE_LEAST, SQLITE_MOST, Seals
 from .validate import Problem, TableChecker
 
 
@@ -112,7 +112,6 @@ def refusal(table: Table, change: dict, ctx: Context) -> tuple[str, str] | None:
 
 
 SURROGATE = re.compile("[\ud800-\udfff]")  # what a JSON escape may spell and UTF-8 cannot
-SQLITE_LEAST, SQLITE_MOST = -2 ** 63, 2 ** 63 - 1  # the whole numbers SQLite keeps
 
 
 def _surely_fine(change: dict, max_value: int) -> bool:

@@ -35,7 +35,7 @@ from . import conflicts, meanings
 from .i18n import _
 from .schema import Column, Domain, Table
 from .masks import mask
-from .store import Cells, Store, table_name
+from .store import SQLITE_LEAST, SQLITE_MOST, Cells, Store, table_name
 
 MASKED_DB = "renkou"
 PLAIN_DB = "renkou_mingwen"
@@ -244,9 +244,6 @@ def _indexed_columns(table: Table, facets: bool = True) -> list[str]:
     (``facets``) the columns staff facet on."""
     linked = [PERSON_COLUMN] if person_column(table) else []
     return list(dict.fromkeys(indexed(table) + linked + (facet_columns(table) if facets else [])))
-
-
-SQLITE_LEAST, SQLITE_MOST = -2 ** 63, 2 ** 63 - 1  # the integers SQLite keeps
 
 
 class _Layout:

@@ -57,6 +57,9 @@ _KEY_TEXT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _VALUE_TEXT = json.JSONEncoder(ensure_ascii=False).encode
 
 
+SQLITE_LEAST, SQLITE_MOST = -2 ** 63, 2 ** 63 - 1  # the whole numbers SQLite keeps
+
+
 def _key_text(qualified: str, key_values: list) -> bytes:
     """[table, key values] as compact JSON, not ASCII-escaped: what a blind key is made of, so these
     bytes may never change. orjson writes strings, integers, booleans and null byte for byte as
