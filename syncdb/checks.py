@@ -53,7 +53,8 @@ SEVERITIES = {"high": N_("high"), "medium": N_("medium"), "low": N_("low")}
 SUBJECTS = {"person": N_("person"), "household": N_("household"), "house": N_("house")}
 SETTINGS_FILE = "checks.toml"
 _CHUNK = 500  # values per IN (...) of one query: well under SQLite's limit on parameters
-_MANY = 4 * _CHUNK  # more values asked of an indexed column than this: see first which it holds at all
+_MANY = 4 * _CHUNK  # more values asked of an indexed column than this, and than a
+_SHARE = 4  # quarter of its rows: see first which it holds at all (Records._many)
 _ID_LIKE = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])")
 
 
@@ -122,6 +123,7 @@ class Records:
         self._store_indexed: dict[str, set[str]] = {}
         self._keys: dict[str, dict] = {}  # table -> key value -> its blind key
         self._absent: dict[str, set[bytes]] = {}  # table -> blind keys asked that no record has
+        self._size: dict[str, int] = {}  # table -> about how many rows it has (_many)
 
     def rows(self, table: str) -> list[Record]:
         if table not in self._tables:
@@ -189,7 +191,7 @@ class Records:
             if key not in absent:
                 keys.append(key)
         known = self._known.setdefault(table, {})
-        if sum(k not in known for k in keys) > _MANY:
+        if self._many(table, sum(k not in known for k in keys)):
             present = self._present(table, "_key")
             absent.update(k for k in keys if k not in present)
             keys = [k for k in keys if k in present]
@@ -227,7 +229,7 @@ class Records:
         """Value -> the live records holding it in ``stored`` (an indexed column), asked by chunks."""
         asked = self._asked.setdefault((table, stored), {})
         missing = [k for k in lookups if k not in asked]
-        if len(missing) > _MANY:
+        if self._many(table, len(missing)):
             # Thousands of values (the ID numbers one digit from some people's): most are nobody's. The
             # index says which are there, read whole once; only those are asked.
             present = self._present(table, stored)
@@ -242,6 +244,19 @@ class Records:
             for record in self._select(table, f"_exists = 1 AND [{stored}] IN ({', '.join('?' * len(part))})", part):
                 asked[record._cells[stored]].append(record)
         return asked
+
+    def _many(self, table: str, asked: int) -> bool:
+        """Are so many values asked of an indexed column of ``table`` that the whole index, read once
+        (_present), costs less than looking each up? Past _MANY values and a quarter of the table's rows:
+        a night asks thousands (the ID numbers one digit from those of the people it changed), and at 50
+        communities reading every person's key for them took a third of its checks (bench/README.md); a
+        first load asks more values than the table has rows."""
+        if asked <= _MANY:
+            return False
+        if table not in self._size:
+            name = table_name(self.store.table(table))
+            self._size[table] = self.store.conn.execute(f"SELECT max(rowid) FROM [{name}]").fetchone()[0] or 0
+        return asked * _SHARE > self._size[table]
 
     def _present(self, table: str, stored: str) -> set:
         """Every value an indexed column holds, deleted records' too (read from the index alone)."""
