@@ -255,7 +255,11 @@ class Records:
             return False
         if table not in self._size:
             name = table_name(self.store.table(table))
-            self._size[table] = self.store.conn.execute(f"SELECT max(rowid) FROM [{name}]").fetchone()[0] or 0
+            # A schema may name a column rowid: that name is then its column (text, say), not the rowid.
+            columns = {row[1].lower() for row in self.store.conn.execute(f"PRAGMA table_info([{name}])")}
+            alias = next((a for a in ("rowid", "_rowid_", "oid") if a not in columns), None)
+            self._size[table] = 0 if alias is None else self.store.conn.execute(
+                f"SELECT max({alias}) FROM [{name}]").fetchone()[0] or 0
         return asked * _SHARE > self._size[table]
 
     def _present(self, table: str, stored: str) -> set:
