@@ -249,7 +249,7 @@ class Records:
         """Are so many values asked of an indexed column of ``table`` that the whole index, read once
         (_present), costs less than looking each up? Past _MANY values and a quarter of the table's rows:
         a night asks thousands (the ID numbers one digit from those of the people it changed), and at 50
-        communities reading every person's key for them took a third of its checks (bench/README.md); a
+        communities reading every person's key for them took a third of its checks (docs/checks.md); a
         first load asks more values than the table has rows."""
         if asked <= _MANY:
             return False
