@@ -53,8 +53,8 @@ SEVERITIES = {"high": N_("high"), "medium": N_("medium"), "low": N_("low")}
 SUBJECTS = {"person": N_("person"), "household": N_("household"), "house": N_("house")}
 SETTINGS_FILE = "checks.toml"
 _CHUNK = 500  # values per IN (...) of one query: well under SQLite's limit on parameters
-_MANY = 4 * _CHUNK  # more values asked of an indexed column than this, and than a
-_SHARE = 4  # quarter of its rows: see first which it holds at all (Records._many)
+_MANY = 4 * _CHUNK  # more values asked of an indexed column than this and than 1 / _SHARE of
+_SHARE = 4  # its table's rows: see first which it holds at all, reading it whole (Records._many)
 _ID_LIKE = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])")
 
 

@@ -146,7 +146,7 @@ def unkeepable(table: Table, change: dict) -> list[tuple[str, str]]:
     Text holding a lone surrogate (a JSON escape such as \\ud800, which no UTF-8 spells: SQLite and
     a seal's JSON take UTF-8 only), and a whole number past SQLite's 64 bits or NaN in a column the store
     keeps as itself (a sensitive column keeps the number in its seal, which takes any: store.values_bytes).
-    syncdb never sends either; another program, or a stolen key, may. Binding one failed the whole
+    syncdb never sends any of them; another program, or a stolen key, may. Binding one failed the whole
     bundle, and every later bundle of the community waited behind it: now the record alone is
     rejected. ``why`` never quotes the value.
     """
