@@ -49,10 +49,9 @@ def person_token(blind: bytes) -> int:
     The first 63 bits of the blind index of their ID number, so a whole number SQLite keeps in
     8 bytes: as 32 hex characters it took 33 bytes in each database's tables and as much again
     in each one's index on it, and the number saves about a fifth of publish's memory
-    (docs/publish.md "Memory").
-    Two people of a street of two million share a number with a chance of about 2 in 10
-    million; nobody can make it happen on purpose without the office's index key, which no
-    community holds.
+    (docs/publish.md "Memory"). Two people of a street of two million share a number with a
+    chance of about 2 in 10 million; nobody can make it happen on purpose without the office's
+    index key, which no community holds.
     """
     return int.from_bytes(bytes(blind)[:8], "big") >> (64 - PERSON_TOKEN_BITS)
 
@@ -506,9 +505,10 @@ def _writes(plain, layout: _Layout, rowids: list[int], shown: list[list], hidden
     its index entries too (the masked database indexes every facet column), which cost most of a
     refresh and held the shared cache the pages read meanwhile. A cell is the same when its value
     and its type are, a zero its sign too (the published columns have no affinity but 档案, an
-    INTEGER column given whole numbers only: a value reads back as written; see _differs). Only the plaintext row is read and compared: a masked cell is
-    made from its plaintext cell alone (``_Layout.rows``), so where that is the same the masked
-    one is too, and the masked database the pages read is not read here at all.
+    INTEGER column given whole numbers only: a value reads back as written; see _differs). Only
+    the plaintext row is read and compared: a masked cell is made from its plaintext cell alone
+    (``_Layout.rows``), so where that is the same the masked one is too, and the masked database
+    the pages read is not read here at all.
     """
     name, labels = layout.name, layout.labels
     kept = [rowid for rowid in rowids if rowid not in fresh]  # a refresh's batch: at most BATCH of them
