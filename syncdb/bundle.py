@@ -680,17 +680,18 @@ def schema_mismatch(domains: dict, header: Header) -> str | None:
 
     Only the domains the bundle has changes for are compared: a change
     written under another schema could name columns the office does not
-    keep, and applying it would drop them.
+    keep, and applying it would drop them. The reason quotes the header's names, which a
+    hostile header spells with lone surrogates: escaped (utf8), as `syncdb status` prints it.
     """
     written = header.fields.get("schemas", {})
     for domain in sorted({table.split(".")[0] for table in header["counts"]}):
         ours = domains.get(domain)
         theirs = written.get(domain, {})
         if ours is None:
-            return _("it has changes for domain '{domain}', which the office has no schema for; "
-                     "add schemas/{domain}.toml at the office and merge again").format(domain=domain)
+            return utf8(_("it has changes for domain '{domain}', which the office has no schema for; "
+                          "add schemas/{domain}.toml at the office and merge again").format(domain=domain))
         if theirs.get("fingerprint") != ours.fingerprint:
-            return _schema_advice(header, domain, theirs, ours)
+            return utf8(_schema_advice(header, domain, theirs, ours))
     return None
 
 
