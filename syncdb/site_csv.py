@@ -122,11 +122,12 @@ class Rewriter:
             if self._label_of_a_code(header, i):
                 cells.append(None)  # Datasette's label of a code: the code's cell carries its meaning
                 continue
-            if name == projection.PERSON_COLUMN:
-                # The person's number: up to 19 digits, which Excel would round to 15 as a number.
+            described = self._describe(name)
+            if described is None and name == projection.PERSON_COLUMN:
+                # The person's number: up to 19 digits, which Excel would round to 15 as a number. (A schema's
+                # own column may be labelled 档案 in a table without it: that one is written by its schema.)
                 cells.append(kept_as_text)
                 continue
-            described = self._describe(name)
             if described is None:
                 cells.append(_undescribed)
                 continue
