@@ -135,6 +135,10 @@ def test_status_prints_a_held_bundle_whose_reason_quotes_a_lone_surrogate(street
     status = _syncdb(street, "status", str(street.store))
     assert b"Traceback" not in status.stderr, status.stderr.decode("utf-8", "replace")
     assert status.returncode == 1, (status.stdout, status.stderr)
+    assert b"\\xed\\xa0\\x80" in status.stdout, status.stdout.decode()  # the reason, its surrogate escaped
+    listed = _syncdb(street, "bundles", "list", str(street.store))
+    assert b"Traceback" not in listed.stderr, listed.stderr.decode("utf-8", "replace")
+    assert b"\\xed\\xa0\\x80" in listed.stdout, listed.stdout.decode()
 
 
 def test_a_resolution_typed_in_another_encoding_is_refused_and_changes_nothing(world, tmp_path):
