@@ -317,6 +317,20 @@ def demo(directory, communities, residents, publishing, port, schemas):
                                                  "above; Ctrl-C to stop").format(url=url)))
 
 
+def _typed(ctx, param, value):
+    """A text typed on the command line (a name, a reason, a value), refused when the terminal's encoding
+    is not the office's: a name typed on a GBK terminal where the locale is UTF-8 reaches Python as lone
+    surrogates, which no file of the office takes (a traceback where it was written). Paths are not
+    checked: a folder may be named in any encoding."""
+    from .prepare import SURROGATE
+
+    if isinstance(value, str) and SURROGATE.search(value):
+        raise click.BadParameter(_("what was typed is not text in the terminal's encoding (was it typed in a "
+                                   "terminal set to another one, such as GBK?); set the terminal to UTF-8 and "
+                                   "type it again; nothing was changed"))
+    return value
+
+
 def _secret(confirm=False):
     from .crypto import Secret
 
@@ -356,7 +370,8 @@ def office_init(store, suite, code, schemas):
 @click.argument("store", type=click.Path(file_okay=False, exists=True))
 @click.argument("code")
 @click.argument("pubkey_file", type=click.Path(dir_okay=False, exists=True))
-@click.option("--name", help=_("The community's name as people write it, e.g. 岗贝社区 (shown beside its code)."))
+@click.option("--name", callback=_typed,
+              help=_("The community's name as people write it, e.g. 岗贝社区 (shown beside its code)."))
 def office_enroll(store, code, pubkey_file, name):
     from . import office as office_lib
 
@@ -928,7 +943,7 @@ def conflicts_review(store, schemas):
 @click.argument("store", type=click.Path(file_okay=False, exists=True))
 @click.argument("conflict_id", type=int)
 @click.option("--keep", metavar="ORIGIN", help=_("Keep the candidate from this community (or with this version)."))
-@click.option("--value", help=_("Set this value instead of any candidate."))
+@click.option("--value", callback=_typed, help=_("Set this value instead of any candidate."))
 @schemas_option
 def conflicts_resolve(store, conflict_id, keep, value, schemas):
     from .resolve import resolve_conflict
@@ -1071,8 +1086,9 @@ def _decide(store, case_id, state, reason, who, schemas) -> None:
 ))
 @click.argument("store", type=click.Path(file_okay=False, exists=True))
 @click.argument("case_id", type=int)
-@click.option("--reason", help=_("What was found (optional; kept sealed in the store and the audit ledger)."))
-@click.option("--by", "who", help=_("Who decides (default: the user running the command)."))
+@click.option("--reason", callback=_typed,
+              help=_("What was found (optional; kept sealed in the store and the audit ledger)."))
+@click.option("--by", "who", callback=_typed, help=_("Who decides (default: the user running the command)."))
 @schemas_option
 def checks_confirm(store, case_id, reason, who, schemas):
     _decide(store, case_id, "confirmed", reason, who, schemas)
@@ -1085,8 +1101,8 @@ def checks_confirm(store, case_id, reason, who, schemas):
 ))
 @click.argument("store", type=click.Path(file_okay=False, exists=True))
 @click.argument("case_id", type=int)
-@click.option("--reason", required=True, help=_("Why (kept sealed in the store and the audit ledger)."))
-@click.option("--by", "who", help=_("Who decides (default: the user running the command)."))
+@click.option("--reason", required=True, callback=_typed, help=_("Why (kept sealed in the store and the audit ledger)."))
+@click.option("--by", "who", callback=_typed, help=_("Who decides (default: the user running the command)."))
 @schemas_option
 def checks_dismiss(store, case_id, reason, who, schemas):
     _decide(store, case_id, "dismissed", reason, who, schemas)
@@ -1244,10 +1260,10 @@ def users():
     "Example: syncdb users add /srv/office wangfang --role view-pii"
 ))
 @click.argument("store", type=click.Path(file_okay=False, exists=True))
-@click.argument("name")
+@click.argument("name", callback=_typed)
 @click.option("--role", "roles", multiple=True, type=click.Choice(["view-pii", "admin"]),
               help=_("view-pii: may see plaintext (every view is logged); admin: may run SQL. Repeatable."))
-@click.password_option(prompt=_("Password for the new account"),
+@click.password_option(prompt=_("Password for the new account"), callback=_typed,
                        help=_("Prompted for (twice) when not given; at least 8 characters."))
 def users_add(store, name, roles, password):
     from .staff import add_user
@@ -1379,8 +1395,9 @@ def bundles_list(store, code, everything, fmt, schemas):
 @click.argument("store", type=click.Path(file_okay=False, exists=True))
 @click.argument("code")
 @click.argument("sequence", type=click.IntRange(min=1))
-@click.option("--reason", required=True, help=_("Why it is given up; kept in the audit ledger (no residents' details)."))
-@click.option("--by", "who", help=_("Who decides (default: the user running the command)."))
+@click.option("--reason", required=True, callback=_typed,
+              help=_("Why it is given up; kept in the audit ledger (no residents' details)."))
+@click.option("--by", "who", callback=_typed, help=_("Who decides (default: the user running the command)."))
 @schemas_option
 def bundles_skip(store, code, sequence, reason, who, schemas):
     from . import bundles as bundles_lib

@@ -496,7 +496,10 @@ def receive_files(store, paths) -> list[tuple[Path, Receipt | Refused]]:
     for path in _bundle_files(paths):
         try:
             with open(path, "rb") as f:
-                results.append((path, receive_file(store, f, source=str(path))))
+                # A folder named in another encoding (GBK, from a Chinese Windows) is a path Python spells
+                # with lone surrogates: the quarantine record names it by the escapes of its bytes.
+                source = os.fsencode(path).decode("utf-8", "backslashreplace")
+                results.append((path, receive_file(store, f, source=source)))
         except Refused as e:
             results.append((path, e))
         except OSError as e:

@@ -48,9 +48,6 @@ def test_status_and_bundles_list_print_a_schema_mismatch_quoting_a_lone_surrogat
         assert b"\\xed\\xa0\\x80" in shown.stdout + shown.stderr, (command, shown.stdout, shown.stderr)
 
 
-@pytest.mark.xfail(strict=True, reason="bundles.skip checks --reason for what is not printable but not --by: a name "
-                   "typed on a GBK terminal (the help's own example is --by 王芳) reaches SQLite as lone surrogates, "
-                   "and the command ends in a traceback (UnicodeEncodeError); checks confirm/dismiss --by likewise")
 def test_a_skip_by_a_name_typed_in_another_encoding_is_refused_and_changes_nothing(street):  # noqa: F811
     a = CODES[0]
     changes = [_person(1, a)]
@@ -65,17 +62,12 @@ def test_a_skip_by_a_name_typed_in_another_encoding_is_refused_and_changes_nothi
                            b"--reason", b"damaged", b"--by", "王芳".encode("gbk")], env=env, capture_output=True,
                           timeout=120)
     assert b"Traceback" not in done.stderr, done.stderr.decode("utf-8", "replace")
-    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.returncode == 2 and b"set the terminal to UTF-8" in done.stderr, (done.stdout, done.stderr)
     listed = _syncdb(street, "bundles", "list", str(street.store))
     assert b"held" in listed.stdout and b"skipped" not in listed.stdout, listed.stdout
 
 
 @pytest.mark.skipif(os.name == "nt", reason="Windows names files in UTF-16: no name there is undecodable")
-@pytest.mark.xfail(strict=True, reason="office._refuse writes the quarantine record with the path it was given "
-                   "(json.dumps(...).encode()): a folder named in GBK (an outbox zipped on a Chinese Windows and "
-                   "unzipped at the office) reaches it as lone surrogates, and the merge of the whole folder ends "
-                   "in a traceback at its first damaged file, at every merge; escaping the source "
-                   "(os.fsencode(path).decode('utf-8', 'backslashreplace')) in receive_files is enough")
 def test_a_damaged_bundle_in_a_folder_named_in_another_encoding_is_refused_and_the_rest_merged(street):  # noqa: F811
     from test_unkeepable_values import _bundle
     a = CODES[0]
@@ -94,3 +86,27 @@ def test_a_damaged_bundle_in_a_folder_named_in_another_encoding_is_refused_and_t
     assert merged.returncode == 1 and b"refused damaged.bundle" in merged.stdout, (merged.stdout, merged.stderr)
     assert b"1 applied" in merged.stdout, merged.stdout
     assert len(list((street.store / "quarantine").glob("*.reason.json"))) == 1
+
+
+@pytest.mark.parametrize("args", [
+    [b"bundles", b"skip", b"STORE", b"441900003001", b"1", b"--reason", "损坏".encode("gbk")],
+    [b"checks", b"dismiss", b"STORE", b"1", b"--reason", b"ok", b"--by", "王芳".encode("gbk")],
+    [b"checks", b"confirm", b"STORE", b"1", b"--reason", "核实".encode("gbk")],
+    [b"conflicts", b"resolve", b"STORE", b"1", b"--value", "张三".encode("gbk")],
+    [b"office", b"enroll", b"STORE", b"441900003009", b"PUBKEY", b"--name", "岗贝社区".encode("gbk")],
+    [b"users", b"add", b"STORE", "王芳".encode("gbk"), b"--password", b"long enough"],
+    [b"users", b"add", b"STORE", b"wangfang", b"--password", "密码很长很长".encode("gbk")],
+], ids=["skip-reason", "dismiss-by", "confirm-reason", "resolve-value", "enroll-name", "user-name", "password"])
+def test_text_typed_in_another_encoding_is_a_usage_error_that_says_what_to_do(street, args):  # noqa: F811
+    """A name, reason or value typed on a GBK terminal where the locale is UTF-8 reaches Python as lone
+    surrogates: each command refuses it as it reads its options (cli._typed), before it writes anything."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SYNCDB_PASSPHRASE", "SYNCDB_SCHEMAS", "SYNCDB_LANG")}
+    env.update(SYNCDB_KEY_FILE=str(street.root / "office.key"), LC_ALL="C.UTF-8", LANGUAGE="en")
+    pubkey = street.store / "office.pub.json"
+    args = [os.fsencode(street.store) if a == b"STORE" else os.fsencode(pubkey) if a == b"PUBKEY" else a
+            for a in args]
+    before = sorted(p.name for p in street.store.iterdir())
+    done = subprocess.run([os.fsencode(SYNCDB), *args], env=env, capture_output=True, timeout=120)
+    assert b"Traceback" not in done.stderr, done.stderr.decode("utf-8", "replace")
+    assert done.returncode == 2 and b"set the terminal to UTF-8" in done.stderr, (done.stdout, done.stderr)
+    assert sorted(p.name for p in street.store.iterdir()) == before

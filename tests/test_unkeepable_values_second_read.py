@@ -157,7 +157,7 @@ def test_a_resolution_typed_in_another_encoding_is_refused_and_changes_nothing(w
     done = subprocess.run([os.fsencode(SYNCDB), b"conflicts", b"resolve", os.fsencode(w.store), b"1", b"--value",
                            "张三".encode("gbk")], env=env, capture_output=True, timeout=120)
     assert b"Traceback" not in done.stderr, done.stderr.decode("utf-8", "replace")
-    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.returncode == 2, (done.stdout, done.stderr)  # a usage error: the option as typed (cli._typed)
     assert b"set the terminal to UTF-8" in done.stderr, done.stderr.decode("utf-8", "replace")
     assert sorted((w.store / "inbox").iterdir()) == inbox
 
