@@ -7,13 +7,15 @@ would run as a formula. publish rewrites that stream on its way out, record by
 record, with export's rules (export.kept_as_text): a UTF-8 byte-order mark, a
 text column's value that is all digits or starts like a formula written
 ``="…"``, and a code with its meaning (``2 女性``; Datasette's ``…_label``
-column beside it is left out, the meaning being in the cell). Numbers and
-dates stay as they are, so sums and sorting work in Excel.
+column beside it is left out, the meaning being in the cell). The person's
+number publish adds (档案, up to 19 digits) is written ``="…"`` too: Excel
+keeps 15. Other numbers and dates stay as they are, so sums and sorting work
+in Excel.
 
 The stream is cut into records where a line ends outside quotes (a quoted
 address may hold a line break), so no record is ever rewritten in halves.
 A row page's CSV and an SQL query's are rewritten too; a query's columns are
-no table's, so there only what Excel would run is kept as text.
+no table's, so there only what Excel would run, and 档案, is kept as text.
 """
 
 from __future__ import annotations
