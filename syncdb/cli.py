@@ -318,16 +318,14 @@ def demo(directory, communities, residents, publishing, port, schemas):
 
 
 def _typed(ctx, param, value):
-    """A text typed on the command line (a name, a reason, a value), refused when the terminal's encoding
-    is not the office's: a name typed on a GBK terminal where the locale is UTF-8 reaches Python as lone
-    surrogates, which no file of the office takes (a traceback where it was written). Paths are not
-    checked: a folder may be named in any encoding."""
-    from .prepare import SURROGATE
+    """A text typed on the command line (a name, a reason, a value), refused as a usage error when the
+    terminal's encoding is not the office's (prepare.mistyped), before anything is written. Paths are
+    not checked: a folder may be named in any encoding."""
+    from .prepare import mistyped
 
-    if isinstance(value, str) and SURROGATE.search(value):
-        raise click.BadParameter(_("what was typed is not text in the terminal's encoding (was it typed in a "
-                                   "terminal set to another one, such as GBK?); set the terminal to UTF-8 and "
-                                   "type it again; nothing was changed"))
+    why = mistyped(value)
+    if why:
+        raise click.BadParameter(why)
     return value
 
 

@@ -172,6 +172,16 @@ def unkeepable(table: Table, change: dict) -> list[tuple[str, str]]:
     return found
 
 
+def mistyped(text) -> str | None:
+    """Why a text a person typed (a name, a reason, a value) cannot be taken, or None: bytes the
+    terminal's encoding did not spell as the office's (GBK typed where the locale is UTF-8) reach
+    Python as lone surrogates, which no file of the office takes, as ``unkeepable`` says of a bundle's."""
+    if isinstance(text, str) and SURROGATE.search(text):
+        return _("what was typed is not text in the terminal's encoding (was it typed in a terminal set to "
+                 "another one, such as GBK?); set the terminal to UTF-8 and type it again; nothing was changed")
+    return None
+
+
 class Preparer:
     """Makes changes ready (``prepare``) with the keyring's value cryptography and the schemas.
 

@@ -19,7 +19,7 @@ from .errors import SyncdbError
 from .hlc import Clock, Stamp, now_ms
 from .i18n import _
 from .merge import Summary, apply_changes
-from .prepare import SURROGATE
+from .prepare import mistyped
 from .row import Row
 from .schema import Domain
 from .store import Store, open_store
@@ -208,12 +208,9 @@ def _checked_value(store: Store, table, key: bytes, key_values: dict, col: str, 
     """The value a person typed, as the schema stores it: a code's meaning is taken as that code
     (迁出 for moved_out), and anything the office would reject from a community is refused here."""
     column = table.columns[col]
-    if isinstance(value, str) and SURROGATE.search(value):
-        # Bytes the terminal's encoding does not spell as the office's (GBK typed where the locale is UTF-8):
-        # Python keeps them as lone surrogates, which no store keeps (prepare.unkeepable).
-        raise SyncdbError(_("{label} ({column}): the value typed is not text in the terminal's encoding (was it "
-                            "typed in a terminal set to another one, such as GBK?); set the terminal to UTF-8 and "
-                            "type it again; nothing was changed").format(label=column.label, column=col))
+    why = mistyped(value)  # (conflicts review's prompt; the command line's options are checked as read)
+    if why:
+        raise SyncdbError(_("{field}: {why}").format(field=f"{column.label} ({col})", why=why))
     if column.codes:
         by_meaning = {meaning: code for code, meaning in store.domains[table.domain].code_table(column.codes).items()}
         value = by_meaning.get(value, value)

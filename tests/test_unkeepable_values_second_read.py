@@ -14,10 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import CODES, SYNCDB, World, id_number, person
+from conftest import CODES, SECRET, SYNCDB, World, id_number, person
 from mutants import compress, lines_of, signed_bundle
 from syncdb import community as community_lib
-from syncdb import limits, prepare, projection
+from syncdb import conflicts, limits, prepare, projection, resolve
+from syncdb.errors import SyncdbError
 from syncdb.crypto import Keyring, PublicKey
 from syncdb.projection import Published
 from syncdb.store import open_store
@@ -160,6 +161,13 @@ def test_a_resolution_typed_in_another_encoding_is_refused_and_changes_nothing(w
     assert done.returncode == 2, (done.stdout, done.stderr)  # a usage error: the option as typed (cli._typed)
     assert b"set the terminal to UTF-8" in done.stderr, done.stderr.decode("utf-8", "replace")
     assert sorted((w.store / "inbox").iterdir()) == inbox
+    # The same value typed at `conflicts review`'s prompt reaches resolve itself, which refuses it alike.
+    typed = "张三".encode("gbk").decode("utf-8", "surrogateescape")
+    with pytest.raises(SyncdbError, match="set the terminal to UTF-8"):
+        resolve.resolve_conflict(w.store, SECRET, w.all_domains, 1, value=typed)
+    assert sorted((w.store / "inbox").iterdir()) == inbox
+    with open_store(w.store, SECRET, w.all_domains) as store:
+        assert conflicts.get(store, 1)["status"] == "open"
 
 
 @pytest.mark.parametrize("new", [MARK, 2 ** 70, -(2 ** 63) - 1])
