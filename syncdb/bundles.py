@@ -128,12 +128,7 @@ def held(conn: sqlite3.Connection, store_dir, domains: dict[str, Domain], keyrin
     applies it or says why not.
     """
     now = time.time() if now is None else now
-    last = dict(conn.execute("SELECT origin, max(sequence) FROM applied GROUP BY origin"))
-    queues: dict[str, list] = {}
-    for origin, sequence, name, received in conn.execute(
-            "SELECT origin, sequence, file, received FROM received ORDER BY origin, sequence"):
-        if sequence > last.get(origin, 0):
-            queues.setdefault(origin, []).append((sequence, name, received))
+    last, queues = office.not_applied(conn, "sequence, file, received")
     keys = office.signer_keys(conn, PublicKey.read(office.public_key_path(store_dir)))
     out = []
     for origin, queue in sorted(queues.items()):

@@ -133,15 +133,10 @@ class _Pool:
 
 def _apply_inbox(store: Store, store_dir: Path, summary: Summary, progress, pool: _Pool) -> Summary:
     conn = store.conn
-    last = dict(conn.execute("SELECT origin, max(sequence) FROM applied GROUP BY origin"))
-    waiting = {}
     # Progress counts changes, as the headers said on receipt: one bundle can hold a whole community.
-    sizes = {}
-    for origin, sequence, name, changes in conn.execute(
-            "SELECT origin, sequence, file, coalesce(changes, 0) FROM received ORDER BY origin, sequence"):
-        if sequence > last.get(origin, 0):
-            waiting.setdefault(origin, []).append((sequence, name))
-            sizes[name] = changes
+    last, queues = office.not_applied(conn, "sequence, file, coalesce(changes, 0)")
+    waiting = {origin: [(sequence, name) for sequence, name, _changes in queue] for origin, queue in queues.items()}
+    sizes = {name: changes for queue in queues.values() for _sequence, name, changes in queue}
     total = sum(sizes.values())
     done = 0
 
@@ -377,9 +372,11 @@ class _Merger:
         self.last_hlc = floor
         self.set_aside: list[str] = []
         self.hook = manager().hook
-        # Rows with conflict state are few; only they need the side tables read.
-        self.special = _Special(store) if self.from_office else {(t, bytes(k)) for t, k in store.conn.execute(
-            "SELECT tbl, key FROM frontier UNION SELECT tbl, key FROM dominated")} | conflicts.open_records(store)
+        # Rows with conflict state are few; only they need the side tables read. A community's bundle
+        # learns which of a batch's records have any as it reads their rows (_apply_batch): the side
+        # tables keep versions set aside for good, and reading them whole for each bundle made a
+        # night's merge grow with the years (bench/years.py).
+        self.special = _Special(store) if self.from_office else conflicts.open_records(store)
         self.ctx = Context(origin, store.office_code, floor, relayed, max_value)
         self.preparer = preparer or Preparer(store.seals, store.domains)
         self.changes = 0
@@ -442,6 +439,12 @@ class _Merger:
                 for found in cursor:
                     stored = store.plain_row(table, dict(zip(names, found)), with_seal=True)
                     self.rows[qualified, stored["_key"]] = stored
+                if not self.from_office:
+                    marks = ", ".join("?" * len(part))
+                    self.special.update((qualified, bytes(k)) for (k,) in store.conn.execute(
+                        f"SELECT key FROM frontier WHERE tbl = ? AND key IN ({marks}) UNION "
+                        f"SELECT key FROM dominated WHERE tbl = ? AND key IN ({marks})",
+                        [qualified, *part, qualified, *part]))
         for change, table, key_values, key, ready in prepared:
             self.apply(change, table, key_values, key, ready)
         self._flush()

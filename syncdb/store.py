@@ -163,7 +163,7 @@ def bytes_values(data: bytes, n: int) -> list:
     return values
 
 
-STORE_VERSION = 4  # PRAGMA user_version of a store this release made or upgraded (0: an earlier release)
+STORE_VERSION = 5  # PRAGMA user_version of a store this release made or upgraded (0: an earlier release)
 
 # The tables this module owns. The other tables of store.db belong to their
 # modules (audit: ledger; conflicts: the queue; office: communities, received,
@@ -189,6 +189,7 @@ CREATE TABLE IF NOT EXISTS origin_clock (origin TEXT PRIMARY KEY, hlc TEXT NOT N
 CREATE TABLE IF NOT EXISTS rejected (
     id INTEGER PRIMARY KEY, origin TEXT NOT NULL, sequence INTEGER NOT NULL, tbl TEXT NOT NULL,
     key BLOB NOT NULL, shown_key TEXT NOT NULL, field TEXT NOT NULL, why TEXT NOT NULL, at TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS rejected_by_origin ON rejected (origin, id, at);
 """
 
 

@@ -123,7 +123,7 @@ def test_an_upgrade_drops_the_old_bearings_and_the_next_run_looks_at_everything_
     with street.opened(write=True) as st:
         names = {n for (n,) in st.conn.execute("SELECT name FROM sqlite_master")}
         assert "check_bearings" not in names and lookups <= names and "huji__persons_id_number__bi" not in names
-        assert st.conn.execute("PRAGMA user_version").fetchone() == (STORE_VERSION,) == (4,)
+        assert st.conn.execute("PRAGMA user_version").fetchone() == (STORE_VERSION,) == (5,)
         assert {c: len(kept(st.conn, c)) for c in counts} == counts
         assert checks.run(st).looked["household_head"] == 0  # and then at what changes only
     unchecked = [{k: v for k, v in c.items() if k != "checked"} for c in before]  # when last found: now

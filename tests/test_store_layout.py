@@ -84,7 +84,7 @@ def test_a_new_store_keeps_records_in_rowid_tables_and_an_update_keeps_the_rowid
     world.register(A, person(1, A), person(2, A))
     with open_store(world.store, SECRET, domains) as store:
         conn = store.conn
-        assert conn.execute("PRAGMA user_version").fetchone() == (STORE_VERSION,) == (4,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (STORE_VERSION,) == (5,)
         for name in record_tables(domains):
             assert not without_rowid(conn, name) and key_index(conn, name) == [f"{name}__key"], name
         indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
