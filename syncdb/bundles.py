@@ -202,11 +202,20 @@ def listing(store_dir, domains: dict[str, Domain], keyring: Keyring | None = Non
         if has_table(conn, "skipped"):
             skipped = {(o, s): (who, at, why) for o, s, who, at, why in conn.execute(
                 "SELECT origin, sequence, who, at, why FROM skipped")}
-        where = "WHERE a.origin = ?" if code else ""
-        rows = conn.execute(
-            "SELECT a.origin, a.sequence, r.file, r.received, a.applied, a.changes FROM applied a "
-            f"LEFT JOIN received r ON r.origin = a.origin AND r.sequence = a.sequence {where} "
-            "ORDER BY a.origin, a.sequence", (code,) if code else ()).fetchall()
+        columns = ("SELECT a.origin, a.sequence, r.file, r.received, a.applied, a.changes FROM applied a "
+                   "LEFT JOIN received r ON r.origin = a.origin AND r.sequence = a.sequence ")
+        if everything:
+            where = "WHERE a.origin = ?" if code else ""
+            rows = conn.execute(f"{columns}{where} ORDER BY a.origin, a.sequence", (code,) if code else ()).fetchall()
+        else:
+            # Each community's last bundle by the primary key, and the bundles skipped: never the years'
+            # bundles between them.
+            rows = [row for origin in ([code] if code else office.origins(conn, "applied"))
+                    for row in conn.execute(f"{columns}WHERE a.origin = ? ORDER BY a.sequence DESC LIMIT 1",
+                                            (origin,))]
+            rows += [row for origin, sequence in skipped if not code or origin == code
+                     for row in conn.execute(f"{columns}WHERE a.origin = ? AND a.sequence = ?", (origin, sequence))]
+            rows = sorted(set(rows), key=lambda row: (row[0], row[1]))
         latest = {origin: sequence for origin, sequence, *_ in rows}
         for origin, sequence, name, received, applied, changes in rows:
             skip = skipped.get((origin, sequence))

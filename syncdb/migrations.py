@@ -239,7 +239,7 @@ STEPS: dict[int, Callable[[Store], object]] = {
     2: rowid_layout,  # record tables: rowid tables, the blind key in a UNIQUE index
     3: compact_bearings,  # the checks' bearings a third of their size; indexes for the checks' look-ups
     # 4: reconcile_seals below (a table made by an earlier release seals its rows anew).
-    # 5: the history's indexes (audit.ledger_by_time, store.rejected_by_origin), made by the DDL above.
+    # 5: the history's indexes (audit.ledger_by_time, store.rejected_by_origin, store.applied_sums), made by the DDL above.
 }
 
 

@@ -140,7 +140,7 @@ def not_applied(conn: sqlite3.Connection, columns: str) -> tuple[dict[str, int],
     (bench/years.py)."""
     last: dict[str, int] = {}
     queues: dict[str, list[tuple]] = {}
-    for origin in _received_origins(conn):
+    for origin in origins(conn, "received"):
         (last[origin],) = conn.execute("SELECT coalesce(max(sequence), 0) FROM applied WHERE origin = ?",
                                        (origin,)).fetchone()
         queue = conn.execute(f"SELECT {columns} FROM received WHERE origin = ? AND sequence > ? ORDER BY sequence",
@@ -150,12 +150,12 @@ def not_applied(conn: sqlite3.Connection, columns: str) -> tuple[dict[str, int],
     return last, queues
 
 
-def _received_origins(conn: sqlite3.Connection) -> list[str]:
-    """Every sender of a bundle received, in order: one step into the primary key of ``received`` per
-    sender (a skip-scan), however many bundles each has sent."""
+def origins(conn: sqlite3.Connection, table: str) -> list[str]:
+    """Every sender of a bundle in ``table`` (received or applied), in order: one step into its
+    primary key per sender (a skip-scan), however many bundles each has sent."""
     return [origin for (origin,) in conn.execute(
-        "WITH RECURSIVE o(origin) AS (SELECT min(origin) FROM received UNION ALL "
-        "SELECT (SELECT min(origin) FROM received WHERE origin > o.origin) FROM o WHERE o.origin IS NOT NULL) "
+        f"WITH RECURSIVE o(origin) AS (SELECT min(origin) FROM {table} UNION ALL "
+        f"SELECT (SELECT min(origin) FROM {table} WHERE origin > o.origin) FROM o WHERE o.origin IS NOT NULL) "
         "SELECT origin FROM o WHERE origin IS NOT NULL")]
 
 

@@ -190,6 +190,7 @@ CREATE TABLE IF NOT EXISTS rejected (
     id INTEGER PRIMARY KEY, origin TEXT NOT NULL, sequence INTEGER NOT NULL, tbl TEXT NOT NULL,
     key BLOB NOT NULL, shown_key TEXT NOT NULL, field TEXT NOT NULL, why TEXT NOT NULL, at TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS rejected_by_origin ON rejected (origin, id, at);
+CREATE INDEX IF NOT EXISTS applied_sums ON applied (origin, changes, rejected);
 """
 
 
