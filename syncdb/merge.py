@@ -440,11 +440,13 @@ class _Merger:
                     stored = store.plain_row(table, dict(zip(names, found)), with_seal=True)
                     self.rows[qualified, stored["_key"]] = stored
                 if not self.from_office:
+                    # One statement per side table: both in one would pass 1,002 parameters, and SQLite
+                    # before 3.32 allows 999 in a statement.
                     marks = ", ".join("?" * len(part))
-                    self.special.update((qualified, bytes(k)) for (k,) in store.conn.execute(
-                        f"SELECT key FROM frontier WHERE tbl = ? AND key IN ({marks}) UNION "
-                        f"SELECT key FROM dominated WHERE tbl = ? AND key IN ({marks})",
-                        [qualified, *part, qualified, *part]))
+                    for side in ("frontier", "dominated"):
+                        self.special.update((qualified, bytes(k)) for (k,) in store.conn.execute(
+                            f"SELECT DISTINCT key FROM {side} WHERE tbl = ? AND key IN ({marks})",
+                            [qualified, *part]))
         for change, table, key_values, key, ready in prepared:
             self.apply(change, table, key_values, key, ready)
         self._flush()

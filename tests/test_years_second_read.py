@@ -1,0 +1,45 @@
+"""Second read of "the years' history no longer read by a night" (issue 14): what a merge looks up
+of a batch's records must hold on every SQLite an office runs, and give the store the same whatever
+the bundles' history."""
+
+import sqlite3
+import subprocess
+import sys
+
+from syncdb.state import outbox_dir
+
+
+# SQLite before 3.32 (still the system library of long-supported server distributions, which a
+# Python built there uses) allows 999 parameters in one statement; later ones 32,766.
+OLD_SQLITE = """
+import sqlite3, sys
+_connect = sqlite3.connect
+
+def connect(*args, **kwargs):
+    conn = _connect(*args, **kwargs)
+    conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+    return conn
+
+sqlite3.connect = connect
+from syncdb.cli import cli
+sys.argv[0] = "syncdb"
+cli()
+"""
+
+
+def test_a_full_batch_of_one_table_merges_on_an_sqlite_of_999_parameters(office_world, make_community,
+                                                                          syncdb_env, tmp_path):
+    """A batch holds 500 changes; looking up the versions set aside of its 500 records must not
+    pass both tables' keys in one statement (1,002 parameters), or a community's first load stops."""
+    a = make_community()
+    a.add_persons(500)
+    a.export()
+    merged = subprocess.run([sys.executable, "-c", OLD_SQLITE, "merge", str(office_world.store),
+                             str(outbox_dir(a.path)), "--jobs", "1"],
+                            env=syncdb_env, capture_output=True, text=True, timeout=120)
+    assert merged.returncode == 0, merged.stdout + merged.stderr
+    conn = sqlite3.connect(office_world.store / "store.db")
+    try:
+        assert conn.execute("SELECT count(*) FROM huji__persons").fetchone() == (500,)
+    finally:
+        conn.close()
