@@ -6,6 +6,8 @@ import sqlite3
 import subprocess
 import sys
 
+from conftest import CODES, SECRET, person
+from syncdb import migrations, pages, status
 from syncdb.state import outbox_dir
 
 
@@ -43,3 +45,24 @@ def test_a_full_batch_of_one_table_merges_on_an_sqlite_of_999_parameters(office_
         assert conn.execute("SELECT count(*) FROM huji__persons").fetchone() == (500,)
     finally:
         conn.close()
+
+
+def test_the_sums_of_all_the_years_read_covering_indexes_only(world):
+    """The sync page's and status's sums over every bundle and refused record of the years read an
+    index holding what they sum (applied_sums, rejected_by_origin), never the rows themselves: SQLite's
+    steps barely tell the two apart (tests/test_years.py), the pages read from disk do."""
+    world.register(CODES[0], person(1, CODES[0]))
+    with migrations.open_upgraded(world.store, SECRET, world.all_domains) as store:
+        statements = []
+        store.conn.set_trace_callback(statements.append)
+        try:
+            pages.sync_status(store, world.store)
+            status._rejected(store.conn, world.store, {}, {}, status.Report("x"))
+        finally:
+            store.conn.set_trace_callback(None)
+        sums = [s for s in statements if ("sum(" in s or "count(" in s) and ("applied" in s or "rejected" in s)]
+        assert len(sums) >= 2, statements
+        for sql in sums:
+            plan = [row[-1] for row in store.conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+            reads = [p for p in plan if p.startswith(("SCAN", "SEARCH"))]
+            assert reads and all("COVERING INDEX" in p for p in reads), (sql, plan)
