@@ -173,11 +173,12 @@ def test_an_earlier_store_gets_the_history_indexes(world):
     conn = sqlite3.connect(world.store / "store.db", isolation_level=None)
     conn.execute("DROP INDEX ledger_by_time")
     conn.execute("DROP INDEX rejected_by_origin")
+    conn.execute("DROP INDEX applied_sums")
     conn.execute("PRAGMA user_version = 4")
     conn.close()
     merge.merge(world.store, [], SECRET, world.all_domains)
     conn = sqlite3.connect(world.store / "store.db")
     names = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert {"ledger_by_time", "rejected_by_origin"} <= names
+    assert {"ledger_by_time", "rejected_by_origin", "applied_sums"} <= names
     assert conn.execute("PRAGMA user_version").fetchone() == (5,)
     conn.close()
