@@ -2,12 +2,16 @@
 of a batch's records must hold on every SQLite an office runs, and give the store the same whatever
 the bundles' history."""
 
+import importlib
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
-from conftest import CODES, SECRET, person
-from syncdb import migrations, pages, status
+import pytest
+
+from conftest import CODES, SECRET, World, person
+from syncdb import merge, migrations, office, pages, status
 from syncdb.state import outbox_dir
 
 
@@ -66,3 +70,37 @@ def test_the_sums_of_all_the_years_read_covering_indexes_only(world):
             plan = [row[-1] for row in store.conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
             reads = [p for p in plan if p.startswith(("SCAN", "SEARCH"))]
             assert reads and all("COVERING INDEX" in p for p in reads), (sql, plan)
+
+
+def _years_bench():
+    """bench/years.py, imported as its own script imports it (beside bench/city.py)."""
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    if str(bench) not in sys.path:
+        sys.path.insert(0, str(bench))
+    return importlib.import_module("years")
+
+
+def test_the_years_bench_stops_when_a_nights_bundle_is_held(tmp_path, domains):
+    """A night whose bundle the merge holds (here a gap: bundle 2 never came) merged nothing of that
+    community: the bench says so and stops, rather than time the night as if merged."""
+    years = _years_bench()
+    w = World(tmp_path, domains, secret=years.SECRET)
+    a = CODES[0]
+    w.register(a, person(1, a))
+    row = person(2, a)
+    later = w.signed_bundle(a, [{"table": "huji.persons", "op": "insert", "key": {"id_number": row.pop("id_number")},
+                                 "cells": row, "base": {}, "hlc": f"001900000000000.000000.{a}"}], sequence=3)
+    merge.merge(w.store, [later], years.SECRET, domains)  # received, held behind the missing bundle 2
+    with pytest.raises(SystemExit, match="did not apply cleanly"):
+        years.timed_merge(w.store, domains)
+
+
+def test_the_years_bench_times_status_with_the_record_rules_checked(tmp_path, domains):
+    """The nightly `syncdb status` runs with SYNCDB_KEY_FILE set, so with the keyring, and checks the
+    record rules over every record: the bench's status duty does the same."""
+    years = _years_bench()
+    w = World(tmp_path, domains, secret=years.SECRET)
+    w.register(CODES[0], person(1, CODES[0]))
+    report = years.office_status(w.store, domains, office.load_keyring(w.store, years.SECRET))
+    (rules,) = [lines for heading, lines in report.sections if heading.startswith("Record rules")]
+    assert not any("not checked" in line for line in rules), rules
