@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CODES, SECRET, World, id_number, person, snapshot
-from syncdb import merge, migrations, office, pages, status
+from syncdb import bundles, merge, migrations, office, pages, status
 from syncdb.state import outbox_dir
 
 
@@ -148,3 +148,42 @@ def test_a_record_with_versions_kept_aside_merges_alike_in_every_order_and_batch
         conn.close()
     assert kept == {"frontier", "dominated"}  # the history does leave versions kept aside, and set aside for good
     assert all(r == results[0] for r in results[1:])
+
+
+def _listing_as_before(store_dir, domains, code, everything):
+    """bundles.listing as it read every bundle of the years (before store version 5), for comparison."""
+    conn = bundles.read_only(store_dir)
+    try:
+        skipped = {(o, s) for o, s in conn.execute("SELECT origin, sequence FROM skipped")}
+        where = "WHERE a.origin = ?" if code else ""
+        rows = conn.execute(
+            "SELECT a.origin, a.sequence, r.file, r.received, a.applied, a.changes FROM applied a "
+            f"LEFT JOIN received r ON r.origin = a.origin AND r.sequence = a.sequence {where} "
+            "ORDER BY a.origin, a.sequence", (code,) if code else ()).fetchall()
+    finally:
+        conn.close()
+    latest = {origin: sequence for origin, sequence, *_ in rows}
+    return [(origin, sequence, name, applied) for origin, sequence, name, _received, applied, _changes in rows
+            if everything or (origin, sequence) in skipped or latest[origin] == sequence]
+
+
+def test_bundles_list_shows_what_it_showed_when_it_read_every_bundle(world, domains):
+    """Each community's last bundle and the bundles skipped (one never received: in ``applied`` and
+    not in ``received``), with --everything and --code, as before the years' reads were cut."""
+    a, b = CODES[0], CODES[1]
+    for n in range(3):
+        assert world.register(a, person(10 + n, a)).applied == 1
+    for n in range(4):
+        world.insert(b, person(20 + n, b))
+        world.push(b)
+    lost = world.bundles[-3]  # b's bundle 2 never reaches the office
+    merge.merge(world.store, [p for p in world.bundles[-4:] if p != lost], SECRET, domains)
+    bundles.skip(world.store, SECRET, domains, b, 2, "the PC was replaced", who="test")
+    merge.merge(world.store, [], SECRET, domains)
+    for code in (None, a, b, CODES[2]):
+        for everything in (False, True):
+            shown = [(e.origin, e.sequence, e.file, e.applied)
+                     for e in bundles.listing(world.store, domains, code=code, everything=everything)]
+            assert shown == _listing_as_before(world.store, domains, code, everything), (code, everything)
+    assert [(e.origin, e.sequence, e.state) for e in bundles.listing(world.store, domains)] == [
+        (a, 3, "applied"), (b, 2, "skipped"), (b, 4, "applied")]
