@@ -150,6 +150,13 @@ def not_applied(conn: sqlite3.Connection, columns: str) -> tuple[dict[str, int],
     return last, queues
 
 
+def last_bundle(conn: sqlite3.Connection, table: str, origin: str) -> tuple:
+    """(sequence, when) of ``origin``'s last bundle in ``table`` (applied or received, each with its
+    time in a column of its name), or (None, None): by the primary key, never the bundles before it."""
+    return conn.execute(f"SELECT sequence, {table} FROM {table} WHERE origin = ? ORDER BY sequence DESC LIMIT 1",
+                        (origin,)).fetchone() or (None, None)
+
+
 def origins(conn: sqlite3.Connection, table: str) -> list[str]:
     """Every sender of a bundle in ``table`` (received or applied), in order: one step into its
     primary key per sender (a skip-scan), however many bundles each has sent."""

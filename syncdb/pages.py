@@ -62,12 +62,10 @@ def sync_status(store: Store, store_dir) -> list[dict]:
     for (code,) in conn.execute("SELECT code FROM communities ORDER BY code"):
         # The last bundle applied and received by the primary keys; the sums by an index holding them
         # (store version 5), a few bytes a bundle, never the bundles' rows.
-        applied = (*(conn.execute("SELECT sequence, applied FROM applied WHERE origin = ? ORDER BY sequence DESC "
-                                  "LIMIT 1", (code,)).fetchone() or (None, None)),
+        applied = (*office.last_bundle(conn, "applied", code),
                    *conn.execute("SELECT coalesce(sum(changes), 0), coalesce(sum(rejected), 0) FROM applied "
                                  "WHERE origin = ?", (code,)).fetchone())
-        received = conn.execute("SELECT sequence, received FROM received WHERE origin = ? ORDER BY sequence DESC "
-                                "LIMIT 1", (code,)).fetchone() or (None, None)
+        received = office.last_bundle(conn, "received", code)
         last = applied[1]
         lag = None
         if last:

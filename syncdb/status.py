@@ -184,8 +184,7 @@ def _communities(conn, names, now, report: Report) -> None:
     lines, facts = [], []
     for code, enrolled in conn.execute("SELECT code, enrolled FROM communities ORDER BY code"):
         # The last bundle applied by the primary key, not an aggregate over all the years' bundles.
-        applied = conn.execute("SELECT sequence, applied FROM applied WHERE origin = ? ORDER BY sequence DESC "
-                               "LIMIT 1", (code,)).fetchone() or (None, None)
+        applied = office.last_bundle(conn, "applied", code)
         received = conn.execute("SELECT max(sequence) FROM received WHERE origin = ?", (code,)).fetchone()[0]
         if applied[0]:
             line = _("{community}: last bundle {sequence} applied {at} ({hours} ago)").format(
