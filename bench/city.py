@@ -164,10 +164,19 @@ def jobs_supported() -> bool:
 def merge_timed(store: Path, paths: list[Path], domains, jobs: int | None) -> tuple[float, int, float]:
     """(seconds, changes applied, seconds of them in the checks after the merge) of one merge.merge.
 
-    Refuses to go on when a bundle did not apply. The checks are a duty of the merge and count in its
-    time; their share is told apart, wrapped here as bench/layout.py does, to say where the time goes.
+    Refuses to go on when a bundle did not apply.
     """
     extra = {"jobs": jobs} if jobs is not None else {}
+    took, summary, in_checks = merge_and_checks_timed(store, paths, domains, **extra)
+    if summary.rejected or summary.refused or summary.applied != len(paths):
+        raise SystemExit(f"the merge of {[p.name for p in paths]} did not apply cleanly: {summary.lines()}")
+    return took, summary.changes, in_checks
+
+
+def merge_and_checks_timed(store: Path, paths: list[Path], domains, **extra) -> tuple[float, merge.Summary, float]:
+    """(seconds, summary, seconds of them in the checks after the merge) of one merge.merge (bench/years.py's
+    too). The checks are a duty of the merge and count in its time; their share is told apart, wrapped
+    here as bench/layout.py does, to say where the time goes."""
     after_merge, in_checks = checks.after_merge, []
 
     def timed_checks(*args, **kwargs):
@@ -182,10 +191,7 @@ def merge_timed(store: Path, paths: list[Path], domains, jobs: int | None) -> tu
         summary = merge.merge(store, paths, SECRET, domains, **extra)
     finally:
         checks.after_merge = after_merge
-    took = time.perf_counter() - started
-    if summary.rejected or summary.refused or summary.applied != len(paths):
-        raise SystemExit(f"the merge of {[p.name for p in paths]} did not apply cleanly: {summary.lines()}")
-    return took, summary.changes, sum(in_checks)
+    return time.perf_counter() - started, summary, sum(in_checks)
 
 
 def bundles_of(folder: Path) -> list[Path]:

@@ -51,9 +51,9 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
-from city import (SECRET, SAMPLE_DOMAINS, answering, bundles_of, copy_street, edit_night, free_port,  # noqa: E402
+from city import (SECRET, SAMPLE_DOMAINS, answering, bundles_of, merge_and_checks_timed, copy_street, edit_night, free_port,  # noqa: E402
                   load_now, prepare, sample_domains)
-from syncdb import checks, merge, projection, publishdb, status, transport  # noqa: E402
+from syncdb import merge, projection, publishdb, status, transport  # noqa: E402
 from syncdb.http_channel import HttpChannel  # noqa: E402
 from syncdb.office import load_keyring  # noqa: E402
 from syncdb.store import open_store  # noqa: E402
@@ -84,26 +84,12 @@ def child_env(work: Path) -> dict:
 
 def timed_merge(store: Path, domains) -> tuple[float, float, int]:
     """(seconds, of them in the checks, changes) of one merge of the office's inbox."""
-    after_merge, in_checks = checks.after_merge, []
-
-    def timed_checks(*args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return after_merge(*args, **kwargs)
-        finally:
-            in_checks.append(time.perf_counter() - started)
-    checks.after_merge = timed_checks
-    started = time.perf_counter()
-    try:
-        summary = merge.merge(store, [], SECRET, domains)
-    finally:
-        checks.after_merge = after_merge
-    took = time.perf_counter() - started
+    took, summary, in_checks = merge_and_checks_timed(store, [], domains)
     # A bundle held (a gap, a schema the office lacks) leaves its community's night unmerged and the
     # night cheap: the figure would then measure less than the duty.
     if summary.rejected or summary.refused or summary.held or summary.blocked:
         raise SystemExit(f"a night's merge did not apply cleanly: {summary.lines()}")
-    return took, sum(in_checks), summary.changes
+    return took, in_checks, summary.changes
 
 
 def office_status(store: Path, domains, keyring) -> status.Report:
