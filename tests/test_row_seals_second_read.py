@@ -12,7 +12,7 @@ from conftest import CODES, SECRET, id_number, make_version_3, person, snapshot
 from test_row_seals import columns_of, schemas_where
 from syncdb import merge, migrations, resolve
 from syncdb.schema import load_domains
-from syncdb.store import open_store, read_sealed_columns
+from syncdb.store import STORE_VERSION, open_store, read_sealed_columns
 
 FORMER_NAME = 'former_name    = { type = "text", label = "曾用名", sensitive = true }'
 
@@ -123,7 +123,8 @@ migrations.open_upgraded(sys.argv[1], SECRET, load_domains(None)).close()
 """
 
 
-@pytest.mark.parametrize("statement", ["ALTER TABLE [huji__persons__sealed] RENAME", "PRAGMA user_version = 4"])
+@pytest.mark.parametrize("statement", ["ALTER TABLE [huji__persons__sealed] RENAME",
+                                       f"PRAGMA user_version = {STORE_VERSION}"])
 def test_an_upgrade_killed_before_its_commit_leaves_the_version_3_store_whole(street, domains, statement):
     """SIGKILL inside the upgrade's transaction, after huji.persons is rebuilt (or just before the
     commit): the store is the version-3 store it was, and the next merge upgrades it with nothing lost."""
