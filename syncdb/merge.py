@@ -377,6 +377,7 @@ class _Merger:
         # tables keep versions set aside for good, and reading them whole for each bundle made a
         # night's merge grow with the years (bench/years.py).
         self.special = _Special(store) if self.from_office else conflicts.open_records(store)
+        self.sides: dict[str, list[str]] = {}  # table -> the side tables holding any of its records (_sides)
         self.ctx = Context(origin, store.office_code, floor, relayed, max_value)
         self.preparer = preparer or Preparer(store.seals, store.domains)
         self.changes = 0
@@ -443,7 +444,7 @@ class _Merger:
                     # One statement per side table: both in one would pass 1,002 parameters, and SQLite
                     # before 3.32 allows 999 in a statement.
                     marks = ", ".join("?" * len(part))
-                    for side in ("frontier", "dominated"):
+                    for side in self._sides(qualified):
                         self.special.update((qualified, bytes(k)) for (k,) in store.conn.execute(
                             f"SELECT DISTINCT key FROM {side} WHERE tbl = ? AND key IN ({marks})",
                             [qualified, *part]))
@@ -453,6 +454,15 @@ class _Merger:
         self.seen += len(batch)
         if self.on_batch:
             self.on_batch(self.seen)
+
+    def _sides(self, qualified: str) -> list[str]:
+        """The side tables (frontier, dominated) that held any record of this table before the bundle's
+        first batch of it: a store without conflicts (most tables of most stores) then costs no look-up a
+        batch, 1.4 ms for 500 records. A record the bundle sets aside is in ``special`` from then on."""
+        if qualified not in self.sides:
+            self.sides[qualified] = [side for side in ("frontier", "dominated") if self.store.conn.execute(
+                f"SELECT 1 FROM {side} WHERE tbl = ? LIMIT 1", (qualified,)).fetchone()]
+        return self.sides[qualified]
 
     def _flush(self) -> None:
         seal_row = self.store.seals.seal_row
