@@ -51,8 +51,8 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
-from city import (SECRET, SAMPLE_DOMAINS, answering, bundles_of, merge_and_checks_timed, copy_street, edit_night, free_port,  # noqa: E402
-                  load_now, prepare, sample_domains)
+from city import (SAMPLE_DOMAINS, SECRET, answering, bundles_of, copy_street, edit_night, free_port,  # noqa: E402
+                  load_now, merge_and_checks_timed, prepare, sample_domains)
 from syncdb import merge, projection, publishdb, status, transport  # noqa: E402
 from syncdb.http_channel import HttpChannel  # noqa: E402
 from syncdb.office import load_keyring  # noqa: E402
