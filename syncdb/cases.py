@@ -506,10 +506,26 @@ COLUMNS = "id, check_name, subject_kind, subject, digest, community, severity, s
 
 
 def listing(store: Store, check: str | None = None, community: str | None = None,
-            states=ACTIVE) -> list[dict]:
-    """The cases (open and confirmed unless ``states`` says), oldest first, their findings opened in memory."""
+            states=ACTIVE, limit: int | None = None, offset: int = 0) -> list[dict]:
+    """The cases (open and confirmed unless ``states`` says), oldest first, their findings opened in memory;
+    with ``limit``, that many from ``offset`` on, and only theirs opened (a page of a check's cases)."""
     if not present(store.conn):
         return []
+    where, params = _where(check, community, states)
+    page = f" LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else ""
+    rows = store.conn.execute(f"SELECT {COLUMNS} FROM cases WHERE {where} ORDER BY id{page}", params)
+    return [_item(store, row) for row in rows.fetchall()]
+
+
+def count(store: Store, check: str | None = None, community: str | None = None, states=ACTIVE) -> int:
+    """How many cases ``listing`` lists, none opened."""
+    if not present(store.conn):
+        return 0
+    where, params = _where(check, community, states)
+    return store.conn.execute(f"SELECT count(*) FROM cases WHERE {where}", params).fetchone()[0]
+
+
+def _where(check: str | None, community: str | None, states) -> tuple[str, list]:
     where, params = [f"state IN ({', '.join('?' * len(states))})"], list(states)
     if check:
         where.append("check_name = ?")
@@ -517,8 +533,7 @@ def listing(store: Store, check: str | None = None, community: str | None = None
     if community:
         where.append("community = ?")
         params.append(community)
-    rows = store.conn.execute(f"SELECT {COLUMNS} FROM cases WHERE {' AND '.join(where)} ORDER BY id", params)
-    return [_item(store, row) for row in rows.fetchall()]
+    return " AND ".join(where), params
 
 
 def get(store: Store, case_id: int) -> dict:

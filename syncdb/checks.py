@@ -760,11 +760,12 @@ def _why(error: BaseException) -> str:
 # ---------------------------------------------------------------- for the pages and the CLI
 
 def list_cases(store: Store, check: str | None = None, community: str | None = None, states=cases.ACTIVE,
-               masked: bool = True) -> list[dict]:
-    """The cases by check and community, each with its check's title; subjects masked unless ``masked`` is False."""
+               masked: bool = True, limit: int | None = None, offset: int = 0) -> list[dict]:
+    """The cases by check and community, each with its check's title; subjects masked unless ``masked`` is False;
+    with ``limit``, a page of them (cases.listing)."""
     titles = {c.name: _(c.title) for c in registered()}
     return [_shown(store, item, titles.get(item["check"], item["check"]), masked)
-            for item in cases.listing(store, check, community, states)]
+            for item in cases.listing(store, check, community, states, limit, offset)]
 
 
 def show_case(store: Store, case_id: int, masked: bool = True) -> dict:

@@ -86,11 +86,14 @@ def check_page(store: Store, name: str, plaintext: bool, state: str = "active", 
     if row is None:
         return None
     states = cases.ACTIVE if state == "active" else tuple(cases.STATES) if state == "all" else (state,)
-    found = checks.list_cases(store, name, community, states, masked=False)
-    page = max(1, min(page, (len(found) + PAGE - 1) // PAGE or 1))
+    # Only the page's cases are read and opened: a check's closed cases of all the years are counted.
+    total = cases.count(store, name, community, states)
+    pages = (total + PAGE - 1) // PAGE or 1
+    page = max(1, min(page, pages))
+    found = checks.list_cases(store, name, community, states, masked=False, limit=PAGE, offset=(page - 1) * PAGE)
     view = checks.Records(store)
-    shown = [case_view(store, view, item, plaintext) for item in found[(page - 1) * PAGE:page * PAGE]]
-    return dict(row, cases=shown, count=len(found), page=page, pages=(len(found) + PAGE - 1) // PAGE or 1)
+    shown = [case_view(store, view, item, plaintext) for item in found]
+    return dict(row, cases=shown, count=total, page=page, pages=pages)
 
 
 def case_view(store: Store, view: checks.Records, item: dict, plaintext: bool) -> dict:
