@@ -831,7 +831,8 @@ async def check_cases(datasette, request):
     state = request.args.get("state") or "active"
     state = state if state in checks_pages.STATES else "active"
     community = request.args.get("community") or None
-    page = int(request.args["page"]) if (request.args.get("page") or "").isdigit() else 1
+    number = request.args.get("page") or ""
+    page = int(number) if number.isascii() and number.isdigit() else 1  # "²" is a digit int() refuses
 
     def read():
         with ctx.store() as store:

@@ -202,3 +202,12 @@ def test_the_person_page_lists_the_person_s_open_cases(street, site):
     listed = html.split('id="person-cases"', 1)[1].split("</ul>", 1)[0]
     assert "Deceased or moved out, yet still paid (open): " in listed
     assert htmllib.escape(paid["message"], quote=False) in listed
+
+
+def test_a_page_number_of_any_digits_shows_a_page(street, site):
+    """`?page=` of a digit Python cannot count with (a superscript two) or of fullwidth digits shows the
+    first page; a page past the last shows the last (it ended in an error page before)."""
+    clerk = site.sign_in("lilei")
+    for number in ("²", "１", "0", "99999999999999999999"):
+        html = _page(clerk, f"{site.url}/-/checks/deceased_paid?state=all&page={number}")
+        assert 'id="cases"' in html, number
