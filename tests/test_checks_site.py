@@ -205,8 +205,8 @@ def test_the_person_page_lists_the_person_s_open_cases(street, site):
 
 
 def test_a_page_number_of_any_digits_shows_a_page(street, site):
-    """`?page=` of a digit Python cannot count with (a superscript two) or of fullwidth digits shows the
-    first page; a page past the last shows the last (it ended in an error page before)."""
+    """`?page=` of a digit Python cannot count with (a superscript two, which ended in an error page) or of
+    fullwidth digits shows the first page, and a page past the last the last."""
     clerk = site.sign_in("lilei")
     for number in ("²", "１", "0", "99999999999999999999"):
         html = _page(clerk, f"{site.url}/-/checks/deceased_paid?state=all&page={number}")
