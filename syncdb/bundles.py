@@ -274,7 +274,7 @@ def _next_in_line(conn, store_dir: Path, code: str, sequence: int) -> tuple[str 
     if known is None:
         raise SyncdbError(_("community {code} is not enrolled at {store} and sent nothing; check the code").format(
             code=code, store=store_dir))
-    (done,) = conn.execute("SELECT coalesce(max(sequence), 0) FROM applied WHERE origin = ?", (code,)).fetchone()
+    done = office.settled_in(conn, code)
     if sequence <= done:
         raise SyncdbError(_("bundle {sequence} of {code} is already applied or skipped (the office is at bundle "
                             "{done}); see `syncdb bundles list {store}`").format(

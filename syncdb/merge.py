@@ -244,9 +244,7 @@ def apply_bundle(store: Store, reader: bundle.Reader, summary: Summary, on_batch
     store_dir = Path(store_dir) if store_dir is not None else path.parent.parent  # STORE/inbox/NAME
     header = reader.verify(office.signer_keys(store.conn, store.keyring.public).get)
     with store.bundle_cache(), store.transaction() as conn:
-        (done,) = conn.execute("SELECT coalesce(max(sequence), 0) FROM applied WHERE origin = ?",
-                               (header.origin,)).fetchone()
-        if done >= header.sequence:
+        if office.settled_in(conn, header.origin) >= header.sequence:
             return  # another merge (serve's, or a second `syncdb merge`) applied it meanwhile
         caps = limits.load(store_dir)
         if workers is not None and header.origin != store.office_code:

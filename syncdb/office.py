@@ -141,8 +141,7 @@ def not_applied(conn: sqlite3.Connection, columns: str) -> tuple[dict[str, int],
     last: dict[str, int] = {}
     queues: dict[str, list[tuple]] = {}
     for origin in origins(conn, "received"):
-        (last[origin],) = conn.execute("SELECT coalesce(max(sequence), 0) FROM applied WHERE origin = ?",
-                                       (origin,)).fetchone()
+        last[origin] = settled_in(conn, origin)
         queue = conn.execute(f"SELECT {columns} FROM received WHERE origin = ? AND sequence > ? ORDER BY sequence",
                              (origin, last[origin])).fetchall()
         if queue:
