@@ -5,10 +5,18 @@ figure rests on the two or three pages that land in that window. This benchmark 
 street city.py kept (``--keep``, its communities already generated; without it, a small
 street generated for the run), loads it into a new store, starts publish, measures the
 masked persons table and facet pages outside any refresh, then runs ``--nights`` nights,
-fetching the pages back to back during each night's refresh. It prints each refresh's time and every page's time against its median
-outside, and the figures' goals from issue 14.
+fetching the pages back to back during each night's refresh. With ``--idle``, each browsed
+night is followed by one refreshed with nobody reading, the refresh's own time beside it. It
+prints each refresh's time and every page's time against its median outside, and the figures'
+goals from issue 14.
+
+Loading the street comes first, each time (about four minutes at 50 x 5,000); ``--loaded DIR``
+keeps the loaded street in DIR and runs on it again the next time (its nights go on changing
+it), so a change to the refresh is measured without loading again:
 
     .venv/bin/python bench/refresh_pages.py --keep /var/tmp/city-10x5000 --communities 10
+    .venv/bin/python bench/refresh_pages.py --keep /var/tmp/city-storesize/street --communities 50 \
+        --nights 5 --idle --loaded /var/tmp/refresh-50
 """
 
 from __future__ import annotations
@@ -32,17 +40,14 @@ def main() -> None:
                         help="residents per community, for a street made now (default 2,000)")
     parser.add_argument("--nights", type=int, default=5, help="browsed nights (default 5)")
     parser.add_argument("--samples", type=int, default=10, help="pages of each kind outside a refresh")
+    parser.add_argument("--idle", action="store_true", help="after each browsed night, one with nobody reading")
+    parser.add_argument("--loaded", help="a folder for the loaded street, kept and run on again the next time")
     args = parser.parse_args()
     domains = city.sample_domains()
     with tempfile.TemporaryDirectory(prefix="refresh-pages-") as tmp:
         work = Path(tmp)
         keep = Path(args.keep) if args.keep else work / "street"
-        if not args.keep:
-            city.prepare(keep, args.communities, args.residents, domains)
-        store, folders = city.copy_street(keep, work / "run", args.communities)
-        for n, folder in enumerate(folders, start=1):
-            city.merge_timed(store, city.bundles_of(folder), domains, None)
-            print(f"  community {n} loaded", flush=True)
+        store, folders = loaded(Path(args.loaded) if args.loaded else work / "run", keep, args, domains)
         publisher = city.Publisher(store, city.child_env(work), work / "publish.log")
         try:
             made, filled = publisher.next("make"), publisher.next("reload")
@@ -56,11 +61,19 @@ def main() -> None:
             medians = {kind: statistics.median(times) for kind, times in outside.items()}
             print(f"publish start-up {startup:.2f} s; pages outside a refresh (median): "
                   + ", ".join(f"{kind} {took * 1e3:,.0f} ms" for kind, took in medians.items()), flush=True)
-            ratios, spans = [], []
+            ratios, spans, idle = [], [], []
+            # Each night's edits are drawn from its seed: on a --loaded street the nights go on from the
+            # last run's (the inbox keeps every bundle) rather than make the same edits again.
+            seed = 100 + sum(1 for _ in city.office.inbox_dir(store).iterdir())
             for n in range(args.nights):
+                if args.idle and n:
+                    took = idle_night(publisher, store, folders, domains, seed + 2 * n - 1)
+                    idle.append(took)
+                    print(f"  night {n} with nobody reading: refreshed in {took:.2f} s ({took / startup:.1%} "
+                          f"of start-up)", flush=True)
                 publisher.pause()
                 try:
-                    merged = city.night(store, folders, domains, 100 + n, None)
+                    merged = city.night(store, folders, domains, seed + 2 * n, None)
                 finally:
                     publisher.resume()
                 session.close()
@@ -76,9 +89,45 @@ def main() -> None:
     worst = max(ratios) if ratios else float("nan")
     print(f"browsed refresh / start-up: median {statistics.median(spans) / startup:.1%}, "
           f"worst {max(spans) / startup:.1%} (goal <= {city.GOAL_REFRESH:.0%})")
+    if idle:
+        print(f"refresh with nobody reading / start-up: median {statistics.median(idle) / startup:.1%}; "
+              f"browsed / idle, medians: {statistics.median(spans) / statistics.median(idle):.1f}x")
     print(f"page during a refresh / outside: worst {worst:.2f}x, median "
           f"{statistics.median(ratios) if ratios else float('nan'):.2f}x of {len(ratios)} pages "
           f"(goal <= {city.GOAL_DURING}x)")
+
+
+def loaded(folder: Path, keep: Path, args, domains) -> tuple[Path, list[Path]]:
+    """The street loaded into a store in ``folder``: loaded now, or as an earlier run with ``--loaded`` left it."""
+    if (folder / "loaded").exists():
+        communities = int((folder / "loaded").read_text())
+        if communities != args.communities:
+            raise SystemExit(f"{folder} holds {communities} communities loaded, not {args.communities}: "
+                             f"give another --loaded folder")
+        print(f"  the street loaded in {folder} (its nights go on from the last run)", flush=True)
+        city.merge_timed(folder / "office", [], domains, None)  # upgrades a store made by older code
+        return folder / "office", [folder / city.code_of(n) for n in range(1, communities + 1)]
+    if folder.exists() and any(folder.iterdir()):
+        raise SystemExit(f"{folder} is not empty and holds no loaded street: give an empty or new folder")
+    if not args.keep:
+        city.prepare(keep, args.communities, args.residents, domains)
+    store, folders = city.copy_street(keep, folder, args.communities)
+    for n, path in enumerate(folders, start=1):
+        city.merge_timed(store, city.bundles_of(path), domains, None)
+        print(f"  community {n} loaded", flush=True)
+    (folder / "loaded").write_text(f"{args.communities}\n")
+    return store, folders
+
+
+def idle_night(publisher, store: Path, folders: list[Path], domains, seed: int) -> float:
+    """A night merged while publish is paused, then refreshed with no page asked for: the refresh's seconds."""
+    publisher.pause()
+    try:
+        city.night(store, folders, domains, seed, None)
+    finally:
+        publisher.resume()
+    started, ended = publisher.next("reload")
+    return ended - started
 
 
 if __name__ == "__main__":
