@@ -105,8 +105,16 @@ def loaded(folder: Path, keep: Path, args, domains) -> tuple[Path, list[Path]]:
             raise SystemExit(f"{folder} holds {communities} communities loaded, not {args.communities}: "
                              f"give another --loaded folder")
         print(f"  the street loaded in {folder} (its nights go on from the last run)", flush=True)
-        city.merge_timed(folder / "office", [], domains, None)  # upgrades a store made by older code
-        return folder / "office", [folder / city.code_of(n) for n in range(1, communities + 1)]
+        store, folders = folder / "office", [folder / city.code_of(n) for n in range(1, communities + 1)]
+        # A run stopped in a night (Ctrl-C, a kill) may have left bundles exported and never received, or
+        # received and not applied: every later night's bundles would wait for them. This merge takes them
+        # in, and upgrades a store made by older code.
+        inbox = city.office.inbox_dir(store)
+        behind = [path for each in folders for path in city.bundles_of(each) if not (inbox / path.name).exists()]
+        summary = city.merge_and_checks_timed(store, behind, domains)[1]
+        if summary.rejected or summary.refused or summary.held:
+            raise SystemExit(f"the street in {folder} does not merge cleanly: {summary.lines()}")
+        return store, folders
     if folder.exists() and any(folder.iterdir()):
         raise SystemExit(f"{folder} is not empty and holds no loaded street: give an empty or new folder")
     if not args.keep:
