@@ -5,8 +5,8 @@ figure rests on the two or three pages that land in that window. This benchmark 
 street city.py kept (``--keep``, its communities already generated; without it, a small
 street generated for the run), loads it into a new store, starts publish, measures the
 masked persons table and facet pages outside any refresh, then runs ``--nights`` nights,
-fetching the pages back to back during each night's refresh. With ``--idle``, each browsed
-night is followed by one refreshed with nobody reading, the refresh's own time beside it. It
+fetching the pages back to back during each night's refresh. With ``--idle``, between each two
+browsed nights comes one refreshed with nobody reading, the refresh's own time beside it. It
 prints each refresh's time and every page's time against its median outside, and the figures'
 goals from issue 14.
 
@@ -40,7 +40,7 @@ def main() -> None:
                         help="residents per community, for a street made now (default 2,000)")
     parser.add_argument("--nights", type=int, default=5, help="browsed nights (default 5)")
     parser.add_argument("--samples", type=int, default=10, help="pages of each kind outside a refresh")
-    parser.add_argument("--idle", action="store_true", help="after each browsed night, one with nobody reading")
+    parser.add_argument("--idle", action="store_true", help="between each two browsed nights, one with nobody reading")
     parser.add_argument("--loaded", help="a folder for the loaded street, kept and run on again the next time")
     args = parser.parse_args()
     domains = city.sample_domains()
