@@ -100,10 +100,15 @@ def main() -> None:
 def loaded(folder: Path, keep: Path, args, domains) -> tuple[Path, list[Path]]:
     """The street loaded into a store in ``folder``: loaded now, or as an earlier run with ``--loaded`` left it."""
     if (folder / "loaded").exists():
-        communities = int((folder / "loaded").read_text())
-        if communities != args.communities:
+        communities, *street = (folder / "loaded").read_text().splitlines()
+        if int(communities) != args.communities:
             raise SystemExit(f"{folder} holds {communities} communities loaded, not {args.communities}: "
                              f"give another --loaded folder")
+        # --keep names the street measured: another street's must not be measured under its name unawares.
+        if args.keep and street and street[0] != str(Path(args.keep).resolve()):
+            raise SystemExit(f"{folder} holds {street[0] or 'a street generated for its first run'} loaded, "
+                             f"not --keep {args.keep}: give another --loaded folder, or no --keep")
+        communities = int(communities)
         print(f"  the street loaded in {folder} (its nights go on from the last run)", flush=True)
         store, folders = folder / "office", [folder / city.code_of(n) for n in range(1, communities + 1)]
         # A run stopped in a night (Ctrl-C, a kill) may have left bundles exported and never received, or
@@ -123,7 +128,9 @@ def loaded(folder: Path, keep: Path, args, domains) -> tuple[Path, list[Path]]:
     for n, path in enumerate(folders, start=1):
         city.merge_timed(store, city.bundles_of(path), domains, None)
         print(f"  community {n} loaded", flush=True)
-    (folder / "loaded").write_text(f"{args.communities}\n")
+    # Last, and whole or not at all: a folder without it is a street half loaded, which is refused above.
+    (folder / "loaded.tmp").write_text(f"{args.communities}\n{Path(args.keep).resolve() if args.keep else ''}\n")
+    (folder / "loaded.tmp").replace(folder / "loaded")
     return store, folders
 
 

@@ -13,9 +13,9 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-def refresh_pages(loaded: Path, temp: Path) -> subprocess.CompletedProcess:
+def refresh_pages(loaded: Path, temp: Path, *more: str) -> subprocess.CompletedProcess:
     args = [sys.executable, str(BENCH / "refresh_pages.py"), "--communities", "2", "--residents", "150",
-            "--nights", "1", "--samples", "1", "--loaded", str(loaded)]
+            "--nights", "1", "--samples", "1", "--loaded", str(loaded), *more]
     return subprocess.run(args, capture_output=True, text=True, timeout=300, env=dict(os.environ, TMPDIR=str(temp)))
 
 
@@ -40,3 +40,20 @@ def test_a_loaded_street_runs_on_after_a_run_stopped_between_a_nights_export_and
     again = refresh_pages(loaded, temp)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "  night 1: " in again.stdout, again.stdout
+
+
+@pytest.mark.slow
+def test_a_loaded_street_refuses_the_keep_of_another_street(tmp_path):
+    temp, loaded, other = tmp_path / "tmp", tmp_path / "loaded", tmp_path / "other"
+    temp.mkdir()
+    first = refresh_pages(loaded, temp)  # the street generated for this first run, 150 residents each
+    assert first.returncode == 0, first.stdout + first.stderr
+    sys.path.insert(0, str(BENCH))
+    try:
+        import city
+        city.prepare(other, 2, 200, city.sample_domains())  # another street, as city.py --keep leaves one
+    finally:
+        sys.path.remove(str(BENCH))
+    again = refresh_pages(loaded, temp, "--keep", str(other))
+    assert again.returncode != 0, "a run measured the loaded street under --keep of another: " + again.stdout
+    assert "--keep" in again.stderr and "night 1" not in again.stdout, again.stdout + again.stderr
