@@ -71,11 +71,7 @@ def main() -> None:
                     idle.append(took)
                     print(f"  night {n} with nobody reading: refreshed in {took:.2f} s ({took / startup:.1%} "
                           f"of start-up)", flush=True)
-                publisher.pause()
-                try:
-                    merged = city.night(store, folders, domains, seed + 2 * n, None)
-                finally:
-                    publisher.resume()
+                merged = paused_night(publisher, store, folders, domains, seed + 2 * n)
                 session.close()
                 seen, (start, end) = city.pages_until(publisher, session, kinds)
                 during = [(kind, took / medians[kind]) for kind, at, took in seen if at < end and at + took > start]
@@ -134,13 +130,19 @@ def loaded(folder: Path, keep: Path, args, domains) -> tuple[Path, list[Path]]:
     return store, folders
 
 
-def idle_night(publisher, store: Path, folders: list[Path], domains, seed: int) -> float:
-    """A night merged while publish is paused, then refreshed with no page asked for: the refresh's seconds."""
+def paused_night(publisher, store: Path, folders: list[Path], domains, seed: int) -> tuple[float, int, float]:
+    """A night merged while publish is paused, so that its refresh starts once the whole night is in; as
+    city.night."""
     publisher.pause()
     try:
-        city.night(store, folders, domains, seed, None)
+        return city.night(store, folders, domains, seed, None)
     finally:
         publisher.resume()
+
+
+def idle_night(publisher, store: Path, folders: list[Path], domains, seed: int) -> float:
+    """A night merged while publish is paused, then refreshed with no page asked for: the refresh's seconds."""
+    paused_night(publisher, store, folders, domains, seed)
     started, ended = publisher.next("reload")
     return ended - started
 
