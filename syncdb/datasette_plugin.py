@@ -207,7 +207,32 @@ def _fill(ctx: Context) -> tuple[tuple, int, bool]:
         with ctx.store() as store, _pages_first():
             signature = projection.signature(store)
             whole = ctx.published.point is None
-            return signature, ctx.published.update(store, exclusive=ctx.gate.exclusive), whole
+            return signature, ctx.published.update(store, exclusive=ctx.gate.exclusive,
+                                                   progress=BuildProgress(PROGRESS_SECONDS)), whole
+
+
+PROGRESS_SECONDS = 10.0  # a full build's progress is logged at most this often
+
+
+class BuildProgress:
+    """A full build's progress in the log, at most every ``seconds``: at 1.8 million records the
+    build takes minutes, and at start-up the site answers only once it is done."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.last = seconds, time.monotonic()
+
+    def __call__(self, records: int, table: str | None) -> None:
+        now = time.monotonic()
+        if table is None:
+            log.info(ngettext("decrypted {count} record; indexing them", "decrypted {count} records; indexing them",
+                              records).format(count=records))
+        elif now - self.last >= self.seconds:
+            log.info(ngettext("decrypting the store for publishing: {count} record so far, now {table}",
+                              "decrypting the store for publishing: {count} records so far, now {table}",
+                              records).format(count=records, table=table))
+        else:
+            return
+        self.last = now
 
 
 FILL_SWITCH_SECONDS = 0.0005  # the interpreter's switch interval while a build or refresh runs

@@ -318,8 +318,12 @@ class Published:
         self.torn = False  # a refresh's batch is in some of the three databases and not yet in the others
         self.serving = serving or (lambda: False)  # are pages being served? a fill then gives way (_give_way)
 
-    def update(self, store: Store, exclusive=contextlib.nullcontext) -> int:
+    def update(self, store: Store, exclusive=contextlib.nullcontext, progress=None) -> int:
         """Bring both databases up to the store; return how many records were decrypted.
+
+        ``progress(records, table)``, if given, is told after each chunk of a full build how many
+        records it has decrypted so far and the published table it is filling, then once more, with
+        ``table`` None, as the new tables are indexed and swapped in.
 
         The first time, when the schemas changed, or when the store went back in its
         history (a restored backup), a full build; otherwise only the records the audit
@@ -330,7 +334,7 @@ class Published:
         building = self.point is None or point < self.point or self.shape != shape(store.domains)
         try:
             if building:
-                self.decrypted = self.build(store, exclusive)
+                self.decrypted = self.build(store, exclusive, progress)
             elif point == self.point:
                 self.decrypted = 0
             else:
@@ -354,7 +358,7 @@ class Published:
 
     # ------------------------------------------------------------ a full build
 
-    def build(self, store: Store, exclusive=contextlib.nullcontext) -> int:
+    def build(self, store: Store, exclusive=contextlib.nullcontext, progress=None) -> int:
         """Decrypt every live record into new tables, swapped in when whole; return how many.
 
         ``exclusive()`` is held while the schema changes: an in-memory database's
@@ -368,14 +372,18 @@ class Published:
         for domain in store.domains.values():
             for table in domain.tables.values():
                 layout = _Layout(store.domains, domain, table)
-                records += self._build_table(store, layout, exclusive)
+                records += self._build_table(store, layout, exclusive, progress, records)
                 # The plaintext database, which only view-pii opens, without the facet indexes: its
                 # facets count as plain Datasette's do, and it holds a fifth less (docs/publish.md).
                 built.append((layout.name, _indexed_columns(table), _indexed_columns(table, facets=False)))
+        if progress:
+            progress(records, None)
         self._swap(built, exclusive)
         return records
 
-    def _build_table(self, store: Store, layout: _Layout, exclusive) -> int:
+    def _build_table(self, store: Store, layout: _Layout, exclusive, progress=None, before: int = 0) -> int:
+        """Fill a new table of ``layout``; return its records. ``progress`` as ``update`` says, the
+        ``before`` records of the tables filled before this one counted in."""
         name = layout.name
         with exclusive():
             for conn, hides in ((self.masked, True), (self.plain, False)):
@@ -400,6 +408,8 @@ class Published:
             self.rowids.executemany(f"INSERT INTO [_new_{name}] VALUES (?, ?)",
                                     ((bytes(row[0]), r) for r, row in zip(rowids, chunk)))
             self.rowids.execute("COMMIT")
+            if progress:
+                progress(before + rowid, name)
             self._give_way(started)
             started = time.perf_counter()
         self.next_rowid[f"_new_{name}"] = rowid + 1

@@ -111,6 +111,7 @@ def serve(store_dir, secret: Secret, domains, host: str = "127.0.0.1", port: int
         ds = make_datasette(store_dir, secret, domains, refresh_seconds, title, session_hours)
 
         async def main():
+            datasette_plugin.log.info(_("decrypting the store into memory; the site answers once it is done"))
             await ds.invoke_startup()  # decrypt before the first page, not during it
             # No access log: a query string can carry an ID number, and logs end up on disk.
             # No proxy headers: the sign-in throttle counts by the socket's peer, which a

@@ -361,3 +361,63 @@ def test_the_gate_says_pages_are_being_served_while_they_are():
             seen.append(gate.serving())
         return seen + [gate.serving()]
     assert asyncio.run(served()) == [False, True, False]
+
+
+def test_a_full_build_tells_its_progress_chunk_by_chunk_and_a_refresh_does_not(street, monkeypatch):
+    """At 1.8 million records a build takes minutes, and at start-up the site answers only after it:
+    Published.update tells ``progress`` the records decrypted so far and the table being filled after
+    each chunk, then (table None) that the tables are being indexed. A refresh tells nothing."""
+    world, told = street, []
+    monkeypatch.setattr(projection, "CHUNK", 4)
+    published = Published(*_databases())
+    with open_store(world.store, world.secret, world.all_domains) as store:
+        assert published.update(store, progress=lambda records, table: told.append((records, table))) == 30
+    assert told[-1] == (30, None)
+    persons = [records for records, table in told if table == PERSONS]
+    assert persons == list(range(4, 30, 4)) + [30]  # 30 persons in chunks of 4, the only records
+    assert all(a[0] <= b[0] for a, b in zip(told, told[1:]))
+    told.clear()
+    world.sql(CODES[0], "UPDATE persons SET phone = '13700001234' WHERE id_number = ?", (id_number(0),))
+    world.push(CODES[0])
+    _merge_last(world)
+    with open_store(world.store, world.secret, world.all_domains) as store:
+        assert published.update(store, progress=lambda records, table: told.append((records, table))) == 1
+    assert told == []
+
+
+def test_build_progress_is_logged_at_most_so_often_and_the_indexing_always(caplog):
+    from syncdb import datasette_plugin
+
+    with caplog.at_level("INFO", logger="syncdb.publish"):
+        every = datasette_plugin.BuildProgress(0)
+        every(2000, PERSONS)
+        every(4000, PERSONS)
+        every(4000, None)
+        rarely = datasette_plugin.BuildProgress(3600)
+        rarely(2000, PERSONS)
+        rarely(4000, None)
+    lines = [r.getMessage() for r in caplog.records if r.name == "syncdb.publish"]
+    assert lines == [
+        f"decrypting the store for publishing: 2000 records so far, now {PERSONS}",
+        f"decrypting the store for publishing: 4000 records so far, now {PERSONS}",
+        "decrypted 4000 records; indexing them",
+        "decrypted 4000 records; indexing them",
+    ]
+
+
+def test_publish_says_in_chinese_that_it_is_decrypting_before_the_site_answers(office_store, make_community,
+                                                                                syncdb_env, syncdb_secret,
+                                                                                domains, tmp_path):
+    from conftest import Publisher, add_staff
+
+    a = make_community("441900003001")
+    a.add_persons(5)
+    merge.merge(office_store, [a.export().path], syncdb_secret, domains)
+    add_staff(office_store, syncdb_env)
+    site = Publisher(office_store, dict(syncdb_env, SYNCDB_LANG="zh_CN"), tmp_path / "publish.log")
+    try:
+        log = site.log()
+        assert log.index("正在把汇总库解密到内存中；完成后网站才开始应答") < log.index("已解密 ") \
+            < log.index("条记录，正在为其建立索引") < log.index("已发布"), log
+    finally:
+        site.stop()
