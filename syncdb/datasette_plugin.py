@@ -206,9 +206,11 @@ def _fill(ctx: Context) -> tuple[tuple, int, bool]:
             ctx.writers, ctx.published = writers, projection.Published(*writers, serving=ctx.gate.serving)
         with ctx.store() as store, _pages_first():
             signature = projection.signature(store)
-            whole = ctx.published.point is None
-            return signature, ctx.published.update(store, exclusive=ctx.gate.exclusive,
-                                                   progress=BuildProgress(PROGRESS_SECONDS)), whole
+            # Whole also when the store was put back from a backup: every record is published again, and
+            # "refreshed N changed records" would count them all as changed by a night.
+            records = ctx.published.update(store, exclusive=ctx.gate.exclusive,
+                                           progress=BuildProgress(PROGRESS_SECONDS))
+            return signature, records, ctx.published.built
 
 
 PROGRESS_SECONDS = 10.0  # a full build's progress is logged at most this often

@@ -302,7 +302,9 @@ class Published:
     private in-memory database of this object (blind key -> rowid), never in the
     published ones, where staff would see it. ``point`` is the store's change point
     the databases show; ``decrypted`` counts the records the last build or refresh
-    decrypted (a refresh after a night decrypts only what the night changed).
+    decrypted (a refresh after a night decrypts only what the night changed), and
+    ``built`` says whether that was a full build (the first, after a schema change, or
+    after a restored backup) rather than a refresh.
     ``serving``, if given, says whether pages are being served (publish's Gate):
     a build or refresh then rests between its chunks (``_give_way``).
     """
@@ -314,6 +316,7 @@ class Published:
         self.point: int | None = None
         self.shape: tuple | None = None
         self.decrypted = 0
+        self.built = False
         self.next_rowid: dict[str, int] = {}
         self.torn = False  # a refresh's batch is in some of the three databases and not yet in the others
         self.serving = serving or (lambda: False)  # are pages being served? a fill then gives way (_give_way)
@@ -353,7 +356,7 @@ class Published:
                 self.point = None
             self.torn = False
             raise
-        self.point, self.shape = point, shape(store.domains)
+        self.point, self.shape, self.built = point, shape(store.domains), building
         return self.decrypted
 
     # ------------------------------------------------------------ a full build
