@@ -226,7 +226,7 @@ class BuildProgress:
     def __call__(self, records: int, table: str | None) -> None:
         now = time.monotonic()
         if table is None:
-            log.info(ngettext("decrypted {count} record; indexing them", "decrypted {count} records; indexing them",
+            log.info(ngettext("decrypted {count} record; indexing it", "decrypted {count} records; indexing them",
                               records).format(count=records))
         elif now - self.last >= self.seconds:
             log.info(ngettext("decrypting the store for publishing: {count} record so far, now {table}",
