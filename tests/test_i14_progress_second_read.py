@@ -1,18 +1,12 @@
 """Second read of publish's start-up progress (470b2dc): what its log says about a build."""
 
 import shutil
-import time
+import sqlite3
 
-from syncdb import merge
-
-
-def _wait_for(check, seconds, what):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what} within {seconds} s")
+from conftest import CODES, id_number, person
+from syncdb import datasette_plugin, merge, projection
+from syncdb.store import open_store
+from test_faults_office import wait_for
 
 
 def test_a_store_put_back_from_a_backup_is_logged_as_published_whole_not_as_changed_records(
@@ -27,7 +21,7 @@ def test_a_store_put_back_from_a_backup_is_logged_as_published_whole_not_as_chan
     site = publisher(office_store, "--refresh", "1")
     a.add_persons(1)
     merge.merge(office_store, [a.export().path], syncdb_secret, domains)
-    _wait_for(lambda: "refreshed 1 changed record from" in site.log(), 30, "the night was not refreshed")
+    wait_for(lambda: "refreshed 1 changed record from" in site.log(), 30, "the night was not refreshed")
 
     put_aside = tmp_path / "put-aside"
     before = len(site.log())
@@ -37,7 +31,7 @@ def test_a_store_put_back_from_a_backup_is_logged_as_published_whole_not_as_chan
     def told() -> str:  # what publish logged about the store put back, once it logged the build's end
         after = site.log()[before:]
         return after if " from " in after.partition("indexing them")[2] else ""
-    _wait_for(told, 30, "the backup was not built")
+    wait_for(told, 30, "the backup was not built")
     assert "decrypted 40 records; indexing them" in told(), told()
     assert "published 40 records from" in told() and "refreshed 40 changed records" not in told(), told()
 
@@ -46,12 +40,6 @@ def test_a_build_tells_the_records_of_every_table_so_far_not_only_of_the_one_bei
     """The count after each chunk is of every table filled so far: with records in two tables (households
     before persons) and one resident deleted, it climbs through both and ends at the live records. The
     tests beside the change had records in one table only, where a count of the current table passed too."""
-    import sqlite3
-
-    from conftest import CODES, id_number, person
-    from syncdb import projection
-    from syncdb.store import open_store
-
     code = CODES[0]
     conn = sqlite3.connect(world.folders[code] / "huji.db")
     with conn:
@@ -89,8 +77,6 @@ def test_a_build_tells_the_records_of_every_table_so_far_not_only_of_the_one_bei
 
 def test_one_record_decrypted_is_indexed_as_it_not_them(caplog):
     """A store with one record said "decrypted 1 record; indexing them"."""
-    from syncdb import datasette_plugin
-
     with caplog.at_level("INFO", logger="syncdb.publish"):
         datasette_plugin.BuildProgress(0)(1, None)
         datasette_plugin.BuildProgress(0)(2, None)
