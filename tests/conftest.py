@@ -419,8 +419,8 @@ def wait_until_answering(process: subprocess.Popen, url: str, seconds: float, lo
         try:
             if requests.get(url, timeout=0.5).status_code == 200:
                 return
-        except requests.ConnectionError:
-            pass
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # not listening yet, or its first page slower than the wait on a busy machine: ask again
         time.sleep(0.05)
     raise RuntimeError(f"nothing answered {url} within {seconds:g} s:\n{log()}")
 
