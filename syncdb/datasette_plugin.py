@@ -217,15 +217,23 @@ PROGRESS_SECONDS = 10.0  # a full build's progress is logged at most this often
 
 
 class BuildProgress:
-    """A full build's progress in the log, at most every ``seconds``: at 1.8 million records the
-    build takes minutes, and at start-up the site answers only once it is done."""
+    """A full build's or a refresh's progress in the log, at most every ``seconds``: at 1.8 million
+    records the build takes minutes, and at start-up the site answers only once it is done; a
+    refresh after communities' first loads re-reads as many records (its pages answer meanwhile).
+    A refresh shorter than ``seconds`` logs nothing of it."""
 
     def __init__(self, seconds: float):
         self.seconds, self.last = seconds, time.monotonic()
 
-    def __call__(self, records: int, table: str | None) -> None:
+    def __call__(self, records: int, table: str | None, total: int | None = None) -> None:
         now = time.monotonic()
-        if table is None:
+        if total is not None:
+            if now - self.last < self.seconds:
+                return
+            log.info(ngettext("refreshing the published data: {count} of {total} changed record so far, now {table}",
+                              "refreshing the published data: {count} of {total} changed records so far, now {table}",
+                              total).format(count=records, total=total, table=table))
+        elif table is None:
             log.info(ngettext("decrypted {count} record; indexing it", "decrypted {count} records; indexing them",
                               records).format(count=records))
         elif now - self.last >= self.seconds:

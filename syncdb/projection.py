@@ -326,7 +326,8 @@ class Published:
 
         ``progress(records, table)``, if given, is told after each chunk of a full build how many
         records it has decrypted so far and the published table it is filling, then once more, with
-        ``table`` None, as the new tables are indexed and swapped in.
+        ``table`` None, as the new tables are indexed and swapped in; and after each batch of a
+        refresh, ``progress(records, table, total)``, ``total`` the changed records it re-reads.
 
         The first time, when the schemas changed, or when the store went back in its
         history (a restored backup), a full build; otherwise only the records the audit
@@ -341,7 +342,7 @@ class Published:
             elif point == self.point:
                 self.decrypted = 0
             else:
-                self.decrypted = self.refresh(store, store.changed_since(self.point))
+                self.decrypted = self.refresh(store, store.changed_since(self.point), progress)
         except BaseException:
             # A build or refresh stopped half way (memory, a fault): its transaction is rolled back. A
             # build, or a refresh whose batch one database has and another not, leaves what is unknown:
@@ -453,14 +454,14 @@ class Published:
 
     # ------------------------------------------------------------ a refresh
 
-    def refresh(self, store: Store, changed: dict[str, set[bytes]]) -> int:
+    def refresh(self, store: Store, changed: dict[str, set[bytes]], progress=None) -> int:
         """Re-read, decrypt and write only the ``changed`` records (table -> blind keys), in place.
 
         Each batch is its own short transaction, so pages (which read uncommitted, see
         datasette_plugin.prepare_connection) never wait long and never fail; a record
         deleted or no longer live leaves both databases.
         """
-        records = 0
+        records, total = 0, sum(map(len, changed.values()))
         for domain in store.domains.values():
             for table in domain.tables.values():
                 keys = sorted(changed.get(table.qualified, ()))
@@ -470,6 +471,8 @@ class Published:
                 for start in range(0, len(keys), BATCH):
                     started = time.perf_counter()
                     records += self._refresh_batch(store, layout, keys[start:start + BATCH])
+                    if progress:
+                        progress(records, layout.name, total)
                     self._give_way(started)
         if records:
             give_back_memory(self.masked, self.plain, self.rowids)

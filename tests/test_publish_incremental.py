@@ -363,10 +363,12 @@ def test_the_gate_says_pages_are_being_served_while_they_are():
     assert asyncio.run(served()) == [False, True, False]
 
 
-def test_a_full_build_tells_its_progress_chunk_by_chunk_and_a_refresh_does_not(street, monkeypatch):
+def test_a_full_build_tells_its_progress_chunk_by_chunk_and_a_refresh_batch_by_batch(street, monkeypatch):
     """At 1.8 million records a build takes minutes, and at start-up the site answers only after it:
     Published.update tells ``progress`` the records decrypted so far and the table being filled after
-    each chunk, then (table None) that the tables are being indexed. A refresh tells nothing."""
+    each chunk, then (table None) that the tables are being indexed. A refresh tells after each batch the
+    records re-read so far, the table and how many it has to re-read (a night of first loads re-reads
+    as many as a build)."""
     world, told = street, []
     monkeypatch.setattr(projection, "CHUNK", 4)
     published = Published(*_databases())
@@ -377,12 +379,14 @@ def test_a_full_build_tells_its_progress_chunk_by_chunk_and_a_refresh_does_not(s
     assert persons == list(range(4, 30, 4)) + [30]  # 30 persons in chunks of 4, the only records
     assert all(a[0] <= b[0] for a, b in zip(told, told[1:]))
     told.clear()
-    world.sql(CODES[0], "UPDATE persons SET phone = '13700001234' WHERE id_number = ?", (id_number(0),))
+    monkeypatch.setattr(projection, "BATCH", 4)
+    for n in range(6):
+        world.sql(CODES[0], "UPDATE persons SET phone = ? WHERE id_number = ?", (f"1370000{n:04d}", id_number(n)))
     world.push(CODES[0])
     _merge_last(world)
     with open_store(world.store, world.secret, world.all_domains) as store:
-        assert published.update(store, progress=lambda records, table: told.append((records, table))) == 1
-    assert told == []
+        assert published.update(store, progress=lambda *said: told.append(said)) == 6
+    assert told == [(4, PERSONS, 6), (6, PERSONS, 6)]
 
 
 def test_build_progress_is_logged_at_most_so_often_and_the_indexing_always(caplog):
@@ -393,14 +397,17 @@ def test_build_progress_is_logged_at_most_so_often_and_the_indexing_always(caplo
         every(2000, PERSONS)
         every(4000, PERSONS)
         every(4000, None)
+        every(500, PERSONS, 1200)
         rarely = datasette_plugin.BuildProgress(3600)
         rarely(2000, PERSONS)
         rarely(4000, None)
+        rarely(500, PERSONS, 1200)  # a refresh shorter than the interval logs nothing of its progress
     lines = [r.getMessage() for r in caplog.records if r.name == "syncdb.publish"]
     assert lines == [
         f"decrypting the store for publishing: 2000 records so far, now {PERSONS}",
         f"decrypting the store for publishing: 4000 records so far, now {PERSONS}",
         "decrypted 4000 records; indexing them",
+        f"refreshing the published data: 500 of 1200 changed records so far, now {PERSONS}",
         "decrypted 4000 records; indexing them",
     ]
 
