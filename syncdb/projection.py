@@ -461,19 +461,22 @@ class Published:
         datasette_plugin.prepare_connection) never wait long and never fail; a record
         deleted or no longer live leaves both databases.
         """
-        records, total = 0, sum(map(len, changed.values()))
-        for domain in store.domains.values():
-            for table in domain.tables.values():
-                keys = sorted(changed.get(table.qualified, ()))
-                if not keys:
-                    continue
-                layout = _Layout(store.domains, domain, table)
-                for start in range(0, len(keys), BATCH):
-                    started = time.perf_counter()
-                    records += self._refresh_batch(store, layout, keys[start:start + BATCH])
-                    if progress:
-                        progress(records, layout.name, total)
-                    self._give_way(started)
+        tables = [(domain, table) for domain in store.domains.values() for table in domain.tables.values()]
+        # ``total`` and ``done`` count the changed records, deleted ones too (``records``, the live ones
+        # decrypted); a table of a domain no longer published is not among them.
+        records, done, total = 0, 0, sum(len(changed.get(table.qualified, ())) for _domain, table in tables)
+        for domain, table in tables:
+            keys = sorted(changed.get(table.qualified, ()))
+            if not keys:
+                continue
+            layout = _Layout(store.domains, domain, table)
+            for start in range(0, len(keys), BATCH):
+                started = time.perf_counter()
+                records += self._refresh_batch(store, layout, keys[start:start + BATCH])
+                done += len(keys[start:start + BATCH])
+                if progress:
+                    progress(done, layout.name, total)
+                self._give_way(started)
         if records:
             give_back_memory(self.masked, self.plain, self.rowids)
         return records

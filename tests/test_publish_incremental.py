@@ -382,11 +382,12 @@ def test_a_full_build_tells_its_progress_chunk_by_chunk_and_a_refresh_batch_by_b
     monkeypatch.setattr(projection, "BATCH", 4)
     for n in range(6):
         world.sql(CODES[0], "UPDATE persons SET phone = ? WHERE id_number = ?", (f"1370000{n:04d}", id_number(n)))
-    world.push(CODES[0])
+    world.sql(CODES[0], "DELETE FROM persons WHERE id_number = ?", (id_number(9),))
+    world.push(CODES[0], confirm_deletes=True)
     _merge_last(world)
     with open_store(world.store, world.secret, world.all_domains) as store:
-        assert published.update(store, progress=lambda *said: told.append(said)) == 6
-    assert told == [(4, PERSONS, 6), (6, PERSONS, 6)]
+        assert published.update(store, progress=lambda *said: told.append(said)) == 6  # the deleted one is not decrypted
+    assert told == [(4, PERSONS, 7), (7, PERSONS, 7)]  # of the 7 changed records, the deleted one counted
 
 
 def test_build_progress_is_logged_at_most_so_often_and_the_indexing_always(caplog):
