@@ -209,40 +209,39 @@ def _fill(ctx: Context) -> tuple[tuple, int, bool]:
             # Whole also when the store was put back from a backup: every record is published again, and
             # "refreshed N changed records" would count them all as changed by a night.
             records = ctx.published.update(store, exclusive=ctx.gate.exclusive,
-                                           progress=BuildProgress(PROGRESS_SECONDS))
+                                           progress=FillProgress(PROGRESS_SECONDS))
             return signature, records, ctx.published.built
 
 
-PROGRESS_SECONDS = 10.0  # a full build's progress is logged at most this often
+PROGRESS_SECONDS = 10.0  # a build's or a refresh's progress is logged at most this often
 
 
-class BuildProgress:
-    """A full build's or a refresh's progress in the log, at most every ``seconds``: at 1.8 million
-    records the build takes minutes, and at start-up the site answers only once it is done; a
-    refresh after communities' first loads re-reads as many records (its pages answer meanwhile).
-    A refresh shorter than ``seconds`` logs nothing of it."""
+class FillProgress:
+    """A build's or a refresh's progress in the log (``projection.Published.update``'s ``progress``),
+    at most every ``seconds``, and the indexing at the end of a build always. At 1.8 million records
+    a build takes minutes, and at start-up the site answers only once it is done; a refresh after
+    communities' first loads re-reads as many records, while its pages answer. A fill shorter than
+    ``seconds`` logs nothing of its progress."""
 
     def __init__(self, seconds: float):
         self.seconds, self.last = seconds, time.monotonic()
 
     def __call__(self, records: int, table: str | None, total: int | None = None) -> None:
         now = time.monotonic()
-        if total is not None:
-            if now - self.last < self.seconds:
-                return
-            log.info(ngettext("refreshing the published data: {count} of {total} changed record so far, now {table}",
-                              "refreshing the published data: {count} of {total} changed records so far, now {table}",
-                              total).format(count=records, total=total, table=table))
-        elif table is None:
+        if table is not None and now - self.last < self.seconds:
+            return
+        self.last = now
+        if table is None:
             log.info(ngettext("decrypted {count} record; indexing it", "decrypted {count} records; indexing them",
                               records).format(count=records))
-        elif now - self.last >= self.seconds:
+        elif total is None:
             log.info(ngettext("decrypting the store for publishing: {count} record so far, now {table}",
                               "decrypting the store for publishing: {count} records so far, now {table}",
                               records).format(count=records, table=table))
         else:
-            return
-        self.last = now
+            log.info(ngettext("refreshing the published data: {count} of {total} changed record so far, now {table}",
+                              "refreshing the published data: {count} of {total} changed records so far, now {table}",
+                              total).format(count=records, total=total, table=table))
 
 
 FILL_SWITCH_SECONDS = 0.0005  # the interpreter's switch interval while a build or refresh runs

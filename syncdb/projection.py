@@ -471,9 +471,9 @@ class Published:
                 continue
             layout = _Layout(store.domains, domain, table)
             for start in range(0, len(keys), BATCH):
-                started = time.perf_counter()
-                records += self._refresh_batch(store, layout, keys[start:start + BATCH])
-                done += len(keys[start:start + BATCH])
+                started, batch = time.perf_counter(), keys[start:start + BATCH]
+                records += self._refresh_batch(store, layout, batch)
+                done += len(batch)
                 if progress:
                     progress(done, layout.name, total)
                 self._give_way(started)

@@ -78,7 +78,7 @@ def test_a_build_tells_the_records_of_every_table_so_far_not_only_of_the_one_bei
 def test_one_record_decrypted_is_indexed_as_it_not_them(caplog):
     """A store with one record said "decrypted 1 record; indexing them"."""
     with caplog.at_level("INFO", logger="syncdb.publish"):
-        datasette_plugin.BuildProgress(0)(1, None)
-        datasette_plugin.BuildProgress(0)(2, None)
+        datasette_plugin.FillProgress(0)(1, None)
+        datasette_plugin.FillProgress(0)(2, None)
     assert [r.getMessage() for r in caplog.records if r.name == "syncdb.publish"] == [
         "decrypted 1 record; indexing it", "decrypted 2 records; indexing them"]

@@ -394,12 +394,12 @@ def test_build_progress_is_logged_at_most_so_often_and_the_indexing_always(caplo
     from syncdb import datasette_plugin
 
     with caplog.at_level("INFO", logger="syncdb.publish"):
-        every = datasette_plugin.BuildProgress(0)
+        every = datasette_plugin.FillProgress(0)
         every(2000, PERSONS)
         every(4000, PERSONS)
         every(4000, None)
         every(500, PERSONS, 1200)
-        rarely = datasette_plugin.BuildProgress(3600)
+        rarely = datasette_plugin.FillProgress(3600)
         rarely(2000, PERSONS)
         rarely(4000, None)
         rarely(500, PERSONS, 1200)  # a refresh shorter than the interval logs nothing of its progress
