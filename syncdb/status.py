@@ -183,9 +183,9 @@ def _hours(stamp: str | None, now: float) -> str:
 def _communities(conn, names, now, report: Report) -> None:
     lines, facts = [], []
     for code, enrolled in conn.execute("SELECT code, enrolled FROM communities ORDER BY code"):
-        # The last bundle applied by the primary key, not an aggregate over all the years' bundles.
+        # The last bundles applied and received by the primary key, not an aggregate over all the years' bundles.
         applied = office.last_bundle(conn, "applied", code)
-        received = conn.execute("SELECT max(sequence) FROM received WHERE origin = ?", (code,)).fetchone()[0]
+        received = office.last_bundle(conn, "received", code)[0]
         if applied[0]:
             line = _("{community}: last bundle {sequence} applied {at} ({hours} ago)").format(
                 community=office.label(code, names), sequence=applied[0], at=applied[1], hours=_hours(applied[1], now))
