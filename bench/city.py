@@ -369,10 +369,11 @@ def answering(url: str, process: subprocess.Popen, seconds: float = 3600) -> Non
         if process.poll() is not None:
             raise SystemExit(f"{process.args[:3]} stopped with status {process.returncode}")
         try:
-            requests.get(url, timeout=5)
-            return
+            if requests.get(url, timeout=5).status_code != 503:  # publish says 503 until its data is built
+                return
         except requests.RequestException:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     raise SystemExit(f"{url} did not answer in {seconds:.0f} s")
 
 

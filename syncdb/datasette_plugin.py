@@ -121,6 +121,7 @@ class Context:
     secret: Secret | None = None  # to read keyring.json again when it changes
     keyring_stamp: tuple | None = None
     keyring_lock: threading.Lock = field(default_factory=threading.Lock)
+    stopping: threading.Event = field(default_factory=threading.Event)  # publish is ending: a fill stops (Stopped)
     misses: pages.Misses = field(default_factory=pages.Misses)  # masked clerks' look-ups that found nobody
     _address_columns: set | None = None
     _household_columns: set | None = None
@@ -209,24 +210,35 @@ def _fill(ctx: Context) -> tuple[tuple, int, bool]:
             # Whole also when the store was put back from a backup: every record is published again, and
             # "refreshed N changed records" would count them all as changed by a night.
             records = ctx.published.update(store, exclusive=ctx.gate.exclusive,
-                                           progress=FillProgress(PROGRESS_SECONDS))
+                                           progress=FillProgress(PROGRESS_SECONDS, ctx.stopping))
             return signature, records, ctx.published.built
 
 
 PROGRESS_SECONDS = 10.0  # a build's or a refresh's progress is logged at most this often
 
 
+class Stopped(Exception):
+    """Publish is ending (interrupted, or its start-up failed): the build or refresh under way stops at its
+    next chunk or batch, rolled back as any fault of it is (``projection.Published.update``)."""
+
+
 class FillProgress:
     """A build's or a refresh's progress in the log (``projection.Published.update``'s ``progress``),
     at most every ``seconds``, and the indexing at the end of a build always. At 1.8 million records
-    a build takes minutes, and at start-up the site answers only once it is done; a refresh after
-    communities' first loads re-reads as many records, while its pages answer. A fill shorter than
-    ``seconds`` logs nothing of its progress."""
+    a build takes minutes, and until the first is done every page says the data is being prepared
+    (publish.Starting); a refresh after communities' first loads re-reads as many records, while its
+    pages answer. A fill shorter than ``seconds`` logs nothing of its progress.
 
-    def __init__(self, seconds: float):
-        self.seconds, self.last = seconds, time.monotonic()
+    Once ``stop`` is set, the next call raises Stopped: publish told to end during a build of minutes
+    ends at once, not when the build is done (its worker thread cannot be killed, and the process
+    waits for it before exiting)."""
+
+    def __init__(self, seconds: float, stop: threading.Event | None = None):
+        self.seconds, self.last, self.stop = seconds, time.monotonic(), stop
 
     def __call__(self, records: int, table: str | None, total: int | None = None) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise Stopped()
         now = time.monotonic()
         if table is not None and now - self.last < self.seconds:
             return
@@ -293,6 +305,8 @@ async def _follow_merges(datasette) -> None:
             if signature != ctx.signature:
                 await reload(datasette)
         except Exception:
+            if ctx.stopping.is_set():
+                return  # publish is ending: the refresh was stopped, not failed
             log.exception(_("reloading the published data failed; the pages show the data loaded at {time}")
                           .format(time=ctx.loaded_at))
 

@@ -425,7 +425,7 @@ def test_publish_says_in_chinese_that_it_is_decrypting_before_the_site_answers(o
     site = Publisher(office_store, dict(syncdb_env, SYNCDB_LANG="zh_CN"), tmp_path / "publish.log")
     try:
         log = site.log()
-        assert log.index("正在把汇总库解密到内存中；完成后网站才开始应答") < log.index("已解密 ") \
+        assert log.index("正在把汇总库解密到内存中；完成之前，网站 ") < log.index("已解密 ") \
             < log.index("条记录，正在为其建立索引") < log.index("已发布"), log
     finally:
         site.stop()
