@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import checks, community, merge, migrations, office, server, transport, workdir
+from . import checks, community, i18n, merge, migrations, office, server, transport, workdir
 from .channels import FolderChannel
 from .conflicts import list_conflicts
 from .outbound import outbound_dir
@@ -75,6 +75,7 @@ class _Server:
         config = uvicorn.Config(server.app(store), host="127.0.0.1", port=self.port,
                                 log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
+        i18n.translate_server_log()
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property

@@ -25,6 +25,7 @@ messages (syncdb's own, its templates', and click's, whose ``Usage:`` and
 from __future__ import annotations
 
 import gettext as _gettext
+import logging
 import os
 from pathlib import Path
 
@@ -96,6 +97,50 @@ def ngettext(singular: str, plural: str, n: int) -> str:
 def N_(message: str) -> str:
     """Mark `message` for the catalogue without translating it here."""
     return message
+
+
+# --- the web server's own log lines -----------------------------------------------------------
+
+# uvicorn, which serves `syncdb serve` and `syncdb publish`, logs in English. These are the lines an
+# office's administrator meets in a day's run, as uvicorn writes them (its format strings, whose
+# placeholders a translation keeps in order). A rarer line, or one a later uvicorn words otherwise,
+# stays in English.
+SERVER_LINES = frozenset([
+    N_("Started server process [%d]"),
+    N_("Finished server process [%d]"),
+    N_("Uvicorn running on %s://%s:%d (Press CTRL+C to quit)"),
+    N_("Uvicorn running on %s://[%s]:%d (Press CTRL+C to quit)"),
+    N_("Waiting for application startup."),
+    N_("Application startup complete."),
+    N_("Application startup failed. Exiting."),
+    N_("Waiting for application shutdown."),
+    N_("Application shutdown complete."),
+    N_("Shutting down"),
+    N_("Waiting for connections to close. (CTRL+C to force quit)"),
+    N_("Waiting for background tasks to complete. (CTRL+C to force quit)"),
+    N_("Invalid HTTP request received."),
+    N_("Unsupported upgrade request."),
+    N_("Exceeded concurrency limit."),
+    N_("Exception in ASGI application\n"),
+])
+
+
+class ServerWords(logging.Filter):
+    """uvicorn's log lines (SERVER_LINES) in the user's language, on its "uvicorn.error" logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg in SERVER_LINES:
+            record.msg = _(record.msg)
+            if "color_message" in record.__dict__:  # what uvicorn's formatter shows on a terminal
+                record.color_message = record.msg
+        return True
+
+
+def translate_server_log() -> None:
+    """From now on, uvicorn's log lines in the user's language (ServerWords); once per process."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, ServerWords) for f in logger.filters):
+        logger.addFilter(ServerWords())
 
 
 # --- keeping the catalogue (developers) --------------------------------------------------------

@@ -124,6 +124,7 @@ def serve(store_dir, secret: Secret, domains, host: str = "127.0.0.1", port: int
             # build there, before the server listens; it has nothing else to do at that event.
             server = uvicorn.Server(uvicorn.Config(site, host=host, port=port, log_level="info", lifespan="off",
                                                    access_log=False, proxy_headers=False))
+            i18n.translate_server_log()
             serving = asyncio.create_task(server.serve(sockets=[sock]))
             datasette_plugin.log.info(_("decrypting the store into memory; until it is done, every page of the "
                                         "site at {url} says that the data is being prepared").format(url=url))

@@ -38,7 +38,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import bundle, limits, office, outbound
+from . import bundle, i18n, limits, office, outbound
 from .errors import DiskFull, SyncdbError
 from .files import is_disk_full
 from .i18n import _
@@ -285,6 +285,7 @@ def serve(store, host: str = "127.0.0.1", port: int = 8765, max_body: int = 256 
     # Our own log line per bundle replaces the access log; bodies are never logged.
     # limit_concurrency bounds the uploads in flight (each holds at most SPOOL_IN_MEMORY
     # in memory, the rest spooled to disk); past the limit clients get 503 and retry later.
+    i18n.translate_server_log()
     uvicorn.run(application, host=host, port=port, log_config=log_config, access_log=False,
                 limit_concurrency=32, server_header=False)
 

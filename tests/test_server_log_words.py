@@ -1,0 +1,81 @@
+"""The web server's own log lines (uvicorn's) are in the user's language, as syncdb's are.
+
+`syncdb serve` and `syncdb publish` run on real processes on 127.0.0.1; an administrator reads
+their output, which used to mix syncdb's Chinese with uvicorn's English ("Started server process",
+"Press CTRL+C to quit", "Shutting down").
+"""
+
+import re
+import signal
+import socket
+
+import pytest
+from conftest import OfficeServer, Publisher, add_staff
+from syncdb import merge
+from syncdb.i18n import SERVER_LINES
+
+ENGLISH = ["Started server process", "Press CTRL+C", "Shutting down", "Finished server process",
+           "Invalid HTTP request", "Waiting for application", "Application s"]
+
+
+def _garbage(url: str) -> None:
+    """A request no HTTP server can read: uvicorn logs that it refused one."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        conn.sendall(b"\x00\x01NOT HTTP AT ALL\r\n\r\n")
+        conn.recv(1024)
+
+
+def _stopped(process) -> None:
+    process.send_signal(signal.SIGINT)
+    process.wait(20)
+
+
+@pytest.mark.parametrize("language", ["zh_CN", "en"])
+def test_serve_logs_the_servers_own_lines_in_the_users_language(office_store, syncdb_env, language, tmp_path):
+    server = OfficeServer(office_store, dict(syncdb_env, SYNCDB_LANG=language), tmp_path / "serve.log").start()
+    try:
+        _garbage(server.url)
+        _stopped(server.process)
+    finally:
+        server.kill()
+    log = server.log()
+    if language == "zh_CN":
+        for words in ("服务进程 [", "] 已启动", "正在等待应用启动。", "应用已启动。", "收到一个无效的 HTTP 请求，已拒绝。",
+                      "正在停止服务", "应用已停止。", "] 已结束"):
+            assert words in log, (words, log)
+        assert not [e for e in ENGLISH if e in log], log
+    else:
+        for words in ("Started server process [", "Invalid HTTP request received.", "Shutting down"):
+            assert words in log, (words, log)
+
+
+def test_publish_logs_the_servers_own_lines_in_chinese(office_store, make_community, syncdb_env, syncdb_secret,
+                                                       domains, tmp_path):
+    community = make_community("441900003001")
+    community.add_persons(3)
+    merge.merge(office_store, [community.export().path], syncdb_secret, domains)
+    add_staff(office_store, syncdb_env)
+    site = Publisher(office_store, dict(syncdb_env, SYNCDB_LANG="zh_CN"), tmp_path / "publish.log")
+    try:
+        _garbage(site.url)
+        _stopped(site.process)
+    finally:
+        site.stop()
+    log = site.log()
+    for words in ("服务进程 [", "] 已启动", "收到一个无效的 HTTP 请求，已拒绝。", "正在停止服务", "] 已结束"):
+        assert words in log, (words, log)
+    assert not [e for e in ENGLISH if e in log], log
+
+
+def test_every_server_line_has_its_placeholders_in_its_translation():
+    from syncdb import i18n
+
+    i18n.use("zh_CN")
+    try:
+        for line in SERVER_LINES:
+            words = i18n._(line)
+            assert words != line, line
+            assert re.findall(r"%[sd]", words) == re.findall(r"%[sd]", line), (line, words)
+    finally:
+        i18n.use()
