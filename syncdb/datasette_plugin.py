@@ -204,14 +204,26 @@ def _fill(ctx: Context) -> tuple[tuple, int, bool]:
                        for name in (projection.MASKED_DB, projection.PLAIN_DB)]
             for conn in writers:
                 projection.prepare_database(conn)
+                # A build ends by indexing its tables, statements of seconds each at a million records
+                # with no chunk between them: publish stopped then gives up the statement under way
+                # ("interrupted") rather than waiting for every index (Stopped below).
+                conn.set_progress_handler(ctx.stopping.is_set, STOP_STEPS)
             ctx.writers, ctx.published = writers, projection.Published(*writers, serving=ctx.gate.serving)
         with ctx.store() as store, _pages_first():
             signature = projection.signature(store)
             # Whole also when the store was put back from a backup: every record is published again, and
             # "refreshed N changed records" would count them all as changed by a night.
-            records = ctx.published.update(store, exclusive=ctx.gate.exclusive,
-                                           progress=FillProgress(PROGRESS_SECONDS, ctx.stopping))
+            try:
+                records = ctx.published.update(store, exclusive=ctx.gate.exclusive,
+                                               progress=FillProgress(PROGRESS_SECONDS, ctx.stopping))
+            except sqlite3.OperationalError:
+                if ctx.stopping.is_set():
+                    raise Stopped() from None
+                raise
             return signature, records, ctx.published.built
+
+
+STOP_STEPS = 1_000_000  # SQLite steps between two looks at whether publish is stopping (tens of milliseconds)
 
 
 PROGRESS_SECONDS = 10.0  # a build's or a refresh's progress is logged at most this often
@@ -219,7 +231,8 @@ PROGRESS_SECONDS = 10.0  # a build's or a refresh's progress is logged at most t
 
 class Stopped(Exception):
     """Publish is ending (interrupted, or its start-up failed): the build or refresh under way stops at its
-    next chunk or batch, rolled back as any fault of it is (``projection.Published.update``)."""
+    next chunk or batch, or within the statement under way (``STOP_STEPS``), rolled back as any fault of
+    it is (``projection.Published.update``)."""
 
 
 class FillProgress:

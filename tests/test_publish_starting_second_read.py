@@ -1,0 +1,83 @@
+"""Second read of publish answering during its start-up (publish.Starting, datasette_plugin.Stopped).
+
+Each test runs a real `syncdb publish` on 127.0.0.1 from a launcher that changes one thing about its
+build, and reads it over HTTP or watches how it ends.
+"""
+
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import add_staff, free_port
+from syncdb import merge
+
+# `syncdb publish` whose build pads the new persons table of each database with PAD rows of random
+# values before the tables are indexed: the indexing at the end of the build then takes seconds, as it
+# does at a million records.
+PADDED = """
+import sys
+from syncdb import cli, projection
+pad = int(sys.argv[1])
+build_table = projection.Published._build_table
+def padded(self, store, layout, *args, **kwargs):
+    records = build_table(self, store, layout, *args, **kwargs)
+    if layout.table.qualified == "huji.persons":
+        for conn in (self.masked, self.plain):
+            columns = [row[1] for row in conn.execute(f"PRAGMA table_info([_new_{layout.name}])")]
+            conn.execute(f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {pad}) "
+                         f"INSERT INTO [_new_{layout.name}] (rowid, {', '.join(f'[{c}]' for c in columns)}) "
+                         f"SELECT 1000000000 + i, {', '.join('abs(random()) % 100000' for _ in columns)} FROM n")
+    return records
+projection.Published._build_table = padded
+cli.cli.main(sys.argv[2:], prog_name="syncdb")
+"""
+
+
+def _street(office_store, make_community, syncdb_env, syncdb_secret, domains):
+    community = make_community("441900003001")
+    community.add_persons(5)
+    merge.merge(office_store, [community.export().path], syncdb_secret, domains)
+    add_staff(office_store, syncdb_env)
+
+
+def _launch(launcher: str, args: list, store, env, log_path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    with open(log_path, "ab") as out:
+        process = subprocess.Popen([sys.executable, "-c", launcher, *args, "publish", str(store),
+                                    "--host", "127.0.0.1", "--port", str(port)],
+                                   env=dict(env, SYNCDB_LANG="en"), stdout=out, stderr=out)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def _wait_for_line(process, log_path, text: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if text in log_path.read_text(errors="replace"):
+            return
+        assert process.poll() is None, log_path.read_text(errors="replace")
+        time.sleep(0.02)
+    raise AssertionError(f"no {text!r} within {seconds} s:\n{log_path.read_text(errors='replace')}")
+
+
+def test_publish_interrupted_while_its_build_indexes_ends_at_once_not_when_every_index_is_made(
+        office_store, make_community, syncdb_env, syncdb_secret, domains, tmp_path):
+    """The build's last step, indexing the new tables, is a few statements of seconds each at a million
+    records (33 s for a persons table of a million rows here), with no chunk between them where Stopped
+    is raised: Ctrl-C then waited for every index, and the log said "published" after it."""
+    _street(office_store, make_community, syncdb_env, syncdb_secret, domains)
+    log_path = tmp_path / "publish.log"
+    process, _url = _launch(PADDED, ["400000"], office_store, syncdb_env, log_path)
+    try:
+        _wait_for_line(process, log_path, "indexing them", 120)
+        process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        process.wait(120)
+        took = time.monotonic() - started
+        log = log_path.read_text(errors="replace")
+        assert took < 3, f"publish took {took:.1f} s to end after Ctrl-C:\n{log}"
+        assert "published " not in log and "Traceback" not in log, log
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
