@@ -37,7 +37,7 @@ from markupsafe import escape
 from . import datasette_plugin, i18n, office, projection, staff
 from .crypto import Secret
 from .errors import SyncdbError
-from .i18n import _
+from .i18n import _, ngettext
 from .signin import SignIn
 from .store import open_store
 
@@ -176,11 +176,12 @@ class Starting:
         await send({"type": "http.response.body", "body": self.page().encode("utf-8")})
 
     def page(self) -> str:
-        title = _("The data is being prepared")
+        title, elapsed = _("The data is being prepared"), round(time.monotonic() - self.began)
         lines = [_("The site is decrypting the store into memory: about a minute for each million records."),
                  _("This page reloads itself every {seconds} seconds and shows the site once it is ready.")
                  .format(seconds=self.RELOAD_SECONDS),
-                 _("Started {seconds} seconds ago.").format(seconds=round(time.monotonic() - self.began))]
+                 ngettext("Started {seconds} second ago.", "Started {seconds} seconds ago.", elapsed)
+                 .format(seconds=elapsed)]
         language = "zh-CN" if i18n.language() == i18n.CHINESE else "en"
         body = "".join(f"<p>{escape(line)}</p>" for line in lines)
         return (f'<!DOCTYPE html><html lang="{language}"><head><meta charset="utf-8">'

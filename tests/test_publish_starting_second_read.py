@@ -81,3 +81,22 @@ def test_publish_interrupted_while_its_build_indexes_ends_at_once_not_when_every
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_the_note_says_one_second_in_the_singular(monkeypatch):
+    """A second after start-up the English note said "Started 1 seconds ago."."""
+    from syncdb import i18n
+    from syncdb.publish import Starting
+
+    monkeypatch.setattr(i18n, "_language", None)
+    try:
+        for language, said in (("en", "Started 1 second ago."), ("zh_CN", "已用时 1 秒。")):
+            i18n.use(language)
+            starting = Starting(app=None)
+            starting.began -= 1.2
+            assert said in starting.page(), starting.page()
+        i18n.use("en")
+        starting.began -= 1
+        assert "Started 2 seconds ago." in starting.page()
+    finally:
+        i18n.use()
