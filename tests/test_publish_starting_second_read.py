@@ -11,6 +11,7 @@ import time
 
 from conftest import add_staff, free_port
 from syncdb import merge
+from test_faults_office import wait_for
 
 # `syncdb publish` whose build pads the new persons table of each database with PAD rows of random
 # values before the tables are indexed: the indexing at the end of the build then takes seconds, as it
@@ -50,16 +51,6 @@ def _launch(launcher: str, args: list, store, env, log_path) -> tuple[subprocess
     return process, f"http://127.0.0.1:{port}"
 
 
-def _wait_for_line(process, log_path, text: str, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if text in log_path.read_text(errors="replace"):
-            return
-        assert process.poll() is None, log_path.read_text(errors="replace")
-        time.sleep(0.02)
-    raise AssertionError(f"no {text!r} within {seconds} s:\n{log_path.read_text(errors='replace')}")
-
-
 def test_publish_interrupted_while_its_build_indexes_ends_at_once_not_when_every_index_is_made(
         office_store, make_community, syncdb_env, syncdb_secret, domains, tmp_path):
     """The build's last step, indexing the new tables, is a few statements of seconds each at a million
@@ -69,7 +60,7 @@ def test_publish_interrupted_while_its_build_indexes_ends_at_once_not_when_every
     log_path = tmp_path / "publish.log"
     process, _url = _launch(PADDED, ["400000"], office_store, syncdb_env, log_path)
     try:
-        _wait_for_line(process, log_path, "indexing them", 120)
+        wait_for(lambda: "indexing them" in log_path.read_text(errors="replace"), 120, "no indexing")
         process.send_signal(signal.SIGINT)
         started = time.monotonic()
         process.wait(120)
