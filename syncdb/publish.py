@@ -137,7 +137,8 @@ def serve(store_dir, secret: Secret, domains, host: str = "127.0.0.1", port: int
                     # Say where only once it answers: a browser or script told the address must not be refused.
                     while not server.started and not serving.done():
                         await asyncio.sleep(0.02)
-                    if server.started and ready:
+                    # Told to stop meanwhile (the server ends up to a tenth of a second after a signal): say nothing.
+                    if server.started and not server.should_exit and ready:
                         ready(url)
                 await serving
             finally:

@@ -137,3 +137,34 @@ def test_publish_interrupted_while_a_refresh_reads_the_ledger_ends_at_once(
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+# `syncdb publish` told to stop (Ctrl-C) in the moment its first build ends.
+STOPPED_AS_BUILT = """
+import os, signal, sys
+from syncdb import cli, datasette_plugin
+reload = datasette_plugin.reload
+async def reload_then_interrupted(datasette):
+    await reload(datasette)
+    os.kill(os.getpid(), signal.SIGINT)
+datasette_plugin.reload = reload_then_interrupted
+cli.cli.main(sys.argv[1:], prog_name="syncdb")
+"""
+
+
+def test_publish_stopped_as_its_build_ends_never_says_where_it_publishes(
+        office_store, make_community, syncdb_env, syncdb_secret, domains, tmp_path):
+    """The server ends up to a tenth of a second after Ctrl-C, and a build ending meanwhile had the
+    address said ("Publishing … (Ctrl-C to stop)"): a script told it would connect and be refused."""
+    _street(office_store, make_community, syncdb_env, syncdb_secret, domains)
+    log_path = tmp_path / "publish.log"
+    process, _url = _launch(STOPPED_AS_BUILT, [], office_store, syncdb_env, log_path)
+    try:
+        process.wait(60)
+        log = log_path.read_text(errors="replace")
+        assert "published 5 records" in log, log
+        assert "Ctrl-C to stop" not in log, log
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
