@@ -1,7 +1,7 @@
 """Second read of publish answering during its start-up (publish.Starting, datasette_plugin.Stopped).
 
-Each test runs a real `syncdb publish` on 127.0.0.1 from a launcher that changes one thing about its
-build, and reads it over HTTP or watches how it ends.
+The tests of how publish ends run a real `syncdb publish` on 127.0.0.1 from a launcher that changes one
+thing about its build or refresh (slower, or stopped at a given moment), and watch its log and exit.
 """
 
 import signal
