@@ -147,6 +147,11 @@ class Context:
                 for c in t.columns.values()
                 if c.references == target or (t.qualified == target and c.name in t.key)}
 
+    def stop_here(self) -> None:
+        """Raise Stopped once publish is ending (``stopping``): a build or refresh asks between its steps."""
+        if self.stopping.is_set():
+            raise Stopped()
+
     def store(self) -> Store:
         """The store, read-only, on a connection of its own for the calling thread."""
         return open_store(self.store_dir, self.current_keyring(), self.domains)
@@ -215,7 +220,7 @@ def _fill(ctx: Context) -> tuple[tuple, int, bool]:
             # "refreshed N changed records" would count them all as changed by a night.
             try:
                 records = ctx.published.update(store, exclusive=ctx.gate.exclusive,
-                                               progress=FillProgress(PROGRESS_SECONDS, ctx.stopping))
+                                               progress=FillProgress(PROGRESS_SECONDS), stop=ctx.stop_here)
             except sqlite3.OperationalError:
                 if ctx.stopping.is_set():
                     raise Stopped() from None
@@ -231,8 +236,10 @@ PROGRESS_SECONDS = 10.0  # a build's or a refresh's progress is logged at most t
 
 class Stopped(Exception):
     """Publish is ending (interrupted, or its start-up failed): the build or refresh under way stops at its
-    next chunk or batch, or within the statement under way (``STOP_STEPS``), rolled back as any fault of
-    it is (``projection.Published.update``)."""
+    next step (a chunk, a batch, a ledger entry read: ``Context.stop_here``) or within the statement under
+    way (``STOP_STEPS``), rolled back as any fault of it is (``projection.Published.update``). Its worker
+    thread cannot be killed, and the process waits for it before exiting: at 1.8 million records a
+    build takes minutes."""
 
 
 class FillProgress:
@@ -240,18 +247,12 @@ class FillProgress:
     at most every ``seconds``, and the indexing at the end of a build always. At 1.8 million records
     a build takes minutes, and until the first is done every page says the data is being prepared
     (publish.Starting); a refresh after communities' first loads re-reads as many records, while its
-    pages answer. A fill shorter than ``seconds`` logs nothing of its progress.
+    pages answer. A fill shorter than ``seconds`` logs nothing of its progress."""
 
-    Once ``stop`` is set, the next call raises Stopped: publish told to end during a build of minutes
-    ends at once, not when the build is done (its worker thread cannot be killed, and the process
-    waits for it before exiting)."""
-
-    def __init__(self, seconds: float, stop: threading.Event | None = None):
-        self.seconds, self.last, self.stop = seconds, time.monotonic(), stop
+    def __init__(self, seconds: float):
+        self.seconds, self.last = seconds, time.monotonic()
 
     def __call__(self, records: int, table: str | None, total: int | None = None) -> None:
-        if self.stop is not None and self.stop.is_set():
-            raise Stopped()
         now = time.monotonic()
         if table is not None and now - self.last < self.seconds:
             return

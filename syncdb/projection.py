@@ -321,13 +321,15 @@ class Published:
         self.torn = False  # a refresh's batch is in some of the three databases and not yet in the others
         self.serving = serving or (lambda: False)  # are pages being served? a fill then gives way (_give_way)
 
-    def update(self, store: Store, exclusive=contextlib.nullcontext, progress=None) -> int:
+    def update(self, store: Store, exclusive=contextlib.nullcontext, progress=None, stop=None) -> int:
         """Bring both databases up to the store; return how many records were decrypted.
 
         ``progress(records, table)``, if given, is told after each chunk of a full build how many
         records it has decrypted so far and the published table it is filling, then once more, with
         ``table`` None, as the new tables are indexed and swapped in; and after each batch of a
         refresh, ``progress(records, table, total)``, ``total`` the changed records it re-reads.
+        ``stop()``, if given, is asked between the steps (each chunk, each batch, each row of the ledger
+        read for what changed): it raises to stop the build or refresh, rolled back as any fault of it.
 
         The first time, when the schemas changed, or when the store went back in its
         history (a restored backup), a full build; otherwise only the records the audit
@@ -338,11 +340,11 @@ class Published:
         building = self.point is None or point < self.point or self.shape != shape(store.domains)
         try:
             if building:
-                self.decrypted = self.build(store, exclusive, progress)
+                self.decrypted = self.build(store, exclusive, progress, stop)
             elif point == self.point:
                 self.decrypted = 0
             else:
-                self.decrypted = self.refresh(store, store.changed_since(self.point), progress)
+                self.decrypted = self.refresh(store, store.changed_since(self.point, between=stop), progress, stop)
         except BaseException:
             # A build or refresh stopped half way (memory, a fault): its transaction is rolled back. A
             # build, or a refresh whose batch one database has and another not, leaves what is unknown:
@@ -362,7 +364,7 @@ class Published:
 
     # ------------------------------------------------------------ a full build
 
-    def build(self, store: Store, exclusive=contextlib.nullcontext, progress=None) -> int:
+    def build(self, store: Store, exclusive=contextlib.nullcontext, progress=None, stop=None) -> int:
         """Decrypt every live record into new tables, swapped in when whole; return how many.
 
         ``exclusive()`` is held while the schema changes: an in-memory database's
@@ -376,7 +378,7 @@ class Published:
         for domain in store.domains.values():
             for table in domain.tables.values():
                 layout = _Layout(store.domains, domain, table)
-                records += self._build_table(store, layout, exclusive, progress, records)
+                records += self._build_table(store, layout, exclusive, progress, records, stop)
                 # The plaintext database, which only view-pii opens, without the facet indexes: its
                 # facets count as plain Datasette's do, and it holds a fifth less (docs/publish.md).
                 built.append((layout.name, _indexed_columns(table), _indexed_columns(table, facets=False)))
@@ -385,9 +387,10 @@ class Published:
         self._swap(built, exclusive)
         return records
 
-    def _build_table(self, store: Store, layout: _Layout, exclusive, progress=None, before: int = 0) -> int:
-        """Fill a new table of ``layout``; return its records. ``progress`` as ``update`` says, the
-        ``before`` records of the tables filled before this one counted in."""
+    def _build_table(self, store: Store, layout: _Layout, exclusive, progress=None, before: int = 0,
+                     stop=None) -> int:
+        """Fill a new table of ``layout``; return its records. ``progress`` and ``stop`` as ``update``
+        says, the ``before`` records of the tables filled before this one counted in."""
         name = layout.name
         with exclusive():
             for conn, hides in ((self.masked, True), (self.plain, False)):
@@ -414,6 +417,8 @@ class Published:
             self.rowids.execute("COMMIT")
             if progress:
                 progress(before + rowid, name)
+            if stop:
+                stop()
             self._give_way(started)
             started = time.perf_counter()
         self.next_rowid[f"_new_{name}"] = rowid + 1
@@ -454,7 +459,7 @@ class Published:
 
     # ------------------------------------------------------------ a refresh
 
-    def refresh(self, store: Store, changed: dict[str, set[bytes]], progress=None) -> int:
+    def refresh(self, store: Store, changed: dict[str, set[bytes]], progress=None, stop=None) -> int:
         """Re-read, decrypt and write only the ``changed`` records (table -> blind keys), in place.
 
         Each batch is its own short transaction, so pages (which read uncommitted, see
@@ -476,6 +481,8 @@ class Published:
                 done += len(batch)
                 if progress:
                     progress(done, layout.name, total)
+                if stop:
+                    stop()
                 self._give_way(started)
         if records:
             give_back_memory(self.masked, self.plain, self.rowids)

@@ -364,10 +364,15 @@ class Store:
         (point,) = self.conn.execute("SELECT coalesce(max(id), 0) FROM ledger").fetchone()
         return point
 
-    def changed_since(self, point: int) -> dict[str, set[bytes]]:
-        """Table -> the blind keys of the records changed after ``point`` (a ``change_point()``)."""
+    def changed_since(self, point: int, between=None) -> dict[str, set[bytes]]:
+        """Table -> the blind keys of the records changed after ``point`` (a ``change_point()``).
+
+        ``between()``, if given, is called before each of the ledger's rows is read (one a bundle, tens
+        of thousands of changes after a first load): it may raise to stop a read of many seconds."""
         changed: dict[str, set[bytes]] = {}
         for (body,) in self.conn.execute("SELECT body FROM ledger WHERE id > ? ORDER BY id", (point,)):
+            if between is not None:
+                between()
             for entry in audit.entries(body):
                 if entry["key"]:  # not a bundle skipped by hand
                     changed.setdefault(entry["table"], set()).add(bytes.fromhex(entry["key"]))
