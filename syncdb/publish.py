@@ -82,7 +82,10 @@ def make_datasette(store_dir, secret: Secret, domains, refresh_seconds: float = 
 def bind(host: str, port: int) -> socket.socket:
     """A socket bound to host:port as uvicorn would bind it, or one line saying why it cannot be."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if os.name == "posix":
+        # A restart binds past the last run's connections still in TIME_WAIT. Not on Windows, as asyncio
+        # does: there SO_REUSEADDR would let this socket take a port another program listens on.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
     except OSError as e:
