@@ -555,10 +555,14 @@ class _Merger:
             self.set_aside.append(f"{self.origin} / {table.qualified} / {self._shown(table, key_values)} / "
                                   + _("the record is held by {holder}: this community's version is kept aside "
                                       "and not shown").format(holder=holding.holder or _("nobody")))
-        self._write(row, key_values)
-        # Compact: the cells touched; their old versions where they had one; and
-        # the resulting version only where it is not this change's own stamp.
-        detail = {"cells": sorted(row.touched)}
+        versions = self._write(row, key_values)
+        # Compact: the cells the change moved; their old versions where they had one; and
+        # the resulting version only where it is not this change's own stamp. Moved: the cells it
+        # carried, and those whose winner changed with them (a claim withdrawn hands the record, and
+        # the versions kept aside of its other cells, to another community; a plugin's rule may read
+        # across the row). The checks after a merge look again only at cells the ledger names.
+        moved = row.touched | {c for c in non_key if versions.get(c) != old.get(c)}
+        detail = {"cells": sorted(moved)}
         olds = {c: old[c] for c in detail["cells"] if old.get(c)}
         kept = {c: row.winners[c].version for c in detail["cells"]
                 if c in row.winners and row.winners[c].version != hlc}
@@ -706,7 +710,8 @@ class _Merger:
         if col in row.open_conflicts:
             self.closed += conflicts.close(self.store, row.table.qualified, row.key, col, note)
 
-    def _write(self, row: Row, key_values: list) -> None:
+    def _write(self, row: Row, key_values: list) -> dict[str, str]:
+        """Queue the row as its winners make it; return its cells' versions now (deleted ones "~"-headed)."""
         store, table, key = self.store, row.table, row.key
         conn = store.conn
         stored, winners = row.stored, row.winners
@@ -762,4 +767,5 @@ class _Merger:
             self.special.add((table.qualified, key))
             conn.executemany("INSERT OR IGNORE INTO dominated VALUES (?, ?, ?, ?)",
                              [(table.qualified, key, col, v) for col, v in row.new_dominated])
+        return versions
 
