@@ -260,13 +260,27 @@ class _Layout:
         self.select = self.cells.sql + (f", [{self.linked}__bi]" if self.linked else "")
         self.definitions = {hides: _definition(domains, table, self.names, bool(self.linked), hides)
                             for hides in (True, False)}
+        self._places: dict[frozenset, tuple[tuple[int, ...], bool]] = {}
 
-    def rows(self, store: Store, chunk) -> tuple[list, list]:
-        """(plaintext rows, masked rows) of stored rows (``_key`` first), each headed by its rowid placeholder."""
+    def places(self, moved: frozenset) -> tuple[tuple[int, ...], bool]:
+        """(the places in ``labels`` the ``moved`` columns of a stored record fill, whether one of them is
+        sealed): a column's own, and the person's number where the linked ID number moved."""
+        found = self._places.get(moved)
+        if found is None:
+            at = tuple(i for i, c in enumerate(self.names) if c in moved)
+            if self.linked in moved:
+                at += (len(self.names),)
+            found = self._places[moved] = (at, any(self.table.columns[self.names[i]].sensitive
+                                                   for i in at if i < len(self.names)))
+        return found
+
+    def rows(self, store: Store, chunk, open_seal: bool = True) -> tuple[list, list]:
+        """(plaintext rows, masked rows) of stored rows (``_key`` first). Without ``open_seal``, the
+        sensitive cells are None (for a caller that writes only plain ones)."""
         shown, hidden = [], []
         columns = [self.table.columns[c] for c in self.names]
         for key, *values in chunk:
-            row = self.cells.values(store.seals, key, values)
+            row = self.cells.values(store.seals, key, values, open_seal)
             for i in self.sealed_at:
                 # A text column takes any JSON value: a whole number past SQLite's 64 bits is published
                 # as its digits, where binding it raised OverflowError and no build or refresh could end.
@@ -344,7 +358,8 @@ class Published:
             elif point == self.point:
                 self.decrypted = 0
             else:
-                self.decrypted = self.refresh(store, store.changed_since(self.point, between=stop), progress, stop)
+                self.decrypted = self.refresh(store, store.cells_changed_since(self.point, between=stop), progress,
+                                              stop)
         except BaseException:
             # A build or refresh stopped half way (memory, a fault): its transaction is rolled back. A
             # build, or a refresh whose batch one database has and another not, leaves what is unknown:
@@ -459,25 +474,31 @@ class Published:
 
     # ------------------------------------------------------------ a refresh
 
-    def refresh(self, store: Store, changed: dict[str, set[bytes]], progress=None, stop=None) -> int:
-        """Re-read, decrypt and write only the ``changed`` records (table -> blind keys), in place.
+    def refresh(self, store: Store, changed: dict[str, dict[bytes, frozenset | None]], progress=None,
+                stop=None) -> int:
+        """Re-read, decrypt and write only the ``changed`` records in place: table -> blind key -> the
+        columns the ledger says moved, None for every one (``Store.cells_changed_since``).
 
-        Each batch is its own short transaction, so pages (which read uncommitted, see
-        datasette_plugin.prepare_connection) never wait long and never fail; a record
-        deleted or no longer live leaves both databases.
+        A record already published whose moved columns are known is written in those cells alone,
+        read from the store (its seal opened only where one of them is sensitive) and not compared:
+        a night moves a column or two. A new record, or one that came back, went or changed its key,
+        is read whole and compared with its published row (``_writes``). Each batch is its own short
+        transaction, so pages (which read uncommitted, see datasette_plugin.prepare_connection) never
+        wait long and never fail; a record deleted or no longer live leaves both databases.
         """
         tables = [(domain, table) for domain in store.domains.values() for table in domain.tables.values()]
         # ``total`` and ``done`` count the changed records, deleted ones too (``records``, the live ones
         # decrypted); a table of a domain no longer published is not among them.
         records, done, total = 0, 0, sum(len(changed.get(table.qualified, ())) for _domain, table in tables)
         for domain, table in tables:
-            keys = sorted(changed.get(table.qualified, ()))
+            moved = changed.get(table.qualified) or {}
+            keys = sorted(moved)
             if not keys:
                 continue
             layout = _Layout(store.domains, domain, table)
             for start in range(0, len(keys), BATCH):
                 started, batch = time.perf_counter(), keys[start:start + BATCH]
-                records += self._refresh_batch(store, layout, batch)
+                records += self._refresh_batch(store, layout, batch, moved)
                 done += len(batch)
                 if progress:
                     progress(done, layout.name, total)
@@ -488,23 +509,39 @@ class Published:
             give_back_memory(self.masked, self.plain, self.rowids)
         return records
 
-    def _refresh_batch(self, store: Store, layout: _Layout, keys: list[bytes]) -> int:
+    def _refresh_batch(self, store: Store, layout: _Layout, keys: list[bytes],
+                       moved: dict[bytes, frozenset | None]) -> int:
         name, marks = layout.name, ", ".join("?" * len(keys))
         live = store.conn.execute(f"SELECT _key, {layout.select} FROM [{table_name(layout.table)}] "
                                   f"WHERE _exists = 1 AND _key IN ({marks})", keys).fetchall()
         known = dict(self.rowids.execute(f"SELECT key, published FROM [{name}] WHERE key IN ({marks})", keys))
         gone = [(key, known.pop(key)) for key in set(known) - {bytes(row[0]) for row in live}]
         new = []
+        whole, parts = [], {}  # rows read whole; rows of which only some cells moved, by those cells' places
         for row in live:
             key = bytes(row[0])
+            cells = moved.get(key)
             if key not in known:
                 known[key] = self.next_rowid[name]
                 self.next_rowid[name] += 1
                 new.append((key, known[key]))
-        shown, hidden = layout.rows(store, live)
-        rowids = [known[bytes(row[0])] for row in live]
+                whole.append(row)
+            elif cells is None:
+                whole.append(row)
+            elif cells:
+                parts.setdefault(layout.places(cells), []).append(row)
+        shown, hidden = layout.rows(store, whole)
         fresh = {rowid for _key, rowid in new}
-        writes = _writes(self.plain, layout, rowids, shown, hidden, fresh)
+        writes = _writes(self.plain, layout, [known[bytes(row[0])] for row in whole], shown, hidden, fresh)
+        for (places, sealed), rows in parts.items():
+            if not places:
+                continue  # only columns this release does not publish moved
+            shown, hidden = layout.rows(store, rows, open_seal=sealed)
+            rowids = [known[bytes(row[0])] for row in rows]
+            update = _update(name, layout.labels, places)
+            for at, cells_of in ((0, shown), (1, hidden)):
+                writes[at].append((update, [[*(cells[i] for i in places), rowid]
+                                            for cells, rowid in zip(cells_of, rowids)]))
         for conn, statements in zip((self.plain, self.masked), writes):
             conn.execute("BEGIN")
             conn.executemany(f"DELETE FROM [{name}] WHERE rowid = ?", ((rowid,) for _key, rowid in gone))
@@ -518,6 +555,11 @@ class Published:
         self.rowids.execute("COMMIT")
         self.torn = False
         return len(live)
+
+
+def _update(name: str, labels: list[str], places) -> str:
+    """The UPDATE of a published row's cells at ``places`` (values in their order, then the rowid)."""
+    return f"UPDATE [{name}] SET {', '.join(f'[{labels[i]}] = ?' for i in places)} WHERE rowid = ?"
 
 
 def _writes(plain, layout: _Layout, rowids: list[int], shown: list[list], hidden: list[list],
@@ -563,8 +605,7 @@ def _writes(plain, layout: _Layout, rowids: list[int], shown: list[list], hidden
         if inserts[at]:
             out[at].append((layout.insert(name, "INSERT OR REPLACE"), inserts[at]))
         for differ, values in updates.items():
-            assignments = ", ".join(f"[{labels[i]}] = ?" for i in differ)
-            out[at].append((f"UPDATE [{name}] SET {assignments} WHERE rowid = ?", values[at]))
+            out[at].append((_update(name, labels, differ), values[at]))
     return out
 
 

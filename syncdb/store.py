@@ -378,11 +378,14 @@ class Store:
                     changed.setdefault(entry["table"], set()).add(bytes.fromhex(entry["key"]))
         return changed
 
-    def cells_changed_since(self, point: int) -> dict[str, dict[bytes, frozenset | None]]:
+    def cells_changed_since(self, point: int, between=None) -> dict[str, dict[bytes, frozenset | None]]:
         """Table -> blind key -> the columns changed after ``point``, or None where the record came,
-        went or changed its key (an insert, a delete, a rekey: every column counts as changed)."""
+        went or changed its key (an insert, a delete, a rekey: every column counts as changed).
+        ``between`` as for ``changed_since``."""
         changed: dict[str, dict[bytes, frozenset | None]] = {}
         for (body,) in self.conn.execute("SELECT body FROM ledger WHERE id > ? ORDER BY id", (point,)):
+            if between is not None:
+                between()
             for entry in audit.entries(body):
                 if not entry["key"]:
                     continue
@@ -509,9 +512,13 @@ class Cells:
         self.sql = ", ".join([f"[{c}]" for c in plain] + (["[_sealed]"] if self.sealed else []))
         self._at = {c: i for i, c in enumerate(plain)}
 
-    def values(self, seals: "Seals", key: bytes, row) -> list:
+    def values(self, seals: "Seals", key: bytes, row, open_seal: bool = True) -> list:
+        """Without ``open_seal`` the row's seal stays shut and its sensitive cells read None (for a caller
+        that uses only the plain ones)."""
         if not self.sealed:
             return list(row[:self.width])
+        if not open_seal:
+            return [row[self._at[c]] if c in self._at else None for c in self.columns]
         opened = seals.open_row(self.table, row[self.width - 1], key)
         at = self._at
         return [row[at[c]] if c in at else opened.get(c) for c in self.columns]

@@ -48,3 +48,43 @@ def test_a_change_that_hands_a_record_to_another_community_names_the_cells_it_mo
                          watches={"huji.persons": frozenset({"community_code"})})
         assert checks.watched_changes(store.cells_changed_since(point), watching) == {
             "huji.persons": {store.blind_key(store.table("huji.persons"), [id_number(8)])}}
+
+
+def test_the_published_record_follows_a_record_handed_to_another_community(world, domains):
+    """The refresh writes the cells the ledger says moved: those a change carried and those that moved with
+    them. After a claim is withdrawn, both published databases are what a full build of the store makes."""
+    import sqlite3
+
+    from syncdb import projection
+    from syncdb.store import open_store
+
+    def databases():
+        return [sqlite3.connect(":memory:", isolation_level=None) for _ in range(2)]
+
+    def contents(conn):
+        tables = [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {n: sorted((repr(tuple(r)) for r in conn.execute(f"SELECT * FROM [{n}]"))) for n in tables}
+
+    w = world
+    a, b = CODES[0], CODES[1]
+    w.insert(a, person(8, a, phone="13800000001", name="王一"))
+    w.insert(b, person(8, b, phone="13900000002", name="王二"))
+    w.insert(a, person(9, a))
+    w.push(a)
+    w.push(b)
+    merge.merge(w.store, w.bundles, SECRET, domains)
+    published = projection.Published(*databases())
+    with open_store(w.store, SECRET, domains) as store:
+        published.update(store)
+        before = published.point
+    w.sql(a, "UPDATE persons SET status = 'moved_out' WHERE id_number = ?", (id_number(8),))
+    w.push(a)
+    merge.merge(w.store, w.bundles[-1:], SECRET, domains)
+    with open_store(w.store, SECRET, domains) as store:
+        assert published.update(store) == 1 and not published.built and published.point > before
+        masked, plain = databases()
+        projection.fill(store, masked, plain)
+    assert contents(published.plain) == contents(plain)
+    assert contents(published.masked) == contents(masked)
+    (row,) = published.plain.execute("SELECT [社区代码], [联系电话] FROM [户籍_人员] WHERE [联系电话] LIKE '139%'")
+    assert row == (b, "13900000002")
