@@ -383,6 +383,9 @@ class Store:
         went or changed its key (an insert, a delete, a rekey: every column counts as changed).
         ``between`` as for ``changed_since``."""
         changed: dict[str, dict[bytes, frozenset | None]] = {}
+        # One set for each list of cells: a night moving the same column of a million records would
+        # otherwise hold a set of its own for each (3.5 times what the keys take, 580 MB at 1.84 million).
+        shared: dict[frozenset, frozenset] = {}
         for (body,) in self.conn.execute("SELECT body FROM ledger WHERE id > ? ORDER BY id", (point,)):
             if between is not None:
                 between()
@@ -395,7 +398,8 @@ class Store:
                 if cells is None or key in keys and keys[key] is None:
                     keys[key] = None
                 else:
-                    keys[key] = keys.get(key, frozenset()) | frozenset(cells)
+                    cells = frozenset(cells) | keys.get(key, frozenset())
+                    keys[key] = shared.setdefault(cells, cells)
         return changed
 
     def _keyring_check(self) -> tuple[str, bytes]:
