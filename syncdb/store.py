@@ -369,14 +369,7 @@ class Store:
 
         ``between()``, if given, is called before each of the ledger's rows is read (one a bundle, tens
         of thousands of changes after a first load): it may raise to stop a read of many seconds."""
-        changed: dict[str, set[bytes]] = {}
-        for (body,) in self.conn.execute("SELECT body FROM ledger WHERE id > ? ORDER BY id", (point,)):
-            if between is not None:
-                between()
-            for entry in audit.entries(body):
-                if entry["key"]:  # not a bundle skipped by hand
-                    changed.setdefault(entry["table"], set()).add(bytes.fromhex(entry["key"]))
-        return changed
+        return {table: set(keys) for table, keys in self.cells_changed_since(point, between).items()}
 
     def cells_changed_since(self, point: int, between=None) -> dict[str, dict[bytes, frozenset | None]]:
         """Table -> blind key -> the columns changed after ``point``, or None where the record came,
@@ -390,7 +383,7 @@ class Store:
             if between is not None:
                 between()
             for entry in audit.entries(body):
-                if not entry["key"]:
+                if not entry["key"]:  # a bundle skipped by hand: no record
                     continue
                 keys = changed.setdefault(entry["table"], {})
                 key, detail = bytes.fromhex(entry["key"]), entry.get("detail") or {}
