@@ -328,6 +328,7 @@ class Published:
         self.rowids = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         self.rowids.execute("PRAGMA auto_vacuum = INCREMENTAL")  # before any table: see give_back_memory
         self.point: int | None = None
+        self.mark: bytes | None = None  # the store's change_mark at ``point``
         self.shape: tuple | None = None
         self.decrypted = 0
         self.built = False
@@ -351,7 +352,10 @@ class Published:
         committing meanwhile is read again next time, which costs a little and loses nothing.
         """
         point = store.change_point()
-        building = self.point is None or point < self.point or self.shape != shape(store.domains)
+        # A store that went back in its history (a backup put back) is built whole, even once a merge has
+        # taken its ledger past the point again: the entries since then are another history's.
+        building = (self.point is None or point < self.point or self.shape != shape(store.domains)
+                    or store.change_mark(self.point) != self.mark)
         try:
             if building:
                 self.decrypted = self.build(store, exclusive, progress, stop)
@@ -374,7 +378,8 @@ class Published:
                 self.point = None
             self.torn = False
             raise
-        self.point, self.shape, self.built = point, shape(store.domains), building
+        self.point, self.mark = point, store.change_mark(point)
+        self.shape, self.built = shape(store.domains), building
         return self.decrypted
 
     # ------------------------------------------------------------ a full build

@@ -364,6 +364,13 @@ class Store:
         (point,) = self.conn.execute("SELECT coalesce(max(id), 0) FROM ledger").fetchone()
         return point
 
+    def change_mark(self, point: int) -> bytes | None:
+        """What tells this store's history up to ``point`` from another's: the MAC of the ledger's entry
+        there, chained over every entry before it (None at 0, or where the ledger has no such entry). A
+        backup put back and merged past the point has the point again, in another history."""
+        found = self.conn.execute("SELECT mac FROM ledger WHERE id = ?", (point,)).fetchone()
+        return bytes(found[0]) if found else None
+
     def changed_since(self, point: int, between=None) -> dict[str, set[bytes]]:
         """Table -> the blind keys of the records changed after ``point`` (a ``change_point()``).
 
