@@ -130,9 +130,11 @@ class ServerWords(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, str) and record.msg in SERVER_LINES:
-            record.msg = _(record.msg)
-            if "color_message" in record.__dict__:  # what uvicorn's formatter shows on a terminal
-                record.color_message = record.msg
+            words = _(record.msg)
+            if words != record.msg:  # in English the line, and its colors on a terminal, stay uvicorn's
+                record.msg = words
+                if "color_message" in record.__dict__:  # what uvicorn's formatter shows on a terminal
+                    record.color_message = words
         return True
 
 

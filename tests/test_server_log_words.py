@@ -71,6 +71,57 @@ def test_every_server_line_has_its_placeholders_in_its_translation():
         for line in SERVER_LINES:
             words = i18n._(line)
             assert words != line, line
-            assert re.findall(r"%[sd]", words) == re.findall(r"%[sd]", line), (line, words)
+            # every "%" and the character after it: a stray "%" (100%), "%%" or "%i" breaks the line as
+            # logging formats it ("--- Logging error ---", the line lost) as surely as a "%d" too few
+            assert re.findall(r"%.", words, re.DOTALL) == re.findall(r"%.", line, re.DOTALL), (line, words)
     finally:
         i18n.use()
+
+
+def _on_a_terminal(args, env, until: bytes, seconds: float = 60) -> bytes:
+    """Run ``args`` on a pseudo-terminal (as an administrator's console) until ``until`` shows, then
+    Ctrl-C; all it wrote."""
+    import os
+    import pty
+    import select
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the command, on the terminal
+        os.execve(args[0], args, env)
+    out, deadline, stopped = b"", time.monotonic() + seconds, False
+    try:
+        while time.monotonic() < deadline:
+            if not stopped and until in out:
+                os.kill(pid, signal.SIGINT)
+                stopped = True
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:  # the terminal closed: the command has ended
+                    break
+                if not chunk:
+                    break
+                out += chunk
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(pid, 0)
+        os.close(fd)
+    return out
+
+
+def test_in_english_uvicorns_colored_lines_on_a_terminal_keep_their_colors(
+        office_store, make_community, syncdb_env, syncdb_secret, domains):
+    """SYNCDB_LANG=en: the filter has nothing to translate, and must leave uvicorn's line as it was,
+    colors included (the process id in cyan); it used to replace the colored line by the plain one."""
+    from conftest import SYNCDB, free_port
+
+    _street(office_store, make_community, syncdb_env, syncdb_secret, domains, persons=3)
+    port = free_port()
+    out = _on_a_terminal([SYNCDB, "publish", str(office_store), "--host", "127.0.0.1", "--port", str(port)],
+                         dict(syncdb_env, SYNCDB_LANG="en"), until=b"Ctrl-C")
+    assert b"Started server process [\x1b[36m" in out, out
+    assert b"Finished server process [\x1b[36m" in out, out
