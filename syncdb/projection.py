@@ -535,9 +535,11 @@ class Published:
                 whole.append(row)
             elif cells:
                 parts.setdefault(layout.places(cells), []).append(row)
-        shown, hidden = layout.rows(store, whole)
-        fresh = {rowid for _key, rowid in new}
-        writes = _writes(self.plain, layout, [known[bytes(row[0])] for row in whole], shown, hidden, fresh)
+        writes: tuple[list, list] = ([], [])
+        if whole:  # a night's batch has none: the plaintext database is then not read at all
+            shown, hidden = layout.rows(store, whole)
+            fresh = {rowid for _key, rowid in new}
+            writes = _writes(self.plain, layout, [known[bytes(row[0])] for row in whole], shown, hidden, fresh)
         for (places, sealed), rows in parts.items():
             if not places:
                 continue  # only columns this release does not publish moved

@@ -145,8 +145,8 @@ def serve(store_dir, secret: Secret, domains, host: str = "127.0.0.1", port: int
                         ready(url)
                 await serving
             finally:
-                # Interrupted, or the start-up failed: a build or refresh under way stops at its next
-                # chunk (FillProgress), where the process would otherwise wait minutes for its thread.
+                # Interrupted, or the start-up failed: a build or refresh under way stops at its next step
+                # (Context.stop_here), where the process would otherwise wait minutes for its thread.
                 ctx.stopping.set()
                 server.should_exit = True
                 await asyncio.gather(serving, starting, return_exceptions=True)
