@@ -18,6 +18,10 @@ them into a temporary folder, then:
    first's; store.db size / the plain file's. The cross-domain checks a merge
    runs on what it changed count in its time (they are one of its duties);
    each merge figure is printed again without them, to say where time goes.
+   And, for scale, bench/merge.py's floor (the work no merge with syncdb's
+   duties can skip, each step timed alone) on the last community's bundles:
+   what its merge reaches of it, and the best a merge could reach with these
+   checks after it (floor + checks against the raw upsert).
 2. starts a real ``syncdb publish`` in a child (this script with
    ``--child-publish``: the command itself, with its make_datasette and reload
    timed and printed), reads its RSS after start-up, and times masked table and
@@ -71,6 +75,8 @@ from syncdb.plugins import extra_policies  # noqa: E402
 from syncdb.sample import generate  # noqa: E402
 from syncdb.schema import load_domains  # noqa: E402
 from syncdb.store import open_store, table_name  # noqa: E402
+
+from merge import floor_times  # noqa: E402  (bench/merge.py: this folder comes first on sys.path)
 
 KEY = b"c" * 32  # a key file, not a passphrase: no scrypt in the figures
 SECRET = Secret(key_file_bytes=KEY)
@@ -259,6 +265,13 @@ def first_loads(store: Path, folders: list[Path], plain: sqlite3.Connection, dom
         print(f"  community {n}: {changes:,} changes merged in {took:.2f} s ({changes / took:,.0f}/s; checks "
               f"{in_checks:.2f} s of it); raw upsert {raw:.3f} s; {load_now()}", flush=True)
     return loads
+
+
+def last_floor(store: Path, folders: list[Path], domains, work: Path) -> dict:
+    """bench/merge.py's floor on the last community's first bundles (its outbox holds only those until the
+    nights), the rows written into a fresh file: seconds per step."""
+    with open_store(store, SECRET, domains) as st:
+        return floor_times(st, bundles_of(folders[-1]), work / "floor.db")
 
 
 def jobs_loads(keep: Path, work: Path, folders: list[Path], domains, count: int) -> list[float]:
@@ -576,7 +589,7 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def merge_figures(loads: list[dict], jobs_took: list[float] | None) -> list[tuple]:
+def merge_figures(loads: list[dict], jobs_took: list[float] | None, floor: dict | None = None) -> list[tuple]:
     merged, raw = sum(x["merge"] for x in loads), sum(x["raw"] for x in loads)
     changes, rows = sum(x["changes"] for x in loads), sum(x["rows"] for x in loads)
     one = (changes / merged) / (rows / raw)
@@ -609,7 +622,27 @@ def merge_figures(loads: list[dict], jobs_took: list[float] | None) -> list[tupl
                            for part in (loads[:k], loads[-k:]))
             lines.append((f"  (median of the last {k} first loads / of the first {k})",
                           f"{last / first:.2f}x ({last * 1e6:,.0f} vs {first * 1e6:,.0f} µs/change)", "", ""))
+    if floor:
+        lines += floor_figures(loads[-1], len(loads), floor)
     return lines
+
+
+def floor_figures(load: dict, n: int, floor: dict) -> list[tuple]:
+    """Where community ``n``'s first load stands against the floor: the floor's steps written into an
+    empty file (a bound: the store and the raw upsert's file hold the communities before)."""
+    per = 1e6 / load["changes"]
+    floor_s, checks_s = sum(floor.values()), load["checks"]
+    raw_rate = load["rows"] / load["raw"]
+    steps = ", ".join(f"{k} {v * per:.0f}" for k, v in floor.items())
+    return [
+        (f"floor of community {n}'s first load", f"{floor_s * per:,.0f} µs/change ({steps})", "(bound)", ""),
+        ("  its merge without the checks / the floor",
+         f"{(load['merge'] - checks_s) / floor_s:.2f}x ({(load['merge'] - checks_s) * per:,.0f} µs/change)", "", ""),
+        ("  its checks", f"{checks_s * per:,.0f} µs/change", "", ""),
+        ("  floor / raw upsert", f"{load['changes'] / floor_s / raw_rate:.3f}x", "(best reachable)", ""),
+        ("  floor + these checks / raw upsert", f"{load['changes'] / (floor_s + checks_s) / raw_rate:.3f}x",
+         "(best reachable)", ""),
+    ]
 
 
 def night_figures(loads: list[dict], got: dict, records: int) -> list[tuple]:
@@ -689,6 +722,7 @@ def run(args, keep: Path, work: Path, shm: Path) -> None:
     plain = plain_db(work / "plain-rows.db", tables)
     loads = first_loads(store, folders, plain, domains, jobs)
     plain.close()
+    floor = last_floor(store, folders, domains, work)
     size, plain_size = file_bytes(store / "store.db"), file_bytes(work / "plain-rows.db")
     jobs_took = jobs_loads(keep, work, folders, domains, min(3, len(folders))) if jobs is not None else None
     records = live_records(store, domains)
@@ -697,7 +731,7 @@ def run(args, keep: Path, work: Path, shm: Path) -> None:
 
     print(f"\nsyncdb street office benchmark: {args.communities} communities x {args.residents:,} residents, "
           f"{records:,} records; SQLite {sqlite3.sqlite_version}, {os.cpu_count()} CPU(s); {load_now()} (1, 5, 15 min)")
-    lines = merge_figures(loads, jobs_took) + night_figures(loads, got, records) + publish_figures(got, records)
+    lines = merge_figures(loads, jobs_took, floor) + night_figures(loads, got, records) + publish_figures(got, records)
     lines += page_figures(got)
     lines.append(("store.db / the same rows in plain SQLite", f"{size / plain_size:.2f}x ({size / 2**20:,.1f} vs "
                   f"{plain_size / 2**20:,.1f} MiB)", f"<= {GOAL_SIZE}x", verdict(size / plain_size <= GOAL_SIZE)))

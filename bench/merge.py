@@ -211,6 +211,12 @@ def bench_floor(store: Path, folder: Path, domains) -> dict:
     files = [office.inbox_dir(store) / name for (name,) in
              st.conn.execute("SELECT file FROM received ORDER BY origin, sequence")]
     st.conn.close()
+    return floor_times(st, files, folder / "floor.db")
+
+
+def floor_times(st, files: list[Path], path: Path) -> dict:
+    """``bench_floor``'s steps on the changes of ``files`` (bundles readable with ``st``'s keyring), the
+    rows written into a fresh file at ``path``: seconds per step (bench/city.py times one community's)."""
     times = {}
     gc.disable()  # the steps hold every change at once; collecting them is not merge work
     started = time.perf_counter()
@@ -235,7 +241,7 @@ def bench_floor(store: Path, folder: Path, domains) -> dict:
         rows.setdefault(table.qualified, []).append(row)
     times["seal"] = time.perf_counter() - started
 
-    conn = fresh_plain_db(folder / "floor.db", [])
+    conn = fresh_plain_db(path, [])
     for qualified in rows:
         for statement in create_sql(st.tables[qualified]):
             conn.execute(statement)
