@@ -79,8 +79,14 @@ def make_datasette(store_dir, secret: Secret, domains, refresh_seconds: float = 
     return ds
 
 
+# Windows sockets' own numbers for a port in use and a port refused (WinError 10048, 10013): a socket
+# error there keeps them as its ``winerror``, and its ``errno`` is 10048 (not errno.EADDRINUSE) and 13.
+WSAEADDRINUSE, WSAEACCES = 10048, 10013
+
+
 def bind(host: str, port: int) -> socket.socket:
-    """A socket bound to host:port as uvicorn would bind it, or one line saying why it cannot be."""
+    """A socket bound to host:port as uvicorn would bind it, or one line saying why it cannot be.
+    ``syncdb serve`` and ``syncdb publish`` hand it to uvicorn: the port is bound once, by this."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     if os.name == "posix":
         # A restart binds past the last run's connections still in TIME_WAIT. Not on Windows, as asyncio
@@ -90,21 +96,32 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        if e.errno == errno.EADDRINUSE:
-            raise SyncdbError(_("port {port} on {host} is already in use (another syncdb serve or publish, or "
-                                "another program): stop that program, or choose a free port with --port")
-                              .format(port=port, host=host)) from None
-        if e.errno == errno.EACCES:
-            raise SyncdbError(_("port {port} needs administrator rights on this machine; "
-                                "choose a port above 1024 with --port").format(port=port)) from None
-        raise SyncdbError(_("cannot listen on {host}:{port} ({why}); give --host an address of this "
-                            "machine, e.g. 127.0.0.1 or 0.0.0.0").format(host=host, port=port,
-                                                                         why=e.strerror or e)) from None
+        raise not_bound(e, host, port) from None
     except (socket.gaierror, UnicodeError, OverflowError) as e:
         sock.close()
         raise SyncdbError(_("cannot listen on {host}:{port} ({why}); give --host an address of this machine "
                             "and --port a number from 1 to 65535").format(host=host, port=port, why=e)) from None
     return sock
+
+
+def not_bound(e: OSError, host: str, port: int) -> SyncdbError:
+    """The one line that says why ``host:port`` could not be bound, and what to do."""
+    windows = getattr(e, "winerror", None)
+    if e.errno == errno.EADDRINUSE or WSAEADDRINUSE in (windows, e.errno):
+        return SyncdbError(_("port {port} on {host} is already in use (another syncdb serve or publish, or "
+                             "another program): stop that program, or choose a free port with --port")
+                           .format(port=port, host=host))
+    if windows == WSAEACCES:
+        # Windows: a port another program holds for itself alone, or one Windows keeps back (Hyper-V and
+        # WSL reserve ranges of ports); no port there needs administrator rights.
+        return SyncdbError(_("port {port} on {host} is reserved by Windows or held by another program; choose "
+                             "another port with --port (`netsh interface ipv4 show excludedportrange "
+                             "protocol=tcp` lists the reserved ones)").format(port=port, host=host))
+    if e.errno == errno.EACCES:
+        return SyncdbError(_("port {port} needs administrator rights on this machine; "
+                             "choose a port above 1024 with --port").format(port=port))
+    return SyncdbError(_("cannot listen on {host}:{port} ({why}); give --host an address of this "
+                         "machine, e.g. 127.0.0.1 or 0.0.0.0").format(host=host, port=port, why=e.strerror or e))
 
 
 def serve(store_dir, secret: Secret, domains, host: str = "127.0.0.1", port: int = 8001,

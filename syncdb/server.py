@@ -248,10 +248,11 @@ def app(store, max_body: int = 256 * 2**20, merger=None):
 
 
 def serve(store, host: str = "127.0.0.1", port: int = 8765, max_body: int = 256 * 2**20,
-          secret=None, domains=None) -> None:
+          secret=None, domains=None, sock=None) -> None:
     """Run the ingest service with uvicorn until interrupted; logs go to stderr.
 
-    With ``secret`` and ``domains`` it also merges what it accepts.
+    With ``secret`` and ``domains`` it also merges what it accepts. ``sock``: the socket to listen on,
+    bound to host:port (publish.bind, as ``syncdb serve`` does); else uvicorn binds it.
     """
     import uvicorn
 
@@ -286,8 +287,20 @@ def serve(store, host: str = "127.0.0.1", port: int = 8765, max_body: int = 256 
     # limit_concurrency bounds the uploads in flight (each holds at most SPOOL_IN_MEMORY
     # in memory, the rest spooled to disk); past the limit clients get 503 and retry later.
     i18n.translate_server_log()
-    uvicorn.run(application, host=host, port=port, log_config=log_config, access_log=False,
-                limit_concurrency=32, server_header=False)
+    config = dict(host=host, port=port, log_config=log_config, access_log=False, limit_concurrency=32,
+                  server_header=False)
+    if sock is None:
+        uvicorn.run(application, **config)
+        return
+    # The port bound once, by the caller: uvicorn would bind it again with SO_REUSEADDR, which on Windows
+    # lets a second program take a port another one listens on.
+    server = uvicorn.Server(uvicorn.Config(application, **config))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    if not server.started:
+        sys.exit(3)  # as uvicorn.run says a start-up that failed
 
 
 async def _lifespan(receive, send, on_startup=None):
