@@ -138,11 +138,19 @@ class ServerWords(logging.Filter):
         return True
 
 
+# The level a log line names (INFO: ...), as the services' lines show it.
+LEVEL_NAMES = {logging.DEBUG: N_("DEBUG"), logging.INFO: N_("INFO"), logging.WARNING: N_("WARNING"),
+               logging.ERROR: N_("ERROR"), logging.CRITICAL: N_("CRITICAL")}
+
+
 def translate_server_log() -> None:
-    """From now on, uvicorn's log lines in the user's language (ServerWords); once per process."""
+    """From now on, uvicorn's log lines in the user's language (ServerWords), and the level every log line
+    of the process names (信息, 警告, 错误: logging's names are the process's own); once per process."""
     logger = logging.getLogger("uvicorn.error")
     if not any(isinstance(f, ServerWords) for f in logger.filters):
         logger.addFilter(ServerWords())
+    for level, name in LEVEL_NAMES.items():
+        logging.addLevelName(level, _(name))
 
 
 # --- keeping the catalogue (developers) --------------------------------------------------------

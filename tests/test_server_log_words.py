@@ -15,7 +15,7 @@ from syncdb.i18n import SERVER_LINES
 from test_publish_starting import _street
 
 ENGLISH = ["Started server process", "Press CTRL+C", "Shutting down", "Finished server process",
-           "Invalid HTTP request", "Waiting for application", "Application s"]
+           "Invalid HTTP request", "Waiting for application", "Application s", "INFO", "WARNING", "ERROR"]
 
 
 def _garbage(url: str) -> None:
@@ -50,17 +50,24 @@ def test_serve_logs_the_servers_own_lines_in_the_users_language(office_store, sy
     if language == "zh_CN":
         _in_chinese(log, ("服务进程 [", "] 已启动", "正在等待应用启动。", "应用已启动。", "收到一个无效的 HTTP 请求，已拒绝。",
                           "正在停止服务", "应用已停止。", "] 已结束"))
+        # The level each line names too (it said INFO and WARNING): "<time> 信息 服务进程 [...] 已启动".
+        assert re.search(r"^\S+ \S+ 信息 服务进程 \[\d+\] 已启动$", log, re.M), log
+        assert re.search(r"^\S+ \S+ 警告 收到一个无效的 HTTP 请求，已拒绝。$", log, re.M), log
     else:
         for words in ("Started server process [", "Invalid HTTP request received.", "Shutting down"):
             assert words in log, (words, log)
+        assert re.search(r"^\S+ \S+ INFO Started server process \[\d+\]$", log, re.M), log
 
 
 def test_publish_logs_the_servers_own_lines_in_chinese(office_store, make_community, syncdb_env, syncdb_secret,
                                                        domains, tmp_path):
     _street(office_store, make_community, syncdb_env, syncdb_secret, domains, persons=3)
     site = Publisher(office_store, dict(syncdb_env, SYNCDB_LANG="zh_CN"), tmp_path / "publish.log")
-    _in_chinese(_garbage_then_ctrl_c(site, site.stop),
-                ("服务进程 [", "] 已启动", "收到一个无效的 HTTP 请求，已拒绝。", "正在停止服务", "] 已结束"))
+    log = _garbage_then_ctrl_c(site, site.stop)
+    _in_chinese(log, ("服务进程 [", "] 已启动", "收到一个无效的 HTTP 请求，已拒绝。", "正在停止服务", "] 已结束"))
+    # syncdb's own lines and uvicorn's name their level in Chinese alike.
+    assert re.search(r"^信息: +正在把汇总库解密到内存中", log, re.M), log
+    assert re.search(r"^信息: +服务进程 \[\d+\] 已启动", log, re.M), log
 
 
 def test_every_server_line_has_its_placeholders_in_its_translation():
