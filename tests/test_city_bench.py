@@ -42,6 +42,8 @@ def test_the_city_bench_prints_each_figure_with_its_goal_and_leaves_nothing_behi
     # The floor (bench/merge.py's steps) on the last community's bundles, and what the checks add to it.
     assert re.search(r"^floor of community 2's first load +[\d,]+ µs/change \(read \d+, validate \d+, seal \d+, "
                      r"write \d+\) +\(bound\)$", table, re.M), table
+    assert re.search(r"^  of it, the published databases' pages alone +[\d,]+ B/record +\(bound: the goal leaves "
+                     r"\d+ B\)$", table, re.M), table
     assert re.search(r"^  floor \+ these checks / raw upsert +\d+\.\d{3}x +\(best reachable\)$", table, re.M)
     # The working copy, its store and the publish child's files are gone; the generated street is kept.
     assert list(temp.iterdir()) == []
