@@ -292,8 +292,8 @@ def serve(store, host: str = "127.0.0.1", port: int = 8765, max_body: int = 256 
     if sock is None:
         uvicorn.run(application, **config)
         return
-    # The port bound once, by the caller: uvicorn would bind it again with SO_REUSEADDR, which on Windows
-    # lets a second program take a port another one listens on.
+    # The port bound once, by the caller, which said in one line why it could not be (publish.bind). Bound
+    # again here, as uvicorn.run does, a program taking it in the moment between made the start-up fail.
     server = uvicorn.Server(uvicorn.Config(application, **config))
     try:
         server.run(sockets=[sock])
