@@ -76,7 +76,7 @@ from syncdb.sample import generate  # noqa: E402
 from syncdb.schema import load_domains  # noqa: E402
 from syncdb.store import open_store, table_name  # noqa: E402
 
-from merge import floor_times  # noqa: E402  (bench/merge.py: this folder comes first on sys.path)
+from merge import floor_times  # noqa: E402  (bench/merge.py: bench/ is on sys.path, the repo root has no merge.py)
 
 KEY = b"c" * 32  # a key file, not a passphrase: no scrypt in the figures
 SECRET = Secret(key_file_bytes=KEY)

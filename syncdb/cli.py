@@ -736,24 +736,22 @@ def serve(store, host, port, max_bundle_mb, merging, schemas):
     from . import server
     from .publish import bind
 
-    sock = bind(host, port)  # a port in use is one line and exit 1, not uvicorn's errors and exit 3
+    bind(host, port).close()  # a port in use is one line and exit 1, not uvicorn's errors and exit 3
     try:
-        try:
-            secret = _secret() if merging else None
-        except SyncdbError as e:
-            raise SyncdbError(_("{error}; or run `syncdb serve --no-merge` to only receive bundles").format(
-                error=e)) from None
+        secret = _secret() if merging else None
+    except SyncdbError as e:
+        raise SyncdbError(_("{error}; or run `syncdb serve --no-merge` to only receive bundles").format(error=e)) \
+            from None
+    try:
         server.serve(store, host=host, port=port, max_body=max_bundle_mb * 1024 * 1024,
-                     secret=secret, domains=load_domains(schemas) if merging else None, sock=sock)
+                     secret=secret, domains=load_domains(schemas) if merging else None)
     except SystemExit as e:
         if e.code in (0, None, 1, 2):
             raise
-        # uvicorn's "startup failed" (3): it could not listen on the socket bound above.
+        # uvicorn's "startup failed" (3): the port was taken in the moment since the check above.
         raise SyncdbError(_("the ingest service could not start on {host}:{port} (see the lines above); check "
                             "that no other program uses the port, or choose another with --port")
                           .format(host=host, port=port)) from None
-    finally:
-        sock.close()
 
 
 @cli.command(help=_(

@@ -80,13 +80,13 @@ def make_datasette(store_dir, secret: Secret, domains, refresh_seconds: float = 
 
 
 # Windows sockets' own numbers for a port in use and a port refused (WinError 10048, 10013): a socket
-# error there keeps them as its ``winerror``, and its ``errno`` is 10048 (not errno.EADDRINUSE) and 13.
+# error there keeps them as its ``winerror``; its ``errno`` is 10048 (errno.EADDRINUSE is 10048 there too)
+# and 13 (errno.EACCES, which alone would be read as "needs administrator rights").
 WSAEADDRINUSE, WSAEACCES = 10048, 10013
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A socket bound to host:port as uvicorn would bind it, or one line saying why it cannot be.
-    ``syncdb serve`` and ``syncdb publish`` hand it to uvicorn: the port is bound once, by this."""
+    """A socket bound to host:port as uvicorn would bind it, or one line saying why it cannot be."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     if os.name == "posix":
         # A restart binds past the last run's connections still in TIME_WAIT. Not on Windows, as asyncio

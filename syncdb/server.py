@@ -248,11 +248,10 @@ def app(store, max_body: int = 256 * 2**20, merger=None):
 
 
 def serve(store, host: str = "127.0.0.1", port: int = 8765, max_body: int = 256 * 2**20,
-          secret=None, domains=None, sock=None) -> None:
+          secret=None, domains=None) -> None:
     """Run the ingest service with uvicorn until interrupted; logs go to stderr.
 
-    With ``secret`` and ``domains`` it also merges what it accepts. ``sock``: the socket to listen on,
-    bound to host:port (publish.bind, as ``syncdb serve`` does); else uvicorn binds it.
+    With ``secret`` and ``domains`` it also merges what it accepts.
     """
     import uvicorn
 
@@ -287,20 +286,8 @@ def serve(store, host: str = "127.0.0.1", port: int = 8765, max_body: int = 256 
     # limit_concurrency bounds the uploads in flight (each holds at most SPOOL_IN_MEMORY
     # in memory, the rest spooled to disk); past the limit clients get 503 and retry later.
     i18n.translate_server_log()
-    config = dict(host=host, port=port, log_config=log_config, access_log=False, limit_concurrency=32,
-                  server_header=False)
-    if sock is None:
-        uvicorn.run(application, **config)
-        return
-    # The port bound once, by the caller, which said in one line why it could not be (publish.bind). Bound
-    # again here, as uvicorn.run does, a program taking it in the moment between made the start-up fail.
-    server = uvicorn.Server(uvicorn.Config(application, **config))
-    try:
-        server.run(sockets=[sock])
-    except KeyboardInterrupt:
-        pass
-    if not server.started:
-        sys.exit(3)  # as uvicorn.run says a start-up that failed
+    uvicorn.run(application, host=host, port=port, log_config=log_config, access_log=False,
+                limit_concurrency=32, server_header=False)
 
 
 async def _lifespan(receive, send, on_startup=None):

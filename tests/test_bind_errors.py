@@ -1,9 +1,10 @@
 """What serve and publish say when their port cannot be bound, as Windows reports it too.
 
 A socket error on Windows keeps the Windows sockets number as ``winerror``; its ``errno`` is then
-10048 for a port in use (not errno.EADDRINUSE, which is 100 there) and 13 for a refused one (Hyper-V
-and WSL reserve ranges of ports; no port needs administrator rights there). Linux cannot raise them,
-so the errors are made as Windows' would be; the POSIX ones are raised by real sockets.
+10048 for a port in use (errno.EADDRINUSE is 10048 there) and 13 for a refused one, errno.EACCES, which
+used to be read as "needs administrator rights" (Hyper-V and WSL reserve ranges of ports; no port
+needs administrator rights there). Linux cannot raise them, so the errors are made as Windows' would
+be; the POSIX ones are raised by real sockets.
 """
 
 import errno
