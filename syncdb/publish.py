@@ -85,8 +85,11 @@ def make_datasette(store_dir, secret: Secret, domains, refresh_seconds: float = 
 WSAEADDRINUSE, WSAEACCES = 10048, 10013
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A socket bound to host:port as uvicorn would bind it, or one line saying why it cannot be."""
+def bind(host: str, port: int, listen: bool = False) -> socket.socket:
+    """A socket bound to host:port as uvicorn would bind it, or one line saying why it cannot be.
+    ``listen``: listening already (connections wait in its backlog until uvicorn takes the socket): on
+    POSIX a socket bound but not listening does not keep the port from another program that binds with
+    SO_REUSEADDR (any asyncio server) and listens first, which uvicorn would meet as a bare OSError."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     if os.name == "posix":
         # A restart binds past the last run's connections still in TIME_WAIT. Not on Windows, as asyncio
@@ -94,6 +97,8 @@ def bind(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        if listen:
+            sock.listen()
     except OSError as e:
         sock.close()
         raise not_bound(e, host, port) from None
@@ -129,7 +134,7 @@ def serve(store_dir, secret: Secret, domains, host: str = "127.0.0.1", port: int
           ready=None) -> None:
     """Serve until interrupted: at once a page saying the data is being prepared (``Starting``), and
     the site once the store is decrypted into memory; ``ready(url)`` then."""
-    sock = bind(host, port)  # a port in use is said in one line, before any work
+    sock = bind(host, port, listen=True)  # a port in use is said in one line, before any work; and kept
     try:
         ds = make_datasette(store_dir, secret, domains, refresh_seconds, title, session_hours)
         ctx = ds._syncdb

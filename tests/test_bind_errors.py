@@ -8,6 +8,7 @@ be; the POSIX ones are raised by real sockets.
 """
 
 import errno
+import time
 import socket
 
 import pytest
@@ -58,3 +59,83 @@ def test_the_windows_refusal_is_said_in_chinese_by_default():
     finally:
         i18n.use()
     assert "127.0.0.1 上的端口 8001 被 Windows 保留" in said and "--port" in said
+
+
+def _reusing(port: int) -> socket.socket:
+    """A socket as any asyncio server binds one on POSIX (SO_REUSEADDR), bound to ``port``."""
+    other = socket.socket()
+    try:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        other.bind(("127.0.0.1", port))
+    except OSError:
+        other.close()
+        raise
+    return other
+
+
+def test_a_port_bound_to_listen_is_kept_from_a_program_that_reuses_addresses():
+    """publish binds its port before its start-up work and uvicorn listens on it after: bound alone, the
+    port went to another server (SO_REUSEADDR) listening first, and uvicorn's bare OSError was said as a
+    folder that cannot be written."""
+    kept = bind("127.0.0.1", 0, listen=True)
+    try:
+        with pytest.raises(OSError):
+            _reusing(kept.getsockname()[1]).close()
+    finally:
+        kept.close()
+    bound = bind("127.0.0.1", 0)  # not listening: what serve's probe is, closed at once
+    try:
+        other = _reusing(bound.getsockname()[1])
+        other.listen()
+        other.close()
+    finally:
+        bound.close()
+
+
+# `syncdb publish` whose make_datasette waits for the GATE file: its port bound, its site not yet served.
+HELD = """
+import sys, time
+from pathlib import Path
+from syncdb import cli, publish
+gate = Path(sys.argv[1])
+made = publish.make_datasette
+def held(*args, **kwargs):
+    while not gate.exists():
+        time.sleep(0.02)
+    return made(*args, **kwargs)
+publish.make_datasette = held
+cli.cli.main(sys.argv[2:], prog_name="syncdb")
+"""
+
+
+def test_publish_keeps_its_port_while_it_starts(office_store, make_community, syncdb_env, syncdb_secret, domains,
+                                                 tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import free_port, wait_until_answering
+    from test_publish_starting import _street
+
+    _street(office_store, make_community, syncdb_env, syncdb_secret, domains, persons=2)
+    port, gate, log = free_port(), tmp_path / "gate", tmp_path / "publish.log"
+    with open(log, "ab") as out:
+        process = subprocess.Popen([sys.executable, "-c", HELD, str(gate), "publish", str(office_store), "--host",
+                                    "127.0.0.1", "--port", str(port)], env=syncdb_env, stdout=out, stderr=out)
+    try:
+        # Until publish has bound its port, a socket of ours takes it; once it has, none can (it listens).
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()
+            try:
+                other = _reusing(port)
+            except OSError:
+                break
+            other.close()
+            time.sleep(0.05)
+        else:
+            raise AssertionError("publish did not keep its port from another server while it started")
+        gate.write_text("")
+        wait_until_answering(process, f"http://127.0.0.1:{port}/-/login", 60, log.read_text)
+    finally:
+        process.kill()
+        process.wait()
