@@ -617,11 +617,26 @@ def read_json(data: bytes):
     bundle was json's decoder), the standard decoder for the rest: what orjson refuses (NaN, lone
     surrogates) and integers of 19 digits or more, which orjson may read as floats."""
     if _LONG_DIGITS.search(data) is None:
-        try:
-            return orjson.loads(data)
-        except ValueError:
-            pass
+        return _read_short(data)
     return json.loads(data.decode("utf-8"))
+
+
+def read_json_lines(data: bytes) -> list:
+    """The JSON text of each non-empty line of ``data``, each read as ``read_json`` reads it. The long
+    digits are looked for once in the whole: looked for in each line, they took a quarter of reading
+    the audit ledger (3.7 µs a line of 260 bytes, 0.3 µs looked for in its entry)."""
+    lines = [line for line in data.split(b"\n") if line]
+    if _LONG_DIGITS.search(data) is None:
+        return [_read_short(line) for line in lines]
+    return [read_json(line) for line in lines]
+
+
+def _read_short(data: bytes):
+    """``read_json`` of a text with no run of 19 digits."""
+    try:
+        return orjson.loads(data)
+    except ValueError:
+        return json.loads(data.decode("utf-8"))
 
 
 _json_line = read_json

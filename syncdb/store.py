@@ -389,12 +389,12 @@ class Store:
         for (body,) in self.conn.execute("SELECT body FROM ledger WHERE id > ? ORDER BY id", (point,)):
             if between is not None:
                 between()
-            for entry in audit.entries(body):
-                if not entry["key"]:  # a bundle skipped by hand: no record
+            for _hlc, table, key, op, *rest in audit.lines(body):
+                if not key:  # a bundle skipped by hand: no record
                     continue
-                keys = changed.setdefault(entry["table"], {})
-                key, detail = bytes.fromhex(entry["key"]), entry.get("detail") or {}
-                cells = detail.get("cells") if entry["op"] == "update" else None
+                keys = changed.setdefault(table, {})
+                key = bytes.fromhex(key)
+                cells = ((rest[0] if rest else None) or {}).get("cells") if op == "update" else None
                 if cells is None or key in keys and keys[key] is None:
                     keys[key] = None
                 else:
