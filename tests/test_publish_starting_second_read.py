@@ -20,16 +20,16 @@ SLOW_LEDGER = """
 import sys, time
 from syncdb import audit, cli, datasette_plugin
 pause = float(sys.argv[1])
-entries, reload, built = audit.entries, datasette_plugin.reload, []
-def slow_entries(body):
+lines, reload, built = audit.lines, datasette_plugin.reload, []
+def slow_lines(body):
     if built:
         print("reading a ledger entry", file=sys.stderr, flush=True)
         time.sleep(pause)
-    return entries(body)
+    return lines(body)
 async def reload_then_slow(datasette):
     await reload(datasette)
     built.append(True)
-audit.entries, datasette_plugin.reload = slow_entries, reload_then_slow
+audit.lines, datasette_plugin.reload = slow_lines, reload_then_slow
 cli.cli.main(sys.argv[2:], prog_name="syncdb")
 """
 
