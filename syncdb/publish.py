@@ -88,7 +88,7 @@ WSAEADDRINUSE, WSAEACCES = 10048, 10013
 def bind(host: str, port: int, listen: bool = False) -> socket.socket:
     """A socket bound to host:port as uvicorn would bind it, or one line saying why it cannot be.
     ``listen``: listening already (connections wait in its backlog until uvicorn takes the socket): on
-    POSIX a socket bound but not listening does not keep the port from another program that binds with
+    Linux a socket bound but not listening does not keep the port from another program that binds with
     SO_REUSEADDR (any asyncio server) and listens first, which uvicorn would meet as a bare OSError."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     if os.name == "posix":

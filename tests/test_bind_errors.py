@@ -8,8 +8,9 @@ be; the POSIX ones are raised by real sockets.
 """
 
 import errno
-import time
 import socket
+import sys
+import time
 
 import pytest
 
@@ -73,6 +74,12 @@ def _reusing(port: int) -> socket.socket:
     return other
 
 
+# What SO_REUSEADDR allows is Linux's here: Windows lets it take even a listening port, BSD and macOS need
+# SO_REUSEPORT for the same address and port.
+LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's SO_REUSEADDR")
+
+
+@LINUX
 def test_a_port_bound_to_listen_is_kept_from_a_program_that_reuses_addresses():
     """publish binds its port before its start-up work and uvicorn listens on it after: bound alone, the
     port went to another server (SO_REUSEADDR) listening first, and uvicorn's bare OSError was said as a
@@ -108,10 +115,10 @@ cli.cli.main(sys.argv[2:], prog_name="syncdb")
 """
 
 
+@LINUX
 def test_publish_keeps_its_port_while_it_starts(office_store, make_community, syncdb_env, syncdb_secret, domains,
                                                  tmp_path):
     import subprocess
-    import sys
 
     from conftest import free_port, wait_until_answering
     from test_publish_starting import _street
