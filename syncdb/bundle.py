@@ -609,26 +609,31 @@ def parse_line(line: bytes, number: int, lists_allowed: bool) -> dict:
     return change
 
 
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+# A run of 19 digits, told without a regular expression (its search took 3.7 µs a line of the audit ledger,
+# more than orjson's reading of it): in the text translated by _DIGITS each digit is "0", a newline stays
+# itself and any other byte is a space (a digit is never part of a multi-byte UTF-8 character), and a
+# run of 19 digits is _RUN there.
+_DIGITS = bytes(48 if 48 <= c <= 57 else 10 if c == 10 else 32 for c in range(256))
+_RUN = b"0" * 19
 
 
 def read_json(data: bytes):
     """A JSON text: orjson where it reads it as the standard decoder does (a fifth of reading a
     bundle was json's decoder), the standard decoder for the rest: what orjson refuses (NaN, lone
     surrogates) and integers of 19 digits or more, which orjson may read as floats."""
-    if _LONG_DIGITS.search(data) is None:
+    if _RUN not in data.translate(_DIGITS):
         return _read_short(data)
     return json.loads(data.decode("utf-8"))
 
 
 def read_json_lines(data: bytes) -> list:
-    """The JSON text of each non-empty line of ``data``, each read as ``read_json`` reads it. The long
-    digits are looked for once in the whole: looked for in each line, they took a quarter of reading
-    the audit ledger (3.7 µs a line of 260 bytes, 0.3 µs looked for in its entry)."""
-    lines = [line for line in data.split(b"\n") if line]
-    if _LONG_DIGITS.search(data) is None:
-        return [_read_short(line) for line in lines]
-    return [read_json(line) for line in lines]
+    """The JSON text of each non-empty line of ``data``, each read as ``read_json`` reads it, the whole
+    translated once to find the lines with a run of 19 digits."""
+    digits = data.translate(_DIGITS)
+    if _RUN not in digits:
+        return [_read_short(line) for line in data.split(b"\n") if line]
+    return [json.loads(line.decode("utf-8")) if _RUN in shape else _read_short(line)
+            for line, shape in zip(data.split(b"\n"), digits.split(b"\n")) if line]
 
 
 def _read_short(data: bytes):

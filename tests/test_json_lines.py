@@ -4,6 +4,7 @@ The audit ledger's entries are read this way (audit.lines): the run of 19 digits
 the standard decoder is looked for once in the whole entry, not in each of its lines.
 """
 
+import json
 import math
 import random
 
@@ -29,3 +30,25 @@ def test_without_long_digits_each_line_as_read_json_reads_it():
         want = [read_json(line.encode()) for line in lines]
         got = read_json_lines(data)
         assert repr(got) == repr(want), (data, got, want)  # repr: NaN is not equal to itself
+
+
+def test_only_the_lines_with_long_digits_go_to_the_standard_decoder():
+    rnd = random.Random(19)
+    pieces = ['"0123456789abcdef0123"', "123456789012345678901", '"x"', "12345678901234567", "-1e400",
+              '"99999999999999999999"', '"中文1234567890123456789"', "18446744073709551616"]
+    for _ in range(300):
+        lines = [f"[{', '.join(rnd.choice(pieces) for _ in range(rnd.randrange(1, 4)))}]" for _ in range(6)]
+        data = "\n".join(lines).encode()
+        assert repr(read_json_lines(data)) == repr([read_json(line.encode()) for line in lines]), data
+
+
+def test_read_json_reads_as_the_standard_decoder_does():
+    """Whole numbers past 64 bits stay exact wherever they stand (orjson would read them as floats), and the
+    run of 19 digits that says so is told in any text: after a multi-byte character, in a string, at either
+    end."""
+    rnd = random.Random(20)
+    pieces = ["1" * 19, "9" * 25, "-" + "7" * 20, "12345678901234567", '"é' + "5" * 19 + '"', '"名"', "0.5",
+              "NaN", '"\\ud800"', "true", "null", "18446744073709551615", "18446744073709551616"]
+    for _ in range(2000):
+        text = f"[{', '.join(rnd.choice(pieces) for _ in range(rnd.randrange(1, 6)))}]".encode()
+        assert repr(read_json(text)) == repr(json.loads(text.decode())), text
