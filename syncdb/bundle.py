@@ -631,6 +631,7 @@ def read_json_lines(data: bytes) -> list:
     translated once to find the lines with a run of 19 digits."""
     digits = data.translate(_DIGITS)
     if _RUN not in digits:
+        del digits  # a copy of the whole: not kept while the lines are read
         return [_read_short(line) for line in data.split(b"\n") if line]
     return [json.loads(line.decode("utf-8")) if _RUN in shape else _read_short(line)
             for line, shape in zip(data.split(b"\n"), digits.split(b"\n")) if line]

@@ -1,7 +1,7 @@
 """bundle.read_json_lines reads each line of a text as bundle.read_json reads it alone.
 
-The audit ledger's entries are read this way (audit.lines): the run of 19 digits that sends a line to
-the standard decoder is looked for once in the whole entry, not in each of its lines.
+The audit ledger's entries are read this way (audit.lines): the whole entry is translated once
+(bundle._DIGITS) and only the lines whose translation holds a run of 19 digits go to the standard decoder.
 """
 
 import json
@@ -35,6 +35,7 @@ def test_without_long_digits_each_line_as_read_json_reads_it():
 def test_only_the_lines_with_long_digits_go_to_the_standard_decoder():
     rnd = random.Random(19)
     pieces = ['"0123456789abcdef0123"', "123456789012345678901", '"x"', "12345678901234567", "-1e400",
+              "-9223372036854775809",
               '"99999999999999999999"', '"中文1234567890123456789"', "18446744073709551616"]
     for _ in range(300):
         lines = [f"[{', '.join(rnd.choice(pieces) for _ in range(rnd.randrange(1, 4)))}]" for _ in range(6)]
@@ -52,3 +53,23 @@ def test_read_json_reads_as_the_standard_decoder_does():
     for _ in range(2000):
         text = f"[{', '.join(rnd.choice(pieces) for _ in range(rnd.randrange(1, 6)))}]".encode()
         assert repr(read_json(text)) == repr(json.loads(text.decode())), text
+
+
+def test_a_negative_19_digit_number_is_read_exactly():
+    """-9223372036854775809 has 19 digits: past 64 bits signed, orjson reads it as a float."""
+    for text in (b"-9223372036854775809", b"[-9999999999999999999]", b'{"a": -9223372036854775809}'):
+        assert repr(read_json(text)) == repr(json.loads(text.decode())), text
+        assert repr(read_json_lines(b"[1]\n" + text)) == repr([[1], json.loads(text.decode())]), text
+
+
+def test_the_lines_without_long_digits_are_read_by_orjson(monkeypatch):
+    """Which lines take the fast path (the values alone cannot say: both decoders agree on them)."""
+    from syncdb import bundle
+
+    seen = []
+    read_short = bundle._read_short
+    monkeypatch.setattr(bundle, "_read_short", lambda line: seen.append(line) or read_short(line))
+    lines = [b"[1]", b"[" + b"9" * 19 + b"]", b'["x"]', b'["' + b"1" * 18 + b'", 2]', b'"' + b"5" * 25 + b'"',
+             '"中'.encode() + b"1" * 18 + b'"']
+    bundle.read_json_lines(b"\n".join(lines))
+    assert seen == [lines[0], lines[2], lines[3], lines[5]]
