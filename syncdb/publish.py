@@ -112,7 +112,7 @@ def bind(host: str, port: int, listen: bool = False) -> socket.socket:
 def not_bound(e: OSError, host: str, port: int) -> SyncdbError:
     """The one line that says why ``host:port`` could not be bound, and what to do."""
     windows = getattr(e, "winerror", None)
-    if e.errno == errno.EADDRINUSE or WSAEADDRINUSE in (windows, e.errno):
+    if e.errno == errno.EADDRINUSE or windows == WSAEADDRINUSE:
         return SyncdbError(_("port {port} on {host} is already in use (another syncdb serve or publish, or "
                              "another program): stop that program, or choose a free port with --port")
                            .format(port=port, host=host))

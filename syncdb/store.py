@@ -389,12 +389,12 @@ class Store:
         for (body,) in self.conn.execute("SELECT body FROM ledger WHERE id > ? ORDER BY id", (point,)):
             if between is not None:
                 between()
-            for _hlc, table, key, op, *rest in audit.lines(body):
+            for _hlc, table, key, op, *detail in audit.lines(body):  # audit.FIELDS, the detail optional
                 if not key:  # a bundle skipped by hand: no record
                     continue
                 keys = changed.setdefault(table, {})
                 key = bytes.fromhex(key)
-                cells = ((rest[0] if rest else None) or {}).get("cells") if op == "update" else None
+                cells = ((detail and detail[0]) or {}).get("cells") if op == "update" else None
                 if cells is None or key in keys and keys[key] is None:
                     keys[key] = None
                 else:

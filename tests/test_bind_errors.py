@@ -42,7 +42,7 @@ def test_posix_refusals_keep_their_words():
     assert "cannot listen on 10.9.8.7:1" in str(not_bound(OSError(errno.EADDRNOTAVAIL, "x"), "10.9.8.7", 1))
 
 
-def test_a_port_in_use_here_is_said_by_bind(tmp_path):
+def test_a_port_in_use_here_is_said_by_bind():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
